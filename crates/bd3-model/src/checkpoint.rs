@@ -1,0 +1,186 @@
+//! Strict loading of `model.safetensors` in the official layout (spec §2.2).
+//!
+//! Every tensor the config implies must be present with its exact shape, and nothing else may be:
+//! issue #31 of the official repo is a user whose weights silently failed to load. Names may carry
+//! the `backbone.` prefix (Hugging Face export) or not. F32 loads as is; F16, BF16 and F64 are converted.
+
+use crate::config::{ModelConfig, ModelKind, TIMESTEP_FEATURES};
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Name (without prefix) → expected shape, in the order the model uses them.
+pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (v, d, c) = (cfg.vocab_size, cfg.hidden_dim, cfg.cond_dim);
+    let mut t: Vec<(String, Vec<usize>)> = vec![("vocab_embed.embedding".into(), vec![v, d])];
+    if cfg.kind.has_adaln() {
+        t.push(("sigma_map.mlp.0.weight".into(), vec![c, TIMESTEP_FEATURES]));
+        t.push(("sigma_map.mlp.0.bias".into(), vec![c]));
+        t.push(("sigma_map.mlp.2.weight".into(), vec![c, c]));
+        t.push(("sigma_map.mlp.2.bias".into(), vec![c]));
+    }
+    t.push(("rotary_emb.inv_freq".into(), vec![cfg.head_dim() / 2]));
+    for i in 0..cfg.n_blocks {
+        let b = |s: &str| format!("blocks.{i}.{s}");
+        t.push((b("norm1.weight"), vec![d]));
+        t.push((b("attn_qkv.weight"), vec![3 * d, d]));
+        t.push((b("attn_out.weight"), vec![d, d]));
+        t.push((b("norm2.weight"), vec![d]));
+        t.push((b("mlp.0.weight"), vec![4 * d, d]));
+        t.push((b("mlp.0.bias"), vec![4 * d]));
+        t.push((b("mlp.2.weight"), vec![d, 4 * d]));
+        t.push((b("mlp.2.bias"), vec![d]));
+        if cfg.kind.has_adaln() {
+            t.push((b("adaLN_modulation.weight"), vec![6 * d, c]));
+            t.push((b("adaLN_modulation.bias"), vec![6 * d]));
+        }
+    }
+    t.push(("output_layer.norm_final.weight".into(), vec![d]));
+    t.push(("output_layer.linear.weight".into(), vec![v, d]));
+    t.push(("output_layer.linear.bias".into(), vec![v]));
+    if cfg.kind.has_adaln() {
+        t.push(("output_layer.adaLN_modulation.weight".into(), vec![2 * d, c]));
+        t.push(("output_layer.adaLN_modulation.bias".into(), vec![2 * d]));
+    }
+    t
+}
+
+/// Buffers of the BD3LM class outside the backbone; optional (neither sampling nor evaluation reads them).
+const OPTIONAL_SCALARS: [&str; 2] = ["sampling_eps_min", "sampling_eps_max"];
+
+/// A checkpoint whose header has been checked against the config. Tensor data is converted on demand,
+/// one tensor at a time, so a loader can stream weights to the GPU without a second full copy.
+pub struct Checkpoint {
+    path: String,
+    bytes: Vec<u8>,
+    /// Full stored name for each canonical (prefix-free) name.
+    names: BTreeMap<String, String>,
+    /// The 0-dim sampling_eps_min/max buffers, when present.
+    pub sampling_eps: Option<(f64, f64)>,
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path, cfg: &ModelConfig) -> Result<Checkpoint> {
+        let bytes = crate::error::read_file(path)?;
+        Self::from_bytes(bytes, &path.display().to_string(), cfg)
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>, path: &str, cfg: &ModelConfig) -> Result<Checkpoint> {
+        let fail = |tensor: Option<&str>, message: String| Error::Checkpoint {
+            path: path.to_string(),
+            tensor: tensor.map(str::to_string),
+            message,
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(None, format!("not a readable safetensors file ({e})")))?;
+
+        let stored: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        let prefix = if stored.iter().any(|n| n.starts_with("backbone.")) { "backbone." } else { "" };
+        let expected = expected_tensors(cfg);
+        let mut names = BTreeMap::new();
+        let mut sampling_eps = (None, None);
+
+        for full in &stored {
+            if let Some(pos) = OPTIONAL_SCALARS.iter().position(|s| s == full) {
+                if cfg.kind != ModelKind::Bd3lm {
+                    return Err(fail(Some(full), format!("unexpected tensor for a {} model", cfg.kind.name())));
+                }
+                let value = scalar_f64(&st, full).map_err(|m| fail(Some(full), m))?;
+                if pos == 0 { sampling_eps.0 = Some(value) } else { sampling_eps.1 = Some(value) }
+                continue;
+            }
+            let canonical = full.strip_prefix(prefix).filter(|_| !prefix.is_empty()).unwrap_or(full);
+            if full.len() == canonical.len() && !prefix.is_empty() {
+                return Err(fail(Some(full), format!("unexpected tensor (other tensors carry the `{prefix}` prefix)")));
+            }
+            let Some((_, shape)) = expected.iter().find(|(n, _)| n == canonical) else {
+                return Err(fail(Some(full), format!("unexpected tensor for a {} model with {} blocks", cfg.kind.name(), cfg.n_blocks)));
+            };
+            let view = st.tensor(full).map_err(|e| fail(Some(full), e.to_string()))?;
+            if view.shape() != shape.as_slice() {
+                return Err(fail(Some(full), format!("shape {:?}, expected {:?}", view.shape(), shape)));
+            }
+            if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+                return Err(fail(Some(full), format!("unsupported dtype {:?} (expected F32, F16, BF16 or F64)", view.dtype())));
+            }
+            names.insert(canonical.to_string(), full.clone());
+        }
+        if let Some((missing, _)) = expected.iter().find(|(n, _)| !names.contains_key(n)) {
+            return Err(fail(Some(&format!("{prefix}{missing}")), "missing".into()));
+        }
+        let sampling_eps = match sampling_eps {
+            (Some(a), Some(b)) => Some((a, b)),
+            (None, None) => None,
+            _ => return Err(fail(None, "only one of sampling_eps_min / sampling_eps_max is present".into())),
+        };
+        Ok(Checkpoint { path: path.to_string(), bytes, names, sampling_eps })
+    }
+
+    /// The tensor `name` (canonical, without `backbone.`) converted to f32, row-major.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let full = self.names.get(name).ok_or_else(|| Error::Checkpoint {
+            path: self.path.clone(),
+            tensor: Some(name.to_string()),
+            message: "missing".into(),
+        })?;
+        let st = SafeTensors::deserialize(&self.bytes).expect("header was validated at open");
+        let view = st.tensor(full).expect("tensor was validated at open");
+        Ok(to_f32(view.dtype(), view.data()))
+    }
+}
+
+fn scalar_f64(st: &SafeTensors, name: &str) -> std::result::Result<f64, String> {
+    let view = st.tensor(name).map_err(|e| e.to_string())?;
+    if !view.shape().is_empty() && view.shape() != [1] {
+        return Err(format!("shape {:?}, expected a scalar", view.shape()));
+    }
+    match view.dtype() {
+        Dtype::F64 => Ok(f64::from_le_bytes(view.data()[..8].try_into().unwrap())),
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(to_f32(view.dtype(), view.data())[0] as f64),
+        d => Err(format!("unsupported dtype {d:?}")),
+    }
+}
+
+/// Little-endian raw tensor bytes → f32 (the dtype was checked by the caller).
+pub fn to_f32(dtype: Dtype, data: &[u8]) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+        d => panic!("to_f32 called with {d:?}"),
+    }
+}
+
+/// IEEE half → single, exact (subnormals, infinities and NaN included).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: value = m · 2^-24; renormalise.
+            let shift = m.leading_zeros() - 21; // bring the leading 1 to bit 10
+            let m = (m << shift) & 0x3ff;
+            sign | ((127 - 15 + 1 - shift) << 23) | (m << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        for (h, f) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 5.960_464_5e-8), (0x0400, 6.103_515_6e-5), (0x3555, 0.333_251_95)] {
+            assert_eq!(f16_to_f32(h), f, "{h:#x}");
+        }
+        assert!(f16_to_f32(0x7c00).is_infinite());
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+}

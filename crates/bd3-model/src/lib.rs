@@ -1,0 +1,28 @@
+//! BD3-LM without a GPU: everything about a model that is plain data and arithmetic.
+//!
+//! Data flow: `config.json` → [`ModelConfig`] → [`Checkpoint`] (strict) → handed to `bd3-gpu`.
+//! The noise schedule, masks and constant tables live here so the CPU tests and the GPU share them.
+
+pub mod checkpoint;
+pub mod config;
+pub mod cpu_ref;
+pub mod error;
+pub mod mask;
+pub mod schedule;
+pub mod tables;
+pub mod tensor_file;
+
+pub use checkpoint::Checkpoint;
+pub use config::{ModelConfig, ModelKind};
+pub use error::{Error, Result};
+pub use mask::AttentionMask;
+
+/// A checkpoint folder: `config.json` + `model.safetensors`, checked against each other.
+pub fn load_model_dir(dir: &std::path::Path, kind_override: Option<ModelKind>) -> Result<(ModelConfig, Checkpoint)> {
+    if !dir.is_dir() {
+        return Err(Error::Io { path: dir.display().to_string(), message: "not a model folder".into() });
+    }
+    let cfg = ModelConfig::load(&dir.join("config.json"), kind_override)?;
+    let ckpt = Checkpoint::open(&dir.join("model.safetensors"), &cfg)?;
+    Ok((cfg, ckpt))
+}

@@ -1,0 +1,71 @@
+//! Reading any safetensors file as plain arrays (fixtures, case files): every float dtype as f64,
+//! every integer dtype as i64, with a one-line error naming the file and tensor.
+
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::path::Path;
+
+pub struct TensorFile {
+    path: String,
+    bytes: Vec<u8>,
+}
+
+/// A tensor's shape and values.
+#[derive(Clone, Debug)]
+pub struct Array<T> {
+    pub shape: Vec<usize>,
+    pub data: Vec<T>,
+}
+
+impl TensorFile {
+    pub fn open(path: &Path) -> Result<TensorFile> {
+        let bytes = crate::error::read_file(path)?;
+        let path = path.display().to_string();
+        SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Checkpoint { path: path.clone(), tensor: None, message: format!("not a readable safetensors file ({e})") })?;
+        Ok(TensorFile { path, bytes })
+    }
+
+    fn st(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).expect("validated at open")
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.st().names().into_iter().map(|s| s.to_string()).collect();
+        n.sort();
+        n
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.st().tensor(name).is_ok()
+    }
+
+    fn err(&self, name: &str, message: String) -> Error {
+        Error::Checkpoint { path: self.path.clone(), tensor: Some(name.to_string()), message }
+    }
+
+    pub fn f64(&self, name: &str) -> Result<Array<f64>> {
+        let st = self.st();
+        let v = st.tensor(name).map_err(|_| self.err(name, "missing".into()))?;
+        let d = v.data();
+        let data: Vec<f64> = match v.dtype() {
+            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => crate::checkpoint::to_f32(v.dtype(), d).into_iter().map(f64::from).collect(),
+            other => return Err(self.err(name, format!("expected a float tensor, found {other:?}"))),
+        };
+        Ok(Array { shape: v.shape().to_vec(), data })
+    }
+
+    pub fn i64(&self, name: &str) -> Result<Array<i64>> {
+        let st = self.st();
+        let v = st.tensor(name).map_err(|_| self.err(name, "missing".into()))?;
+        let d = v.data();
+        let data: Vec<i64> = match v.dtype() {
+            Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
+            Dtype::U8 | Dtype::BOOL => d.iter().map(|&b| b as i64).collect(),
+            other => return Err(self.err(name, format!("expected an integer tensor, found {other:?}"))),
+        };
+        Ok(Array { shape: v.shape().to_vec(), data })
+    }
+}
