@@ -1,0 +1,13 @@
+//! BD3-LM on wgpu: the device, the WGSL kernels, and the GPU model.
+//!
+//! Data flow: a [`bd3_model::Checkpoint`] → [`Weights`] on the GPU → [`GpuModel::forward`] programs
+//! recorded once per shape and replayed with one submission each.
+
+pub mod context;
+pub mod kernels;
+pub mod model;
+pub mod weights;
+
+pub use context::{ContextOptions, CounterSnapshot, GpuContext};
+pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
+pub use weights::Weights;

@@ -13,6 +13,8 @@ pub enum Error {
     Checkpoint { path: String, tensor: Option<String>, message: String },
     /// Any other invalid input (a token id out of range, a shape that does not fit).
     Invalid(String),
+    /// The GPU said no: no adapter, a validation error, a lost device, an allocation failure.
+    Gpu(String),
 }
 
 impl fmt::Display for Error {
@@ -23,6 +25,7 @@ impl fmt::Display for Error {
             Error::Checkpoint { path, tensor: Some(t), message } => write!(f, "{path}: tensor `{t}`: {message}"),
             Error::Checkpoint { path, tensor: None, message } => write!(f, "{path}: {message}"),
             Error::Invalid(message) => write!(f, "{message}"),
+            Error::Gpu(message) => write!(f, "GPU: {message}"),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! allowed set into at most two key intervals. `intervals` here is the same rule on the CPU, and the
 //! tests check it against the literal predicate `allows` (and `verify` against the official masks).
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttentionMask {
     /// Every query sees every key (MDLM, SEDD, and the current block over a KV cache).
     Full,

@@ -1,1 +1,70 @@
-fn main(){}
+//! `bd3-wgpu`: Block Diffusion language models on wgpu.
+//!
+//!   bd3-wgpu verify DIR...          compare against fixtures from the official PyTorch code
+//!   bd3-wgpu bench forward [opts]   forward throughput, per-kernel time, submits and buffers
+//!   bd3-wgpu info                   the adapter that would be used
+//!
+//! Every failure is one line on stderr and a non-zero exit code.
+
+mod bench;
+mod report;
+mod verify;
+
+use bd3_gpu::{ContextOptions, GpuContext};
+use bd3_model::{Error, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const USAGE: &str = "usage:
+  bd3-wgpu verify DIR...                 run every fixture case in DIR (golden/tiny-a format)
+  bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
+  bd3-wgpu info                          print the GPU adapter that would be used";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    let Some(cmd) = args.first() else {
+        eprintln!("{USAGE}");
+        return Ok(ExitCode::from(2));
+    };
+    match cmd.as_str() {
+        "verify" => {
+            if args.len() < 2 {
+                return Err(Error::Invalid(format!("verify needs a fixture folder\n{USAGE}")));
+            }
+            let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+            let mut stdout = std::io::stdout();
+            let mut report = report::Report::new(&mut stdout);
+            report.note(&format!("adapter: {}", ctx.adapter_summary()));
+            for dir in &args[1..] {
+                pollster::block_on(verify::verify_dir(&ctx, &PathBuf::from(dir), &mut report))?;
+            }
+            let (passed, failed) = (report.passed, report.failed);
+            println!("{passed} passed, {failed} failed");
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        "bench" => bench::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "info" => {
+            let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
+            println!("adapter: {}", ctx.adapter_summary());
+            println!("max storage binding: {} MiB, max buffer: {} MiB", ctx.limits.max_storage_buffer_binding_size >> 20, ctx.limits.max_buffer_size >> 20);
+            println!("optional features in use: {:?}", ctx.features);
+            Ok(ExitCode::SUCCESS)
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(Error::Invalid(format!("unknown command `{other}`\n{USAGE}"))),
+    }
+}

@@ -1,0 +1,313 @@
+//! The GPU: adapter and device selection, error capture, counters, buffer creation and readback.
+//!
+//! Every wgpu validation error is turned into `Error::Gpu` (never a panic): pipeline creation runs
+//! inside an error scope, and everything else lands in the uncaptured-error slot that
+//! [`GpuContext::check`] drains after each submission.
+
+use bd3_model::{Error, Result};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// What a caller may ask of the device beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Pretend storage bindings are at most this many bytes (tests use it to exercise tensor splitting).
+    pub max_binding_override: Option<u64>,
+    /// Ask for timestamp queries (per-kernel timing in benchmarks) when the adapter has them.
+    pub timestamps: bool,
+}
+
+/// Counts that benchmarks and tests assert on: they reveal per-step allocations and extra submits.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub buffers_created: AtomicU64,
+    pub bytes_allocated: AtomicU64,
+    pub pipelines_created: AtomicU64,
+    pub bind_groups_created: AtomicU64,
+    pub submits: AtomicU64,
+    pub bytes_read_back: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub buffers_created: u64,
+    pub bytes_allocated: u64,
+    pub pipelines_created: u64,
+    pub bind_groups_created: u64,
+    pub submits: u64,
+    pub bytes_read_back: u64,
+}
+
+impl std::ops::Sub for CounterSnapshot {
+    type Output = CounterSnapshot;
+    fn sub(self, o: CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            buffers_created: self.buffers_created - o.buffers_created,
+            bytes_allocated: self.bytes_allocated - o.bytes_allocated,
+            pipelines_created: self.pipelines_created - o.pipelines_created,
+            bind_groups_created: self.bind_groups_created - o.bind_groups_created,
+            submits: self.submits - o.submits,
+            bytes_read_back: self.bytes_read_back - o.bytes_read_back,
+        }
+    }
+}
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub counters: Counters,
+    max_binding: u64,
+    uncaptured: Arc<Mutex<Option<String>>>,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    staging: Mutex<Vec<wgpu::Buffer>>,
+}
+
+impl GpuContext {
+    /// Pick an adapter (respecting WGPU_BACKEND, WGPU_POWER_PREF, WGPU_ADAPTER_NAME through wgpu's
+    /// environment handling) and open a device with the adapter's own limits.
+    pub async fn new(opts: ContextOptions) -> Result<GpuContext> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                let backend = std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "any".into());
+                Error::Gpu(format!("no GPU adapter found (WGPU_BACKEND={backend}): {e}; on Linux without a GPU install mesa-vulkan-drivers"))
+            })?;
+        let info = adapter.get_info();
+        // Optional fast paths are requested only where present; the f32 path never needs them.
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | if opts.timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("bd3-wgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("could not open the device on {}: {e}", info.name)))?;
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut s = slot.lock().unwrap();
+            if s.is_none() {
+                *s = Some(one_line(&e.to_string()));
+            }
+        }));
+        let max_binding = (limits.max_storage_buffer_binding_size as u64)
+            .min(limits.max_buffer_size)
+            .min(opts.max_binding_override.unwrap_or(u64::MAX));
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            counters: Counters::default(),
+            max_binding,
+            uncaptured,
+            pipelines: Mutex::new(HashMap::new()),
+            staging: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Largest buffer a single storage binding may cover, after any test override.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    pub fn adapter_summary(&self) -> String {
+        format!("{} ({:?}, {:?})", if self.info.name.is_empty() { "unnamed adapter" } else { &self.info.name }, self.info.backend, self.info.device_type)
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let c = &self.counters;
+        CounterSnapshot {
+            buffers_created: c.buffers_created.load(Ordering::Relaxed),
+            bytes_allocated: c.bytes_allocated.load(Ordering::Relaxed),
+            pipelines_created: c.pipelines_created.load(Ordering::Relaxed),
+            bind_groups_created: c.bind_groups_created.load(Ordering::Relaxed),
+            submits: c.submits.load(Ordering::Relaxed),
+            bytes_read_back: c.bytes_read_back.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Return the first GPU error reported since the last check.
+    pub fn check(&self) -> Result<()> {
+        match self.uncaptured.lock().unwrap().take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// A storage buffer of `size` bytes (rounded up to 4, at least 4), counted.
+    pub fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let size = size.max(4).div_ceil(4) * 4;
+        if size > self.limits.max_buffer_size {
+            return Err(Error::Gpu(format!("buffer `{label}` needs {size} bytes, over the adapter's max_buffer_size {}", self.limits.max_buffer_size)));
+        }
+        self.counters.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_allocated.fetch_add(size, Ordering::Relaxed);
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }))
+    }
+
+    /// A storage buffer usable by kernels and as a copy source/destination.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.buffer(label, size, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)
+    }
+
+    /// A storage buffer filled with `data`.
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        let b = self.storage(label, data.len() as u64)?;
+        if !data.is_empty() {
+            self.queue.write_buffer(&b, 0, data);
+        }
+        Ok(b)
+    }
+
+    /// A compute pipeline from WGSL source, built once per distinct source and cached.
+    pub async fn pipeline(&self, label: &str, source: &str) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(source) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu(format!("kernel `{label}` failed to build: {}", one_line(&e.to_string()))));
+        }
+        self.counters.pipelines_created.fetch_add(1, Ordering::Relaxed);
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(source.to_string(), p.clone());
+        Ok(p)
+    }
+
+    pub fn bind_group(&self, pipeline: &wgpu::ComputePipeline, entries: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
+        self.counters.bind_groups_created.fetch_add(1, Ordering::Relaxed);
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> =
+            entries.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
+    }
+
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
+        self.counters.submits.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit(Some(encoder.finish()))
+    }
+
+    /// A mappable staging buffer of at least `size` bytes, reused across calls.
+    pub fn take_staging(&self, size: u64) -> Result<wgpu::Buffer> {
+        let mut pool = self.staging.lock().unwrap();
+        if let Some(i) = pool.iter().position(|b| b.size() >= size) {
+            return Ok(pool.swap_remove(i));
+        }
+        drop(pool);
+        self.buffer("staging", size.next_power_of_two().max(256), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+    }
+
+    pub fn return_staging(&self, b: wgpu::Buffer) {
+        self.staging.lock().unwrap().push(b);
+    }
+
+    /// Map `staging` (already filled by a submitted copy) and return its first `size` bytes.
+    pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slot = OneShot::new();
+        let tx = slot.clone();
+        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        let mapped = slot.await;
+        self.check()?;
+        mapped.map_err(|e| Error::Gpu(format!("reading results back failed: {e}")))?;
+        let data = {
+            let view = staging.slice(..size).get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
+            view.to_vec()
+        };
+        staging.unmap();
+        self.counters.bytes_read_back.fetch_add(size, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    /// Copy `len` floats from `buffer` at float offset `offset` back to the CPU (one submit).
+    pub async fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        let size = (len as u64 * 4).max(4);
+        let staging = self.take_staging(size)?;
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, offset * 4, &staging, 0, size);
+        self.submit(enc);
+        let bytes = self.map_read(&staging, size).await;
+        self.return_staging(staging);
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes?)[..len].to_vec())
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A minimal one-shot channel: wgpu's map callback fills it, the async reader awaits it. On native the
+/// device poll runs the callback before the await; in the browser the event loop does.
+struct OneShot<T> {
+    inner: Arc<Mutex<(Option<T>, Option<Waker>)>>,
+}
+
+impl<T> Clone for OneShot<T> {
+    fn clone(&self) -> Self {
+        OneShot { inner: self.inner.clone() }
+    }
+}
+
+impl<T> OneShot<T> {
+    fn new() -> Self {
+        OneShot { inner: Arc::new(Mutex::new((None, None))) }
+    }
+    fn send(&self, v: T) {
+        let mut g = self.inner.lock().unwrap();
+        g.0 = Some(v);
+        if let Some(w) = g.1.take() {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Future for OneShot<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut g = self.inner.lock().unwrap();
+        match g.0.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                g.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}

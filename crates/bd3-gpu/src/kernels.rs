@@ -1,0 +1,366 @@
+//! The WGSL kernels (`shaders/*.wgsl`), their parameter blocks, and `Program`: a recorded list of
+//! dispatches and copies with every bind group built once, replayed into one command encoder per step.
+//!
+//! A program is built once per shape (batch, length, mode). Replaying it creates nothing: no buffer,
+//! bind group or pipeline. All kernel parameters of a program share one uniform buffer.
+
+use crate::context::GpuContext;
+use bd3_model::{Error, Result};
+use std::sync::Arc;
+
+pub const EMBEDDING_WGSL: &str = include_str!("../../../shaders/embedding.wgsl");
+pub const LAYERNORM_WGSL: &str = include_str!("../../../shaders/layernorm.wgsl");
+pub const MATMUL_WGSL: &str = include_str!("../../../shaders/matmul.wgsl");
+pub const ATTENTION_WGSL: &str = include_str!("../../../shaders/attention.wgsl");
+pub const TOKEN_LOSS_WGSL: &str = include_str!("../../../shaders/token_loss.wgsl");
+pub const SEDD_LOSS_WGSL: &str = include_str!("../../../shaders/sedd_loss.wgsl");
+pub const REDUCE_SUM_WGSL: &str = include_str!("../../../shaders/reduce_sum.wgsl");
+
+/// Every shader file with its name, for validation tests.
+pub const ALL_SHADERS: [(&str, &str); 7] = [
+    ("embedding.wgsl", EMBEDDING_WGSL),
+    ("layernorm.wgsl", LAYERNORM_WGSL),
+    ("matmul.wgsl", MATMUL_WGSL),
+    ("attention.wgsl", ATTENTION_WGSL),
+    ("token_loss.wgsl", TOKEN_LOSS_WGSL),
+    ("sedd_loss.wgsl", SEDD_LOSS_WGSL),
+    ("reduce_sum.wgsl", REDUCE_SUM_WGSL),
+];
+
+/// Workgroup memory budget for any kernel: the WebGPU default limit, which browsers enforce.
+pub const WORKGROUP_MEMORY_BUDGET: usize = 16 * 1024;
+
+/// The attention kernel specialised for one head dimension: private arrays need constant sizes, so
+/// the host substitutes HEAD_DIM and a key tile that keeps workgroup memory within 16 KiB.
+pub fn attention_source(head_dim: usize) -> String {
+    // K and V tiles (2 · KEY_TILE · HEAD_DIM floats) plus 65 u32 flags must fit the budget.
+    let key_tile = ((WORKGROUP_MEMORY_BUDGET - 65 * 4) / (8 * head_dim)).clamp(1, 32);
+    ATTENTION_WGSL
+        .replacen("const HEAD_DIM: u32 = 64u;", &format!("const HEAD_DIM: u32 = {head_dim}u;"), 1)
+        .replacen("const KEY_TILE: u32 = 32u;", &format!("const KEY_TILE: u32 = {key_tile}u;"), 1)
+}
+
+/// All pipelines a model needs, built up front (lavapipe compiles lazily, so building is cheap here).
+pub struct Kernels {
+    pub embedding: Arc<wgpu::ComputePipeline>,
+    pub layernorm: Arc<wgpu::ComputePipeline>,
+    pub matmul: Arc<wgpu::ComputePipeline>,
+    pub attention: Arc<wgpu::ComputePipeline>,
+    pub token_loss: Arc<wgpu::ComputePipeline>,
+    pub sedd_loss: Arc<wgpu::ComputePipeline>,
+    pub reduce_sum: Arc<wgpu::ComputePipeline>,
+    /// Bound where a kernel's optional input is switched off (no bias, no gate, no modulation).
+    pub dummy: wgpu::Buffer,
+}
+
+impl Kernels {
+    pub async fn new(ctx: &GpuContext, head_dim: usize) -> Result<Kernels> {
+        Ok(Kernels {
+            embedding: ctx.pipeline("embedding", EMBEDDING_WGSL).await?,
+            layernorm: ctx.pipeline("layernorm", LAYERNORM_WGSL).await?,
+            matmul: ctx.pipeline("matmul", MATMUL_WGSL).await?,
+            attention: ctx.pipeline("attention", &attention_source(head_dim)).await?,
+            token_loss: ctx.pipeline("token_loss", TOKEN_LOSS_WGSL).await?,
+            sedd_loss: ctx.pipeline("sedd_loss", SEDD_LOSS_WGSL).await?,
+            reduce_sum: ctx.pipeline("reduce_sum", REDUCE_SUM_WGSL).await?,
+            dummy: ctx.storage("dummy", 16)?,
+        })
+    }
+}
+
+/// A whole buffer or a byte range of one, as a kernel binding.
+#[derive(Clone, Debug)]
+pub struct Slice {
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: Option<u64>,
+}
+
+impl From<&wgpu::Buffer> for Slice {
+    fn from(b: &wgpu::Buffer) -> Slice {
+        Slice { buffer: b.clone(), offset: 0, size: None }
+    }
+}
+
+struct PendingDispatch {
+    label: &'static str,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    params: std::ops::Range<u64>,
+    bindings: Vec<Slice>,
+    groups: [u32; 3],
+}
+
+enum PendingStep {
+    Dispatch(PendingDispatch),
+    /// A copy into the program's output buffer, which exists only once the layout is complete.
+    OutputCopy { src: wgpu::Buffer, dst_float: usize, floats: usize },
+    Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+}
+
+pub enum Step {
+    Dispatch { label: &'static str, pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, groups: [u32; 3] },
+    Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
+}
+
+/// Collects dispatches; `finish` uploads all parameters into one uniform buffer and builds the bind groups.
+pub struct ProgramBuilder<'a> {
+    ctx: &'a GpuContext,
+    params: Vec<u8>,
+    steps: Vec<PendingStep>,
+    max_groups: u32,
+}
+
+/// Replayable list of GPU steps.
+pub struct Program {
+    pub steps: Vec<Step>,
+    _params: wgpu::Buffer,
+}
+
+impl<'a> ProgramBuilder<'a> {
+    pub fn new(ctx: &'a GpuContext) -> Self {
+        ProgramBuilder { ctx, params: Vec::new(), steps: Vec::new(), max_groups: ctx.limits.max_compute_workgroups_per_dimension }
+    }
+
+    /// Fold a 1-D workgroup count into x/y so it fits the per-dimension limit; kernels index by
+    /// `wg.x + wg.y * num_workgroups.x`.
+    pub fn fold(&self, groups: u64) -> Result<[u32; 3]> {
+        let max = self.max_groups as u64;
+        let x = groups.clamp(1, max);
+        let y = groups.div_ceil(x);
+        if y > max {
+            return Err(Error::Gpu(format!("{groups} workgroups exceed the adapter's dispatch limit")));
+        }
+        Ok([x as u32, y as u32, 1])
+    }
+
+    pub fn dispatch(&mut self, label: &'static str, pipeline: &Arc<wgpu::ComputePipeline>, params: &[u32], bindings: Vec<Slice>, groups: [u32; 3]) {
+        let align = self.ctx.limits.min_uniform_buffer_offset_alignment as usize;
+        let start = self.params.len().div_ceil(align) * align;
+        self.params.resize(start, 0);
+        self.params.extend_from_slice(bytemuck::cast_slice(params));
+        // Uniform structs are padded to 16 bytes.
+        let end = self.params.len().div_ceil(16) * 16;
+        self.params.resize(end, 0);
+        self.steps.push(PendingStep::Dispatch(PendingDispatch {
+            label,
+            pipeline: pipeline.clone(),
+            params: start as u64..end as u64,
+            bindings,
+            groups,
+        }));
+    }
+
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
+        self.steps.push(PendingStep::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
+    }
+
+    /// Copy `floats` floats from the start of `src` to float offset `dst_float` of the output buffer
+    /// handed to [`ProgramBuilder::finish_with_outputs`].
+    pub fn copy_to_output(&mut self, src: &wgpu::Buffer, dst_float: usize, floats: usize) {
+        self.steps.push(PendingStep::OutputCopy { src: src.clone(), dst_float, floats });
+    }
+
+    pub fn finish(self) -> Result<Program> {
+        let dummy = self.ctx.storage("no outputs", 4)?;
+        self.finish_with_outputs(&dummy)
+    }
+
+    pub fn finish_with_outputs(self, outputs: &wgpu::Buffer) -> Result<Program> {
+        let ctx = self.ctx;
+        let params = ctx.buffer("program params", self.params.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        if !self.params.is_empty() {
+            ctx.queue.write_buffer(&params, 0, &self.params);
+        }
+        let steps = self
+            .steps
+            .into_iter()
+            .map(|s| match s {
+                PendingStep::Copy { src, src_offset, dst, dst_offset, size } => Step::Copy { src, src_offset, dst, dst_offset, size },
+                PendingStep::OutputCopy { src, dst_float, floats } => {
+                    Step::Copy { src, src_offset: 0, dst: outputs.clone(), dst_offset: (dst_float * 4) as u64, size: (floats * 4) as u64 }
+                }
+                PendingStep::Dispatch(d) => {
+                    let mut res = vec![wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: d.params.start,
+                        size: std::num::NonZeroU64::new(d.params.end - d.params.start),
+                    })];
+                    for b in &d.bindings {
+                        res.push(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &b.buffer,
+                            offset: b.offset,
+                            size: b.size.and_then(std::num::NonZeroU64::new),
+                        }));
+                    }
+                    let bind_group = ctx.bind_group(&d.pipeline, &res);
+                    Step::Dispatch { label: d.label, pipeline: d.pipeline, bind_group, groups: d.groups }
+                }
+            })
+            .collect();
+        Ok(Program { steps, _params: params })
+    }
+}
+
+impl Program {
+    /// Record the whole program: consecutive dispatches share one compute pass.
+    pub fn encode(&self, enc: &mut wgpu::CommandEncoder) {
+        let mut i = 0;
+        while i < self.steps.len() {
+            match &self.steps[i] {
+                Step::Copy { src, src_offset, dst, dst_offset, size } => {
+                    enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    i += 1;
+                }
+                Step::Dispatch { .. } => {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    while let Some(Step::Dispatch { pipeline, bind_group, groups, .. }) = self.steps.get(i) {
+                        pass.set_pipeline(pipeline);
+                        pass.set_bind_group(0, bind_group, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record with a timestamp pair around every dispatch (one pass each), for per-kernel timing.
+    /// Returns the labels in query order.
+    pub fn encode_timed(&self, enc: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) -> Vec<&'static str> {
+        let mut labels = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Copy { src, src_offset, dst, dst_offset, size } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Step::Dispatch { label, pipeline, bind_group, groups } => {
+                    let q = 2 * labels.len() as u32;
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: queries,
+                            beginning_of_pass_write_index: Some(q),
+                            end_of_pass_write_index: Some(q + 1),
+                        }),
+                    });
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    labels.push(*label);
+                }
+            }
+        }
+        labels
+    }
+
+    pub fn dispatch_count(&self) -> usize {
+        self.steps.iter().filter(|s| matches!(s, Step::Dispatch { .. })).count()
+    }
+}
+
+/// Parameter blocks, field for field as the WGSL `Params` structs.
+pub mod params {
+    pub fn embedding(n_rows: u32, dim: u32, row_start: u32, part_rows: u32) -> Vec<u32> {
+        vec![n_rows, dim, row_start, part_rows]
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub struct LayerNorm {
+        pub n_rows: u32,
+        pub dim: u32,
+        pub in_rows_per_seq: u32,
+        pub out_rows_per_seq: u32,
+        pub in_row_offset: u32,
+        /// (shift_offset, scale_offset, mod_stride) into the modulation buffer, or None.
+        pub modulation: Option<(u32, u32, u32)>,
+    }
+    impl LayerNorm {
+        pub fn words(&self) -> Vec<u32> {
+            let (has, sh, sc, st) = match self.modulation {
+                Some((sh, sc, st)) => (1, sh, sc, st),
+                None => (0, 0, 0, 0),
+            };
+            vec![self.n_rows, self.dim, self.in_rows_per_seq, self.out_rows_per_seq, self.in_row_offset, has, sh, sc, st]
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Epilogue {
+        Store = 0,
+        Gelu = 1,
+        Silu = 2,
+        GatedResidual = 3,
+        Residual = 4,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub struct Matmul {
+        pub m: u32,
+        pub n: u32,
+        pub k: u32,
+        pub lda: u32,
+        pub a_offset: u32,
+        pub ldc: u32,
+        pub out_col_offset: u32,
+        pub has_bias: bool,
+        pub bias_offset: u32,
+        pub epilogue: Epilogue,
+        pub rows_per_seq: u32,
+        pub gate_stride: u32,
+        pub gate_offset: u32,
+    }
+    impl Matmul {
+        /// Plain `out = a · wᵀ` of an [m, k] by [n, k] pair.
+        pub fn plain(m: u32, n: u32, k: u32) -> Matmul {
+            Matmul {
+                m, n, k, lda: k, a_offset: 0, ldc: n, out_col_offset: 0, has_bias: false, bias_offset: 0,
+                epilogue: Epilogue::Store, rows_per_seq: m.max(1), gate_stride: 0, gate_offset: 0,
+            }
+        }
+        pub fn words(&self) -> Vec<u32> {
+            vec![
+                self.m, self.n, self.k, self.lda, self.a_offset, self.ldc, self.out_col_offset, self.has_bias as u32,
+                self.bias_offset, self.epilogue as u32, self.rows_per_seq, self.gate_stride, self.gate_offset,
+            ]
+        }
+        pub fn groups(&self) -> [u32; 3] {
+            [self.n.div_ceil(64), self.m.div_ceil(64), 1]
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub struct Attention {
+        pub n_q: u32,
+        pub n_kv: u32,
+        pub n_heads: u32,
+        pub q_seq_stride: u32,
+        pub q_row_offset: u32,
+        pub kv_seq_stride: u32,
+        pub q_index_offset: u32,
+        pub mask: bd3_model::AttentionMask,
+        pub pos_period: u32,
+        pub head_dim: u32,
+    }
+    impl Attention {
+        pub fn words(&self) -> Vec<u32> {
+            let scale = 1.0 / (self.head_dim as f32).sqrt();
+            vec![
+                self.n_q, self.n_kv, self.n_heads, self.q_seq_stride, self.q_row_offset, self.kv_seq_stride, self.q_index_offset,
+                self.mask.code(), self.mask.block_size() as u32, self.mask.half_len().max(1) as u32, self.pos_period, scale.to_bits(),
+            ]
+        }
+        pub fn groups(&self, batch: u32) -> [u32; 3] {
+            [self.n_q.div_ceil(64), self.n_heads, batch]
+        }
+    }
+
+    pub fn token_loss(n_rows: u32, vocab: u32, mask_id: u32, ar: bool, write_log_probs: bool, row_offset: u32) -> Vec<u32> {
+        vec![n_rows, vocab, mask_id, ar as u32, write_log_probs as u32, row_offset]
+    }
+
+    pub fn sedd_loss(n_rows: u32, vocab: u32, mask_id: u32, write_log_score: bool, row_offset: u32, rows_per_seq: u32) -> Vec<u32> {
+        vec![n_rows, vocab, mask_id, write_log_score as u32, row_offset, rows_per_seq]
+    }
+
+    pub fn reduce_sum(n: u32, out_index: u32) -> Vec<u32> {
+        vec![n, out_index]
+    }
+}

@@ -1,0 +1,124 @@
+//! Model weights on the GPU, uploaded tensor by tensor from a strict [`Checkpoint`].
+//!
+//! A matrix larger than one storage binding (the 50258 × 768 embedding and head are 154 MB in f32,
+//! over the 128 MiB default) is split by rows into parts; kernels run once per part.
+
+use crate::context::GpuContext;
+use bd3_model::{Checkpoint, ModelConfig, Result};
+
+/// One row range of a matrix in its own buffer.
+pub struct Part {
+    pub buffer: wgpu::Buffer,
+    pub row_start: usize,
+    pub rows: usize,
+}
+
+/// A row-major [rows, cols] matrix stored as one or more row ranges.
+pub struct SplitMatrix {
+    pub parts: Vec<Part>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl SplitMatrix {
+    pub fn upload(ctx: &GpuContext, label: &str, data: &[f32], rows: usize, cols: usize) -> Result<SplitMatrix> {
+        assert_eq!(data.len(), rows * cols);
+        let rows_per_part = ((ctx.max_binding() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
+        let mut parts = Vec::new();
+        let mut row_start = 0;
+        while row_start < rows {
+            let n = rows_per_part.min(rows - row_start);
+            let bytes = bytemuck::cast_slice(&data[row_start * cols..(row_start + n) * cols]);
+            parts.push(Part { buffer: ctx.storage_init(label, bytes)?, row_start, rows: n });
+            row_start += n;
+        }
+        Ok(SplitMatrix { parts, rows, cols })
+    }
+}
+
+/// A Linear layer: weight [out, in] as stored by PyTorch, optional bias [out].
+pub struct Linear {
+    pub weight: SplitMatrix,
+    pub bias: Option<wgpu::Buffer>,
+}
+
+impl Linear {
+    pub fn out_features(&self) -> usize {
+        self.weight.rows
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.cols
+    }
+}
+
+pub struct BlockWeights {
+    pub norm1: wgpu::Buffer,
+    pub attn_qkv: Linear,
+    pub attn_out: Linear,
+    pub norm2: wgpu::Buffer,
+    pub mlp_up: Linear,
+    pub mlp_down: Linear,
+    /// adaLN: c → (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp); None for AR.
+    pub adaln: Option<Linear>,
+}
+
+pub struct Weights {
+    pub vocab_embed: SplitMatrix,
+    /// sigma_map.mlp.0 and .2 (None for AR).
+    pub sigma_map: Option<(Linear, Linear)>,
+    pub blocks: Vec<BlockWeights>,
+    pub norm_final: wgpu::Buffer,
+    /// Final adaLN: c → (shift, scale); None for AR.
+    pub final_adaln: Option<Linear>,
+    pub head: Linear,
+    /// rotary_emb.inv_freq as stored in the checkpoint.
+    pub inv_freq: Vec<f32>,
+}
+
+impl Weights {
+    pub fn upload(ctx: &GpuContext, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Weights> {
+        let vector = |name: &str| -> Result<wgpu::Buffer> { ctx.storage_init(name, bytemuck::cast_slice(&ckpt.tensor_f32(name)?)) };
+        let linear = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
+            let w = ckpt.tensor_f32(&format!("{name}.weight"))?;
+            Ok(Linear {
+                weight: SplitMatrix::upload(ctx, name, &w, rows, cols)?,
+                bias: if bias { Some(vector(&format!("{name}.bias"))?) } else { None },
+            })
+        };
+        let (d, c) = (cfg.hidden_dim, cfg.cond_dim);
+        let adaln = cfg.kind.has_adaln();
+        let embed = ckpt.tensor_f32("vocab_embed.embedding")?;
+        let vocab_embed = SplitMatrix::upload(ctx, "vocab_embed", &embed, cfg.vocab_size, d)?;
+        drop(embed);
+        let sigma_map = if adaln {
+            Some((
+                linear("sigma_map.mlp.0", c, bd3_model::config::TIMESTEP_FEATURES, true)?,
+                linear("sigma_map.mlp.2", c, c, true)?,
+            ))
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_blocks);
+        for i in 0..cfg.n_blocks {
+            let p = |s: &str| format!("blocks.{i}.{s}");
+            blocks.push(BlockWeights {
+                norm1: vector(&p("norm1.weight"))?,
+                attn_qkv: linear(&p("attn_qkv"), 3 * d, d, false)?,
+                attn_out: linear(&p("attn_out"), d, d, false)?,
+                norm2: vector(&p("norm2.weight"))?,
+                mlp_up: linear(&p("mlp.0"), 4 * d, d, true)?,
+                mlp_down: linear(&p("mlp.2"), d, 4 * d, true)?,
+                adaln: if adaln { Some(linear(&p("adaLN_modulation"), 6 * d, c, true)?) } else { None },
+            });
+        }
+        Ok(Weights {
+            vocab_embed,
+            sigma_map,
+            blocks,
+            norm_final: vector("output_layer.norm_final.weight")?,
+            final_adaln: if adaln { Some(linear("output_layer.adaLN_modulation", 2 * d, c, true)?) } else { None },
+            head: linear("output_layer.linear", cfg.vocab_size, d, true)?,
+            inv_freq: ckpt.tensor_f32("rotary_emb.inv_freq")?,
+        })
+    }
+}

@@ -1,0 +1,80 @@
+// LayerNorm without bias, with optional adaLN modulation (spec §1.2):
+//   y = (x - mean) / sqrt(var + 1e-5) * w * (1 + scale[seq]) + shift[seq]
+// mean and the biased variance are taken over the row (two passes, f32), as F.layer_norm does.
+//
+// Rows can be re-mapped so the final layer normalises only the rows the head needs (the x_t half of
+// x_t ⊕ x_0, or the last block of a window): output row r of sequence s = r / out_rows_per_seq reads
+// input row s * in_rows_per_seq + in_row_offset + r % out_rows_per_seq.
+// The modulation vectors live in `modv` at row s (stride mod_stride floats) and offsets shift_offset /
+// scale_offset (chunks of the adaLN output). has_mod = 0 gives a plain LN * w (AR).
+//
+// Bindings: 0 params, 1 x [*, dim], 2 w [dim], 3 modv [n_seq, mod_stride], 4 out [n_rows, dim].
+// Tiling: one workgroup of 256 threads per row, tree reductions in workgroup memory (1 KiB).
+
+struct Params {
+    n_rows: u32,
+    dim: u32,
+    in_rows_per_seq: u32,
+    out_rows_per_seq: u32,
+    in_row_offset: u32,
+    has_mod: u32,
+    shift_offset: u32,
+    scale_offset: u32,
+    mod_stride: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> modv: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, WG>;
+
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] = partial[lid] + partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wg.x + wg.y * nwg.x;
+    if (r >= p.n_rows) {
+        return; // uniform per workgroup
+    }
+    let s = r / p.out_rows_per_seq;
+    let in_base = (s * p.in_rows_per_seq + p.in_row_offset + r % p.out_rows_per_seq) * p.dim;
+    let out_base = r * p.dim;
+    let n = f32(p.dim);
+
+    var acc = 0.0;
+    for (var j = lid; j < p.dim; j += WG) {
+        acc += x[in_base + j];
+    }
+    let mean = workgroup_sum(acc, lid) / n;
+    var acc2 = 0.0;
+    for (var j = lid; j < p.dim; j += WG) {
+        let d = x[in_base + j] - mean;
+        acc2 += d * d;
+    }
+    let inv = inverseSqrt(workgroup_sum(acc2, lid) / n + 1e-5);
+
+    let mod_base = s * p.mod_stride;
+    for (var j = lid; j < p.dim; j += WG) {
+        var y = (x[in_base + j] - mean) * inv * w[j];
+        if (p.has_mod != 0u) {
+            y = y * (1.0 + modv[mod_base + p.scale_offset + j]) + modv[mod_base + p.shift_offset + j];
+        }
+        out[out_base + j] = y;
+    }
+}

@@ -1,0 +1,36 @@
+// Sum of a vector into one value: out[out_index] = Σ_{i<n} x[i]. Used for the batch loss (Σ token_loss),
+// so only 4 bytes come back to the CPU instead of every token's loss.
+//
+// Bindings: 0 params, 1 x [n], 2 out.
+// Tiling: a single workgroup of 256 threads; each sums a strided slice, then a tree in workgroup memory.
+
+struct Params {
+    n: u32,
+    out_index: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    var acc = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        acc += x[i];
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            partial[lid] = partial[lid] + partial[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        out[p.out_index] = partial[0];
+    }
+}

@@ -1,0 +1,72 @@
+// SEDD log-score and score-entropy loss (spec §3.8, sedd/README §2):
+//   s_v = l_v − log(expm1 σ) − log(V−1), and s[x_t] = 0
+//   at a masked row: entropy = Σ_{v≠mask} exp(s_v) − r·s[x0] + r(log r − 1), r = 1/expm1(σ)
+//   token_loss = dσ · entropy (0 on unmasked rows)
+// The per-sequence constants are computed on the CPU in f64 (log(expm1 σ) needs care near σ = 0):
+//   seq_consts[s] = (shift = log(expm1 σ) + log(V−1), r, r(log r − 1), dσ).
+//
+// Bindings: 0 params, 1 logits [n_rows, vocab] (chunk), 2 input_ids, 3 targets (global rows),
+//           4 seq_consts [n_seq, 4], 5 log_score [n_rows, vocab] (chunk), 6 entropy, 7 token_loss (global rows).
+// Tiling: one workgroup of 256 threads per row, one sum reduction in workgroup memory (1 KiB).
+
+struct Params {
+    n_rows: u32,
+    vocab: u32,
+    mask_id: u32,
+    write_log_score: u32,
+    row_offset: u32,
+    rows_per_seq: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> input_ids: array<u32>;
+@group(0) @binding(3) var<storage, read> targets: array<u32>;
+@group(0) @binding(4) var<storage, read> seq_consts: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> log_score: array<f32>;
+@group(0) @binding(6) var<storage, read_write> entropy: array<f32>;
+@group(0) @binding(7) var<storage, read_write> token_loss: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> red_sum: array<f32, WG>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = wg.x + wg.y * nwg.x;
+    if (r >= p.n_rows) {
+        return;
+    }
+    let row = p.row_offset + r;
+    let base = r * p.vocab;
+    let x_t = input_ids[row];
+    let c = seq_consts[row / p.rows_per_seq];
+
+    var sum = 0.0;
+    for (var v = lid; v < p.vocab; v += WG) {
+        let s = select(logits[base + v] - c.x, 0.0, v == x_t);
+        if (p.write_log_score != 0u) {
+            log_score[base + v] = s;
+        }
+        if (v != p.mask_id) {
+            sum += exp(s);
+        }
+    }
+    red_sum[lid] = sum;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            red_sum[lid] = red_sum[lid] + red_sum[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        var e = 0.0;
+        if (x_t == p.mask_id) {
+            let target_id = targets[row];
+            let s_target = select(logits[base + target_id] - c.x, 0.0, target_id == x_t);
+            e = red_sum[0] - c.y * s_target + c.z;
+        }
+        entropy[row] = e;
+        token_loss[row] = c.w * e;
+    }
+}
