@@ -18,7 +18,7 @@
 // by the host for each model (private arrays need constant sizes).
 
 const HEAD_DIM: u32 = 64u;
-const KEY_TILE: u32 = 32u;
+const KEY_TILE: u32 = 31u;
 const HALF: u32 = HEAD_DIM / 2u;
 const WG: u32 = 64u;
 

@@ -1,0 +1,113 @@
+//! Bad input gets a clear one-line error and a non-zero exit code, never a panic.
+
+use safetensors::tensor::TensorView;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a"))
+}
+
+/// A fresh copy of the tiny-a files (without sub-folders) in a temporary folder.
+fn scratch_copy(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bd3-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(fixture_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Rewrite model.safetensors through `edit`, which gets (name, dtype, shape, bytes) tuples.
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn run_verify(dir: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("verify").arg(dir).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+fn assert_one_line_error(dir: &Path, needles: &[&str]) {
+    let (code, stderr) = run_verify(dir);
+    assert_ne!(code, 0, "must fail: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn renamed_tensor_is_named() {
+    let dir = scratch_copy("renamed");
+    rewrite_weights(&dir, |t| {
+        let e = t.iter_mut().find(|e| e.0 == "backbone.blocks.1.norm2.weight").unwrap();
+        e.0 = "backbone.blocks.1.norm_2.weight".into();
+    });
+    assert_one_line_error(&dir, &["model.safetensors", "backbone.blocks.1.norm_2.weight", "unexpected"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = scratch_copy("missing");
+    rewrite_weights(&dir, |t| t.retain(|e| e.0 != "backbone.output_layer.linear.bias"));
+    assert_one_line_error(&dir, &["backbone.output_layer.linear.bias", "missing"]);
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let dir = scratch_copy("shape");
+    rewrite_weights(&dir, |t| {
+        let e = t.iter_mut().find(|e| e.0 == "backbone.blocks.0.attn_qkv.weight").unwrap();
+        e.2 = vec![64, 192];
+    });
+    assert_one_line_error(&dir, &["backbone.blocks.0.attn_qkv.weight", "shape [64, 192], expected [192, 64]"]);
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let dir = scratch_copy("dtype");
+    rewrite_weights(&dir, |t| {
+        let e = t.iter_mut().find(|e| e.0 == "backbone.blocks.0.norm1.weight").unwrap();
+        e.1 = safetensors::Dtype::I32;
+    });
+    assert_one_line_error(&dir, &["backbone.blocks.0.norm1.weight", "unsupported dtype"]);
+}
+
+#[test]
+fn truncated_checkpoint_is_reported() {
+    let dir = scratch_copy("truncated");
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_one_line_error(&dir, &["model.safetensors", "not a readable safetensors file"]);
+}
+
+#[test]
+fn malformed_and_unknown_configs_are_reported() {
+    let dir = scratch_copy("badjson");
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"bd3lm\", \"vocab_size\": ").unwrap();
+    assert_one_line_error(&dir, &["config.json", "not valid JSON"]);
+    let dir = scratch_copy("unknown");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2", "vocab_size": 128}"#).unwrap();
+    assert_one_line_error(&dir, &["config.json", "unknown `model_type` \"gpt2\""]);
+}
+
+#[test]
+fn missing_folder_and_unknown_command() {
+    assert_one_line_error(Path::new("/nonexistent/bd3"), &["/nonexistent/bd3"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command `frobnicate`"));
+}

@@ -15,8 +15,9 @@ use std::task::{Context, Poll, Waker};
 /// What a caller may ask of the device beyond the defaults.
 #[derive(Clone, Debug, Default)]
 pub struct ContextOptions {
-    /// Pretend storage bindings are at most this many bytes (tests use it to exercise tensor splitting).
-    pub max_binding_override: Option<u64>,
+    /// Split weights and chunk logits as if storage bindings held at most this many bytes (tests use it
+    /// to exercise the paths the 154 MB GPT-2 embedding takes on a real adapter).
+    pub split_threshold: Option<u64>,
     /// Ask for timestamp queries (per-kernel timing in benchmarks) when the adapter has them.
     pub timestamps: bool,
 }
@@ -64,6 +65,7 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     pub counters: Counters,
     max_binding: u64,
+    split_threshold: u64,
     uncaptured: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     staging: Mutex<Vec<wgpu::Buffer>>,
@@ -110,9 +112,8 @@ impl GpuContext {
                 *s = Some(one_line(&e.to_string()));
             }
         }));
-        let max_binding = (limits.max_storage_buffer_binding_size as u64)
-            .min(limits.max_buffer_size)
-            .min(opts.max_binding_override.unwrap_or(u64::MAX));
+        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let split_threshold = max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4);
         Ok(GpuContext {
             device,
             queue,
@@ -121,15 +122,21 @@ impl GpuContext {
             features,
             counters: Counters::default(),
             max_binding,
+            split_threshold,
             uncaptured,
             pipelines: Mutex::new(HashMap::new()),
             staging: Mutex::new(Vec::new()),
         })
     }
 
-    /// Largest buffer a single storage binding may cover, after any test override.
+    /// Largest buffer a single storage binding may cover.
     pub fn max_binding(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Size above which weights are split by rows and logits are produced in chunks.
+    pub fn split_threshold(&self) -> u64 {
+        self.split_threshold
     }
 
     pub fn adapter_summary(&self) -> String {

@@ -37,7 +37,7 @@ pub fn attention_source(head_dim: usize) -> String {
     let key_tile = ((WORKGROUP_MEMORY_BUDGET - 65 * 4) / (8 * head_dim)).clamp(1, 32);
     ATTENTION_WGSL
         .replacen("const HEAD_DIM: u32 = 64u;", &format!("const HEAD_DIM: u32 = {head_dim}u;"), 1)
-        .replacen("const KEY_TILE: u32 = 32u;", &format!("const KEY_TILE: u32 = {key_tile}u;"), 1)
+        .replacen("const KEY_TILE: u32 = 31u;", &format!("const KEY_TILE: u32 = {key_tile}u;"), 1)
 }
 
 /// All pipelines a model needs, built up front (lavapipe compiles lazily, so building is cheap here).
@@ -88,6 +88,7 @@ struct PendingDispatch {
     params: std::ops::Range<u64>,
     bindings: Vec<Slice>,
     groups: [u32; 3],
+    flops: u64,
 }
 
 enum PendingStep {
@@ -98,7 +99,8 @@ enum PendingStep {
 }
 
 pub enum Step {
-    Dispatch { label: &'static str, pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, groups: [u32; 3] },
+    /// `flops` counts the multiply-adds ×2 of GEMM dispatches (0 elsewhere), for benchmarks.
+    Dispatch { label: &'static str, pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, groups: [u32; 3], flops: u64 },
     Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
 }
 
@@ -147,7 +149,15 @@ impl<'a> ProgramBuilder<'a> {
             params: start as u64..end as u64,
             bindings,
             groups,
+            flops: 0,
         }));
+    }
+
+    /// Record the floating-point work of the last dispatch (GEMMs), for throughput reports.
+    pub fn annotate_flops(&mut self, flops: u64) {
+        if let Some(PendingStep::Dispatch(d)) = self.steps.last_mut() {
+            d.flops = flops;
+        }
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
@@ -193,7 +203,7 @@ impl<'a> ProgramBuilder<'a> {
                         }));
                     }
                     let bind_group = ctx.bind_group(&d.pipeline, &res);
-                    Step::Dispatch { label: d.label, pipeline: d.pipeline, bind_group, groups: d.groups }
+                    Step::Dispatch { label: d.label, pipeline: d.pipeline, bind_group, groups: d.groups, flops: d.flops }
                 }
             })
             .collect();
@@ -231,7 +241,7 @@ impl Program {
         for step in &self.steps {
             match step {
                 Step::Copy { src, src_offset, dst, dst_offset, size } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
-                Step::Dispatch { label, pipeline, bind_group, groups } => {
+                Step::Dispatch { label, pipeline, bind_group, groups, .. } => {
                     let q = 2 * labels.len() as u32;
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,

@@ -224,6 +224,11 @@ impl GpuModel {
         Ok(ForwardOutput { loss_sum: out[l.loss_sum] as f64, capture })
     }
 
+    /// The recorded program of a shape (after its first forward), for benchmarks.
+    pub fn program(&self, shape: &ForwardShape) -> Option<&Program> {
+        self.workspaces.get(shape).map(|w| &w.program)
+    }
+
     /// Check sizes and ids before anything reaches the GPU.
     fn check_input(&self, s: &ForwardShape, i: &ForwardInput<'_>) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
@@ -284,7 +289,7 @@ impl GpuModel {
         let token_loss = f32s("token_loss", scored)?;
         let loss_sum = f32s("loss_sum", 1)?;
         let final_normed = f32s("final_normed", scored * d)?;
-        let chunk_rows = ((LOGITS_CHUNK_BYTES.min(ctx.max_binding()) / (v as u64 * 4)) as usize).clamp(1, scored);
+        let chunk_rows = ((LOGITS_CHUNK_BYTES.min(ctx.split_threshold()) / (v as u64 * 4)) as usize).clamp(1, scored);
         let logits = f32s("logits_chunk", chunk_rows * v)?;
         let log_probs = if s.capture { Some(f32s("log_probs_chunk", chunk_rows * v)?) } else { None };
         let sedd = s.objective == Objective::Sedd;
@@ -411,6 +416,7 @@ impl GpuModel {
                     vec![(&final_normed).into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), (&logits).into()],
                     mp.groups(),
                 );
+                pb.annotate_flops(2 * (n * part.rows * d) as u64);
             }
             let lp = log_probs.as_ref().unwrap_or(&k.dummy);
             let groups = pb.fold(n as u64)?;
@@ -493,6 +499,7 @@ fn linear(
         };
         let bias: Slice = lin.bias.as_ref().unwrap_or(&k.dummy).into();
         pb.dispatch("matmul", &k.matmul, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into()], mp.groups());
+        pb.annotate_flops(2 * (m * part.rows * kk) as u64);
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ pub struct SplitMatrix {
 impl SplitMatrix {
     pub fn upload(ctx: &GpuContext, label: &str, data: &[f32], rows: usize, cols: usize) -> Result<SplitMatrix> {
         assert_eq!(data.len(), rows * cols);
-        let rows_per_part = ((ctx.max_binding() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
+        let rows_per_part = ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
         let mut parts = Vec::new();
         let mut row_start = 0;
         while row_start < rows {

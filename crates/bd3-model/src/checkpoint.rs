@@ -175,6 +175,38 @@ pub fn f16_to_f32(h: u16) -> f32 {
 mod tests {
     use super::*;
 
+    fn tiny_ar() -> ModelConfig {
+        ModelConfig::from_json_bytes(
+            br#"{"model_type":"bd3lm","causal":true,"adaln":false,"hidden_dim":4,"model_length":8,"n_blocks":1,"n_heads":2,"vocab_size":5}"#,
+            "config.json",
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Every expected tensor filled with 1.5 in the given 16-bit dtype (1.5 is exact in both).
+    fn checkpoint_bytes(cfg: &ModelConfig, dtype: Dtype, one_and_a_half: u16) -> Vec<u8> {
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = expected_tensors(cfg)
+            .into_iter()
+            .map(|(n, s)| {
+                let count: usize = s.iter().product();
+                (format!("backbone.{n}"), s, one_and_a_half.to_le_bytes().repeat(count))
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            data.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap())).collect();
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn half_precision_checkpoints_are_converted() {
+        let cfg = tiny_ar();
+        for (dtype, bits) in [(Dtype::F16, 0x3e00u16), (Dtype::BF16, 0x3fc0)] {
+            let ck = Checkpoint::from_bytes(checkpoint_bytes(&cfg, dtype, bits), "m.safetensors", &cfg).unwrap();
+            assert_eq!(ck.tensor_f32("output_layer.linear.weight").unwrap(), vec![1.5; 5 * 4], "{dtype:?}");
+        }
+    }
+
     #[test]
     fn f16_conversion_matches_known_values() {
         for (h, f) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 5.960_464_5e-8), (0x0400, 6.103_515_6e-5), (0x3555, 0.333_251_95)] {

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu_ref;
 pub mod error;
+pub mod init;
 pub mod mask;
 pub mod schedule;
 pub mod tables;

@@ -1,5 +1,169 @@
-//! `bd3-wgpu bench forward`: placeholder filled in below.
-use bd3_model::Result;
-pub fn run(_args: &[String]) -> Result<()> {
+//! `bd3-wgpu bench forward`: the vectorised BD3LM training forward (x_t ⊕ x_0, 2L tokens per sequence)
+//! at a chosen size with random weights. Prints tokens/s per batch size, time per kernel kind
+//! (timestamp queries, where the adapter has them), GEMM GFLOP/s, and the submits, buffers and bind
+//! groups created per forward once warm (the structural counts that must stay at 1, 0, 0).
+
+use bd3_gpu::kernels::Step;
+use bd3_gpu::{ContextOptions, ForwardInput, ForwardShape, GpuContext, GpuModel};
+use bd3_model::init::{random_weights, to_safetensors, SplitMix};
+use bd3_model::{Checkpoint, Error, ModelConfig, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+const USAGE: &str = "bench forward [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N]
+  sizes: small = 768,12,12,50258,1024 (the official model); tiny = 64,4,2,128,16
+  D hidden, H heads, N blocks, V vocabulary, L length (use small D, V, L on a software adapter)";
+
+pub struct BenchSize {
+    pub hidden: usize,
+    pub heads: usize,
+    pub blocks: usize,
+    pub vocab: usize,
+    pub length: usize,
+}
+
+pub fn parse_size(s: &str) -> Result<BenchSize> {
+    let v: Vec<usize> = match s {
+        "small" => vec![768, 12, 12, 50258, 1024],
+        "tiny" => vec![64, 4, 2, 128, 16],
+        spec => spec.split(',').map(|x| x.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--size `{spec}`: expected small, tiny or D,H,N,V,L")))?,
+    };
+    if v.len() != 5 || v.contains(&0) {
+        return Err(Error::Invalid(format!("--size `{s}`: expected five positive numbers D,H,N,V,L")));
+    }
+    Ok(BenchSize { hidden: v[0], heads: v[1], blocks: v[2], vocab: v[3], length: v[4] })
+}
+
+/// A BD3LM config of the given size (official field names), validated like a real one.
+pub fn bench_config(size: &BenchSize, block_size: usize) -> Result<ModelConfig> {
+    let json = format!(
+        r#"{{"model_type":"bd3lm","block_size":{block_size},"cond_dim":128,"hidden_dim":{},"model_length":{},"n_blocks":{},"n_heads":{},"vocab_size":{}}}"#,
+        size.hidden, size.length, size.blocks, size.heads, size.vocab
+    );
+    ModelConfig::from_json_bytes(json.as_bytes(), "bench config", None)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(what) = args.first() else { return Err(Error::Invalid(format!("usage: bd3-wgpu {USAGE}"))) };
+    if what != "forward" {
+        return Err(Error::Invalid(format!("unknown benchmark `{what}`; usage: bd3-wgpu {USAGE}")));
+    }
+    let (mut size, mut batches, mut block_size, mut iters) = (parse_size("small")?, vec![1usize, 8], 16usize, 3usize);
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
+            "--batch" => {
+                let v = it.next().ok_or_else(|| Error::Invalid("--batch needs a value".into()))?;
+                batches = v.split(',').map(|x| x.parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--batch `{v}` is not a list of numbers")))?;
+            }
+            "--block-size" => block_size = crate::parse_num(it.next(), "--block-size")?,
+            "--iters" => iters = crate::parse_num::<usize>(it.next(), "--iters")?.max(1),
+            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
+        }
+    }
+    let block_size = block_size.min(size.length);
+    let cfg = bench_config(&size, block_size)?;
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions { timestamps: true, ..Default::default() }))?);
+    println!("adapter: {}", ctx.adapter_summary());
+    let t0 = Instant::now();
+    let tensors = random_weights(&cfg, 7, 0.02);
+    let params: usize = tensors.iter().map(|t| t.data.len()).sum();
+    let bytes = to_safetensors(&cfg, &tensors, None);
+    drop(tensors);
+    let ckpt = Checkpoint::from_bytes(bytes, "random weights", &cfg)?;
+    let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
+    drop(ckpt);
+    println!(
+        "model: hidden {}, {} heads, {} blocks, vocab {}, L = {}, block size {} — {:.1}M parameters, loaded in {:.1} s",
+        cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.vocab_size, cfg.model_length, block_size, params as f64 / 1e6, t0.elapsed().as_secs_f64()
+    );
+    println!("input: x_t ⊕ x_0 ({} tokens per sequence), block-diffusion mask, SUBS loss reduced on the GPU", 2 * cfg.model_length);
+    println!();
+    println!("{:>5}  {:>10}  {:>12}  {:>8}  {:>9}  {:>8}  {:>11}  {:>11}", "batch", "ms/forward", "tokens/s", "submits", "buffers", "binds", "read back", "GEMM GF/s");
+    let mut kernel_rows = Vec::new();
+    for &b in &batches {
+        let l = cfg.model_length;
+        let shape = ForwardShape::bd3lm_train(b, l, block_size);
+        let mut rng = SplitMix(11);
+        let x0: Vec<u32> = (0..b * l).map(|_| (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32).collect();
+        let xt: Vec<u32> = x0.iter().map(|&x| if rng.uniform() < 0.5 { cfg.mask_id() } else { x }).collect();
+        let tokens: Vec<u32> = (0..b).flat_map(|s| [&xt[s * l..(s + 1) * l], &x0[s * l..(s + 1) * l]].concat()).collect();
+        let weights = vec![2.0f32; b * l];
+        let sigma = vec![0.0; b];
+        let input = ForwardInput { tokens: &tokens, sigma: &sigma, input_ids: &xt, targets: &x0, weights: &weights, sedd_t: &[] };
+        // Warm-up: records the program, allocates the workspace, compiles pipelines lazily.
+        if let Err(e) = pollster::block_on(model.forward(&shape, &input)) {
+            println!("{b:>5}  skipped: {e}");
+            continue;
+        }
+        let before = ctx.snapshot();
+        let t = Instant::now();
+        for _ in 0..iters {
+            pollster::block_on(model.forward(&shape, &input))?;
+        }
+        let secs = t.elapsed().as_secs_f64() / iters as f64;
+        let per = ctx.snapshot() - before;
+        let n = iters as u64;
+        let timing = kernel_times(&ctx, model.program(&shape).unwrap())?;
+        let gemm = timing.as_ref().map(|k| k.gemm_flops as f64 / k.gemm_seconds / 1e9).map(|g| format!("{g:.1}")).unwrap_or("n/a".into());
+        println!(
+            "{b:>5}  {:>10.2}  {:>12.0}  {:>8}  {:>9}  {:>8}  {:>9} B  {:>11}",
+            secs * 1e3, (b * l) as f64 / secs, per.submits / n, per.buffers_created / n, per.bind_groups_created / n, per.bytes_read_back / n, gemm
+        );
+        if let Some(k) = timing {
+            kernel_rows.push((b, k));
+        }
+    }
+    println!("\ntokens/s counts the L data tokens of each sequence (the network processes 2L).");
+    for (b, k) in kernel_rows {
+        let total: f64 = k.by_kind.values().map(|v| v.0).sum();
+        println!("\ntime per kernel kind, batch {b} (timestamp queries, one pass per dispatch):");
+        println!("{:<12} {:>10} {:>7} {:>11}", "kernel", "ms", "share", "dispatches");
+        for (name, (secs, count)) in &k.by_kind {
+            println!("{name:<12} {:>10.3} {:>6.1}% {:>11}", secs * 1e3, 100.0 * secs / total, count);
+        }
+    }
     Ok(())
+}
+
+struct KernelTimes {
+    by_kind: BTreeMap<&'static str, (f64, usize)>,
+    gemm_flops: u64,
+    gemm_seconds: f64,
+}
+
+/// Time every dispatch of a program with timestamp queries; None without TIMESTAMP_QUERY.
+fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::kernels::Program) -> Result<Option<KernelTimes>> {
+    if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        return Ok(None);
+    }
+    let n = program.dispatch_count() as u32;
+    let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("bench timestamps"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
+    let resolve = ctx.buffer("timestamps", 16 * n as u64, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
+    let staging = ctx.take_staging(16 * n as u64)?;
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let labels = program.encode_timed(&mut enc, &queries);
+    enc.resolve_query_set(&queries, 0..2 * n, &resolve, 0);
+    enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
+    ctx.submit(enc);
+    let bytes = pollster::block_on(ctx.map_read(&staging, 16 * n as u64))?;
+    ctx.return_staging(staging);
+    let stamps: &[u64] = bytemuck::cast_slice(&bytes);
+    let period = ctx.queue.get_timestamp_period() as f64 * 1e-9;
+    let flops: Vec<u64> = program.steps.iter().filter_map(|s| if let Step::Dispatch { flops, .. } = s { Some(*flops) } else { None }).collect();
+    let mut by_kind = BTreeMap::new();
+    let (mut gemm_flops, mut gemm_seconds) = (0u64, 0f64);
+    for (i, label) in labels.iter().enumerate() {
+        let secs = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period;
+        let e = by_kind.entry(*label).or_insert((0.0, 0));
+        e.0 += secs;
+        e.1 += 1;
+        if flops[i] > 0 {
+            gemm_flops += flops[i];
+            gemm_seconds += secs;
+        }
+    }
+    Ok(Some(KernelTimes { by_kind, gemm_flops, gemm_seconds }))
 }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 const USAGE: &str = "usage:
-  bd3-wgpu verify DIR...                 run every fixture case in DIR (golden/tiny-a format)
+  bd3-wgpu verify [--split-threshold BYTES] DIR...   run every fixture case in DIR (golden/tiny-a format)
   bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
   bd3-wgpu info                          print the GPU adapter that would be used";
 
@@ -32,6 +32,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parse a numeric option value, naming the option on failure.
+pub fn parse_num<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T> {
+    let v = v.ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?;
+    v.parse().map_err(|_| Error::Invalid(format!("{flag}: `{v}` is not a valid number")))
+}
+
 fn run(args: &[String]) -> Result<ExitCode> {
     let Some(cmd) = args.first() else {
         eprintln!("{USAGE}");
@@ -39,14 +45,25 @@ fn run(args: &[String]) -> Result<ExitCode> {
     };
     match cmd.as_str() {
         "verify" => {
-            if args.len() < 2 {
+            let mut opts = ContextOptions::default();
+            let mut dirs = Vec::new();
+            let mut rest = args[1..].iter();
+            while let Some(a) = rest.next() {
+                match a.as_str() {
+                    // Split weights and logits as if bindings held this many bytes (tests the large-tensor path).
+                    "--split-threshold" => opts.split_threshold = Some(parse_num(rest.next(), "--split-threshold")?),
+                    flag if flag.starts_with("--") => return Err(Error::Invalid(format!("unknown option `{flag}` for verify"))),
+                    dir => dirs.push(dir.to_string()),
+                }
+            }
+            if dirs.is_empty() {
                 return Err(Error::Invalid(format!("verify needs a fixture folder\n{USAGE}")));
             }
-            let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+            let ctx = Arc::new(pollster::block_on(GpuContext::new(opts))?);
             let mut stdout = std::io::stdout();
             let mut report = report::Report::new(&mut stdout);
             report.note(&format!("adapter: {}", ctx.adapter_summary()));
-            for dir in &args[1..] {
+            for dir in &dirs {
                 pollster::block_on(verify::verify_dir(&ctx, &PathBuf::from(dir), &mut report))?;
             }
             let (passed, failed) = (report.passed, report.failed);

@@ -81,9 +81,4 @@ impl<'a> Report<'a> {
         let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
         self.compare(name, &got, &want, Tolerance::Exact);
     }
-
-    pub fn fail(&mut self, name: &str, why: &str) {
-        let _ = writeln!(self.out, "# {name}: {why}");
-        self.line(name, f64::INFINITY, 0.0, false);
-    }
 }

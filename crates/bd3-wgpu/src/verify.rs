@@ -32,7 +32,8 @@ pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &Path, report: &mut Report<'
     if present.is_empty() && subdirs.is_empty() {
         return Err(Error::Invalid(format!("{}: no fixture cases found (expected one of {})", dir.display(), CASE_FILES.join(", "))));
     }
-    if !present.is_empty() {
+    if !present.is_empty() || dir.join("config.json").is_file() {
+        // The model is loaded (strictly) before any case runs, so a broken checkpoint fails first.
         let (cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
         let mut model = GpuModel::load(ctx.clone(), cfg.clone(), &ckpt).await?;
         report.note(&format!("{}: {} model, vocab {}, hidden {}, {} heads, {} blocks, L = {}", dir.display(), cfg.kind.name(), cfg.vocab_size, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.model_length));

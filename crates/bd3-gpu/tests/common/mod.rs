@@ -1,0 +1,69 @@
+//! Shared helpers of the kernel tests: a device, a deterministic RNG, uploads and comparisons.
+#![allow(dead_code)]
+
+use bd3_gpu::kernels::{Kernels, ProgramBuilder, Slice};
+use bd3_gpu::{ContextOptions, GpuContext};
+use std::sync::Arc;
+
+pub fn context() -> Arc<GpuContext> {
+    Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default())).expect("a GPU adapter (lavapipe in CI)"))
+}
+
+pub fn kernels(ctx: &GpuContext, head_dim: usize) -> Kernels {
+    pollster::block_on(Kernels::new(ctx, head_dim)).unwrap()
+}
+
+/// SplitMix64: small, deterministic, good enough for test data.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in [-scale, scale), never exactly zero.
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| { let v = ((self.uniform() * 2.0 - 1.0) as f32) * scale; if v == 0.0 { scale * 0.5 } else { v } }).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+pub fn upload(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
+    ctx.storage_init("test", bytemuck::cast_slice(data)).unwrap()
+}
+
+pub fn upload_u32(ctx: &GpuContext, data: &[u32]) -> wgpu::Buffer {
+    ctx.storage_init("test", bytemuck::cast_slice(data)).unwrap()
+}
+
+pub fn read(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    pollster::block_on(ctx.read_f32(b, 0, n)).unwrap()
+}
+
+/// Record one dispatch, run it, and fail on any GPU error.
+pub fn run_one(ctx: &GpuContext, label: &'static str, pipeline: &Arc<wgpu::ComputePipeline>, params: &[u32], bindings: Vec<Slice>, groups: [u32; 3]) {
+    let mut pb = ProgramBuilder::new(ctx);
+    pb.dispatch(label, pipeline, params, bindings, groups);
+    let program = pb.finish().unwrap();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    program.encode(&mut enc);
+    ctx.submit(enc);
+    ctx.check().unwrap();
+}
+
+/// max|got − want| ≤ rel · max|want|, with a message naming the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let max_ref = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    assert!(max_ref > 0.0, "{what}: reference is all zeros, the test could not fail");
+    let (i, err) = got.iter().zip(want).map(|(&a, &b)| ((a as f64) - (b as f64)).abs()).enumerate().fold((0, 0.0), |m, (i, e)| if e > m.1 || e.is_nan() { (i, e) } else { m });
+    assert!(err <= rel * max_ref, "{what}: element {i}: got {} want {} (err {err:.3e} > {:.3e})", got[i], want[i], rel * max_ref);
+}

@@ -1,0 +1,271 @@
+//! Every WGSL kernel against the plain CPU loop beside it (`bd3_model::cpu_ref`), on random non-zero
+//! inputs at sizes that are not multiples of the tiles.
+
+mod common;
+use bd3_gpu::kernels::params::{self, Epilogue};
+use bd3_model::cpu_ref;
+use bd3_model::AttentionMask;
+use common::*;
+
+#[test]
+fn matmul_every_epilogue_at_awkward_sizes() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(1);
+    let (m, n, kk) = (70, 45, 37);
+    let a = rng.vec(m * kk, 1.0);
+    let w = rng.vec(n * kk, 1.0);
+    let bias = rng.vec(n, 0.5);
+    let rows_per_seq = 35;
+    let gate = rng.vec(2 * n, 1.0);
+    let base = rng.vec(m * n, 1.0);
+    let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
+        (Epilogue::Store, cpu_ref::Epilogue::Store),
+        (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
+        (Epilogue::Silu, cpu_ref::Epilogue::Silu),
+        (Epilogue::GatedResidual, cpu_ref::Epilogue::GatedResidual { gate: &gate, rows_per_seq }),
+        (Epilogue::Residual, cpu_ref::Epilogue::GatedResidual { gate: &vec![1.0; 2 * n], rows_per_seq }),
+    ];
+    for (epi, cpu_epi) in cases {
+        let mut want = base.clone();
+        cpu_ref::matmul_bt(&a, &w, Some(&bias), m, n, kk, cpu_epi, &mut want);
+        let out = upload(&ctx, &base);
+        let p = params::Matmul {
+            has_bias: true,
+            epilogue: epi,
+            rows_per_seq: rows_per_seq as u32,
+            gate_stride: n as u32,
+            ..params::Matmul::plain(m as u32, n as u32, kk as u32)
+        };
+        run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into()], p.groups());
+        assert_close(&format!("matmul {epi:?}"), &read(&ctx, &out, m * n), &want, 1e-4);
+    }
+}
+
+#[test]
+fn matmul_writes_a_column_range_from_an_offset_input() {
+    // The head path: A starts at a row offset, the weight part covers output columns 20..33 of 50.
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(2);
+    let (rows_total, m, n_total, kk) = (9, 5, 50, 19);
+    let a = rng.vec(rows_total * kk, 1.0);
+    let (col0, n) = (20, 13);
+    let w = rng.vec(n * kk, 1.0);
+    let bias_full = rng.vec(n_total, 1.0);
+    let p = params::Matmul {
+        a_offset: (3 * kk) as u32,
+        ldc: n_total as u32,
+        out_col_offset: col0 as u32,
+        has_bias: true,
+        bias_offset: col0 as u32,
+        ..params::Matmul::plain(m as u32, n as u32, kk as u32)
+    };
+    let out = upload(&ctx, &vec![7.0; m * n_total]);
+    run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias_full)).into(), (&k.dummy).into(), (&out).into()], p.groups());
+    let got = read(&ctx, &out, m * n_total);
+    let mut part = vec![0.0; m * n];
+    cpu_ref::matmul_bt(&a[3 * kk..(3 + m) * kk], &w, Some(&bias_full[col0..col0 + n]), m, n, kk, cpu_ref::Epilogue::Store, &mut part);
+    let mut want = vec![7.0; m * n_total];
+    for i in 0..m {
+        want[i * n_total + col0..i * n_total + col0 + n].copy_from_slice(&part[i * n..(i + 1) * n]);
+    }
+    assert_close("matmul column range", &got, &want, 1e-4);
+}
+
+#[test]
+fn layernorm_with_and_without_modulation_and_row_mapping() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(3);
+    let (n_seq, in_rows, dim) = (2, 7, 300);
+    let x: Vec<f32> = rng.vec(n_seq * in_rows * dim, 2.0).iter().map(|v| v + 0.7).collect();
+    let w = rng.vec(dim, 1.0);
+    let mod_stride = 6 * dim;
+    let modv = rng.vec(n_seq * mod_stride, 0.5);
+    // Rows 2..5 of each sequence, modulated with chunks 3 (shift) and 4 (scale).
+    let (out_rows, offset) = (3, 2);
+    let p = params::LayerNorm {
+        n_rows: (n_seq * out_rows) as u32,
+        dim: dim as u32,
+        in_rows_per_seq: in_rows as u32,
+        out_rows_per_seq: out_rows as u32,
+        in_row_offset: offset as u32,
+        modulation: Some(((3 * dim) as u32, (4 * dim) as u32, mod_stride as u32)),
+    };
+    let out = upload(&ctx, &vec![0.0; n_seq * out_rows * dim]);
+    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &modv)).into(), (&out).into()], [(n_seq * out_rows) as u32, 1, 1]);
+    let selected: Vec<f32> = (0..n_seq).flat_map(|s| x[(s * in_rows + offset) * dim..(s * in_rows + offset + out_rows) * dim].to_vec()).collect();
+    let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * mod_stride + 3 * dim..s * mod_stride + 5 * dim].to_vec()).collect();
+    let want = cpu_ref::layernorm_modulate(&selected, dim, &w, Some(&shift_scale), out_rows);
+    assert_close("layernorm modulated", &read(&ctx, &out, want.len()), &want, 1e-5);
+
+    let p = params::LayerNorm { n_rows: (n_seq * in_rows) as u32, in_rows_per_seq: in_rows as u32, out_rows_per_seq: in_rows as u32, in_row_offset: 0, modulation: None, ..p };
+    let out = upload(&ctx, &vec![0.0; n_seq * in_rows * dim]);
+    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&out).into()], [(n_seq * in_rows) as u32, 1, 1]);
+    let want = cpu_ref::layernorm_modulate(&x, dim, &w, None, in_rows);
+    assert_close("layernorm plain", &read(&ctx, &out, want.len()), &want, 1e-5);
+}
+
+#[test]
+fn embedding_gathers_across_table_parts() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(4);
+    let (v, d, n) = (37, 19, 23);
+    let table = rng.vec(v * d, 1.0);
+    let ids: Vec<u32> = (0..n).map(|_| rng.below(v as u32)).collect();
+    let out = upload(&ctx, &vec![0.0; n * d]);
+    let ids_buf = upload_u32(&ctx, &ids);
+    for (start, rows) in [(0usize, 20usize), (20, 17)] {
+        let part = upload(&ctx, &table[start * d..(start + rows) * d]);
+        run_one(&ctx, "embedding", &k.embedding, &params::embedding(n as u32, d as u32, start as u32, rows as u32), vec![(&ids_buf).into(), (&part).into(), (&out).into()], [((n * d) as u32).div_ceil(256), 1, 1]);
+    }
+    assert_close("embedding", &read(&ctx, &out, n * d), &cpu_ref::embedding(&ids, &table, d), 0.0);
+}
+
+fn attention_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize, n_heads: usize, pos_period: usize, seed: u64) {
+    let ctx = context();
+    let k = kernels(&ctx, head_dim);
+    let mut rng = Rng(seed);
+    let d = n_heads * head_dim;
+    let qkv = rng.vec(batch * seq * 3 * d, 1.5);
+    let inv_freq: Vec<f32> = (0..head_dim / 2).map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32).collect();
+    let (cos, sin) = bd3_model::tables::rotary_tables(&inv_freq, pos_period.min(seq));
+    let p = params::Attention {
+        n_q: seq as u32,
+        n_kv: seq as u32,
+        n_heads: n_heads as u32,
+        q_seq_stride: seq as u32,
+        q_row_offset: 0,
+        kv_seq_stride: seq as u32,
+        q_index_offset: 0,
+        mask,
+        pos_period: pos_period as u32,
+        head_dim: head_dim as u32,
+    };
+    let out = upload(&ctx, &vec![0.0; batch * seq * d]);
+    let qkv_buf = upload(&ctx, &qkv);
+    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&qkv_buf).into(), (&qkv_buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into()], p.groups(batch as u32));
+    let want = cpu_ref::attention(&qkv, batch, seq, n_heads, mask, &cos, &sin, pos_period);
+    assert_close(&format!("attention {mask:?} dh={head_dim}"), &read(&ctx, &out, want.len()), &want, 1e-4);
+}
+
+#[test]
+fn attention_full_and_causal() {
+    attention_case(6, AttentionMask::Full, 2, 21, 3, 21, 5);
+    attention_case(16, AttentionMask::Causal, 1, 70, 2, 70, 6);
+}
+
+#[test]
+fn attention_block_causal_and_block_diffusion() {
+    attention_case(16, AttentionMask::BlockCausal { block_size: 4 }, 2, 22, 2, 22, 7);
+    // x_t ⊕ x_0 with L = 35 and a block size that does not divide the 64-query workgroup.
+    attention_case(10, AttentionMask::BlockDiff { half_len: 35, block_size: 5 }, 2, 70, 2, 35, 8);
+    attention_case(16, AttentionMask::BlockDiff { half_len: 12, block_size: 1 }, 1, 24, 3, 12, 9);
+}
+
+#[test]
+fn attention_queries_at_an_offset_see_every_key() {
+    // KV-cache style: 5 queries (rows 16..21) against all 21 keys, no mask.
+    let ctx = context();
+    let (hd, heads, seq) = (8, 2, 21);
+    let k = kernels(&ctx, hd);
+    let mut rng = Rng(10);
+    let d = heads * hd;
+    let qkv = rng.vec(seq * 3 * d, 1.0);
+    let inv: Vec<f32> = (0..hd / 2).map(|j| 0.3f32.powi(j as i32)).collect();
+    let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
+    let p = params::Attention {
+        n_q: 5, n_kv: seq as u32, n_heads: heads as u32, q_seq_stride: seq as u32, q_row_offset: 16, kv_seq_stride: seq as u32,
+        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, head_dim: hd as u32,
+    };
+    let out = upload(&ctx, &vec![0.0; 5 * d]);
+    let buf = upload(&ctx, &qkv);
+    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&buf).into(), (&buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into()], p.groups(1));
+    let all = cpu_ref::attention(&qkv, 1, seq, heads, AttentionMask::Full, &cos, &sin, seq);
+    assert_close("attention offset queries", &read(&ctx, &out, 5 * d), &all[16 * d..], 1e-4);
+}
+
+#[test]
+fn token_loss_subs_and_ar() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(11);
+    let (rows, vocab) = (9, 300);
+    let mask_id = (vocab - 1) as u32;
+    let logits = rng.vec(rows * vocab, 4.0);
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(mask_id)).collect();
+    let weights = rng.vec(rows, 3.0).iter().map(|w| w.abs() + 0.5).collect::<Vec<f32>>();
+    for ar in [false, true] {
+        // SUBS: every other row carries its (clean) token over.
+        let inputs: Vec<u32> = (0..rows).map(|r| if ar || r % 2 == 0 { mask_id } else { targets[r] }).collect();
+        let lp = upload(&ctx, &vec![0.0; rows * vocab]);
+        let tl = upload(&ctx, &vec![0.0; rows + 2]);
+        // Rows are global rows 2.. of the loss vector: the chunk offset path.
+        let pad = |v: &[u32]| [vec![0, 0], v.to_vec()].concat();
+        let padf = |v: &[f32]| [vec![0.0, 0.0], v.to_vec()].concat();
+        run_one(&ctx, "token_loss", &k.token_loss, &params::token_loss(rows as u32, vocab as u32, mask_id, ar, true, 2),
+            vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &pad(&inputs))).into(), (&upload_u32(&ctx, &pad(&targets))).into(), (&upload(&ctx, &padf(&weights))).into(), (&lp).into(), (&tl).into()], [rows as u32, 1, 1]);
+        let mut want_lp = Vec::new();
+        let mut want_loss = Vec::new();
+        for r in 0..rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let l = if ar { cpu_ref::ar_log_probs(row, mask_id) } else { cpu_ref::subs_log_probs(row, inputs[r], mask_id) };
+            want_loss.push((-(weights[r] as f64) * l[targets[r] as usize]) as f32);
+            want_lp.extend(l.iter().enumerate().map(|(v, &x)| if v as u32 == mask_id { 0.0 } else { x as f32 }));
+        }
+        let got_lp: Vec<f32> = read(&ctx, &lp, rows * vocab).iter().enumerate().map(|(i, &x)| if (i % vocab) as u32 == mask_id { 0.0 } else { x }).collect();
+        assert_close(&format!("log_probs ar={ar}"), &got_lp, &want_lp, 1e-5);
+        assert_close(&format!("token_loss ar={ar}"), &read(&ctx, &tl, rows + 2)[2..], &want_loss, 1e-5);
+    }
+}
+
+#[test]
+fn sedd_score_entropy() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(12);
+    let (rows_per_seq, n_seq, vocab) = (3, 2, 300);
+    let rows = rows_per_seq * n_seq;
+    let mask_id = (vocab - 1) as u32;
+    let logits = rng.vec(rows * vocab, 3.0);
+    let targets: Vec<u32> = (0..rows).map(|_| rng.below(mask_id)).collect();
+    let inputs: Vec<u32> = (0..rows).map(|r| if r % 3 != 1 { mask_id } else { targets[r] }).collect();
+    let t = [0.37f64, 0.81];
+    let consts: Vec<f32> = t
+        .iter()
+        .flat_map(|&t| {
+            let s = bd3_model::schedule::sigma_from_p(t);
+            let r = 1.0 / s.exp_m1();
+            [bd3_model::schedule::esigm1_log(s) + ((vocab - 1) as f64).ln(), r, r * (r.ln() - 1.0), bd3_model::schedule::sedd_dsigma(t)].map(|x| x as f32)
+        })
+        .collect();
+    let (ls, ent, tl) = (upload(&ctx, &vec![0.0; rows * vocab]), upload(&ctx, &vec![0.0; rows]), upload(&ctx, &vec![0.0; rows]));
+    run_one(&ctx, "sedd_loss", &k.sedd_loss, &params::sedd_loss(rows as u32, vocab as u32, mask_id, true, 0, rows_per_seq as u32),
+        vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &inputs)).into(), (&upload_u32(&ctx, &targets)).into(), (&upload(&ctx, &consts)).into(), (&ls).into(), (&ent).into(), (&tl).into()], [rows as u32, 1, 1]);
+    let (mut want_ls, mut want_ent, mut want_tl) = (vec![], vec![], vec![]);
+    for r in 0..rows {
+        let sigma = bd3_model::schedule::sigma_from_p(t[r / rows_per_seq]);
+        let (s, e) = cpu_ref::sedd_row(&logits[r * vocab..(r + 1) * vocab], inputs[r], targets[r], mask_id, sigma);
+        want_ls.extend(s.iter().map(|&x| x as f32));
+        want_ent.push(e as f32);
+        want_tl.push((e * bd3_model::schedule::sedd_dsigma(t[r / rows_per_seq])) as f32);
+    }
+    assert_close("log_score", &read(&ctx, &ls, rows * vocab), &want_ls, 1e-5);
+    assert_close("entropy", &read(&ctx, &ent, rows), &want_ent, 1e-4);
+    assert_close("sedd token_loss", &read(&ctx, &tl, rows), &want_tl, 1e-4);
+}
+
+#[test]
+fn reduce_sum_of_an_awkward_length() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(13);
+    let x = rng.vec(1003, 2.0);
+    let out = upload(&ctx, &[0.0, 0.0]);
+    run_one(&ctx, "reduce_sum", &k.reduce_sum, &params::reduce_sum(1003, 1), vec![(&upload(&ctx, &x)).into(), (&out).into()], [1, 1, 1]);
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    let got = read(&ctx, &out, 2)[1] as f64;
+    assert!((got - want).abs() <= 1e-4 * x.iter().map(|v| v.abs() as f64).sum::<f64>(), "{got} vs {want}");
+}

@@ -1,0 +1,66 @@
+//! Building a checkpoint in memory: random weights for benchmarks and tests, serialised in the
+//! official layout so it goes through the same strict loader as a downloaded one.
+
+use crate::checkpoint::expected_tensors;
+use crate::config::{ModelConfig, ModelKind};
+
+/// A named f32 tensor.
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// SplitMix64 → uniform floats; deterministic for a seed.
+pub struct SplitMix(pub u64);
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 53 bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Every tensor of `cfg` with uniform random values of standard deviation `std` (norm weights around 1),
+/// all non-zero so no branch of the model is trivially dead.
+pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f32) -> Vec<NamedTensor> {
+    let mut rng = SplitMix(seed);
+    let half_width = std * 3f32.sqrt();
+    expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let data = if name == "rotary_emb.inv_freq" {
+                crate::tables::default_inv_freq(cfg.head_dim())
+            } else if name.contains("norm") {
+                (0..n).map(|_| 1.0 + (rng.uniform() as f32 - 0.5) * 0.2).collect()
+            } else {
+                (0..n).map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * half_width).collect()
+            };
+            NamedTensor { name: format!("backbone.{name}"), shape, data }
+        })
+        .collect()
+}
+
+/// Serialise tensors (plus BD3LM's sampling_eps buffers) as `model.safetensors` bytes.
+pub fn to_safetensors(cfg: &ModelConfig, tensors: &[NamedTensor], sampling_eps: Option<(f32, f32)>) -> Vec<u8> {
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data)).unwrap()))
+        .collect();
+    let eps_bytes;
+    if let (ModelKind::Bd3lm, Some((lo, hi))) = (cfg.kind, sampling_eps) {
+        eps_bytes = [lo.to_le_bytes(), hi.to_le_bytes()];
+        views.push(("sampling_eps_min".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &eps_bytes[0]).unwrap()));
+        views.push(("sampling_eps_max".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &eps_bytes[1]).unwrap()));
+    }
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize(views, Some(meta)).expect("tensor shapes match their data")
+}
