@@ -2,7 +2,8 @@
 //   o_i = Σ_k softmax_k(q'_i · k'_k / sqrt(head_dim) over allowed k) v_k
 // where q', k' are q, k rotated "rotate-half" style at position (index mod pos_period):
 //   x'_j = x_j cos θ_j − x_{j+half} sin θ_j,  x'_{j+half} = x_{j+half} cos θ_j + x_j sin θ_j.
-// Rotary is applied here, on the fly, so a KV cache can hold pre-rotary q/k/v as the official one does.
+// Rotary is applied here, on the fly, so a KV cache can hold pre-rotary q/k/v as the official one does;
+// a full cache is a ring whose window starts at row w, and pos_offset = period − w re-bases positions.
 //
 // Queries and keys live in fused qkv rows [q | k | v] of width 3·D (head-major inside each part).
 //   query i of sequence b: row b*q_seq_stride + q_row_offset + i of `qrows`, logical index q_index_offset + i
@@ -35,6 +36,7 @@ struct Params {
     half_len: u32,
     pos_period: u32,
     scale: f32,
+    pos_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -85,7 +87,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (is_query) {
         let qi = p.q_index_offset + i;
         let base = (b * p.q_seq_stride + p.q_row_offset + i) * row_width + h * HEAD_DIM;
-        let pos = qi % p.pos_period;
+        let pos = (qi + p.pos_offset) % p.pos_period;
         for (var j = 0u; j < HALF; j++) {
             let c = rope_cos[pos * HALF + j];
             let s = rope_sin[pos * HALF + j];
@@ -128,7 +130,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var v_hi = 0.0;
             if (key < p.n_kv) {
                 let base = (b * p.kv_seq_stride + key) * row_width + h * HEAD_DIM;
-                let pos = key % p.pos_period;
+                let pos = (key + p.pos_offset) % p.pos_period;
                 let c = rope_cos[pos * HALF + j];
                 let s = rope_sin[pos * HALF + j];
                 let lo = kvrows[base + d_model + j];

@@ -4,11 +4,13 @@
 //
 // Rows can be re-mapped so the final layer normalises only the rows the head needs (the x_t half of
 // x_t ⊕ x_0, or the last block of a window): output row r of sequence s = r / out_rows_per_seq reads
-// input row s * in_rows_per_seq + in_row_offset + r % out_rows_per_seq.
+// input row s * in_rows_per_seq + in_row_offset + i, where i = r % out_rows_per_seq, or
+// i = row_index[r] when use_row_index = 1 (the positions a sampler picked, one list per call).
 // The modulation vectors live in `modv` at row s (stride mod_stride floats) and offsets shift_offset /
 // scale_offset (chunks of the adaLN output). has_mod = 0 gives a plain LN * w (AR).
 //
-// Bindings: 0 params, 1 x [*, dim], 2 w [dim], 3 modv [n_seq, mod_stride], 4 out [n_rows, dim].
+// Bindings: 0 params, 1 x [*, dim], 2 w [dim], 3 modv [n_seq, mod_stride], 4 out [n_rows, dim],
+//           5 row_index [n_rows] (u32).
 // Tiling: one workgroup of 256 threads per row, tree reductions in workgroup memory (1 KiB).
 
 struct Params {
@@ -21,6 +23,7 @@ struct Params {
     shift_offset: u32,
     scale_offset: u32,
     mod_stride: u32,
+    use_row_index: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -28,6 +31,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> modv: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> row_index: array<u32>;
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
@@ -53,7 +57,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return; // uniform per workgroup
     }
     let s = r / p.out_rows_per_seq;
-    let in_base = (s * p.in_rows_per_seq + p.in_row_offset + r % p.out_rows_per_seq) * p.dim;
+    var i = r % p.out_rows_per_seq;
+    if (p.use_row_index != 0u) {
+        i = row_index[r];
+    }
+    let in_base = (s * p.in_rows_per_seq + p.in_row_offset + i) * p.dim;
     let out_base = r * p.dim;
     let n = f32(p.dim);
 

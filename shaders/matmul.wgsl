@@ -5,8 +5,10 @@
 //   epilogue 3: out += gate[s, n] · v          (attn_out / mlp.2 into the residual, adaLN gate)
 //   epilogue 4: out += v                       (AR residual, gate = 1)
 // where s = m / rows_per_seq selects the sequence's gate row: gate[s * gate_stride + gate_offset + n].
-// The result lands at out[m * ldc + out_col_offset + n]: a weight split by output rows (the
-// 50258-row head) writes its column range of the logits from one dispatch per part.
+// The result lands at out[row(m) * ldc + out_col_offset + n]: a weight split by output rows (the
+// 50258-row head) writes its column range of the logits from one dispatch per part, and
+//   row(m) = (m / out_rows_per_seq) * out_seq_stride + out_row_offset + m % out_rows_per_seq
+// places the rows of each sequence into a KV cache (plain use: out_rows_per_seq = M, stride 0, offset 0).
 // W is stored [N, K] as PyTorch stores Linear weights, so this computes A·Wᵀ.
 //
 // Bindings: 0 params, 1 a, 2 w (this part) [N, K], 3 bias, 4 gate, 5 out.
@@ -28,6 +30,9 @@ struct Params {
     rows_per_seq: u32,
     gate_stride: u32,
     gate_offset: u32,
+    out_rows_per_seq: u32,
+    out_seq_stride: u32,
+    out_row_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -117,7 +122,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             if (p.has_bias != 0u) {
                 v += bias[p.bias_offset + n];
             }
-            let o = m * p.ldc + p.out_col_offset + n;
+            let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
+            let o = out_row * p.ldc + p.out_col_offset + n;
             switch p.epilogue {
                 case 1u: { out[o] = gelu_tanh(v); }
                 case 2u: { out[o] = silu(v); }

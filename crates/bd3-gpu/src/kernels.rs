@@ -15,9 +15,11 @@ pub const ATTENTION_WGSL: &str = include_str!("../../../shaders/attention.wgsl")
 pub const TOKEN_LOSS_WGSL: &str = include_str!("../../../shaders/token_loss.wgsl");
 pub const SEDD_LOSS_WGSL: &str = include_str!("../../../shaders/sedd_loss.wgsl");
 pub const REDUCE_SUM_WGSL: &str = include_str!("../../../shaders/reduce_sum.wgsl");
+pub const SAMPLE_WGSL: &str = include_str!("../../../shaders/sample.wgsl");
 
 /// Every shader file with its name, for validation tests.
-pub const ALL_SHADERS: [(&str, &str); 7] = [
+pub const ALL_SHADERS: [(&str, &str); 8] = [
+    ("sample.wgsl", SAMPLE_WGSL),
     ("embedding.wgsl", EMBEDDING_WGSL),
     ("layernorm.wgsl", LAYERNORM_WGSL),
     ("matmul.wgsl", MATMUL_WGSL),
@@ -49,6 +51,7 @@ pub struct Kernels {
     pub token_loss: Arc<wgpu::ComputePipeline>,
     pub sedd_loss: Arc<wgpu::ComputePipeline>,
     pub reduce_sum: Arc<wgpu::ComputePipeline>,
+    pub sample: Arc<wgpu::ComputePipeline>,
     /// Bound where a kernel's optional input is switched off (no bias, no gate, no modulation).
     pub dummy: wgpu::Buffer,
 }
@@ -63,6 +66,7 @@ impl Kernels {
             token_loss: ctx.pipeline("token_loss", TOKEN_LOSS_WGSL).await?,
             sedd_loss: ctx.pipeline("sedd_loss", SEDD_LOSS_WGSL).await?,
             reduce_sum: ctx.pipeline("reduce_sum", REDUCE_SUM_WGSL).await?,
+            sample: ctx.pipeline("sample", SAMPLE_WGSL).await?,
             dummy: ctx.storage("dummy", 16)?,
         })
     }
@@ -110,17 +114,29 @@ pub struct ProgramBuilder<'a> {
     params: Vec<u8>,
     steps: Vec<PendingStep>,
     max_groups: u32,
+    /// Only lay out parameters (a program whose parameters change per call re-records into this).
+    params_only: bool,
 }
 
 /// Replayable list of GPU steps.
 pub struct Program {
     pub steps: Vec<Step>,
-    _params: wgpu::Buffer,
+    params: wgpu::Buffer,
 }
 
 impl<'a> ProgramBuilder<'a> {
     pub fn new(ctx: &'a GpuContext) -> Self {
-        ProgramBuilder { ctx, params: Vec::new(), steps: Vec::new(), max_groups: ctx.limits.max_compute_workgroups_per_dimension }
+        ProgramBuilder { ctx, params: Vec::new(), steps: Vec::new(), max_groups: ctx.limits.max_compute_workgroups_per_dimension, params_only: false }
+    }
+
+    /// A builder that records nothing but the parameter bytes: re-running the code that recorded a
+    /// program with new values yields the bytes to write over that program's parameter buffer.
+    pub fn params_only(ctx: &'a GpuContext) -> Self {
+        ProgramBuilder { params_only: true, ..Self::new(ctx) }
+    }
+
+    pub fn finish_params(self) -> Vec<u8> {
+        self.params
     }
 
     /// Fold a 1-D workgroup count into x/y so it fits the per-dimension limit; kernels index by
@@ -143,6 +159,9 @@ impl<'a> ProgramBuilder<'a> {
         // Uniform structs are padded to 16 bytes.
         let end = self.params.len().div_ceil(16) * 16;
         self.params.resize(end, 0);
+        if self.params_only {
+            return;
+        }
         self.steps.push(PendingStep::Dispatch(PendingDispatch {
             label,
             pipeline: pipeline.clone(),
@@ -161,12 +180,18 @@ impl<'a> ProgramBuilder<'a> {
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
+        if self.params_only {
+            return;
+        }
         self.steps.push(PendingStep::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
     }
 
     /// Copy `floats` floats from the start of `src` to float offset `dst_float` of the output buffer
     /// handed to [`ProgramBuilder::finish_with_outputs`].
     pub fn copy_to_output(&mut self, src: &wgpu::Buffer, dst_float: usize, floats: usize) {
+        if self.params_only {
+            return;
+        }
         self.steps.push(PendingStep::OutputCopy { src: src.clone(), dst_float, floats });
     }
 
@@ -207,11 +232,17 @@ impl<'a> ProgramBuilder<'a> {
                 }
             })
             .collect();
-        Ok(Program { steps, _params: params })
+        Ok(Program { steps, params })
     }
 }
 
 impl Program {
+    /// Overwrite the program's kernel parameters (bytes from a params-only re-recording).
+    pub fn write_params(&self, queue: &wgpu::Queue, bytes: &[u8]) {
+        debug_assert!(bytes.len() as u64 <= self.params.size());
+        queue.write_buffer(&self.params, 0, bytes);
+    }
+
     /// Record the whole program: consecutive dispatches share one compute pass.
     pub fn encode(&self, enc: &mut wgpu::CommandEncoder) {
         let mut i = 0;
@@ -281,6 +312,8 @@ pub mod params {
         pub in_row_offset: u32,
         /// (shift_offset, scale_offset, mod_stride) into the modulation buffer, or None.
         pub modulation: Option<(u32, u32, u32)>,
+        /// Read the input row of each output row from the `row_index` binding.
+        pub use_row_index: bool,
     }
     impl LayerNorm {
         pub fn words(&self) -> Vec<u32> {
@@ -288,7 +321,7 @@ pub mod params {
                 Some((sh, sc, st)) => (1, sh, sc, st),
                 None => (0, 0, 0, 0),
             };
-            vec![self.n_rows, self.dim, self.in_rows_per_seq, self.out_rows_per_seq, self.in_row_offset, has, sh, sc, st]
+            vec![self.n_rows, self.dim, self.in_rows_per_seq, self.out_rows_per_seq, self.in_row_offset, has, sh, sc, st, self.use_row_index as u32]
         }
     }
 
@@ -316,6 +349,10 @@ pub mod params {
         pub rows_per_seq: u32,
         pub gate_stride: u32,
         pub gate_offset: u32,
+        /// Output row of input row m: (m / out_rows_per_seq)·out_seq_stride + out_row_offset + m % out_rows_per_seq.
+        pub out_rows_per_seq: u32,
+        pub out_seq_stride: u32,
+        pub out_row_offset: u32,
     }
     impl Matmul {
         /// Plain `out = a · wᵀ` of an [m, k] by [n, k] pair.
@@ -323,12 +360,14 @@ pub mod params {
             Matmul {
                 m, n, k, lda: k, a_offset: 0, ldc: n, out_col_offset: 0, has_bias: false, bias_offset: 0,
                 epilogue: Epilogue::Store, rows_per_seq: m.max(1), gate_stride: 0, gate_offset: 0,
+                out_rows_per_seq: m.max(1), out_seq_stride: 0, out_row_offset: 0,
             }
         }
         pub fn words(&self) -> Vec<u32> {
             vec![
                 self.m, self.n, self.k, self.lda, self.a_offset, self.ldc, self.out_col_offset, self.has_bias as u32,
                 self.bias_offset, self.epilogue as u32, self.rows_per_seq, self.gate_stride, self.gate_offset,
+                self.out_rows_per_seq, self.out_seq_stride, self.out_row_offset,
             ]
         }
         pub fn groups(&self) -> [u32; 3] {
@@ -347,6 +386,8 @@ pub mod params {
         pub q_index_offset: u32,
         pub mask: bd3_model::AttentionMask,
         pub pos_period: u32,
+        /// Rotary position of logical index i is (i + pos_offset) mod pos_period (ring-buffer caches).
+        pub pos_offset: u32,
         pub head_dim: u32,
     }
     impl Attention {
@@ -355,6 +396,7 @@ pub mod params {
             vec![
                 self.n_q, self.n_kv, self.n_heads, self.q_seq_stride, self.q_row_offset, self.kv_seq_stride, self.q_index_offset,
                 self.mask.code(), self.mask.block_size() as u32, self.mask.half_len().max(1) as u32, self.pos_period, scale.to_bits(),
+                self.pos_offset,
             ]
         }
         pub fn groups(&self, batch: u32) -> [u32; 3] {
@@ -372,5 +414,43 @@ pub mod params {
 
     pub fn reduce_sum(n: u32, out_index: u32) -> Vec<u32> {
         vec![n, out_index]
+    }
+
+    /// How `shaders/sample.wgsl` turns a row of logits into q before the race.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum SampleMode {
+        /// SUBS, one position per call (the first-hitting sampler): q = nucleus(p).
+        FirstHitting = 0,
+        /// SUBS DDPM step: q = nucleus(p)·(1 − m), q[mask] = m.
+        Ddpm = 1,
+        /// AR next token: q = nucleus(p), mask logit := −1e6.
+        Ar = 2,
+        /// SEDD analytic (Tweedie τ-leaping) step.
+        SeddStep = 3,
+        /// SEDD final denoising step (q[mask] = 0).
+        SeddDenoise = 4,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub struct Sample {
+        pub n_rows: u32,
+        pub vocab: u32,
+        pub mask_id: u32,
+        pub mode: SampleMode,
+        pub top_p: f32,
+        pub mask_prob: f32,
+        pub supplied_draws: bool,
+        pub seed: u64,
+        pub call: u32,
+        pub rows_per_seq: u32,
+        pub row_offset: u32,
+    }
+    impl Sample {
+        pub fn words(&self) -> Vec<u32> {
+            vec![
+                self.n_rows, self.vocab, self.mask_id, self.mode as u32, self.top_p.to_bits(), self.mask_prob.to_bits(),
+                self.supplied_draws as u32, self.seed as u32, (self.seed >> 32) as u32, self.call, self.rows_per_seq, self.row_offset,
+            ]
+        }
     }
 }

@@ -14,9 +14,9 @@
 //! one submission, and read back the loss sum (plus whatever was asked to be captured).
 
 use crate::context::GpuContext;
-use crate::kernels::{params, Kernels, Program, ProgramBuilder, Slice};
-use crate::weights::{Linear, Weights};
-use bd3_model::config::TIMESTEP_FEATURES;
+use crate::kernels::{params, Kernels, Program, ProgramBuilder};
+use crate::layers::{self, Conditioning, LayerBuffers};
+use crate::weights::Weights;
 use bd3_model::{AttentionMask, Checkpoint, Error, ModelConfig, ModelKind, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -121,9 +121,6 @@ pub struct ForwardOutput {
     pub capture: Option<Capture>,
 }
 
-/// Largest logits chunk the head writes at once; the loss kernel consumes it before the next chunk.
-const LOGITS_CHUNK_BYTES: u64 = 64 << 20;
-
 /// Where each captured tensor sits in the workspace's output buffer (in floats).
 #[derive(Default)]
 struct OutputLayout {
@@ -164,10 +161,12 @@ pub struct GpuModel {
     pub ctx: Arc<GpuContext>,
     pub kernels: Kernels,
     pub weights: Weights,
-    rope_cos: wgpu::Buffer,
-    rope_sin: wgpu::Buffer,
-    rope_positions: usize,
+    pub(crate) rope_cos: wgpu::Buffer,
+    pub(crate) rope_sin: wgpu::Buffer,
+    pub(crate) rope_positions: usize,
     workspaces: HashMap<ForwardShape, Workspace>,
+    pub(crate) steps: HashMap<crate::step::StepShape, crate::step::StepWorkspace>,
+    pub(crate) caches: HashMap<(usize, usize), crate::step::KvCache>,
 }
 
 impl GpuModel {
@@ -179,7 +178,18 @@ impl GpuModel {
         let rope_cos = ctx.storage_init("rope_cos", bytemuck::cast_slice(&cos))?;
         let rope_sin = ctx.storage_init("rope_sin", bytemuck::cast_slice(&sin))?;
         ctx.check()?;
-        Ok(GpuModel { cfg, ctx, kernels, weights, rope_cos, rope_sin, rope_positions, workspaces: HashMap::new() })
+        Ok(GpuModel {
+            cfg,
+            ctx,
+            kernels,
+            weights,
+            rope_cos,
+            rope_sin,
+            rope_positions,
+            workspaces: HashMap::new(),
+            steps: HashMap::new(),
+            caches: HashMap::new(),
+        })
     }
 
     /// Run one forward; the first call with a new shape records its program.
@@ -268,14 +278,7 @@ impl GpuModel {
         let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
         let rows = b * s.seq;
         let scored = s.scored_rows();
-        for (what, bytes) in [("the qkv activations", rows * 3 * d * 4), ("the MLP activations", rows * 4 * d * 4)] {
-            if bytes as u64 > ctx.max_binding() {
-                return Err(Error::Invalid(format!(
-                    "batch {b} × {} tokens needs {} MiB for {what}, over this adapter's binding limit of {} MiB; lower the batch",
-                    s.seq, bytes >> 20, ctx.max_binding() >> 20
-                )));
-            }
-        }
+        check_activation_size(ctx, b, s.seq, d)?;
         let f32s = |label: &str, n: usize| ctx.storage(label, (n * 4) as u64);
         let x = f32s("residual", rows * d)?;
         let h = f32s("normed", rows * d)?;
@@ -289,136 +292,73 @@ impl GpuModel {
         let token_loss = f32s("token_loss", scored)?;
         let loss_sum = f32s("loss_sum", 1)?;
         let final_normed = f32s("final_normed", scored * d)?;
-        let chunk_rows = ((LOGITS_CHUNK_BYTES.min(ctx.split_threshold()) / (v as u64 * 4)) as usize).clamp(1, scored);
+        let chunk_rows = layers::logits_chunk_rows(ctx, v, scored);
         let logits = f32s("logits_chunk", chunk_rows * v)?;
         let log_probs = if s.capture { Some(f32s("log_probs_chunk", chunk_rows * v)?) } else { None };
         let sedd = s.objective == Objective::Sedd;
         let seq_consts = if sedd { Some(f32s("sedd_constants", b * 4)?) } else { None };
         let entropy = if sedd { Some(f32s("entropy", scored)?) } else { None };
+        let cond = Conditioning::alloc(ctx, cfg, b)?;
 
         let mut layout = OutputLayout::default();
         layout.loss_sum = layout.take(1).0;
         let mut pb = ProgramBuilder::new(ctx);
-
-        // Conditioning: c = silu(mlp.2(silu(mlp.0(features)))), then each block's modulation vectors.
-        let mut features = None;
-        let mut mods = Vec::new();
-        let mut final_mod = None;
-        if let Some((mlp0, mlp2)) = &w.sigma_map {
-            let c_dim = cfg.cond_dim;
-            let feats = f32s("sigma_features", b * TIMESTEP_FEATURES)?;
-            let c1 = f32s("cond_hidden", b * c_dim)?;
-            let c = f32s("cond", b * c_dim)?;
-            linear(&mut pb, k, mlp0, &feats, &c1, b, params::Epilogue::Silu, None)?;
-            linear(&mut pb, k, mlp2, &c1, &c, b, params::Epilogue::Silu, None)?;
-            for blk in &w.blocks {
-                let m = f32s("modulation", b * 6 * d)?;
-                linear(&mut pb, k, blk.adaln.as_ref().unwrap(), &c, &m, b, params::Epilogue::Store, None)?;
-                mods.push(m);
-            }
-            let fm = f32s("final_modulation", b * 2 * d)?;
-            linear(&mut pb, k, w.final_adaln.as_ref().unwrap(), &c, &fm, b, params::Epilogue::Store, None)?;
-            final_mod = Some(fm);
+        if let Some(c) = &cond {
+            c.record(&mut pb, k, w, b)?;
             if s.capture {
-                let r = layout.take(b * c_dim);
+                let r = layout.take(b * cfg.cond_dim);
                 layout.cond = Some(r);
-                pb.copy_to_output(&c, r.0, r.1);
+                pb.copy_to_output(&c.c, r.0, r.1);
             }
-            features = Some(feats);
         }
-
-        // x = E[tokens], one dispatch per row range of the table.
-        for part in &w.vocab_embed.parts {
-            let groups = pb.fold(((rows * d) as u64).div_ceil(256))?;
-            pb.dispatch(
-                "embedding",
-                &k.embedding,
-                &params::embedding(rows as u32, d as u32, part.row_start as u32, part.rows as u32),
-                vec![(&tokens).into(), (&part.buffer).into(), (&x).into()],
-                groups,
-            );
-        }
-        let mut hidden_copies = Vec::new();
-        if s.capture {
-            hidden_copies.push(layout.take(rows * d));
-            pb.copy_to_output(&x, hidden_copies.last().unwrap().0, rows * d);
-        }
-
-        let ln_rows = |rows_per_seq: usize, n_rows: usize, offset: usize, m: Option<(u32, u32, u32)>| params::LayerNorm {
-            n_rows: n_rows as u32,
-            dim: d as u32,
-            in_rows_per_seq: s.seq as u32,
-            out_rows_per_seq: rows_per_seq as u32,
-            in_row_offset: offset as u32,
-            modulation: m,
+        layers::embedding(&mut pb, k, w, &tokens, &x, rows)?;
+        let capture_hidden = |pb: &mut ProgramBuilder, layout: &mut OutputLayout| {
+            if s.capture {
+                let r = layout.take(rows * d);
+                layout.hidden.push(r);
+                pb.copy_to_output(&x, r.0, r.1);
+            }
+        };
+        capture_hidden(&mut pb, &mut layout);
+        let buffers = LayerBuffers { x: &x, h: &h, att: &att, mlp: &mlp, qkv: &qkv, qkv_rows: None };
+        let attention = params::Attention {
+            n_q: s.seq as u32,
+            n_kv: s.seq as u32,
+            n_heads: cfg.n_heads as u32,
+            q_seq_stride: s.seq as u32,
+            q_row_offset: 0,
+            kv_seq_stride: s.seq as u32,
+            q_index_offset: 0,
+            mask: s.mask,
+            pos_period: s.pos_period as u32,
+            pos_offset: 0,
+            head_dim: cfg.head_dim() as u32,
         };
         for (i, blk) in w.blocks.iter().enumerate() {
-            let modv = mods.get(i);
-            let md = |shift: usize, scale: usize| modv.map(|_| ((shift * d) as u32, (scale * d) as u32, (6 * d) as u32));
-            let gate = |chunk: usize| modv.map(|m| (m, chunk * d, 6 * d));
-            layernorm(&mut pb, k, &x, &blk.norm1, modv, &h, ln_rows(s.seq, rows, 0, md(0, 1)))?;
-            linear(&mut pb, k, &blk.attn_qkv, &h, &qkv, rows, params::Epilogue::Store, None)?;
-            let ap = params::Attention {
-                n_q: s.seq as u32,
-                n_kv: s.seq as u32,
-                n_heads: cfg.n_heads as u32,
-                q_seq_stride: s.seq as u32,
-                q_row_offset: 0,
-                kv_seq_stride: s.seq as u32,
-                q_index_offset: 0,
-                mask: s.mask,
-                pos_period: s.pos_period as u32,
-                head_dim: cfg.head_dim() as u32,
-            };
-            pb.dispatch(
-                "attention",
-                &k.attention,
-                &ap.words(),
-                vec![(&qkv).into(), (&qkv).into(), (&self.rope_cos).into(), (&self.rope_sin).into(), (&att).into()],
-                ap.groups(b as u32),
-            );
-            let residual = if modv.is_some() { params::Epilogue::GatedResidual } else { params::Epilogue::Residual };
-            linear(&mut pb, k, &blk.attn_out, &att, &x, rows, residual, gate(2).map(|(m, o, st)| (m, o, st, s.seq)))?;
-            layernorm(&mut pb, k, &x, &blk.norm2, modv, &h, ln_rows(s.seq, rows, 0, md(3, 4)))?;
-            linear(&mut pb, k, &blk.mlp_up, &h, &mlp, rows, params::Epilogue::Gelu, None)?;
-            linear(&mut pb, k, &blk.mlp_down, &mlp, &x, rows, residual, gate(5).map(|(m, o, st)| (m, o, st, s.seq)))?;
-            if s.capture {
-                hidden_copies.push(layout.take(rows * d));
-                pb.copy_to_output(&x, hidden_copies.last().unwrap().0, rows * d);
-            }
+            let modv = cond.as_ref().map(|c| &c.mods[i]);
+            layers::block(&mut pb, k, blk, modv, &buffers, b, s.seq, attention, (&self.rope_cos, &self.rope_sin), false)?;
+            capture_hidden(&mut pb, &mut layout);
         }
-        layout.hidden = hidden_copies;
 
         // Final layer on the scored rows only, then head + loss chunk by chunk.
-        let fmd = final_mod.as_ref().map(|_| (0u32, d as u32, (2 * d) as u32));
-        layernorm(&mut pb, k, &x, &w.norm_final, final_mod.as_ref(), &final_normed, ln_rows(s.head_rows, scored, s.head_row_offset, fmd))?;
+        let final_mod = cond.as_ref().map(|c| &c.final_mod);
+        let ln = params::LayerNorm {
+            n_rows: scored as u32,
+            dim: d as u32,
+            in_rows_per_seq: s.seq as u32,
+            out_rows_per_seq: s.head_rows as u32,
+            in_row_offset: s.head_row_offset as u32,
+            modulation: final_mod.map(|_| (0, d as u32, (2 * d) as u32)),
+            use_row_index: false,
+        };
+        layers::layernorm(&mut pb, k, &x, &w.norm_final, final_mod, &final_normed, ln, None)?;
         if s.capture {
             layout.logits = layout.take(scored * v);
             layout.log_probs = layout.take(scored * v);
         }
-        let mut start = 0;
-        while start < scored {
-            let n = chunk_rows.min(scored - start);
-            for part in &w.head.weight.parts {
-                let mp = params::Matmul {
-                    a_offset: (start * d) as u32,
-                    ldc: v as u32,
-                    out_col_offset: part.row_start as u32,
-                    has_bias: true,
-                    bias_offset: part.row_start as u32,
-                    ..params::Matmul::plain(n as u32, part.rows as u32, d as u32)
-                };
-                let bias = w.head.bias.as_ref().unwrap();
-                pb.dispatch(
-                    "head",
-                    &k.matmul,
-                    &mp.words(),
-                    vec![(&final_normed).into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), (&logits).into()],
-                    mp.groups(),
-                );
-                pb.annotate_flops(2 * (n * part.rows * d) as u64);
-            }
-            let lp = log_probs.as_ref().unwrap_or(&k.dummy);
+        let lp = log_probs.as_ref().unwrap_or(&k.dummy);
+        let (logits_at, log_probs_at) = (layout.logits.0, layout.log_probs.0);
+        layers::head_chunks(&mut pb, k, w, &final_normed, &logits, scored, chunk_rows, |pb, start, n| {
             let groups = pb.fold(n as u64)?;
             if sedd {
                 pb.dispatch(
@@ -441,11 +381,11 @@ impl GpuModel {
                 );
             }
             if s.capture {
-                pb.copy_to_output(&logits, layout.logits.0 + start * v, n * v);
-                pb.copy_to_output(lp, layout.log_probs.0 + start * v, n * v);
+                pb.copy_to_output(&logits, logits_at + start * v, n * v);
+                pb.copy_to_output(lp, log_probs_at + start * v, n * v);
             }
-            start += n;
-        }
+            Ok(())
+        })?;
         pb.dispatch("reduce_sum", &k.reduce_sum, &params::reduce_sum(scored as u32, 0), vec![(&token_loss).into(), (&loss_sum).into()], [1, 1, 1]);
         pb.copy_to_output(&loss_sum, layout.loss_sum, 1);
         if s.capture {
@@ -461,61 +401,22 @@ impl GpuModel {
         let outputs = f32s("outputs", layout.total)?;
         let program = pb.finish_with_outputs(&outputs)?;
         let staging = ctx.buffer("outputs staging", (layout.total * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let features = cond.map(|c| c.features);
         Ok(Workspace { program, tokens, features, input_ids, targets, weights: weights_buf, seq_consts, outputs, staging, layout })
     }
 }
 
-/// y = epilogue(x · Wᵀ + b), one dispatch per row range of W. `gate` is (modulation buffer, float
-/// offset of the gate chunk, row stride, rows per sequence) for the gated residual.
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    lin: &Linear,
-    a: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    m: usize,
-    epilogue: params::Epilogue,
-    gate: Option<(&wgpu::Buffer, usize, usize, usize)>,
-) -> Result<()> {
-    let (n_total, kk) = (lin.out_features(), lin.in_features());
-    for part in &lin.weight.parts {
-        let mut mp = params::Matmul {
-            ldc: n_total as u32,
-            out_col_offset: part.row_start as u32,
-            has_bias: lin.bias.is_some(),
-            bias_offset: part.row_start as u32,
-            epilogue,
-            ..params::Matmul::plain(m as u32, part.rows as u32, kk as u32)
-        };
-        let gate_buf = match gate {
-            Some((g, offset, stride, rows_per_seq)) => {
-                mp.gate_offset = (offset + part.row_start) as u32;
-                mp.gate_stride = stride as u32;
-                mp.rows_per_seq = rows_per_seq as u32;
-                g
-            }
-            None => &k.dummy,
-        };
-        let bias: Slice = lin.bias.as_ref().unwrap_or(&k.dummy).into();
-        pb.dispatch("matmul", &k.matmul, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into()], mp.groups());
-        pb.annotate_flops(2 * (m * part.rows * kk) as u64);
+/// Activations must each fit one storage binding; say so in words when a batch is too large.
+pub(crate) fn check_activation_size(ctx: &GpuContext, batch: usize, seq: usize, d: usize) -> Result<()> {
+    for (what, bytes) in [("the qkv activations", batch * seq * 3 * d * 4), ("the MLP activations", batch * seq * 4 * d * 4)] {
+        if bytes as u64 > ctx.max_binding() {
+            return Err(Error::Invalid(format!(
+                "batch {batch} × {seq} tokens needs {} MiB for {what}, over this adapter's binding limit of {} MiB; lower the batch",
+                bytes >> 20,
+                ctx.max_binding() >> 20
+            )));
+        }
     }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn layernorm(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    x: &wgpu::Buffer,
-    weight: &wgpu::Buffer,
-    modv: Option<&wgpu::Buffer>,
-    out: &wgpu::Buffer,
-    p: params::LayerNorm,
-) -> Result<()> {
-    let groups = pb.fold(p.n_rows as u64)?;
-    pb.dispatch("layernorm", &k.layernorm, &p.words(), vec![x.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), out.into()], groups);
     Ok(())
 }
 

@@ -92,9 +92,10 @@ fn layernorm_with_and_without_modulation_and_row_mapping() {
         out_rows_per_seq: out_rows as u32,
         in_row_offset: offset as u32,
         modulation: Some(((3 * dim) as u32, (4 * dim) as u32, mod_stride as u32)),
+        use_row_index: false,
     };
     let out = upload(&ctx, &vec![0.0; n_seq * out_rows * dim]);
-    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &modv)).into(), (&out).into()], [(n_seq * out_rows) as u32, 1, 1]);
+    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &modv)).into(), (&out).into(), (&k.dummy).into()], [(n_seq * out_rows) as u32, 1, 1]);
     let selected: Vec<f32> = (0..n_seq).flat_map(|s| x[(s * in_rows + offset) * dim..(s * in_rows + offset + out_rows) * dim].to_vec()).collect();
     let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * mod_stride + 3 * dim..s * mod_stride + 5 * dim].to_vec()).collect();
     let want = cpu_ref::layernorm_modulate(&selected, dim, &w, Some(&shift_scale), out_rows);
@@ -102,9 +103,17 @@ fn layernorm_with_and_without_modulation_and_row_mapping() {
 
     let p = params::LayerNorm { n_rows: (n_seq * in_rows) as u32, in_rows_per_seq: in_rows as u32, out_rows_per_seq: in_rows as u32, in_row_offset: 0, modulation: None, ..p };
     let out = upload(&ctx, &vec![0.0; n_seq * in_rows * dim]);
-    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&out).into()], [(n_seq * in_rows) as u32, 1, 1]);
+    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&out).into(), (&k.dummy).into()], [(n_seq * in_rows) as u32, 1, 1]);
     let want = cpu_ref::layernorm_modulate(&x, dim, &w, None, in_rows);
     assert_close("layernorm plain", &read(&ctx, &out, want.len()), &want, 1e-5);
+
+    // Gathered rows: sequence 0 takes its row 6, sequence 1 its row 1 (a sampler's picked positions).
+    let p = params::LayerNorm { n_rows: 2, out_rows_per_seq: 1, use_row_index: true, ..p };
+    let out = upload(&ctx, &vec![0.0; 2 * dim]);
+    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&out).into(), (&upload_u32(&ctx, &[6, 1])).into()], [2, 1, 1]);
+    let picked = [x[6 * dim..7 * dim].to_vec(), x[(in_rows + 1) * dim..(in_rows + 2) * dim].to_vec()].concat();
+    let want = cpu_ref::layernorm_modulate(&picked, dim, &w, None, 1);
+    assert_close("layernorm gathered rows", &read(&ctx, &out, want.len()), &want, 1e-5);
 }
 
 #[test]
@@ -142,6 +151,7 @@ fn attention_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize
         q_index_offset: 0,
         mask,
         pos_period: pos_period as u32,
+        pos_offset: 0,
         head_dim: head_dim as u32,
     };
     let out = upload(&ctx, &vec![0.0; batch * seq * d]);
@@ -178,7 +188,7 @@ fn attention_queries_at_an_offset_see_every_key() {
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
     let p = params::Attention {
         n_q: 5, n_kv: seq as u32, n_heads: heads as u32, q_seq_stride: seq as u32, q_row_offset: 16, kv_seq_stride: seq as u32,
-        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, head_dim: hd as u32,
+        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, pos_offset: 0, head_dim: hd as u32,
     };
     let out = upload(&ctx, &vec![0.0; 5 * d]);
     let buf = upload(&ctx, &qkv);

@@ -9,6 +9,7 @@ pub mod cpu_ref;
 pub mod error;
 pub mod init;
 pub mod mask;
+pub mod sampler;
 pub mod schedule;
 pub mod tables;
 pub mod tensor_file;

@@ -1,0 +1,377 @@
+//! Sampling steps over a KV cache (spec §1.4.3, §4.1-4.2).
+//!
+//! Each layer's cache holds the pre-rotary q|k|v rows of every committed token, [batch, cache_len, 3·D].
+//! A step runs the tokens of the current block (or the single newest token of an AR model, or a whole
+//! window) through the network: their q|k|v go into the cache at the block's rows, attention runs over
+//! all cached rows, and the head sees only the rows the sampler picked; the sample kernel draws the
+//! tokens on the GPU and only those token ids come back. A commit step stores a finished block's clean
+//! q|k|v and stops there.
+//!
+//! Past `cache_len` tokens the cache is a ring: the window keeps the newest `cache_len` tokens and
+//! rotary positions are re-based to the window start, as the official sliding cache does.
+//!
+//! The program of a shape is recorded once; the rows it touches move with the block, so each call
+//! re-records only the kernel parameters (`ProgramBuilder::params_only`) and overwrites them: no buffer,
+//! bind group or pipeline is created after the first call, and each step is one submission.
+
+use crate::kernels::{params, params::SampleMode, Program, ProgramBuilder};
+use crate::layers::{self, Conditioning, LayerBuffers};
+use crate::model::{check_activation_size, GpuModel};
+use bd3_model::{AttentionMask, Error, Result};
+
+/// Everything static about a step; one program per distinct shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StepShape {
+    pub batch: usize,
+    /// Tokens per sequence this call processes (the block, 1 for AR, the whole window).
+    pub rows: usize,
+    /// Rows of the KV cache per sequence (the model length).
+    pub cache_len: usize,
+    pub action: StepAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepAction {
+    /// Store the tokens' q|k|v in the cache; nothing else (a finished block is committed).
+    Commit,
+    /// Score `head_rows` picked rows per sequence and draw one token for each. With `verify`, the
+    /// logits of those rows come back too and the race uses supplied exponentials.
+    Sample { head_rows: usize, mode: SampleMode, verify: bool },
+}
+
+/// Per-call data of a step.
+pub struct StepCall<'a> {
+    /// [batch, rows] token ids.
+    pub tokens: &'a [u32],
+    /// Logical position of the first row (positions beyond cache_len wrap around the ring).
+    pub cache_idx: usize,
+    /// [batch] σ for time-conditioned models.
+    pub sigma: &'a [f64],
+    /// [batch, head_rows] which of the rows (0..rows) to score and sample.
+    pub picked: &'a [u32],
+    pub top_p: f64,
+    /// DDPM: probability that a masked token stays masked, (t − dt)/t.
+    pub mask_prob: f64,
+    /// SEDD: dσ per sequence of this step (σ(t) for the final denoiser).
+    pub dsigma: &'a [f64],
+    pub seed: u64,
+    /// Counter of model calls, part of the random stream's key.
+    pub call: u32,
+    /// [batch, head_rows] random stream per sampled row (sequence, position).
+    pub streams: &'a [u32],
+    /// [batch·head_rows, vocab] supplied exponentials (verification only).
+    pub draws: Option<&'a [f32]>,
+}
+
+pub struct StepOutput {
+    /// [batch, head_rows] drawn tokens (empty for a commit).
+    pub tokens: Vec<u32>,
+    /// [batch·head_rows, vocab] logits, for verification.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// One cache buffer per layer.
+pub struct KvCache {
+    pub layers: Vec<wgpu::Buffer>,
+}
+
+pub struct StepWorkspace {
+    program: Program,
+    tokens: wgpu::Buffer,
+    features: Option<wgpu::Buffer>,
+    picked: wgpu::Buffer,
+    row_input: wgpu::Buffer,
+    streams: wgpu::Buffer,
+    seq_consts: wgpu::Buffer,
+    draws: Option<wgpu::Buffer>,
+    outputs: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    out_floats: usize,
+    buffers: StepBuffers,
+}
+
+/// Activation buffers of a step (kept so parameters can be re-recorded against the same bindings).
+struct StepBuffers {
+    x: wgpu::Buffer,
+    h: wgpu::Buffer,
+    att: wgpu::Buffer,
+    mlp: wgpu::Buffer,
+    cond: Option<Conditioning>,
+    final_normed: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    out_tokens: wgpu::Buffer,
+    chunk_rows: usize,
+}
+
+/// Where the block sits in the ring this call.
+#[derive(Clone, Copy)]
+struct Placement {
+    /// Ring row of the block's first token.
+    row0: usize,
+    /// Cached rows attended (all valid rows of the ring).
+    n_kv: usize,
+    /// Rotary re-basing: position of ring row j is (j + pos_offset) mod cache_len.
+    pos_offset: usize,
+}
+
+fn placement(cache_idx: usize, rows: usize, cache_len: usize) -> Placement {
+    let end = cache_idx + rows;
+    let window_start = end.saturating_sub(cache_len);
+    Placement { row0: cache_idx % cache_len, n_kv: end.min(cache_len), pos_offset: (cache_len - window_start % cache_len) % cache_len }
+}
+
+impl GpuModel {
+    /// Run one step; the first call with a new shape allocates its buffers and records its program.
+    pub async fn step(&mut self, shape: &StepShape, call: &StepCall<'_>) -> Result<StepOutput> {
+        self.check_step(shape, call)?;
+        let key = (shape.batch, shape.cache_len);
+        if !self.caches.contains_key(&key) {
+            let bytes = (shape.batch * shape.cache_len * 3 * self.cfg.hidden_dim * 4) as u64;
+            let layers = (0..self.cfg.n_blocks).map(|_| self.ctx.storage("kv_cache", bytes)).collect::<Result<_>>()?;
+            self.caches.insert(key, KvCache { layers });
+        }
+        let place = placement(call.cache_idx, shape.rows, shape.cache_len);
+        if !self.steps.contains_key(shape) {
+            let ws = self.build_step(shape, place)?;
+            self.steps.insert(*shape, ws);
+        }
+        let ws = &self.steps[shape];
+        let (ctx, cfg) = (&*self.ctx, &self.cfg);
+        let q = &ctx.queue;
+
+        // New kernel parameters for where the block sits now.
+        let mut pb = ProgramBuilder::params_only(ctx);
+        self.record_step(&mut pb, shape, ws, place, call)?;
+        ws.program.write_params(q, &pb.finish_params());
+
+        q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(call.tokens));
+        if let Some(f) = &ws.features {
+            let feats: Vec<f32> = (0..shape.batch)
+                .flat_map(|b| bd3_model::tables::timestep_features(if cfg.time_conditioning { call.sigma[b] } else { 0.0 }))
+                .collect();
+            q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
+        }
+        if let StepAction::Sample { head_rows, .. } = shape.action {
+            q.write_buffer(&ws.picked, 0, bytemuck::cast_slice(call.picked));
+            let inputs: Vec<u32> = call.picked.iter().enumerate().map(|(i, &r)| call.tokens[(i / head_rows) * shape.rows + r as usize]).collect();
+            q.write_buffer(&ws.row_input, 0, bytemuck::cast_slice(&inputs));
+            q.write_buffer(&ws.streams, 0, bytemuck::cast_slice(call.streams));
+            q.write_buffer(&ws.seq_consts, 0, bytemuck::cast_slice(&sedd_step_constants(call, shape.batch, cfg.vocab_size)));
+            if let (Some(d), Some(buf)) = (call.draws, &ws.draws) {
+                q.write_buffer(buf, 0, bytemuck::cast_slice(d));
+            }
+        }
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        ws.program.encode(&mut enc);
+        if ws.out_floats == 0 {
+            ctx.submit(enc);
+            ctx.check()?;
+            return Ok(StepOutput { tokens: Vec::new(), logits: None });
+        }
+        let bytes = (ws.out_floats * 4) as u64;
+        enc.copy_buffer_to_buffer(&ws.outputs, 0, &ws.staging, 0, bytes);
+        ctx.submit(enc);
+        let data = ctx.map_read(&ws.staging, bytes).await?;
+        let words: &[u32] = bytemuck::cast_slice(&data);
+        let StepAction::Sample { head_rows, verify, .. } = shape.action else { unreachable!() };
+        let n = shape.batch * head_rows;
+        let tokens = words[..n].to_vec();
+        let logits = verify.then(|| bytemuck::cast_slice::<u32, f32>(&words[n..]).to_vec());
+        Ok(StepOutput { tokens, logits })
+    }
+
+    /// The cached q|k|v of one layer, [batch, cache_len, 3·D] (for verification).
+    pub async fn read_kv_cache(&self, batch: usize, cache_len: usize, layer: usize) -> Result<Vec<f32>> {
+        let cache = self.caches.get(&(batch, cache_len)).ok_or_else(|| Error::Invalid("no KV cache of that shape yet".into()))?;
+        self.ctx.read_f32(&cache.layers[layer], 0, batch * cache_len * 3 * self.cfg.hidden_dim).await
+    }
+
+    fn check_step(&self, s: &StepShape, c: &StepCall<'_>) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        if s.rows == 0 || s.rows > s.cache_len || s.cache_len > self.rope_positions {
+            return bad(format!("a step of {} rows does not fit a cache of {} (context {})", s.rows, s.cache_len, self.rope_positions));
+        }
+        if c.cache_idx % s.cache_len + s.rows > s.cache_len {
+            return bad(format!("block at position {} would straddle the end of the {}-row cache", c.cache_idx, s.cache_len));
+        }
+        if c.tokens.len() != s.batch * s.rows {
+            return bad("step tokens do not match the shape".into());
+        }
+        let v = self.cfg.vocab_size as u32;
+        if let Some(t) = c.tokens.iter().find(|&&t| t >= v) {
+            return bad(format!("token id {t} is outside the vocabulary of {v}"));
+        }
+        if let StepAction::Sample { head_rows, mode, verify } = s.action {
+            let n = s.batch * head_rows;
+            if c.picked.len() != n || c.streams.len() != n || c.picked.iter().any(|&r| r as usize >= s.rows) {
+                return bad("picked rows do not match the shape".into());
+            }
+            if matches!(mode, SampleMode::SeddStep | SampleMode::SeddDenoise) && c.dsigma.len() != s.batch {
+                return bad("a SEDD step needs one dσ per sequence".into());
+            }
+            if verify && c.draws.map(|d| d.len()) != Some(n * self.cfg.vocab_size) {
+                return bad("a verification step needs supplied draws for every picked row".into());
+            }
+        }
+        if self.cfg.time_conditioning && c.sigma.len() != s.batch {
+            return bad("a time-conditioned model needs one sigma per sequence".into());
+        }
+        Ok(())
+    }
+
+    fn build_step(&self, s: &StepShape, place: Placement) -> Result<StepWorkspace> {
+        let ctx = &*self.ctx;
+        let cfg = &self.cfg;
+        let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
+        check_activation_size(ctx, b, s.rows, d)?;
+        let f32s = |label: &str, n: usize| ctx.storage(label, (n * 4) as u64);
+        let rows = b * s.rows;
+        let (head_rows, verify) = match s.action {
+            StepAction::Sample { head_rows, verify, .. } => (head_rows, verify),
+            StepAction::Commit => (0, false),
+        };
+        let picked_rows = b * head_rows;
+        let chunk_rows = layers::logits_chunk_rows(ctx, v, picked_rows);
+        let buffers = StepBuffers {
+            x: f32s("step residual", rows * d)?,
+            h: f32s("step normed", rows * d)?,
+            att: f32s("step attention", rows * d)?,
+            mlp: f32s("step mlp", rows * 4 * d)?,
+            cond: Conditioning::alloc(ctx, cfg, b)?,
+            final_normed: f32s("step final_normed", picked_rows.max(1) * d)?,
+            logits: f32s("step logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
+            out_tokens: f32s("step tokens out", picked_rows.max(1))?,
+            chunk_rows,
+        };
+        let out_floats = if head_rows == 0 { 0 } else { picked_rows + if verify { picked_rows * v } else { 0 } };
+        let ws_tokens = f32s("step tokens", rows)?;
+        let features = buffers.cond.as_ref().map(|c| c.features.clone());
+        let mut ws = StepWorkspace {
+            program: ProgramBuilder::new(ctx).finish()?, // replaced below
+            tokens: ws_tokens,
+            features,
+            picked: f32s("picked rows", picked_rows.max(1))?,
+            row_input: f32s("picked inputs", picked_rows.max(1))?,
+            streams: f32s("random streams", picked_rows.max(1))?,
+            seq_consts: f32s("step constants", b * 8)?,
+            draws: if verify { Some(f32s("supplied draws", picked_rows * v)?) } else { None },
+            outputs: f32s("step outputs", out_floats.max(1))?,
+            staging: ctx.buffer("step staging", (out_floats.max(1) * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?,
+            out_floats,
+            buffers,
+        };
+        let dummy_call = StepCall {
+            tokens: &[],
+            cache_idx: 0,
+            sigma: &[],
+            picked: &[],
+            top_p: 1.0,
+            mask_prob: 0.0,
+            dsigma: &[],
+            seed: 0,
+            call: 0,
+            streams: &[],
+            draws: None,
+        };
+        let mut pb = ProgramBuilder::new(ctx);
+        self.record_step(&mut pb, s, &ws, place, &dummy_call)?;
+        ws.program = pb.finish_with_outputs(&ws.outputs)?;
+        Ok(ws)
+    }
+
+    /// Record (or re-record the parameters of) a step. Only `place` and the sampler settings of `call`
+    /// change between calls; every binding is the same.
+    fn record_step(&self, pb: &mut ProgramBuilder, s: &StepShape, ws: &StepWorkspace, place: Placement, call: &StepCall<'_>) -> Result<()> {
+        let (cfg, k, w) = (&self.cfg, &self.kernels, &self.weights);
+        let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
+        let buf = &ws.buffers;
+        let cache = &self.caches[&(b, s.cache_len)];
+        if let Some(c) = &buf.cond {
+            c.record(pb, k, w, b)?;
+        }
+        layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
+        let attention = params::Attention {
+            n_q: s.rows as u32,
+            n_kv: place.n_kv as u32,
+            n_heads: cfg.n_heads as u32,
+            q_seq_stride: s.cache_len as u32,
+            q_row_offset: place.row0 as u32,
+            kv_seq_stride: s.cache_len as u32,
+            q_index_offset: place.row0 as u32,
+            mask: AttentionMask::Full,
+            pos_period: s.cache_len as u32,
+            pos_offset: place.pos_offset as u32,
+            head_dim: cfg.head_dim() as u32,
+        };
+        let into_cache = params::Matmul {
+            out_rows_per_seq: s.rows as u32,
+            out_seq_stride: s.cache_len as u32,
+            out_row_offset: place.row0 as u32,
+            ..params::Matmul::plain(0, 0, 0)
+        };
+        let commit = s.action == StepAction::Commit;
+        for (i, blk) in w.blocks.iter().enumerate() {
+            let lb = LayerBuffers { x: &buf.x, h: &buf.h, att: &buf.att, mlp: &buf.mlp, qkv: &cache.layers[i], qkv_rows: Some(into_cache) };
+            let modv = buf.cond.as_ref().map(|c| &c.mods[i]);
+            let last = i + 1 == w.blocks.len();
+            layers::block(pb, k, blk, modv, &lb, b, s.rows, attention, (&self.rope_cos, &self.rope_sin), commit && last)?;
+        }
+        let StepAction::Sample { head_rows, mode, verify } = s.action else { return Ok(()) };
+
+        let picked_rows = b * head_rows;
+        let final_mod = buf.cond.as_ref().map(|c| &c.final_mod);
+        let ln = params::LayerNorm {
+            n_rows: picked_rows as u32,
+            dim: d as u32,
+            in_rows_per_seq: s.rows as u32,
+            out_rows_per_seq: head_rows as u32,
+            in_row_offset: 0,
+            modulation: final_mod.map(|_| (0, d as u32, (2 * d) as u32)),
+            use_row_index: true,
+        };
+        layers::layernorm(pb, k, &buf.x, &w.norm_final, final_mod, &buf.final_normed, ln, Some(&ws.picked))?;
+        let draws = ws.draws.as_ref().unwrap_or(&k.dummy);
+        layers::head_chunks(pb, k, w, &buf.final_normed, &buf.logits, picked_rows, buf.chunk_rows, |pb, start, n| {
+            let sp = params::Sample {
+                n_rows: n as u32,
+                vocab: v as u32,
+                mask_id: cfg.mask_id(),
+                mode,
+                top_p: call.top_p as f32,
+                mask_prob: call.mask_prob as f32,
+                supplied_draws: verify,
+                seed: call.seed,
+                call: call.call,
+                rows_per_seq: head_rows as u32,
+                row_offset: start as u32,
+            };
+            let groups = pb.fold(n as u64)?;
+            pb.dispatch(
+                "sample",
+                &k.sample,
+                &sp.words(),
+                vec![(&buf.logits).into(), (&ws.row_input).into(), (&ws.streams).into(), (&ws.seq_consts).into(), draws.into(), (&buf.out_tokens).into()],
+                groups,
+            );
+            if verify {
+                pb.copy_to_output(&buf.logits, picked_rows + start * v, n * v);
+            }
+            Ok(())
+        })?;
+        pb.copy_to_output(&buf.out_tokens, 0, picked_rows);
+        Ok(())
+    }
+}
+
+/// Per-sequence constants of the sample kernel: (shift, e^{dσ}, 1 − e^{dσ}, e^{−dσ}; 1 − e^{−dσ}, 0, 0, 0),
+/// in f64 before rounding so the small differences keep their precision. Zeros outside SEDD.
+fn sedd_step_constants(call: &StepCall<'_>, batch: usize, vocab: usize) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|b| {
+            let Some(&ds) = call.dsigma.get(b) else { return [0f32; 8] };
+            let sigma = call.sigma.get(b).copied().unwrap_or(0.0);
+            let shift = bd3_model::schedule::esigm1_log(sigma) + ((vocab - 1) as f64).ln();
+            [shift, ds.exp(), -ds.exp_m1(), (-ds).exp(), -(-ds).exp_m1(), 0.0, 0.0, 0.0].map(|x| x as f32)
+        })
+        .collect()
+}
