@@ -9,6 +9,7 @@
 mod bench;
 mod report;
 mod verify;
+mod verify_sampler;
 
 use bd3_gpu::{ContextOptions, GpuContext};
 use bd3_model::{Error, Result};

@@ -233,7 +233,7 @@ async fn sample_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<
     let cap = model.forward(&shape, &input).await?.capture.unwrap();
     report.compare_f32("sample_case.full.logits", &cap.logits, &tf.f64("full.logits")?.data, ACTIVATIONS);
     compare_log_probs(report, "sample_case.full.log_probs", &cap.log_probs, &tf.f64("full.log_probs")?.data, &last, cfg.vocab_size, cfg.mask_id(), false);
-    Ok(())
+    crate::verify_sampler::bd3lm(model, tf, report).await
 }
 
 async fn sedd_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) -> Result<()> {
@@ -296,7 +296,7 @@ async fn sedd_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
         report.compare_f32(&format!("{p}{step}.logits"), &cap.logits, &tf.f64(&format!("{step}.logits"))?.data, ACTIVATIONS);
         report.compare_f32(&format!("{p}{step}.log_score"), &cap.log_probs, &tf.f64(&format!("{step}.log_score"))?.data, ACTIVATIONS);
     }
-    Ok(())
+    crate::verify_sampler::sedd(model, tf, report).await
 }
 
 async fn ar_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) -> Result<()> {
@@ -334,7 +334,7 @@ async fn ar_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>)
         let cap = model.forward(&shape, &input).await?.capture.unwrap();
         report.compare_f32(&format!("{p}prefix{k}.logits"), &cap.logits, &tf.f64(&format!("prefix{k}.logits"))?.data, ACTIVATIONS);
     }
-    Ok(())
+    crate::verify_sampler::ar(model, tf, report).await
 }
 
 fn require_kind(model: &GpuModel, kind: ModelKind, case: &str) -> Result<()> {
