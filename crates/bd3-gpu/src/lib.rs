@@ -7,10 +7,12 @@ pub mod context;
 pub mod kernels;
 pub mod layers;
 pub mod model;
+pub mod sampler;
 pub mod step;
 pub mod weights;
 
 pub use context::{ContextOptions, CounterSnapshot, GpuContext};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
+pub use sampler::{generate, SampleEvent, SampleOptions, SampleResult, Sampler};
 pub use step::{StepAction, StepCall, StepOutput, StepShape};
 pub use weights::Weights;

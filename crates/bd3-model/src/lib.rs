@@ -13,6 +13,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod tables;
 pub mod tensor_file;
+pub mod tokenizer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{ModelConfig, ModelKind};

@@ -2,12 +2,14 @@
 //!
 //!   bd3-wgpu verify DIR...          compare against fixtures from the official PyTorch code
 //!   bd3-wgpu bench forward [opts]   forward throughput, per-kernel time, submits and buffers
+//!   bd3-wgpu sample --model DIR     generate text with a checkpoint
 //!   bd3-wgpu info                   the adapter that would be used
 //!
 //! Every failure is one line on stderr and a non-zero exit code.
 
 mod bench;
 mod report;
+mod sample;
 mod verify;
 mod verify_sampler;
 
@@ -20,7 +22,8 @@ use std::sync::Arc;
 const USAGE: &str = "usage:
   bd3-wgpu verify [--split-threshold BYTES] DIR...   run every fixture case in DIR (golden/tiny-a format)
   bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
-  bd3-wgpu info                          print the GPU adapter that would be used";
+  bd3-wgpu info                          print the GPU adapter that would be used
+  bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,6 +75,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         "bench" => bench::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "sample" => sample::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "info" => {
             let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
             println!("adapter: {}", ctx.adapter_summary());

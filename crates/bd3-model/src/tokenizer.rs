@@ -1,0 +1,86 @@
+//! Text ↔ token ids through a Hugging Face `tokenizer.json` (the `tokenizers` crate).
+//!
+//! The official checkpoints use GPT-2's byte-level BPE (50257 tokens) plus one mask token: vocabulary
+//! 50258, mask = 50257, BOS = EOS = 50256 = `<|endoftext|>`. [`TextTokenizer::gpt2_from_files`] builds
+//! that tokenizer from GPT-2's `encoder.json` + `vocab.bpe`.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use tokenizers::models::bpe::BPE;
+use tokenizers::{AddedToken, Tokenizer};
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    name: String,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &std::path::Path) -> Result<TextTokenizer> {
+        let bytes = crate::error::read_file(path)?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<TextTokenizer> {
+        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Config { path: name.to_string(), message: format!("not a usable tokenizer.json ({e})") })?;
+        Ok(TextTokenizer { inner, name: name.to_string() })
+    }
+
+    /// GPT-2's byte-level BPE from its vocabulary (`encoder.json`) and merges (`vocab.bpe`).
+    pub fn gpt2_from_files(encoder_json: &std::path::Path, merges: &std::path::Path) -> Result<TextTokenizer> {
+        let (e, m) = (encoder_json.display().to_string(), merges.display().to_string());
+        let bpe = BPE::from_file(&e, &m).build().map_err(|err| Error::Config { path: e.clone(), message: format!("cannot build GPT-2 BPE with {m}: {err}") })?;
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|err| Error::Config { path: e.clone(), message: err.to_string() })?;
+        Ok(TextTokenizer { inner, name: e })
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::Invalid(format!("cannot serialise the tokenizer: {e}")))
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Text → ids, without BOS/EOS (the sampler adds BOS itself).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Invalid(format!("{}: cannot encode the text: {e}", self.name)))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids → text; ids the tokenizer does not know (the mask token) become `[MASK]`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let n = self.vocab_size() as u32;
+        let mut out = String::new();
+        let mut run = Vec::new();
+        for &id in ids.iter().chain(std::iter::once(&u32::MAX)) {
+            if id < n {
+                run.push(id);
+                continue;
+            }
+            if !run.is_empty() {
+                out.push_str(&self.inner.decode(&run, false).map_err(|e| Error::Invalid(format!("{}: cannot decode: {e}", self.name)))?);
+                run.clear();
+            }
+            if id != u32::MAX {
+                out.push_str("[MASK]");
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tokenizer must leave room for the mask token and agree on EOS = vocab_size − 2.
+    pub fn check_fits(&self, cfg: &ModelConfig) -> Result<()> {
+        let n = self.vocab_size();
+        if n + 1 != cfg.vocab_size {
+            return Err(Error::Config {
+                path: self.name.clone(),
+                message: format!("the tokenizer has {n} tokens, but the model expects {} (its vocabulary of {} minus the mask token)", cfg.vocab_size - 1, cfg.vocab_size),
+            });
+        }
+        Ok(())
+    }
+}
