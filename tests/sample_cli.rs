@@ -1,0 +1,110 @@
+//! `bd3-wgpu sample` through the binary on the fixture models: determinism, batches, variable
+//! length, and the errors a user can run into.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(sub: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a")).join(sub)
+}
+
+fn sample(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("sample").args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ids(line: &str) -> Vec<u32> {
+    line.split_whitespace().map(|t| t.parse().unwrap()).collect()
+}
+
+#[test]
+fn same_seed_same_tokens() {
+    let model = fixture("");
+    let m = model.to_str().unwrap();
+    let (c1, a, err) = sample(&["--model", m, "--seed", "7", "--length", "64"]);
+    assert_eq!(c1, 0, "{err}");
+    let (_, b, _) = sample(&["--model", m, "--seed", "7", "--length", "64"]);
+    assert_eq!(a, b, "same seed, different output");
+    let toks = ids(a.lines().next().unwrap());
+    assert_eq!(toks.len(), 64, "{a}");
+    assert_eq!(toks[0], 126, "BOS = vocab_size − 2 first");
+    assert!(toks.iter().all(|&t| t < 127), "the mask token is never emitted: {a}");
+    let (_, c, _) = sample(&["--model", m, "--seed", "8", "--length", "64"]);
+    assert_ne!(a, c, "another seed should give another sample");
+}
+
+#[test]
+fn batch_of_three_and_every_sampler_and_model_kind() {
+    for (sub, extra) in [("", vec!["--batch", "3"]), ("", vec!["--batch", "3", "--sampler", "ddpm"]), ("ar", vec!["--batch", "3"]), ("sedd", vec!["--batch", "3", "--steps", "20"])] {
+        let model = fixture(sub);
+        let mut args = vec!["--model", model.to_str().unwrap(), "--length", "16"];
+        args.extend(extra.iter());
+        let (code, out, err) = sample(&args);
+        assert_eq!(code, 0, "{sub} {extra:?}: {err}");
+        let samples: Vec<&str> = out.lines().filter(|l| !l.starts_with("---")).collect();
+        assert_eq!(samples.len(), 3, "{out}");
+        for s in samples {
+            assert_eq!(ids(s).len(), 16, "{sub}: {s}");
+        }
+    }
+}
+
+#[test]
+fn variable_length_stops_at_the_first_generated_eos() {
+    let model = fixture("");
+    let mut stopped_early = 0;
+    for seed in 1..=3 {
+        let (code, out, err) = sample(&["--model", model.to_str().unwrap(), "--seed", &seed.to_string(), "--length", "256", "--var-length", "--top-p", "1.0"]);
+        assert_eq!(code, 0, "{err}");
+        let toks = ids(out.lines().next().unwrap());
+        if let Some(p) = toks.iter().skip(1).position(|&t| t == 126) {
+            assert_eq!(p + 2, toks.len(), "output must end at the first generated EOS: {toks:?}");
+            stopped_early += 1;
+        } else {
+            assert_eq!(toks.len(), 256);
+        }
+    }
+    assert!(stopped_early > 0, "no seed generated an EOS");
+}
+
+#[test]
+fn bad_requests_are_one_line_errors() {
+    let m = fixture("");
+    let m = m.to_str().unwrap();
+    let long: String = (0..20).map(|i| (i % 100).to_string()).collect::<Vec<_>>().join(",");
+    for (args, needle) in [
+        (vec!["--model", m, "--prompt-ids", long.as_str()], "does not fit the model's context"),
+        (vec!["--model", m, "--block-size", "8"], "trained with block size 4"),
+        (vec!["--model", m, "--sampler", "euler"], "unknown sampler"),
+        (vec!["--model", m, "--prompt", "hello"], "no tokenizer.json"),
+        (vec!["--model", m, "--top-p", "0"], "--top-p"),
+        (vec!["--model", m, "--prompt-ids", "127"], "outside the model's vocabulary"),
+        (vec!["--model", "/nonexistent"], "not a model folder"),
+    ] {
+        let (code, _, err) = sample(&args);
+        assert_ne!(code, 0, "{args:?} should fail");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
+    }
+    let (code, _, err) = sample(&["--model", fixture("ar").to_str().unwrap(), "--sampler", "ddpm"]);
+    assert!(code != 0 && err.contains("ddpm sampler is for BD3LM and MDLM"), "{err}");
+}
+
+#[test]
+fn a_tokenizer_that_does_not_fit_the_model_is_refused() {
+    let dir = std::env::temp_dir().join(format!("bd3-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture(f), dir.join(f)).unwrap();
+    }
+    // A word-level tokenizer with 3 tokens for a model of 128.
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2},"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let (code, _, err) = sample(&["--model", dir.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("the tokenizer has 3 tokens, but the model expects 127"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
