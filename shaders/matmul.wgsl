@@ -12,9 +12,11 @@
 // W is stored [N, K] as PyTorch stores Linear weights, so this computes A·Wᵀ.
 //
 // Bindings: 0 params, 1 a, 2 w (this part) [N, K], 3 bias, 4 gate, 5 out.
-// Tiling: 64x64 output tile per workgroup of 16x16 threads, 4x4 outputs per thread in registers,
-// K in slabs of 16 staged in workgroup memory (2 x 16 x 64 floats = 8 KiB). Edges are bounds-checked,
-// so any M, N, K works.
+// Tiling: a (16·ROWS_PER_THREAD) x 64 output tile per workgroup of 16x16 threads, ROWS_PER_THREAD x 4
+// outputs per thread in registers, K in slabs of 16 staged in workgroup memory (at most 2 x 16 x 64
+// floats = 8 KiB). Edges are bounds-checked, so any M, N, K works. The host substitutes
+// ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
+// pay for a 64-row tile.
 
 struct Params {
     m: u32,
@@ -42,11 +44,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read> gate: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-const BM: u32 = 64u;
+const ROWS_PER_THREAD: u32 = 4u;
+const BM: u32 = 16u * ROWS_PER_THREAD;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
-var<workgroup> a_tile: array<f32, 1024>; // [BK][BM]
-var<workgroup> w_tile: array<f32, 1024>; // [BK][BN]
+var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
+var<workgroup> w_tile: array<f32, BK * BN>; // [BK][BN]
 
 fn gelu_tanh(x: f32) -> f32 {
     // tanh written through exp of a non-positive argument, so it never overflows.
@@ -66,16 +69,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     let n0 = wg.x * BN;
     let tx = lid3.x; // column group
     let ty = lid3.y; // row group
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var acc: array<array<f32, 4>, ROWS_PER_THREAD>;
+    for (var i = 0u; i < ROWS_PER_THREAD; i++) {
         for (var j = 0u; j < 4u; j++) {
             acc[i][j] = 0.0;
         }
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Each thread stages 4 elements of A and 4 of W; consecutive threads read consecutive k.
-        for (var e = 0u; e < 4u; e++) {
+        // Each thread stages ROWS_PER_THREAD elements of A and 4 of W; consecutive threads read
+        // consecutive k.
+        for (var e = 0u; e < ROWS_PER_THREAD; e++) {
             let idx = lid + e * 256u;
             let row = idx / BK;
             let kk = idx % BK;
@@ -85,6 +89,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
                 av = a[p.a_offset + (m0 + row) * p.lda + gk];
             }
             a_tile[kk * BM + row] = av;
+        }
+        for (var e = 0u; e < 4u; e++) {
+            let idx = lid + e * 256u;
+            let row = idx / BK;
+            let kk = idx % BK;
+            let gk = k0 + kk;
             var wv = 0.0;
             if (n0 + row < p.n && gk < p.k) {
                 wv = w[(n0 + row) * p.k + gk];
@@ -93,13 +103,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var av: array<f32, 4>;
+            var av: array<f32, ROWS_PER_THREAD>;
             var wv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * BM + ty * 4u + i];
-                wv[i] = w_tile[kk * BN + tx * 4u + i];
+            for (var i = 0u; i < ROWS_PER_THREAD; i++) {
+                av[i] = a_tile[kk * BM + ty * ROWS_PER_THREAD + i];
             }
             for (var i = 0u; i < 4u; i++) {
+                wv[i] = w_tile[kk * BN + tx * 4u + i];
+            }
+            for (var i = 0u; i < ROWS_PER_THREAD; i++) {
                 for (var j = 0u; j < 4u; j++) {
                     acc[i][j] = fma(av[i], wv[j], acc[i][j]);
                 }
@@ -108,8 +120,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty * 4u + i;
+    for (var i = 0u; i < ROWS_PER_THREAD; i++) {
+        let m = m0 + ty * ROWS_PER_THREAD + i;
         if (m >= p.m) {
             continue;
         }

@@ -42,11 +42,18 @@ pub fn attention_source(head_dim: usize) -> String {
         .replacen("const KEY_TILE: u32 = 31u;", &format!("const KEY_TILE: u32 = {key_tile}u;"), 1)
 }
 
+/// The matmul kernel with one output row per thread: a 16-row tile for inputs of at most 16 rows.
+pub fn matmul_narrow_source() -> String {
+    MATMUL_WGSL.replacen("const ROWS_PER_THREAD: u32 = 4u;", "const ROWS_PER_THREAD: u32 = 1u;", 1)
+}
+
 /// All pipelines a model needs, built up front (lavapipe compiles lazily, so building is cheap here).
 pub struct Kernels {
     pub embedding: Arc<wgpu::ComputePipeline>,
     pub layernorm: Arc<wgpu::ComputePipeline>,
     pub matmul: Arc<wgpu::ComputePipeline>,
+    /// `matmul` for M ≤ 16 (see [`Kernels::matmul_for`]).
+    pub matmul_narrow: Arc<wgpu::ComputePipeline>,
     pub attention: Arc<wgpu::ComputePipeline>,
     pub token_loss: Arc<wgpu::ComputePipeline>,
     pub sedd_loss: Arc<wgpu::ComputePipeline>,
@@ -57,11 +64,17 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// The matmul variant for an input of `m` rows, and the rows of its output tile.
+    pub fn matmul_for(&self, m: u32) -> (&Arc<wgpu::ComputePipeline>, u32) {
+        if m <= 16 { (&self.matmul_narrow, 16) } else { (&self.matmul, 64) }
+    }
+
     pub async fn new(ctx: &GpuContext, head_dim: usize) -> Result<Kernels> {
         Ok(Kernels {
             embedding: ctx.pipeline("embedding", EMBEDDING_WGSL).await?,
             layernorm: ctx.pipeline("layernorm", LAYERNORM_WGSL).await?,
             matmul: ctx.pipeline("matmul", MATMUL_WGSL).await?,
+            matmul_narrow: ctx.pipeline("matmul_narrow", &matmul_narrow_source()).await?,
             attention: ctx.pipeline("attention", &attention_source(head_dim)).await?,
             token_loss: ctx.pipeline("token_loss", TOKEN_LOSS_WGSL).await?,
             sedd_loss: ctx.pipeline("sedd_loss", SEDD_LOSS_WGSL).await?,
@@ -370,8 +383,9 @@ pub mod params {
                 self.out_rows_per_seq, self.out_seq_stride, self.out_row_offset,
             ]
         }
-        pub fn groups(&self) -> [u32; 3] {
-            [self.n.div_ceil(64), self.m.div_ceil(64), 1]
+        /// Workgroups for a kernel whose output tile has `tile_rows` rows (see `Kernels::matmul_for`).
+        pub fn groups(&self, tile_rows: u32) -> [u32; 3] {
+            [self.n.div_ceil(64), self.m.div_ceil(tile_rows), 1]
         }
     }
 

@@ -160,7 +160,8 @@ pub fn linear(
             None => &k.dummy,
         };
         let bias: Slice = lin.bias.as_ref().unwrap_or(&k.dummy).into();
-        pb.dispatch("matmul", &k.matmul, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into()], mp.groups());
+        let (pipeline, tile_rows) = k.matmul_for(mp.m);
+        pb.dispatch("matmul", pipeline, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into()], mp.groups(tile_rows));
         pb.annotate_flops(2 * (m * part.rows * kk) as u64);
     }
     Ok(())
@@ -214,7 +215,8 @@ pub fn head_chunks(
                 bias_offset: part.row_start as u32,
                 ..params::Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
-            pb.dispatch("head", &k.matmul, &mp.words(), vec![normed.into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), logits.into()], mp.groups());
+            let (pipeline, tile_rows) = k.matmul_for(mp.m);
+            pb.dispatch("head", pipeline, &mp.words(), vec![normed.into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), logits.into()], mp.groups(tile_rows));
             pb.annotate_flops(2 * (n * part.rows * d) as u64);
         }
         consume(pb, start, n)?;

@@ -1,7 +1,7 @@
 //! Every file in `shaders/` parses and validates with naga, and keeps its workgroup memory within
 //! the 16 KiB that browsers allow (wgpu itself does not check this against the adapter).
 
-use bd3_gpu::kernels::{attention_source, ALL_SHADERS, WORKGROUP_MEMORY_BUDGET};
+use bd3_gpu::kernels::{attention_source, matmul_narrow_source, ALL_SHADERS, WORKGROUP_MEMORY_BUDGET};
 
 fn validate(name: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
@@ -36,6 +36,13 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
         assert!(bytes <= WORKGROUP_MEMORY_BUDGET, "{name} uses {bytes} bytes of workgroup memory");
         assert!(source.starts_with("//"), "{name} must open with a header comment (math, bindings, tiling)");
     }
+}
+
+#[test]
+fn narrow_matmul_validates() {
+    let src = matmul_narrow_source();
+    assert!(src.contains("const ROWS_PER_THREAD: u32 = 1u;"));
+    validate("matmul_narrow", &src);
 }
 
 #[test]

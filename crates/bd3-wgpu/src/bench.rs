@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "bench forward [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N]
+       bench sample  [--size small|tiny|D,H,N,V,L] [--batch N] [--block-size N] [--length N] [--top-p P]
   sizes: small = 768,12,12,50258,1024 (the official model); tiny = 64,4,2,128,16
   D hidden, H heads, N blocks, V vocabulary, L length (use small D, V, L on a software adapter)";
 
@@ -46,9 +47,87 @@ pub fn bench_config(size: &BenchSize, block_size: usize) -> Result<ModelConfig> 
 
 pub fn run(args: &[String]) -> Result<()> {
     let Some(what) = args.first() else { return Err(Error::Invalid(format!("usage: bd3-wgpu {USAGE}"))) };
-    if what != "forward" {
-        return Err(Error::Invalid(format!("unknown benchmark `{what}`; usage: bd3-wgpu {USAGE}")));
+    match what.as_str() {
+        "forward" => forward(args),
+        "sample" => sample(args),
+        _ => Err(Error::Invalid(format!("unknown benchmark `{what}`; usage: bd3-wgpu {USAGE}"))),
     }
+}
+
+/// A GPU model of `size` with random weights, through the strict loader like a real checkpoint.
+fn random_model(ctx: &Arc<GpuContext>, size: &BenchSize, block_size: usize) -> Result<(GpuModel, usize, f64)> {
+    let cfg = bench_config(size, block_size)?;
+    let t0 = Instant::now();
+    let tensors = random_weights(&cfg, 7, 0.02);
+    let params: usize = tensors.iter().map(|t| t.data.len()).sum();
+    let bytes = to_safetensors(&cfg, &tensors, None);
+    drop(tensors);
+    let ckpt = Checkpoint::from_bytes(bytes, "random weights", &cfg)?;
+    let model = pollster::block_on(GpuModel::load(ctx.clone(), cfg, &ckpt))?;
+    Ok((model, params, t0.elapsed().as_secs_f64()))
+}
+
+fn print_model(model: &GpuModel, params: usize, secs: f64) {
+    let cfg = &model.cfg;
+    println!(
+        "model: hidden {}, {} heads, {} blocks, vocab {}, L = {}, block size {} — {:.1}M parameters, built and loaded in {:.1} s",
+        cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.vocab_size, cfg.model_length, cfg.block_size, params as f64 / 1e6, secs
+    );
+}
+
+/// `bench sample`: first-hitting generation with the KV cache, nucleus 0.9, random weights.
+fn sample(args: &[String]) -> Result<()> {
+    let (mut size, mut batch, mut block_size, mut length, mut top_p) = (parse_size("small")?, 1usize, 16usize, None, 0.9f64);
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
+            "--batch" => batch = crate::parse_num(it.next(), "--batch")?,
+            "--block-size" => block_size = crate::parse_num(it.next(), "--block-size")?,
+            "--length" => length = Some(crate::parse_num::<usize>(it.next(), "--length")?),
+            "--top-p" => top_p = crate::parse_num(it.next(), "--top-p")?,
+            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
+        }
+    }
+    let block_size = block_size.min(size.length);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    println!("adapter: {}", ctx.adapter_summary());
+    let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
+    print_model(&model, params, secs);
+    let length = length.unwrap_or(model.cfg.model_length);
+    let opts = bd3_gpu::SampleOptions {
+        batch,
+        length,
+        prompt: Vec::new(),
+        top_p,
+        sampler: bd3_gpu::Sampler::FirstHitting,
+        steps: block_size,
+        seed: 1,
+        var_length: false,
+        entropy_check: false,
+    };
+    // Warm-up: two blocks record every program shape (sample and commit) and compile the pipelines.
+    let warm = bd3_gpu::SampleOptions { length: (2 * block_size).min(length), ..opts.clone() };
+    pollster::block_on(bd3_gpu::generate(&mut model, &warm, &mut |_| {}))?;
+    let before = ctx.snapshot();
+    let t = Instant::now();
+    let result = pollster::block_on(bd3_gpu::generate(&mut model, &opts, &mut |_| {}))?;
+    let secs = t.elapsed().as_secs_f64();
+    let c = ctx.snapshot() - before;
+    let calls = result.calls as f64;
+    let generated = batch * (length - 1);
+    println!("first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}");
+    println!("{:>14} {:>14} {:>12} {:>8} {:>10}", "ms/model call", "tokens/s", "model calls", "NFEs", "seconds");
+    println!("{:>14.3} {:>14.1} {:>12} {:>8} {:>10.2}", secs * 1e3 / calls, generated as f64 / secs, result.calls, result.nfe, secs);
+    println!(
+        "per model call: submits {:.2}, buffers created {}, bind groups created {}, pipelines created {}, bytes read back {:.1}",
+        c.submits as f64 / calls, c.buffers_created, c.bind_groups_created, c.pipelines_created, c.bytes_read_back as f64 / calls
+    );
+    println!("(a sampling call reads back one u32 token per sequence; a block commit reads back nothing)");
+    Ok(())
+}
+
+fn forward(args: &[String]) -> Result<()> {
     let (mut size, mut batches, mut block_size, mut iters) = (parse_size("small")?, vec![1usize, 8], 16usize, 3usize);
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
@@ -64,21 +143,11 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let block_size = block_size.min(size.length);
-    let cfg = bench_config(&size, block_size)?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions { timestamps: true, ..Default::default() }))?);
     println!("adapter: {}", ctx.adapter_summary());
-    let t0 = Instant::now();
-    let tensors = random_weights(&cfg, 7, 0.02);
-    let params: usize = tensors.iter().map(|t| t.data.len()).sum();
-    let bytes = to_safetensors(&cfg, &tensors, None);
-    drop(tensors);
-    let ckpt = Checkpoint::from_bytes(bytes, "random weights", &cfg)?;
-    let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
-    drop(ckpt);
-    println!(
-        "model: hidden {}, {} heads, {} blocks, vocab {}, L = {}, block size {} — {:.1}M parameters, loaded in {:.1} s",
-        cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.vocab_size, cfg.model_length, block_size, params as f64 / 1e6, t0.elapsed().as_secs_f64()
-    );
+    let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
+    print_model(&model, params, secs);
+    let cfg = model.cfg.clone();
     println!("input: x_t ⊕ x_0 ({} tokens per sequence), block-diffusion mask, SUBS loss reduced on the GPU", 2 * cfg.model_length);
     println!();
     println!("{:>5}  {:>10}  {:>12}  {:>8}  {:>9}  {:>8}  {:>11}  {:>11}", "batch", "ms/forward", "tokens/s", "submits", "buffers", "binds", "read back", "GEMM GF/s");
