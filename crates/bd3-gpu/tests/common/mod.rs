@@ -13,15 +13,17 @@ pub fn kernels(ctx: &GpuContext, head_dim: usize) -> Kernels {
     pollster::block_on(Kernels::new(ctx, head_dim)).unwrap()
 }
 
-/// SplitMix64: small, deterministic, good enough for test data.
+/// Deterministic test data on top of the project's SplitMix64.
 pub struct Rng(pub u64);
 impl Rng {
+    fn gen(&mut self) -> bd3_model::init::SplitMix {
+        bd3_model::init::SplitMix(self.0)
+    }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        let mut g = self.gen();
+        let v = g.next_u64();
+        self.0 = g.0;
+        v
     }
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
