@@ -1,17 +1,24 @@
-// Linear layer with a fused epilogue:  v = Σ_k A[a_offset + m*lda + k] · W[n*K + k]  (+ bias[bias_offset + n])
-//   epilogue 0: out = v                        (attn_qkv, head, conditioning)
-//   epilogue 1: out = gelu_tanh(v)             (mlp.0)
-//   epilogue 2: out = silu(v)                  (sigma_map)
-//   epilogue 3: out += gate[s, n] · v          (attn_out / mlp.2 into the residual, adaLN gate)
-//   epilogue 4: out += v                       (AR residual, gate = 1)
-// where s = m / rows_per_seq selects the sequence's gate row: gate[s * gate_stride + gate_offset + n].
-// The result lands at out[row(m) * ldc + out_col_offset + n]: a weight split by output rows (the
-// 50258-row head) writes its column range of the logits from one dispatch per part, and
-//   row(m) = (m / out_rows_per_seq) * out_seq_stride + out_row_offset + m % out_rows_per_seq
-// places the rows of each sequence into a KV cache (plain use: out_rows_per_seq = M, stride 0, offset 0).
-// W is stored [N, K] as PyTorch stores Linear weights, so this computes A·Wᵀ.
+// General matrix product with a fused epilogue — every Linear of the forward and backward passes:
+//   v[i, j] = Σ_k A(i, k) · B(k, j)  (+ bias[bias_offset + j])
+//   A(i, k) = a[a_offset + i·a_row_stride + k·a_k_stride]
+//   B(k, j) = b[b_offset + k·b_k_stride + j·b_col_stride]
+// Strides select the layout: y = x·Wᵀ (forward, W stored [out, in]: b_k_stride = 1, b_col_stride = K),
+// dx = dy·W (b_k_stride = N, b_col_stride = 1), dW += dyᵀ·x (a_row_stride = 1, a_k_stride = ld).
+//   epilogue 0: out = v                      (attn_qkv, head, gradients)
+//   epilogue 1: out = gelu_tanh(v)           (mlp.0)
+//   epilogue 2: out = silu(v)                (sigma_map)
+//   epilogue 3: out += gate[s, j] · drop(v)  (attn_out / mlp.2 into the residual, adaLN gate)
+//   epilogue 4: out += drop(v)               (AR residual; gradient accumulation)
+// where s = i / rows_per_seq selects the sequence's gate row: gate[s·gate_stride + gate_offset + j], and
+// drop is inverted dropout with probability `dropout` keyed by (seed, salt, row, column) — the same
+// hash as shaders/gate_backward.wgsl, which regenerates the mask. With store_aux = 1 the value before
+// the activation (gelu/silu) or after dropout (residual modes) also goes to aux at the same index:
+// the backward pass needs it.
+// The result lands at out[row(i)·ldc + out_col_offset + j], where
+//   row(i) = (i / out_rows_per_seq)·out_seq_stride + out_row_offset + i % out_rows_per_seq
+// places each sequence's rows (a KV cache) and out_col_offset a weight part's column range.
 //
-// Bindings: 0 params, 1 a, 2 w (this part) [N, K], 3 bias, 4 gate, 5 out.
+// Bindings: 0 params, 1 a, 2 b, 3 bias, 4 gate, 5 out, 6 aux.
 // Tiling: a (16·ROWS_PER_THREAD) x 64 output tile per workgroup of 16x16 threads, ROWS_PER_THREAD x 4
 // outputs per thread in registers, K in slabs of 16 staged in workgroup memory (at most 2 x 16 x 64
 // floats = 8 KiB). Edges are bounds-checked, so any M, N, K works. The host substitutes
@@ -22,8 +29,12 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    lda: u32,
     a_offset: u32,
+    a_row_stride: u32,
+    a_k_stride: u32,
+    b_offset: u32,
+    b_k_stride: u32,
+    b_col_stride: u32,
     ldc: u32,
     out_col_offset: u32,
     has_bias: u32,
@@ -35,21 +46,26 @@ struct Params {
     out_rows_per_seq: u32,
     out_seq_stride: u32,
     out_row_offset: u32,
+    store_aux: u32,
+    dropout: f32,
+    seed: u32,
+    salt: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> gate: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> aux: array<f32>;
 
 const ROWS_PER_THREAD: u32 = 4u;
 const BM: u32 = 16u * ROWS_PER_THREAD;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
-var<workgroup> w_tile: array<f32, BK * BN>; // [BK][BN]
+var<workgroup> b_tile: array<f32, BK * BN>; // [BK][BN]
 
 fn gelu_tanh(x: f32) -> f32 {
     // tanh written through exp of a non-positive argument, so it never overflows.
@@ -61,6 +77,22 @@ fn gelu_tanh(x: f32) -> f32 {
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
+}
+
+// "lowbias32" integer hash; the dropout mask of element (row, col) is hash-derived.
+fn mix32(x0: u32) -> u32 {
+    var x = x0;
+    x = x ^ (x >> 16u);
+    x = x * 0x7feb352du;
+    x = x ^ (x >> 15u);
+    x = x * 0x846ca68bu;
+    x = x ^ (x >> 16u);
+    return x;
+}
+
+fn keep(row: u32, col: u32) -> bool {
+    let h = mix32(p.seed ^ mix32(p.salt ^ mix32(row ^ mix32(col + 0x9e3779b9u))));
+    return f32(h >> 8u) * (1.0 / 16777216.0) >= p.dropout;
 }
 
 @compute @workgroup_size(16, 16)
@@ -77,8 +109,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Each thread stages ROWS_PER_THREAD elements of A and 4 of W; consecutive threads read
-        // consecutive k.
+        // Each thread stages ROWS_PER_THREAD elements of A and 4 of B.
         for (var e = 0u; e < ROWS_PER_THREAD; e++) {
             let idx = lid + e * 256u;
             let row = idx / BK;
@@ -86,34 +117,34 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             let gk = k0 + kk;
             var av = 0.0;
             if (m0 + row < p.m && gk < p.k) {
-                av = a[p.a_offset + (m0 + row) * p.lda + gk];
+                av = a[p.a_offset + (m0 + row) * p.a_row_stride + gk * p.a_k_stride];
             }
             a_tile[kk * BM + row] = av;
         }
         for (var e = 0u; e < 4u; e++) {
             let idx = lid + e * 256u;
-            let row = idx / BK;
+            let col = idx / BK;
             let kk = idx % BK;
             let gk = k0 + kk;
-            var wv = 0.0;
-            if (n0 + row < p.n && gk < p.k) {
-                wv = w[(n0 + row) * p.k + gk];
+            var bv = 0.0;
+            if (n0 + col < p.n && gk < p.k) {
+                bv = b[p.b_offset + gk * p.b_k_stride + (n0 + col) * p.b_col_stride];
             }
-            w_tile[kk * BN + row] = wv;
+            b_tile[kk * BN + col] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<f32, ROWS_PER_THREAD>;
-            var wv: array<f32, 4>;
+            var bv: array<f32, 4>;
             for (var i = 0u; i < ROWS_PER_THREAD; i++) {
                 av[i] = a_tile[kk * BM + ty * ROWS_PER_THREAD + i];
             }
             for (var i = 0u; i < 4u; i++) {
-                wv[i] = w_tile[kk * BN + tx * 4u + i];
+                bv[i] = b_tile[kk * BN + tx * 4u + i];
             }
             for (var i = 0u; i < ROWS_PER_THREAD; i++) {
                 for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], wv[j], acc[i][j]);
+                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
                 }
             }
         }
@@ -136,6 +167,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             }
             let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
             let o = out_row * p.ldc + p.out_col_offset + n;
+            if (p.epilogue >= 3u && p.dropout > 0.0) {
+                v = select(0.0, v / (1.0 - p.dropout), keep(m, p.out_col_offset + n));
+            }
+            if (p.store_aux != 0u) {
+                aux[o] = v;
+            }
             switch p.epilogue {
                 case 1u: { out[o] = gelu_tanh(v); }
                 case 2u: { out[o] = silu(v); }

@@ -61,6 +61,9 @@ pub struct Kernels {
     pub sample: Arc<wgpu::ComputePipeline>,
     /// Bound where a kernel's optional input is switched off (no bias, no gate, no modulation).
     pub dummy: wgpu::Buffer,
+    /// Bound where a kernel's optional output is switched off (a buffer may not be read-only and
+    /// writable in one dispatch, so inputs and outputs get separate placeholders).
+    pub dummy_out: wgpu::Buffer,
 }
 
 impl Kernels {
@@ -81,6 +84,7 @@ impl Kernels {
             reduce_sum: ctx.pipeline("reduce_sum", REDUCE_SUM_WGSL).await?,
             sample: ctx.pipeline("sample", SAMPLE_WGSL).await?,
             dummy: ctx.storage("dummy", 16)?,
+            dummy_out: ctx.storage("dummy out", 16)?,
         })
     }
 }
@@ -347,13 +351,18 @@ pub mod params {
         Residual = 4,
     }
 
+    /// Parameters of `shaders/matmul.wgsl` (see its header for the strides' meaning).
     #[derive(Clone, Copy, Debug)]
     pub struct Matmul {
         pub m: u32,
         pub n: u32,
         pub k: u32,
-        pub lda: u32,
         pub a_offset: u32,
+        pub a_row_stride: u32,
+        pub a_k_stride: u32,
+        pub b_offset: u32,
+        pub b_k_stride: u32,
+        pub b_col_stride: u32,
         pub ldc: u32,
         pub out_col_offset: u32,
         pub has_bias: bool,
@@ -366,21 +375,38 @@ pub mod params {
         pub out_rows_per_seq: u32,
         pub out_seq_stride: u32,
         pub out_row_offset: u32,
+        pub store_aux: bool,
+        pub dropout: f32,
+        pub seed: u32,
+        pub salt: u32,
     }
     impl Matmul {
-        /// Plain `out = a · wᵀ` of an [m, k] by [n, k] pair.
+        /// `out[m, n] = a[m, :] · w[n, :]`: a Linear with its weight stored [out = n, in = k].
         pub fn plain(m: u32, n: u32, k: u32) -> Matmul {
             Matmul {
-                m, n, k, lda: k, a_offset: 0, ldc: n, out_col_offset: 0, has_bias: false, bias_offset: 0,
-                epilogue: Epilogue::Store, rows_per_seq: m.max(1), gate_stride: 0, gate_offset: 0,
-                out_rows_per_seq: m.max(1), out_seq_stride: 0, out_row_offset: 0,
+                m, n, k, a_offset: 0, a_row_stride: k, a_k_stride: 1, b_offset: 0, b_k_stride: 1, b_col_stride: k,
+                ldc: n, out_col_offset: 0, has_bias: false, bias_offset: 0, epilogue: Epilogue::Store,
+                rows_per_seq: m.max(1), gate_stride: 0, gate_offset: 0, out_rows_per_seq: m.max(1), out_seq_stride: 0,
+                out_row_offset: 0, store_aux: false, dropout: 0.0, seed: 0, salt: 0,
+            }
+        }
+        /// `out[m, c] = Σ_r dy[m, r] · w[r, c]`: the input gradient of a Linear whose weight is [rows, cols].
+        pub fn input_grad(m: u32, rows: u32, cols: u32, ld_dy: u32) -> Matmul {
+            Matmul { a_row_stride: ld_dy, b_k_stride: cols, b_col_stride: 1, ..Matmul::plain(m, cols, rows) }
+        }
+        /// `out[r, c] += Σ_m dy[m, r] · x[m, c]`: the weight gradient [rows, cols] over m input rows.
+        pub fn weight_grad(m: u32, rows: u32, cols: u32, ld_dy: u32, ld_x: u32) -> Matmul {
+            Matmul {
+                a_row_stride: 1, a_k_stride: ld_dy, b_k_stride: ld_x, b_col_stride: 1, epilogue: Epilogue::Residual,
+                ..Matmul::plain(rows, cols, m)
             }
         }
         pub fn words(&self) -> Vec<u32> {
             vec![
-                self.m, self.n, self.k, self.lda, self.a_offset, self.ldc, self.out_col_offset, self.has_bias as u32,
-                self.bias_offset, self.epilogue as u32, self.rows_per_seq, self.gate_stride, self.gate_offset,
-                self.out_rows_per_seq, self.out_seq_stride, self.out_row_offset,
+                self.m, self.n, self.k, self.a_offset, self.a_row_stride, self.a_k_stride, self.b_offset, self.b_k_stride,
+                self.b_col_stride, self.ldc, self.out_col_offset, self.has_bias as u32, self.bias_offset, self.epilogue as u32,
+                self.rows_per_seq, self.gate_stride, self.gate_offset, self.out_rows_per_seq, self.out_seq_stride,
+                self.out_row_offset, self.store_aux as u32, self.dropout.to_bits(), self.seed, self.salt,
             ]
         }
         /// Workgroups for a kernel whose output tile has `tile_rows` rows (see `Kernels::matmul_for`).

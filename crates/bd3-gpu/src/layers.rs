@@ -161,7 +161,7 @@ pub fn linear(
         };
         let bias: Slice = lin.bias.as_ref().unwrap_or(&k.dummy).into();
         let (pipeline, tile_rows) = k.matmul_for(mp.m);
-        pb.dispatch("matmul", pipeline, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into()], mp.groups(tile_rows));
+        pb.dispatch("matmul", pipeline, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into(), (&k.dummy_out).into()], mp.groups(tile_rows));
         pb.annotate_flops(2 * (m * part.rows * kk) as u64);
     }
     Ok(())
@@ -216,7 +216,7 @@ pub fn head_chunks(
                 ..params::Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
             let (pipeline, tile_rows) = k.matmul_for(mp.m);
-            pb.dispatch("head", pipeline, &mp.words(), vec![normed.into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), logits.into()], mp.groups(tile_rows));
+            pb.dispatch("head", pipeline, &mp.words(), vec![normed.into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), logits.into(), (&k.dummy_out).into()], mp.groups(tile_rows));
             pb.annotate_flops(2 * (n * part.rows * d) as u64);
         }
         consume(pb, start, n)?;

@@ -356,7 +356,7 @@ impl GpuModel {
             layout.logits = layout.take(scored * v);
             layout.log_probs = layout.take(scored * v);
         }
-        let lp = log_probs.as_ref().unwrap_or(&k.dummy);
+        let lp = log_probs.as_ref().unwrap_or(&k.dummy_out);
         let (logits_at, log_probs_at) = (layout.logits.0, layout.log_probs.0);
         layers::head_chunks(&mut pb, k, w, &final_normed, &logits, scored, chunk_rows, |pb, start, n| {
             let groups = pb.fold(n as u64)?;

@@ -37,11 +37,11 @@ fn matmul_every_epilogue_at_awkward_sizes() {
             gate_stride: n as u32,
             ..params::Matmul::plain(m as u32, n as u32, kk as u32)
         };
-        run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into()], p.groups(64));
+        run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(64));
         assert_close(&format!("matmul {epi:?}"), &read(&ctx, &out, m * n), &want, 1e-4);
         // The narrow variant (16-row tiles) on the same problem.
         let out = upload(&ctx, &base);
-        run_one(&ctx, "matmul_narrow", &k.matmul_narrow, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into()], p.groups(16));
+        run_one(&ctx, "matmul_narrow", &k.matmul_narrow, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(16));
         assert_close(&format!("matmul_narrow {epi:?}"), &read(&ctx, &out, m * n), &want, 1e-4);
     }
 }
@@ -66,7 +66,7 @@ fn matmul_writes_a_column_range_from_an_offset_input() {
         ..params::Matmul::plain(m as u32, n as u32, kk as u32)
     };
     let out = upload(&ctx, &vec![7.0; m * n_total]);
-    run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias_full)).into(), (&k.dummy).into(), (&out).into()], p.groups(64));
+    run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias_full)).into(), (&k.dummy).into(), (&out).into(), (&k.dummy_out).into()], p.groups(64));
     let got = read(&ctx, &out, m * n_total);
     let mut part = vec![0.0; m * n];
     cpu_ref::matmul_bt(&a[3 * kk..(3 + m) * kk], &w, Some(&bias_full[col0..col0 + n]), m, n, kk, cpu_ref::Epilogue::Store, &mut part);
