@@ -8,69 +8,27 @@
 // Queries and keys live in fused qkv rows [q | k | v] of width 3·D (head-major inside each part).
 //   query i of sequence b: row b*q_seq_stride + q_row_offset + i of `qrows`, logical index q_index_offset + i
 //   key j of sequence b:   row b*kv_seq_stride + j of `kvrows`, logical index j
-// The mask is a predicate on logical indices (mask_mode: 0 full, 1 causal, 2 block-causal,
-// 3 block-diffusion over x_t ⊕ x_0 with half length half_len), evaluated as at most two key
-// intervals per query (the same rule as bd3_model::mask::AttentionMask::intervals).
+// The mask is a predicate on logical indices, evaluated as at most two key intervals per query
+// (attention_common.wgsl, prepended by the host). With write_lse = 1 each query's log-sum-exp of
+// its scores goes to lse[(b·H + h)·n_q + i] (slot 2·index) for the backward pass.
 //
-// Bindings: 0 params, 1 qrows, 2 kvrows, 3 rope_cos [P, half], 4 rope_sin [P, half], 5 out [B*n_q, D].
+// Bindings: 0 params, 1 qrows, 2 kvrows, 3 rope_cos [P, half], 4 rope_sin [P, half], 5 out [B*n_q, D],
+//           6 lse_delta [B·H·n_q, 2].
 // Tiling: a workgroup of 64 threads owns 64 consecutive queries of one (head, sequence); keys are
-// staged KEY_TILE at a time (rotated) in workgroup memory, 2·KEY_TILE·HEAD_DIM floats ≤ 16 KiB.
-// Tiles that no query of the workgroup may see are skipped. HEAD_DIM and KEY_TILE are substituted
-// by the host for each model (private arrays need constant sizes).
+// staged TILE at a time (rotated) in workgroup memory, 2·TILE·HEAD_DIM floats ≤ 16 KiB.
+// Tiles that no query of the workgroup may see are skipped.
 
-const HEAD_DIM: u32 = 64u;
-const KEY_TILE: u32 = 31u;
-const HALF: u32 = HEAD_DIM / 2u;
-const WG: u32 = 64u;
-
-struct Params {
-    n_q: u32,
-    n_kv: u32,
-    n_heads: u32,
-    q_seq_stride: u32,
-    q_row_offset: u32,
-    kv_seq_stride: u32,
-    q_index_offset: u32,
-    mask_mode: u32,
-    block_size: u32,
-    half_len: u32,
-    pos_period: u32,
-    scale: f32,
-    pos_offset: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qrows: array<f32>;
 @group(0) @binding(2) var<storage, read> kvrows: array<f32>;
 @group(0) @binding(3) var<storage, read> rope_cos: array<f32>;
 @group(0) @binding(4) var<storage, read> rope_sin: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> lse_delta: array<f32>;
 
-var<workgroup> k_tile: array<f32, KEY_TILE * HEAD_DIM>;
-var<workgroup> v_tile: array<f32, KEY_TILE * HEAD_DIM>;
+var<workgroup> k_tile: array<f32, TILE * HEAD_DIM>;
+var<workgroup> v_tile: array<f32, TILE * HEAD_DIM>;
 var<workgroup> wants_tile: array<u32, WG>;
 var<workgroup> tile_flag: u32;
-
-// Allowed keys of logical query q as [x, y) ∪ [z, w).
-fn key_intervals(q: u32) -> vec4<u32> {
-    var iv = vec4<u32>(0u, p.n_kv, 0u, 0u);
-    switch p.mask_mode {
-        case 1u: { iv = vec4<u32>(0u, q + 1u, 0u, 0u); }
-        case 2u: { iv = vec4<u32>(0u, (q / p.block_size + 1u) * p.block_size, 0u, 0u); }
-        case 3u: {
-            let l = p.half_len;
-            let b = (q % l) / p.block_size;
-            let block_end = min((b + 1u) * p.block_size, l);
-            if (q < l) {
-                iv = vec4<u32>(b * p.block_size, block_end, l, l + b * p.block_size);
-            } else {
-                iv = vec4<u32>(l, l + block_end, 0u, 0u);
-            }
-        }
-        default: {}
-    }
-    return min(iv, vec4<u32>(p.n_kv));
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -104,9 +62,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var m = -3.0e38;
     var l = 0.0;
 
-    for (var k0 = 0u; k0 < p.n_kv; k0 += KEY_TILE) {
-        let k1 = min(k0 + KEY_TILE, p.n_kv);
-        let mine = is_query && ((iv.x < k1 && k0 < iv.y) || (iv.z < k1 && k0 < iv.w));
+    for (var k0 = 0u; k0 < p.n_kv; k0 += TILE) {
+        let k1 = min(k0 + TILE, p.n_kv);
+        let mine = is_query && overlaps(iv, k0, k1);
         wants_tile[lid] = select(0u, 1u, mine);
         workgroupBarrier();
         if (lid == 0u) {
@@ -120,7 +78,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             continue;
         }
 
-        for (var e = lid; e < KEY_TILE * HALF; e += WG) {
+        for (var e = lid; e < TILE * HALF; e += WG) {
             let kj = e / HALF;
             let j = e % HALF;
             let key = k0 + kj;
@@ -150,7 +108,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         if (mine) {
             for (var kj = 0u; kj < k1 - k0; kj++) {
                 let key = k0 + kj;
-                if (!((key >= iv.x && key < iv.y) || (key >= iv.z && key < iv.w))) {
+                if (!in_intervals(iv, key)) {
                     continue;
                 }
                 var s = 0.0;
@@ -181,6 +139,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let inv = 1.0 / l;
         for (var j = 0u; j < HEAD_DIM; j++) {
             out[o + j] = acc[j] * inv;
+        }
+        if (p.write_lse != 0u) {
+            lse_delta[2u * ((b * p.n_heads + h) * p.n_q + i)] = m + log(l);
         }
     }
 }

@@ -1,5 +1,6 @@
-// Sum of a vector into one value: out[out_index] = Σ_{i<n} x[i]. Used for the batch loss (Σ token_loss),
-// so only 4 bytes come back to the CPU instead of every token's loss.
+// Sum of a vector into one value: out[out_index] = Σ_{i<n} x[i] (square = 0), or Σ x[i]² (square = 1),
+// or either added to what is there (accumulate = 1). Used for the batch loss (Σ token_loss), so only
+// 4 bytes come back to the CPU instead of every token's loss, and for the squared gradient norm.
 //
 // Bindings: 0 params, 1 x [n], 2 out.
 // Tiling: a single workgroup of 256 threads; each sums a strided slice, then a tree in workgroup memory.
@@ -7,6 +8,8 @@
 struct Params {
     n: u32,
     out_index: u32,
+    square: u32,
+    accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -20,7 +23,8 @@ var<workgroup> partial: array<f32, WG>;
 fn main(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
     for (var i = lid; i < p.n; i += WG) {
-        acc += x[i];
+        let v = x[i];
+        acc += select(v, v * v, p.square != 0u);
     }
     partial[lid] = acc;
     workgroupBarrier();
@@ -31,6 +35,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         workgroupBarrier();
     }
     if (lid == 0u) {
-        out[p.out_index] = partial[0];
+        out[p.out_index] = select(partial[0], out[p.out_index] + partial[0], p.accumulate != 0u);
     }
 }

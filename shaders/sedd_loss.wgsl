@@ -2,11 +2,14 @@
 //   s_v = l_v − log(expm1 σ) − log(V−1), and s[x_t] = 0
 //   at a masked row: entropy = Σ_{v≠mask} exp(s_v) − r·s[x0] + r(log r − 1), r = 1/expm1(σ)
 //   token_loss = dσ · entropy (0 on unmasked rows)
+// With grad_scale > 0 the gradient of grad_scale·token_loss goes to dlogits:
+//   dl_v = grad_scale·dσ·(exp(s_v)·[v ≠ mask] − r·[v = x0]) on masked rows (s[x_t] is a constant), 0 elsewhere.
 // The per-sequence constants are computed on the CPU in f64 (log(expm1 σ) needs care near σ = 0):
 //   seq_consts[s] = (shift = log(expm1 σ) + log(V−1), r, r(log r − 1), dσ).
 //
 // Bindings: 0 params, 1 logits [n_rows, vocab] (chunk), 2 input_ids, 3 targets (global rows),
-//           4 seq_consts [n_seq, 4], 5 log_score [n_rows, vocab] (chunk), 6 entropy, 7 token_loss (global rows).
+//           4 seq_consts [n_seq, 4], 5 log_score [n_rows, vocab] (chunk), 6 entropy, 7 token_loss (global rows),
+//           8 dlogits (chunk; this kernel then uses 8 storage buffers, the WebGPU default maximum).
 // Tiling: one workgroup of 256 threads per row, one sum reduction in workgroup memory (1 KiB).
 
 struct Params {
@@ -16,6 +19,7 @@ struct Params {
     write_log_score: u32,
     row_offset: u32,
     rows_per_seq: u32,
+    grad_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -26,6 +30,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> log_score: array<f32>;
 @group(0) @binding(6) var<storage, read_write> entropy: array<f32>;
 @group(0) @binding(7) var<storage, read_write> token_loss: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dlogits: array<f32>;
 
 const WG: u32 = 256u;
 var<workgroup> red_sum: array<f32, WG>;
@@ -68,5 +73,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         entropy[row] = e;
         token_loss[row] = c.w * e;
+    }
+    if (p.grad_scale > 0.0) {
+        let masked = x_t == p.mask_id;
+        let target_id = targets[row];
+        for (var v = lid; v < p.vocab; v += WG) {
+            var d = 0.0;
+            if (masked && v != x_t) {
+                d = p.grad_scale * c.w * (select(exp(logits[base + v] - c.x), 0.0, v == p.mask_id) - select(0.0, c.y, v == target_id));
+            }
+            dlogits[base + v] = d;
+        }
     }
 }

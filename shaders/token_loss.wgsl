@@ -8,7 +8,7 @@
 // chunk row r is global row row_offset + r; log_probs are written for the chunk only when asked.
 //
 // Bindings: 0 params, 1 logits [n_rows, vocab] (chunk), 2 input_ids, 3 targets, 4 weights (global rows),
-//           5 log_probs [n_rows, vocab] (chunk), 6 token_loss (global rows).
+//           5 log_probs [n_rows, vocab] (chunk), 6 token_loss (global rows), 7 dlogits (chunk).
 // Tiling: one workgroup of 256 threads per row; max and sum reductions in workgroup memory (2 KiB).
 
 struct Params {
@@ -18,6 +18,7 @@ struct Params {
     mode: u32,
     write_log_probs: u32,
     row_offset: u32,
+    grad_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,6 +28,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> log_probs: array<f32>;
 @group(0) @binding(6) var<storage, read_write> token_loss: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dlogits: array<f32>;
 
 const WG: u32 = 256u;
 const NEG: f32 = -1e6;
@@ -60,6 +62,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         }
         if (lid == 0u) {
             token_loss[row] = -weights[row] * select(NEG, 0.0, target_id == x_t);
+        }
+        if (p.grad_scale > 0.0) {
+            for (var v = lid; v < p.vocab; v += WG) {
+                dlogits[base + v] = 0.0;
+            }
         }
         return;
     }
@@ -99,5 +106,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     if (lid == 0u) {
         token_loss[row] = -weights[row] * (adjusted(base, target_id) - lse);
+    }
+    if (p.grad_scale > 0.0) {
+        let scale = p.grad_scale * weights[row];
+        for (var v = lid; v < p.vocab; v += WG) {
+            var d = scale * (exp(adjusted(base, v) - lse) - select(0.0, 1.0, v == target_id));
+            if (p.mode == 1u && v == p.mask_id) {
+                d = 0.0;
+            }
+            dlogits[base + v] = d;
+        }
     }
 }

@@ -16,14 +16,41 @@ pub const TOKEN_LOSS_WGSL: &str = include_str!("../../../shaders/token_loss.wgsl
 pub const SEDD_LOSS_WGSL: &str = include_str!("../../../shaders/sedd_loss.wgsl");
 pub const REDUCE_SUM_WGSL: &str = include_str!("../../../shaders/reduce_sum.wgsl");
 pub const SAMPLE_WGSL: &str = include_str!("../../../shaders/sample.wgsl");
+pub const ATTENTION_COMMON_WGSL: &str = include_str!("../../../shaders/attention_common.wgsl");
+pub const ATTENTION_DQ_WGSL: &str = include_str!("../../../shaders/attention_dq.wgsl");
+pub const ATTENTION_DKV_WGSL: &str = include_str!("../../../shaders/attention_dkv.wgsl");
+pub const COL_SUM_WGSL: &str = include_str!("../../../shaders/col_sum.wgsl");
+pub const ELEMENTWISE_WGSL: &str = include_str!("../../../shaders/elementwise.wgsl");
+pub const GATE_BACKWARD_WGSL: &str = include_str!("../../../shaders/gate_backward.wgsl");
+pub const LAYERNORM_BACKWARD_WGSL: &str = include_str!("../../../shaders/layernorm_backward.wgsl");
+pub const LAYERNORM_PARAM_GRADS_WGSL: &str = include_str!("../../../shaders/layernorm_param_grads.wgsl");
+pub const EMBEDDING_BACKWARD_WGSL: &str = include_str!("../../../shaders/embedding_backward.wgsl");
+pub const ADAMW_WGSL: &str = include_str!("../../../shaders/adamw.wgsl");
 
-/// Every shader file with its name, for validation tests.
-pub const ALL_SHADERS: [(&str, &str); 8] = [
+/// Every shader file with its name, for validation tests. The attention kernels are listed with the
+/// shared prelude they are compiled with (see [`attention_source`]).
+pub fn all_shaders() -> Vec<(&'static str, String)> {
+    let mut v: Vec<(&'static str, String)> = SHADER_FILES.iter().map(|(n, s)| (*n, s.to_string())).collect();
+    for (name, body) in [("attention.wgsl", ATTENTION_WGSL), ("attention_dq.wgsl", ATTENTION_DQ_WGSL), ("attention_dkv.wgsl", ATTENTION_DKV_WGSL)] {
+        v.push((name, attention_source(body, 64)));
+    }
+    v.push(("attention_common.wgsl", ATTENTION_COMMON_WGSL.to_string()));
+    v
+}
+
+/// The shader files that compile on their own.
+const SHADER_FILES: [(&str, &str); 14] = [
     ("sample.wgsl", SAMPLE_WGSL),
+    ("col_sum.wgsl", COL_SUM_WGSL),
+    ("elementwise.wgsl", ELEMENTWISE_WGSL),
+    ("gate_backward.wgsl", GATE_BACKWARD_WGSL),
+    ("layernorm_backward.wgsl", LAYERNORM_BACKWARD_WGSL),
+    ("layernorm_param_grads.wgsl", LAYERNORM_PARAM_GRADS_WGSL),
+    ("embedding_backward.wgsl", EMBEDDING_BACKWARD_WGSL),
+    ("adamw.wgsl", ADAMW_WGSL),
     ("embedding.wgsl", EMBEDDING_WGSL),
     ("layernorm.wgsl", LAYERNORM_WGSL),
     ("matmul.wgsl", MATMUL_WGSL),
-    ("attention.wgsl", ATTENTION_WGSL),
     ("token_loss.wgsl", TOKEN_LOSS_WGSL),
     ("sedd_loss.wgsl", SEDD_LOSS_WGSL),
     ("reduce_sum.wgsl", REDUCE_SUM_WGSL),
@@ -32,14 +59,16 @@ pub const ALL_SHADERS: [(&str, &str); 8] = [
 /// Workgroup memory budget for any kernel: the WebGPU default limit, which browsers enforce.
 pub const WORKGROUP_MEMORY_BUDGET: usize = 16 * 1024;
 
-/// The attention kernel specialised for one head dimension: private arrays need constant sizes, so
-/// the host substitutes HEAD_DIM and a key tile that keeps workgroup memory within 16 KiB.
-pub fn attention_source(head_dim: usize) -> String {
-    // K and V tiles (2 · KEY_TILE · HEAD_DIM floats) plus 65 u32 flags must fit the budget.
-    let key_tile = ((WORKGROUP_MEMORY_BUDGET - 65 * 4) / (8 * head_dim)).clamp(1, 32);
-    ATTENTION_WGSL
+/// An attention kernel (`body`: attention.wgsl, attention_dq.wgsl or attention_dkv.wgsl) behind the
+/// shared prelude, specialised for one head dimension: private arrays need constant sizes, so the
+/// host substitutes HEAD_DIM and a tile that keeps workgroup memory within 16 KiB.
+pub fn attention_source(body: &str, head_dim: usize) -> String {
+    // Two tiles of TILE head vectors, 2·TILE floats of statistics and 65 u32 flags fit the budget.
+    let tile = ((WORKGROUP_MEMORY_BUDGET / 4 - 65) / (2 * head_dim + 2)).clamp(1, 32);
+    let prelude = ATTENTION_COMMON_WGSL
         .replacen("const HEAD_DIM: u32 = 64u;", &format!("const HEAD_DIM: u32 = {head_dim}u;"), 1)
-        .replacen("const KEY_TILE: u32 = 31u;", &format!("const KEY_TILE: u32 = {key_tile}u;"), 1)
+        .replacen("const TILE: u32 = 31u;", &format!("const TILE: u32 = {tile}u;"), 1);
+    format!("{prelude}\n{body}")
 }
 
 /// The matmul kernel with one output row per thread: a 16-row tile for inputs of at most 16 rows.
@@ -78,7 +107,7 @@ impl Kernels {
             layernorm: ctx.pipeline("layernorm", LAYERNORM_WGSL).await?,
             matmul: ctx.pipeline("matmul", MATMUL_WGSL).await?,
             matmul_narrow: ctx.pipeline("matmul_narrow", &matmul_narrow_source()).await?,
-            attention: ctx.pipeline("attention", &attention_source(head_dim)).await?,
+            attention: ctx.pipeline("attention", &attention_source(ATTENTION_WGSL, head_dim)).await?,
             token_loss: ctx.pipeline("token_loss", TOKEN_LOSS_WGSL).await?,
             sedd_loss: ctx.pipeline("sedd_loss", SEDD_LOSS_WGSL).await?,
             reduce_sum: ctx.pipeline("reduce_sum", REDUCE_SUM_WGSL).await?,
@@ -429,6 +458,8 @@ pub mod params {
         /// Rotary position of logical index i is (i + pos_offset) mod pos_period (ring-buffer caches).
         pub pos_offset: u32,
         pub head_dim: u32,
+        /// Keep each query's log-sum-exp (training: the backward pass needs it).
+        pub write_lse: bool,
     }
     impl Attention {
         pub fn words(&self) -> Vec<u32> {
@@ -436,7 +467,7 @@ pub mod params {
             vec![
                 self.n_q, self.n_kv, self.n_heads, self.q_seq_stride, self.q_row_offset, self.kv_seq_stride, self.q_index_offset,
                 self.mask.code(), self.mask.block_size() as u32, self.mask.half_len().max(1) as u32, self.pos_period, scale.to_bits(),
-                self.pos_offset,
+                self.pos_offset, self.write_lse as u32,
             ]
         }
         pub fn groups(&self, batch: u32) -> [u32; 3] {
@@ -444,16 +475,23 @@ pub mod params {
         }
     }
 
-    pub fn token_loss(n_rows: u32, vocab: u32, mask_id: u32, ar: bool, write_log_probs: bool, row_offset: u32) -> Vec<u32> {
-        vec![n_rows, vocab, mask_id, ar as u32, write_log_probs as u32, row_offset]
+    /// `grad_scale` > 0 also writes the gradient of grad_scale·token_loss w.r.t. the logits.
+    pub fn token_loss(n_rows: u32, vocab: u32, mask_id: u32, ar: bool, write_log_probs: bool, row_offset: u32, grad_scale: f32) -> Vec<u32> {
+        vec![n_rows, vocab, mask_id, ar as u32, write_log_probs as u32, row_offset, grad_scale.to_bits()]
     }
 
-    pub fn sedd_loss(n_rows: u32, vocab: u32, mask_id: u32, write_log_score: bool, row_offset: u32, rows_per_seq: u32) -> Vec<u32> {
-        vec![n_rows, vocab, mask_id, write_log_score as u32, row_offset, rows_per_seq]
+    #[allow(clippy::too_many_arguments)]
+    pub fn sedd_loss(n_rows: u32, vocab: u32, mask_id: u32, write_log_score: bool, row_offset: u32, rows_per_seq: u32, grad_scale: f32) -> Vec<u32> {
+        vec![n_rows, vocab, mask_id, write_log_score as u32, row_offset, rows_per_seq, grad_scale.to_bits()]
     }
 
     pub fn reduce_sum(n: u32, out_index: u32) -> Vec<u32> {
-        vec![n, out_index]
+        vec![n, out_index, 0, 0]
+    }
+
+    /// Σ x² added to out[out_index] (squared gradient norms).
+    pub fn reduce_sum_squares(n: u32, out_index: u32) -> Vec<u32> {
+        vec![n, out_index, 1, 1]
     }
 
     /// How `shaders/sample.wgsl` turns a row of logits into q before the race.

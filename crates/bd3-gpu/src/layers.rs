@@ -112,7 +112,7 @@ pub fn block(
         "attention",
         &k.attention,
         &attention.words(),
-        vec![buf.qkv.into(), buf.qkv.into(), rope.0.into(), rope.1.into(), buf.att.into()],
+        vec![buf.qkv.into(), buf.qkv.into(), rope.0.into(), rope.1.into(), buf.att.into(), (&k.dummy_out).into()],
         attention.groups(batch as u32),
     );
     let residual = if modv.is_some() { params::Epilogue::GatedResidual } else { params::Epilogue::Residual };

@@ -333,6 +333,7 @@ impl GpuModel {
             pos_period: s.pos_period as u32,
             pos_offset: 0,
             head_dim: cfg.head_dim() as u32,
+            write_lse: false,
         };
         for (i, blk) in w.blocks.iter().enumerate() {
             let modv = cond.as_ref().map(|c| &c.mods[i]);
@@ -364,10 +365,10 @@ impl GpuModel {
                 pb.dispatch(
                     "sedd_loss",
                     &k.sedd_loss,
-                    &params::sedd_loss(n as u32, v as u32, cfg.mask_id(), s.capture, start as u32, s.head_rows as u32),
+                    &params::sedd_loss(n as u32, v as u32, cfg.mask_id(), s.capture, start as u32, s.head_rows as u32, 0.0),
                     vec![
                         (&logits).into(), (&input_ids).into(), (&targets).into(), seq_consts.as_ref().unwrap().into(),
-                        lp.into(), entropy.as_ref().unwrap().into(), (&token_loss).into(),
+                        lp.into(), entropy.as_ref().unwrap().into(), (&token_loss).into(), (&k.dummy_out).into(),
                     ],
                     groups,
                 );
@@ -375,8 +376,8 @@ impl GpuModel {
                 pb.dispatch(
                     "token_loss",
                     &k.token_loss,
-                    &params::token_loss(n as u32, v as u32, cfg.mask_id(), s.objective == Objective::Ar, s.capture, start as u32),
-                    vec![(&logits).into(), (&input_ids).into(), (&targets).into(), (&weights_buf).into(), lp.into(), (&token_loss).into()],
+                    &params::token_loss(n as u32, v as u32, cfg.mask_id(), s.objective == Objective::Ar, s.capture, start as u32, 0.0),
+                    vec![(&logits).into(), (&input_ids).into(), (&targets).into(), (&weights_buf).into(), lp.into(), (&token_loss).into(), (&k.dummy_out).into()],
                     groups,
                 );
             }

@@ -302,6 +302,7 @@ impl GpuModel {
             pos_period: s.cache_len as u32,
             pos_offset: place.pos_offset as u32,
             head_dim: cfg.head_dim() as u32,
+            write_lse: false,
         };
         let into_cache = params::Matmul {
             out_rows_per_seq: s.rows as u32,

@@ -157,10 +157,11 @@ fn attention_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize
         pos_period: pos_period as u32,
         pos_offset: 0,
         head_dim: head_dim as u32,
+        write_lse: false,
     };
     let out = upload(&ctx, &vec![0.0; batch * seq * d]);
     let qkv_buf = upload(&ctx, &qkv);
-    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&qkv_buf).into(), (&qkv_buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into()], p.groups(batch as u32));
+    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&qkv_buf).into(), (&qkv_buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(batch as u32));
     let want = cpu_ref::attention(&qkv, batch, seq, n_heads, mask, &cos, &sin, pos_period);
     assert_close(&format!("attention {mask:?} dh={head_dim}"), &read(&ctx, &out, want.len()), &want, 1e-4);
 }
@@ -192,11 +193,11 @@ fn attention_queries_at_an_offset_see_every_key() {
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
     let p = params::Attention {
         n_q: 5, n_kv: seq as u32, n_heads: heads as u32, q_seq_stride: seq as u32, q_row_offset: 16, kv_seq_stride: seq as u32,
-        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, pos_offset: 0, head_dim: hd as u32,
+        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, pos_offset: 0, head_dim: hd as u32, write_lse: false,
     };
     let out = upload(&ctx, &vec![0.0; 5 * d]);
     let buf = upload(&ctx, &qkv);
-    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&buf).into(), (&buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into()], p.groups(1));
+    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&buf).into(), (&buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(1));
     let all = cpu_ref::attention(&qkv, 1, seq, heads, AttentionMask::Full, &cos, &sin, seq);
     assert_close("attention offset queries", &read(&ctx, &out, 5 * d), &all[16 * d..], 1e-4);
 }
@@ -219,8 +220,8 @@ fn token_loss_subs_and_ar() {
         // Rows are global rows 2.. of the loss vector: the chunk offset path.
         let pad = |v: &[u32]| [vec![0, 0], v.to_vec()].concat();
         let padf = |v: &[f32]| [vec![0.0, 0.0], v.to_vec()].concat();
-        run_one(&ctx, "token_loss", &k.token_loss, &params::token_loss(rows as u32, vocab as u32, mask_id, ar, true, 2),
-            vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &pad(&inputs))).into(), (&upload_u32(&ctx, &pad(&targets))).into(), (&upload(&ctx, &padf(&weights))).into(), (&lp).into(), (&tl).into()], [rows as u32, 1, 1]);
+        run_one(&ctx, "token_loss", &k.token_loss, &params::token_loss(rows as u32, vocab as u32, mask_id, ar, true, 2, 0.0),
+            vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &pad(&inputs))).into(), (&upload_u32(&ctx, &pad(&targets))).into(), (&upload(&ctx, &padf(&weights))).into(), (&lp).into(), (&tl).into(), (&k.dummy_out).into()], [rows as u32, 1, 1]);
         let mut want_lp = Vec::new();
         let mut want_loss = Vec::new();
         for r in 0..rows {
@@ -256,8 +257,8 @@ fn sedd_score_entropy() {
         })
         .collect();
     let (ls, ent, tl) = (upload(&ctx, &vec![0.0; rows * vocab]), upload(&ctx, &vec![0.0; rows]), upload(&ctx, &vec![0.0; rows]));
-    run_one(&ctx, "sedd_loss", &k.sedd_loss, &params::sedd_loss(rows as u32, vocab as u32, mask_id, true, 0, rows_per_seq as u32),
-        vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &inputs)).into(), (&upload_u32(&ctx, &targets)).into(), (&upload(&ctx, &consts)).into(), (&ls).into(), (&ent).into(), (&tl).into()], [rows as u32, 1, 1]);
+    run_one(&ctx, "sedd_loss", &k.sedd_loss, &params::sedd_loss(rows as u32, vocab as u32, mask_id, true, 0, rows_per_seq as u32, 0.0),
+        vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &inputs)).into(), (&upload_u32(&ctx, &targets)).into(), (&upload(&ctx, &consts)).into(), (&ls).into(), (&ent).into(), (&tl).into(), (&k.dummy_out).into()], [rows as u32, 1, 1]);
     let (mut want_ls, mut want_ent, mut want_tl) = (vec![], vec![], vec![]);
     for r in 0..rows {
         let sigma = bd3_model::schedule::sigma_from_p(t[r / rows_per_seq]);

@@ -1,0 +1,84 @@
+// Shared by attention.wgsl, attention_dq.wgsl and attention_dkv.wgsl (the host prepends this file):
+// the parameter block, the attention masks as intervals, and the constants the host substitutes.
+//
+// Masks (mask_mode): 0 full, 1 causal, 2 block-causal, 3 block-diffusion over x_t ⊕ x_0 with half
+// length half_len (spec §1.4). Each query's allowed keys are at most two intervals, and so are each
+// key's allowed queries (bd3_model::mask::AttentionMask::{intervals, query_intervals} on the CPU).
+// HEAD_DIM and TILE are substituted per model: private arrays need constant sizes, and a tile of
+// TILE rows of two head-dim vectors (plus two floats) must keep workgroup memory within 16 KiB.
+
+const HEAD_DIM: u32 = 64u;
+const TILE: u32 = 31u;
+const HALF: u32 = HEAD_DIM / 2u;
+const WG: u32 = 64u;
+
+struct Params {
+    n_q: u32,
+    n_kv: u32,
+    n_heads: u32,
+    q_seq_stride: u32,
+    q_row_offset: u32,
+    kv_seq_stride: u32,
+    q_index_offset: u32,
+    mask_mode: u32,
+    block_size: u32,
+    half_len: u32,
+    pos_period: u32,
+    scale: f32,
+    pos_offset: u32,
+    write_lse: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// Allowed keys of logical query q as [x, y) ∪ [z, w).
+fn key_intervals(q: u32) -> vec4<u32> {
+    var iv = vec4<u32>(0u, p.n_kv, 0u, 0u);
+    switch p.mask_mode {
+        case 1u: { iv = vec4<u32>(0u, q + 1u, 0u, 0u); }
+        case 2u: { iv = vec4<u32>(0u, (q / p.block_size + 1u) * p.block_size, 0u, 0u); }
+        case 3u: {
+            let l = p.half_len;
+            let b = (q % l) / p.block_size;
+            let block_end = min((b + 1u) * p.block_size, l);
+            if (q < l) {
+                iv = vec4<u32>(b * p.block_size, block_end, l, l + b * p.block_size);
+            } else {
+                iv = vec4<u32>(l, l + block_end, 0u, 0u);
+            }
+        }
+        default: {}
+    }
+    return min(iv, vec4<u32>(p.n_kv));
+}
+
+// Queries (logical indices among n_q) that may see key k, as [x, y) ∪ [z, w).
+fn query_intervals(k: u32) -> vec4<u32> {
+    var iv = vec4<u32>(0u, p.n_q, 0u, 0u);
+    switch p.mask_mode {
+        case 1u: { iv = vec4<u32>(k, p.n_q, 0u, 0u); }
+        case 2u: { iv = vec4<u32>((k / p.block_size) * p.block_size, p.n_q, 0u, 0u); }
+        case 3u: {
+            let l = p.half_len;
+            let b = (k % l) / p.block_size;
+            let block_end = min((b + 1u) * p.block_size, l);
+            if (k < l) {
+                // A noisy key is seen by its own noisy block only.
+                iv = vec4<u32>(b * p.block_size, block_end, 0u, 0u);
+            } else {
+                // A clean key: noisy queries of later blocks, clean queries of its block and later.
+                iv = vec4<u32>(block_end, l, l + b * p.block_size, 2u * l);
+            }
+        }
+        default: {}
+    }
+    return min(iv, vec4<u32>(p.n_q));
+}
+
+fn in_intervals(iv: vec4<u32>, x: u32) -> bool {
+    return (x >= iv.x && x < iv.y) || (x >= iv.z && x < iv.w);
+}
+
+fn overlaps(iv: vec4<u32>, a: u32, b: u32) -> bool {
+    return (iv.x < b && a < iv.y) || (iv.z < b && a < iv.w);
+}

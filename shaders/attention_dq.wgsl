@@ -1,0 +1,141 @@
+// Attention backward, part 1: the query gradient (flash-attention style, recomputing the scores).
+// With P = softmax(S), S = q'·k'ᵀ·scale + mask, O = P·V and the output gradient dO:
+//   δ_i   = Σ_d dO[i, d]·O[i, d]                      (stored for attention_dkv.wgsl)
+//   dS_ik = P_ik (dO_i·v_k − δ_i),   P_ik = exp(S_ik − lse_i)  (lse_i from the forward pass)
+//   dq'_i = scale · Σ_k dS_ik k'_k, then rotated back: dq = Rᵀ(θ_i) dq'
+// for the training layout (queries = keys = the n rows of each sequence; attention_common.wgsl,
+// prepended by the host, holds the parameters and masks).
+//
+// Bindings: 0 params, 1 qkv [rows, 3D], 2 rope_cos, 3 rope_sin, 4 o [rows, D], 5 d_o [rows, D],
+//           6 lse_delta [B·H·n, 2] (reads lse, writes δ), 7 dqkv [rows, 3D] (writes the q part).
+// Tiling: as the forward kernel: 64 queries of one (head, sequence) per workgroup, keys and values
+// staged TILE at a time in workgroup memory, tiles no query may see skipped.
+
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read> rope_cos: array<f32>;
+@group(0) @binding(3) var<storage, read> rope_sin: array<f32>;
+@group(0) @binding(4) var<storage, read> o: array<f32>;
+@group(0) @binding(5) var<storage, read> d_o: array<f32>;
+@group(0) @binding(6) var<storage, read_write> lse_delta: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dqkv: array<f32>;
+
+var<workgroup> k_tile: array<f32, TILE * HEAD_DIM>;
+var<workgroup> v_tile: array<f32, TILE * HEAD_DIM>;
+var<workgroup> wants_tile: array<u32, WG>;
+var<workgroup> tile_flag: u32;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wg.y;
+    let b = wg.z;
+    let i = wg.x * WG + lid;
+    let is_query = i < p.n_q;
+    let d_model = p.n_heads * HEAD_DIM;
+    let row_width = 3u * d_model;
+
+    var q: array<f32, HEAD_DIM>;
+    var dout: array<f32, HEAD_DIM>;
+    var acc: array<f32, HEAD_DIM>;
+    var iv = vec4<u32>(0u);
+    var lse = 0.0;
+    var delta = 0.0;
+    let stat = (b * p.n_heads + h) * p.n_q + i;
+    let row = b * p.q_seq_stride + i;
+    let pos = (i + p.pos_offset) % p.pos_period;
+    if (is_query) {
+        let base = row * row_width + h * HEAD_DIM;
+        for (var j = 0u; j < HALF; j++) {
+            let c = rope_cos[pos * HALF + j];
+            let s = rope_sin[pos * HALF + j];
+            let lo = qkv[base + j];
+            let hi = qkv[base + j + HALF];
+            q[j] = lo * c - hi * s;
+            q[j + HALF] = hi * c + lo * s;
+        }
+        let ob = row * d_model + h * HEAD_DIM;
+        for (var j = 0u; j < HEAD_DIM; j++) {
+            dout[j] = d_o[ob + j];
+            delta += dout[j] * o[ob + j];
+        }
+        lse = lse_delta[2u * stat];
+        lse_delta[2u * stat + 1u] = delta;
+        iv = key_intervals(i);
+    }
+    for (var j = 0u; j < HEAD_DIM; j++) {
+        acc[j] = 0.0;
+    }
+
+    for (var k0 = 0u; k0 < p.n_kv; k0 += TILE) {
+        let k1 = min(k0 + TILE, p.n_kv);
+        let mine = is_query && overlaps(iv, k0, k1);
+        wants_tile[lid] = select(0u, 1u, mine);
+        workgroupBarrier();
+        if (lid == 0u) {
+            var any = 0u;
+            for (var t = 0u; t < WG; t++) {
+                any = any | wants_tile[t];
+            }
+            tile_flag = any;
+        }
+        if (workgroupUniformLoad(&tile_flag) == 0u) {
+            continue;
+        }
+        for (var e = lid; e < TILE * HALF; e += WG) {
+            let kj = e / HALF;
+            let j = e % HALF;
+            let key = k0 + kj;
+            var k_lo = 0.0;
+            var k_hi = 0.0;
+            var v_lo = 0.0;
+            var v_hi = 0.0;
+            if (key < p.n_kv) {
+                let base = (b * p.kv_seq_stride + key) * row_width + h * HEAD_DIM;
+                let kpos = (key + p.pos_offset) % p.pos_period;
+                let c = rope_cos[kpos * HALF + j];
+                let s = rope_sin[kpos * HALF + j];
+                let lo = qkv[base + d_model + j];
+                let hi = qkv[base + d_model + j + HALF];
+                k_lo = lo * c - hi * s;
+                k_hi = hi * c + lo * s;
+                v_lo = qkv[base + 2u * d_model + j];
+                v_hi = qkv[base + 2u * d_model + j + HALF];
+            }
+            k_tile[kj * HEAD_DIM + j] = k_lo;
+            k_tile[kj * HEAD_DIM + j + HALF] = k_hi;
+            v_tile[kj * HEAD_DIM + j] = v_lo;
+            v_tile[kj * HEAD_DIM + j + HALF] = v_hi;
+        }
+        workgroupBarrier();
+        if (mine) {
+            for (var kj = 0u; kj < k1 - k0; kj++) {
+                if (!in_intervals(iv, k0 + kj)) {
+                    continue;
+                }
+                var s = 0.0;
+                var dp = 0.0;
+                for (var j = 0u; j < HEAD_DIM; j++) {
+                    s = fma(q[j], k_tile[kj * HEAD_DIM + j], s);
+                    dp = fma(dout[j], v_tile[kj * HEAD_DIM + j], dp);
+                }
+                let pr = exp(s * p.scale - lse);
+                let ds = pr * (dp - delta);
+                for (var j = 0u; j < HEAD_DIM; j++) {
+                    acc[j] = fma(ds, k_tile[kj * HEAD_DIM + j], acc[j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    if (is_query) {
+        let base = row * row_width + h * HEAD_DIM;
+        for (var j = 0u; j < HALF; j++) {
+            let c = rope_cos[pos * HALF + j];
+            let s = rope_sin[pos * HALF + j];
+            let lo = acc[j] * p.scale;
+            let hi = acc[j + HALF] * p.scale;
+            dqkv[base + j] = lo * c + hi * s;
+            dqkv[base + j + HALF] = hi * c - lo * s;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+// Parameter gradients of the modulated LayerNorm y = n·w·(1 + scale[s]) + shift[s] (see
+// shaders/layernorm_backward.wgsl, which leaves each row's (μ, 1/σ) in `stats`):
+//   dshift[s, j] += Σ_{r ∈ s} dy[r, j]
+//   dscale[s, j] += Σ_{r ∈ s} dy[r, j]·n[r, j]·w[j]
+//   dw[j]        += Σ_s (1 + scale[s, j]) Σ_{r ∈ s} dy[r, j]·n[r, j]
+// Rows are mapped as in the forward kernel.
+//
+// Bindings: 0 params, 1 x, 2 stats [n_rows, 2], 3 dy [n_rows, dim], 4 w, 5 modv, 6 dw (accumulated),
+//           7 dmod (accumulated at shift_offset / scale_offset).
+// Tiling: one thread per column j, 256 per workgroup, walking every row (coalesced across threads).
+
+struct Params {
+    n_rows: u32,
+    dim: u32,
+    in_rows_per_seq: u32,
+    out_rows_per_seq: u32,
+    in_row_offset: u32,
+    has_mod: u32,
+    shift_offset: u32,
+    scale_offset: u32,
+    mod_stride: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> stats: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read> w: array<f32>;
+@group(0) @binding(5) var<storage, read> modv: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dmod: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    if (j >= p.dim) {
+        return;
+    }
+    let n_seq = p.n_rows / p.out_rows_per_seq;
+    var dw_acc = 0.0;
+    for (var s = 0u; s < n_seq; s++) {
+        var s_dy = 0.0;
+        var s_dyn = 0.0;
+        for (var i = 0u; i < p.out_rows_per_seq; i++) {
+            let r = s * p.out_rows_per_seq + i;
+            let xi = x[(s * p.in_rows_per_seq + p.in_row_offset + i) * p.dim + j];
+            let nj = (xi - stats[2u * r]) * stats[2u * r + 1u];
+            let d = dy[r * p.dim + j];
+            s_dy += d;
+            s_dyn += d * nj;
+        }
+        if (p.has_mod != 0u) {
+            let base = s * p.mod_stride;
+            dmod[base + p.shift_offset + j] = dmod[base + p.shift_offset + j] + s_dy;
+            dmod[base + p.scale_offset + j] = dmod[base + p.scale_offset + j] + s_dyn * w[j];
+            dw_acc += s_dyn * (1.0 + modv[base + p.scale_offset + j]);
+        } else {
+            dw_acc += s_dyn;
+        }
+    }
+    dw[j] = dw[j] + dw_acc;
+}
