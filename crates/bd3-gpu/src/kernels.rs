@@ -118,6 +118,35 @@ impl Kernels {
     }
 }
 
+/// The kernels only training needs, built when a trainer is made (sampling never pays for them).
+pub struct TrainKernels {
+    pub attention_dq: Arc<wgpu::ComputePipeline>,
+    pub attention_dkv: Arc<wgpu::ComputePipeline>,
+    pub col_sum: Arc<wgpu::ComputePipeline>,
+    pub elementwise: Arc<wgpu::ComputePipeline>,
+    pub gate_backward: Arc<wgpu::ComputePipeline>,
+    pub layernorm_backward: Arc<wgpu::ComputePipeline>,
+    pub layernorm_param_grads: Arc<wgpu::ComputePipeline>,
+    pub embedding_backward: Arc<wgpu::ComputePipeline>,
+    pub adamw: Arc<wgpu::ComputePipeline>,
+}
+
+impl TrainKernels {
+    pub async fn new(ctx: &GpuContext, head_dim: usize) -> Result<TrainKernels> {
+        Ok(TrainKernels {
+            attention_dq: ctx.pipeline("attention_dq", &attention_source(ATTENTION_DQ_WGSL, head_dim)).await?,
+            attention_dkv: ctx.pipeline("attention_dkv", &attention_source(ATTENTION_DKV_WGSL, head_dim)).await?,
+            col_sum: ctx.pipeline("col_sum", COL_SUM_WGSL).await?,
+            elementwise: ctx.pipeline("elementwise", ELEMENTWISE_WGSL).await?,
+            gate_backward: ctx.pipeline("gate_backward", GATE_BACKWARD_WGSL).await?,
+            layernorm_backward: ctx.pipeline("layernorm_backward", LAYERNORM_BACKWARD_WGSL).await?,
+            layernorm_param_grads: ctx.pipeline("layernorm_param_grads", LAYERNORM_PARAM_GRADS_WGSL).await?,
+            embedding_backward: ctx.pipeline("embedding_backward", EMBEDDING_BACKWARD_WGSL).await?,
+            adamw: ctx.pipeline("adamw", ADAMW_WGSL).await?,
+        })
+    }
+}
+
 /// A whole buffer or a byte range of one, as a kernel binding.
 #[derive(Clone, Debug)]
 pub struct Slice {
@@ -143,12 +172,15 @@ struct PendingDispatch {
 
 enum PendingStep {
     Dispatch(PendingDispatch),
+    Clear(wgpu::Buffer),
     /// A copy into the program's output buffer, which exists only once the layout is complete.
     OutputCopy { src: wgpu::Buffer, dst_float: usize, floats: usize },
     Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
 }
 
 pub enum Step {
+    /// Zero a buffer (gradient accumulators).
+    Clear(wgpu::Buffer),
     /// `flops` counts the multiply-adds ×2 of GEMM dispatches (0 elsewhere), for benchmarks.
     Dispatch { label: &'static str, pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, groups: [u32; 3], flops: u64 },
     Copy { src: wgpu::Buffer, src_offset: u64, dst: wgpu::Buffer, dst_offset: u64, size: u64 },
@@ -225,6 +257,13 @@ impl<'a> ProgramBuilder<'a> {
         }
     }
 
+    /// Zero `buffer` at this point of the program.
+    pub fn clear(&mut self, buffer: &wgpu::Buffer) {
+        if !self.params_only {
+            self.steps.push(PendingStep::Clear(buffer.clone()));
+        }
+    }
+
     pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) {
         if self.params_only {
             return;
@@ -257,6 +296,7 @@ impl<'a> ProgramBuilder<'a> {
             .into_iter()
             .map(|s| match s {
                 PendingStep::Copy { src, src_offset, dst, dst_offset, size } => Step::Copy { src, src_offset, dst, dst_offset, size },
+                PendingStep::Clear(b) => Step::Clear(b),
                 PendingStep::OutputCopy { src, dst_float, floats } => {
                     Step::Copy { src, src_offset: 0, dst: outputs.clone(), dst_offset: (dst_float * 4) as u64, size: (floats * 4) as u64 }
                 }
@@ -298,6 +338,10 @@ impl Program {
                     enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
                     i += 1;
                 }
+                Step::Clear(b) => {
+                    enc.clear_buffer(b, 0, None);
+                    i += 1;
+                }
                 Step::Dispatch { .. } => {
                     let mut pass = enc.begin_compute_pass(&Default::default());
                     while let Some(Step::Dispatch { pipeline, bind_group, groups, .. }) = self.steps.get(i) {
@@ -318,6 +362,7 @@ impl Program {
         for step in &self.steps {
             match step {
                 Step::Copy { src, src_offset, dst, dst_offset, size } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Step::Clear(b) => enc.clear_buffer(b, 0, None),
                 Step::Dispatch { label, pipeline, bind_group, groups, .. } => {
                     let q = 2 * labels.len() as u32;
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -487,6 +532,37 @@ pub mod params {
 
     pub fn reduce_sum(n: u32, out_index: u32) -> Vec<u32> {
         vec![n, out_index, 0, 0]
+    }
+
+    pub fn col_sum(m: u32, n: u32, lda: u32, a_offset: u32, out_offset: u32) -> Vec<u32> {
+        vec![m, n, lda, a_offset, out_offset]
+    }
+
+    /// `shaders/elementwise.wgsl`: 0 gelu, 1 × gelu', 2 × silu'.
+    pub fn elementwise(n: u32, mode: u32) -> Vec<u32> {
+        vec![n, mode]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn gate_backward(n_seq: u32, rows_per_seq: u32, dim: u32, gate: Option<(u32, u32)>, dropout: f32, seed: u32, salt: u32) -> Vec<u32> {
+        let (has, stride, offset) = match gate {
+            Some((stride, offset)) => (1, stride, offset),
+            None => (0, 0, 0),
+        };
+        vec![n_seq, rows_per_seq, dim, has, stride, offset, dropout.to_bits(), seed, salt]
+    }
+
+    pub fn embedding_backward(n_seg: u32, dim: u32, row_start: u32, part_rows: u32) -> Vec<u32> {
+        vec![n_seg, dim, row_start, part_rows]
+    }
+
+    /// One AdamW step (see shaders/adamw.wgsl); `step` counts from 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(n: u32, lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64, max_norm: f64, ema_decay: f64) -> Vec<u32> {
+        let bc1 = 1.0 - beta1.powi(step as i32);
+        let bc2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
+        let f = |x: f64| (x as f32).to_bits();
+        vec![n, f(lr), f(beta1), f(beta2), f(eps), f(weight_decay), f(bc1), f(bc2_sqrt), f(max_norm), f(ema_decay)]
     }
 
     /// Σ x² added to out[out_index] (squared gradient norms).

@@ -9,10 +9,12 @@ pub mod layers;
 pub mod model;
 pub mod sampler;
 pub mod step;
+pub mod train;
 pub mod weights;
 
 pub use context::{ContextOptions, CounterSnapshot, GpuContext};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
 pub use sampler::{generate, SampleEvent, SampleOptions, SampleResult, Sampler};
 pub use step::{StepAction, StepCall, StepOutput, StepShape};
+pub use train::{OptimConfig, TrainBatch, TrainOutput, TrainShape, Trainer};
 pub use weights::Weights;

@@ -194,7 +194,7 @@ impl GpuModel {
 
     /// Run one forward; the first call with a new shape records its program.
     pub async fn forward(&mut self, shape: &ForwardShape, input: &ForwardInput<'_>) -> Result<ForwardOutput> {
-        self.check_input(shape, input)?;
+        self.check_forward_input(shape, input)?;
         if !self.workspaces.contains_key(shape) {
             let ws = self.build(shape)?;
             self.workspaces.insert(*shape, ws);
@@ -240,7 +240,7 @@ impl GpuModel {
     }
 
     /// Check sizes and ids before anything reaches the GPU.
-    fn check_input(&self, s: &ForwardShape, i: &ForwardInput<'_>) -> Result<()> {
+    pub(crate) fn check_forward_input(&self, s: &ForwardShape, i: &ForwardInput<'_>) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         if s.batch == 0 || s.seq == 0 || s.head_rows == 0 {
             return bad("empty batch or sequence".into());
@@ -422,7 +422,7 @@ pub(crate) fn check_activation_size(ctx: &GpuContext, batch: usize, seq: usize, 
 }
 
 /// Per-sequence constants of the SEDD head: (log(expm1 σ) + log(V−1), r, r(log r − 1), dσ), f64 → f32.
-fn sedd_constants(t: &[f64], vocab: usize) -> Vec<f32> {
+pub(crate) fn sedd_constants(t: &[f64], vocab: usize) -> Vec<f32> {
     use bd3_model::schedule::{esigm1_log, sedd_dsigma, sigma_from_p};
     t.iter()
         .flat_map(|&t| {

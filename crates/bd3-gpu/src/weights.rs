@@ -122,3 +122,97 @@ impl Weights {
         })
     }
 }
+
+impl SplitMatrix {
+    /// A zero matrix with the same row ranges (gradients and optimizer state of a split weight).
+    pub fn zeros_like(ctx: &GpuContext, label: &str, like: &SplitMatrix) -> Result<SplitMatrix> {
+        let parts = like
+            .parts
+            .iter()
+            .map(|p| Ok(Part { buffer: ctx.storage(label, (p.rows * like.cols * 4) as u64)?, row_start: p.row_start, rows: p.rows }))
+            .collect::<Result<_>>()?;
+        Ok(SplitMatrix { parts, rows: like.rows, cols: like.cols })
+    }
+}
+
+/// One named trainable tensor and the buffers that hold it (one per row range).
+pub struct TensorRef {
+    /// Canonical checkpoint name, without the `backbone.` prefix.
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// (buffer, number of floats) per part, in row order.
+    pub parts: Vec<(wgpu::Buffer, usize)>,
+}
+
+impl Weights {
+    /// A zero-filled copy of the structure (gradients, Adam moments): same tensors, same splits.
+    pub fn zeros_like(ctx: &GpuContext, label: &str, w: &Weights) -> Result<Weights> {
+        let vector = |b: &wgpu::Buffer| ctx.storage(label, b.size());
+        let linear = |l: &Linear| -> Result<Linear> {
+            Ok(Linear { weight: SplitMatrix::zeros_like(ctx, label, &l.weight)?, bias: l.bias.as_ref().map(vector).transpose()? })
+        };
+        Ok(Weights {
+            vocab_embed: SplitMatrix::zeros_like(ctx, label, &w.vocab_embed)?,
+            sigma_map: w.sigma_map.as_ref().map(|(a, b)| Ok::<_, bd3_model::Error>((linear(a)?, linear(b)?))).transpose()?,
+            blocks: w
+                .blocks
+                .iter()
+                .map(|b| {
+                    Ok(BlockWeights {
+                        norm1: vector(&b.norm1)?,
+                        attn_qkv: linear(&b.attn_qkv)?,
+                        attn_out: linear(&b.attn_out)?,
+                        norm2: vector(&b.norm2)?,
+                        mlp_up: linear(&b.mlp_up)?,
+                        mlp_down: linear(&b.mlp_down)?,
+                        adaln: b.adaln.as_ref().map(linear).transpose()?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            norm_final: vector(&w.norm_final)?,
+            final_adaln: w.final_adaln.as_ref().map(linear).transpose()?,
+            head: linear(&w.head)?,
+            inv_freq: w.inv_freq.clone(),
+        })
+    }
+
+    /// Every trainable tensor with its checkpoint name, in the checkpoint's order
+    /// (`rotary_emb.inv_freq` is a fixed buffer, not a parameter).
+    pub fn tensors(&self) -> Vec<TensorRef> {
+        let mut out = Vec::new();
+        let vec_ref = |name: String, b: &wgpu::Buffer| TensorRef { name, shape: vec![b.size() as usize / 4], parts: vec![(b.clone(), b.size() as usize / 4)] };
+        let mat_ref = |name: String, m: &SplitMatrix| TensorRef {
+            name,
+            shape: vec![m.rows, m.cols],
+            parts: m.parts.iter().map(|p| (p.buffer.clone(), p.rows * m.cols)).collect(),
+        };
+        let linear = |out: &mut Vec<TensorRef>, name: &str, l: &Linear| {
+            out.push(mat_ref(format!("{name}.weight"), &l.weight));
+            if let Some(b) = &l.bias {
+                out.push(vec_ref(format!("{name}.bias"), b));
+            }
+        };
+        out.push(mat_ref("vocab_embed.embedding".into(), &self.vocab_embed));
+        if let Some((a, b)) = &self.sigma_map {
+            linear(&mut out, "sigma_map.mlp.0", a);
+            linear(&mut out, "sigma_map.mlp.2", b);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.push(vec_ref(format!("blocks.{i}.norm1.weight"), &b.norm1));
+            linear(&mut out, &format!("blocks.{i}.attn_qkv"), &b.attn_qkv);
+            linear(&mut out, &format!("blocks.{i}.attn_out"), &b.attn_out);
+            out.push(vec_ref(format!("blocks.{i}.norm2.weight"), &b.norm2));
+            linear(&mut out, &format!("blocks.{i}.mlp.0"), &b.mlp_up);
+            linear(&mut out, &format!("blocks.{i}.mlp.2"), &b.mlp_down);
+            if let Some(a) = &b.adaln {
+                linear(&mut out, &format!("blocks.{i}.adaLN_modulation"), a);
+            }
+        }
+        out.push(vec_ref("output_layer.norm_final.weight".into(), &self.norm_final));
+        linear(&mut out, "output_layer.linear", &self.head);
+        if let Some(a) = &self.final_adaln {
+            linear(&mut out, "output_layer.adaLN_modulation", a);
+        }
+        out
+    }
+}

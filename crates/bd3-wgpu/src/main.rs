@@ -12,6 +12,7 @@ mod report;
 mod sample;
 mod verify;
 mod verify_sampler;
+mod verify_train;
 
 use bd3_gpu::{ContextOptions, GpuContext};
 use bd3_model::{Error, Result};

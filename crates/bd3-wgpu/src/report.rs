@@ -11,6 +11,8 @@ pub enum Tolerance {
     Relative(f64),
     /// |a − b| ≤ abs.
     Absolute(f64),
+    /// |a − b| ≤ abs + rel·|ref| elementwise (optimizer steps).
+    AbsRel(f64, f64),
     /// Integers: every element equal; max_err counts the mismatches.
     Exact,
 }
@@ -61,6 +63,7 @@ impl<'a> Report<'a> {
                 Tolerance::MaxNormalised(r) => r * max_ref,
                 Tolerance::Relative(r) => r * b.abs(),
                 Tolerance::Absolute(t) => t,
+                Tolerance::AbsRel(abs, rel) => abs + rel * b.abs(),
                 Tolerance::Exact => unreachable!(),
             };
             let ratio = if err.is_nan() { f64::INFINITY } else if limit > 0.0 { err / limit } else if err == 0.0 { 0.0 } else { f64::INFINITY };

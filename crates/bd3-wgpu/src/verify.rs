@@ -19,7 +19,7 @@ const TOKEN_LOSS: Tolerance = Tolerance::MaxNormalised(1e-5);
 /// Schedule arithmetic done in f64 on both sides.
 const F64_EXACTISH: Tolerance = Tolerance::Relative(1e-7);
 
-const CASE_FILES: [&str; 5] = ["train_case", "mask_cases", "sample_case", "sedd_case", "ar_case"];
+const CASE_FILES: [&str; 6] = ["train_case", "mask_cases", "sample_case", "sedd_case", "ar_case", "adamw_case"];
 
 pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &Path, report: &mut Report<'_>) -> Result<()> {
     let present: Vec<&str> = CASE_FILES.iter().copied().filter(|c| dir.join(format!("{c}.safetensors")).is_file()).collect();
@@ -45,6 +45,10 @@ pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &Path, report: &mut Report<'
                 "sample_case" => sample_case(&mut model, &tf, report).await?,
                 "sedd_case" => sedd_case(&mut model, &tf, report).await?,
                 "ar_case" => ar_case(&mut model, &tf, report).await?,
+                "adamw_case" => {
+                    let grads = TensorFile::open(&dir.join("train_case.safetensors"))?;
+                    crate::verify_train::adamw(&mut model, &ckpt, &grads, &tf, report).await?
+                }
                 _ => unreachable!(),
             }
         }
@@ -172,6 +176,9 @@ async fn bd3lm_objective(model: &mut GpuModel, tf: &TensorFile, report: &mut Rep
     report.compare_f32(&shown("token_loss"), &cap.token_loss, &tf.f64(&key("token_loss"))?.data, TOKEN_LOSS);
     let denominator = if tf.has(&shared("attention_mask")) { tf.i64(&shared("attention_mask"))?.data.iter().sum::<i64>() as f64 } else { (b * l) as f64 };
     report.compare(&shown("loss"), &[out.loss_sum / denominator], &tf.f64(&key("loss"))?.data, LOSS);
+    if c.hidden {
+        crate::verify_train::gradients(model, shape, input, tf, report, c.label).await?;
+    }
     Ok(())
 }
 
@@ -277,6 +284,7 @@ async fn sedd_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
     report.compare_f32(&format!("{p}entropy"), cap.entropy.as_ref().unwrap(), &tf.f64("entropy")?.data, ACTIVATIONS);
     report.compare_f32(&format!("{p}token_loss"), &cap.token_loss, &tf.f64("token_loss")?.data, ACTIVATIONS);
     report.compare(&format!("{p}loss"), &[out.loss_sum / (b * l) as f64], &tf.f64("loss")?.data, LOSS);
+    crate::verify_train::gradients(model, shape, input, tf, report, p).await?;
 
     // The sampler's forwards at a given t: logits and log-score of one sequence.
     for step in ["step", "denoise"] {
@@ -321,6 +329,7 @@ async fn ar_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>)
     compare_log_probs(report, &format!("{p}log_probs"), &cap.log_probs, &tf.f64("log_probs")?.data, &inputs, cfg.vocab_size, cfg.mask_id(), true);
     report.compare_f32(&format!("{p}token_loss"), &cap.token_loss, &tf.f64("token_loss")?.data, TOKEN_LOSS);
     report.compare(&format!("{p}loss"), &[out.loss_sum / (b * n) as f64], &tf.f64("loss")?.data, LOSS);
+    crate::verify_train::gradients(model, shape, input, tf, report, p).await?;
 
     // Prefix forwards (what a KV-cache implementation must reproduce).
     let mut prefixes: Vec<usize> = tf.names().iter().filter_map(|n| n.strip_prefix("prefix")?.split_once('.')?.0.parse().ok()).collect();
