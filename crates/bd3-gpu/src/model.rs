@@ -57,6 +57,8 @@ pub struct ForwardShape {
     pub objective: Objective,
     /// Keep intermediate tensors for `verify` (hidden states, logits, log-probs, per-token losses).
     pub capture: bool,
+    /// Read back the per-token losses (evaluation statistics such as the clip search's per-block variance).
+    pub per_token: bool,
 }
 
 impl ForwardShape {
@@ -71,12 +73,13 @@ impl ForwardShape {
             head_row_offset: 0,
             objective: Objective::Subs,
             capture: false,
+            per_token: false,
         }
     }
 
     /// A plain length-`seq` pass with every row scored.
     pub fn plain(batch: usize, seq: usize, mask: AttentionMask, objective: Objective) -> ForwardShape {
-        ForwardShape { batch, seq, mask, pos_period: seq, head_rows: seq, head_row_offset: 0, objective, capture: false }
+        ForwardShape { batch, seq, mask, pos_period: seq, head_rows: seq, head_row_offset: 0, objective, capture: false, per_token: false }
     }
 
     pub fn scored_rows(&self) -> usize {
@@ -118,6 +121,8 @@ pub struct Capture {
 pub struct ForwardOutput {
     /// Σ token_loss over the scored rows (divide by the token count for the loss).
     pub loss_sum: f64,
+    /// Per scored row, when the shape asked for them (`per_token`) or captured everything.
+    pub token_loss: Option<Vec<f32>>,
     pub capture: Option<Capture>,
 }
 
@@ -231,7 +236,8 @@ impl GpuModel {
             token_loss: get(l.token_loss),
             entropy: l.entropy.map(get),
         });
-        Ok(ForwardOutput { loss_sum: out[l.loss_sum] as f64, capture })
+        let token_loss = (shape.per_token || shape.capture).then(|| get(l.token_loss));
+        Ok(ForwardOutput { loss_sum: out[l.loss_sum] as f64, token_loss, capture })
     }
 
     /// The recorded program of a shape (after its first forward), for benchmarks.
@@ -389,9 +395,11 @@ impl GpuModel {
         })?;
         pb.dispatch("reduce_sum", &k.reduce_sum, &params::reduce_sum(scored as u32, 0), vec![(&token_loss).into(), (&loss_sum).into()], [1, 1, 1]);
         pb.copy_to_output(&loss_sum, layout.loss_sum, 1);
-        if s.capture {
+        if s.capture || s.per_token {
             layout.token_loss = layout.take(scored);
             pb.copy_to_output(&token_loss, layout.token_loss.0, scored);
+        }
+        if s.capture {
             if let Some(e) = &entropy {
                 let r = layout.take(scored);
                 layout.entropy = Some(r);

@@ -52,6 +52,9 @@ pub struct TrainBatch<'a> {
     pub input: crate::model::ForwardInput<'a>,
     /// Key of this step's dropout masks.
     pub seed: u32,
+    /// The loss whose gradient is accumulated is grad_scale · Σ token_loss: 1/(rows · micro-batches)
+    /// gives the mean over an accumulated batch.
+    pub grad_scale: f32,
 }
 
 pub struct TrainOutput {
@@ -139,6 +142,7 @@ struct TrainBuffers {
 struct Dynamic {
     seed: u32,
     n_segments: u32,
+    grad_scale: f32,
 }
 
 impl Trainer {
@@ -190,7 +194,7 @@ impl Trainer {
         let i = &batch.input;
         // Rows grouped by token for the embedding scatter.
         let (seg_token, seg_start, seg_rows) = segments(i.tokens);
-        let dynamic = Dynamic { seed: batch.seed, n_segments: seg_token.len() as u32 };
+        let dynamic = Dynamic { seed: batch.seed, n_segments: seg_token.len() as u32, grad_scale: batch.grad_scale };
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record(&mut pb, model, shape, &ws.b, dynamic)?;
         ws.program.write_params(q, &pb.finish_params());
@@ -477,7 +481,7 @@ impl Trainer {
 
         // ---- loss, logits gradient and the head's backward, chunk by chunk ----
         pb.clear(&tb.dhf);
-        let grad_scale = 1.0 / scored as f32;
+        let grad_scale = dy.grad_scale;
         let sedd = s.objective == Objective::Sedd;
         layers::head_chunks(pb, k, w, &tb.hf, &tb.logits, scored, tb.chunk_rows, |pb, start, n| {
             let groups = pb.fold(n as u64)?;

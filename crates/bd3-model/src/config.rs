@@ -200,6 +200,55 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// `config.json` in the layout of the official Hugging Face checkpoints (BD3LM / MDLM classes),
+    /// with `parameterization` added for the kinds the weights cannot reveal (SEDD, AR).
+    pub fn to_json(&self) -> String {
+        use serde_json::json;
+        let mut v = match self.kind {
+            ModelKind::Bd3lm | ModelKind::Ar => json!({
+                "architectures": ["BD3LM"],
+                "model_type": "bd3lm",
+                "auto_map": {"AutoConfig": "configuration_bd3lm.BD3LMConfig", "AutoModelForMaskedLM": "modeling_bd3lm.BD3LM"},
+                "attn_backend": "sdpa",
+                "block_size": self.block_size,
+                "cross_attn": self.kind == ModelKind::Bd3lm,
+                "adaln": self.kind == ModelKind::Bd3lm,
+                "causal": self.kind == ModelKind::Ar,
+                "var_min": self.kind == ModelKind::Bd3lm,
+                "sampling_eps_min": self.sampling_eps_min,
+                "sampling_eps_max": self.sampling_eps_max,
+            }),
+            ModelKind::Mdlm | ModelKind::Sedd => json!({
+                "architectures": ["MDLM"],
+                "model_type": "mdlm",
+                "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+            }),
+        };
+        let o = v.as_object_mut().unwrap();
+        for (k, x) in [
+            ("cond_dim", json!(self.cond_dim.max(1))),
+            ("dropout", json!(self.dropout)),
+            ("hidden_dim", json!(self.hidden_dim)),
+            ("model_length", json!(self.model_length)),
+            ("n_blocks", json!(self.n_blocks)),
+            ("n_heads", json!(self.n_heads)),
+            ("return_dict", json!(false)),
+            ("time_conditioning", json!(self.time_conditioning)),
+            ("torch_dtype", json!("float32")),
+            ("vocab_size", json!(self.vocab_size)),
+        ] {
+            o.insert(k.into(), x);
+        }
+        match self.kind {
+            ModelKind::Sedd => { o.insert("parameterization".into(), json!("sedd")); }
+            ModelKind::Ar => { o.insert("parameterization".into(), json!("ar")); }
+            _ => {}
+        }
+        serde_json::to_string_pretty(&v).expect("a JSON value serialises")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +274,21 @@ mod tests {
         assert_eq!(ar.kind, ModelKind::Ar);
         let sedd = parse(r#"{"model_type":"mdlm","parameterization":"sedd","cond_dim":32,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#).unwrap();
         assert!(sedd.kind == ModelKind::Sedd && sedd.time_conditioning);
+    }
+
+    #[test]
+    fn written_configs_read_back_the_same() {
+        for text in [
+            r#"{"model_type":"bd3lm","block_size":4,"cond_dim":32,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+            r#"{"model_type":"mdlm","cond_dim":32,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+            r#"{"model_type":"mdlm","parameterization":"sedd","cond_dim":32,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+            r#"{"model_type":"bd3lm","causal":true,"adaln":false,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+        ] {
+            let c = parse(text).unwrap();
+            let back = parse(&c.to_json()).unwrap();
+            assert_eq!(back.kind, c.kind);
+            assert_eq!((back.block_size, back.hidden_dim, back.vocab_size, back.time_conditioning), (c.block_size, c.hidden_dim, c.vocab_size, c.time_conditioning));
+        }
     }
 
     #[test]

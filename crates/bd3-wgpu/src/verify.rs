@@ -234,6 +234,7 @@ async fn sample_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<
         head_row_offset: s - bs,
         objective: Objective::Subs,
         capture: true,
+        per_token: false,
     };
     let zeros = vec![0f32; b * bs];
     let input = ForwardInput { tokens: &tokens, sigma: &vec![0.0; b], input_ids: &last, targets: &last, weights: &zeros, sedd_t: &[] };

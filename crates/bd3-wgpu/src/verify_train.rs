@@ -21,7 +21,8 @@ pub async fn gradients(model: &mut GpuModel, shape: ForwardShape, input: Forward
     let mut trainer = Trainer::new(model, OptimConfig { ema_decay: 0.0, ..Default::default() }).await?;
     trainer.zero_grads(&model.ctx);
     let shape = TrainShape { forward: ForwardShape { capture: false, ..shape }, dropout_milli: 0 };
-    let out = trainer.forward_backward(model, &shape, &TrainBatch { input, seed: 0 }).await?;
+    let grad_scale = 1.0 / shape.forward.scored_rows() as f32;
+    let out = trainer.forward_backward(model, &shape, &TrainBatch { input, seed: 0, grad_scale }).await?;
     if tf.has("loss") {
         report.compare(&format!("{label}loss (training pass)"), &[out.loss_sum / shape.forward.scored_rows() as f64], &tf.f64("loss")?.data, Tolerance::Relative(1e-5));
     }

@@ -1,0 +1,88 @@
+//! Training text: reading a corpus (files, folders, JSONL, fortune files), tokenizing it with EOS
+//! between documents, and wrapping it into length-L chunks with a held-out validation split
+//! (spec §5.2: documents are concatenated with EOS and cut into non-overlapping chunks).
+
+use crate::error::{Error, Result};
+use crate::tokenizer::TextTokenizer;
+use std::path::{Path, PathBuf};
+
+/// The documents of a corpus path, in a stable order.
+///  - a folder: every regular file below it (sorted; `.dat` indexes and symlinks skipped);
+///  - `*.jsonl`: one JSON object per line, its `text` field a document;
+///  - a file with lines that are exactly `%` (fortune format): the pieces between them;
+///  - any other file: one document.
+pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    collect_files(path, &mut files)?;
+    let mut docs = Vec::new();
+    for f in &files {
+        let bytes = crate::error::read_file(f)?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::Io {
+            path: f.display().to_string(),
+            message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        })?;
+        if f.extension().is_some_and(|e| e == "jsonl") {
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Io { path: f.display().to_string(), message: format!("line {}: not JSON ({e})", i + 1) })?;
+                let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| Error::Io { path: f.display().to_string(), message: format!("line {}: no string field `text`", i + 1) })?;
+                docs.push(t.to_string());
+            }
+        } else if text.lines().any(|l| l == "%") {
+            docs.extend(text.split("\n%\n").map(|d| d.trim_matches(|c| c == '\n' || c == '%').to_string()));
+        } else {
+            docs.push(text);
+        }
+    }
+    docs.retain(|d| !d.trim().is_empty());
+    if docs.is_empty() {
+        return Err(Error::Io { path: path.display().to_string(), message: "the corpus has no text".into() });
+    }
+    Ok(docs)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            let m = std::fs::symlink_metadata(&e).map_err(|err| Error::Io { path: e.display().to_string(), message: err.to_string() })?;
+            if m.is_dir() || (m.is_file() && e.extension().is_none_or(|x| x != "dat")) {
+                collect_files(&e, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Token chunks for training and validation.
+pub struct Chunks {
+    pub train: Vec<Vec<u32>>,
+    pub valid: Vec<Vec<u32>>,
+}
+
+/// Tokenize (EOS after every document), hold out every `valid_every`-th document for validation,
+/// and wrap each split into chunks of `length` tokens (the remainder is dropped).
+pub fn chunk_corpus(docs: &[String], tok: &TextTokenizer, eos: u32, length: usize, valid_every: usize) -> Result<Chunks> {
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for (i, d) in docs.iter().enumerate() {
+        let dst = if valid_every > 0 && i % valid_every == valid_every - 1 { &mut valid } else { &mut train };
+        dst.extend(tok.encode(d)?);
+        dst.push(eos);
+    }
+    let wrap = |ids: Vec<u32>| -> Vec<Vec<u32>> { ids.chunks_exact(length).map(|c| c.to_vec()).collect() };
+    let n_train = train.len();
+    let chunks = Chunks { train: wrap(train), valid: wrap(valid) };
+    if chunks.train.is_empty() {
+        return Err(Error::Invalid(format!("the corpus has {n_train} training tokens, fewer than one chunk of {length}")));
+    }
+    if valid_every > 0 && chunks.valid.is_empty() {
+        return Err(Error::Invalid(format!("the corpus is too small to hold out a validation chunk of {length} tokens")));
+    }
+    Ok(chunks)
+}

@@ -1,0 +1,56 @@
+//! Writing model folders the official Hugging Face classes load (`config.json` + `model.safetensors`,
+//! official names, plus `tokenizer.json`) and the training state needed to resume. Every file is
+//! written atomically (temporary file, fsync, rename), the training state first: a kill at any
+//! moment leaves each file either the previous complete version or the new one.
+
+use bd3_gpu::train::read_tensors;
+use bd3_gpu::{GpuContext, Weights};
+use bd3_model::init::{to_safetensors, NamedTensor};
+use bd3_model::{write_atomically, Error, ModelConfig, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Read `w` back and serialise it as the model's `model.safetensors` (with the rotary buffer and,
+/// for BD3LM, the clip window as `sampling_eps_min/max`).
+pub async fn model_bytes(ctx: &GpuContext, cfg: &ModelConfig, w: &Weights, clip: (f64, f64)) -> Result<Vec<u8>> {
+    let mut tensors: Vec<NamedTensor> =
+        read_tensors(ctx, w).await?.into_iter().map(|(name, shape, data)| NamedTensor { name: format!("backbone.{name}"), shape, data }).collect();
+    tensors.push(NamedTensor { name: "backbone.rotary_emb.inv_freq".into(), shape: vec![w.inv_freq.len()], data: w.inv_freq.clone() });
+    Ok(to_safetensors(cfg, &tensors, Some((clip.0 as f32, clip.1 as f32))))
+}
+
+/// The folder a user (or the official classes) loads: config.json, model.safetensors, tokenizer.json.
+pub fn write_model_dir(dir: &Path, cfg: &ModelConfig, model_safetensors: &[u8], tokenizer_json: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    write_atomically(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+    write_atomically(&dir.join("config.json"), cfg.to_json().as_bytes())?;
+    write_atomically(&dir.join("model.safetensors"), model_safetensors)
+}
+
+/// Training state: named groups of tensors (weights, ema, adam_m, adam_v) plus string metadata.
+pub async fn state_bytes(ctx: &GpuContext, groups: &[(&str, &Weights)], meta: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut all: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (prefix, w) in groups {
+        for (name, shape, data) in read_tensors(ctx, w).await? {
+            all.push((format!("{prefix}.{name}"), shape, data));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = all
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(d)).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(format!("cannot serialise the training state: {e}")))
+}
+
+/// Read a training state: (metadata, group → name → values).
+pub fn read_state(path: &Path) -> Result<(HashMap<String, String>, HashMap<String, HashMap<String, Vec<f32>>>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint { path: path.display().to_string(), tensor: None, message: e.to_string() })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint { path: path.display().to_string(), tensor: None, message: e.to_string() })?;
+    let mut groups: HashMap<String, HashMap<String, Vec<f32>>> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let (group, rest) = name.split_once('.').ok_or_else(|| Error::Checkpoint { path: path.display().to_string(), tensor: Some(name.clone()), message: "unexpected tensor".into() })?;
+        groups.entry(group.to_string()).or_default().insert(rest.to_string(), bd3_model::checkpoint::to_f32(view.dtype(), view.data()));
+    }
+    Ok((meta.metadata().clone().unwrap_or_default(), groups))
+}

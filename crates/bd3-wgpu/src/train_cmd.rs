@@ -1,0 +1,391 @@
+//! `bd3-wgpu train`: train a model on a text corpus, from scratch (official initialisation) or from a
+//! checkpoint (`--init`), with periodic validation, atomic checkpoints, resume and the clip search.
+
+use crate::checkpoint_io::{model_bytes, read_state, state_bytes, write_model_dir};
+use crate::nelbo::{evaluate, input_of, loss_shape};
+use bd3_gpu::train::{copy_weights, write_tensors};
+use bd3_gpu::{ContextOptions, GpuContext, GpuModel, OptimConfig, TrainBatch, TrainShape, Trainer, Weights};
+use bd3_model::data::{chunk_corpus, read_corpus};
+use bd3_model::init::{official_init, to_safetensors, SplitMix};
+use bd3_model::objective::{build_batch, Clip};
+use bd3_model::tokenizer::TextTokenizer;
+use bd3_model::{Checkpoint, Error, ModelConfig, ModelKind, Result};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const USAGE: &str = "train --data PATH --out DIR [--tokenizer FILE | --vocab-size N] [--init DIR | --resume]
+        [--kind bd3lm|mdlm|sedd|ar] [--size tiny|small|D,H,N] [--block-size N] [--length L] [--batch B]
+        [--grad-accum N] [--lr 3e-4] [--warmup 2500] [--steps N] [--clip-min 1e-3] [--clip-max 1]
+        [--clip-search] [--ema 0.9999] [--dropout 0.1] [--seed 1] [--val-every N] [--val-batches N (0: all)]
+        [--save-every N] [--log-every N]";
+
+const STATE_FILE: &str = "train_state.safetensors";
+/// Every 20th document is held out for validation.
+const VALID_EVERY: usize = 20;
+
+/// Settings of a run; stored in the training state so `--resume` continues the same run.
+#[derive(Clone, Debug)]
+struct Run {
+    data: PathBuf,
+    kind: ModelKind,
+    size: (usize, usize, usize),
+    block_size: usize,
+    length: usize,
+    batch: usize,
+    grad_accum: usize,
+    lr: f64,
+    warmup: u64,
+    steps: u64,
+    clip: Clip,
+    clip_search: bool,
+    ema: f64,
+    dropout: f64,
+    seed: u64,
+    val_every: u64,
+    val_batches: usize,
+    save_every: u64,
+    log_every: u64,
+    vocab_size: usize,
+}
+
+impl Run {
+    fn to_json(&self) -> Value {
+        json!({
+            "data": self.data.display().to_string(), "kind": self.kind.name(), "size": [self.size.0, self.size.1, self.size.2],
+            "block_size": self.block_size, "length": self.length, "batch": self.batch, "grad_accum": self.grad_accum, "lr": self.lr,
+            "warmup": self.warmup, "steps": self.steps, "clip": [self.clip.min, self.clip.max], "clip_search": self.clip_search,
+            "ema": self.ema, "dropout": self.dropout, "seed": self.seed, "val_every": self.val_every, "val_batches": self.val_batches,
+            "save_every": self.save_every, "log_every": self.log_every, "vocab_size": self.vocab_size,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Run> {
+        let u = |k: &str| v.get(k)?.as_u64();
+        let f = |k: &str| v.get(k)?.as_f64();
+        let size = v.get("size")?.as_array()?;
+        let clip = v.get("clip")?.as_array()?;
+        Some(Run {
+            data: PathBuf::from(v.get("data")?.as_str()?),
+            kind: ModelKind::parse(v.get("kind")?.as_str()?)?,
+            size: (size[0].as_u64()? as usize, size[1].as_u64()? as usize, size[2].as_u64()? as usize),
+            block_size: u("block_size")? as usize,
+            length: u("length")? as usize,
+            batch: u("batch")? as usize,
+            grad_accum: u("grad_accum")? as usize,
+            lr: f("lr")?,
+            warmup: u("warmup")?,
+            steps: u("steps")?,
+            clip: Clip { min: clip[0].as_f64()?, max: clip[1].as_f64()? },
+            clip_search: v.get("clip_search")?.as_bool()?,
+            ema: f("ema")?,
+            dropout: f("dropout")?,
+            seed: u("seed")?,
+            val_every: u("val_every")?,
+            val_batches: u("val_batches")? as usize,
+            save_every: u("save_every")?,
+            log_every: u("log_every")?,
+            vocab_size: u("vocab_size")? as usize,
+        })
+    }
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize, usize)> {
+    match s {
+        "tiny" => Ok((64, 4, 2)),
+        "small" => Ok((768, 12, 12)),
+        spec => {
+            let v: Vec<usize> = spec.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--size `{spec}`: expected tiny, small or D,H,N")))?;
+            if v.len() != 3 || v.contains(&0) {
+                return Err(Error::Invalid(format!("--size `{spec}`: expected three positive numbers D,H,N")));
+            }
+            Ok((v[0], v[1], v[2]))
+        }
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut run = Run {
+        data: PathBuf::new(), kind: ModelKind::Bd3lm, size: (64, 4, 2), block_size: 4, length: 128, batch: 8, grad_accum: 1, lr: 3e-4,
+        warmup: 2500, steps: 1000, clip: Clip::NELBO, clip_search: false, ema: 0.9999, dropout: 0.1, seed: 1, val_every: 100,
+        val_batches: 0, save_every: 100, log_every: 10, vocab_size: 4096,
+    };
+    let (mut out, mut tokenizer_path, mut init, mut resume, mut data, mut steps_override) = (None, None, None, false, None, None);
+    let mut it = args.iter();
+    let num = |it: &mut std::slice::Iter<String>, f: &str| -> Result<f64> { crate::parse_num(it.next(), f) };
+    while let Some(flag) = it.next() {
+        let f = flag.as_str();
+        match f {
+            "--data" => data = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--data needs a value".into()))?)),
+            "--out" => out = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--out needs a value".into()))?)),
+            "--tokenizer" => tokenizer_path = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--tokenizer needs a value".into()))?)),
+            "--init" => init = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--init needs a value".into()))?)),
+            "--resume" => resume = true,
+            "--kind" => {
+                let v = it.next().ok_or_else(|| Error::Invalid("--kind needs a value".into()))?;
+                run.kind = ModelKind::parse(v).ok_or_else(|| Error::Invalid(format!("unknown model kind `{v}`")))?;
+            }
+            "--size" => run.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
+            "--block-size" => run.block_size = num(&mut it, f)? as usize,
+            "--length" => run.length = num(&mut it, f)? as usize,
+            "--batch" => run.batch = num(&mut it, f)? as usize,
+            "--grad-accum" => run.grad_accum = num(&mut it, f)? as usize,
+            "--lr" => run.lr = num(&mut it, f)?,
+            "--warmup" => run.warmup = num(&mut it, f)? as u64,
+            "--steps" => steps_override = Some(num(&mut it, f)? as u64),
+            "--clip-min" => run.clip.min = num(&mut it, f)?,
+            "--clip-max" => run.clip.max = num(&mut it, f)?,
+            "--clip-search" => run.clip_search = true,
+            "--ema" => run.ema = num(&mut it, f)?,
+            "--dropout" => run.dropout = num(&mut it, f)?,
+            "--seed" => run.seed = num(&mut it, f)? as u64,
+            "--val-every" => run.val_every = num(&mut it, f)? as u64,
+            "--val-batches" => run.val_batches = num(&mut it, f)? as usize,
+            "--save-every" => run.save_every = num(&mut it, f)? as u64,
+            "--log-every" => run.log_every = num(&mut it, f)? as u64,
+            "--vocab-size" => run.vocab_size = num(&mut it, f)? as usize,
+            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
+        }
+    }
+    let out = out.ok_or_else(|| Error::Invalid(format!("train needs --out DIR; usage: bd3-wgpu {USAGE}")))?;
+    let state = if resume {
+        let (meta, groups) = read_state(&out.join(STATE_FILE))?;
+        let saved = meta.get("run").and_then(|s| serde_json::from_str(s).ok()).and_then(|v: Value| Run::from_json(&v));
+        run = saved.ok_or_else(|| Error::Invalid(format!("{}: no run settings in the training state", out.join(STATE_FILE).display())))?;
+        let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(c) = meta.get("clip").and_then(|s| serde_json::from_str::<Vec<f64>>(s).ok()) {
+            run.clip = Clip { min: c[0], max: c[1] };
+        }
+        Some((step, groups))
+    } else {
+        run.data = data.ok_or_else(|| Error::Invalid(format!("train needs --data PATH; usage: bd3-wgpu {USAGE}")))?;
+        None
+    };
+    if let Some(s) = steps_override {
+        run.steps = s;
+    }
+    if run.batch == 0 || run.grad_accum == 0 || run.length < 2 {
+        return Err(Error::Invalid("--batch and --grad-accum must be at least 1 and --length at least 2".into()));
+    }
+    if !(run.clip.min > 0.0 && run.clip.min <= run.clip.max && run.clip.max <= 1.0) {
+        return Err(Error::Invalid(format!("the clip window [{}, {}] must satisfy 0 < min ≤ max ≤ 1", run.clip.min, run.clip.max)));
+    }
+    if !(0.0..1.0).contains(&run.dropout) {
+        return Err(Error::Invalid("--dropout must be in [0, 1)".into()));
+    }
+
+    // Corpus and tokenizer.
+    let docs = read_corpus(&run.data)?;
+    let tok = if resume {
+        TextTokenizer::from_file(&out.join("tokenizer.json"))?
+    } else if let Some(p) = &tokenizer_path {
+        TextTokenizer::from_file(p)?
+    } else {
+        eprintln!("training a {}-token byte-level BPE on {} documents", run.vocab_size, docs.len());
+        TextTokenizer::train_bpe(&docs, run.vocab_size)?
+    };
+    let eos = tok.eos_id();
+
+    // The model: from a checkpoint, from a resumed state, or the official initialisation.
+    let (cfg, init_tensors) = match (&init, &state) {
+        (Some(dir), None) => {
+            let (mut cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
+            if cfg.kind == ModelKind::Bd3lm && run.block_size != cfg.block_size {
+                if cfg.model_length % run.block_size != 0 {
+                    return Err(Error::Invalid(format!("--block-size {} does not divide the model length {}", run.block_size, cfg.model_length)));
+                }
+                cfg.block_size = run.block_size;
+            }
+            run.kind = cfg.kind;
+            run.length = cfg.model_length;
+            run.size = (cfg.hidden_dim, cfg.n_heads, cfg.n_blocks);
+            (cfg, Some(ckpt))
+        }
+        _ => (train_config(&run, tok.vocab_size() + 1)?, None),
+    };
+    tok.check_fits(&cfg)?;
+    if cfg.kind != ModelKind::Bd3lm && run.clip_search {
+        return Err(Error::Invalid("--clip-search applies to BD3LM (block diffusion) models".into()));
+    }
+    let chunks = chunk_corpus(&docs, &tok, eos, cfg.model_length, VALID_EVERY)?;
+    eprintln!("{} training chunks and {} validation chunks of {} tokens", chunks.train.len(), chunks.valid.len(), cfg.model_length);
+
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    let ckpt = match init_tensors {
+        Some(c) => c,
+        None => {
+            let t = official_init(&cfg, run.seed);
+            Checkpoint::from_bytes(to_safetensors(&cfg, &t, None), "initial weights", &cfg)?
+        }
+    };
+    let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
+    drop(ckpt);
+    let optim = OptimConfig { lr: run.lr, ema_decay: run.ema, ..Default::default() };
+    let mut trainer = pollster::block_on(Trainer::new(&model, optim))?;
+    let mut start_step = 0;
+    if let Some((step, groups)) = &state {
+        let group = |g: &str| groups.get(g).ok_or_else(|| Error::Invalid(format!("training state lacks `{g}`")));
+        write_tensors(&ctx, &model.weights, group("weights")?)?;
+        write_tensors(&ctx, &trainer.m, group("adam_m")?)?;
+        write_tensors(&ctx, &trainer.v, group("adam_v")?)?;
+        if let Some(e) = &trainer.ema {
+            write_tensors(&ctx, e, group("ema")?)?;
+        }
+        trainer.step = *step;
+        start_step = *step;
+        eprintln!("resuming at step {step}");
+    }
+    let backup = Weights::zeros_like(&ctx, "weights backup", &model.weights)?;
+    let tok_json = tok.to_json()?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+
+    let shape = TrainShape { forward: loss_shape(&cfg, run.batch), dropout_milli: (run.dropout * 1000.0).round() as u32 };
+    // Validation covers the whole held-out split unless --val-batches caps it.
+    let n_valid = if run.val_batches == 0 { chunks.valid.len() } else { (run.val_batches * run.batch).min(chunks.valid.len()) };
+    let valid: Vec<Vec<u32>> = chunks.valid[..n_valid].to_vec();
+    let tokens_per_step = run.batch * run.grad_accum * cfg.model_length;
+    let started = Instant::now();
+    let validate = |model: &mut GpuModel, trainer: &Trainer, step: u64, clip: &mut Clip| -> Result<()> {
+        // Validation and the clip search use the EMA weights, as the official validation does.
+        with_ema(&ctx, model, trainer, &backup, |model| {
+            let (sum, count, _) = pollster::block_on(evaluate(model, &valid, run.batch, Clip::NELBO, run.seed ^ 0x5eed, false, |_, _| {}))?;
+            let nelbo = sum / count as f64;
+            println!("val step {step} nelbo {nelbo:.6} ppl {:.3}", nelbo.exp());
+            if run.clip_search {
+                *clip = clip_search(model, &valid, run.batch, run.seed)?;
+            }
+            Ok(())
+        })
+    };
+    let mut clip = run.clip;
+    if start_step == 0 {
+        validate(&mut model, &trainer, 0, &mut clip)?;
+    }
+    for step in start_step..run.steps {
+        // Learning rate: linear warm-up from 0, then constant (get_constant_schedule_with_warmup).
+        let lr = run.lr * if run.warmup == 0 { 1.0 } else { (step as f64 / run.warmup as f64).min(1.0) };
+        trainer.zero_grads(&ctx);
+        let mut loss = 0.0;
+        for micro in 0..run.grad_accum {
+            let mut rng = SplitMix(run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step * 1024 + micro as u64));
+            let x0: Vec<Vec<u32>> = (0..run.batch).map(|_| chunks.train[(rng.next_u64() % chunks.train.len() as u64) as usize].clone()).collect();
+            let lb = build_batch(&cfg, &x0, clip, &mut rng, false);
+            let grad_scale = 1.0 / (lb.denominator * run.grad_accum) as f32;
+            let seed = (rng.next_u64() >> 32) as u32;
+            let out = pollster::block_on(trainer.forward_backward(&model, &shape, &TrainBatch { input: input_of(&lb), seed, grad_scale }))?;
+            loss += out.loss_sum / lb.denominator as f64 / run.grad_accum as f64;
+        }
+        trainer.optimizer_step(&model, lr)?;
+        let done = step + 1;
+        if done % run.log_every == 0 || done == run.steps {
+            let secs = started.elapsed().as_secs_f64();
+            let rate = (done - start_step) as f64 * tokens_per_step as f64 / secs;
+            let eta = (run.steps - done) as f64 * tokens_per_step as f64 / rate;
+            println!("step {done} loss {loss:.6} lr {lr:.3e} {rate:.0} tok/s eta {eta:.0}s");
+        }
+        if run.val_every > 0 && (done % run.val_every == 0 || done == run.steps) {
+            validate(&mut model, &trainer, done, &mut clip)?;
+        }
+        let stop = interrupted.load(Ordering::SeqCst);
+        if done % run.save_every == 0 || done == run.steps || stop {
+            save(&ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json)?;
+        }
+        if stop {
+            eprintln!("interrupted: checkpoint saved at step {done} in {}", out.display());
+            return Ok(());
+        }
+    }
+    eprintln!("done: {} in {}", run.steps, out.display());
+    Ok(())
+}
+
+/// The config of a model trained from scratch.
+fn train_config(run: &Run, vocab_size: usize) -> Result<ModelConfig> {
+    let (d, h, n) = run.size;
+    let block_size = match run.kind {
+        ModelKind::Bd3lm => run.block_size,
+        ModelKind::Ar => 1,
+        _ => run.length,
+    };
+    let json = json!({
+        "model_type": if matches!(run.kind, ModelKind::Mdlm | ModelKind::Sedd) { "mdlm" } else { "bd3lm" },
+        "parameterization": match run.kind { ModelKind::Sedd => "sedd", ModelKind::Ar => "ar", _ => "subs" },
+        "causal": run.kind == ModelKind::Ar, "adaln": run.kind != ModelKind::Ar,
+        "block_size": block_size, "cond_dim": 128usize.min(d), "hidden_dim": d, "n_heads": h, "n_blocks": n,
+        "model_length": run.length, "vocab_size": vocab_size, "dropout": run.dropout,
+        "sampling_eps_min": run.clip.min, "sampling_eps_max": run.clip.max,
+    });
+    ModelConfig::from_json_bytes(json.to_string().as_bytes(), "training settings", None)
+}
+
+/// Run `f` with the EMA weights in place of the trained ones (when there is an EMA).
+fn with_ema<T>(ctx: &GpuContext, model: &mut GpuModel, trainer: &Trainer, backup: &Weights, f: impl FnOnce(&mut GpuModel) -> Result<T>) -> Result<T> {
+    let Some(ema) = &trainer.ema else { return f(model) };
+    copy_weights(ctx, &model.weights, backup);
+    copy_weights(ctx, ema, &model.weights);
+    let r = f(model);
+    copy_weights(ctx, backup, &model.weights);
+    r
+}
+
+/// The data-driven noise schedule (spec §3.6): among the candidate windows, the one whose per-block
+/// NELBO on the validation batches has the smallest variance.
+fn clip_search(model: &mut GpuModel, valid: &[Vec<u32>], batch: usize, seed: u64) -> Result<Clip> {
+    let cfg = model.cfg.clone();
+    let bs = cfg.block_size;
+    let mut candidates = vec![Clip::NELBO];
+    if bs == 1 {
+        candidates.push(Clip { min: 1.0, max: 1.0 });
+    } else {
+        for w in [0.5, 0.6, 0.7, 0.8, 0.9] {
+            let mut i: f64 = 0.0;
+            while i <= 1.0 - w + 1e-9 {
+                candidates.push(Clip { min: i.max(1e-3), max: (i + w).max(1e-3) });
+                i += 0.05;
+            }
+        }
+    }
+    let mut best = (f64::INFINITY, Clip::NELBO);
+    for c in candidates {
+        let (_, _, per_batch) = pollster::block_on(evaluate(model, valid, batch, c, seed ^ 0xc11b, true, |_, _| {}))?;
+        let mut score = 0.0;
+        for tl in per_batch {
+            let blocks: Vec<f64> = tl.chunks(bs).map(|b| b.iter().map(|&x| x as f64).sum::<f64>() / bs as f64).collect();
+            let mean = blocks.iter().sum::<f64>() / blocks.len() as f64;
+            score += blocks.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (blocks.len().max(2) - 1) as f64;
+        }
+        if score < best.0 {
+            best = (score, c);
+        }
+    }
+    println!("clip search: [{:.3}, {:.3}] (variance {:.4})", best.1.min, best.1.max, best.0);
+    Ok(best.1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, trainer: &Trainer, run: &Run, clip: Clip, step: u64, tok_json: &str) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.display().to_string(), message: e.to_string() })?;
+    let mut meta = HashMap::new();
+    meta.insert("run".to_string(), run.to_json().to_string());
+    meta.insert("step".to_string(), step.to_string());
+    meta.insert("clip".to_string(), json!([clip.min, clip.max]).to_string());
+    let mut groups: Vec<(&str, &Weights)> = vec![("weights", &model.weights), ("adam_m", &trainer.m), ("adam_v", &trainer.v)];
+    if let Some(e) = &trainer.ema {
+        groups.push(("ema", e));
+    }
+    let state = pollster::block_on(state_bytes(ctx, &groups, meta))?;
+    // The resume state first, then the user-facing folder (EMA weights, as the official export).
+    bd3_model::write_atomically(&out.join(STATE_FILE), &state)?;
+    let weights = trainer.ema.as_ref().unwrap_or(&model.weights);
+    let saved_cfg = ModelConfig { sampling_eps_min: clip.min, sampling_eps_max: clip.max, ..cfg.clone() };
+    let bytes = pollster::block_on(model_bytes(ctx, &saved_cfg, weights, (clip.min, clip.max)))?;
+    write_model_dir(out, &saved_cfg, &bytes, tok_json)
+}
