@@ -13,6 +13,7 @@ use std::time::Instant;
 
 const USAGE: &str = "bench forward [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N]
        bench sample  [--size small|tiny|D,H,N,V,L] [--batch N] [--block-size N] [--length N] [--top-p P]
+       bench train   [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N]
   sizes: small = 768,12,12,50258,1024 (the official model); tiny = 64,4,2,128,16
   D hidden, H heads, N blocks, V vocabulary, L length (use small D, V, L on a software adapter)";
 
@@ -50,6 +51,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match what.as_str() {
         "forward" => forward(args),
         "sample" => sample(args),
+        "train" => train(args),
         _ => Err(Error::Invalid(format!("unknown benchmark `{what}`; usage: bd3-wgpu {USAGE}"))),
     }
 }
@@ -124,6 +126,72 @@ fn sample(args: &[String]) -> Result<()> {
         c.submits as f64 / calls, c.buffers_created, c.bind_groups_created, c.pipelines_created, c.bytes_read_back as f64 / calls
     );
     println!("(a sampling call reads back one u32 token per sequence; a block commit reads back nothing)");
+    Ok(())
+}
+
+/// `bench train`: one training step (forward with saved activations, backward, clip + AdamW + EMA)
+/// on the vectorised BD3LM input with random weights; the split between the three parts.
+fn train(args: &[String]) -> Result<()> {
+    let (mut size, mut batches, mut block_size, mut iters) = (parse_size("small")?, vec![1usize, 8], 16usize, 3usize);
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
+            "--batch" => {
+                let v = it.next().ok_or_else(|| Error::Invalid("--batch needs a value".into()))?;
+                batches = v.split(',').map(|x| x.parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--batch `{v}` is not a list of numbers")))?;
+            }
+            "--block-size" => block_size = crate::parse_num(it.next(), "--block-size")?,
+            "--iters" => iters = crate::parse_num::<usize>(it.next(), "--iters")?.max(1),
+            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
+        }
+    }
+    let block_size = block_size.min(size.length);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    println!("adapter: {}", ctx.adapter_summary());
+    let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
+    print_model(&model, params, secs);
+    let cfg = model.cfg.clone();
+    let mem_weights = ctx.snapshot().bytes_allocated;
+    let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(&model, bd3_gpu::OptimConfig::default()))?;
+    println!("training step: x_t ⊕ x_0 forward keeping activations, backward, global-norm clip, AdamW, EMA (dropout 0.1)");
+    println!("{:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}  {:>12}", "batch", "ms/step", "forward", "backward", "optimizer", "tokens/s", "GPU memory");
+    for &b in &batches {
+        let l = cfg.model_length;
+        let mut rng = SplitMix(5);
+        let x0: Vec<Vec<u32>> = (0..b).map(|_| (0..l).map(|_| (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32).collect()).collect();
+        let lb = bd3_model::objective::build_batch(&cfg, &x0, bd3_model::objective::Clip::NELBO, &mut rng, false);
+        let input = crate::nelbo::input_of(&lb);
+        let fshape = crate::nelbo::loss_shape(&cfg, b);
+        let tshape = bd3_gpu::TrainShape { forward: fshape, dropout_milli: 100 };
+        let batch = bd3_gpu::TrainBatch { input: crate::nelbo::input_of(&lb), seed: 1, grad_scale: 1.0 / lb.denominator as f32 };
+        let warm = pollster::block_on(model.forward(&fshape, &input)).and_then(|_| pollster::block_on(trainer.forward_backward(&model, &tshape, &batch)));
+        if let Err(e) = warm {
+            println!("{b:>5}  skipped: {e}");
+            continue;
+        }
+        trainer.optimizer_step(&model, 1e-4)?;
+        let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f()?;
+            }
+            Ok(t.elapsed().as_secs_f64() / iters as f64)
+        };
+        let fwd = time(&mut || pollster::block_on(model.forward(&fshape, &input)).map(|_| ()))?;
+        let fwd_bwd = time(&mut || pollster::block_on(trainer.forward_backward(&model, &tshape, &batch)).map(|_| ()))?;
+        let opt = time(&mut || {
+            trainer.optimizer_step(&model, 1e-4)?;
+            pollster::block_on(ctx.read_f32(&model.weights.norm_final, 0, 1)).map(|_| ())
+        })?;
+        let step = fwd_bwd + opt;
+        println!(
+            "{b:>5}  {:>10.2}  {:>10.2}  {:>10.2}  {:>10.2}  {:>12.0}  {:>9.0} MiB",
+            step * 1e3, fwd * 1e3, (fwd_bwd - fwd).max(0.0) * 1e3, opt * 1e3, (b * l) as f64 / step, ctx.snapshot().bytes_allocated as f64 / (1 << 20) as f64
+        );
+    }
+    println!("\n(forward = the loss forward alone; backward = the training pass minus it, which also keeps");
+    println!(" activations; GPU memory = every buffer allocated so far, weights {} MiB included)", mem_weights >> 20);
     Ok(())
 }
 

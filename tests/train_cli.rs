@@ -1,0 +1,145 @@
+//! `bd3-wgpu train` and `eval` on a real corpus (Debian's fortunes-min, installed by scripts/test.sh):
+//! the validation loss falls, a resumed run repeats the uninterrupted one, checkpoints load strictly,
+//! eval agrees with train's validation, a SIGKILL never leaves a broken checkpoint, bad data is refused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CORPUS: &str = "/usr/share/games/fortunes";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bd3-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn corpus() -> &'static str {
+    assert!(Path::new(CORPUS).is_dir(), "{CORPUS} missing: scripts/test.sh installs Debian's fortunes-min");
+    CORPUS
+}
+
+/// A tiny BD3-LM run: 2 blocks of width 32, L = 32, L' = 4.
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut c = bin();
+    c.args(["train", "--data", corpus(), "--out"]).arg(out).args([
+        "--vocab-size", "400", "--size", "32,2,2", "--length", "32", "--block-size", "4", "--batch", "4", "--warmup", "3", "--lr", "3e-3",
+        "--ema", "0.9", "--log-every", "1",
+    ]);
+    c.args(extra).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// (step, value) of lines "step N loss X …" or "val step N nelbo X …".
+fn series(o: &Output, prefix: &str) -> Vec<(u64, f64)> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[0].parse().unwrap(), w[2].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn validation_loss_falls_and_eval_agrees_with_it() {
+    let out = scratch("falls");
+    let o = train(&out, &["--steps", "40", "--val-every", "40", "--save-every", "40"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let val = series(&o, "val step ");
+    assert_eq!(val.len(), 2, "{}", text(&o));
+    let (first, last) = (val[0].1, val[1].1);
+    assert!(last < first - 0.3, "validation NELBO {first} → {last} did not fall clearly");
+
+    // The folder loads strictly (config.json + model.safetensors + tokenizer.json) and samples text.
+    let s = bin().args(["sample", "--model"]).arg(&out).args(["--length", "32", "--prompt", "The"]).output().unwrap();
+    assert!(s.status.success(), "{}", text(&s));
+    // eval on the same held-out split reproduces the last validation NELBO.
+    let e = bin().args(["eval", "--model"]).arg(&out).args(["--data", corpus(), "--split", "valid", "--batch", "4"]).output().unwrap();
+    assert!(e.status.success(), "{}", text(&e));
+    let line = String::from_utf8_lossy(&e.stdout).to_string();
+    let nelbo: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((nelbo - last).abs() < 1e-4, "eval {nelbo} vs train {last}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn resuming_gives_the_losses_of_an_uninterrupted_run() {
+    let (a, b) = (scratch("whole"), scratch("split"));
+    let args = ["--val-every", "0", "--save-every", "3"];
+    let whole = train(&a, &[&args[..], &["--steps", "7"]].concat());
+    assert!(whole.status.success(), "{}", text(&whole));
+    let first = train(&b, &[&args[..], &["--steps", "4"]].concat());
+    assert!(first.status.success(), "{}", text(&first));
+    let rest = bin().args(["train", "--resume", "--out"]).arg(&b).args(["--steps", "7"]).output().unwrap();
+    assert!(rest.status.success(), "{}", text(&rest));
+    let mut split = series(&first, "step ");
+    split.extend(series(&rest, "step "));
+    assert_eq!(series(&whole, "step "), split);
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn a_killed_run_leaves_a_loadable_checkpoint() {
+    let out = scratch("killed");
+    let o = train(&out, &["--steps", "2", "--val-every", "0", "--save-every", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Kill runs that save every step at different moments; whatever was on disk must still load.
+    for delay_ms in [150u64, 400, 700, 1100] {
+        let mut c = bin();
+        c.args(["train", "--resume", "--out"]).arg(&out).args(["--steps", "1000"]);
+        let mut child = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let s = bin().args(["sample", "--model"]).arg(&out).args(["--length", "8"]).output().unwrap();
+        assert!(s.status.success(), "after a kill at {delay_ms} ms: {}", text(&s));
+        let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        for f in ["config.json", "model.safetensors", "tokenizer.json", "train_state.safetensors"] {
+            assert!(leftovers.iter().any(|x| x == f), "{f} missing after a kill: {leftovers:?}");
+        }
+    }
+    // And the training state still resumes.
+    let r = bin().args(["train", "--resume", "--out"]).arg(&out).args(["--steps", "3"]).output().unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_data_is_refused_in_one_line() {
+    let dir = scratch("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let binary = dir.join("binary.txt");
+    std::fs::write(&binary, [b'o', b'k', 0xff, 0xfe, b'\n']).unwrap();
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "just a few words").unwrap();
+    let tiny_tok = dir.join("tok.json");
+    let t = bin().args(["tokenizer", "train", "--data", corpus(), "--vocab-size", "300", "--out"]).arg(&tiny_tok).output().unwrap();
+    assert!(t.status.success(), "{}", text(&t));
+    let out = dir.join("out");
+    for (data, extra, needle) in [
+        (empty.to_str().unwrap(), vec![], "the corpus has no text"),
+        (binary.to_str().unwrap(), vec![], "not UTF-8 text"),
+        (short.to_str().unwrap(), vec!["--tokenizer", tiny_tok.to_str().unwrap()], "fewer than one chunk"),
+        (corpus(), vec!["--init", concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a"), "--tokenizer", tiny_tok.to_str().unwrap()], "the tokenizer has 300 tokens, but the model expects 127"),
+    ] {
+        let o = bin().args(["train", "--data", data, "--out"]).arg(&out).args(["--length", "32"]).args(&extra).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{data}: should fail");
+        assert!(err.contains(needle), "`{needle}` not in {err}");
+        assert_eq!(err.trim_end().lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
