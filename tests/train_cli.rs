@@ -74,16 +74,39 @@ fn validation_loss_falls_and_eval_agrees_with_it() {
 fn resuming_gives_the_losses_of_an_uninterrupted_run() {
     let (a, b) = (scratch("whole"), scratch("split"));
     let args = ["--val-every", "0", "--save-every", "3"];
-    let whole = train(&a, &[&args[..], &["--steps", "7"]].concat());
+    let whole = train(&a, &[&args[..], &["--steps", "12"]].concat());
     assert!(whole.status.success(), "{}", text(&whole));
     let first = train(&b, &[&args[..], &["--steps", "4"]].concat());
     assert!(first.status.success(), "{}", text(&first));
-    let rest = bin().args(["train", "--resume", "--out"]).arg(&b).args(["--steps", "7"]).output().unwrap();
+    let rest = bin().args(["train", "--resume", "--out"]).arg(&b).args(["--steps", "12"]).output().unwrap();
     assert!(rest.status.success(), "{}", text(&rest));
     let mut split = series(&first, "step ");
     split.extend(series(&rest, "step "));
     assert_eq!(series(&whole, "step "), split);
-    for d in [a, b] {
+
+    // Killed with SIGKILL mid-run (checkpoints every step), then resumed: the same losses again.
+    let c = scratch("sigkill");
+    let mut child = bin();
+    child.args(["train", "--data", corpus(), "--out"]).arg(&c).args([
+        "--vocab-size", "400", "--size", "32,2,2", "--length", "32", "--block-size", "4", "--batch", "4", "--warmup", "3", "--lr", "3e-3",
+        "--ema", "0.9", "--log-every", "1", "--val-every", "0", "--save-every", "1", "--steps", "1000",
+    ]);
+    let mut child = child.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let state = c.join("train_state.safetensors");
+    let t0 = std::time::Instant::now();
+    while !state.exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = bin().args(["train", "--resume", "--out"]).arg(&c).args(["--steps", "12"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let from: u64 = String::from_utf8_lossy(&resumed.stderr).split("resuming at step ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    let tail: Vec<(u64, f64)> = series(&whole, "step ").into_iter().filter(|(s, _)| *s > from).collect();
+    assert!(!tail.is_empty(), "the killed run got to step {from}, past the comparison");
+    assert_eq!(series(&resumed, "step "), tail, "resumed at step {from}");
+    for d in [a, b, c] {
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -114,6 +114,7 @@ pub fn run(args: &[String]) -> Result<()> {
         val_batches: 0, save_every: 100, log_every: 10, vocab_size: 4096,
     };
     let (mut out, mut tokenizer_path, mut init, mut resume, mut data, mut steps_override) = (None, None, None, false, None, None);
+    let mut kind_given = false;
     let mut it = args.iter();
     let num = |it: &mut std::slice::Iter<String>, f: &str| -> Result<f64> { crate::parse_num(it.next(), f) };
     while let Some(flag) = it.next() {
@@ -127,6 +128,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--kind" => {
                 let v = it.next().ok_or_else(|| Error::Invalid("--kind needs a value".into()))?;
                 run.kind = ModelKind::parse(v).ok_or_else(|| Error::Invalid(format!("unknown model kind `{v}`")))?;
+                kind_given = true;
             }
             "--size" => run.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
             "--block-size" => run.block_size = num(&mut it, f)? as usize,
@@ -193,6 +195,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let (cfg, init_tensors) = match (&init, &state) {
         (Some(dir), None) => {
             let (mut cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
+            // The paper's two-stage recipe: an MDLM-style model (full attention, L' = L) fine-tuned
+            // as BD3-LM at a smaller block size. The two share every tensor.
+            if kind_given && run.kind == ModelKind::Bd3lm && cfg.kind == ModelKind::Mdlm {
+                cfg.kind = ModelKind::Bd3lm;
+                cfg.block_size = cfg.model_length;
+            } else if kind_given && run.kind != cfg.kind {
+                return Err(Error::Invalid(format!("--init {} is a {} model; it cannot be trained as {}", dir.display(), cfg.kind.name(), run.kind.name())));
+            }
             if cfg.kind == ModelKind::Bd3lm && run.block_size != cfg.block_size {
                 if cfg.model_length % run.block_size != 0 {
                     return Err(Error::Invalid(format!("--block-size {} does not divide the model length {}", run.block_size, cfg.model_length)));
