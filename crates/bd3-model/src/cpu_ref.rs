@@ -147,3 +147,80 @@ pub fn sedd_row(logits: &[f32], input_token: u32, target: u32, mask_id: u32, sig
     let pos: f64 = s.iter().enumerate().filter(|(v, _)| *v as u32 != mask_id).map(|(_, x)| x.exp()).sum();
     (s.clone(), pos - r * s[target as usize] + r * (r.ln() - 1.0))
 }
+
+/// Backward of [`attention`]: given the output gradient `d_o` [batch·seq, d], the gradient of the
+/// fused qkv rows [batch·seq, 3d] (through the rotary embedding, by the chain rule in f64).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(qkv: &[f32], d_o: &[f32], batch: usize, seq: usize, n_heads: usize, mask: AttentionMask, cos: &[f32], sin: &[f32], pos_period: usize) -> Vec<f32> {
+    let d = qkv.len() / (batch * seq * 3);
+    let dh = d / n_heads;
+    let half = dh / 2;
+    let scale = 1.0 / (dh as f64).sqrt();
+    let mut grad = vec![0f64; qkv.len()];
+    for b in 0..batch {
+        for h in 0..n_heads {
+            let row = |i: usize, which: usize| &qkv[(b * seq + i) * 3 * d + which * d + h * dh..][..dh];
+            let qs: Vec<Vec<f64>> = (0..seq).map(|i| rotate(row(i, 0), cos, sin, i % pos_period)).collect();
+            let ks: Vec<Vec<f64>> = (0..seq).map(|i| rotate(row(i, 1), cos, sin, i % pos_period)).collect();
+            let (mut dq, mut dk) = (vec![vec![0f64; dh]; seq], vec![vec![0f64; dh]; seq]);
+            for qi in 0..seq {
+                let allowed: Vec<usize> = (0..seq).filter(|&k| mask.allows(qi, k)).collect();
+                let s: Vec<f64> = allowed.iter().map(|&k| qs[qi].iter().zip(&ks[k]).map(|(a, b)| a * b).sum::<f64>() * scale).collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+                let dout: Vec<f64> = d_o[(b * seq + qi) * d + h * dh..][..dh].iter().map(|&x| x as f64).collect();
+                let dp: Vec<f64> = allowed.iter().map(|&k| row(k, 2).iter().zip(&dout).map(|(v, g)| *v as f64 * g).sum()).collect();
+                let delta: f64 = p.iter().zip(&dp).map(|(p, dp)| p * dp).sum();
+                for (j, &k) in allowed.iter().enumerate() {
+                    let ds = p[j] * (dp[j] - delta) * scale;
+                    for e in 0..dh {
+                        dq[qi][e] += ds * ks[k][e];
+                        dk[k][e] += ds * qs[qi][e];
+                        grad[(b * seq + k) * 3 * d + 2 * d + h * dh + e] += p[j] * dout[e];
+                    }
+                }
+            }
+            // Through the rotation: x' = R x, so dx = Rᵀ dx'.
+            for i in 0..seq {
+                let pos = i % pos_period;
+                for (which, g) in [(0, &dq[i]), (1, &dk[i])] {
+                    let base = (b * seq + i) * 3 * d + which * d + h * dh;
+                    for e in 0..half {
+                        let (c, s) = (cos[pos * half + e] as f64, sin[pos * half + e] as f64);
+                        grad[base + e] += g[e] * c + g[e + half] * s;
+                        grad[base + e + half] += g[e + half] * c - g[e] * s;
+                    }
+                }
+            }
+        }
+    }
+    grad.into_iter().map(|x| x as f32).collect()
+}
+
+/// Backward of [`layernorm_modulate`] for rows of width d in sequences of `rows_per_seq`:
+/// returns (dx, dw, d_shift_scale) with d_shift_scale per sequence as [shift | scale] rows of 2d.
+pub fn layernorm_modulate_backward(x: &[f32], d: usize, w: &[f32], shift_scale: Option<&[f32]>, rows_per_seq: usize, dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let n_seq = x.len() / d / rows_per_seq;
+    let (mut dx, mut dw, mut dmod) = (vec![0f64; x.len()], vec![0f64; d], vec![0f64; n_seq * 2 * d]);
+    for (r, row) in x.chunks(d).enumerate() {
+        let s = r / rows_per_seq;
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        let n: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * inv).collect();
+        let g = &dy[r * d..(r + 1) * d];
+        let scale = |j: usize| shift_scale.map_or(0.0, |m| m[s * 2 * d + d + j] as f64);
+        let dn: Vec<f64> = (0..d).map(|j| g[j] as f64 * w[j] as f64 * (1.0 + scale(j))).collect();
+        let mean_dn = dn.iter().sum::<f64>() / d as f64;
+        let mean_dnn = dn.iter().zip(&n).map(|(a, b)| a * b).sum::<f64>() / d as f64;
+        for j in 0..d {
+            dx[r * d + j] = (dn[j] - mean_dn - n[j] * mean_dnn) * inv;
+            dw[j] += g[j] as f64 * n[j] * (1.0 + scale(j));
+            dmod[s * 2 * d + j] += g[j] as f64;
+            dmod[s * 2 * d + d + j] += g[j] as f64 * n[j] * w[j] as f64;
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(dx), f(dw), f(dmod))
+}

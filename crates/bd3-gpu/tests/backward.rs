@@ -1,0 +1,218 @@
+//! The backward and optimizer kernels against plain CPU loops (`bd3_model::cpu_ref`), on random
+//! non-zero inputs at sizes that are not multiples of the tiles. (The whole backward pass is also
+//! checked against the official PyTorch gradients by `verify`.)
+
+mod common;
+use bd3_gpu::kernels::params::{self, Epilogue};
+use bd3_gpu::kernels::TrainKernels;
+use bd3_model::{cpu_ref, AttentionMask};
+use common::*;
+
+fn train_kernels(ctx: &bd3_gpu::GpuContext, head_dim: usize) -> TrainKernels {
+    pollster::block_on(TrainKernels::new(ctx, head_dim)).unwrap()
+}
+
+fn attention_backward_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize, n_heads: usize, pos_period: usize, seed: u64) {
+    let ctx = context();
+    let (k, tk) = (kernels(&ctx, head_dim), train_kernels(&ctx, head_dim));
+    let mut rng = Rng(seed);
+    let d = n_heads * head_dim;
+    let qkv = rng.vec(batch * seq * 3 * d, 1.2);
+    let d_o = rng.vec(batch * seq * d, 1.0);
+    let inv: Vec<f32> = (0..head_dim / 2).map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32).collect();
+    let (cos, sin) = bd3_model::tables::rotary_tables(&inv, pos_period.min(seq));
+    let p = params::Attention {
+        n_q: seq as u32, n_kv: seq as u32, n_heads: n_heads as u32, q_seq_stride: seq as u32, q_row_offset: 0, kv_seq_stride: seq as u32,
+        q_index_offset: 0, mask, pos_period: pos_period as u32, pos_offset: 0, head_dim: head_dim as u32, write_lse: true,
+    };
+    let (qkv_b, cos_b, sin_b, do_b) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin), upload(&ctx, &d_o));
+    let o = upload(&ctx, &vec![0.0; batch * seq * d]);
+    let lse = upload(&ctx, &vec![0.0; 2 * batch * n_heads * seq]);
+    let dqkv = upload(&ctx, &vec![0.0; batch * seq * 3 * d]);
+    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&qkv_b).into(), (&qkv_b).into(), (&cos_b).into(), (&sin_b).into(), (&o).into(), (&lse).into()], p.groups(batch as u32));
+    run_one(&ctx, "attention_dq", &tk.attention_dq, &p.words(), vec![(&qkv_b).into(), (&cos_b).into(), (&sin_b).into(), (&o).into(), (&do_b).into(), (&lse).into(), (&dqkv).into()], p.groups(batch as u32));
+    run_one(&ctx, "attention_dkv", &tk.attention_dkv, &p.words(), vec![(&qkv_b).into(), (&cos_b).into(), (&sin_b).into(), (&do_b).into(), (&lse).into(), (&dqkv).into()], p.groups(batch as u32));
+    let want = cpu_ref::attention_backward(&qkv, &d_o, batch, seq, n_heads, mask, &cos, &sin, pos_period);
+    assert_close(&format!("attention backward {mask:?} dh={head_dim}"), &read(&ctx, &dqkv, want.len()), &want, 1e-4);
+}
+
+#[test]
+fn attention_backward_for_every_mask() {
+    attention_backward_case(6, AttentionMask::Full, 2, 21, 3, 21, 31);
+    attention_backward_case(16, AttentionMask::Causal, 1, 70, 2, 70, 32);
+    attention_backward_case(8, AttentionMask::BlockCausal { block_size: 3 }, 2, 22, 2, 22, 33);
+    attention_backward_case(10, AttentionMask::BlockDiff { half_len: 35, block_size: 5 }, 2, 70, 2, 35, 34);
+    attention_backward_case(16, AttentionMask::BlockDiff { half_len: 12, block_size: 1 }, 1, 24, 1, 12, 35);
+}
+
+#[test]
+fn layernorm_backward_and_parameter_gradients() {
+    let ctx = context();
+    let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
+    let _ = &k;
+    let mut rng = Rng(36);
+    let (n_seq, rows_per_seq, dim) = (2, 7, 300);
+    let rows = n_seq * rows_per_seq;
+    let x: Vec<f32> = rng.vec(rows * dim, 2.0).iter().map(|v| v + 0.3).collect();
+    let w = rng.vec(dim, 1.0);
+    let dy = rng.vec(rows * dim, 1.0);
+    let modv = rng.vec(n_seq * 6 * dim, 0.5);
+    for modulated in [true, false] {
+        let p = params::LayerNorm {
+            n_rows: rows as u32, dim: dim as u32, in_rows_per_seq: rows_per_seq as u32, out_rows_per_seq: rows_per_seq as u32, in_row_offset: 0,
+            modulation: modulated.then_some(((3 * dim) as u32, (4 * dim) as u32, (6 * dim) as u32)), use_row_index: false,
+        };
+        let words = p.words()[..9].to_vec();
+        let dx0 = rng.vec(rows * dim, 0.5); // dx accumulates onto what is there
+        let dw0 = rng.vec(dim, 0.5);
+        let (dx, stats, dw, dmod) = (upload(&ctx, &dx0), upload(&ctx, &vec![0.0; 2 * rows]), upload(&ctx, &dw0), upload(&ctx, &vec![0.0; n_seq * 6 * dim]));
+        let (xb, wb, mb, dyb) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &modv), upload(&ctx, &dy));
+        run_one(&ctx, "layernorm_backward", &tk.layernorm_backward, &words, vec![(&xb).into(), (&wb).into(), (&mb).into(), (&dyb).into(), (&dx).into(), (&stats).into()], [rows as u32, 1, 1]);
+        run_one(&ctx, "layernorm_param_grads", &tk.layernorm_param_grads, &words, vec![(&xb).into(), (&stats).into(), (&dyb).into(), (&wb).into(), (&mb).into(), (&dw).into(), (&dmod).into()], [2, 1, 1]);
+        let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * 6 * dim + 3 * dim..s * 6 * dim + 5 * dim].to_vec()).collect();
+        let (want_dx, want_dw, want_dmod) = cpu_ref::layernorm_modulate_backward(&x, dim, &w, modulated.then_some(&shift_scale[..]), rows_per_seq, &dy);
+        let add = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>();
+        assert_close("layernorm dx", &read(&ctx, &dx, rows * dim), &add(&dx0, &want_dx), 1e-5);
+        assert_close("layernorm dw", &read(&ctx, &dw, dim), &add(&dw0, &want_dw), 1e-4);
+        if modulated {
+            let got = read(&ctx, &dmod, n_seq * 6 * dim);
+            let got: Vec<f32> = (0..n_seq).flat_map(|s| got[s * 6 * dim + 3 * dim..s * 6 * dim + 5 * dim].to_vec()).collect();
+            assert_close("layernorm dshift/dscale", &got, &want_dmod, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn dropout_mask_is_shared_by_forward_and_gate_backward() {
+    let ctx = context();
+    let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
+    let mut rng = Rng(37);
+    let (n_seq, rows_per_seq, d, kk) = (2, 33, 70, 19);
+    let m = n_seq * rows_per_seq;
+    let (a, w, gate) = (rng.vec(m * kk, 1.0), rng.vec(d * kk, 1.0), rng.vec(n_seq * 6 * d, 1.0));
+    let dropout = 0.3f32;
+    let mp = params::Matmul {
+        epilogue: Epilogue::GatedResidual, rows_per_seq: rows_per_seq as u32, gate_stride: (6 * d) as u32, gate_offset: (2 * d) as u32,
+        store_aux: true, dropout, seed: 1234, salt: 5, ..params::Matmul::plain(m as u32, d as u32, kk as u32)
+    };
+    let (out, aux) = (upload(&ctx, &vec![0.0; m * d]), upload(&ctx, &vec![0.0; m * d]));
+    let gate_b = upload(&ctx, &gate);
+    run_one(&ctx, "matmul", &k.matmul, &mp.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&gate_b).into(), (&out).into(), (&aux).into()], mp.groups(64));
+    let y = read(&ctx, &aux, m * d);
+    let mut plain = vec![0.0; m * d];
+    cpu_ref::matmul_bt(&a, &w, None, m, d, kk, cpu_ref::Epilogue::Store, &mut plain);
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
+    assert!((kept - 0.7).abs() < 0.04, "kept fraction {kept}");
+    for (yi, pi) in y.iter().zip(&plain) {
+        assert!(*yi == 0.0 || (yi - pi / (1.0 - dropout)).abs() <= 1e-4 * (1.0 + pi.abs()), "{yi} vs {pi}");
+    }
+    let dx = rng.vec(m * d, 1.0);
+    let (dv, dmod) = (upload(&ctx, &vec![0.0; m * d]), upload(&ctx, &vec![0.0; n_seq * 6 * d]));
+    let p = params::gate_backward(n_seq as u32, rows_per_seq as u32, d as u32, Some(((6 * d) as u32, (2 * d) as u32)), dropout, 1234, 5);
+    run_one(&ctx, "gate_backward", &tk.gate_backward, &p, vec![(&upload(&ctx, &dx)).into(), (&aux).into(), (&gate_b).into(), (&dv).into(), (&dmod).into()], [((n_seq * d) as u32).div_ceil(256), 1, 1]);
+    let (mut want_dv, mut want_dg) = (vec![0.0; m * d], vec![0.0; n_seq * d]);
+    for r in 0..m {
+        let s = r / rows_per_seq;
+        for j in 0..d {
+            let g = gate[s * 6 * d + 2 * d + j];
+            want_dv[r * d + j] = if y[r * d + j] != 0.0 { g * dx[r * d + j] / (1.0 - dropout) } else { 0.0 };
+            want_dg[s * d + j] += dx[r * d + j] * y[r * d + j];
+        }
+    }
+    assert_close("dropout-aware dv", &read(&ctx, &dv, m * d), &want_dv, 1e-5);
+    let got = read(&ctx, &dmod, n_seq * 6 * d);
+    let got_dg: Vec<f32> = (0..n_seq).flat_map(|s| got[s * 6 * d + 2 * d..s * 6 * d + 3 * d].to_vec()).collect();
+    assert_close("dgate", &got_dg, &want_dg, 1e-4);
+}
+
+#[test]
+fn column_sums_activations_embedding_scatter_and_adamw() {
+    let ctx = context();
+    let tk = train_kernels(&ctx, 16);
+    let mut rng = Rng(38);
+    // Column sums of columns 3.. of a [37, 50] matrix, accumulated at offset 3.
+    let (m, n, lda) = (37, 45, 50);
+    let a = rng.vec(m * lda, 1.0);
+    let base = rng.vec(lda, 1.0);
+    let out = upload(&ctx, &base);
+    run_one(&ctx, "col_sum", &tk.col_sum, &params::col_sum(m as u32, n as u32, lda as u32, 3, 3), vec![(&upload(&ctx, &a)).into(), (&out).into()], [1, 1, 1]);
+    let mut want = base.clone();
+    for j in 0..n {
+        want[3 + j] += (0..m).map(|i| a[i * lda + 3 + j] as f64).sum::<f64>() as f32;
+    }
+    assert_close("col_sum", &read(&ctx, &out, lda), &want, 1e-5);
+
+    // gelu, gelu' and silu' against f64.
+    let x = rng.vec(1001, 4.0);
+    let g0 = rng.vec(1001, 1.0);
+    for mode in 0..3u32 {
+        let g = upload(&ctx, &g0);
+        run_one(&ctx, "elementwise", &tk.elementwise, &params::elementwise(1001, mode), vec![(&upload(&ctx, &x)).into(), (&g).into()], [4, 1, 1]);
+        let h = 1e-5;
+        let want: Vec<f32> = x.iter().zip(&g0).map(|(&v, &gi)| {
+            let v = v as f64;
+            match mode {
+                0 => cpu_ref::gelu_tanh(v) as f32,
+                1 => (gi as f64 * (cpu_ref::gelu_tanh(v + h) - cpu_ref::gelu_tanh(v - h)) / (2.0 * h)) as f32,
+                _ => (gi as f64 * (cpu_ref::silu(v + h) - cpu_ref::silu(v - h)) / (2.0 * h)) as f32,
+            }
+        }).collect();
+        assert_close(&format!("elementwise mode {mode}"), &read(&ctx, &g, 1001), &want, 1e-5);
+    }
+
+    // Embedding scatter over a split table (rows 0..20 and 20..37), repeated tokens included.
+    let (v, d, rows) = (37, 19, 53);
+    let tokens: Vec<u32> = (0..rows).map(|_| rng.below(v as u32)).collect();
+    let dx = rng.vec(rows * d, 1.0);
+    let mut order: Vec<u32> = (0..rows as u32).collect();
+    order.sort_by_key(|&r| tokens[r as usize]);
+    let (mut seg_token, mut seg_start) = (vec![], vec![]);
+    for (i, &r) in order.iter().enumerate() {
+        if seg_token.last() != Some(&tokens[r as usize]) {
+            seg_token.push(tokens[r as usize]);
+            seg_start.push(i as u32);
+        }
+    }
+    seg_start.push(rows as u32);
+    let mut want = vec![0f32; v * d];
+    for r in 0..rows {
+        for j in 0..d {
+            want[tokens[r] as usize * d + j] += dx[r * d + j];
+        }
+    }
+    let dxb = upload(&ctx, &dx);
+    let (st, ss, sr) = (upload_u32(&ctx, &seg_token), upload_u32(&ctx, &seg_start), upload_u32(&ctx, &order));
+    let mut got = Vec::new();
+    for (start, part_rows) in [(0usize, 20usize), (20, 17)] {
+        let part = upload(&ctx, &vec![0.0; part_rows * d]);
+        run_one(&ctx, "embedding_backward", &tk.embedding_backward, &params::embedding_backward(seg_token.len() as u32, d as u32, start as u32, part_rows as u32), vec![(&dxb).into(), (&st).into(), (&ss).into(), (&sr).into(), (&part).into()], [rows as u32, 1, 1]);
+        got.extend(read(&ctx, &part, part_rows * d));
+    }
+    assert_close("embedding scatter", &got, &want, 1e-5);
+
+    // AdamW with clipping by a global norm and the EMA, three steps, against the PyTorch formula in f64.
+    let n = 777;
+    let (mut w, g) = (rng.vec(n, 1.0), rng.vec(n, 2.0));
+    let (wb, gb, mb, vb, eb) = (upload(&ctx, &w), upload(&ctx, &g), upload(&ctx, &vec![0.0; n]), upload(&ctx, &vec![0.0; n]), upload(&ctx, &w));
+    let norm_sq: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum();
+    let nb = upload(&ctx, &[norm_sq as f32]);
+    let (lr, b1, b2, eps, wd, max_norm, ema_decay) = (0.01, 0.9, 0.999, 1e-8, 0.1, 1.0, 0.5);
+    let (mut m, mut vv, mut e) = (vec![0f64; n], vec![0f64; n], w.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let mut w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
+    for step in 1..=3u64 {
+        run_one(&ctx, "adamw", &tk.adamw, &params::adamw(n as u32, lr, b1, b2, eps, wd, step, max_norm, ema_decay), vec![(&wb).into(), (&gb).into(), (&mb).into(), (&vb).into(), (&eb).into(), (&nb).into()], [4, 1, 1]);
+        let c = (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0);
+        for i in 0..n {
+            let gi = g[i] as f64 * c;
+            w64[i] *= 1.0 - lr * wd;
+            m[i] += (1.0 - b1) * (gi - m[i]);
+            vv[i] = b2 * vv[i] + (1.0 - b2) * gi * gi;
+            let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
+            w64[i] -= lr / bc1 * m[i] / (vv[i].sqrt() / bc2.sqrt() + eps);
+            e[i] = ema_decay * e[i] + (1.0 - ema_decay) * w64[i];
+        }
+    }
+    w = w64.iter().map(|&x| x as f32).collect();
+    assert_close("adamw weights", &read(&ctx, &wb, n), &w, 1e-6);
+    assert_close("adamw ema", &read(&ctx, &eb, n), &e.iter().map(|&x| x as f32).collect::<Vec<_>>(), 1e-6);
+}
