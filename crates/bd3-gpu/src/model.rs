@@ -177,6 +177,30 @@ pub struct GpuModel {
 impl GpuModel {
     pub async fn load(ctx: Arc<GpuContext>, cfg: ModelConfig, ckpt: &Checkpoint) -> Result<GpuModel> {
         let weights = Weights::upload(&ctx, &cfg, ckpt)?;
+        Self::with_weights(ctx, cfg, weights).await
+    }
+
+    /// A model whose weights arrive one tensor at a time ([`GpuModel::write_tensor`]): the browser
+    /// streams a checkpoint this way so it never holds the whole file in memory.
+    pub async fn allocate(ctx: Arc<GpuContext>, cfg: ModelConfig) -> Result<GpuModel> {
+        let weights = Weights::allocate(&ctx, &cfg)?;
+        Self::with_weights(ctx, cfg, weights).await
+    }
+
+    /// Write one tensor (canonical name); the rotary tables follow `rotary_emb.inv_freq`.
+    pub fn write_tensor(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        if !self.weights.write(&self.ctx, name, data)? {
+            return Err(Error::Invalid(format!("tensor `{name}` is not part of this model")));
+        }
+        if name == "rotary_emb.inv_freq" {
+            let (cos, sin) = bd3_model::tables::rotary_tables(&self.weights.inv_freq, self.rope_positions);
+            self.ctx.queue.write_buffer(&self.rope_cos, 0, bytemuck::cast_slice(&cos));
+            self.ctx.queue.write_buffer(&self.rope_sin, 0, bytemuck::cast_slice(&sin));
+        }
+        Ok(())
+    }
+
+    async fn with_weights(ctx: Arc<GpuContext>, cfg: ModelConfig, weights: Weights) -> Result<GpuModel> {
         let kernels = Kernels::new(&ctx, cfg.head_dim()).await?;
         let rope_positions = cfg.model_length;
         let (cos, sin) = bd3_model::tables::rotary_tables(&weights.inv_freq, rope_positions);

@@ -76,50 +76,83 @@ pub struct Weights {
 }
 
 impl Weights {
-    pub fn upload(ctx: &GpuContext, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Weights> {
-        let vector = |name: &str| -> Result<wgpu::Buffer> { ctx.storage_init(name, bytemuck::cast_slice(&ckpt.tensor_f32(name)?)) };
+    /// Zero-filled weights shaped for `cfg`, with the default rotary frequencies; tensors are then
+    /// written one at a time ([`Weights::write`]), so a loader never holds more than one on the host.
+    pub fn allocate(ctx: &GpuContext, cfg: &ModelConfig) -> Result<Weights> {
+        let vector = |name: &str, n: usize| ctx.storage(name, (n * 4) as u64);
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<SplitMatrix> {
+            let rows_per_part = ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
+            let mut parts = Vec::new();
+            let mut row_start = 0;
+            while row_start < rows {
+                let n = rows_per_part.min(rows - row_start);
+                parts.push(Part { buffer: ctx.storage(name, (n * cols * 4) as u64)?, row_start, rows: n });
+                row_start += n;
+            }
+            Ok(SplitMatrix { parts, rows, cols })
+        };
         let linear = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
-            let w = ckpt.tensor_f32(&format!("{name}.weight"))?;
-            Ok(Linear {
-                weight: SplitMatrix::upload(ctx, name, &w, rows, cols)?,
-                bias: if bias { Some(vector(&format!("{name}.bias"))?) } else { None },
-            })
+            Ok(Linear { weight: matrix(name, rows, cols)?, bias: if bias { Some(vector(name, rows)?) } else { None } })
         };
         let (d, c) = (cfg.hidden_dim, cfg.cond_dim);
         let adaln = cfg.kind.has_adaln();
-        let embed = ckpt.tensor_f32("vocab_embed.embedding")?;
-        let vocab_embed = SplitMatrix::upload(ctx, "vocab_embed", &embed, cfg.vocab_size, d)?;
-        drop(embed);
-        let sigma_map = if adaln {
-            Some((
-                linear("sigma_map.mlp.0", c, bd3_model::config::TIMESTEP_FEATURES, true)?,
-                linear("sigma_map.mlp.2", c, c, true)?,
-            ))
-        } else {
-            None
-        };
-        let mut blocks = Vec::with_capacity(cfg.n_blocks);
-        for i in 0..cfg.n_blocks {
-            let p = |s: &str| format!("blocks.{i}.{s}");
-            blocks.push(BlockWeights {
-                norm1: vector(&p("norm1.weight"))?,
-                attn_qkv: linear(&p("attn_qkv"), 3 * d, d, false)?,
-                attn_out: linear(&p("attn_out"), d, d, false)?,
-                norm2: vector(&p("norm2.weight"))?,
-                mlp_up: linear(&p("mlp.0"), 4 * d, d, true)?,
-                mlp_down: linear(&p("mlp.2"), d, 4 * d, true)?,
-                adaln: if adaln { Some(linear(&p("adaLN_modulation"), 6 * d, c, true)?) } else { None },
-            });
-        }
         Ok(Weights {
-            vocab_embed,
-            sigma_map,
-            blocks,
-            norm_final: vector("output_layer.norm_final.weight")?,
+            vocab_embed: matrix("vocab_embed", cfg.vocab_size, d)?,
+            sigma_map: if adaln {
+                Some((linear("sigma_map.mlp.0", c, bd3_model::config::TIMESTEP_FEATURES, true)?, linear("sigma_map.mlp.2", c, c, true)?))
+            } else {
+                None
+            },
+            blocks: (0..cfg.n_blocks)
+                .map(|_| {
+                    Ok(BlockWeights {
+                        norm1: vector("norm1", d)?,
+                        attn_qkv: linear("attn_qkv", 3 * d, d, false)?,
+                        attn_out: linear("attn_out", d, d, false)?,
+                        norm2: vector("norm2", d)?,
+                        mlp_up: linear("mlp.0", 4 * d, d, true)?,
+                        mlp_down: linear("mlp.2", d, 4 * d, true)?,
+                        adaln: if adaln { Some(linear("adaLN_modulation", 6 * d, c, true)?) } else { None },
+                    })
+                })
+                .collect::<Result<_>>()?,
+            norm_final: vector("norm_final", d)?,
             final_adaln: if adaln { Some(linear("output_layer.adaLN_modulation", 2 * d, c, true)?) } else { None },
             head: linear("output_layer.linear", cfg.vocab_size, d, true)?,
-            inv_freq: ckpt.tensor_f32("rotary_emb.inv_freq")?,
+            inv_freq: bd3_model::tables::default_inv_freq(cfg.head_dim()),
         })
+    }
+
+    /// Write one tensor (canonical name) into its buffers. Returns false for a name this model lacks.
+    pub fn write(&mut self, ctx: &GpuContext, name: &str, data: &[f32]) -> Result<bool> {
+        if name == "rotary_emb.inv_freq" {
+            if data.len() != self.inv_freq.len() {
+                return Err(bd3_model::Error::Invalid(format!("tensor `{name}` has {} values, expected {}", data.len(), self.inv_freq.len())));
+            }
+            self.inv_freq = data.to_vec();
+            return Ok(true);
+        }
+        let Some(t) = self.tensors().into_iter().find(|t| t.name == name) else { return Ok(false) };
+        let total: usize = t.parts.iter().map(|p| p.1).sum();
+        if data.len() != total {
+            return Err(bd3_model::Error::Invalid(format!("tensor `{name}` has {} values, expected {total}", data.len())));
+        }
+        let mut off = 0;
+        for (b, n) in &t.parts {
+            ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(&data[off..off + n]));
+            off += n;
+        }
+        Ok(true)
+    }
+
+    /// Upload every tensor of a strictly checked checkpoint, one at a time.
+    pub fn upload(ctx: &GpuContext, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Weights> {
+        let mut w = Weights::allocate(ctx, cfg)?;
+        for (name, _) in bd3_model::checkpoint::expected_tensors(cfg) {
+            let data = ckpt.tensor_f32(&name)?;
+            w.write(ctx, &name, &data)?;
+        }
+        Ok(w)
     }
 }
 

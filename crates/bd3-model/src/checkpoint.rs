@@ -74,43 +74,21 @@ impl Checkpoint {
         };
         let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(None, format!("not a readable safetensors file ({e})")))?;
 
-        let stored: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-        let prefix = if stored.iter().any(|n| n.starts_with("backbone.")) { "backbone." } else { "" };
-        let expected = expected_tensors(cfg);
-        let mut names = BTreeMap::new();
-        let mut sampling_eps = (None, None);
-
-        for full in &stored {
-            if let Some(pos) = OPTIONAL_SCALARS.iter().position(|s| s == full) {
-                if cfg.kind != ModelKind::Bd3lm {
-                    return Err(fail(Some(full), format!("unexpected tensor for a {} model", cfg.kind.name())));
-                }
-                let value = scalar_f64(&st, full).map_err(|m| fail(Some(full), m))?;
-                if pos == 0 { sampling_eps.0 = Some(value) } else { sampling_eps.1 = Some(value) }
-                continue;
+        let entries: Vec<(String, String, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, format!("{:?}", v.dtype()), v.shape().to_vec()))
+            .collect();
+        let names = validate_entries(&entries, cfg, path)?;
+        let mut eps = [None, None];
+        for (i, n) in OPTIONAL_SCALARS.iter().enumerate() {
+            if st.tensor(n).is_ok() {
+                eps[i] = Some(scalar_f64(&st, n).map_err(|m| fail(Some(n), m))?);
             }
-            let canonical = full.strip_prefix(prefix).filter(|_| !prefix.is_empty()).unwrap_or(full);
-            if full.len() == canonical.len() && !prefix.is_empty() {
-                return Err(fail(Some(full), format!("unexpected tensor (other tensors carry the `{prefix}` prefix)")));
-            }
-            let Some((_, shape)) = expected.iter().find(|(n, _)| n == canonical) else {
-                return Err(fail(Some(full), format!("unexpected tensor for a {} model with {} blocks", cfg.kind.name(), cfg.n_blocks)));
-            };
-            let view = st.tensor(full).map_err(|e| fail(Some(full), e.to_string()))?;
-            if view.shape() != shape.as_slice() {
-                return Err(fail(Some(full), format!("shape {:?}, expected {:?}", view.shape(), shape)));
-            }
-            if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
-                return Err(fail(Some(full), format!("unsupported dtype {:?} (expected F32, F16, BF16 or F64)", view.dtype())));
-            }
-            names.insert(canonical.to_string(), full.clone());
         }
-        if let Some((missing, _)) = expected.iter().find(|(n, _)| !names.contains_key(n)) {
-            return Err(fail(Some(&format!("{prefix}{missing}")), "missing".into()));
-        }
-        let sampling_eps = match sampling_eps {
-            (Some(a), Some(b)) => Some((a, b)),
-            (None, None) => None,
+        let sampling_eps = match eps {
+            [Some(a), Some(b)] => Some((a, b)),
+            [None, None] => None,
             _ => return Err(fail(None, "only one of sampling_eps_min / sampling_eps_max is present".into())),
         };
         Ok(Checkpoint { path: path.to_string(), bytes, names, sampling_eps })
@@ -139,6 +117,75 @@ fn scalar_f64(st: &SafeTensors, name: &str) -> std::result::Result<f64, String> 
         Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(to_f32(view.dtype(), view.data())[0] as f64),
         d => Err(format!("unsupported dtype {d:?}")),
     }
+}
+
+/// The strict check of a checkpoint's tensor list against the config, shared by the file loader and
+/// the browser's streaming loader: every expected tensor present with its shape and a float dtype,
+/// nothing unexpected. Entries are (stored name, dtype as safetensors writes it, shape); returns
+/// canonical name → stored name.
+pub fn validate_entries(entries: &[(String, String, Vec<usize>)], cfg: &ModelConfig, path: &str) -> Result<BTreeMap<String, String>> {
+    let fail = |tensor: Option<&str>, message: String| Error::Checkpoint { path: path.to_string(), tensor: tensor.map(str::to_string), message };
+    let prefix = if entries.iter().any(|(n, _, _)| n.starts_with("backbone.")) { "backbone." } else { "" };
+    let expected = expected_tensors(cfg);
+    let mut names = BTreeMap::new();
+    for (full, dtype, shape) in entries {
+        if OPTIONAL_SCALARS.contains(&full.as_str()) {
+            if cfg.kind != ModelKind::Bd3lm {
+                return Err(fail(Some(full), format!("unexpected tensor for a {} model", cfg.kind.name())));
+            }
+            continue;
+        }
+        let canonical = full.strip_prefix(prefix).filter(|_| !prefix.is_empty()).unwrap_or(full);
+        if full.len() == canonical.len() && !prefix.is_empty() {
+            return Err(fail(Some(full), format!("unexpected tensor (other tensors carry the `{prefix}` prefix)")));
+        }
+        let Some((_, want)) = expected.iter().find(|(n, _)| n == canonical) else {
+            return Err(fail(Some(full), format!("unexpected tensor for a {} model with {} blocks", cfg.kind.name(), cfg.n_blocks)));
+        };
+        if shape != want {
+            return Err(fail(Some(full), format!("shape {shape:?}, expected {want:?}")));
+        }
+        if !matches!(dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
+            return Err(fail(Some(full), format!("unsupported dtype {dtype} (expected F32, F16, BF16 or F64)")));
+        }
+        names.insert(canonical.to_string(), full.clone());
+    }
+    if let Some((missing, _)) = expected.iter().find(|(n, _)| !names.contains_key(n)) {
+        return Err(fail(Some(&format!("{prefix}{missing}")), "missing".into()));
+    }
+    Ok(names)
+}
+
+/// The tensor list of a safetensors header (the JSON after the 8-byte length), sorted by data offset:
+/// (stored name, dtype, shape, byte range within the data section). The browser streams a checkpoint
+/// with it, one tensor at a time.
+pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<(String, String, Vec<usize>, (usize, usize))>> {
+    let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| fail(format!("not a safetensors header ({e})")))?;
+    let obj = v.as_object().ok_or_else(|| fail("not a safetensors header".into()))?;
+    let mut out = Vec::new();
+    for (name, e) in obj.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
+        let bad = || Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: "malformed header entry".into() };
+        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
+        let shape: Vec<usize> = e.get("shape").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<_>>().ok_or_else(bad)?;
+        let off = e.get("data_offsets").and_then(|o| o.as_array()).ok_or_else(bad)?;
+        let (a, b) = (off.first().and_then(|x| x.as_u64()).ok_or_else(bad)? as usize, off.get(1).and_then(|x| x.as_u64()).ok_or_else(bad)? as usize);
+        out.push((name.clone(), dtype, shape, (a, b)));
+    }
+    out.sort_by_key(|e| e.3 .0);
+    Ok(out)
+}
+
+/// Little-endian raw tensor bytes of a dtype named as in a safetensors header → f32.
+pub fn bytes_to_f32(dtype: &str, data: &[u8]) -> Option<Vec<f32>> {
+    let d = match dtype {
+        "F32" => Dtype::F32,
+        "F16" => Dtype::F16,
+        "BF16" => Dtype::BF16,
+        "F64" => Dtype::F64,
+        _ => return None,
+    };
+    Some(to_f32(d, data))
 }
 
 /// Little-endian raw tensor bytes → f32 (the dtype was checked by the caller).

@@ -20,7 +20,11 @@ pub struct Array<T> {
 impl TensorFile {
     pub fn open(path: &Path) -> Result<TensorFile> {
         let bytes = crate::error::read_file(path)?;
-        let path = path.display().to_string();
+        Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>, path: &str) -> Result<TensorFile> {
+        let path = path.to_string();
         SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::Checkpoint { path: path.clone(), tensor: None, message: format!("not a readable safetensors file ({e})") })?;
         Ok(TensorFile { path, bytes })

@@ -12,11 +12,7 @@ mod checkpoint_io;
 mod eval_cmd;
 mod nelbo;
 mod train_cmd;
-mod report;
 mod sample;
-mod verify;
-mod verify_sampler;
-mod verify_train;
 
 use bd3_gpu::{ContextOptions, GpuContext};
 use bd3_model::{Error, Result};
@@ -119,10 +115,14 @@ fn run(args: &[String]) -> Result<ExitCode> {
             }
             let ctx = Arc::new(pollster::block_on(GpuContext::new(opts))?);
             let mut stdout = std::io::stdout();
-            let mut report = report::Report::new(&mut stdout);
+            let mut report = bd3_verify::Report::new(&mut stdout);
             report.note(&format!("adapter: {}", ctx.adapter_summary()));
             for dir in &dirs {
-                pollster::block_on(verify::verify_dir(&ctx, &PathBuf::from(dir), &mut report))?;
+                let path = PathBuf::from(dir);
+                if !path.is_dir() {
+                    return Err(Error::Io { path: dir.clone(), message: "not a fixture folder".into() });
+                }
+                pollster::block_on(bd3_verify::verify_dir(&ctx, &bd3_verify::DirFixture(path), &mut report))?;
             }
             let (passed, failed) = (report.passed, report.failed);
             println!("{passed} passed, {failed} failed");

@@ -4,11 +4,11 @@
 //! `ar/`) are fixture folders too and are verified after the parent.
 
 use crate::report::{Report, Tolerance};
+use crate::FixtureSource;
 use bd3_gpu::{ForwardInput, ForwardShape, GpuContext, GpuModel, Objective};
 use bd3_model::schedule::{self, SAMPLING_EPS};
 use bd3_model::tensor_file::TensorFile;
-use bd3_model::{AttentionMask, Error, ModelKind, Result};
-use std::path::Path;
+use bd3_model::{AttentionMask, Checkpoint, Error, ModelConfig, ModelKind, Result};
 use std::sync::Arc;
 
 /// Logits, hidden states, log-probs: |a−b| ≤ 1e-4·max|ref| (fixture README §4).
@@ -21,33 +21,35 @@ const F64_EXACTISH: Tolerance = Tolerance::Relative(1e-7);
 
 const CASE_FILES: [&str; 6] = ["train_case", "mask_cases", "sample_case", "sedd_case", "ar_case", "adamw_case"];
 
-pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &Path, report: &mut Report<'_>) -> Result<()> {
-    let present: Vec<&str> = CASE_FILES.iter().copied().filter(|c| dir.join(format!("{c}.safetensors")).is_file()).collect();
-    let mut subdirs: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Io { path: dir.display().to_string(), message: e.to_string() })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.join("config.json").is_file())
-        .collect();
-    subdirs.sort();
-    if present.is_empty() && subdirs.is_empty() {
-        return Err(Error::Invalid(format!("{}: no fixture cases found (expected one of {})", dir.display(), CASE_FILES.join(", "))));
+pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &dyn FixtureSource, report: &mut Report<'_>) -> Result<()> {
+    let files: Vec<(&str, TensorFile)> = CASE_FILES
+        .iter()
+        .filter_map(|c| dir.read(&format!("{c}.safetensors")).map(|b| (*c, b)))
+        .map(|(c, b)| Ok((c, TensorFile::from_bytes(b, &format!("{}/{c}.safetensors", dir.name()))?)))
+        .collect::<Result<_>>()?;
+    let subdirs = dir.subfolders();
+    let config = dir.read("config.json");
+    if files.is_empty() && subdirs.is_empty() && config.is_none() {
+        return Err(Error::Invalid(format!("{}: no fixture cases found (expected one of {})", dir.name(), CASE_FILES.join(", "))));
     }
-    if !present.is_empty() || dir.join("config.json").is_file() {
+    if let Some(config) = config {
         // The model is loaded (strictly) before any case runs, so a broken checkpoint fails first.
-        let (cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
+        let cfg = ModelConfig::from_json_bytes(&config, &format!("{}/config.json", dir.name()), None)?;
+        let weights_name = format!("{}/model.safetensors", dir.name());
+        let bytes = dir.read("model.safetensors").ok_or_else(|| Error::Io { path: weights_name.clone(), message: "missing".into() })?;
+        let ckpt = Checkpoint::from_bytes(bytes, &weights_name, &cfg)?;
         let mut model = GpuModel::load(ctx.clone(), cfg.clone(), &ckpt).await?;
-        report.note(&format!("{}: {} model, vocab {}, hidden {}, {} heads, {} blocks, L = {}", dir.display(), cfg.kind.name(), cfg.vocab_size, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.model_length));
-        for case in present {
-            let tf = TensorFile::open(&dir.join(format!("{case}.safetensors")))?;
-            match case {
-                "train_case" => train_case(&mut model, &tf, report).await?,
-                "mask_cases" => mask_cases(&mut model, &tf, report).await?,
-                "sample_case" => sample_case(&mut model, &tf, report).await?,
-                "sedd_case" => sedd_case(&mut model, &tf, report).await?,
-                "ar_case" => ar_case(&mut model, &tf, report).await?,
+        report.note(&format!("{}: {} model, vocab {}, hidden {}, {} heads, {} blocks, L = {}", dir.name(), cfg.kind.name(), cfg.vocab_size, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.model_length));
+        for (case, tf) in &files {
+            match *case {
+                "train_case" => train_case(&mut model, tf, report).await?,
+                "mask_cases" => mask_cases(&mut model, tf, report).await?,
+                "sample_case" => sample_case(&mut model, tf, report).await?,
+                "sedd_case" => sedd_case(&mut model, tf, report).await?,
+                "ar_case" => ar_case(&mut model, tf, report).await?,
                 "adamw_case" => {
-                    let grads = TensorFile::open(&dir.join("train_case.safetensors"))?;
-                    crate::verify_train::adamw(&mut model, &ckpt, &grads, &tf, report).await?
+                    let grads = files.iter().find(|(c, _)| *c == "train_case").map(|(_, t)| t).ok_or_else(|| Error::Invalid("adamw_case needs train_case.safetensors (its gradients)".into()))?;
+                    crate::verify_train::adamw(&mut model, &ckpt, grads, tf, report).await?
                 }
                 _ => unreachable!(),
             }
@@ -55,9 +57,10 @@ pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &Path, report: &mut Report<'
     }
     let outer = report_prefix(report);
     for sub in subdirs {
-        let name = sub.file_name().unwrap().to_string_lossy().to_string();
-        report.set_prefix(&format!("{outer}{name}/"));
-        Box::pin(verify_dir(ctx, &sub, report)).await?;
+        let name = sub.name();
+        let short = name.rsplit('/').next().unwrap_or(&name).to_string();
+        report.set_prefix(&format!("{outer}{short}/"));
+        Box::pin(verify_dir(ctx, sub.as_ref(), report)).await?;
     }
     report.set_prefix(&outer);
     Ok(())
