@@ -93,6 +93,8 @@ pub struct Kernels {
     /// Bound where a kernel's optional output is switched off (a buffer may not be read-only and
     /// writable in one dispatch, so inputs and outputs get separate placeholders).
     pub dummy_out: wgpu::Buffer,
+    /// A second output placeholder: two writable bindings may not alias (browsers check this).
+    pub dummy_out2: wgpu::Buffer,
 }
 
 impl Kernels {
@@ -114,6 +116,7 @@ impl Kernels {
             sample: ctx.pipeline("sample", SAMPLE_WGSL).await?,
             dummy: ctx.storage("dummy", 16)?,
             dummy_out: ctx.storage("dummy out", 16)?,
+            dummy_out2: ctx.storage("dummy out 2", 16)?,
         })
     }
 }

@@ -398,7 +398,7 @@ impl GpuModel {
                     &params::sedd_loss(n as u32, v as u32, cfg.mask_id(), s.capture, start as u32, s.head_rows as u32, 0.0),
                     vec![
                         (&logits).into(), (&input_ids).into(), (&targets).into(), seq_consts.as_ref().unwrap().into(),
-                        lp.into(), entropy.as_ref().unwrap().into(), (&token_loss).into(), (&k.dummy_out).into(),
+                        lp.into(), entropy.as_ref().unwrap().into(), (&token_loss).into(), (&k.dummy_out2).into(),
                     ],
                     groups,
                 );
@@ -407,7 +407,7 @@ impl GpuModel {
                     "token_loss",
                     &k.token_loss,
                     &params::token_loss(n as u32, v as u32, cfg.mask_id(), s.objective == Objective::Ar, s.capture, start as u32, 0.0),
-                    vec![(&logits).into(), (&input_ids).into(), (&targets).into(), (&weights_buf).into(), lp.into(), (&token_loss).into(), (&k.dummy_out).into()],
+                    vec![(&logits).into(), (&input_ids).into(), (&targets).into(), (&weights_buf).into(), lp.into(), (&token_loss).into(), (&k.dummy_out2).into()],
                     groups,
                 );
             }

@@ -48,6 +48,8 @@ pub struct SampleOptions {
     /// The official low-entropy check: entropy of the last 256 tokens < 4 nats rejects the sample
     /// (fixed length: regenerate, up to 10 tries) or ends it (variable length).
     pub entropy_check: bool,
+    /// Set from elsewhere (a Stop button) to end generation before the next model call.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the sampler reports while it works (for streaming, traces and the page).
@@ -158,6 +160,9 @@ impl Run<'_, '_> {
         let cache_len = self.model.cfg.model_length;
         let streams: Vec<u32> = picked.iter().enumerate().map(|(i, &r)| stream(i / head_rows, start + r as usize)).collect();
         let shape = StepShape { batch: self.opts.batch, rows, cache_len, action: StepAction::Sample { head_rows, mode, verify: false } };
+        if self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(Error::Cancelled);
+        }
         let call = StepCall { tokens: block, cache_idx, sigma, picked, top_p: self.opts.top_p, mask_prob, dsigma, seed: self.opts.seed, call: self.call, streams: &streams, draws: None };
         self.call = self.call.wrapping_add(1);
         self.calls += 1;

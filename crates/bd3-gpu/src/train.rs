@@ -492,7 +492,7 @@ impl Trainer {
                     &params::sedd_loss(n as u32, v as u32, cfg.mask_id(), false, start as u32, s.head_rows as u32, grad_scale),
                     vec![
                         (&tb.logits).into(), (&tb.input_ids).into(), (&tb.targets).into(), (&tb.seq_consts).into(), (&k.dummy_out).into(),
-                        (&k.dummy_out).into(), (&tb.token_loss).into(), (&tb.dlogits).into(),
+                        (&k.dummy_out2).into(), (&tb.token_loss).into(), (&tb.dlogits).into(),
                     ],
                     groups,
                 );

@@ -15,6 +15,8 @@ pub enum Error {
     Invalid(String),
     /// The GPU said no: no adapter, a validation error, a lost device, an allocation failure.
     Gpu(String),
+    /// The user stopped the work (a Stop button).
+    Cancelled,
 }
 
 impl fmt::Display for Error {
@@ -26,6 +28,7 @@ impl fmt::Display for Error {
             Error::Checkpoint { path, tensor: None, message } => write!(f, "{path}: {message}"),
             Error::Invalid(message) => write!(f, "{message}"),
             Error::Gpu(message) => write!(f, "GPU: {message}"),
+            Error::Cancelled => write!(f, "stopped"),
         }
     }
 }

@@ -107,6 +107,7 @@ fn sample(args: &[String]) -> Result<()> {
         seed: 1,
         var_length: false,
         entropy_check: false,
+        stop: None,
     };
     // Warm-up: two blocks record every program shape (sample and commit) and compile the pipelines.
     let warm = bd3_gpu::SampleOptions { length: (2 * block_size).min(length), ..opts.clone() };

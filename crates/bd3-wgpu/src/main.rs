@@ -13,6 +13,7 @@ mod eval_cmd;
 mod nelbo;
 mod train_cmd;
 mod sample;
+mod serve;
 
 use bd3_gpu::{ContextOptions, GpuContext};
 use bd3_model::{Error, Result};
@@ -27,6 +28,7 @@ const USAGE: &str = "usage:
   bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)
   bd3-wgpu train --data PATH --out DIR [...]   train a model (bd3-wgpu train --help for options)
   bd3-wgpu eval --model DIR --data PATH   NELBO and perplexity of a checkpoint on a corpus
+  bd3-wgpu serve [--port 8080] [--model DIR]   serve the demo page on 127.0.0.1
   bd3-wgpu tokenizer train --data PATH --vocab-size N --out tokenizer.json   a byte-level BPE for a corpus
   bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json
                                          GPT-2's tokenizer.json from its vocabulary and merges";
@@ -132,6 +134,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         "sample" => sample::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "train" => train_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "eval" => eval_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "serve" => serve::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "tokenizer" => tokenizer_cmd(&args[1..]).map(|_| ExitCode::SUCCESS),
         "info" => {
             let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;

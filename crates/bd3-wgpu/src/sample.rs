@@ -105,6 +105,7 @@ pub fn run(args: &[String]) -> Result<()> {
         seed: a.seed,
         var_length: a.var_length,
         entropy_check: a.entropy_check,
+        stop: None,
     };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;

@@ -1,0 +1,256 @@
+//! BD3-LM in the browser: a thin wasm-bindgen layer over the same kernels, model and samplers as the
+//! native `bd3-wgpu` binary.
+//!
+//! JS API (all methods that touch the GPU are async):
+//!   Engine.create()                                   open the WebGPU device
+//!   engine.adapter()                                  adapter description
+//!   engine.beginLoad(configJson, headerJson, tokenizerJson?)   check config and tensor list, allocate
+//!   engine.putTensor(name, dtype, bytes)              one tensor of model.safetensors at a time
+//!   engine.finishLoad()                               every tensor arrived → model info
+//!   engine.generate(options, onEvent)                 sample; onEvent receives every step
+//!   requestStop()                                     stop the running generation
+//!   engine.verify(files)                              run `bd3-wgpu verify`'s checks on a fixture folder
+//! Weights stream to the GPU tensor by tensor: the whole checkpoint is never held in wasm memory.
+
+use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
+use bd3_model::checkpoint::{bytes_to_f32, parse_header, validate_entries};
+use bd3_model::tokenizer::TextTokenizer;
+use bd3_model::{Error, ModelConfig, ModelKind};
+use js_sys::{Array, Function, Object, Reflect};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use wasm_bindgen::prelude::*;
+
+fn js_err(e: Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn set(o: &Object, k: &str, v: impl Into<JsValue>) {
+    let _ = Reflect::set(o, &k.into(), &v.into());
+}
+
+thread_local! {
+    static STOP: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
+}
+
+/// Ask the running `generate` to stop before its next model call.
+#[wasm_bindgen(js_name = requestStop)]
+pub fn request_stop() {
+    STOP.with(|s| s.store(true, Ordering::SeqCst));
+}
+
+struct Loading {
+    model: GpuModel,
+    /// Stored tensor name → canonical name, for the tensors still expected.
+    pending: BTreeMap<String, String>,
+    seen: HashSet<String>,
+}
+
+#[wasm_bindgen]
+pub struct Engine {
+    ctx: Arc<GpuContext>,
+    model: Option<GpuModel>,
+    tokenizer: Option<TextTokenizer>,
+    loading: Option<Loading>,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    pub async fn create() -> Result<Engine, JsError> {
+        let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
+        Ok(Engine { ctx: Arc::new(ctx), model: None, tokenizer: None, loading: None })
+    }
+
+    pub fn adapter(&self) -> String {
+        self.ctx.adapter_summary()
+    }
+
+    /// Check `config.json` and the safetensors header (the JSON after its 8-byte length) strictly,
+    /// then allocate the model and build its kernels. Returns the tensors to send, in file order.
+    #[wasm_bindgen(js_name = beginLoad)]
+    pub async fn begin_load(&mut self, config_json: String, header_json: String, tokenizer_json: Option<String>) -> Result<Array, JsError> {
+        self.model = None;
+        self.loading = None;
+        let cfg = ModelConfig::from_json_bytes(config_json.as_bytes(), "config.json", None).map_err(js_err)?;
+        let entries = parse_header(header_json.as_bytes(), "model.safetensors").map_err(js_err)?;
+        let plain: Vec<(String, String, Vec<usize>)> = entries.iter().map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone())).collect();
+        let names = validate_entries(&plain, &cfg, "model.safetensors").map_err(js_err)?;
+        self.tokenizer = match tokenizer_json {
+            Some(t) => {
+                let tok = TextTokenizer::from_bytes(t.as_bytes(), "tokenizer.json").map_err(js_err)?;
+                tok.check_fits(&cfg).map_err(js_err)?;
+                Some(tok)
+            }
+            None => None,
+        };
+        let model = GpuModel::allocate(self.ctx.clone(), cfg).await.map_err(js_err)?;
+        let pending: BTreeMap<String, String> = names.into_iter().map(|(canonical, full)| (full, canonical)).collect();
+        let order = Array::new();
+        for (name, dtype, shape, (a, b)) in &entries {
+            let e = Object::new();
+            set(&e, "name", name.as_str());
+            set(&e, "dtype", dtype.as_str());
+            set(&e, "begin", *a as f64);
+            set(&e, "end", *b as f64);
+            set(&e, "shape", shape.iter().map(|&x| JsValue::from(x as f64)).collect::<Array>());
+            order.push(&e);
+        }
+        self.loading = Some(Loading { model, pending, seen: HashSet::new() });
+        Ok(order)
+    }
+
+    /// One tensor of model.safetensors (its raw little-endian bytes).
+    #[wasm_bindgen(js_name = putTensor)]
+    pub fn put_tensor(&mut self, name: String, dtype: String, bytes: &[u8]) -> Result<(), JsError> {
+        let l = self.loading.as_mut().ok_or_else(|| JsError::new("putTensor before beginLoad"))?;
+        let Some(canonical) = l.pending.get(&name).cloned() else {
+            // The optional sampling_eps buffers carry no weights the network uses.
+            return Ok(());
+        };
+        let data = bytes_to_f32(&dtype, bytes).ok_or_else(|| JsError::new(&format!("model.safetensors: tensor `{name}`: unsupported dtype {dtype}")))?;
+        l.model.write_tensor(&canonical, &data).map_err(js_err)?;
+        l.seen.insert(name);
+        Ok(())
+    }
+
+    #[wasm_bindgen(js_name = finishLoad)]
+    pub fn finish_load(&mut self) -> Result<Object, JsError> {
+        let l = self.loading.take().ok_or_else(|| JsError::new("finishLoad before beginLoad"))?;
+        if let Some(missing) = l.pending.keys().find(|n| !l.seen.contains(*n)) {
+            return Err(JsError::new(&format!("model.safetensors: tensor `{missing}`: missing (the download ended early?)")));
+        }
+        self.ctx.check().map_err(js_err)?;
+        self.model = Some(l.model);
+        Ok(self.info())
+    }
+
+    /// What the page shows about the loaded model.
+    pub fn info(&self) -> Object {
+        let o = Object::new();
+        set(&o, "adapter", self.adapter());
+        if let Some(m) = &self.model {
+            let c = &m.cfg;
+            set(&o, "kind", c.kind.name());
+            set(&o, "vocab", c.vocab_size as f64);
+            set(&o, "hidden", c.hidden_dim as f64);
+            set(&o, "blocks", c.n_blocks as f64);
+            set(&o, "heads", c.n_heads as f64);
+            set(&o, "length", c.model_length as f64);
+            set(&o, "blockSize", c.block_size as f64);
+            set(&o, "tokenizer", self.tokenizer.is_some());
+        }
+        o
+    }
+
+    /// Generate. `options`: {prompt?: string, promptIds?: number[], length?, topP?, sampler?: "first-hitting"|"ddpm",
+    /// steps?, seed?, batch?, varLength?}. `on_event` receives {type: "revealed", block, call, revealed: [[seq, pos, token, text]]}
+    /// and {type: "committed", block, end, tokens: number[] (sequence 0), text}. Resolves to {tokens, text, nfe, calls, ms}.
+    pub async fn generate(&mut self, options: JsValue, on_event: Function) -> Result<Object, JsError> {
+        let model = self.model.as_mut().ok_or_else(|| JsError::new("no model is loaded"))?;
+        let cfg = model.cfg.clone();
+        let get = |k: &str| Reflect::get(&options, &k.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+        let num = |k: &str, d: f64| get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+        let prompt: Vec<u32> = match (get("prompt").and_then(|v| v.as_string()).filter(|s| !s.is_empty()), get("promptIds")) {
+            (Some(text), _) => match &self.tokenizer {
+                Some(t) => t.encode(&text).map_err(js_err)?,
+                None => return Err(JsError::new("this model has no tokenizer.json: give the prompt as token ids")),
+            },
+            (None, Some(ids)) => Array::from(&ids).iter().map(|v| v.as_f64().unwrap_or(0.0) as u32).collect(),
+            (None, None) => Vec::new(),
+        };
+        let sampler_name = get("sampler").and_then(|v| v.as_string()).unwrap_or_else(|| "first-hitting".into());
+        let sampler = Sampler::parse(&sampler_name).ok_or_else(|| JsError::new(&format!("unknown sampler `{sampler_name}`")))?;
+        let sedd = cfg.kind == ModelKind::Sedd;
+        STOP.with(|s| s.store(false, Ordering::SeqCst));
+        let opts = SampleOptions {
+            batch: num("batch", 1.0) as usize,
+            length: num("length", cfg.model_length as f64) as usize,
+            prompt,
+            top_p: num("topP", if sedd { 0.99 } else { 0.9 }),
+            sampler,
+            steps: num("steps", if sedd { 1000.0 } else { cfg.block_size as f64 }) as usize,
+            seed: num("seed", 1.0) as u64,
+            var_length: get("varLength").and_then(|v| v.as_bool()).unwrap_or(false),
+            entropy_check: false,
+            stop: Some(STOP.with(|s| s.clone())),
+        };
+        let tok = self.tokenizer.as_ref();
+        let piece = |id: u32| -> String {
+            match tok {
+                Some(t) => t.decode(&[id]).unwrap_or_default(),
+                None => format!("{id} "),
+            }
+        };
+        let started = js_sys::Date::now();
+        let mut on = |e: SampleEvent| {
+            let o = Object::new();
+            match e {
+                SampleEvent::Revealed { block, call, revealed } => {
+                    set(&o, "type", "revealed");
+                    set(&o, "block", block as f64);
+                    set(&o, "call", call as f64);
+                    let arr = Array::new();
+                    for &(s, p, t) in revealed {
+                        arr.push(&Array::of4(&(s as f64).into(), &(p as f64).into(), &(t as f64).into(), &piece(t).into()));
+                    }
+                    set(&o, "revealed", arr);
+                }
+                SampleEvent::Committed { block, end, sequences } => {
+                    set(&o, "type", "committed");
+                    set(&o, "block", block as f64);
+                    set(&o, "end", end as f64);
+                    set(&o, "tokens", sequences[0].iter().map(|&t| JsValue::from(t as f64)).collect::<Array>());
+                    set(&o, "pieces", sequences[0].iter().map(|&t| JsValue::from(piece(t))).collect::<Array>());
+                }
+            }
+            let _ = on_event.call1(&JsValue::NULL, &o);
+        };
+        let result = generate(model, &opts, &mut on).await;
+        let ms = js_sys::Date::now() - started;
+        let out = Object::new();
+        match result {
+            Ok(r) => {
+                set(&out, "tokens", r.sequences.iter().map(|s| s.iter().map(|&t| JsValue::from(t as f64)).collect::<Array>()).collect::<Array>());
+                let texts: Array = r.sequences.iter().map(|s| JsValue::from(render(tok, s))).collect();
+                set(&out, "text", texts);
+                set(&out, "nfe", r.nfe as f64);
+                set(&out, "calls", r.calls as f64);
+                set(&out, "stopped", false);
+            }
+            Err(Error::Cancelled) => set(&out, "stopped", true),
+            Err(e) => return Err(js_err(e)),
+        }
+        set(&out, "ms", ms);
+        Ok(out)
+    }
+
+    /// Run the fixture checks of `bd3-wgpu verify` on files fetched by the page: an object mapping
+    /// "file" or "sub/file" to Uint8Array. Resolves to the report text (ending "N passed, M failed").
+    pub async fn verify(&self, files: Object) -> Result<String, JsError> {
+        let mut map = BTreeMap::new();
+        for key in Object::keys(&files).iter() {
+            let name = key.as_string().unwrap_or_default();
+            let bytes = js_sys::Uint8Array::new(&Reflect::get(&files, &key).map_err(|_| JsError::new("unreadable file"))?).to_vec();
+            map.insert(name, bytes);
+        }
+        let fixture = bd3_verify::MemFixture { name: "fixture".into(), files: map };
+        let mut out = Vec::new();
+        let (passed, failed) = {
+            let mut report = bd3_verify::Report::new(&mut out);
+            bd3_verify::verify_dir(&self.ctx, &fixture, &mut report).await.map_err(js_err)?;
+            (report.passed, report.failed)
+        };
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        text.push_str(&format!("{passed} passed, {failed} failed\n"));
+        Ok(text)
+    }
+}
+
+/// Text of a sequence without its BOS, or token ids when there is no tokenizer.
+fn render(tok: Option<&TextTokenizer>, ids: &[u32]) -> String {
+    match tok {
+        Some(t) => t.decode(ids.get(1..).unwrap_or(&[])).unwrap_or_default(),
+        None => ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "),
+    }
+}

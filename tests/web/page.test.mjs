@@ -1,0 +1,127 @@
+// Headless Chromium (WebGPU on SwiftShader, shaders compiled by Tint) against the page served by
+// `bd3-wgpu serve`: the fixture checks pass in the page, the page generates the same tokens as the
+// native binary, the UI works as a user uses it, and a broken model folder gives a readable error.
+// Run by scripts/test.sh: node --test tests/web/ (needs the wasm package in web/pkg and Chromium).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdirSync, writeFileSync, rmSync, copyFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+
+const root = path.resolve(import.meta.dirname, '../..');
+const require = createRequire(path.join(root, 'target/web/package.json'));
+const { chromium } = require('playwright-core');
+const bin = process.env.BD3_WGPU_BIN || path.join(root, 'target/debug/bd3-wgpu');
+const shots = path.join(root, 'target/screenshots');
+const port = 20000 + (process.pid % 5000);
+const base = `http://127.0.0.1:${port}/`;
+let server, context;
+
+before(async () => {
+  mkdirSync(shots, { recursive: true });
+  // A broken model folder the page must reject in words.
+  const broken = path.join(root, 'target/web/broken');
+  mkdirSync(broken, { recursive: true });
+  writeFileSync(path.join(broken, 'config.json'), '{"model_type": "bd3lm", "vocab_size": ');
+  copyFileSync(path.join(root, 'tests/fixtures/tiny-a/model.safetensors'), path.join(broken, 'model.safetensors'));
+  server = spawn(bin, ['serve', '--port', String(port), '--root', root], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise((resolve, reject) => {
+    server.stdout.on('data', (d) => { if (String(d).includes('serving')) resolve(); });
+    server.on('exit', (c) => reject(new Error(`bd3-wgpu serve exited with ${c}`)));
+  });
+  const profile = path.join(root, `target/web/chrome-profile-${process.pid}`);
+  rmSync(profile, { recursive: true, force: true });
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    viewport: { width: 1100, height: 900 },
+    args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
+  });
+});
+
+after(async () => {
+  await context?.close();
+  server?.kill();
+});
+
+async function openPage(query = '') {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.log('page error:', e.message));
+  await page.goto(base + 'index.html' + query);
+  await page.waitForFunction(() => window.bd3.ready || window.bd3.error, null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => window.bd3.error), null, 'the GPU worker did not start');
+  return page;
+}
+
+async function loadDefault(page) {
+  await page.selectOption('#model-choice', 'default');
+  await page.click('#load-btn');
+  await page.waitForFunction(() => window.bd3.loaded || window.bd3.error, null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => window.bd3.error), null);
+}
+
+test('the fixture checks of `bd3-wgpu verify` pass with the browser compiling the kernels', async () => {
+  const page = await openPage('?selftest=verify');
+  await page.waitForFunction(() => window.bd3.verify || window.bd3.error, null, { timeout: 300_000 });
+  const { verify, error } = await page.evaluate(() => ({ verify: window.bd3.verify, error: window.bd3.error }));
+  assert.equal(error, null);
+  const last = verify.trim().split('\n').pop();
+  const m = /^(\d+) passed, (\d+) failed$/.exec(last);
+  assert.ok(m, verify);
+  assert.equal(m[2], '0', verify.split('\n').filter((l) => l.includes('FAIL')).join('\n'));
+  assert.ok(Number(m[1]) >= 150, `only ${m[1]} checks ran`);
+  await page.close();
+});
+
+test('the page generates the same tokens as the native binary for the same model, prompt and seed', async () => {
+  const native = execFileSync(bin, ['sample', '--model', path.join(root, 'tests/fixtures/tiny-a'), '--seed', '7', '--length', '40', '--prompt-ids', '5,6,7'], { encoding: 'utf8' });
+  const page = await openPage();
+  await loadDefault(page);
+  await page.fill('#prompt', '5,6,7');
+  await page.fill('#length', '40');
+  await page.fill('#seed', '7');
+  await page.click('#gen-btn');
+  await page.waitForFunction(() => window.bd3.result || window.bd3.error, null, { timeout: 120_000 });
+  const tokens = await page.evaluate(() => window.bd3.result.tokens[0].join(' '));
+  assert.equal(tokens, native.trim().split('\n')[0].trim());
+  await page.close();
+});
+
+test('a user loads the model, generates, watches blocks fill, and stops', async () => {
+  const page = await openPage();
+  await loadDefault(page);
+  assert.match(await page.textContent('#load-status'), /Loaded: bd3lm/);
+  // A long generation: screenshot mid-way (masked, fresh and committed tokens visible), then Stop.
+  await page.fill('#length', '4000');
+  await page.click('#gen-btn');
+  await page.waitForFunction(() => window.bd3.events >= 40, null, { timeout: 120_000 });
+  await page.screenshot({ path: path.join(shots, 'page-mid-generation.png'), fullPage: true });
+  const classes = await page.$$eval('#output .tok', (els) => [...new Set(els.map((e) => e.className))]);
+  assert.ok(classes.includes('tok committed'), classes.join());
+  await page.click('#stop-btn');
+  await page.waitForFunction(() => window.bd3.result, null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => window.bd3.result.stopped), true);
+  assert.match(await page.textContent('#gen-status'), /Stopped/);
+  // A complete short generation fills the output.
+  await page.fill('#length', '48');
+  await page.click('#gen-btn');
+  await page.waitForFunction(() => window.bd3.result && !window.bd3.generating, null, { timeout: 120_000 });
+  const out = await page.textContent('#output');
+  assert.ok(out.trim().split(/\s+/).length >= 40, out);
+  assert.match(await page.textContent('#gen-status'), /Done: \d+ NFEs/);
+  await page.screenshot({ path: path.join(shots, 'page-after-generation.png'), fullPage: true });
+  await page.close();
+});
+
+test('a broken model folder shows a readable error', async () => {
+  const page = await openPage();
+  await page.selectOption('#model-choice', 'url');
+  await page.fill('#model-url', base + 'target/web/broken/');
+  await page.click('#load-btn');
+  await page.waitForFunction(() => window.bd3.error, null, { timeout: 60_000 });
+  const text = await page.textContent('#error');
+  assert.match(text, /config\.json: not valid JSON/);
+  assert.equal(await page.isVisible('#error'), true);
+  await page.close();
+});

@@ -1,0 +1,170 @@
+// The Web Worker that owns the GPU: loads models (streaming model.safetensors to the GPU one tensor at
+// a time, through the Cache API), generates, and runs the fixture checks. The page never blocks.
+import init, { Engine, requestStop } from './pkg/bd3_web.js';
+
+const CACHE = 'bd3-wgpu-models-v1';
+let engine = null;
+const post = (m) => self.postMessage(m);
+
+self.onmessage = async (e) => {
+  const m = e.data;
+  try {
+    if (m.type === 'stop') { requestStop(); return; }
+    if (m.type === 'init') {
+      await init();
+      if (!self.navigator.gpu) throw new Error('WebGPU is not available in this browser (navigator.gpu is missing).');
+      engine = await Engine.create();
+      post({ type: 'ready', adapter: engine.adapter() });
+    } else if (m.type === 'load') {
+      const info = await loadModel(m.source);
+      post({ type: 'loaded', info });
+    } else if (m.type === 'generate') {
+      const started = performance.now();
+      const result = await engine.generate(m.options, (ev) => post({ type: 'event', ev, ms: performance.now() - started }));
+      post({ type: 'done', result });
+    } else if (m.type === 'verify') {
+      const files = {};
+      for (const name of m.files) {
+        const r = await fetch(m.base + name);
+        if (!r.ok) throw new Error(`${m.base + name}: HTTP ${r.status}`);
+        files[name] = new Uint8Array(await r.arrayBuffer());
+      }
+      post({ type: 'verified', text: await engine.verify(files) });
+    }
+  } catch (err) {
+    post({ type: 'error', message: describe(err) });
+  }
+};
+
+function describe(err) {
+  const msg = String((err && err.message) || err);
+  if (err && err.name === 'QuotaExceededError') return `The browser's storage quota is exhausted: ${msg}`;
+  if (/out of memory|OutOfMemory|allocation/i.test(msg)) return `The GPU ran out of memory: ${msg}`;
+  return msg;
+}
+
+// A folder of files: from URLs (with the Cache API) or from File objects the user chose.
+function folder(source) {
+  if (source.kind === 'files') {
+    const byName = {};
+    for (const f of source.files) byName[f.name] = f;
+    return {
+      describe: 'the chosen files',
+      async text(name, optional) {
+        const f = byName[name];
+        if (!f) { if (optional) return null; throw new Error(`${name} is missing among the chosen files`); }
+        return f.text();
+      },
+      async size(name) { return byName[name] ? byName[name].size : 0; },
+      async stream(name) {
+        const f = byName[name];
+        if (!f) throw new Error(`${name} is missing among the chosen files`);
+        return { body: f.stream(), length: f.size, done: async () => {} };
+      },
+    };
+  }
+  const base = source.base.endsWith('/') ? source.base : source.base + '/';
+  return {
+    describe: base,
+    async text(name, optional) {
+      const r = await fetch(base + name);
+      if (!r.ok) { if (optional && r.status === 404) return null; throw new Error(`${base + name}: HTTP ${r.status} ${r.statusText}`); }
+      return r.text();
+    },
+    async size(name) {
+      const r = await fetch(base + name, { method: 'HEAD' });
+      if (!r.ok) throw new Error(`${base + name}: HTTP ${r.status} ${r.statusText}`);
+      return Number(r.headers.get('x-linked-size') || r.headers.get('content-length') || 0);
+    },
+    async stream(name) {
+      // The Cache API keeps the weights across reloads; a cached entry is complete by construction
+      // (put() only commits a fully received body), and a truncated read below drops it.
+      const url = base + name;
+      let cache = null;
+      try { cache = await caches.open(CACHE); } catch { /* no Cache API (e.g. not a secure context) */ }
+      let r = cache ? await cache.match(url) : undefined;
+      const cached = !!r;
+      if (!r) {
+        r = await fetch(url);
+        if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${r.statusText}`);
+        if (cache) {
+          cache.put(url, r.clone()).catch((err) => post({ type: 'status', text: `not cached (${describe(err)}); it will be downloaded again next time` }));
+        }
+      }
+      const length = Number(r.headers.get('content-length') || 0);
+      return { body: r.body, length, cached, done: async (ok) => { if (!ok && cache) await cache.delete(url); } };
+    },
+  };
+}
+
+// Reads exact byte counts from a stream.
+function byteReader(body, onBytes) {
+  const reader = body.getReader();
+  let chunks = [], have = 0, total = 0;
+  return {
+    async read(n) {
+      while (have < n) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`the download ended early (${total} bytes received)`);
+        chunks.push(value); have += value.length; total += value.length; onBytes(total);
+      }
+      const out = new Uint8Array(n);
+      let off = 0;
+      while (off < n) {
+        const c = chunks[0], take = Math.min(c.length, n - off);
+        out.set(c.subarray(0, take), off); off += take;
+        if (take === c.length) chunks.shift(); else chunks[0] = c.subarray(take);
+      }
+      have -= n;
+      return out;
+    },
+    total: () => total,
+  };
+}
+
+async function loadModel(source) {
+  const dir = folder(source);
+  post({ type: 'status', text: `Reading config.json from ${dir.describe}…` });
+  const config = await dir.text('config.json');
+  let tokenizer = await dir.text('tokenizer.json', true);
+  if (tokenizer === null && source.tokenizerUrl) {
+    const r = await fetch(source.tokenizerUrl);
+    if (!r.ok) throw new Error(`${source.tokenizerUrl}: HTTP ${r.status}`);
+    tokenizer = await r.text();
+  }
+  const size = await dir.size('model.safetensors');
+  post({ type: 'size', bytes: size });
+  for (let attempt = 1; ; attempt++) {
+    const s = await dir.stream('model.safetensors');
+    try {
+      const info = await streamWeights(s, config, tokenizer, size || s.length);
+      await s.done(true);
+      return info;
+    } catch (err) {
+      await s.done(false);
+      const transient = /ended early|network|fetch|abort/i.test(String(err && err.message));
+      if (!transient || attempt >= 3 || source.kind === 'files') throw err;
+      post({ type: 'status', text: `download interrupted (${describe(err)}); retrying (${attempt + 1}/3)…` });
+    }
+  }
+}
+
+async function streamWeights(s, config, tokenizer, size) {
+  const r = byteReader(s.body, (n) => post({ type: 'progress', bytes: n, total: size }));
+  const lenBytes = await r.read(8);
+  const headerLen = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
+  if (headerLen > 100_000_000) throw new Error('model.safetensors: not a safetensors file (header too large)');
+  const header = new TextDecoder().decode(await r.read(headerLen));
+  post({ type: 'status', text: 'Compiling shaders…' });
+  const order = await engine.beginLoad(config, header, tokenizer);
+  post({ type: 'status', text: `Streaming ${order.length} tensors to the GPU${s.cached ? ' (from the browser cache)' : ''}…` });
+  let at = 0;
+  for (const t of order) {
+    if (t.begin > at) { await r.read(t.begin - at); at = t.begin; }
+    const bytes = await r.read(t.end - t.begin);
+    at = t.end;
+    engine.putTensor(t.name, t.dtype, bytes);
+  }
+  if (s.length && 8 + headerLen + at < s.length) await r.read(s.length - 8 - headerLen - at);
+  return engine.finishLoad();
+}
