@@ -112,6 +112,12 @@ impl GpuContext {
                 *s = Some(one_line(&e.to_string()));
             }
         }));
+        let lost = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                *lost.lock().unwrap() = Some(format!("the GPU device was lost ({}); reload the page or restart the program", one_line(&message)));
+            }
+        });
         let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let split_threshold = max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4);
         Ok(GpuContext {
