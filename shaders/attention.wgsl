@@ -27,8 +27,6 @@
 
 var<workgroup> k_tile: array<f32, TILE * HEAD_DIM>;
 var<workgroup> v_tile: array<f32, TILE * HEAD_DIM>;
-var<workgroup> wants_tile: array<u32, WG>;
-var<workgroup> tile_flag: u32;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -47,12 +45,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         let base = (b * p.q_seq_stride + p.q_row_offset + i) * row_width + h * HEAD_DIM;
         let pos = (qi + p.pos_offset) % p.pos_period;
         for (var j = 0u; j < HALF; j++) {
-            let c = rope_cos[pos * HALF + j];
-            let s = rope_sin[pos * HALF + j];
-            let lo = qrows[base + j];
-            let hi = qrows[base + j + HALF];
-            q[j] = lo * c - hi * s;
-            q[j + HALF] = hi * c + lo * s;
+            let r = rotate_pair(qrows[base + j], qrows[base + j + HALF], pos, j);
+            q[j] = r.x;
+            q[j + HALF] = r.y;
         }
         iv = key_intervals(qi);
     }
@@ -65,16 +60,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var k0 = 0u; k0 < p.n_kv; k0 += TILE) {
         let k1 = min(k0 + TILE, p.n_kv);
         let mine = is_query && overlaps(iv, k0, k1);
-        wants_tile[lid] = select(0u, 1u, mine);
-        workgroupBarrier();
-        if (lid == 0u) {
-            var any = 0u;
-            for (var t = 0u; t < WG; t++) {
-                any = any | wants_tile[t];
-            }
-            tile_flag = any;
-        }
-        if (workgroupUniformLoad(&tile_flag) == 0u) {
+        if (!workgroup_any(mine, lid)) {
             continue;
         }
 
@@ -88,13 +74,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var v_hi = 0.0;
             if (key < p.n_kv) {
                 let base = (b * p.kv_seq_stride + key) * row_width + h * HEAD_DIM;
-                let pos = (key + p.pos_offset) % p.pos_period;
-                let c = rope_cos[pos * HALF + j];
-                let s = rope_sin[pos * HALF + j];
-                let lo = kvrows[base + d_model + j];
-                let hi = kvrows[base + d_model + j + HALF];
-                k_lo = lo * c - hi * s;
-                k_hi = hi * c + lo * s;
+                let r = rotate_pair(kvrows[base + d_model + j], kvrows[base + d_model + j + HALF], (key + p.pos_offset) % p.pos_period, j);
+                k_lo = r.x;
+                k_hi = r.y;
                 v_lo = kvrows[base + 2u * d_model + j];
                 v_hi = kvrows[base + 2u * d_model + j + HALF];
             }

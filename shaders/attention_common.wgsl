@@ -82,3 +82,36 @@ fn in_intervals(iv: vec4<u32>, x: u32) -> bool {
 fn overlaps(iv: vec4<u32>, a: u32, b: u32) -> bool {
     return (iv.x < b && a < iv.y) || (iv.z < b && a < iv.w);
 }
+
+// Rotary embedding of the pair (x_j, x_{j+half}) at table row `pos` (rope_cos / rope_sin are bound
+// by each kernel): x'_j = x_j cos − x_{j+half} sin, x'_{j+half} = x_{j+half} cos + x_j sin.
+fn rotate_pair(lo: f32, hi: f32, pos: u32, j: u32) -> vec2<f32> {
+    let c = rope_cos[pos * HALF + j];
+    let s = rope_sin[pos * HALF + j];
+    return vec2<f32>(lo * c - hi * s, hi * c + lo * s);
+}
+
+// The transpose of rotate_pair, for gradients: dx = Rᵀ dx'.
+fn unrotate_pair(lo: f32, hi: f32, pos: u32, j: u32) -> vec2<f32> {
+    let c = rope_cos[pos * HALF + j];
+    let s = rope_sin[pos * HALF + j];
+    return vec2<f32>(lo * c + hi * s, hi * c - lo * s);
+}
+
+var<workgroup> wants_tile: array<u32, WG>;
+var<workgroup> tile_flag: u32;
+
+// Whether any thread of the workgroup needs the current tile (the others may skip loading it).
+// Called from uniform control flow; the result is uniform.
+fn workgroup_any(mine: bool, lid: u32) -> bool {
+    wants_tile[lid] = select(0u, 1u, mine);
+    workgroupBarrier();
+    if (lid == 0u) {
+        var any = 0u;
+        for (var t = 0u; t < WG; t++) {
+            any = any | wants_tile[t];
+        }
+        tile_flag = any;
+    }
+    return workgroupUniformLoad(&tile_flag) != 0u;
+}

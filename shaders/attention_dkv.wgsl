@@ -19,8 +19,6 @@
 var<workgroup> q_tile: array<f32, TILE * HEAD_DIM>;
 var<workgroup> do_tile: array<f32, TILE * HEAD_DIM>;
 var<workgroup> stat_tile: array<f32, 2u * TILE>;
-var<workgroup> wants_tile: array<u32, WG>;
-var<workgroup> tile_flag: u32;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -41,12 +39,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (is_key) {
         let base = row * row_width + h * HEAD_DIM;
         for (var j = 0u; j < HALF; j++) {
-            let c = rope_cos[pos * HALF + j];
-            let s = rope_sin[pos * HALF + j];
-            let lo = qkv[base + d_model + j];
-            let hi = qkv[base + d_model + j + HALF];
-            k[j] = lo * c - hi * s;
-            k[j + HALF] = hi * c + lo * s;
+            let r = rotate_pair(qkv[base + d_model + j], qkv[base + d_model + j + HALF], pos, j);
+            k[j] = r.x;
+            k[j + HALF] = r.y;
         }
         for (var j = 0u; j < HEAD_DIM; j++) {
             v[j] = qkv[base + 2u * d_model + j];
@@ -61,16 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var q0 = 0u; q0 < p.n_q; q0 += TILE) {
         let q1 = min(q0 + TILE, p.n_q);
         let mine = is_key && overlaps(iv, q0, q1);
-        wants_tile[lid] = select(0u, 1u, mine);
-        workgroupBarrier();
-        if (lid == 0u) {
-            var any = 0u;
-            for (var t = 0u; t < WG; t++) {
-                any = any | wants_tile[t];
-            }
-            tile_flag = any;
-        }
-        if (workgroupUniformLoad(&tile_flag) == 0u) {
+        if (!workgroup_any(mine, lid)) {
             continue;
         }
         for (var e = lid; e < TILE * HALF; e += WG) {
@@ -84,13 +70,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             if (qi < p.n_q) {
                 let qrow = b * p.q_seq_stride + qi;
                 let base = qrow * row_width + h * HEAD_DIM;
-                let qpos = (qi + p.pos_offset) % p.pos_period;
-                let c = rope_cos[qpos * HALF + j];
-                let s = rope_sin[qpos * HALF + j];
-                let lo = qkv[base + j];
-                let hi = qkv[base + j + HALF];
-                q_lo = lo * c - hi * s;
-                q_hi = hi * c + lo * s;
+                let r = rotate_pair(qkv[base + j], qkv[base + j + HALF], (qi + p.pos_offset) % p.pos_period, j);
+                q_lo = r.x;
+                q_hi = r.y;
                 let ob = qrow * d_model + h * HEAD_DIM;
                 d_lo = d_o[ob + j];
                 d_hi = d_o[ob + j + HALF];
@@ -138,12 +120,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (is_key) {
         let base = row * row_width + h * HEAD_DIM;
         for (var j = 0u; j < HALF; j++) {
-            let c = rope_cos[pos * HALF + j];
-            let s = rope_sin[pos * HALF + j];
-            let lo = dk[j] * p.scale;
-            let hi = dk[j + HALF] * p.scale;
-            dqkv[base + d_model + j] = lo * c + hi * s;
-            dqkv[base + d_model + j + HALF] = hi * c - lo * s;
+            let g = unrotate_pair(dk[j] * p.scale, dk[j + HALF] * p.scale, pos, j);
+            dqkv[base + d_model + j] = g.x;
+            dqkv[base + d_model + j + HALF] = g.y;
         }
         for (var j = 0u; j < HEAD_DIM; j++) {
             dqkv[base + 2u * d_model + j] = dv[j];

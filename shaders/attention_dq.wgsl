@@ -21,8 +21,6 @@
 
 var<workgroup> k_tile: array<f32, TILE * HEAD_DIM>;
 var<workgroup> v_tile: array<f32, TILE * HEAD_DIM>;
-var<workgroup> wants_tile: array<u32, WG>;
-var<workgroup> tile_flag: u32;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -45,12 +43,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (is_query) {
         let base = row * row_width + h * HEAD_DIM;
         for (var j = 0u; j < HALF; j++) {
-            let c = rope_cos[pos * HALF + j];
-            let s = rope_sin[pos * HALF + j];
-            let lo = qkv[base + j];
-            let hi = qkv[base + j + HALF];
-            q[j] = lo * c - hi * s;
-            q[j + HALF] = hi * c + lo * s;
+            let r = rotate_pair(qkv[base + j], qkv[base + j + HALF], pos, j);
+            q[j] = r.x;
+            q[j + HALF] = r.y;
         }
         let ob = row * d_model + h * HEAD_DIM;
         for (var j = 0u; j < HEAD_DIM; j++) {
@@ -68,16 +63,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var k0 = 0u; k0 < p.n_kv; k0 += TILE) {
         let k1 = min(k0 + TILE, p.n_kv);
         let mine = is_query && overlaps(iv, k0, k1);
-        wants_tile[lid] = select(0u, 1u, mine);
-        workgroupBarrier();
-        if (lid == 0u) {
-            var any = 0u;
-            for (var t = 0u; t < WG; t++) {
-                any = any | wants_tile[t];
-            }
-            tile_flag = any;
-        }
-        if (workgroupUniformLoad(&tile_flag) == 0u) {
+        if (!workgroup_any(mine, lid)) {
             continue;
         }
         for (var e = lid; e < TILE * HALF; e += WG) {
@@ -90,13 +76,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             var v_hi = 0.0;
             if (key < p.n_kv) {
                 let base = (b * p.kv_seq_stride + key) * row_width + h * HEAD_DIM;
-                let kpos = (key + p.pos_offset) % p.pos_period;
-                let c = rope_cos[kpos * HALF + j];
-                let s = rope_sin[kpos * HALF + j];
-                let lo = qkv[base + d_model + j];
-                let hi = qkv[base + d_model + j + HALF];
-                k_lo = lo * c - hi * s;
-                k_hi = hi * c + lo * s;
+                let r = rotate_pair(qkv[base + d_model + j], qkv[base + d_model + j + HALF], (key + p.pos_offset) % p.pos_period, j);
+                k_lo = r.x;
+                k_hi = r.y;
                 v_lo = qkv[base + 2u * d_model + j];
                 v_hi = qkv[base + 2u * d_model + j + HALF];
             }
@@ -130,12 +112,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     if (is_query) {
         let base = row * row_width + h * HEAD_DIM;
         for (var j = 0u; j < HALF; j++) {
-            let c = rope_cos[pos * HALF + j];
-            let s = rope_sin[pos * HALF + j];
-            let lo = acc[j] * p.scale;
-            let hi = acc[j + HALF] * p.scale;
-            dqkv[base + j] = lo * c + hi * s;
-            dqkv[base + j + HALF] = hi * c - lo * s;
+            let g = unrotate_pair(acc[j] * p.scale, acc[j + HALF] * p.scale, pos, j);
+            dqkv[base + j] = g.x;
+            dqkv[base + j + HALF] = g.y;
         }
     }
 }

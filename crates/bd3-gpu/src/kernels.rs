@@ -34,7 +34,8 @@ pub fn all_shaders() -> Vec<(&'static str, String)> {
     for (name, body) in [("attention.wgsl", ATTENTION_WGSL), ("attention_dq.wgsl", ATTENTION_DQ_WGSL), ("attention_dkv.wgsl", ATTENTION_DKV_WGSL)] {
         v.push((name, attention_source(body, 64)));
     }
-    v.push(("attention_common.wgsl", ATTENTION_COMMON_WGSL.to_string()));
+    // The prelude uses bindings each kernel declares: it is validated inside the forward kernel.
+    v.push(("attention_common.wgsl", attention_source(ATTENTION_WGSL, 64)));
     v
 }
 
