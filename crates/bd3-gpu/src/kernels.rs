@@ -511,6 +511,14 @@ pub mod params {
         pub write_lse: bool,
     }
     impl Attention {
+        /// Every token of each length-`seq` sequence attends to its own sequence (training layout).
+        pub fn self_attention(seq: u32, n_heads: u32, head_dim: u32, mask: bd3_model::AttentionMask, pos_period: u32) -> Attention {
+            Attention {
+                n_q: seq, n_kv: seq, n_heads, q_seq_stride: seq, q_row_offset: 0, kv_seq_stride: seq, q_index_offset: 0,
+                mask, pos_period, pos_offset: 0, head_dim, write_lse: false,
+            }
+        }
+
         pub fn words(&self) -> Vec<u32> {
             let scale = 1.0 / (self.head_dim as f32).sqrt();
             vec![

@@ -351,20 +351,7 @@ impl GpuModel {
         };
         capture_hidden(&mut pb, &mut layout);
         let buffers = LayerBuffers { x: &x, h: &h, att: &att, mlp: &mlp, qkv: &qkv, qkv_rows: None };
-        let attention = params::Attention {
-            n_q: s.seq as u32,
-            n_kv: s.seq as u32,
-            n_heads: cfg.n_heads as u32,
-            q_seq_stride: s.seq as u32,
-            q_row_offset: 0,
-            kv_seq_stride: s.seq as u32,
-            q_index_offset: 0,
-            mask: s.mask,
-            pos_period: s.pos_period as u32,
-            pos_offset: 0,
-            head_dim: cfg.head_dim() as u32,
-            write_lse: false,
-        };
+        let attention = params::Attention::self_attention(s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32);
         for (i, blk) in w.blocks.iter().enumerate() {
             let modv = cond.as_ref().map(|c| &c.mods[i]);
             layers::block(&mut pb, k, blk, modv, &buffers, b, s.seq, attention, (&self.rope_cos, &self.rope_sin), false)?;

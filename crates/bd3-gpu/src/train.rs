@@ -427,18 +427,8 @@ impl Trainer {
             Ok(())
         };
         let attention = params::Attention {
-            n_q: s.seq as u32,
-            n_kv: s.seq as u32,
-            n_heads: cfg.n_heads as u32,
-            q_seq_stride: s.seq as u32,
-            q_row_offset: 0,
-            kv_seq_stride: s.seq as u32,
-            q_index_offset: 0,
-            mask: s.mask,
-            pos_period: s.pos_period as u32,
-            pos_offset: 0,
-            head_dim: cfg.head_dim() as u32,
             write_lse: true,
+            ..params::Attention::self_attention(s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32)
         };
 
         // ---- forward ----

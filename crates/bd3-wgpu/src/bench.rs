@@ -130,24 +130,39 @@ fn sample(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The options shared by `bench forward` and `bench train`.
+struct BatchArgs {
+    size: BenchSize,
+    batches: Vec<usize>,
+    block_size: usize,
+    iters: usize,
+}
+
+impl BatchArgs {
+    fn parse(args: &[String]) -> Result<BatchArgs> {
+        let mut a = BatchArgs { size: parse_size("small")?, batches: vec![1, 8], block_size: 16, iters: 3 };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            match flag.as_str() {
+                "--size" => a.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
+                "--batch" => {
+                    let v = it.next().ok_or_else(|| Error::Invalid("--batch needs a value".into()))?;
+                    a.batches = v.split(',').map(|x| x.parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--batch `{v}` is not a list of numbers")))?;
+                }
+                "--block-size" => a.block_size = crate::parse_num(it.next(), "--block-size")?,
+                "--iters" => a.iters = crate::parse_num::<usize>(it.next(), "--iters")?.max(1),
+                other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
+            }
+        }
+        a.block_size = a.block_size.min(a.size.length);
+        Ok(a)
+    }
+}
+
 /// `bench train`: one training step (forward with saved activations, backward, clip + AdamW + EMA)
 /// on the vectorised BD3LM input with random weights; the split between the three parts.
 fn train(args: &[String]) -> Result<()> {
-    let (mut size, mut batches, mut block_size, mut iters) = (parse_size("small")?, vec![1usize, 8], 16usize, 3usize);
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
-            "--batch" => {
-                let v = it.next().ok_or_else(|| Error::Invalid("--batch needs a value".into()))?;
-                batches = v.split(',').map(|x| x.parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--batch `{v}` is not a list of numbers")))?;
-            }
-            "--block-size" => block_size = crate::parse_num(it.next(), "--block-size")?,
-            "--iters" => iters = crate::parse_num::<usize>(it.next(), "--iters")?.max(1),
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
-    }
-    let block_size = block_size.min(size.length);
+    let BatchArgs { size, batches, block_size, iters } = BatchArgs::parse(&args[1..])?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
@@ -197,21 +212,7 @@ fn train(args: &[String]) -> Result<()> {
 }
 
 fn forward(args: &[String]) -> Result<()> {
-    let (mut size, mut batches, mut block_size, mut iters) = (parse_size("small")?, vec![1usize, 8], 16usize, 3usize);
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
-            "--batch" => {
-                let v = it.next().ok_or_else(|| Error::Invalid("--batch needs a value".into()))?;
-                batches = v.split(',').map(|x| x.parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--batch `{v}` is not a list of numbers")))?;
-            }
-            "--block-size" => block_size = crate::parse_num(it.next(), "--block-size")?,
-            "--iters" => iters = crate::parse_num::<usize>(it.next(), "--iters")?.max(1),
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
-    }
-    let block_size = block_size.min(size.length);
+    let BatchArgs { size, batches, block_size, iters } = BatchArgs::parse(&args[1..])?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions { timestamps: true, ..Default::default() }))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
