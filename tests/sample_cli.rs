@@ -108,3 +108,34 @@ fn a_tokenizer_that_does_not_fit_the_model_is_refused() {
     assert!(err.contains("the tokenizer has 3 tokens, but the model expects 127"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_trace_records_every_revealed_position() {
+    let model = fixture("");
+    let trace = std::env::temp_dir().join(format!("bd3-trace-{}.jsonl", std::process::id()));
+    let (code, out, err) = sample(&["--model", model.to_str().unwrap(), "--seed", "3", "--length", "40", "--trace", trace.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let toks = ids(out.lines().next().unwrap());
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let (mut revealed, mut committed) = (Vec::new(), 0);
+    for line in text.lines() {
+        if line.contains("\"event\":\"committed\"") {
+            committed += 1;
+            continue;
+        }
+        assert!(line.starts_with("{\"event\":\"revealed\""), "{line}");
+        let inner = &line[line.find("[[").unwrap() + 2..line.rfind("]]").unwrap()];
+        for triple in inner.split("],[") {
+            let v: Vec<u32> = triple.split(',').map(|x| x.parse().unwrap()).collect();
+            revealed.push((v[1] as usize, v[2]));
+        }
+    }
+    // First-hitting: every position after BOS revealed exactly once, with the token that was printed.
+    assert_eq!(revealed.len(), 39, "{text}");
+    revealed.sort();
+    for (pos, tok) in revealed {
+        assert_eq!(toks[pos], tok, "position {pos}");
+    }
+    assert_eq!(committed, 10, "40 tokens in blocks of 4");
+    let _ = std::fs::remove_file(trace);
+}
