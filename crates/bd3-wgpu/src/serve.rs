@@ -95,8 +95,14 @@ fn handle(mut stream: TcpStream, root: &Path, model: &Path) -> std::io::Result<(
     }
     match resolve(url, root, model) {
         Some(file) => {
-            let body = std::fs::read(&file)?;
-            respond(&mut stream, "200 OK", content_type(&file), &body, method == "HEAD")
+            // Streamed from disk: a 680 MB checkpoint is never held in memory.
+            let mut f = std::fs::File::open(&file)?;
+            let len = f.metadata()?.len();
+            write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n", content_type(&file))?;
+            if method == "GET" {
+                std::io::copy(&mut f, &mut stream)?;
+            }
+            stream.flush()
         }
         None => respond(&mut stream, "404 Not Found", "text/plain", format!("not found: {url}\n").as_bytes(), method == "HEAD"),
     }
