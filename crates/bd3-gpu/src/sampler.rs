@@ -336,7 +336,7 @@ impl Run<'_, '_> {
                     seqs[s].push(next[s]);
                 }
             }
-            if (i + 2 - prefix) % 16 == 0 || i + 2 == total {
+            if (i + 2 - prefix).is_multiple_of(16) || i + 2 == total {
                 if self.after_block(&mut seqs, &mut done, prefix).is_err() {
                     return Ok(None);
                 }

@@ -466,7 +466,7 @@ impl Trainer {
         }
         let x_last = &tb.xs[nb];
         let fmd = adaln.then(|| (0, d, 2 * d));
-        let final_mod = adaln.then(|| &tb.final_mod);
+        let final_mod = adaln.then_some(&tb.final_mod);
         layers::layernorm(pb, k, x_last, &w.norm_final, final_mod, &tb.hf, ln_params(scored, s.head_rows, s.head_row_offset, fmd), None)?;
 
         // ---- loss, logits gradient and the head's backward, chunk by chunk ----
@@ -506,7 +506,7 @@ impl Trainer {
             pb.clear(m);
         }
         pb.clear(&tb.dfinal_mod);
-        ln_backward(pb, x_last, &w.norm_final, &g.norm_final, final_mod, adaln.then(|| &tb.dfinal_mod), &tb.dhf, ln_params(scored, s.head_rows, s.head_row_offset, fmd))?;
+        ln_backward(pb, x_last, &w.norm_final, &g.norm_final, final_mod, adaln.then_some(&tb.dfinal_mod), &tb.dhf, ln_params(scored, s.head_rows, s.head_row_offset, fmd))?;
         for l in (0..nb).rev() {
             let (blk, gblk) = (&w.blocks[l], &g.blocks[l]);
             let modv = adaln.then(|| &tb.mods[l]);

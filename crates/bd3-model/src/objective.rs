@@ -79,7 +79,7 @@ pub fn build_batch(cfg: &ModelConfig, x0: &[Vec<u32>], clip: Clip, rng: &mut Spl
             xt[s * l] = x0[s][0];
         }
     }
-    let t_tok: Vec<f64> = t.iter().flat_map(|&x| std::iter::repeat(x).take(block)).collect();
+    let t_tok: Vec<f64> = t.iter().flat_map(|&x| std::iter::repeat_n(x, block)).collect();
     let weights: Vec<f32> = t_tok.iter().map(|&x| subs_weight(x, clip.min) as f32).collect();
     let targets: Vec<u32> = x0.iter().flatten().copied().collect();
     let tokens = if cfg.kind == ModelKind::Bd3lm {

@@ -76,7 +76,7 @@ fn ids(a: &[i64]) -> Vec<u32> {
 
 /// Repeat each block's t over its tokens: [B, nb] → [B, nb·bs].
 fn per_token(t_block: &[f64], block_size: usize) -> Vec<f64> {
-    t_block.iter().flat_map(|&t| std::iter::repeat(t).take(block_size)).collect()
+    t_block.iter().flat_map(|&t| std::iter::repeat_n(t, block_size)).collect()
 }
 
 /// Check our mask predicate against a stored [n, n] mask.

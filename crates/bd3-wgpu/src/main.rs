@@ -67,7 +67,7 @@ fn tokenizer_cmd(args: &[String]) -> Result<()> {
         return Ok(());
     }
     if args.first().map(String::as_str) != Some("gpt2") {
-        return Err(Error::Invalid(format!("usage: bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json")));
+        return Err(Error::Invalid("usage: bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json".to_string()));
     }
     let (mut enc, mut merges, mut out) = (None, None, None);
     let mut it = args[1..].iter();
