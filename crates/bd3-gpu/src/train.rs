@@ -169,7 +169,8 @@ impl Trainer {
         })
     }
 
-    /// Zero the gradient accumulators (start of an optimizer step).
+    /// Zero the gradient accumulators. They start at zero and every optimizer step zeroes them again,
+    /// so this is only needed to throw away gradients that will not be applied.
     pub fn zero_grads(&self, ctx: &GpuContext) {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         for t in self.grads.tensors() {
@@ -223,7 +224,8 @@ impl Trainer {
         Ok(TrainOutput { loss_sum: out[0] as f64, token_loss: out[1..].to_vec() })
     }
 
-    /// Clip the accumulated gradients, apply AdamW with learning rate `lr`, update the EMA.
+    /// Clip the accumulated gradients, apply AdamW with learning rate `lr`, update the EMA, and zero the
+    /// gradients for the next step — one submission.
     pub fn optimizer_step(&mut self, model: &GpuModel, lr: f64) -> Result<()> {
         let ctx = &*model.ctx;
         self.step += 1;
@@ -260,7 +262,8 @@ impl Trainer {
         }
         let o = &self.optim;
         let ema = self.ema.as_ref().map(|e| e.tensors());
-        for (ti, ((w, g), (m, v))) in model.weights.tensors().iter().zip(&grads).zip(self.m.tensors().iter().zip(self.v.tensors())).enumerate() {
+        let tensors = model.weights.tensors();
+        for (ti, ((w, g), (m, v))) in tensors.iter().zip(&grads).zip(self.m.tensors().iter().zip(self.v.tensors())).enumerate() {
             for (pi, ((wb, n), (gb, _))) in w.parts.iter().zip(&g.parts).enumerate() {
                 let e = ema.as_ref().map(|e| e[ti].parts[pi].0.clone()).unwrap_or_else(|| k.dummy_out.clone());
                 let groups = pb.fold((*n as u64).div_ceil(256))?;
@@ -271,6 +274,12 @@ impl Trainer {
                     vec![wb.into(), gb.into(), (&m.parts[pi].0).into(), (&v.parts[pi].0).into(), (&e).into(), (&self.norm_sq).into()],
                     groups,
                 );
+            }
+        }
+        // The next step accumulates from zero.
+        for g in &grads {
+            for (b, _) in &g.parts {
+                pb.clear(b);
             }
         }
         Ok(())

@@ -282,7 +282,6 @@ pub fn run(args: &[String]) -> Result<()> {
     for step in start_step..run.steps {
         // Learning rate: linear warm-up from 0, then constant (get_constant_schedule_with_warmup).
         let lr = run.lr * if run.warmup == 0 { 1.0 } else { (step as f64 / run.warmup as f64).min(1.0) };
-        trainer.zero_grads(&ctx);
         let mut loss = 0.0;
         for micro in 0..run.grad_accum {
             let mut rng = SplitMix(run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step * 1024 + micro as u64));
