@@ -181,9 +181,11 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // Corpus and tokenizer.
     let docs = read_corpus(&run.data)?;
+    let init_tokenizer = init.as_ref().map(|d| d.join("tokenizer.json")).filter(|p| p.is_file());
     let tok = if resume {
         TextTokenizer::from_file(&out.join("tokenizer.json"))?
-    } else if let Some(p) = &tokenizer_path {
+    } else if let Some(p) = tokenizer_path.as_ref().or(init_tokenizer.as_ref()) {
+        // An --init checkpoint brings its own tokenizer unless another is named.
         TextTokenizer::from_file(p)?
     } else {
         eprintln!("training a {}-token byte-level BPE on {} documents", run.vocab_size, docs.len());
