@@ -272,7 +272,7 @@ impl Run<'_, '_> {
             }
             self.commit(&block, bs, start).await?;
         }
-        Ok(Some(finish(seqs, total, &done)))
+        Ok(Some(finish(seqs, total)))
     }
 
     /// MDLM: the first window of L tokens as one block, then strides of L/2 new tokens, each decoded
@@ -309,7 +309,7 @@ impl Run<'_, '_> {
             end = (end + stride).min(total);
             window_index += 1;
         }
-        Ok(Some(finish(seqs, total, &done)))
+        Ok(Some(finish(seqs, total)))
     }
 
     /// AR: one token per call; every fed token's q|k|v stays in the cache.
@@ -346,7 +346,7 @@ impl Run<'_, '_> {
                 }
             }
         }
-        Ok(Some(finish(seqs, total, &done)))
+        Ok(Some(finish(seqs, total)))
     }
 
     /// SEDD: T analytic steps over the whole sequence, then the final denoiser (spec §4.6).
@@ -394,7 +394,7 @@ impl Run<'_, '_> {
 }
 
 /// Cut every sequence to the requested length (sequences stopped early are already shorter).
-fn finish(mut seqs: Vec<Vec<u32>>, total: usize, _done: &[bool]) -> Vec<Vec<u32>> {
+fn finish(mut seqs: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
     for s in &mut seqs {
         s.truncate(total);
     }
