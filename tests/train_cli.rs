@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const CORPUS: &str = "/usr/share/games/fortunes";
+/// The three files of Debian's fortunes-min (the full `fortunes` package adds more to the same folder,
+/// so the tests copy exactly these into a folder of their own).
+const CORPUS_FILES: [&str; 3] = ["/usr/share/games/fortunes/fortunes", "/usr/share/games/fortunes/literature", "/usr/share/games/fortunes/riddles"];
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
@@ -18,8 +20,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn corpus() -> &'static str {
-    assert!(Path::new(CORPUS).is_dir(), "{CORPUS} missing: scripts/test.sh installs Debian's fortunes-min");
-    CORPUS
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bd3-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in CORPUS_FILES {
+            assert!(Path::new(f).is_file(), "{f} missing: scripts/test.sh installs Debian's fortunes-min");
+            std::fs::copy(f, dir.join(Path::new(f).file_name().unwrap())).unwrap();
+        }
+        dir.display().to_string()
+    })
 }
 
 /// A tiny BD3-LM run: 2 blocks of width 32, L = 32, L' = 4.
