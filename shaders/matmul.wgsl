@@ -10,8 +10,8 @@
 //   epilogue 3: out += gate[s, j] · drop(v)  (attn_out / mlp.2 into the residual, adaLN gate)
 //   epilogue 4: out += drop(v)               (AR residual; gradient accumulation)
 // where s = i / rows_per_seq selects the sequence's gate row: gate[s·gate_stride + gate_offset + j], and
-// drop is inverted dropout with probability `dropout` keyed by (seed, salt, row, column) — the same
-// hash as shaders/gate_backward.wgsl, which regenerates the mask. With store_aux = 1 the value before
+// drop is inverted dropout with probability `dropout` keyed by (seed, salt, row, column) — keep() of
+// dropout.wgsl, which the host prepends here and to gate_backward.wgsl (it regenerates the mask). With store_aux = 1 the value before
 // the activation (gelu/silu) or after dropout (residual modes) also goes to aux at the same index:
 // the backward pass needs it.
 // The result lands at out[row(i)·ldc + out_col_offset + j], where
@@ -77,22 +77,6 @@ fn gelu_tanh(x: f32) -> f32 {
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
-}
-
-// "lowbias32" integer hash; the dropout mask of element (row, col) is hash-derived.
-fn mix32(x0: u32) -> u32 {
-    var x = x0;
-    x = x ^ (x >> 16u);
-    x = x * 0x7feb352du;
-    x = x ^ (x >> 15u);
-    x = x * 0x846ca68bu;
-    x = x ^ (x >> 16u);
-    return x;
-}
-
-fn keep(row: u32, col: u32) -> bool {
-    let h = mix32(p.seed ^ mix32(p.salt ^ mix32(row ^ mix32(col + 0x9e3779b9u))));
-    return f32(h >> 8u) * (1.0 / 16777216.0) >= p.dropout;
 }
 
 @compute @workgroup_size(16, 16)

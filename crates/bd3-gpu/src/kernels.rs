@@ -26,6 +26,12 @@ pub const LAYERNORM_BACKWARD_WGSL: &str = include_str!("../../../shaders/layerno
 pub const LAYERNORM_PARAM_GRADS_WGSL: &str = include_str!("../../../shaders/layernorm_param_grads.wgsl");
 pub const EMBEDDING_BACKWARD_WGSL: &str = include_str!("../../../shaders/embedding_backward.wgsl");
 pub const ADAMW_WGSL: &str = include_str!("../../../shaders/adamw.wgsl");
+pub const DROPOUT_WGSL: &str = include_str!("../../../shaders/dropout.wgsl");
+
+/// A kernel that uses the dropout mask, behind its shared definition (dropout.wgsl).
+pub fn with_dropout(body: &str) -> String {
+    format!("{DROPOUT_WGSL}\n{body}")
+}
 
 /// Every shader file with its name, for validation tests. The attention kernels are listed with the
 /// shared prelude they are compiled with (see [`attention_source`]).
@@ -36,22 +42,23 @@ pub fn all_shaders() -> Vec<(&'static str, String)> {
     }
     // The prelude uses bindings each kernel declares: it is validated inside the forward kernel.
     v.push(("attention_common.wgsl", attention_source(ATTENTION_WGSL, 64)));
+    v.push(("matmul.wgsl", with_dropout(MATMUL_WGSL)));
+    v.push(("gate_backward.wgsl", with_dropout(GATE_BACKWARD_WGSL)));
+    v.push(("dropout.wgsl", with_dropout(MATMUL_WGSL)));
     v
 }
 
 /// The shader files that compile on their own.
-const SHADER_FILES: [(&str, &str); 14] = [
+const SHADER_FILES: [(&str, &str); 12] = [
     ("sample.wgsl", SAMPLE_WGSL),
     ("col_sum.wgsl", COL_SUM_WGSL),
     ("elementwise.wgsl", ELEMENTWISE_WGSL),
-    ("gate_backward.wgsl", GATE_BACKWARD_WGSL),
     ("layernorm_backward.wgsl", LAYERNORM_BACKWARD_WGSL),
     ("layernorm_param_grads.wgsl", LAYERNORM_PARAM_GRADS_WGSL),
     ("embedding_backward.wgsl", EMBEDDING_BACKWARD_WGSL),
     ("adamw.wgsl", ADAMW_WGSL),
     ("embedding.wgsl", EMBEDDING_WGSL),
     ("layernorm.wgsl", LAYERNORM_WGSL),
-    ("matmul.wgsl", MATMUL_WGSL),
     ("token_loss.wgsl", TOKEN_LOSS_WGSL),
     ("sedd_loss.wgsl", SEDD_LOSS_WGSL),
     ("reduce_sum.wgsl", REDUCE_SUM_WGSL),
@@ -74,7 +81,7 @@ pub fn attention_source(body: &str, head_dim: usize) -> String {
 
 /// The matmul kernel with one output row per thread: a 16-row tile for inputs of at most 16 rows.
 pub fn matmul_narrow_source() -> String {
-    MATMUL_WGSL.replacen("const ROWS_PER_THREAD: u32 = 4u;", "const ROWS_PER_THREAD: u32 = 1u;", 1)
+    with_dropout(MATMUL_WGSL).replacen("const ROWS_PER_THREAD: u32 = 4u;", "const ROWS_PER_THREAD: u32 = 1u;", 1)
 }
 
 /// All pipelines a model needs, built up front (lavapipe compiles lazily, so building is cheap here).
@@ -108,7 +115,7 @@ impl Kernels {
         Ok(Kernels {
             embedding: ctx.pipeline("embedding", EMBEDDING_WGSL).await?,
             layernorm: ctx.pipeline("layernorm", LAYERNORM_WGSL).await?,
-            matmul: ctx.pipeline("matmul", MATMUL_WGSL).await?,
+            matmul: ctx.pipeline("matmul", &with_dropout(MATMUL_WGSL)).await?,
             matmul_narrow: ctx.pipeline("matmul_narrow", &matmul_narrow_source()).await?,
             attention: ctx.pipeline("attention", &attention_source(ATTENTION_WGSL, head_dim)).await?,
             token_loss: ctx.pipeline("token_loss", TOKEN_LOSS_WGSL).await?,
@@ -142,7 +149,7 @@ impl TrainKernels {
             attention_dkv: ctx.pipeline("attention_dkv", &attention_source(ATTENTION_DKV_WGSL, head_dim)).await?,
             col_sum: ctx.pipeline("col_sum", COL_SUM_WGSL).await?,
             elementwise: ctx.pipeline("elementwise", ELEMENTWISE_WGSL).await?,
-            gate_backward: ctx.pipeline("gate_backward", GATE_BACKWARD_WGSL).await?,
+            gate_backward: ctx.pipeline("gate_backward", &with_dropout(GATE_BACKWARD_WGSL)).await?,
             layernorm_backward: ctx.pipeline("layernorm_backward", LAYERNORM_BACKWARD_WGSL).await?,
             layernorm_param_grads: ctx.pipeline("layernorm_param_grads", LAYERNORM_PARAM_GRADS_WGSL).await?,
             embedding_backward: ctx.pipeline("embedding_backward", EMBEDDING_BACKWARD_WGSL).await?,
