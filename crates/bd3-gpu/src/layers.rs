@@ -37,12 +37,12 @@ impl Conditioning {
     /// c = silu(mlp.2(silu(mlp.0(features)))), then every adaLN projection of c.
     pub fn record(&self, pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, batch: usize) -> Result<()> {
         let (mlp0, mlp2) = w.sigma_map.as_ref().expect("adaLN model has sigma_map");
-        linear(pb, k, mlp0, &self.features, &self.c_hidden, batch, params::Epilogue::Silu, None, None)?;
-        linear(pb, k, mlp2, &self.c_hidden, &self.c, batch, params::Epilogue::Silu, None, None)?;
+        linear(pb, k, mlp0, &self.features, &self.c_hidden, batch, params::Epilogue::Silu, Extras::default())?;
+        linear(pb, k, mlp2, &self.c_hidden, &self.c, batch, params::Epilogue::Silu, Extras::default())?;
         for (blk, m) in w.blocks.iter().zip(&self.mods) {
-            linear(pb, k, blk.adaln.as_ref().unwrap(), &self.c, m, batch, params::Epilogue::Store, None, None)?;
+            linear(pb, k, blk.adaln.as_ref().unwrap(), &self.c, m, batch, params::Epilogue::Store, Extras::default())?;
         }
-        linear(pb, k, w.final_adaln.as_ref().unwrap(), &self.c, &self.final_mod, batch, params::Epilogue::Store, None, None)
+        linear(pb, k, w.final_adaln.as_ref().unwrap(), &self.c, &self.final_mod, batch, params::Epilogue::Store, Extras::default())
     }
 }
 
@@ -104,7 +104,7 @@ pub fn block(
     };
     let gate = |chunk: usize| modv.map(|m| (m, chunk * d, 6 * d, rows_per_seq));
     layernorm(pb, k, buf.x, &blk.norm1, modv, buf.h, ln(0, 1), None)?;
-    linear(pb, k, &blk.attn_qkv, buf.h, buf.qkv, rows, params::Epilogue::Store, None, buf.qkv_rows)?;
+    linear(pb, k, &blk.attn_qkv, buf.h, buf.qkv, rows, params::Epilogue::Store, Extras { out_rows: buf.qkv_rows, ..Default::default() })?;
     if qkv_only {
         return Ok(());
     }
@@ -116,27 +116,39 @@ pub fn block(
         attention.groups(batch as u32),
     );
     let residual = if modv.is_some() { params::Epilogue::GatedResidual } else { params::Epilogue::Residual };
-    linear(pb, k, &blk.attn_out, buf.att, buf.x, rows, residual, gate(2), None)?;
+    linear(pb, k, &blk.attn_out, buf.att, buf.x, rows, residual, Extras { gate: gate(2), ..Default::default() })?;
     layernorm(pb, k, buf.x, &blk.norm2, modv, buf.h, ln(3, 4), None)?;
-    linear(pb, k, &blk.mlp_up, buf.h, buf.mlp, rows, params::Epilogue::Gelu, None, None)?;
-    linear(pb, k, &blk.mlp_down, buf.mlp, buf.x, rows, residual, gate(5), None)
+    linear(pb, k, &blk.mlp_up, buf.h, buf.mlp, rows, params::Epilogue::Gelu, Extras::default())?;
+    linear(pb, k, &blk.mlp_down, buf.mlp, buf.x, rows, residual, Extras { gate: gate(5), ..Default::default() })
 }
 
-/// y = epilogue(x · Wᵀ + b), one dispatch per row range of W. `gate` is (modulation buffer, float
-/// offset of the gate chunk, row stride, rows per sequence) for the gated residual; `out_rows` carries
-/// an output-row mapping (into a KV cache).
+/// The optional parts of a Linear's dispatch.
+#[derive(Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// (modulation buffer, float offset of the gate chunk, row stride, rows per sequence) for the
+    /// gated residual.
+    pub gate: Option<(&'a wgpu::Buffer, usize, usize, usize)>,
+    /// An output-row mapping (into a KV cache).
+    pub out_rows: Option<params::Matmul>,
+    /// Where to keep the value before the activation / after dropout (the backward pass needs it).
+    pub aux: Option<&'a wgpu::Buffer>,
+    /// (probability, seed, salt) of dropout in a residual epilogue.
+    pub dropout: Option<(f32, u32, u32)>,
+}
+
+/// One matmul dispatch (`shaders/matmul.wgsl`), with the narrow tile for few rows; bias, gate and
+/// aux are optional.
 #[allow(clippy::too_many_arguments)]
-pub fn linear(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    lin: &Linear,
-    a: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    m: usize,
-    epilogue: params::Epilogue,
-    gate: Option<(&wgpu::Buffer, usize, usize, usize)>,
-    out_rows: Option<params::Matmul>,
-) -> Result<()> {
+pub fn gemm(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, p: params::Matmul, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, gate: Option<&wgpu::Buffer>, out: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) {
+    let (pipeline, tile_rows) = k.matmul_for(p.m);
+    let bias: Slice = bias.unwrap_or(&k.dummy).into();
+    pb.dispatch(label, pipeline, &p.words(), vec![a.into(), b.into(), bias, gate.unwrap_or(&k.dummy).into(), out.into(), aux.unwrap_or(&k.dummy_out).into()], p.groups(tile_rows));
+    pb.annotate_flops(2 * p.m as u64 * p.n as u64 * p.k as u64);
+}
+
+/// y = epilogue(x · Wᵀ + b) over `m` rows, one dispatch per row range of W.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(pb: &mut ProgramBuilder, k: &Kernels, lin: &Linear, a: &wgpu::Buffer, out: &wgpu::Buffer, m: usize, epilogue: params::Epilogue, x: Extras) -> Result<()> {
     let (n_total, kk) = (lin.out_features(), lin.in_features());
     for part in &lin.weight.parts {
         let mut mp = params::Matmul {
@@ -145,24 +157,19 @@ pub fn linear(
             has_bias: lin.bias.is_some(),
             bias_offset: part.row_start as u32,
             epilogue,
+            store_aux: x.aux.is_some(),
             ..params::Matmul::plain(m as u32, part.rows as u32, kk as u32)
         };
-        if let Some(o) = out_rows {
+        if let Some(o) = x.out_rows {
             (mp.out_rows_per_seq, mp.out_seq_stride, mp.out_row_offset) = (o.out_rows_per_seq, o.out_seq_stride, o.out_row_offset);
         }
-        let gate_buf = match gate {
-            Some((g, offset, stride, rows_per_seq)) => {
-                mp.gate_offset = (offset + part.row_start) as u32;
-                mp.gate_stride = stride as u32;
-                mp.rows_per_seq = rows_per_seq as u32;
-                g
-            }
-            None => &k.dummy,
-        };
-        let bias: Slice = lin.bias.as_ref().unwrap_or(&k.dummy).into();
-        let (pipeline, tile_rows) = k.matmul_for(mp.m);
-        pb.dispatch("matmul", pipeline, &mp.words(), vec![a.into(), (&part.buffer).into(), bias, gate_buf.into(), out.into(), (&k.dummy_out).into()], mp.groups(tile_rows));
-        pb.annotate_flops(2 * (m * part.rows * kk) as u64);
+        if let Some((p, seed, salt)) = x.dropout {
+            (mp.dropout, mp.seed, mp.salt) = (p, seed, salt);
+        }
+        if let Some((_, offset, stride, rows_per_seq)) = x.gate {
+            (mp.gate_offset, mp.gate_stride, mp.rows_per_seq) = ((offset + part.row_start) as u32, stride as u32, rows_per_seq as u32);
+        }
+        gemm(pb, k, "matmul", mp, a, &part.buffer, lin.bias.as_ref(), x.gate.map(|g| g.0), out, x.aux);
     }
     Ok(())
 }
@@ -215,9 +222,7 @@ pub fn head_chunks(
                 bias_offset: part.row_start as u32,
                 ..params::Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
-            let (pipeline, tile_rows) = k.matmul_for(mp.m);
-            pb.dispatch("head", pipeline, &mp.words(), vec![normed.into(), (&part.buffer).into(), bias.into(), (&k.dummy).into(), logits.into(), (&k.dummy_out).into()], mp.groups(tile_rows));
-            pb.annotate_flops(2 * (n * part.rows * d) as u64);
+            gemm(pb, k, "head", mp, normed, &part.buffer, Some(bias), None, logits, None);
         }
         consume(pb, start, n)?;
         start += n;

@@ -10,7 +10,7 @@
 //! regenerates it. Per step only the inputs and a few parameters are written; one submission runs it.
 
 use crate::context::GpuContext;
-use crate::kernels::{params, params::Epilogue, Program, ProgramBuilder, Slice, TrainKernels};
+use crate::kernels::{params, params::Epilogue, Program, ProgramBuilder, TrainKernels};
 use crate::layers;
 use crate::model::{check_activation_size, ForwardShape, GpuModel, Objective};
 use crate::weights::{Linear, Weights};
@@ -362,32 +362,16 @@ impl Trainer {
         let dropout = shape.dropout_milli as f32 / 1000.0;
         let adaln = cfg.kind.has_adaln();
         let rope = (&model.rope_cos, &model.rope_sin);
-        let gemm = |pb: &mut ProgramBuilder, p: params::Matmul, a: &wgpu::Buffer, bm: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, gate: Option<&wgpu::Buffer>, out: &wgpu::Buffer, aux: Option<&wgpu::Buffer>| {
-            let (pipeline, tile) = k.matmul_for(p.m);
-            let bias: Slice = bias.unwrap_or(&k.dummy).into();
-            pb.dispatch("matmul", pipeline, &p.words(), vec![a.into(), bm.into(), bias, gate.unwrap_or(&k.dummy).into(), out.into(), aux.unwrap_or(&k.dummy_out).into()], p.groups(tile));
-            pb.annotate_flops(2 * p.m as u64 * p.n as u64 * p.k as u64);
-        };
-        // Forward of a Linear with everything the backward needs (aux = pre-activation / branch output).
+        // Forward of a Linear keeping what the backward needs (aux = pre-activation / branch output).
         let forward_linear = |pb: &mut ProgramBuilder, lin: &Linear, a: &wgpu::Buffer, out: &wgpu::Buffer, m: usize, epi: Epilogue, gate: Option<(&wgpu::Buffer, usize)>, aux: Option<&wgpu::Buffer>, salt: u32| {
-            for part in &lin.weight.parts {
-                let mut p = params::Matmul {
-                    ldc: lin.out_features() as u32,
-                    out_col_offset: part.row_start as u32,
-                    has_bias: lin.bias.is_some(),
-                    bias_offset: part.row_start as u32,
-                    epilogue: epi,
-                    store_aux: aux.is_some(),
-                    ..params::Matmul::plain(m as u32, part.rows as u32, lin.in_features() as u32)
-                };
-                if matches!(epi, Epilogue::GatedResidual | Epilogue::Residual) {
-                    (p.dropout, p.seed, p.salt) = (dropout, dy.seed, salt);
-                }
-                if let Some((_, offset)) = gate {
-                    (p.gate_offset, p.gate_stride, p.rows_per_seq) = ((offset + part.row_start) as u32, (6 * d) as u32, s.seq as u32);
-                }
-                gemm(pb, p, a, &part.buffer, lin.bias.as_ref(), gate.map(|g| g.0), out, aux);
-            }
+            let residual = matches!(epi, Epilogue::GatedResidual | Epilogue::Residual);
+            let x = layers::Extras {
+                gate: gate.map(|(g, offset)| (g, offset, 6 * d, s.seq)),
+                aux,
+                dropout: residual.then_some((dropout, dy.seed, salt)),
+                out_rows: None,
+            };
+            layers::linear(pb, k, lin, a, out, m, epi, x)
         };
         // Backward of y = x·Wᵀ + b over m rows: dW += dyᵀx, db += Σ dy, and dx (= or +=) dy·W.
         let backward_linear = |pb: &mut ProgramBuilder, lin: &Linear, grad: &Linear, dy_buf: &wgpu::Buffer, dy_off: usize, x: &wgpu::Buffer, x_off: usize, m: usize, dx: Option<(&wgpu::Buffer, usize, bool)>| {
@@ -396,7 +380,7 @@ impl Trainer {
                 let mut p = params::Matmul::weight_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32, n_in as u32);
                 p.a_offset = (dy_off * n_out + part.row_start) as u32;
                 p.b_offset = (x_off * n_in) as u32;
-                gemm(pb, p, dy_buf, x, None, None, &gpart.buffer, None);
+                layers::gemm(pb, k, "matmul backward", p, dy_buf, x, None, None, &gpart.buffer, None);
                 if let Some(gb) = &grad.bias {
                     let groups = [(part.rows as u32).div_ceil(256), 1, 1];
                     pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(m as u32, part.rows as u32, n_out as u32, (dy_off * n_out + part.row_start) as u32, part.row_start as u32), vec![dy_buf.into(), gb.into()], groups);
@@ -408,7 +392,7 @@ impl Trainer {
                     if accumulate || pi > 0 {
                         p.epilogue = Epilogue::Residual;
                     }
-                    gemm(pb, p, dy_buf, &part.buffer, None, None, dx_buf, None);
+                    layers::gemm(pb, k, "matmul backward", p, dy_buf, &part.buffer, None, None, dx_buf, None);
                 }
             }
         };
@@ -443,12 +427,12 @@ impl Trainer {
         // ---- forward ----
         if adaln {
             let (mlp0, mlp2) = w.sigma_map.as_ref().unwrap();
-            forward_linear(pb, mlp0, &tb.features, &tb.c1, b, Epilogue::Silu, None, Some(&tb.z1), 0);
-            forward_linear(pb, mlp2, &tb.c1, &tb.c, b, Epilogue::Silu, None, Some(&tb.z2), 0);
+            forward_linear(pb, mlp0, &tb.features, &tb.c1, b, Epilogue::Silu, None, Some(&tb.z1), 0)?;
+            forward_linear(pb, mlp2, &tb.c1, &tb.c, b, Epilogue::Silu, None, Some(&tb.z2), 0)?;
             for (blk, m) in w.blocks.iter().zip(&tb.mods) {
-                forward_linear(pb, blk.adaln.as_ref().unwrap(), &tb.c, m, b, Epilogue::Store, None, None, 0);
+                forward_linear(pb, blk.adaln.as_ref().unwrap(), &tb.c, m, b, Epilogue::Store, None, None, 0)?;
             }
-            forward_linear(pb, w.final_adaln.as_ref().unwrap(), &tb.c, &tb.final_mod, b, Epilogue::Store, None, None, 0);
+            forward_linear(pb, w.final_adaln.as_ref().unwrap(), &tb.c, &tb.final_mod, b, Epilogue::Store, None, None, 0)?;
         }
         layers::embedding(pb, k, w, &tb.tokens, &tb.xs[0], rows)?;
         let residual = if adaln { Epilogue::GatedResidual } else { Epilogue::Residual };
@@ -459,7 +443,7 @@ impl Trainer {
             let x = &tb.xs[l + 1];
             pb.copy(&tb.xs[l], 0, x, 0, bytes);
             layers::layernorm(pb, k, x, &blk.norm1, modv, &tb.h, ln_params(rows, s.seq, 0, md(0, 1)), None)?;
-            forward_linear(pb, &blk.attn_qkv, &tb.h, &tb.qkv[l], rows, Epilogue::Store, None, None, 0);
+            forward_linear(pb, &blk.attn_qkv, &tb.h, &tb.qkv[l], rows, Epilogue::Store, None, None, 0)?;
             pb.dispatch(
                 "attention",
                 &k.attention,
@@ -467,11 +451,11 @@ impl Trainer {
                 vec![(&tb.qkv[l]).into(), (&tb.qkv[l]).into(), rope.0.into(), rope.1.into(), (&tb.att[l]).into(), (&tb.lse[l]).into()],
                 attention.groups(b as u32),
             );
-            forward_linear(pb, &blk.attn_out, &tb.att[l], x, rows, residual, modv.map(|m| (m, 2 * d)), Some(&tb.y1[l]), 2 * l as u32 + 1);
+            forward_linear(pb, &blk.attn_out, &tb.att[l], x, rows, residual, modv.map(|m| (m, 2 * d)), Some(&tb.y1[l]), 2 * l as u32 + 1)?;
             pb.copy(x, 0, &tb.xmid[l], 0, bytes);
             layers::layernorm(pb, k, x, &blk.norm2, modv, &tb.h, ln_params(rows, s.seq, 0, md(3, 4)), None)?;
-            forward_linear(pb, &blk.mlp_up, &tb.h, &tb.act, rows, Epilogue::Gelu, None, Some(&tb.u[l]), 0);
-            forward_linear(pb, &blk.mlp_down, &tb.act, x, rows, residual, modv.map(|m| (m, 5 * d)), Some(&tb.y2[l]), 2 * l as u32 + 2);
+            forward_linear(pb, &blk.mlp_up, &tb.h, &tb.act, rows, Epilogue::Gelu, None, Some(&tb.u[l]), 0)?;
+            forward_linear(pb, &blk.mlp_down, &tb.act, x, rows, residual, modv.map(|m| (m, 5 * d)), Some(&tb.y2[l]), 2 * l as u32 + 2)?;
         }
         let x_last = &tb.xs[nb];
         let fmd = adaln.then(|| (0, d, 2 * d));
