@@ -16,10 +16,13 @@ pub struct Conditioning {
     pub mods: Vec<wgpu::Buffer>,
     /// [batch, 2·hidden] = shift, scale of the final layer.
     pub final_mod: wgpu::Buffer,
+    /// The two pre-activations (before each SiLU), kept for training's backward pass.
+    pub pre_activations: Option<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 impl Conditioning {
-    pub fn alloc(ctx: &GpuContext, cfg: &ModelConfig, batch: usize) -> Result<Option<Conditioning>> {
+    /// Buffers for `batch` sequences (None without adaLN); `keep_pre_activations` for training.
+    pub fn alloc(ctx: &GpuContext, cfg: &ModelConfig, batch: usize, keep_pre_activations: bool) -> Result<Option<Conditioning>> {
         if !cfg.kind.has_adaln() {
             return Ok(None);
         }
@@ -31,14 +34,16 @@ impl Conditioning {
             c: f("cond", batch * cfg.cond_dim)?,
             mods: (0..cfg.n_blocks).map(|_| f("modulation", batch * 6 * d)).collect::<Result<_>>()?,
             final_mod: f("final_modulation", batch * 2 * d)?,
+            pre_activations: if keep_pre_activations { Some((f("cond z1", batch * cfg.cond_dim)?, f("cond z2", batch * cfg.cond_dim)?)) } else { None },
         }))
     }
 
     /// c = silu(mlp.2(silu(mlp.0(features)))), then every adaLN projection of c.
     pub fn record(&self, pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, batch: usize) -> Result<()> {
         let (mlp0, mlp2) = w.sigma_map.as_ref().expect("adaLN model has sigma_map");
-        linear(pb, k, mlp0, &self.features, &self.c_hidden, batch, params::Epilogue::Silu, Extras::default())?;
-        linear(pb, k, mlp2, &self.c_hidden, &self.c, batch, params::Epilogue::Silu, Extras::default())?;
+        let (z1, z2) = (self.pre_activations.as_ref().map(|z| &z.0), self.pre_activations.as_ref().map(|z| &z.1));
+        linear(pb, k, mlp0, &self.features, &self.c_hidden, batch, params::Epilogue::Silu, Extras { aux: z1, ..Default::default() })?;
+        linear(pb, k, mlp2, &self.c_hidden, &self.c, batch, params::Epilogue::Silu, Extras { aux: z2, ..Default::default() })?;
         for (blk, m) in w.blocks.iter().zip(&self.mods) {
             linear(pb, k, blk.adaln.as_ref().unwrap(), &self.c, m, batch, params::Epilogue::Store, Extras::default())?;
         }

@@ -328,7 +328,7 @@ impl GpuModel {
         let sedd = s.objective == Objective::Sedd;
         let seq_consts = if sedd { Some(f32s("sedd_constants", b * 4)?) } else { None };
         let entropy = if sedd { Some(f32s("entropy", scored)?) } else { None };
-        let cond = Conditioning::alloc(ctx, cfg, b)?;
+        let cond = Conditioning::alloc(ctx, cfg, b, false)?;
 
         let mut layout = OutputLayout::default();
         layout.loss_sum = layout.take(1).0;

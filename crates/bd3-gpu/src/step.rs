@@ -237,7 +237,7 @@ impl GpuModel {
             h: f32s("step normed", rows * d)?,
             att: f32s("step attention", rows * d)?,
             mlp: f32s("step mlp", rows * 4 * d)?,
-            cond: Conditioning::alloc(ctx, cfg, b)?,
+            cond: Conditioning::alloc(ctx, cfg, b, false)?,
             final_normed: f32s("step final_normed", picked_rows.max(1) * d)?,
             logits: f32s("step logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
             out_tokens: f32s("step tokens out", picked_rows.max(1))?,

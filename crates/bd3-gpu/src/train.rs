@@ -11,10 +11,9 @@
 
 use crate::context::GpuContext;
 use crate::kernels::{params, params::Epilogue, Program, ProgramBuilder, TrainKernels};
-use crate::layers;
+use crate::layers::{self, Conditioning};
 use crate::model::{check_activation_size, ForwardShape, GpuModel, Objective};
 use crate::weights::{Linear, Weights};
-use bd3_model::config::TIMESTEP_FEATURES;
 use bd3_model::{Error, Result};
 use std::collections::HashMap;
 
@@ -94,14 +93,8 @@ struct TrainBuffers {
     targets: wgpu::Buffer,
     row_weights: wgpu::Buffer,
     seq_consts: wgpu::Buffer,
-    // Conditioning: features → z1 → c1 = silu(z1) → z2 → c = silu(z2) → modulation.
-    features: wgpu::Buffer,
-    z1: wgpu::Buffer,
-    c1: wgpu::Buffer,
-    z2: wgpu::Buffer,
-    c: wgpu::Buffer,
-    mods: Vec<wgpu::Buffer>,
-    final_mod: wgpu::Buffer,
+    /// Conditioning with its pre-activations kept (None for AR).
+    cond: Option<Conditioning>,
     // Saved activations.
     xs: Vec<wgpu::Buffer>,
     xmid: Vec<wgpu::Buffer>,
@@ -209,7 +202,7 @@ impl Trainer {
         if model.cfg.kind.has_adaln() {
             let sigma: Vec<f64> = if model.cfg.time_conditioning { i.sigma.to_vec() } else { vec![0.0; s.batch] };
             let feats: Vec<f32> = sigma.iter().flat_map(|&x| bd3_model::tables::timestep_features(x)).collect();
-            q.write_buffer(&ws.b.features, 0, bytemuck::cast_slice(&feats));
+            q.write_buffer(&ws.b.cond.as_ref().expect("adaLN model").features, 0, bytemuck::cast_slice(&feats));
         }
         if s.objective == Objective::Sedd {
             q.write_buffer(&ws.b.seq_consts, 0, bytemuck::cast_slice(&crate::model::sedd_constants(i.sedd_t, model.cfg.vocab_size)));
@@ -303,13 +296,7 @@ impl Trainer {
             targets: f("targets", scored)?,
             row_weights: f("row weights", scored)?,
             seq_consts: f("sedd constants", b * 4)?,
-            features: f("sigma features", b * TIMESTEP_FEATURES)?,
-            z1: f("cond z1", b * c)?,
-            c1: f("cond c1", b * c)?,
-            z2: f("cond z2", b * c)?,
-            c: f("cond", b * c)?,
-            mods: per_layer("modulation", b * 6 * d)?,
-            final_mod: f("final modulation", b * 2 * d)?,
+            cond: Conditioning::alloc(ctx, cfg, b, true)?,
             xs: (0..=nb).map(|_| f("block input", rows * d)).collect::<Result<_>>()?,
             xmid: per_layer("mid residual", rows * d)?,
             qkv: per_layer("qkv", rows * 3 * d)?,
@@ -425,20 +412,14 @@ impl Trainer {
         };
 
         // ---- forward ----
-        if adaln {
-            let (mlp0, mlp2) = w.sigma_map.as_ref().unwrap();
-            forward_linear(pb, mlp0, &tb.features, &tb.c1, b, Epilogue::Silu, None, Some(&tb.z1), 0)?;
-            forward_linear(pb, mlp2, &tb.c1, &tb.c, b, Epilogue::Silu, None, Some(&tb.z2), 0)?;
-            for (blk, m) in w.blocks.iter().zip(&tb.mods) {
-                forward_linear(pb, blk.adaln.as_ref().unwrap(), &tb.c, m, b, Epilogue::Store, None, None, 0)?;
-            }
-            forward_linear(pb, w.final_adaln.as_ref().unwrap(), &tb.c, &tb.final_mod, b, Epilogue::Store, None, None, 0)?;
+        if let Some(c) = &tb.cond {
+            c.record(pb, k, w, b)?;
         }
         layers::embedding(pb, k, w, &tb.tokens, &tb.xs[0], rows)?;
         let residual = if adaln { Epilogue::GatedResidual } else { Epilogue::Residual };
         let bytes = (rows * d * 4) as u64;
         for (l, blk) in w.blocks.iter().enumerate() {
-            let modv = adaln.then(|| &tb.mods[l]);
+            let modv = tb.cond.as_ref().map(|c| &c.mods[l]);
             let md = |shift: usize, scale: usize| modv.map(|_| (shift * d, scale * d, 6 * d));
             let x = &tb.xs[l + 1];
             pb.copy(&tb.xs[l], 0, x, 0, bytes);
@@ -459,7 +440,7 @@ impl Trainer {
         }
         let x_last = &tb.xs[nb];
         let fmd = adaln.then(|| (0, d, 2 * d));
-        let final_mod = adaln.then_some(&tb.final_mod);
+        let final_mod = tb.cond.as_ref().map(|c| &c.final_mod);
         layers::layernorm(pb, k, x_last, &w.norm_final, final_mod, &tb.hf, ln_params(scored, s.head_rows, s.head_row_offset, fmd), None)?;
 
         // ---- loss, logits gradient and the head's backward, chunk by chunk ----
@@ -502,7 +483,7 @@ impl Trainer {
         ln_backward(pb, x_last, &w.norm_final, &g.norm_final, final_mod, adaln.then_some(&tb.dfinal_mod), &tb.dhf, ln_params(scored, s.head_rows, s.head_row_offset, fmd))?;
         for l in (0..nb).rev() {
             let (blk, gblk) = (&w.blocks[l], &g.blocks[l]);
-            let modv = adaln.then(|| &tb.mods[l]);
+            let modv = tb.cond.as_ref().map(|c| &c.mods[l]);
             let dmod = adaln.then(|| &tb.dmods[l]);
             let md = |shift: usize, scale: usize| modv.map(|_| (shift * d, scale * d, 6 * d));
             let gate_bw = |pb: &mut ProgramBuilder, y: &wgpu::Buffer, chunk: usize, salt: u32| {
@@ -564,19 +545,20 @@ impl Trainer {
         }
 
         // ---- conditioning: modulation projections, then the sigma MLP ----
-        if adaln {
+        if let Some(cond) = &tb.cond {
             let (mlp0, mlp2) = w.sigma_map.as_ref().unwrap();
             let (gmlp0, gmlp2) = g.sigma_map.as_ref().unwrap();
+            let (z1, z2) = cond.pre_activations.as_ref().expect("kept for training");
             pb.clear(&tb.dc);
             for l in 0..nb {
-                backward_linear(pb, w.blocks[l].adaln.as_ref().unwrap(), g.blocks[l].adaln.as_ref().unwrap(), &tb.dmods[l], 0, &tb.c, 0, b, Some((&tb.dc, 0, true)));
+                backward_linear(pb, w.blocks[l].adaln.as_ref().unwrap(), g.blocks[l].adaln.as_ref().unwrap(), &tb.dmods[l], 0, &cond.c, 0, b, Some((&tb.dc, 0, true)));
             }
-            backward_linear(pb, w.final_adaln.as_ref().unwrap(), g.final_adaln.as_ref().unwrap(), &tb.dfinal_mod, 0, &tb.c, 0, b, Some((&tb.dc, 0, true)));
+            backward_linear(pb, w.final_adaln.as_ref().unwrap(), g.final_adaln.as_ref().unwrap(), &tb.dfinal_mod, 0, &cond.c, 0, b, Some((&tb.dc, 0, true)));
             let nc = (b * cfg.cond_dim) as u32;
-            pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(nc, 2), vec![(&tb.z2).into(), (&tb.dc).into()], [nc.div_ceil(256), 1, 1]);
-            backward_linear(pb, mlp2, gmlp2, &tb.dc, 0, &tb.c1, 0, b, Some((&tb.dc1, 0, false)));
-            pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(nc, 2), vec![(&tb.z1).into(), (&tb.dc1).into()], [nc.div_ceil(256), 1, 1]);
-            backward_linear(pb, mlp0, gmlp0, &tb.dc1, 0, &tb.features, 0, b, None);
+            pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(nc, 2), vec![z2.into(), (&tb.dc).into()], [nc.div_ceil(256), 1, 1]);
+            backward_linear(pb, mlp2, gmlp2, &tb.dc, 0, &cond.c_hidden, 0, b, Some((&tb.dc1, 0, false)));
+            pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(nc, 2), vec![z1.into(), (&tb.dc1).into()], [nc.div_ceil(256), 1, 1]);
+            backward_linear(pb, mlp0, gmlp0, &tb.dc1, 0, &cond.features, 0, b, None);
         }
         Ok(())
     }
