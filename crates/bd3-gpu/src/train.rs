@@ -162,18 +162,6 @@ impl Trainer {
         })
     }
 
-    /// Zero the gradient accumulators. They start at zero and every optimizer step zeroes them again,
-    /// so this is only needed to throw away gradients that will not be applied.
-    pub fn zero_grads(&self, ctx: &GpuContext) {
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        for t in self.grads.tensors() {
-            for (b, _) in &t.parts {
-                enc.clear_buffer(b, 0, None);
-            }
-        }
-        ctx.submit(enc);
-    }
-
     /// Forward and backward on one (micro-)batch; gradients are added to `grads`.
     pub async fn forward_backward(&mut self, model: &GpuModel, shape: &TrainShape, batch: &TrainBatch<'_>) -> Result<TrainOutput> {
         let s = &shape.forward;

@@ -18,8 +18,8 @@ pub async fn gradients(model: &mut GpuModel, shape: ForwardShape, input: Forward
     if !tf.names().iter().any(|n| n.starts_with("grad.")) {
         return Ok(());
     }
+    // A fresh trainer's gradient accumulators are zero.
     let mut trainer = Trainer::new(model, OptimConfig { ema_decay: 0.0, ..Default::default() }).await?;
-    trainer.zero_grads(&model.ctx);
     let shape = TrainShape { forward: ForwardShape { capture: false, ..shape }, dropout_milli: 0 };
     let grad_scale = 1.0 / shape.forward.scored_rows() as f32;
     let out = trainer.forward_backward(model, &shape, &TrainBatch { input, seed: 0, grad_scale }).await?;
