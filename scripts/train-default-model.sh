@@ -1,29 +1,66 @@
 #!/usr/bin/env bash
-# The recipe for the default model (issue 6), at small scale, on Debian's `fortunes` corpus
-# (apt-get install fortunes; public-domain and freely redistributable quotations, see
-# /usr/share/doc/fortunes/copyright): a BPE tokenizer, MDLM-style pretraining at L' = L, fine-tuning
-# at L' = 4, 8, 16 with the clip search, an MDLM trained on the same total budget, and the
-# validation perplexities of all four with `bd3-wgpu eval`. Sizes and steps come from the
-# environment, so a GPU run can scale them up:
-#   SIZE=256,4,6 LEN=128 BATCH=32 PRE=4000 FT=2000 scripts/train-default-model.sh
+# The recipe of the bundled model (models/fortunes-bd3lm) on Debian's `fortunes` corpus
+# (apt-get install fortunes; BSD licence, see /usr/share/doc/fortunes/copyright):
+#   1. a byte-level BPE tokenizer (VOCAB tokens, the last one <|endoftext|>);
+#   2. MDLM-style pretraining: one block of L tokens (L' = L), full attention;
+#   3. fine-tuning from those weights at L' = 4, 8 and 16 with the clip search (paper §5), and, as the
+#      baseline, the same fine-tuning budget spent on more MDLM training;
+#   4. `bd3-wgpu eval` of the four on the held-out split (every 20th document), and F16 copies.
+# Sizes, steps and time limits come from the environment, so the same script runs at toy scale on
+# lavapipe and at full scale on a GPU:
+#   SIZE=256,4,6 LEN=128 BATCH=64 PRE=100000 PRE_TIME=180 FT=auto FT_TIME=170 PARALLEL=1 scripts/train-default-model.sh
+# PRE_TIME / FT_TIME (seconds) stop a stage early, like Ctrl-C (checkpoint, validation and clip search
+# included). FT=auto sizes the fine-tuning from the pretraining rate so that the four runs, started
+# together with PARALLEL=1, all finish the same number of steps within FT_TIME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/default-model}
 SIZE=${SIZE:-128,4,4}; LEN=${LEN:-64}; BATCH=${BATCH:-16}; PRE=${PRE:-1000}; FT=${FT:-500}; VOCAB=${VOCAB:-4096}
+PRE_TIME=${PRE_TIME:-}; FT_TIME=${FT_TIME:-}; PARALLEL=${PARALLEL:-0}
+LR=${LR:-1e-3}; FT_LR=${FT_LR:-5e-4}
 DATA=${DATA:-/usr/share/games/fortunes}
 BIN=${BIN:-target/release/bd3-wgpu}
 [ -x "$BIN" ] || cargo build --release -p bd3-wgpu
 mkdir -p "$OUT"
-common=(--data "$DATA" --size "$SIZE" --length "$LEN" --batch "$BATCH" --lr 1e-3 --warmup 200 --ema 0.999 --val-every 500 --val-batches 16 --save-every 500 --log-every 50)
+limit() { [ -n "$1" ] && echo "--time-limit $1" || true; }
+common=(--data "$DATA" --batch "$BATCH" --ema 0.999 --val-batches 2 --log-every 50)
+
 [ -f "$OUT/tokenizer.json" ] || "$BIN" tokenizer train --data "$DATA" --vocab-size "$VOCAB" --out "$OUT/tokenizer.json"
-# Stage 1: MDLM-style pretraining (one block of L tokens).
-"$BIN" train "${common[@]}" --tokenizer "$OUT/tokenizer.json" --out "$OUT/pretrain" --kind mdlm --steps "$PRE"
-# Stage 2: block diffusion at each block size, from the pretrained weights, with the clip search.
-for L in 4 8 16; do
-  "$BIN" train "${common[@]}" --init "$OUT/pretrain" --out "$OUT/bd3lm-l$L" --kind bd3lm --block-size "$L" --clip-search --steps "$FT"
+
+echo "== pretraining (MDLM, L' = L = $LEN), up to $PRE steps $(limit "$PRE_TIME")"
+# shellcheck disable=SC2046
+"$BIN" train "${common[@]}" --tokenizer "$OUT/tokenizer.json" --out "$OUT/pretrain" --kind mdlm --size "$SIZE" --length "$LEN" \
+  --lr "$LR" --warmup 100 --steps "$PRE" --val-every "$PRE" --save-every 1000 $(limit "$PRE_TIME") | tee "$OUT/pretrain.log"
+
+if [ "$FT" = auto ]; then
+  # steps/s of pretraining (one MDLM step); a BD3-LM step processes x_t and x_0 (2L tokens), about
+  # twice the work, so the four parallel runs cost about 3·2 + 1 = 7 pretraining steps per step.
+  rate=$(awk '/^step /{for(i=1;i<NF;i++) if($(i+1)=="tok/s") r=$i} END{print r+0}' "$OUT/pretrain.log")
+  FT=$(awk -v r="$rate" -v b="$BATCH" -v l="$LEN" -v t="$FT_TIME" 'BEGIN{s=int(0.85*t*r/(b*l)/7); print (s<10?10:s)}')
+  echo "fine-tuning steps: $FT (pretraining ran at $rate tok/s)"
+fi
+
+finetune() { # name, extra flags...
+  local name=$1; shift
+  # shellcheck disable=SC2046
+  "$BIN" train "${common[@]}" --init "$OUT/pretrain" --out "$OUT/$name" --lr "$FT_LR" --warmup 50 --steps "$FT" --val-every "$FT" \
+    --save-every 1000 $(limit "$FT_TIME") "$@" > "$OUT/$name.log" 2>&1
+}
+echo "== fine-tuning: BD3-LM at L' = 4, 8, 16 and the MDLM baseline, $FT steps each"
+runs=("bd3lm-l4 --kind bd3lm --block-size 4 --clip-search" "bd3lm-l8 --kind bd3lm --block-size 8 --clip-search"
+      "bd3lm-l16 --kind bd3lm --block-size 16 --clip-search" "mdlm --kind mdlm")
+pids=()
+for r in "${runs[@]}"; do
+  # shellcheck disable=SC2086
+  if [ "$PARALLEL" = 1 ]; then finetune $r & pids+=($!); else finetune $r; fi
 done
-# The MDLM baseline on the same total budget.
-"$BIN" train "${common[@]}" --tokenizer "$OUT/tokenizer.json" --out "$OUT/mdlm" --kind mdlm --steps $((PRE + FT))
-for m in bd3lm-l4 bd3lm-l8 bd3lm-l16 mdlm; do
-  echo "$m: $("$BIN" eval --model "$OUT/$m" --data "$DATA" --split valid 2>/dev/null)"
+for p in "${pids[@]}"; do wait "$p" || echo "a fine-tuning run failed (see its log)"; done
+for r in "${runs[@]}"; do n=${r%% *}; echo "-- $n"; grep -E "^(val|clip|stopped)" "$OUT/$n.log" | tail -3; done
+
+echo "== validation perplexity (bd3-wgpu eval --split valid)"
+for r in "${runs[@]}"; do
+  n=${r%% *}
+  steps=$(awk '/^val step/{s=$3} END{print s}' "$OUT/$n.log")
+  printf '%-10s ft_steps %-6s %s\n' "$n" "$steps" "$("$BIN" eval --model "$OUT/$n" --data "$DATA" --split valid --batch 64 2>/dev/null)" | tee -a "$OUT/results.txt"
+  "$BIN" export --model "$OUT/$n" --out "$OUT/$n-f16" --dtype f16 >/dev/null || echo "export of $n failed"
 done

@@ -2,12 +2,14 @@
 // shaders/layernorm_backward.wgsl, which leaves each row's (μ, 1/σ) in `stats`):
 //   dshift[s, j] += Σ_{r ∈ s} dy[r, j]
 //   dscale[s, j] += Σ_{r ∈ s} dy[r, j]·n[r, j]·w[j]
-//   dw[j]        += Σ_s (1 + scale[s, j]) Σ_{r ∈ s} dy[r, j]·n[r, j]
+//   dw_part[s, j] = (1 + scale[s, j]) Σ_{r ∈ s} dy[r, j]·n[r, j]     (dw[j] += Σ_s dw_part[s, j]: the
+//                                                                     host's col_sum pass over sequences)
 // Rows are mapped as in the forward kernel.
 //
-// Bindings: 0 params, 1 x, 2 stats [n_rows, 2], 3 dy [n_rows, dim], 4 w, 5 modv, 6 dw (accumulated),
-//           7 dmod (accumulated at shift_offset / scale_offset).
-// Tiling: one thread per column j, 256 per workgroup, walking every row (coalesced across threads).
+// Bindings: 0 params, 1 x, 2 stats [n_rows, 2], 3 dy [n_rows, dim], 4 w, 5 modv, 6 dw_part [n_seq, dim]
+//           (written), 7 dmod (accumulated at shift_offset / scale_offset).
+// Tiling: one thread per column j (256 per workgroup) and one workgroup row per sequence s
+// (workgroup_id.y), each thread walking its sequence's rows (coalesced across threads).
 
 struct Params {
     n_rows: u32,
@@ -27,36 +29,32 @@ struct Params {
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(4) var<storage, read> w: array<f32>;
 @group(0) @binding(5) var<storage, read> modv: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dw_part: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dmod: array<f32>;
 
 @compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
     let j = gid.x;
+    let s = wg.y;
     if (j >= p.dim) {
         return;
     }
-    let n_seq = p.n_rows / p.out_rows_per_seq;
-    var dw_acc = 0.0;
-    for (var s = 0u; s < n_seq; s++) {
-        var s_dy = 0.0;
-        var s_dyn = 0.0;
-        for (var i = 0u; i < p.out_rows_per_seq; i++) {
-            let r = s * p.out_rows_per_seq + i;
-            let xi = x[(s * p.in_rows_per_seq + p.in_row_offset + i) * p.dim + j];
-            let nj = (xi - stats[2u * r]) * stats[2u * r + 1u];
-            let d = dy[r * p.dim + j];
-            s_dy += d;
-            s_dyn += d * nj;
-        }
-        if (p.has_mod != 0u) {
-            let base = s * p.mod_stride;
-            dmod[base + p.shift_offset + j] = dmod[base + p.shift_offset + j] + s_dy;
-            dmod[base + p.scale_offset + j] = dmod[base + p.scale_offset + j] + s_dyn * w[j];
-            dw_acc += s_dyn * (1.0 + modv[base + p.scale_offset + j]);
-        } else {
-            dw_acc += s_dyn;
-        }
+    var s_dy = 0.0;
+    var s_dyn = 0.0;
+    for (var i = 0u; i < p.out_rows_per_seq; i++) {
+        let r = s * p.out_rows_per_seq + i;
+        let xi = x[(s * p.in_rows_per_seq + p.in_row_offset + i) * p.dim + j];
+        let nj = (xi - stats[2u * r]) * stats[2u * r + 1u];
+        let d = dy[r * p.dim + j];
+        s_dy += d;
+        s_dyn += d * nj;
     }
-    dw[j] = dw[j] + dw_acc;
+    if (p.has_mod != 0u) {
+        let base = s * p.mod_stride;
+        dmod[base + p.shift_offset + j] = dmod[base + p.shift_offset + j] + s_dy;
+        dmod[base + p.scale_offset + j] = dmod[base + p.scale_offset + j] + s_dyn * w[j];
+        dw_part[s * p.dim + j] = s_dyn * (1.0 + modv[base + p.scale_offset + j]);
+    } else {
+        dw_part[s * p.dim + j] = s_dyn;
+    }
 }

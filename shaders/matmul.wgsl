@@ -20,7 +20,7 @@
 //
 // Bindings: 0 params, 1 a, 2 b, 3 bias, 4 gate, 5 out, 6 aux.
 // Tiling: a (16·ROWS_PER_THREAD) x 64 output tile per workgroup of 16x16 threads, ROWS_PER_THREAD x 4
-// outputs per thread in registers, K in slabs of 16 staged in workgroup memory (at most 2 x 16 x 64
+// outputs per thread in registers (a vec4 per row), K in slabs of 16 staged in workgroup memory (at most 2 x 16 x 64
 // floats = 8 KiB). Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
 // pay for a 64-row tile.
@@ -65,7 +65,7 @@ const BM: u32 = 16u * ROWS_PER_THREAD;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
-var<workgroup> b_tile: array<f32, BK * BN>; // [BK][BN]
+var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>; // [BK][BN], four columns per element
 
 fn gelu_tanh(x: f32) -> f32 {
     // tanh written through exp of a non-positive argument, so it never overflows.
@@ -85,11 +85,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     let n0 = wg.x * BN;
     let tx = lid3.x; // column group
     let ty = lid3.y; // row group
-    var acc: array<array<f32, 4>, ROWS_PER_THREAD>;
+    // Row i of the thread's block: its 4 columns as one vector (vector math, no inner column loop).
+    var acc: array<vec4<f32>, ROWS_PER_THREAD>;
     for (var i = 0u; i < ROWS_PER_THREAD; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
+        acc[i] = vec4<f32>(0.0);
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
@@ -114,22 +113,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             if (n0 + col < p.n && gk < p.k) {
                 bv = b[p.b_offset + gk * p.b_k_stride + (n0 + col) * p.b_col_stride];
             }
-            b_tile[kk * BN + col] = bv;
+            b_tile[(kk * BN + col) / 4u][col % 4u] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var av: array<f32, ROWS_PER_THREAD>;
-            var bv: array<f32, 4>;
+            let bv = b_tile[kk * (BN / 4u) + tx];
             for (var i = 0u; i < ROWS_PER_THREAD; i++) {
-                av[i] = a_tile[kk * BM + ty * ROWS_PER_THREAD + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                bv[i] = b_tile[kk * BN + tx * 4u + i];
-            }
-            for (var i = 0u; i < ROWS_PER_THREAD; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
+                acc[i] = fma(vec4<f32>(a_tile[kk * BM + ty * ROWS_PER_THREAD + i]), bv, acc[i]);
             }
         }
         workgroupBarrier();

@@ -553,8 +553,10 @@ pub mod params {
         vec![n, out_index, 0, 0]
     }
 
-    pub fn col_sum(m: u32, n: u32, lda: u32, a_offset: u32, out_offset: u32) -> Vec<u32> {
-        vec![m, n, lda, a_offset, out_offset]
+    /// `shaders/col_sum.wgsl`: column sums of rows [c·rows_per_chunk, …) for each workgroup row c.
+    #[allow(clippy::too_many_arguments)]
+    pub fn col_sum(m: u32, n: u32, lda: u32, a_offset: u32, out_offset: u32, rows_per_chunk: u32, out_chunk_stride: u32, accumulate: bool) -> Vec<u32> {
+        vec![m, n, lda, a_offset, out_offset, rows_per_chunk, out_chunk_stride, accumulate as u32]
     }
 
     /// `shaders/elementwise.wgsl`: 0 gelu, 1 × gelu', 2 × silu'.

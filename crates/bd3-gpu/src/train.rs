@@ -120,6 +120,10 @@ struct TrainBuffers {
     token_loss: wgpu::Buffer,
     loss_sum: wgpu::Buffer,
     stats: wgpu::Buffer,
+    /// Column sums over many rows: per-chunk partial sums ([chunks, columns]).
+    col_partial: wgpu::Buffer,
+    /// LayerNorm weight gradients: per-sequence partial sums ([sequences, dim]).
+    ln_partial: wgpu::Buffer,
     dmods: Vec<wgpu::Buffer>,
     dfinal_mod: wgpu::Buffer,
     dc: wgpu::Buffer,
@@ -308,6 +312,8 @@ impl Trainer {
             token_loss: f("token loss", scored)?,
             loss_sum: f("loss sum", 1)?,
             stats: f("layernorm stats", 2 * rows.max(scored))?,
+            col_partial: f("column partial sums", rows.max(scored).div_ceil(COL_SUM_CHUNK) * (6 * d).max(v))?,
+            ln_partial: f("layernorm partial dw", rows * d)?,
             dmods: per_layer("d modulation", b * 6 * d)?,
             dfinal_mod: f("d final modulation", b * 2 * d)?,
             dc: f("d cond", b * c)?,
@@ -357,8 +363,8 @@ impl Trainer {
                 p.b_offset = (x_off * n_in) as u32;
                 layers::gemm(pb, k, "matmul backward", p, dy_buf, x, None, None, &gpart.buffer, None);
                 if let Some(gb) = &grad.bias {
-                    let groups = [(part.rows as u32).div_ceil(256), 1, 1];
-                    pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(m as u32, part.rows as u32, n_out as u32, (dy_off * n_out + part.row_start) as u32, part.row_start as u32), vec![dy_buf.into(), gb.into()], groups);
+                    let a = ColumnSource { buffer: dy_buf, offset: dy_off * n_out + part.row_start, rows: m, cols: part.rows, stride: n_out };
+                    record_col_sum(pb, tk, a, gb, part.row_start, &tb.col_partial);
                 }
                 if let Some((dx_buf, dx_off, accumulate)) = dx {
                     let mut p = params::Matmul::input_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32);
@@ -385,13 +391,17 @@ impl Trainer {
             let words = p.words()[..9].to_vec();
             let groups = pb.fold(p.n_rows as u64)?;
             pb.dispatch("layernorm_backward", &tk.layernorm_backward, &words, vec![x.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), dy_buf.into(), (&tb.dx).into(), (&tb.stats).into()], groups);
+            // Per-sequence partial dw (one workgroup row per sequence), then their sum into dw.
+            let n_seq = p.n_rows / p.out_rows_per_seq;
             pb.dispatch(
                 "layernorm_param_grads",
                 &tk.layernorm_param_grads,
                 &words,
-                vec![x.into(), (&tb.stats).into(), dy_buf.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), dweight.into(), dmod.unwrap_or(&k.dummy_out).into()],
-                [(d as u32).div_ceil(256), 1, 1],
+                vec![x.into(), (&tb.stats).into(), dy_buf.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), (&tb.ln_partial).into(), dmod.unwrap_or(&k.dummy_out).into()],
+                [(d as u32).div_ceil(256), n_seq, 1],
             );
+            let partial = ColumnSource { buffer: &tb.ln_partial, offset: 0, rows: n_seq as usize, cols: d, stride: d };
+            record_col_sum(pb, tk, partial, dweight, 0, &tb.col_partial);
             Ok(())
         };
         let attention = params::Attention {
@@ -608,4 +618,31 @@ pub fn write_tensors(ctx: &GpuContext, w: &Weights, values: &HashMap<String, Vec
         }
     }
     Ok(())
+}
+
+/// Rows per workgroup in the first pass of a long column sum.
+const COL_SUM_CHUNK: usize = 256;
+
+/// A [rows, cols] window of a row-major matrix with row stride `stride`, starting at `offset`.
+pub struct ColumnSource<'b> {
+    pub buffer: &'b wgpu::Buffer,
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+/// out[out_offset + j] += Σ_i a[i, j]. Up to 2·COL_SUM_CHUNK rows in one pass; beyond, chunks of
+/// COL_SUM_CHUNK rows into `scratch` (one workgroup row each, so a large GPU has work for every
+/// core), then one pass over those partial sums.
+pub fn record_col_sum(pb: &mut ProgramBuilder, tk: &TrainKernels, a: ColumnSource, out: &wgpu::Buffer, out_offset: usize, scratch: &wgpu::Buffer) {
+    let groups_x = (a.cols as u32).div_ceil(256);
+    let (m, n, lda, off) = (a.rows as u32, a.cols as u32, a.stride as u32, a.offset as u32);
+    if a.rows <= 2 * COL_SUM_CHUNK {
+        pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(m, n, lda, off, out_offset as u32, m.max(1), 0, true), vec![a.buffer.into(), out.into()], [groups_x, 1, 1]);
+        return;
+    }
+    let chunks = a.rows.div_ceil(COL_SUM_CHUNK) as u32;
+    pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(m, n, lda, off, 0, COL_SUM_CHUNK as u32, n, false), vec![a.buffer.into(), scratch.into()], [groups_x, chunks, 1]);
+    pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(chunks, n, n, 0, out_offset as u32, chunks, 0, true), vec![scratch.into(), out.into()], [groups_x, 1, 1]);
 }

@@ -5,6 +5,7 @@
 mod common;
 use bd3_gpu::kernels::params::{self, Epilogue};
 use bd3_gpu::kernels::TrainKernels;
+use bd3_gpu::train::{record_col_sum, ColumnSource};
 use bd3_model::{cpu_ref, AttentionMask};
 use common::*;
 
@@ -68,7 +69,10 @@ fn layernorm_backward_and_parameter_gradients() {
         let (dx, stats, dw, dmod) = (upload(&ctx, &dx0), upload(&ctx, &vec![0.0; 2 * rows]), upload(&ctx, &dw0), upload(&ctx, &vec![0.0; n_seq * 6 * dim]));
         let (xb, wb, mb, dyb) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &modv), upload(&ctx, &dy));
         run_one(&ctx, "layernorm_backward", &tk.layernorm_backward, &words, vec![(&xb).into(), (&wb).into(), (&mb).into(), (&dyb).into(), (&dx).into(), (&stats).into()], [rows as u32, 1, 1]);
-        run_one(&ctx, "layernorm_param_grads", &tk.layernorm_param_grads, &words, vec![(&xb).into(), (&stats).into(), (&dyb).into(), (&wb).into(), (&mb).into(), (&dw).into(), (&dmod).into()], [2, 1, 1]);
+        // Per-sequence partial dw, then their column sum into dw (what the training program records).
+        let (dw_part, scratch) = (upload(&ctx, &rng.vec(n_seq * dim, 1.0)), upload(&ctx, &vec![0.0; dim]));
+        run_one(&ctx, "layernorm_param_grads", &tk.layernorm_param_grads, &words, vec![(&xb).into(), (&stats).into(), (&dyb).into(), (&wb).into(), (&mb).into(), (&dw_part).into(), (&dmod).into()], [2, n_seq as u32, 1]);
+        run_recorded(&ctx, |pb| record_col_sum(pb, &tk, ColumnSource { buffer: &dw_part, offset: 0, rows: n_seq, cols: dim, stride: dim }, &dw, 0, &scratch));
         let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * 6 * dim + 3 * dim..s * 6 * dim + 5 * dim].to_vec()).collect();
         let (want_dx, want_dw, want_dmod) = cpu_ref::layernorm_modulate_backward(&x, dim, &w, modulated.then_some(&shift_scale[..]), rows_per_seq, &dy);
         let add = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>();
@@ -130,17 +134,21 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
     let ctx = context();
     let tk = train_kernels(&ctx, 16);
     let mut rng = Rng(38);
-    // Column sums of columns 3.. of a [37, 50] matrix, accumulated at offset 3.
-    let (m, n, lda) = (37, 45, 50);
-    let a = rng.vec(m * lda, 1.0);
-    let base = rng.vec(lda, 1.0);
-    let out = upload(&ctx, &base);
-    run_one(&ctx, "col_sum", &tk.col_sum, &params::col_sum(m as u32, n as u32, lda as u32, 3, 3), vec![(&upload(&ctx, &a)).into(), (&out).into()], [1, 1, 1]);
-    let mut want = base.clone();
-    for j in 0..n {
-        want[3 + j] += (0..m).map(|i| a[i * lda + 3 + j] as f64).sum::<f64>() as f32;
+    // Column sums of columns 3.. of an [m, 300] matrix, accumulated at offset 3: one pass (37 rows) and
+    // two passes through chunk partial sums (1337 rows: 5 chunks of 256, the last one partial).
+    for m in [37, 1337] {
+        let (n, lda) = (297, 300);
+        let a = rng.vec(m * lda, 1.0);
+        let base = rng.vec(lda, 1.0);
+        let out = upload(&ctx, &base);
+        let (ab, scratch) = (upload(&ctx, &a), upload(&ctx, &rng.vec(m.div_ceil(256) * n, 1.0)));
+        run_recorded(&ctx, |pb| record_col_sum(pb, &tk, ColumnSource { buffer: &ab, offset: 3, rows: m, cols: n, stride: lda }, &out, 3, &scratch));
+        let mut want = base.clone();
+        for j in 0..n {
+            want[3 + j] += (0..m).map(|i| a[i * lda + 3 + j] as f64).sum::<f64>() as f32;
+        }
+        assert_close(&format!("col_sum over {m} rows"), &read(&ctx, &out, lda), &want, 1e-5);
     }
-    assert_close("col_sum", &read(&ctx, &out, lda), &want, 1e-5);
 
     // gelu, gelu' and silu' against f64.
     let x = rng.vec(1001, 4.0);

@@ -218,9 +218,67 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Single → IEEE half, rounding to nearest with ties to even (what `torch.Tensor.half()` does).
+/// Values beyond the half range become ±infinity; callers that must not lose them check first.
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let mant = bits & 0x7f_ffff;
+    if exp == 0xff {
+        // Infinity stays infinity; NaN stays a (quiet) NaN.
+        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // The 24-bit significand (implicit 1 included) and how far it must shift right to fit 11 bits
+    // (normal) or fewer (subnormal: the exponent is pinned at 2^-14).
+    let sig = mant | 0x80_0000;
+    let shift = if e > 0 { 13 } else { 14 - e } as u32;
+    if shift > 24 {
+        return sign; // below half the smallest subnormal: rounds to zero
+    }
+    let kept = sig >> shift;
+    let rest = sig & ((1u32 << shift) - 1);
+    let half = 1u32 << (shift - 1);
+    let rounded = kept + u32::from(rest > half || (rest == half && kept & 1 == 1));
+    // For normals `kept` carries the implicit bit at 2^10; adding the exponent field on top of it
+    // lets a rounding carry move into the exponent (and up to infinity) by itself.
+    let magnitude = if e > 0 { ((e as u32 - 1) << 10) + rounded } else { rounded };
+    sign | magnitude as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_to_f16_round_trips_every_half_and_rounds_to_nearest_even() {
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            if f.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(f)).is_nan());
+            } else {
+                assert_eq!(f32_to_f16(f), h, "{h:#06x} ({f})");
+            }
+        }
+        // Between consecutive halves: below the midpoint rounds down, above rounds up, at the
+        // midpoint to the even one. Checked on normals, subnormals and across an exponent step.
+        for h in [0x0001u16, 0x0002, 0x03ff, 0x0400, 0x3c00, 0x3c01, 0x3bff, 0x7bfe, 0x8401] {
+            let (a, b) = (f16_to_f32(h) as f64, f16_to_f32(h + 1) as f64);
+            let mid = (a + b) / 2.0;
+            let even = if h & 1 == 0 { h } else { h + 1 };
+            assert_eq!(f32_to_f16((mid - (b - a) * 0.01) as f32), h, "below midpoint after {h:#06x}");
+            assert_eq!(f32_to_f16((mid + (b - a) * 0.01) as f32), h + 1, "above midpoint after {h:#06x}");
+            assert_eq!(f32_to_f16(mid as f32), even, "midpoint after {h:#06x}");
+        }
+        assert_eq!(f32_to_f16(65520.0), 0x7c00, "the midpoint above the largest half rounds to infinity");
+        assert_eq!(f32_to_f16(-1e6), 0xfc00);
+        assert_eq!(f32_to_f16(2.9e-8), 0x0000, "below half the smallest subnormal");
+        assert_eq!(f32_to_f16(3.0e-8), 0x0001);
+    }
 
     fn tiny_ar() -> ModelConfig {
         ModelConfig::from_json_bytes(

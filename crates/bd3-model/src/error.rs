@@ -37,6 +37,7 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+/// Read a whole file; the error names the path.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })
 }

@@ -90,19 +90,44 @@ fn fan_in_of(cfg: &ModelConfig, name: &str) -> usize {
     }
 }
 
+/// How `model.safetensors` stores the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    /// Matrices (embeddings and linear weights, 99 % of the bytes) in IEEE half; vectors (biases,
+    /// norms, the rotary buffer) stay F32. Halves the file; every loader converts back to f32.
+    F16Matrices,
+}
+
 /// Serialise tensors (plus BD3LM's sampling_eps buffers) as `model.safetensors` bytes.
 pub fn to_safetensors(cfg: &ModelConfig, tensors: &[NamedTensor], sampling_eps: Option<(f32, f32)>) -> Vec<u8> {
-    let mut views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data)).unwrap()))
-        .collect();
-    let eps_bytes;
-    if let (ModelKind::Bd3lm, Some((lo, hi))) = (cfg.kind, sampling_eps) {
-        eps_bytes = [lo.to_le_bytes(), hi.to_le_bytes()];
-        views.push(("sampling_eps_min".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &eps_bytes[0]).unwrap()));
-        views.push(("sampling_eps_max".into(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![], &eps_bytes[1]).unwrap()));
+    to_safetensors_as(cfg, tensors, sampling_eps, Storage::F32).expect("F32 storage holds every value")
+}
+
+/// [`to_safetensors`] with a choice of storage. Fails, naming the tensor, when a value does not fit
+/// the storage type (beyond ±65504 for F16), rather than writing an infinity.
+pub fn to_safetensors_as(cfg: &ModelConfig, tensors: &[NamedTensor], sampling_eps: Option<(f32, f32)>, storage: Storage) -> crate::Result<Vec<u8>> {
+    let mut stored: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len() + 2);
+    for t in tensors {
+        if storage == Storage::F16Matrices && t.shape.len() >= 2 {
+            if let Some(x) = t.data.iter().find(|x| !x.is_finite() || x.abs() > 65504.0) {
+                return Err(crate::Error::Invalid(format!("tensor `{}` holds {x}, which F16 cannot store", t.name)));
+            }
+            let half: Vec<u8> = t.data.iter().flat_map(|&x| crate::checkpoint::f32_to_f16(x).to_le_bytes()).collect();
+            stored.push((t.name.clone(), safetensors::Dtype::F16, t.shape.clone(), half));
+        } else {
+            stored.push((t.name.clone(), safetensors::Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data).to_vec()));
+        }
     }
+    if let (ModelKind::Bd3lm, Some((lo, hi))) = (cfg.kind, sampling_eps) {
+        stored.push(("sampling_eps_min".into(), safetensors::Dtype::F32, vec![], lo.to_le_bytes().to_vec()));
+        stored.push(("sampling_eps_max".into(), safetensors::Dtype::F32, vec![], hi.to_le_bytes().to_vec()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = stored
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("tensor shapes match their data")))
+        .collect();
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize(views, Some(meta)).expect("tensor shapes match their data")
+    Ok(safetensors::serialize(views, Some(meta)).expect("tensor shapes match their data"))
 }

@@ -10,6 +10,7 @@
 mod bench;
 mod checkpoint_io;
 mod eval_cmd;
+mod export_cmd;
 mod nelbo;
 mod train_cmd;
 mod sample;
@@ -28,6 +29,7 @@ const USAGE: &str = "usage:
   bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)
   bd3-wgpu train --data PATH --out DIR [...]   train a model (bd3-wgpu train --help for options)
   bd3-wgpu eval --model DIR --data PATH   NELBO and perplexity of a checkpoint on a corpus
+  bd3-wgpu export --model DIR --out DIR [--dtype f16|f32]   rewrite a model folder with F16 (or F32) weights
   bd3-wgpu serve [--port 8080] [--model DIR]   serve the demo page on 127.0.0.1
   bd3-wgpu tokenizer train --data PATH --vocab-size N --out tokenizer.json   a byte-level BPE for a corpus
   bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json
@@ -134,6 +136,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
         "sample" => sample::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "train" => train_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "eval" => eval_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
+        "export" => export_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "serve" => serve::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "tokenizer" => tokenizer_cmd(&args[1..]).map(|_| ExitCode::SUCCESS),
         "info" => {

@@ -21,7 +21,7 @@ pub const USAGE: &str = "train --data PATH --out DIR [--tokenizer FILE | --vocab
         [--kind bd3lm|mdlm|sedd|ar] [--size tiny|small|D,H,N] [--block-size N] [--length L] [--batch B]
         [--grad-accum N] [--lr 3e-4] [--warmup 2500] [--steps N] [--clip-min 1e-3] [--clip-max 1]
         [--clip-search] [--ema 0.9999] [--dropout 0.1] [--seed 1] [--val-every N] [--val-batches N (0: all)]
-        [--save-every N] [--log-every N]";
+        [--save-every N] [--log-every N] [--time-limit SECONDS]";
 
 const STATE_FILE: &str = "train_state.safetensors";
 /// Every 20th document is held out for validation.
@@ -114,6 +114,8 @@ pub fn run(args: &[String]) -> Result<()> {
         val_batches: 0, save_every: 100, log_every: 10, vocab_size: 4096,
     };
     let (mut out, mut tokenizer_path, mut init, mut resume, mut data, mut steps_override) = (None, None, None, false, None, None);
+    // Wall-clock budget of this invocation (not part of the saved run): stop like Ctrl-C once it is spent.
+    let mut time_limit: Option<f64> = None;
     let mut kind_given = false;
     let mut it = args.iter();
     let num = |it: &mut std::slice::Iter<String>, f: &str| -> Result<f64> { crate::parse_num(it.next(), f) };
@@ -149,6 +151,13 @@ pub fn run(args: &[String]) -> Result<()> {
             "--save-every" => run.save_every = num(&mut it, f)? as u64,
             "--log-every" => run.log_every = num(&mut it, f)? as u64,
             "--vocab-size" => run.vocab_size = num(&mut it, f)? as usize,
+            "--time-limit" => {
+                let t = num(&mut it, f)?;
+                if !(t > 0.0) {
+                    return Err(Error::Invalid("--time-limit must be a positive number of seconds".into()));
+                }
+                time_limit = Some(t);
+            }
             other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
         }
     }
@@ -302,8 +311,15 @@ pub fn run(args: &[String]) -> Result<()> {
             let eta = (run.steps - done) as f64 * tokens_per_step as f64 / rate;
             println!("step {done} loss {loss:.6} lr {lr:.3e} {rate:.0} tok/s eta {eta:.0}s");
         }
-        if run.val_every > 0 && (done % run.val_every == 0 || done == run.steps) {
+        let out_of_time = done < run.steps && time_limit.is_some_and(|t| started.elapsed().as_secs_f64() >= t);
+        if run.val_every > 0 && (done % run.val_every == 0 || done == run.steps || out_of_time) {
             validate(&mut model, &trainer, done, &mut clip)?;
+        }
+        if out_of_time {
+            save(&ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json)?;
+            eprintln!("time limit reached: checkpoint saved at step {done} of {} in {}", run.steps, out.display());
+            println!("stopped at step {done} (time limit)");
+            return Ok(());
         }
         let stop = interrupted.load(Ordering::SeqCst);
         if done % run.save_every == 0 || done == run.steps || stop {

@@ -52,8 +52,13 @@ pub fn read(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
 
 /// Record one dispatch, run it, and fail on any GPU error.
 pub fn run_one(ctx: &GpuContext, label: &'static str, pipeline: &Arc<wgpu::ComputePipeline>, params: &[u32], bindings: Vec<Slice>, groups: [u32; 3]) {
+    run_recorded(ctx, |pb| pb.dispatch(label, pipeline, params, bindings, groups));
+}
+
+/// Record with `record`, then run it as one submission and check for GPU errors.
+pub fn run_recorded<'a>(ctx: &'a GpuContext, record: impl FnOnce(&mut ProgramBuilder<'a>)) {
     let mut pb = ProgramBuilder::new(ctx);
-    pb.dispatch(label, pipeline, params, bindings, groups);
+    record(&mut pb);
     let program = pb.finish().unwrap();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     program.encode(&mut enc);
