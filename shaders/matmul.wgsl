@@ -79,17 +79,51 @@ fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
 
+// The epilogue of one output row: bias, dropout, aux, activation or residual add, for its 4 columns.
+fn store_row(m: u32, n_first: u32, acc: vec4<f32>) {
+    if (m >= p.m) {
+        return;
+    }
+    let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
+    for (var j = 0u; j < 4u; j++) {
+        let n = n_first + j;
+        if (n >= p.n) {
+            return;
+        }
+        var v = acc[j];
+        if (p.has_bias != 0u) {
+            v += bias[p.bias_offset + n];
+        }
+        let o = out_row * p.ldc + p.out_col_offset + n;
+        if (p.epilogue >= 3u && p.dropout > 0.0) {
+            v = select(0.0, v / (1.0 - p.dropout), keep(m, p.out_col_offset + n));
+        }
+        if (p.store_aux != 0u) {
+            aux[o] = v;
+        }
+        switch p.epilogue {
+            case 1u: { out[o] = gelu_tanh(v); }
+            case 2u: { out[o] = silu(v); }
+            case 3u: { out[o] = out[o] + gate[(m / p.rows_per_seq) * p.gate_stride + p.gate_offset + n] * v; }
+            case 4u: { out[o] = out[o] + v; }
+            default: { out[o] = v; }
+        }
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m0 = wg.y * BM;
     let n0 = wg.x * BN;
     let tx = lid3.x; // column group
     let ty = lid3.y; // row group
-    // Row i of the thread's block: its 4 columns as one vector (vector math, no inner column loop).
-    var acc: array<vec4<f32>, ROWS_PER_THREAD>;
-    for (var i = 0u; i < ROWS_PER_THREAD; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    // The thread's rows, each as its 4 columns in one vector. Named variables rather than an array:
+    // an array indexed in a loop can end up in (slow, bounds-checked) memory instead of registers.
+    // With ROWS_PER_THREAD = 1 the branches on it fold away.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // Each thread stages ROWS_PER_THREAD elements of A and 4 of B.
@@ -118,42 +152,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
             let bv = b_tile[kk * (BN / 4u) + tx];
-            for (var i = 0u; i < ROWS_PER_THREAD; i++) {
-                acc[i] = fma(vec4<f32>(a_tile[kk * BM + ty * ROWS_PER_THREAD + i]), bv, acc[i]);
+            let a_row = kk * BM + ty * ROWS_PER_THREAD;
+            acc0 = fma(vec4<f32>(a_tile[a_row]), bv, acc0);
+            if (ROWS_PER_THREAD == 4u) {
+                acc1 = fma(vec4<f32>(a_tile[a_row + 1u]), bv, acc1);
+                acc2 = fma(vec4<f32>(a_tile[a_row + 2u]), bv, acc2);
+                acc3 = fma(vec4<f32>(a_tile[a_row + 3u]), bv, acc3);
             }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < ROWS_PER_THREAD; i++) {
-        let m = m0 + ty * ROWS_PER_THREAD + i;
-        if (m >= p.m) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + tx * 4u + j;
-            if (n >= p.n) {
-                continue;
-            }
-            var v = acc[i][j];
-            if (p.has_bias != 0u) {
-                v += bias[p.bias_offset + n];
-            }
-            let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
-            let o = out_row * p.ldc + p.out_col_offset + n;
-            if (p.epilogue >= 3u && p.dropout > 0.0) {
-                v = select(0.0, v / (1.0 - p.dropout), keep(m, p.out_col_offset + n));
-            }
-            if (p.store_aux != 0u) {
-                aux[o] = v;
-            }
-            switch p.epilogue {
-                case 1u: { out[o] = gelu_tanh(v); }
-                case 2u: { out[o] = silu(v); }
-                case 3u: { out[o] = out[o] + gate[(m / p.rows_per_seq) * p.gate_stride + p.gate_offset + n] * v; }
-                case 4u: { out[o] = out[o] + v; }
-                default: { out[o] = v; }
-            }
-        }
+    let m_first = m0 + ty * ROWS_PER_THREAD;
+    let n_first = n0 + tx * 4u;
+    store_row(m_first, n_first, acc0);
+    if (ROWS_PER_THREAD == 4u) {
+        store_row(m_first + 1u, n_first, acc1);
+        store_row(m_first + 2u, n_first, acc2);
+        store_row(m_first + 3u, n_first, acc3);
     }
 }
