@@ -21,4 +21,7 @@ scripts/build-web.sh
 # Fail loudly if Vulkan is missing instead of silently picking another backend.
 export WGPU_BACKEND=vulkan XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo test --workspace
+# The kernels run without wgpu's added bounds checks natively (they check their own); the fixture
+# checks must pass with wgpu's checks and workgroup-memory zeroing too.
+BD3_SHADER_CHECKS=1 target/debug/bd3-wgpu verify tests/fixtures/tiny-a | tail -1
 node --test tests/web/

@@ -23,14 +23,18 @@ BIN=${BIN:-target/release/bd3-wgpu}
 [ -x "$BIN" ] || cargo build --release -p bd3-wgpu
 mkdir -p "$OUT"
 limit() { [ -n "$1" ] && echo "--time-limit $1" || true; }
-common=(--data "$DATA" --batch "$BATCH" --ema 0.999 --val-batches 2 --log-every 50)
+common=(--data "$DATA" --batch "$BATCH" --ema 0.999 --val-batches "${VAL_BATCHES:-2}" --log-every "${LOG_EVERY:-50}")
 
 [ -f "$OUT/tokenizer.json" ] || "$BIN" tokenizer train --data "$DATA" --vocab-size "$VOCAB" --out "$OUT/tokenizer.json"
 
-echo "== pretraining (MDLM, L' = L = $LEN), up to $PRE steps $(limit "$PRE_TIME")"
-# shellcheck disable=SC2046
-"$BIN" train "${common[@]}" --tokenizer "$OUT/tokenizer.json" --out "$OUT/pretrain" --kind mdlm --size "$SIZE" --length "$LEN" \
-  --lr "$LR" --warmup 100 --steps "$PRE" --val-every "$PRE" --save-every 1000 $(limit "$PRE_TIME") | tee "$OUT/pretrain.log"
+if [ "$PRE" = 0 ]; then
+  echo "== pretraining skipped (PRE=0): fine-tuning $OUT/pretrain"
+else
+  echo "== pretraining (MDLM, L' = L = $LEN), up to $PRE steps $(limit "$PRE_TIME")"
+  # shellcheck disable=SC2046
+  "$BIN" train "${common[@]}" --tokenizer "$OUT/tokenizer.json" --out "$OUT/pretrain" --kind mdlm --size "$SIZE" --length "$LEN" \
+    --lr "$LR" --warmup 100 --steps "$PRE" --val-every "$PRE" --save-every 1000 $(limit "$PRE_TIME") | tee "$OUT/pretrain.log"
+fi
 
 if [ "$FT" = auto ]; then
   # steps/s of pretraining (one MDLM step); a BD3-LM step processes x_t and x_0 (2L tokens), about
@@ -43,7 +47,7 @@ fi
 finetune() { # name, extra flags...
   local name=$1; shift
   # shellcheck disable=SC2046
-  "$BIN" train "${common[@]}" --init "$OUT/pretrain" --out "$OUT/$name" --lr "$FT_LR" --warmup 50 --steps "$FT" --val-every "$FT" \
+  "$BIN" train "${common[@]}" --init "$OUT/pretrain" --out "$OUT/$name" --lr "$FT_LR" --warmup "${FT_WARMUP:-50}" --steps "$FT" --val-every "$FT" \
     --save-every 1000 $(limit "$FT_TIME") "$@" > "$OUT/$name.log" 2>&1
 }
 echo "== fine-tuning: BD3-LM at L' = 4, 8, 16 and the MDLM baseline, $FT steps each"
@@ -61,6 +65,6 @@ echo "== validation perplexity (bd3-wgpu eval --split valid)"
 for r in "${runs[@]}"; do
   n=${r%% *}
   steps=$(awk '/^val step/{s=$3} END{print s}' "$OUT/$n.log")
-  printf '%-10s ft_steps %-6s %s\n' "$n" "$steps" "$("$BIN" eval --model "$OUT/$n" --data "$DATA" --split valid --batch 64 2>/dev/null)" | tee -a "$OUT/results.txt"
+  printf '%-10s ft_steps %-6s %s\n' "$n" "$steps" "$("$BIN" eval --model "$OUT/$n" --data "$DATA" --split valid --batch "${EVAL_BATCH:-64}" 2>/dev/null)" | tee -a "$OUT/results.txt"
   "$BIN" export --model "$OUT/$n" --out "$OUT/$n-f16" --dtype f16 >/dev/null || echo "export of $n failed"
 done

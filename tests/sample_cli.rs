@@ -139,3 +139,47 @@ fn the_trace_records_every_revealed_position() {
     assert_eq!(committed, 10, "40 tokens in blocks of 4");
     let _ = std::fs::remove_file(trace);
 }
+
+/// The words of a text as the bundled model's word list counts them: maximal runs of ASCII letters,
+/// lower-cased (the list is every such word of the training corpus; see models/fortunes-bd3lm/README.md).
+fn words(text: &str) -> Vec<String> {
+    text.replace("<|endoftext|>", " ").split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty()).map(|w| w.to_ascii_lowercase()).collect()
+}
+
+#[test]
+fn the_bundled_model_writes_words_of_its_corpus() {
+    // No --model: the bundled model, found through the repository the binary was built in.
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/fortunes-bd3lm"));
+    let list: std::collections::HashSet<String> = std::fs::read_to_string(root.join("words.txt")).unwrap().lines().map(str::to_string).collect();
+    let (code, out, err) = sample(&["--seed", "1", "--batch", "2", "--prompt", "The computer"]);
+    assert_eq!(code, 0, "{err}");
+    let generated: Vec<String> = out.lines().filter(|l| !l.starts_with("--- sample")).flat_map(words).collect();
+    assert!(generated.len() >= 40, "too little text: {out}");
+    let known = generated.iter().filter(|w| list.contains(*w)).count();
+    let share = known as f64 / generated.len() as f64;
+    assert!(share >= MIN_KNOWN_WORDS, "only {known} of {} words are in the corpus's word list ({share:.2}):\n{out}", generated.len());
+}
+
+/// Most words the bundled model writes must be words of its corpus. Its samples of 128 tokens after
+/// "The computer" score 0.85-0.97 (seeds 1-6); random tokens of the same tokenizer about 0.54 (next test).
+const MIN_KNOWN_WORDS: f64 = 0.75;
+
+#[test]
+fn the_word_check_can_fail_on_random_tokens() {
+    // The check above must be able to fail: uniformly random token ids of the same tokenizer, decoded,
+    // fall well below the bar.
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/fortunes-bd3lm"));
+    let list: std::collections::HashSet<String> = std::fs::read_to_string(root.join("words.txt")).unwrap().lines().map(str::to_string).collect();
+    let tok = bd3_model::tokenizer::TextTokenizer::from_file(&root.join("tokenizer.json")).unwrap();
+    let mut state = 12345u64;
+    let ids: Vec<u32> = (0..400)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % (tok.vocab_size() as u64 - 1)) as u32
+        })
+        .collect();
+    let generated = words(&tok.decode(&ids).unwrap());
+    let share = generated.iter().filter(|w| list.contains(*w)).count() as f64 / generated.len() as f64;
+    eprintln!("random tokens: {share:.2} of their words are in the list");
+    assert!(share < MIN_KNOWN_WORDS - 0.1, "random tokens already score {share:.2}");
+}

@@ -36,8 +36,10 @@ function render() {
   out.textContent = '';
   for (const c of cells) {
     const span = document.createElement('span');
-    span.className = `tok ${c.state}`;
-    span.textContent = c.state === 'masked' ? '▒' : c.text;
+    // The end-of-text token separates documents: shown as a marker and a line break.
+    const eos = c.text === '<|endoftext|>';
+    span.className = `tok ${c.state}${eos ? ' eos' : ''}`;
+    span.textContent = c.state === 'masked' ? '▒' : eos ? '¶\n' : c.text;
     out.appendChild(span);
   }
 }
@@ -148,6 +150,7 @@ $('gen-btn').onclick = () => {
   const ids = /^[\d\s,]+$/.test(prompt) ? prompt.split(/[\s,]+/).filter(Boolean).map(Number) : null;
   const options = {
     length: +$('length').value, topP: +$('top-p').value, sampler: $('sampler').value, steps: +$('steps').value, seed: +$('seed').value,
+    varLength: $('var-length').checked && !!state.info?.tokenizer,
     ...(ids ? { promptIds: ids } : { prompt }),
   };
   state.generating = true; state.result = null; state.events = 0;

@@ -83,6 +83,11 @@ function folder(source) {
       let cache = null;
       try { cache = await caches.open(CACHE); } catch { /* no Cache API (e.g. not a secure context) */ }
       let r = cache ? await cache.match(url) : undefined;
+      if (r && !(await stillCurrent(url, r))) {
+        // The file behind the URL changed since it was cached (a new model at the same address).
+        await cache.delete(url);
+        r = undefined;
+      }
       const cached = !!r;
       if (!r) {
         r = await fetch(url);
@@ -95,6 +100,20 @@ function folder(source) {
       return { body: r.body, length, cached, done: async (ok) => { if (!ok && cache) await cache.delete(url); } };
     },
   };
+}
+
+// Whether a cached response still matches the server's file: same ETag (or Last-Modified, or size).
+// Offline (the HEAD fails), the cached copy is used.
+async function stillCurrent(url, cached) {
+  let head;
+  try { head = await fetch(url, { method: 'HEAD', cache: 'no-store' }); } catch { return true; }
+  if (!head.ok) return true;
+  for (const h of ['etag', 'last-modified']) {
+    const was = cached.headers.get(h), now = head.headers.get(h);
+    if (was || now) return was === now;
+  }
+  const size = (x) => x.headers.get('x-linked-size') || x.headers.get('content-length');
+  return size(cached) === size(head);
 }
 
 // Reads exact byte counts from a stream.

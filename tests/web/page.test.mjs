@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, rmSync, copyFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -56,6 +56,16 @@ async function openPage(query = '') {
 
 async function loadDefault(page) {
   await page.selectOption('#model-choice', 'default');
+  await loadChosen(page);
+}
+
+async function loadUrl(page, url) {
+  await page.selectOption('#model-choice', 'url');
+  await page.fill('#model-url', url);
+  await loadChosen(page);
+}
+
+async function loadChosen(page) {
   await page.click('#load-btn');
   await page.waitForFunction(() => window.bd3.loaded || window.bd3.error, null, { timeout: 60_000 });
   assert.equal(await page.evaluate(() => window.bd3.error), null);
@@ -77,7 +87,7 @@ test('the fixture checks of `bd3-wgpu verify` pass with the browser compiling th
 test('the page generates the same tokens as the native binary for the same model, prompt and seed', async () => {
   const native = execFileSync(bin, ['sample', '--model', path.join(root, 'tests/fixtures/tiny-a'), '--seed', '7', '--length', '40', '--prompt-ids', '5,6,7'], { encoding: 'utf8' });
   const page = await openPage();
-  await loadDefault(page);
+  await loadUrl(page, base + 'tests/fixtures/tiny-a/');
   await page.fill('#prompt', '5,6,7');
   await page.fill('#length', '40');
   await page.fill('#seed', '7');
@@ -103,16 +113,28 @@ test('a user loads the model, generates, watches blocks fill, and stops', async 
   await page.waitForFunction(() => window.bd3.result, null, { timeout: 60_000 });
   assert.equal(await page.evaluate(() => window.bd3.result.stopped), true);
   assert.match(await page.textContent('#gen-status'), /Stopped/);
-  // A complete short generation fills the output.
-  await page.fill('#length', '48');
+  // A complete generation with a prompt: the bundled model writes words of its corpus (as
+  // `bd3-wgpu sample` must, tests/sample_cli.rs): at least MIN_KNOWN_WORDS of them are in the word
+  // list of the text its tokenizer was trained on. Uniformly random tokens score about 0.54.
+  await page.fill('#prompt', 'The computer');
+  await page.fill('#length', '96');
+  await page.fill('#seed', '3');
+  await page.uncheck('#var-length');
   await page.click('#gen-btn');
-  await page.waitForFunction(() => window.bd3.result && !window.bd3.generating, null, { timeout: 120_000 });
+  await page.waitForFunction(() => window.bd3.result && !window.bd3.generating, null, { timeout: 300_000 });
   const out = await page.textContent('#output');
-  assert.ok(out.trim().split(/\s+/).length >= 40, out);
   assert.match(await page.textContent('#gen-status'), /Done: \d+ NFEs/);
+  const list = new Set(readFileSync(path.join(root, 'models/fortunes-bd3lm/words.txt'), 'utf8').split('\n'));
+  const words = out.replaceAll('<|endoftext|>', ' ').split(/[^A-Za-z]+/).filter(Boolean).map((w) => w.toLowerCase());
+  assert.ok(words.length >= 40, `too little text: ${out}`);
+  const share = words.filter((w) => list.has(w)).length / words.length;
+  assert.ok(share >= MIN_KNOWN_WORDS, `only ${share.toFixed(2)} of the words are in the corpus's word list: ${out}`);
   await page.screenshot({ path: path.join(shots, 'page-after-generation.png'), fullPage: true });
   await page.close();
 });
+
+// The bar of tests/sample_cli.rs (MIN_KNOWN_WORDS there).
+const MIN_KNOWN_WORDS = 0.75;
 
 test('a broken model folder shows a readable error', async () => {
   const page = await openPage();

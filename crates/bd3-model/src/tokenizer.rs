@@ -101,6 +101,25 @@ impl TextTokenizer {
         Ok(out)
     }
 
+    /// The text of each token for display, concatenating to `decode(ids)`: a character that byte-level
+    /// BPE split over several tokens goes whole to the token that completes it (the others get ""),
+    /// instead of each showing a replacement character.
+    pub fn pieces(&self, ids: &[u32]) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut start = 0;
+        for i in 0..ids.len() {
+            let text = self.decode(&ids[start..=i])?;
+            // A UTF-8 character has at most 4 bytes, so a group never needs more than 4 tokens.
+            if text.ends_with('\u{FFFD}') && i + 1 - start < 4 && i + 1 < ids.len() {
+                out.push(String::new());
+                continue;
+            }
+            out.push(text);
+            start = i + 1;
+        }
+        Ok(out)
+    }
+
     /// The tokenizer must leave room for the mask token and agree on EOS = vocab_size − 2.
     pub fn check_fits(&self, cfg: &ModelConfig) -> Result<()> {
         let n = self.vocab_size();
@@ -111,5 +130,23 @@ impl TextTokenizer {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_keep_split_characters_whole() {
+        let docs: Vec<String> = (0..20).map(|i| format!("café {i} naïve ☕ and more text, 名前 {i}")).collect();
+        let tok = TextTokenizer::train_bpe(&docs, 300).unwrap();
+        let ids = tok.encode("a ☕ café 名前 ☃ 𝄞 x").unwrap(); // ☃ and 𝄞 are not in the training text: split in bytes
+        let pieces = tok.pieces(&ids).unwrap();
+        assert_eq!(pieces.len(), ids.len());
+        assert_eq!(pieces.concat(), tok.decode(&ids).unwrap());
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        // The split really happened (otherwise this test could not fail): some token alone is not valid UTF-8.
+        assert!(ids.iter().any(|&id| tok.decode(&[id]).unwrap().contains('\u{FFFD}')));
     }
 }

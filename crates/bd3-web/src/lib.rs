@@ -201,7 +201,11 @@ impl Engine {
                     set(&o, "block", block as f64);
                     set(&o, "end", end as f64);
                     set(&o, "tokens", sequences[0].iter().map(|&t| JsValue::from(t as f64)).collect::<Array>());
-                    set(&o, "pieces", sequences[0].iter().map(|&t| JsValue::from(piece(t))).collect::<Array>());
+                    let pieces: Vec<String> = match tok {
+                        Some(t) => t.pieces(&sequences[0]).unwrap_or_default(),
+                        None => sequences[0].iter().map(|&id| piece(id)).collect(),
+                    };
+                    set(&o, "pieces", pieces.into_iter().map(JsValue::from).collect::<Array>());
                 }
             }
             let _ = on_event.call1(&JsValue::NULL, &o);

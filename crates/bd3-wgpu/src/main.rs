@@ -2,7 +2,7 @@
 //!
 //!   bd3-wgpu verify DIR...          compare against fixtures from the official PyTorch code
 //!   bd3-wgpu bench forward [opts]   forward throughput, per-kernel time, submits and buffers
-//!   bd3-wgpu sample --model DIR     generate text with a checkpoint
+//!   bd3-wgpu sample [--model DIR]   generate text (default: the bundled model, models/fortunes-bd3lm)
 //!   bd3-wgpu info                   the adapter that would be used
 //!
 //! Every failure is one line on stderr and a non-zero exit code.
@@ -26,7 +26,7 @@ const USAGE: &str = "usage:
   bd3-wgpu verify [--split-threshold BYTES] DIR...   run every fixture case in DIR (golden/tiny-a format)
   bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
   bd3-wgpu info                          print the GPU adapter that would be used
-  bd3-wgpu sample --model DIR [...]      generate text (bd3-wgpu sample --help for options)
+  bd3-wgpu sample [--model DIR] [...]    generate text (default: the bundled model; --help for options)
   bd3-wgpu train --data PATH --out DIR [...]   train a model (bd3-wgpu train --help for options)
   bd3-wgpu eval --model DIR --data PATH   NELBO and perplexity of a checkpoint on a corpus
   bd3-wgpu export --model DIR --out DIR [--dtype f16|f32]   rewrite a model folder with F16 (or F32) weights
@@ -90,6 +90,21 @@ fn tokenizer_cmd(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Where the bundled model lives in the repository.
+pub const BUNDLED_MODEL: &str = "models/fortunes-bd3lm";
+
+/// The bundled model folder, used when `sample` or `serve` get no --model: under the current folder,
+/// else under the repository the binary was built in (so `target/release/bd3-wgpu sample` works from
+/// anywhere in a checkout).
+pub fn bundled_model() -> Result<PathBuf> {
+    let here = PathBuf::from(BUNDLED_MODEL);
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
+    [here, built_in].into_iter().find(|p| p.join("config.json").is_file()).ok_or_else(|| Error::Io {
+        path: BUNDLED_MODEL.into(),
+        message: "the bundled model is not here; run from the repository root or pass --model DIR".into(),
+    })
+}
+
 /// Parse a numeric option value, naming the option on failure.
 pub fn parse_num<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T> {
     let v = v.ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?;
@@ -144,6 +159,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             println!("adapter: {}", ctx.adapter_summary());
             println!("max storage binding: {} MiB, max buffer: {} MiB", ctx.limits.max_storage_buffer_binding_size >> 20, ctx.limits.max_buffer_size >> 20);
             println!("optional features in use: {:?}", ctx.features);
+            println!("wgpu shader bounds checks: {}", if ctx.shader_checks() { "on (BD3_SHADER_CHECKS is set)" } else { "off (kernels check their own bounds; BD3_SHADER_CHECKS=1 turns them on)" });
             Ok(ExitCode::SUCCESS)
         }
         "-h" | "--help" | "help" => {

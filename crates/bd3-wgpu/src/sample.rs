@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const USAGE: &str = "sample --model DIR [--prompt TEXT | --prompt-ids 1,2,3] [--length N] [--top-p P]
+pub const USAGE: &str = "sample [--model DIR (default: the bundled model)] [--prompt TEXT | --prompt-ids 1,2,3] [--length N] [--top-p P]
          [--sampler first-hitting|ddpm] [--steps N] [--seed N] [--batch N] [--var-length] [--entropy-check]
          [--trace FILE] [--kind bd3lm|mdlm|sedd|ar] [--block-size N]";
 
@@ -69,7 +69,10 @@ fn parse(args: &[String]) -> Result<Args> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
-    let dir = a.model.clone().ok_or_else(|| Error::Invalid(format!("sample needs --model DIR; usage: bd3-wgpu {USAGE}")))?;
+    let dir = match a.model.clone() {
+        Some(d) => d,
+        None => crate::bundled_model()?,
+    };
     let (cfg, ckpt) = bd3_model::load_model_dir(&dir, a.kind)?;
     if let Some(bs) = a.block_size {
         if bs != cfg.block_size {

@@ -26,7 +26,11 @@ pub fn run(args: &[String]) -> Result<()> {
     if !root.join("web/pkg/bd3_web.js").is_file() {
         return Err(Error::Io { path: root.join("web/pkg").display().to_string(), message: "the wasm package is missing: build it first (scripts/serve.sh does)".into() });
     }
-    let model = model.unwrap_or_else(|| root.join("tests/fixtures/tiny-a"));
+    let model = match model {
+        Some(m) => m,
+        None if root.join(crate::BUNDLED_MODEL).is_dir() => root.join(crate::BUNDLED_MODEL),
+        None => crate::bundled_model()?,
+    };
     if !model.join("config.json").is_file() {
         return Err(Error::Io { path: model.display().to_string(), message: "not a model folder (no config.json)".into() });
     }
@@ -97,8 +101,16 @@ fn handle(mut stream: TcpStream, root: &Path, model: &Path) -> std::io::Result<(
         Some(file) => {
             // Streamed from disk: a 680 MB checkpoint is never held in memory.
             let mut f = std::fs::File::open(&file)?;
-            let len = f.metadata()?.len();
-            write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n", content_type(&file))?;
+            let meta = f.metadata()?;
+            let len = meta.len();
+            // An ETag from size and modification time: the page's weight cache compares it, so a
+            // replaced model (same URL, new file) is downloaded again rather than served stale.
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nETag: \"{len:x}-{mtime:x}\"\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                content_type(&file)
+            )?;
             if method == "GET" {
                 std::io::copy(&mut f, &mut stream)?;
             }
