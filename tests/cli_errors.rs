@@ -111,3 +111,57 @@ fn missing_folder_and_unknown_command() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command `frobnicate`"));
 }
+
+#[test]
+fn export_to_f16_keeps_the_weights_within_half_precision() {
+    let src = scratch_copy("export-src");
+    let out = std::env::temp_dir().join(format!("bd3-cli-{}-export-out", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("export").args(args).output().unwrap();
+    let o = run(&["--model", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f16"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(src.join("config.json")).unwrap(), std::fs::read(out.join("config.json")).unwrap());
+    let (a, b) = (std::fs::read(src.join("model.safetensors")).unwrap(), std::fs::read(out.join("model.safetensors")).unwrap());
+    let (a, b) = (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
+    let mut halves = 0;
+    for (name, va) in a.tensors() {
+        let vb = b.tensor(&name).unwrap_or_else(|_| panic!("{name} missing after export"));
+        assert_eq!(va.shape(), vb.shape(), "{name}");
+        let want = bd3_model::checkpoint::to_f32(va.dtype(), va.data());
+        let got = bd3_model::checkpoint::to_f32(vb.dtype(), vb.data());
+        if va.shape().len() >= 2 {
+            assert_eq!(vb.dtype(), safetensors::Dtype::F16, "{name}");
+            halves += 1;
+        } else {
+            assert_eq!(vb.dtype(), va.dtype(), "{name}: vectors keep their dtype");
+        }
+        for (x, y) in want.iter().zip(&got) {
+            // Round to nearest: within half a unit in the last place of an 11-bit significand.
+            assert!((x - y).abs() <= x.abs() * 2f32.powi(-11) + 3e-8, "{name}: {x} became {y}");
+        }
+    }
+    assert!(halves >= 10, "only {halves} matrices were converted");
+    let s = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).args(["sample", "--model"]).arg(&out).args(["--length", "8"]).output().unwrap();
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+
+    // Bad requests: one line each, non-zero exit.
+    for (args, needle) in [
+        (vec!["--model", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f8"], "--dtype `f8`"),
+        (vec!["--model", src.to_str().unwrap(), "--out", src.to_str().unwrap()], "must differ"),
+        (vec!["--out", out.to_str().unwrap()], "needs --model"),
+    ] {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
+    }
+    // A weight F16 cannot hold is refused, naming the tensor.
+    rewrite_weights(&src, |t| {
+        let (_, _, _, bytes) = t.iter_mut().find(|(n, ..)| n.ends_with("attn_out.weight")).unwrap();
+        bytes[..4].copy_from_slice(&1.0e6f32.to_le_bytes());
+    });
+    let o = run(&["--model", src.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("attn_out.weight") && err.contains("F16 cannot store"), "{err}");
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -176,3 +176,20 @@ fn bad_data_is_refused_in_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_time_limit_ends_the_run_with_validation_and_a_checkpoint() {
+    let out = scratch("time-limit");
+    let o = train(&out, &["--steps", "100000", "--val-every", "100000", "--time-limit", "0.01"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The limit is spent by the first step: the run stops there, validates and saves.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("stopped at step 1 (time limit)"), "{}", text(&o));
+    assert_eq!(series(&o, "val step").last().map(|v| v.0), Some(1), "{}", text(&o));
+    let s = bin().args(["sample", "--model"]).arg(&out).args(["--length", "8"]).output().unwrap();
+    assert!(s.status.success(), "{}", text(&s));
+    for bad in ["0", "-3", "soon"] {
+        let o = train(&out, &["--time-limit", bad]);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--time-limit"), "{bad}: {}", text(&o));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

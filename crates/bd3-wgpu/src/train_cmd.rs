@@ -153,7 +153,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--vocab-size" => run.vocab_size = num(&mut it, f)? as usize,
             "--time-limit" => {
                 let t = num(&mut it, f)?;
-                if !(t > 0.0) {
+                if t.is_nan() || t <= 0.0 {
                     return Err(Error::Invalid("--time-limit must be a positive number of seconds".into()));
                 }
                 time_limit = Some(t);
