@@ -5,9 +5,13 @@
 #   2. MDLM-style pretraining: one block of L tokens (L' = L), full attention;
 #   3. fine-tuning from those weights at L' = 4, 8 and 16 with the clip search (paper §5), and, as the
 #      baseline, the same fine-tuning budget spent on more MDLM training;
-#   4. `bd3-wgpu eval` of the four on the held-out split (every 20th document), and F16 copies.
+#   4. F16 copies of the four and their `bd3-wgpu eval` on the held-out split (every 20th document).
 # Sizes, steps and time limits come from the environment, so the same script runs at toy scale on
-# lavapipe and at full scale on a GPU:
+# lavapipe and at full scale on a GPU. The bundled model came from two runs (see its README.md):
+#   pretraining on an H200:  SIZE=256,4,6 LEN=128 BATCH=64 PRE=100000 PRE_TIME=185 ...
+#   the rest on lavapipe:    PRE=0 FT=30 BATCH=8 VAL_BATCHES=1 LOG_EVERY=5 FT_WARMUP=10 EVAL_BATCH=16
+# then `bd3-wgpu export --model $OUT/bd3lm-l4 --out models/fortunes-bd3lm --dtype f16`.
+# With a GPU for the whole recipe:
 #   SIZE=256,4,6 LEN=128 BATCH=64 PRE=100000 PRE_TIME=180 FT=auto FT_TIME=170 PARALLEL=1 scripts/train-default-model.sh
 # PRE_TIME / FT_TIME (seconds) stop a stage early, like Ctrl-C (checkpoint, validation and clip search
 # included). FT=auto sizes the fine-tuning from the pretraining rate so that the four runs, started
@@ -61,10 +65,10 @@ done
 for p in "${pids[@]}"; do wait "$p" || echo "a fine-tuning run failed (see its log)"; done
 for r in "${runs[@]}"; do n=${r%% *}; echo "-- $n"; grep -E "^(val|clip|stopped)" "$OUT/$n.log" | tail -3; done
 
-echo "== validation perplexity (bd3-wgpu eval --split valid)"
+echo "== validation perplexity of the F16 copies (bd3-wgpu eval --split valid, ${EVAL_PASSES:-3} passes)"
 for r in "${runs[@]}"; do
   n=${r%% *}
   steps=$(awk '/^val step/{s=$3} END{print s}' "$OUT/$n.log")
-  printf '%-10s ft_steps %-6s %s\n' "$n" "$steps" "$("$BIN" eval --model "$OUT/$n" --data "$DATA" --split valid --batch "${EVAL_BATCH:-64}" 2>/dev/null)" | tee -a "$OUT/results.txt"
   "$BIN" export --model "$OUT/$n" --out "$OUT/$n-f16" --dtype f16 >/dev/null || echo "export of $n failed"
+  printf '%-10s ft_steps %-6s %s\n' "$n" "$steps" "$("$BIN" eval --model "$OUT/$n-f16" --data "$DATA" --split valid --batch "${EVAL_BATCH:-64}" --passes "${EVAL_PASSES:-3}" 2>/dev/null)" | tee -a "$OUT/results.txt"
 done

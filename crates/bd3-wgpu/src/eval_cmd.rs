@@ -11,10 +11,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub const USAGE: &str = "eval --model DIR --data PATH [--batch 8] [--split all|valid|train] [--seed 1]";
+pub const USAGE: &str = "eval --model DIR --data PATH [--batch 8] [--split all|valid|train] [--seed 1] [--passes 1]";
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (mut model_dir, mut data, mut batch, mut split, mut seed) = (None, None, 8usize, "all".to_string(), 1u64);
+    let (mut model_dir, mut data, mut batch, mut split, mut seed, mut passes) = (None, None, 8usize, "all".to_string(), 1u64, 1usize);
     let mut it = args.iter();
     while let Some(f) = it.next() {
         match f.as_str() {
@@ -22,14 +22,15 @@ pub fn run(args: &[String]) -> Result<()> {
             "--data" => data = it.next().map(PathBuf::from),
             "--batch" => batch = crate::parse_num(it.next(), f)?,
             "--seed" => seed = crate::parse_num(it.next(), f)?,
+            "--passes" => passes = crate::parse_num(it.next(), f)?,
             "--split" => split = it.next().cloned().unwrap_or_default(),
             other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
         }
     }
     let dir = model_dir.ok_or_else(|| Error::Invalid(format!("eval needs --model DIR; usage: bd3-wgpu {USAGE}")))?;
     let data = data.ok_or_else(|| Error::Invalid(format!("eval needs --data PATH; usage: bd3-wgpu {USAGE}")))?;
-    if batch == 0 {
-        return Err(Error::Invalid("--batch must be at least 1".into()));
+    if batch == 0 || passes == 0 {
+        return Err(Error::Invalid("--batch and --passes must be at least 1".into()));
     }
     let (cfg, ckpt) = bd3_model::load_model_dir(&dir, None)?;
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -45,14 +46,29 @@ pub fn run(args: &[String]) -> Result<()> {
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
+    // Each pass draws its own t per block; the first is the estimate `train` validates with.
     let started = std::time::Instant::now();
-    let (sum, count, _) = pollster::block_on(evaluate(&mut model, &chunks, batch, Clip::NELBO, seed ^ 0x5eed, false, |done, total| {
-        let secs = started.elapsed().as_secs_f64();
-        eprint!("\reval {done}/{total} chunks, {:.0} s left   ", secs / done as f64 * (total - done) as f64);
-        let _ = std::io::stderr().flush();
-    }))?;
+    let total = chunks.len() * passes;
+    let mut per_pass = Vec::with_capacity(passes);
+    let mut count = 0;
+    for pass in 0..passes {
+        let (sum, n, _) = pollster::block_on(evaluate(&mut model, &chunks, batch, Clip::NELBO, (seed + pass as u64) ^ 0x5eed, false, |done, _| {
+            let done = pass * chunks.len() + done;
+            let secs = started.elapsed().as_secs_f64();
+            eprint!("\reval {done}/{total} chunks, {:.0} s left   ", secs / done as f64 * (total - done) as f64);
+            let _ = std::io::stderr().flush();
+        }))?;
+        per_pass.push(sum / n as f64);
+        count = n;
+    }
     eprintln!();
-    let nelbo = sum / count as f64;
-    println!("nelbo {nelbo:.6} ppl {:.3} tokens {count} chunks {}", nelbo.exp(), chunks.len());
+    let nelbo = per_pass.iter().sum::<f64>() / passes as f64;
+    print!("nelbo {nelbo:.6} ppl {:.3} tokens {count} chunks {}", nelbo.exp(), chunks.len());
+    if passes > 1 {
+        // Standard error of the mean over passes (the passes are independent draws of t).
+        let var = per_pass.iter().map(|x| (x - nelbo).powi(2)).sum::<f64>() / (passes - 1) as f64;
+        print!(" passes {passes} stderr {:.6}", (var / passes as f64).sqrt());
+    }
+    println!();
     Ok(())
 }
