@@ -77,6 +77,14 @@ fn validation_loss_falls_and_eval_agrees_with_it() {
     let line = String::from_utf8_lossy(&e.stdout).to_string();
     let nelbo: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((nelbo - last).abs() < 1e-4, "eval {nelbo} vs train {last}");
+    // More passes: the first is that same estimate, the others draw new t; the mean comes with its
+    // standard error, which is positive because the draws differ.
+    let e = bin().args(["eval", "--model"]).arg(&out).args(["--data", corpus(), "--split", "valid", "--batch", "4", "--passes", "3"]).output().unwrap();
+    assert!(e.status.success(), "{}", text(&e));
+    let w: Vec<String> = String::from_utf8_lossy(&e.stdout).split_whitespace().map(str::to_string).collect();
+    assert_eq!((w[8].as_str(), w[9].as_str(), w[10].as_str()), ("passes", "3", "stderr"), "{w:?}");
+    let (mean, stderr): (f64, f64) = (w[1].parse().unwrap(), w[11].parse().unwrap());
+    assert!(stderr > 0.0 && (mean - last).abs() < 5.0 * stderr + 0.5, "{w:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
