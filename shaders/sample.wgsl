@@ -53,16 +53,7 @@ const NEG: f32 = -1e6;
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
 
-// "lowbias32" integer hash (C. Wellons).
-fn mix32(x0: u32) -> u32 {
-    var x = x0;
-    x = x ^ (x >> 16u);
-    x = x * 0x7feb352du;
-    x = x ^ (x >> 15u);
-    x = x * 0x846ca68bu;
-    x = x ^ (x >> 16u);
-    return x;
-}
+// mix32: shaders/hash.wgsl, which the host prepends.
 
 fn random2(stream: u32, v: u32) -> vec2<u32> {
     let k = mix32(p.seed_lo ^ mix32(p.seed_hi ^ mix32(p.call ^ 0x9e3779b9u)));

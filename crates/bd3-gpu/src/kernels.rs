@@ -27,10 +27,16 @@ pub const LAYERNORM_PARAM_GRADS_WGSL: &str = include_str!("../../../shaders/laye
 pub const EMBEDDING_BACKWARD_WGSL: &str = include_str!("../../../shaders/embedding_backward.wgsl");
 pub const ADAMW_WGSL: &str = include_str!("../../../shaders/adamw.wgsl");
 pub const DROPOUT_WGSL: &str = include_str!("../../../shaders/dropout.wgsl");
+pub const HASH_WGSL: &str = include_str!("../../../shaders/hash.wgsl");
 
-/// A kernel that uses the dropout mask, behind its shared definition (dropout.wgsl).
+/// A kernel that uses the dropout mask, behind its shared definition (hash.wgsl + dropout.wgsl).
 pub fn with_dropout(body: &str) -> String {
-    format!("{DROPOUT_WGSL}\n{body}")
+    format!("{HASH_WGSL}\n{DROPOUT_WGSL}\n{body}")
+}
+
+/// The sample kernel behind the hash it draws with (hash.wgsl).
+pub fn sample_source() -> String {
+    format!("{HASH_WGSL}\n{SAMPLE_WGSL}")
 }
 
 /// Every shader file with its name, for validation tests. The attention kernels are listed with the
@@ -45,12 +51,13 @@ pub fn all_shaders() -> Vec<(&'static str, String)> {
     v.push(("matmul.wgsl", with_dropout(MATMUL_WGSL)));
     v.push(("gate_backward.wgsl", with_dropout(GATE_BACKWARD_WGSL)));
     v.push(("dropout.wgsl", with_dropout(MATMUL_WGSL)));
+    v.push(("sample.wgsl", sample_source()));
+    v.push(("hash.wgsl", sample_source()));
     v
 }
 
 /// The shader files that compile on their own.
-const SHADER_FILES: [(&str, &str); 12] = [
-    ("sample.wgsl", SAMPLE_WGSL),
+const SHADER_FILES: [(&str, &str); 11] = [
     ("col_sum.wgsl", COL_SUM_WGSL),
     ("elementwise.wgsl", ELEMENTWISE_WGSL),
     ("layernorm_backward.wgsl", LAYERNORM_BACKWARD_WGSL),
@@ -121,7 +128,7 @@ impl Kernels {
             token_loss: ctx.pipeline("token_loss", TOKEN_LOSS_WGSL).await?,
             sedd_loss: ctx.pipeline("sedd_loss", SEDD_LOSS_WGSL).await?,
             reduce_sum: ctx.pipeline("reduce_sum", REDUCE_SUM_WGSL).await?,
-            sample: ctx.pipeline("sample", SAMPLE_WGSL).await?,
+            sample: ctx.pipeline("sample", &sample_source()).await?,
             dummy: ctx.storage("dummy", 16)?,
             dummy_out: ctx.storage("dummy out", 16)?,
             dummy_out2: ctx.storage("dummy out 2", 16)?,
