@@ -122,7 +122,7 @@ struct TrainBuffers {
     stats: wgpu::Buffer,
     /// Column sums over many rows: per-chunk partial sums ([chunks, columns]).
     col_partial: wgpu::Buffer,
-    /// LayerNorm weight gradients: per-sequence partial sums ([sequences, dim]).
+    /// LayerNorm weight gradients: per-sequence partial sums ([batch, dim]).
     ln_partial: wgpu::Buffer,
     dmods: Vec<wgpu::Buffer>,
     dfinal_mod: wgpu::Buffer,
@@ -313,7 +313,8 @@ impl Trainer {
             loss_sum: f("loss sum", 1)?,
             stats: f("layernorm stats", 2 * rows.max(scored))?,
             col_partial: f("column partial sums", rows.max(scored).div_ceil(COL_SUM_CHUNK) * (6 * d).max(v))?,
-            ln_partial: f("layernorm partial dw", rows * d)?,
+            // Every LayerNorm covers the whole batch, one sequence per partial row.
+            ln_partial: f("layernorm partial dw", b * d)?,
             dmods: per_layer("d modulation", b * 6 * d)?,
             dfinal_mod: f("d final modulation", b * 2 * d)?,
             dc: f("d cond", b * c)?,
@@ -393,6 +394,7 @@ impl Trainer {
             pb.dispatch("layernorm_backward", &tk.layernorm_backward, &words, vec![x.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), dy_buf.into(), (&tb.dx).into(), (&tb.stats).into()], groups);
             // Per-sequence partial dw (one workgroup row per sequence), then their sum into dw.
             let n_seq = p.n_rows / p.out_rows_per_seq;
+            debug_assert_eq!(n_seq as usize, b, "ln_partial holds one row per sequence of the batch");
             pb.dispatch(
                 "layernorm_param_grads",
                 &tk.layernorm_param_grads,
