@@ -9,7 +9,7 @@
 //   query i of sequence b: row b*q_seq_stride + q_row_offset + i of `qrows`, logical index q_index_offset + i
 //   key j of sequence b:   row b*kv_seq_stride + j of `kvrows`, logical index j
 // The mask is a predicate on logical indices, evaluated as at most two key intervals per query
-// (attention_common.wgsl, prepended by the host). With write_lse = 1 each query's log-sum-exp of
+// (attention_common.wgsl). With write_lse = 1 each query's log-sum-exp of
 // its scores goes to lse[(b·H + h)·n_q + i] (slot 2·index) for the backward pass.
 //
 // Bindings: 0 params, 1 qrows, 2 kvrows, 3 rope_cos [P, half], 4 rope_sin [P, half], 5 out [B*n_q, D],
@@ -17,6 +17,11 @@
 // Tiling: a workgroup of 64 threads owns 64 consecutive queries of one (head, sequence); keys are
 // staged TILE at a time (rotated) in workgroup memory, 2·TILE·HEAD_DIM floats ≤ 16 KiB.
 // Tiles that no query of the workgroup may see are skipped.
+// Includes: attention_common.wgsl (Params, masks, rotary, HEAD_DIM / TILE, stage_tile),
+//           attention_kv_tile.wgsl (the K/V tile, read through kv_at).
+
+// #include "attention_common.wgsl"
+// #include "attention_kv_tile.wgsl"
 
 @group(0) @binding(1) var<storage, read> qrows: array<f32>;
 @group(0) @binding(2) var<storage, read> kvrows: array<f32>;
@@ -25,8 +30,10 @@
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse_delta: array<f32>;
 
-var<workgroup> k_tile: array<f32, TILE * HEAD_DIM>;
-var<workgroup> v_tile: array<f32, TILE * HEAD_DIM>;
+// The tile (attention_kv_tile.wgsl) reads keys and values from here.
+fn kv_at(i: u32) -> f32 {
+    return kvrows[i];
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -60,30 +67,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var k0 = 0u; k0 < p.n_kv; k0 += TILE) {
         let k1 = min(k0 + TILE, p.n_kv);
         let mine = is_query && overlaps(iv, k0, k1);
-        if (!workgroup_any(mine, lid)) {
+        if (!stage_tile(mine, b, h, k0, p.n_kv, lid)) {
             continue;
-        }
-
-        for (var e = lid; e < TILE * HALF; e += WG) {
-            let kj = e / HALF;
-            let j = e % HALF;
-            let key = k0 + kj;
-            var k_lo = 0.0;
-            var k_hi = 0.0;
-            var v_lo = 0.0;
-            var v_hi = 0.0;
-            if (key < p.n_kv) {
-                let base = (b * p.kv_seq_stride + key) * row_width + h * HEAD_DIM;
-                let r = rotate_pair(kvrows[base + d_model + j], kvrows[base + d_model + j + HALF], (key + p.pos_offset) % p.pos_period, j);
-                k_lo = r.x;
-                k_hi = r.y;
-                v_lo = kvrows[base + 2u * d_model + j];
-                v_hi = kvrows[base + 2u * d_model + j + HALF];
-            }
-            k_tile[kj * HEAD_DIM + j] = k_lo;
-            k_tile[kj * HEAD_DIM + j + HALF] = k_hi;
-            v_tile[kj * HEAD_DIM + j] = v_lo;
-            v_tile[kj * HEAD_DIM + j + HALF] = v_hi;
         }
         workgroupBarrier();
 
@@ -95,7 +80,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 }
                 var s = 0.0;
                 for (var j = 0u; j < HEAD_DIM; j++) {
-                    s = fma(q[j], k_tile[kj * HEAD_DIM + j], s);
+                    s = fma(q[j], tile_rot[kj * HEAD_DIM + j], s);
                 }
                 s = s * p.scale;
                 if (s > m) {
@@ -109,7 +94,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 let w = exp(s - m);
                 l = l + w;
                 for (var j = 0u; j < HEAD_DIM; j++) {
-                    acc[j] = fma(w, v_tile[kj * HEAD_DIM + j], acc[j]);
+                    acc[j] = fma(w, tile_val[kj * HEAD_DIM + j], acc[j]);
                 }
             }
         }

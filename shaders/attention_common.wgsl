@@ -1,11 +1,19 @@
-// Shared by attention.wgsl, attention_dq.wgsl and attention_dkv.wgsl (the host prepends this file):
-// the parameter block, the attention masks as intervals, and the constants the host substitutes.
+// Shared by attention.wgsl, attention_dq.wgsl and attention_dkv.wgsl, which include this file: the
+// parameter block, the attention masks as intervals, rotary embedding, the constants the host
+// substitutes, and the staging of a tile of head vectors in workgroup memory.
 //
 // Masks (mask_mode): 0 full, 1 causal, 2 block-causal, 3 block-diffusion over x_t ⊕ x_0 with half
 // length half_len (spec §1.4). Each query's allowed keys are at most two intervals, and so are each
 // key's allowed queries (bd3_model::mask::AttentionMask::{intervals, query_intervals} on the CPU).
-// HEAD_DIM and TILE are substituted per model: private arrays need constant sizes, and a tile of
-// TILE rows of two head-dim vectors (plus two floats) must keep workgroup memory within 16 KiB.
+// HEAD_DIM and TILE are substituted per model (shaders::specialize): private arrays need constant
+// sizes, and a tile of TILE rows of two head-dim vectors (plus two floats) must keep workgroup memory
+// within 16 KiB.
+//
+// The includer binds `rope_cos` and `rope_sin` (array<f32>, [P, HALF]), runs workgroups of WG = 64
+// threads, and defines the tile's contents for stage_tile:
+//   fn tile_entry(b: u32, h: u32, t: u32, j: u32) -> vec4<f32>
+// = (rotated lo, rotated hi, plain lo, plain hi) at columns (j, j + HALF) of row t of sequence b, head h
+// (attention_kv_tile.wgsl gives the K/V one).
 
 const HEAD_DIM: u32 = 64u;
 const TILE: u32 = 31u;
@@ -114,4 +122,31 @@ fn workgroup_any(mine: bool, lid: u32) -> bool {
         tile_flag = any;
     }
     return workgroupUniformLoad(&tile_flag) != 0u;
+}
+
+// A tile of TILE rows: rotated head vectors (k' or q') and plain ones (v or dO), HEAD_DIM floats a row.
+var<workgroup> tile_rot: array<f32, TILE * HEAD_DIM>;
+var<workgroup> tile_val: array<f32, TILE * HEAD_DIM>;
+
+// If any thread of the workgroup wants the tile of rows [t0, t0 + TILE) (`mine`), stages it (zeros
+// past row n) through the includer's tile_entry and returns true; otherwise returns false and the
+// workgroup may skip the tile. Called from uniform control flow; the result is uniform. The caller
+// puts a workgroupBarrier between this and the reads.
+fn stage_tile(mine: bool, b: u32, h: u32, t0: u32, n: u32, lid: u32) -> bool {
+    if (!workgroup_any(mine, lid)) {
+        return false;
+    }
+    for (var e = lid; e < TILE * HALF; e += WG) {
+        let t = e / HALF;
+        let j = e % HALF;
+        var v = vec4<f32>(0.0);
+        if (t0 + t < n) {
+            v = tile_entry(b, h, t0 + t, j);
+        }
+        tile_rot[t * HEAD_DIM + j] = v.x;
+        tile_rot[t * HEAD_DIM + j + HALF] = v.y;
+        tile_val[t * HEAD_DIM + j] = v.z;
+        tile_val[t * HEAD_DIM + j + HALF] = v.w;
+    }
+    return true;
 }

@@ -2,12 +2,16 @@
 //   dv_k  = Σ_i P_ik dO_i
 //   dk'_k = scale · Σ_i dS_ik q'_i,   dS_ik = P_ik (dO_i·v_k − δ_i),  P_ik = exp(S_ik − lse_i)
 // then dk = Rᵀ(θ_k) dk'. Each key walks the queries allowed to see it (query_intervals in
-// attention_common.wgsl, prepended by the host).
+// attention_common.wgsl).
 //
 // Bindings: 0 params, 1 qkv [rows, 3D], 2 rope_cos, 3 rope_sin, 4 d_o [rows, D], 5 lse_delta [B·H·n, 2],
 //           6 dqkv [rows, 3D] (writes the k and v parts).
 // Tiling: 64 keys of one (head, sequence) per workgroup; queries (rotated), their output gradients,
 // lse and δ are staged TILE at a time in workgroup memory; tiles no key may be seen by are skipped.
+// Includes: attention_common.wgsl (Params, masks, rotary, HEAD_DIM / TILE, stage_tile, which stages
+// the q'/dO tile through tile_entry below).
+
+// #include "attention_common.wgsl"
 
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> rope_cos: array<f32>;
@@ -16,9 +20,17 @@
 @group(0) @binding(5) var<storage, read> lse_delta: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dqkv: array<f32>;
 
-var<workgroup> q_tile: array<f32, TILE * HEAD_DIM>;
-var<workgroup> do_tile: array<f32, TILE * HEAD_DIM>;
 var<workgroup> stat_tile: array<f32, 2u * TILE>;
+
+// Row qi of the tile (attention_common.wgsl's stage_tile): q' in tile_rot, dO in tile_val.
+fn tile_entry(b: u32, h: u32, qi: u32, j: u32) -> vec4<f32> {
+    let d_model = p.n_heads * HEAD_DIM;
+    let qrow = b * p.q_seq_stride + qi;
+    let base = qrow * (3u * d_model) + h * HEAD_DIM;
+    let q = rotate_pair(qkv[base + j], qkv[base + j + HALF], (qi + p.pos_offset) % p.pos_period, j);
+    let ob = qrow * d_model + h * HEAD_DIM;
+    return vec4<f32>(q, d_o[ob + j], d_o[ob + j + HALF]);
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -56,31 +68,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var q0 = 0u; q0 < p.n_q; q0 += TILE) {
         let q1 = min(q0 + TILE, p.n_q);
         let mine = is_key && overlaps(iv, q0, q1);
-        if (!workgroup_any(mine, lid)) {
+        if (!stage_tile(mine, b, h, q0, p.n_q, lid)) {
             continue;
-        }
-        for (var e = lid; e < TILE * HALF; e += WG) {
-            let qj = e / HALF;
-            let j = e % HALF;
-            let qi = q0 + qj;
-            var q_lo = 0.0;
-            var q_hi = 0.0;
-            var d_lo = 0.0;
-            var d_hi = 0.0;
-            if (qi < p.n_q) {
-                let qrow = b * p.q_seq_stride + qi;
-                let base = qrow * row_width + h * HEAD_DIM;
-                let r = rotate_pair(qkv[base + j], qkv[base + j + HALF], (qi + p.pos_offset) % p.pos_period, j);
-                q_lo = r.x;
-                q_hi = r.y;
-                let ob = qrow * d_model + h * HEAD_DIM;
-                d_lo = d_o[ob + j];
-                d_hi = d_o[ob + j + HALF];
-            }
-            q_tile[qj * HEAD_DIM + j] = q_lo;
-            q_tile[qj * HEAD_DIM + j + HALF] = q_hi;
-            do_tile[qj * HEAD_DIM + j] = d_lo;
-            do_tile[qj * HEAD_DIM + j + HALF] = d_hi;
         }
         for (var e = lid; e < TILE; e += WG) {
             let qi = q0 + e;
@@ -103,14 +92,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 var s = 0.0;
                 var dp = 0.0;
                 for (var j = 0u; j < HEAD_DIM; j++) {
-                    s = fma(q_tile[qj * HEAD_DIM + j], k[j], s);
-                    dp = fma(do_tile[qj * HEAD_DIM + j], v[j], dp);
+                    s = fma(tile_rot[qj * HEAD_DIM + j], k[j], s);
+                    dp = fma(tile_val[qj * HEAD_DIM + j], v[j], dp);
                 }
                 let pr = exp(s * p.scale - stat_tile[2u * qj]);
                 let ds = pr * (dp - stat_tile[2u * qj + 1u]);
                 for (var j = 0u; j < HEAD_DIM; j++) {
-                    dv[j] = fma(pr, do_tile[qj * HEAD_DIM + j], dv[j]);
-                    dk[j] = fma(ds, q_tile[qj * HEAD_DIM + j], dk[j]);
+                    dv[j] = fma(pr, tile_val[qj * HEAD_DIM + j], dv[j]);
+                    dk[j] = fma(ds, tile_rot[qj * HEAD_DIM + j], dk[j]);
                 }
             }
         }

@@ -3,13 +3,18 @@
 //   δ_i   = Σ_d dO[i, d]·O[i, d]                      (stored for attention_dkv.wgsl)
 //   dS_ik = P_ik (dO_i·v_k − δ_i),   P_ik = exp(S_ik − lse_i)  (lse_i from the forward pass)
 //   dq'_i = scale · Σ_k dS_ik k'_k, then rotated back: dq = Rᵀ(θ_i) dq'
-// for the training layout (queries = keys = the n rows of each sequence; attention_common.wgsl,
-// prepended by the host, holds the parameters and masks).
+// for the training layout (queries = keys = the n rows of each sequence; attention_common.wgsl
+// holds the parameters and masks).
 //
 // Bindings: 0 params, 1 qkv [rows, 3D], 2 rope_cos, 3 rope_sin, 4 o [rows, D], 5 d_o [rows, D],
 //           6 lse_delta [B·H·n, 2] (reads lse, writes δ), 7 dqkv [rows, 3D] (writes the q part).
 // Tiling: as the forward kernel: 64 queries of one (head, sequence) per workgroup, keys and values
 // staged TILE at a time in workgroup memory, tiles no query may see skipped.
+// Includes: attention_common.wgsl (Params, masks, rotary, HEAD_DIM / TILE, stage_tile),
+//           attention_kv_tile.wgsl (the K/V tile, read through kv_at: the same loader as the forward).
+
+// #include "attention_common.wgsl"
+// #include "attention_kv_tile.wgsl"
 
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;
 @group(0) @binding(2) var<storage, read> rope_cos: array<f32>;
@@ -19,8 +24,10 @@
 @group(0) @binding(6) var<storage, read_write> lse_delta: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dqkv: array<f32>;
 
-var<workgroup> k_tile: array<f32, TILE * HEAD_DIM>;
-var<workgroup> v_tile: array<f32, TILE * HEAD_DIM>;
+// The tile (attention_kv_tile.wgsl) reads keys and values from here.
+fn kv_at(i: u32) -> f32 {
+    return qkv[i];
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -63,29 +70,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for (var k0 = 0u; k0 < p.n_kv; k0 += TILE) {
         let k1 = min(k0 + TILE, p.n_kv);
         let mine = is_query && overlaps(iv, k0, k1);
-        if (!workgroup_any(mine, lid)) {
+        if (!stage_tile(mine, b, h, k0, p.n_kv, lid)) {
             continue;
-        }
-        for (var e = lid; e < TILE * HALF; e += WG) {
-            let kj = e / HALF;
-            let j = e % HALF;
-            let key = k0 + kj;
-            var k_lo = 0.0;
-            var k_hi = 0.0;
-            var v_lo = 0.0;
-            var v_hi = 0.0;
-            if (key < p.n_kv) {
-                let base = (b * p.kv_seq_stride + key) * row_width + h * HEAD_DIM;
-                let r = rotate_pair(qkv[base + d_model + j], qkv[base + d_model + j + HALF], (key + p.pos_offset) % p.pos_period, j);
-                k_lo = r.x;
-                k_hi = r.y;
-                v_lo = qkv[base + 2u * d_model + j];
-                v_hi = qkv[base + 2u * d_model + j + HALF];
-            }
-            k_tile[kj * HEAD_DIM + j] = k_lo;
-            k_tile[kj * HEAD_DIM + j + HALF] = k_hi;
-            v_tile[kj * HEAD_DIM + j] = v_lo;
-            v_tile[kj * HEAD_DIM + j + HALF] = v_hi;
         }
         workgroupBarrier();
         if (mine) {
@@ -96,13 +82,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 var s = 0.0;
                 var dp = 0.0;
                 for (var j = 0u; j < HEAD_DIM; j++) {
-                    s = fma(q[j], k_tile[kj * HEAD_DIM + j], s);
-                    dp = fma(dout[j], v_tile[kj * HEAD_DIM + j], dp);
+                    s = fma(q[j], tile_rot[kj * HEAD_DIM + j], s);
+                    dp = fma(dout[j], tile_val[kj * HEAD_DIM + j], dp);
                 }
                 let pr = exp(s * p.scale - lse);
                 let ds = pr * (dp - delta);
                 for (var j = 0u; j < HEAD_DIM; j++) {
-                    acc[j] = fma(ds, k_tile[kj * HEAD_DIM + j], acc[j]);
+                    acc[j] = fma(ds, tile_rot[kj * HEAD_DIM + j], acc[j]);
                 }
             }
         }

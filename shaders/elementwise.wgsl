@@ -7,6 +7,9 @@
 //
 // Bindings: 0 params, 1 x [n], 2 g [n].
 // Tiling: one thread per element, 256 per workgroup, grid folded into x/y.
+// Includes: gelu.wgsl (gelu_tanh, gelu_tanh_grad: the same formula as matmul.wgsl's epilogue).
+
+// #include "gelu.wgsl"
 
 struct Params {
     n: u32,
@@ -17,11 +20,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;
 
-fn tanh_safe(u: f32) -> f32 {
-    let e = exp(-2.0 * abs(u));
-    return sign(u) * (1.0 - e) / (1.0 + e);
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
@@ -31,13 +29,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let v = x[i];
     switch p.mode {
         case 0u: {
-            let t = tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v));
-            g[i] = 0.5 * v * (1.0 + t);
+            g[i] = gelu_tanh(v);
         }
         case 1u: {
-            let t = tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v));
-            let d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * v * v);
-            g[i] = g[i] * d;
+            g[i] = g[i] * gelu_tanh_grad(v);
         }
         default: {
             let s = 1.0 / (1.0 + exp(-v));

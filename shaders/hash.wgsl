@@ -1,6 +1,6 @@
-// Counter-based randomness shared by the kernels that draw numbers (the host prepends this file:
-// WGSL has no includes): dropout.wgsl (the dropout mask, itself prepended to matmul.wgsl and
-// gate_backward.wgsl) and sample.wgsl (the categorical draws).
+// Counter-based randomness shared by the kernels that draw numbers, which include this file:
+// dropout.wgsl (the dropout mask, itself included by matmul.wgsl and gate_backward.wgsl) and
+// sample.wgsl (the categorical draws). Needs nothing from the includer.
 //   mix32(x): the "lowbias32" integer hash (C. Wellons), a bijection on u32 with good avalanche;
 //   callers chain it over their keys (seed, salt, row, column / call, stream, …).
 

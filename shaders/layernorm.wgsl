@@ -12,6 +12,10 @@
 // Bindings: 0 params, 1 x [*, dim], 2 w [dim], 3 modv [n_seq, mod_stride], 4 out [n_rows, dim],
 //           5 row_index [n_rows] (u32).
 // Tiling: one workgroup of 256 threads per row, tree reductions in workgroup memory (1 KiB).
+// Includes: layernorm_stats.wgsl (row_stats: mean and 1/σ, shared with the backward pass; it includes
+// reduce.wgsl).
+
+// #include "layernorm_stats.wgsl"
 
 struct Params {
     n_rows: u32,
@@ -34,21 +38,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read> row_index: array<u32>;
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
-
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] = partial[lid] + partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -63,19 +52,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     }
     let in_base = (s * p.in_rows_per_seq + p.in_row_offset + i) * p.dim;
     let out_base = r * p.dim;
-    let n = f32(p.dim);
 
-    var acc = 0.0;
-    for (var j = lid; j < p.dim; j += WG) {
-        acc += x[in_base + j];
-    }
-    let mean = workgroup_sum(acc, lid) / n;
-    var acc2 = 0.0;
-    for (var j = lid; j < p.dim; j += WG) {
-        let d = x[in_base + j] - mean;
-        acc2 += d * d;
-    }
-    let inv = inverseSqrt(workgroup_sum(acc2, lid) / n + 1e-5);
+    let mean_inv = row_stats(in_base, p.dim, lid);
+    let mean = mean_inv.x;
+    let inv = mean_inv.y;
 
     let mod_base = s * p.mod_stride;
     for (var j = lid; j < p.dim; j += WG) {

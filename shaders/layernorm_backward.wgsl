@@ -7,6 +7,10 @@
 //
 // Bindings: 0 params, 1 x, 2 w [dim], 3 modv, 4 dy [n_rows, dim], 5 dx (accumulated), 6 stats [n_rows, 2].
 // Tiling: one workgroup of 256 threads per row, tree reductions in workgroup memory (1 KiB).
+// Includes: layernorm_stats.wgsl (row_stats: μ and 1/σ exactly as the forward kernel computes them;
+// workgroup_sum from reduce.wgsl through it).
+
+// #include "layernorm_stats.wgsl"
 
 struct Params {
     n_rows: u32,
@@ -29,21 +33,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
-
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    partial[lid] = v;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] = partial[lid] + partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -57,17 +46,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let mod_base = s * p.mod_stride;
     let n = f32(p.dim);
 
-    var acc = 0.0;
-    for (var j = lid; j < p.dim; j += WG) {
-        acc += x[in_base + j];
-    }
-    let mean = workgroup_sum(acc, lid) / n;
-    var acc2 = 0.0;
-    for (var j = lid; j < p.dim; j += WG) {
-        let d = x[in_base + j] - mean;
-        acc2 += d * d;
-    }
-    let inv = inverseSqrt(workgroup_sum(acc2, lid) / n + 1e-5);
+    let mean_inv = row_stats(in_base, p.dim, lid);
+    let mean = mean_inv.x;
+    let inv = mean_inv.y;
 
     var s_dn = 0.0;
     var s_dnn = 0.0;

@@ -11,7 +11,7 @@
 //   epilogue 4: out += drop(v)               (AR residual; gradient accumulation)
 // where s = i / rows_per_seq selects the sequence's gate row: gate[s·gate_stride + gate_offset + j], and
 // drop is inverted dropout with probability `dropout` keyed by (seed, salt, row, column) — keep() of
-// dropout.wgsl, which the host prepends here and to gate_backward.wgsl (it regenerates the mask). With store_aux = 1 the value before
+// dropout.wgsl, included here and by gate_backward.wgsl (it regenerates the mask). With store_aux = 1 the value before
 // the activation (gelu/silu) or after dropout (residual modes) also goes to aux at the same index:
 // the backward pass needs it.
 // The result lands at out[row(i)·ldc + out_col_offset + j], where
@@ -24,6 +24,10 @@
 // floats = 8 KiB). Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
 // pay for a 64-row tile.
+// Includes: dropout.wgsl (keep, and hash.wgsl through it), gelu.wgsl (gelu_tanh).
+
+// #include "dropout.wgsl"
+// #include "gelu.wgsl"
 
 struct Params {
     m: u32,
@@ -66,14 +70,6 @@ const BN: u32 = 64u;
 const BK: u32 = 16u;
 var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
 var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>; // [BK][BN], four columns per element
-
-fn gelu_tanh(x: f32) -> f32 {
-    // tanh written through exp of a non-positive argument, so it never overflows.
-    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    let e = exp(-2.0 * abs(u));
-    let t = sign(u) * (1.0 - e) / (1.0 + e);
-    return 0.5 * x * (1.0 + t);
-}
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));

@@ -4,6 +4,9 @@
 //
 // Bindings: 0 params, 1 x [n], 2 out.
 // Tiling: a single workgroup of 256 threads; each sums a strided slice, then a tree in workgroup memory.
+// Includes: reduce.wgsl (workgroup_sum).
+
+// #include "reduce.wgsl"
 
 struct Params {
     n: u32,
@@ -17,7 +20,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
@@ -26,15 +28,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         let v = x[i];
         acc += select(v, v * v, p.square != 0u);
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            partial[lid] = partial[lid] + partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(acc, lid);
     if (lid == 0u) {
-        out[p.out_index] = select(partial[0], out[p.out_index] + partial[0], p.accumulate != 0u);
+        out[p.out_index] = select(total, out[p.out_index] + total, p.accumulate != 0u);
     }
 }

@@ -24,6 +24,11 @@
 //           4 seq_consts [n_seq][2] vec4 (shift, e^{dσ}, 1−e^{dσ}, e^{−dσ}; 1−e^{−dσ}, 0, 0, 0),
 //           5 draws [all rows, vocab] (indexed by global row), 6 tokens [all rows] (out).
 // Tiling: one workgroup of 256 threads per row; every reduction in workgroup memory (2 KiB).
+// Includes: hash.wgsl (mix32), reduce.wgsl (workgroup_max, workgroup_sum; the argmax below reuses its
+// `red` array next to `red_u`).
+
+// #include "hash.wgsl"
+// #include "reduce.wgsl"
 
 struct Params {
     n_rows: u32,
@@ -50,10 +55,7 @@ struct Params {
 
 const WG: u32 = 256u;
 const NEG: f32 = -1e6;
-var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
-
-// mix32: shaders/hash.wgsl, which the host prepends.
 
 fn random2(stream: u32, v: u32) -> vec2<u32> {
     let k = mix32(p.seed_lo ^ mix32(p.seed_hi ^ mix32(p.call ^ 0x9e3779b9u)));
@@ -82,34 +84,6 @@ fn adjusted(base: u32, v: u32, x: u32, shift: f32) -> f32 {
         case 2u: { return select(l, NEG, v == p.mask_id); }
         default: { return select(l - shift, 0.0, v == x); }
     }
-}
-
-fn workgroup_max(v: f32, lid: u32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red_f[lid] = max(red_f[lid], red_f[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red_f[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn workgroup_sum(v: f32, lid: u32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red_f[lid] = red_f[lid] + red_f[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red_f[0];
-    workgroupBarrier();
-    return r;
 }
 
 @compute @workgroup_size(256)
@@ -229,15 +203,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             best_v = v;
         }
     }
-    red_f[lid] = best_key;
+    red[lid] = best_key;
     red_u[lid] = best_v;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         if (lid < s) {
-            let ok = red_f[lid + s];
+            let ok = red[lid + s];
             let ov = red_u[lid + s];
-            if (ok > red_f[lid] || (ok == red_f[lid] && ov < red_u[lid])) {
-                red_f[lid] = ok;
+            if (ok > red[lid] || (ok == red[lid] && ov < red_u[lid])) {
+                red[lid] = ok;
                 red_u[lid] = ov;
             }
         }

@@ -11,6 +11,9 @@
 //           4 seq_consts [n_seq, 4], 5 log_score [n_rows, vocab] (chunk), 6 entropy, 7 token_loss (global rows),
 //           8 dlogits (chunk; this kernel then uses 8 storage buffers, the WebGPU default maximum).
 // Tiling: one workgroup of 256 threads per row, one sum reduction in workgroup memory (1 KiB).
+// Includes: reduce.wgsl (workgroup_sum).
+
+// #include "reduce.wgsl"
 
 struct Params {
     n_rows: u32,
@@ -33,7 +36,6 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> dlogits: array<f32>;
 
 const WG: u32 = 256u;
-var<workgroup> red_sum: array<f32, WG>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -56,20 +58,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             sum += exp(s);
         }
     }
-    red_sum[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            red_sum[lid] = red_sum[lid] + red_sum[lid + stride];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(sum, lid);
     if (lid == 0u) {
         var e = 0.0;
         if (x_t == p.mask_id) {
             let target_id = targets[row];
             let s_target = select(logits[base + target_id] - c.x, 0.0, target_id == x_t);
-            e = red_sum[0] - c.y * s_target + c.z;
+            e = total - c.y * s_target + c.z;
         }
         entropy[row] = e;
         token_loss[row] = c.w * e;

@@ -9,7 +9,10 @@
 //
 // Bindings: 0 params, 1 logits [n_rows, vocab] (chunk), 2 input_ids, 3 targets, 4 weights (global rows),
 //           5 log_probs [n_rows, vocab] (chunk), 6 token_loss (global rows), 7 dlogits (chunk).
-// Tiling: one workgroup of 256 threads per row; max and sum reductions in workgroup memory (2 KiB).
+// Tiling: one workgroup of 256 threads per row; max and sum reductions in workgroup memory (1 KiB).
+// Includes: reduce.wgsl (workgroup_max, workgroup_sum).
+
+// #include "reduce.wgsl"
 
 struct Params {
     n_rows: u32,
@@ -32,8 +35,6 @@ struct Params {
 
 const WG: u32 = 256u;
 const NEG: f32 = -1e6;
-var<workgroup> red_max: array<f32, WG>;
-var<workgroup> red_sum: array<f32, WG>;
 
 fn adjusted(base: u32, v: u32) -> f32 {
     let x = logits[base + v];
@@ -75,29 +76,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var v = lid; v < p.vocab; v += WG) {
         mx = max(mx, adjusted(base, v));
     }
-    red_max[lid] = mx;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            red_max[lid] = max(red_max[lid], red_max[lid + stride]);
-        }
-        workgroupBarrier();
-    }
-    let row_max = red_max[0];
+    let row_max = workgroup_max(mx, lid);
 
     var sum = 0.0;
     for (var v = lid; v < p.vocab; v += WG) {
         sum += exp(adjusted(base, v) - row_max);
     }
-    red_sum[lid] = sum;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            red_sum[lid] = red_sum[lid] + red_sum[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let lse = row_max + log(red_sum[0]);
+    let lse = row_max + log(workgroup_sum(sum, lid));
 
     if (p.write_log_probs != 0u) {
         for (var v = lid; v < p.vocab; v += WG) {

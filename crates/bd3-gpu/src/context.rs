@@ -4,6 +4,7 @@
 //! inside an error scope, and everything else lands in the uncaptured-error slot that
 //! [`GpuContext::check`] drains after each submission.
 
+use crate::program::{Buf, Kernel};
 use bd3_model::{Error, Result};
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +21,8 @@ pub struct ContextOptions {
     pub split_threshold: Option<u64>,
     /// Ask for timestamp queries (per-kernel timing in benchmarks) when the adapter has them.
     pub timestamps: bool,
+    /// Compute units of the adapter for plans (default: [`crate::plan::DEFAULT_COMPUTE_UNITS`]).
+    pub compute_units: Option<u32>,
 }
 
 /// Counts that benchmarks and tests assert on: they reveal per-step allocations and extra submits.
@@ -57,13 +60,23 @@ impl std::ops::Sub for CounterSnapshot {
     }
 }
 
+/// A device and its queue; absent in a planning context.
+struct Gpu {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+}
+
+/// The GPU a program is recorded for. A *planning* context ([`GpuContext::planning`]) has no device:
+/// it describes an adapter (limits, features, compute units), its buffers are sizes only and its
+/// kernels are names, so the same recording code yields a dispatch plan on a machine without a GPU.
 pub struct GpuContext {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
+    gpu: Option<Gpu>,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub counters: Counters,
+    /// Compute units (SMs, CUs) the plans' fill figures divide the work over; wgpu does not report it.
+    pub compute_units: u32,
     max_binding: u64,
     split_threshold: u64,
     /// Whether wgpu adds its own bounds checks to every shader and zeroes workgroup memory (see
@@ -71,7 +84,7 @@ pub struct GpuContext {
     shader_checks: bool,
     uncaptured: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
-    staging: Mutex<Vec<wgpu::Buffer>>,
+    staging: Mutex<Vec<Buf>>,
 }
 
 impl GpuContext {
@@ -124,12 +137,12 @@ impl GpuContext {
         let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         let split_threshold = max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4);
         Ok(GpuContext {
-            device,
-            queue,
+            gpu: Some(Gpu { device, queue }),
             info,
             limits,
             features,
             counters: Counters::default(),
+            compute_units: opts.compute_units.unwrap_or(crate::plan::DEFAULT_COMPUTE_UNITS),
             max_binding,
             split_threshold,
             shader_checks: cfg!(target_arch = "wasm32") || std::env::var_os("BD3_SHADER_CHECKS").is_some(),
@@ -137,6 +150,46 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             staging: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A context without a device for `adapter`: buffers and kernels are descriptions only, so
+    /// recording a program yields its plan (see [`crate::plan`]) without allocating anything.
+    pub fn planning(adapter: &crate::plan::AdapterDesc, opts: ContextOptions) -> GpuContext {
+        let limits = adapter.limits();
+        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        GpuContext {
+            gpu: None,
+            info: wgpu::AdapterInfo { name: adapter.name.clone(), driver_info: "planning only".into(), ..wgpu::AdapterInfo::new(wgpu::DeviceType::Other, wgpu::Backend::Noop) },
+            features: adapter.features(),
+            limits,
+            counters: Counters::default(),
+            compute_units: opts.compute_units.unwrap_or(adapter.compute_units),
+            max_binding,
+            split_threshold: max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4),
+            shader_checks: false,
+            uncaptured: Arc::new(Mutex::new(None)),
+            pipelines: Mutex::new(HashMap::new()),
+            staging: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether this context only plans (no device).
+    pub fn is_planning(&self) -> bool {
+        self.gpu.is_none()
+    }
+
+    /// The device. Only code that runs programs calls this; planning never reaches it.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.gpu.as_ref().expect("a planning context has no device").device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.gpu.as_ref().expect("a planning context has no queue").queue
+    }
+
+    /// What plans need to know of this adapter.
+    pub fn adapter_desc(&self) -> crate::plan::AdapterDesc {
+        crate::plan::AdapterDesc::of(self)
     }
 
     /// Largest buffer a single storage binding may cover.
@@ -178,51 +231,60 @@ impl GpuContext {
         }
     }
 
-    /// A storage buffer of `size` bytes (rounded up to 4, at least 4), counted.
-    pub fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    /// A buffer of `size` bytes (rounded up to 4, at least 4), counted; in a planning context only
+    /// its size is kept.
+    pub fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<Buf> {
         let size = size.max(4).div_ceil(4) * 4;
         if size > self.limits.max_buffer_size {
             return Err(Error::Gpu(format!("buffer `{label}` needs {size} bytes, over the adapter's max_buffer_size {}", self.limits.max_buffer_size)));
         }
         self.counters.buffers_created.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_allocated.fetch_add(size, Ordering::Relaxed);
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }))
+        match &self.gpu {
+            None => Ok(Buf::planned(size)),
+            Some(g) => Ok(Buf::gpu(g.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }))),
+        }
     }
 
     /// A storage buffer usable by kernels and as a copy source/destination.
-    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+    pub fn storage(&self, label: &str, size: u64) -> Result<Buf> {
         self.buffer(label, size, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)
     }
 
-    /// A storage buffer filled with `data`.
-    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+    /// A storage buffer filled with `data` (only sized when planning).
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<Buf> {
         let b = self.storage(label, data.len() as u64)?;
-        if !data.is_empty() {
-            self.queue.write_buffer(&b, 0, data);
+        if !data.is_empty() && !self.is_planning() {
+            self.queue().write_buffer(&b, 0, data);
         }
         Ok(b)
     }
 
-    /// A compute pipeline from WGSL source, built once per distinct source and cached.
-    pub async fn pipeline(&self, label: &str, source: &str) -> Result<Arc<wgpu::ComputePipeline>> {
-        if let Some(p) = self.pipelines.lock().unwrap().get(source) {
-            return Ok(p.clone());
+    /// The compute kernel `label` from WGSL source, built once per distinct source and cached; its
+    /// workgroups have `threads` invocations (the op module's constant, checked against the WGSL by
+    /// a test). A planning context compiles nothing.
+    pub async fn pipeline(&self, label: &'static str, source: &str, threads: u32) -> Result<Kernel> {
+        if self.is_planning() {
+            return Ok(Kernel { name: label, threads, pipeline: None });
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        if let Some(p) = self.pipelines.lock().unwrap().get(source) {
+            return Ok(Kernel { name: label, threads, pipeline: Some(p.clone()) });
+        }
+        let scope = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
         // Every kernel bounds-checks its own indices and writes workgroup memory before reading it
         // (the kernel tests and `verify` run in both modes), so natively wgpu's extra clamps and
         // zeroing are dropped: they cost 2.4x per training step on an H200 (the clamped accesses in
         // attention spill to memory). BD3_SHADER_CHECKS=1 puts them back, e.g. to debug a new kernel.
         let module = if self.shader_checks {
-            self.device.create_shader_module(desc)
+            self.device().create_shader_module(desc)
         } else {
             // SAFETY: the kernels never index out of bounds (each checks against its sizes). A bug
             // that did would corrupt this program's GPU buffers or lose the device (reported as an
             // error), not reach other processes: the driver isolates each context's memory.
-            unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            unsafe { self.device().create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
         };
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = self.device().create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
             layout: None,
             module: &module,
@@ -236,7 +298,7 @@ impl GpuContext {
         self.counters.pipelines_created.fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(pipeline);
         self.pipelines.lock().unwrap().insert(source.to_string(), p.clone());
-        Ok(p)
+        Ok(Kernel { name: label, threads, pipeline: Some(p) })
     }
 
     pub fn bind_group(&self, pipeline: &wgpu::ComputePipeline, entries: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
@@ -244,16 +306,16 @@ impl GpuContext {
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> =
             entries.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
+        self.device().create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
     }
 
     pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
         self.counters.submits.fetch_add(1, Ordering::Relaxed);
-        self.queue.submit(Some(encoder.finish()))
+        self.queue().submit(Some(encoder.finish()))
     }
 
     /// A mappable staging buffer of at least `size` bytes, reused across calls.
-    pub fn take_staging(&self, size: u64) -> Result<wgpu::Buffer> {
+    pub fn take_staging(&self, size: u64) -> Result<Buf> {
         let mut pool = self.staging.lock().unwrap();
         if let Some(i) = pool.iter().position(|b| b.size() >= size) {
             return Ok(pool.swap_remove(i));
@@ -262,7 +324,7 @@ impl GpuContext {
         self.buffer("staging", size.next_power_of_two().max(256), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
     }
 
-    pub fn return_staging(&self, b: wgpu::Buffer) {
+    pub fn return_staging(&self, b: Buf) {
         self.staging.lock().unwrap().push(b);
     }
 
@@ -272,7 +334,7 @@ impl GpuContext {
         let tx = slot.clone();
         staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
+        self.device()
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
         let mapped = slot.await;
@@ -291,7 +353,7 @@ impl GpuContext {
     pub async fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
         let size = (len as u64 * 4).max(4);
         let staging = self.take_staging(size)?;
-        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut enc = self.device().create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset * 4, &staging, 0, size);
         self.submit(enc);
         let bytes = self.map_read(&staging, size).await;

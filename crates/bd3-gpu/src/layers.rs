@@ -1,23 +1,61 @@
-//! Recording the network's layers into a program: shared by the full forward (`model.rs`) and the
-//! sampler's KV-cache steps (`step.rs`). Each function appends dispatches; none allocates.
+//! The network's layers as recorded dispatches, shared by the full forward (`model.rs`), the
+//! sampler's KV-cache steps (`step.rs`) and training (`train.rs`): one block forward serves all
+//! three; training passes a [`BlockKeep`] that keeps what its backward pass needs. Each function
+//! appends dispatches; none allocates.
 
-use crate::kernels::{params, Kernels, ProgramBuilder, Slice};
-use crate::weights::{BlockWeights, Linear, Weights};
 use crate::context::GpuContext;
+use crate::ops::layernorm::{LayerNorm, Modulation};
+use crate::ops::matmul::{Dropout, Epilogue, Matmul, OutRows};
+use crate::ops::{self, attention::Attention, Kernels};
+use crate::program::{Buf, ProgramBuilder};
+use crate::weights::{BlockWeights, Linear, Weights};
 use bd3_model::config::TIMESTEP_FEATURES;
 use bd3_model::{ModelConfig, Result};
 
+/// The six chunks of a block's adaLN modulation row ([6·D] per sequence), in the official order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdaLn {
+    ShiftMsa = 0,
+    ScaleMsa = 1,
+    GateMsa = 2,
+    ShiftMlp = 3,
+    ScaleMlp = 4,
+    GateMlp = 5,
+}
+
+/// Chunks per block modulation row.
+pub const ADALN_CHUNKS: usize = 6;
+/// The final layer's modulation row holds shift, then scale ([2·D]).
+pub const FINAL_ADALN_CHUNKS: usize = 2;
+
+impl AdaLn {
+    /// Float offset of the chunk in a modulation row of a model of width `d`.
+    pub fn offset(self, d: usize) -> usize {
+        self as usize * d
+    }
+
+    /// The LayerNorm modulation (shift, scale) of the attention or the MLP branch.
+    pub fn norm(shift: AdaLn, scale: AdaLn, d: usize) -> Modulation {
+        Modulation { shift: shift.offset(d) as u32, scale: scale.offset(d) as u32, stride: (ADALN_CHUNKS * d) as u32 }
+    }
+}
+
+/// The final layer's modulation: shift at 0, scale at D, rows of 2·D.
+pub fn final_modulation(d: usize) -> Modulation {
+    Modulation { shift: 0, scale: d as u32, stride: (FINAL_ADALN_CHUNKS * d) as u32 }
+}
+
 /// Buffers of the conditioning path (adaLN models): features(σ) → c → per-block modulation vectors.
 pub struct Conditioning {
-    pub features: wgpu::Buffer,
-    pub c_hidden: wgpu::Buffer,
-    pub c: wgpu::Buffer,
-    /// Per block: [batch, 6·hidden] = shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp.
-    pub mods: Vec<wgpu::Buffer>,
+    pub features: Buf,
+    pub c_hidden: Buf,
+    pub c: Buf,
+    /// Per block: [batch, 6·hidden], chunks as [`AdaLn`].
+    pub mods: Vec<Buf>,
     /// [batch, 2·hidden] = shift, scale of the final layer.
-    pub final_mod: wgpu::Buffer,
+    pub final_mod: Buf,
     /// The two pre-activations (before each SiLU), kept for training's backward pass.
-    pub pre_activations: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub pre_activations: Option<(Buf, Buf)>,
 }
 
 impl Conditioning {
@@ -32,8 +70,8 @@ impl Conditioning {
             features: f("sigma_features", batch * TIMESTEP_FEATURES)?,
             c_hidden: f("cond_hidden", batch * cfg.cond_dim)?,
             c: f("cond", batch * cfg.cond_dim)?,
-            mods: (0..cfg.n_blocks).map(|_| f("modulation", batch * 6 * d)).collect::<Result<_>>()?,
-            final_mod: f("final_modulation", batch * 2 * d)?,
+            mods: (0..cfg.n_blocks).map(|_| f("modulation", batch * ADALN_CHUNKS * d)).collect::<Result<_>>()?,
+            final_mod: f("final_modulation", batch * FINAL_ADALN_CHUNKS * d)?,
             pre_activations: if keep_pre_activations { Some((f("cond z1", batch * cfg.cond_dim)?, f("cond z2", batch * cfg.cond_dim)?)) } else { None },
         }))
     }
@@ -42,162 +80,160 @@ impl Conditioning {
     pub fn record(&self, pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, batch: usize) -> Result<()> {
         let (mlp0, mlp2) = w.sigma_map.as_ref().expect("adaLN model has sigma_map");
         let (z1, z2) = (self.pre_activations.as_ref().map(|z| &z.0), self.pre_activations.as_ref().map(|z| &z.1));
-        linear(pb, k, mlp0, &self.features, &self.c_hidden, batch, params::Epilogue::Silu, Extras { aux: z1, ..Default::default() })?;
-        linear(pb, k, mlp2, &self.c_hidden, &self.c, batch, params::Epilogue::Silu, Extras { aux: z2, ..Default::default() })?;
+        linear(pb, k, mlp0, batch, Epilogue::Silu, LinearIo { aux: z1, ..LinearIo::new("sigma_map.0", &self.features, &self.c_hidden) })?;
+        linear(pb, k, mlp2, batch, Epilogue::Silu, LinearIo { aux: z2, ..LinearIo::new("sigma_map.2", &self.c_hidden, &self.c) })?;
         for (blk, m) in w.blocks.iter().zip(&self.mods) {
-            linear(pb, k, blk.adaln.as_ref().unwrap(), &self.c, m, batch, params::Epilogue::Store, Extras::default())?;
+            linear(pb, k, blk.adaln.as_ref().expect("adaLN block"), batch, Epilogue::Store, LinearIo::new("adaLN", &self.c, m))?;
         }
-        linear(pb, k, w.final_adaln.as_ref().unwrap(), &self.c, &self.final_mod, batch, params::Epilogue::Store, Extras::default())
+        linear(pb, k, w.final_adaln.as_ref().expect("adaLN model"), batch, Epilogue::Store, LinearIo::new("final adaLN", &self.c, &self.final_mod))
     }
-}
-
-/// Activations of one pass over `rows` tokens (all sequences together).
-pub struct LayerBuffers<'a> {
-    pub x: &'a wgpu::Buffer,
-    pub h: &'a wgpu::Buffer,
-    pub att: &'a wgpu::Buffer,
-    pub mlp: &'a wgpu::Buffer,
-    /// Where q|k|v rows go (a scratch buffer, or a layer's KV cache) and how rows map there.
-    pub qkv: &'a wgpu::Buffer,
-    pub qkv_rows: Option<params::Matmul>,
 }
 
 /// x = E[tokens], one dispatch per row range of the table.
-pub fn embedding(pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, tokens: &wgpu::Buffer, x: &wgpu::Buffer, rows: usize) -> Result<()> {
-    let d = w.vocab_embed.cols;
-    for part in &w.vocab_embed.parts {
-        let groups = pb.fold(((rows * d) as u64).div_ceil(256))?;
-        pb.dispatch(
-            "embedding",
-            &k.embedding,
-            &params::embedding(rows as u32, d as u32, part.row_start as u32, part.rows as u32),
-            vec![tokens.into(), (&part.buffer).into(), x.into()],
-            groups,
-        );
+pub fn embedding(pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, tokens: &Buf, x: &Buf, rows: usize) -> Result<()> {
+    let table = &w.vocab_embed;
+    for part in &table.parts {
+        let p = ops::embedding::Params { n_rows: rows as u32, dim: table.cols as u32, row_start: part.row_start as u32, part_rows: part.rows as u32 };
+        ops::embedding::record(pb, k, p, table.rows, ops::embedding::Bindings { ids: tokens, table: &part.buffer, out: x })?;
     }
     Ok(())
 }
 
-/// One DiT block over `rows_per_seq` tokens of each of `batch` sequences:
+/// The activations one block reads and writes.
+pub struct BlockIo<'a> {
+    /// The residual stream, updated in place.
+    pub x: &'a Buf,
+    /// Scratch for the normalised input of each branch.
+    pub h: &'a Buf,
+    /// The attention output.
+    pub att: &'a Buf,
+    /// The MLP activation.
+    pub mlp: &'a Buf,
+    /// Where q|k|v rows go (scratch, a training layer's own buffer, or a layer's KV cache) and how
+    /// rows map there.
+    pub qkv: &'a Buf,
+    pub qkv_rows: Option<OutRows>,
+    /// This block's adaLN modulation rows (None for AR).
+    pub modulation: Option<&'a Buf>,
+    pub rope: (&'a Buf, &'a Buf),
+}
+
+/// What training keeps of a block's forward for the backward pass, and the block's dropout.
+pub struct BlockKeep<'a> {
+    /// Each query's log-sum-exp.
+    pub lse: &'a Buf,
+    /// The residual after the attention branch (the MLP branch's input).
+    pub mid_residual: &'a Buf,
+    /// The attention branch's output after dropout, before the gate.
+    pub attn_branch: &'a Buf,
+    /// The MLP branch's output after dropout, before the gate.
+    pub mlp_branch: &'a Buf,
+    /// The MLP pre-activation (before gelu).
+    pub mlp_pre: &'a Buf,
+    /// Dropout probability on both residual branches, and the step's seed.
+    pub dropout: f32,
+    pub seed: u32,
+    /// The block's index (the dropout masks' salts are 2·layer + 1 and 2·layer + 2).
+    pub layer: usize,
+}
+
+/// Where a block stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockEnd {
+    /// The whole block.
+    Full,
+    /// After writing q|k|v (a cache commit of the last block needs nothing more).
+    AfterQkv,
+}
+
+/// One DiT block over `rows_per_seq` tokens of each of `attention.batch` sequences:
 ///   x += gate_msa · attn_out(attention(qkv(LN1(x)·(1+scale_msa)+shift_msa)))
 ///   x += gate_mlp · mlp.2(gelu(mlp.0(LN2(x)·(1+scale_mlp)+shift_mlp)))
-/// `attention` says where queries and keys live; `qkv_only` stops after writing q|k|v (a cache commit
-/// of the last block needs nothing more).
-#[allow(clippy::too_many_arguments)]
-pub fn block(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    blk: &BlockWeights,
-    modv: Option<&wgpu::Buffer>,
-    buf: &LayerBuffers,
-    batch: usize,
-    rows_per_seq: usize,
-    attention: params::Attention,
-    rope: (&wgpu::Buffer, &wgpu::Buffer),
-    qkv_only: bool,
-) -> Result<()> {
+/// `attention` says where queries and keys live.
+pub fn block(pb: &mut ProgramBuilder, k: &Kernels, blk: &BlockWeights, io: &BlockIo, attention: &Attention, keep: Option<&BlockKeep>, end: BlockEnd) -> Result<()> {
     let d = (attention.n_heads * attention.head_dim) as usize;
+    let (batch, rows_per_seq) = (attention.batch as usize, attention.n_q as usize);
     let rows = batch * rows_per_seq;
-    let ln = |shift: usize, scale: usize| params::LayerNorm {
-        n_rows: rows as u32,
-        dim: d as u32,
-        in_rows_per_seq: rows_per_seq as u32,
-        out_rows_per_seq: rows_per_seq as u32,
-        in_row_offset: 0,
-        modulation: modv.map(|_| ((shift * d) as u32, (scale * d) as u32, (6 * d) as u32)),
-        use_row_index: false,
+    let modulated = |shift: AdaLn, scale: AdaLn| LayerNorm::rows(batch, rows_per_seq, d, io.modulation.map(|_| AdaLn::norm(shift, scale, d)));
+    let residual = if io.modulation.is_some() { Epilogue::GatedResidual } else { Epilogue::Residual };
+    let gate = |chunk: AdaLn| io.modulation.map(|m| Gate { modulation: m, chunk, rows_per_seq });
+    let dropout = |salt: u32| keep.map(|kp| Dropout { p: kp.dropout, seed: kp.seed, salt });
+    let salt = keep.map_or(0, |kp| 2 * kp.layer as u32);
+
+    let ln = |pb: &mut ProgramBuilder, weight: &Buf, ln: LayerNorm| {
+        ops::layernorm::record(pb, k, &ln, ops::layernorm::Bindings { x: io.x, w: weight, modv: io.modulation, out: io.h, row_index: None })
     };
-    let gate = |chunk: usize| modv.map(|m| (m, chunk * d, 6 * d, rows_per_seq));
-    layernorm(pb, k, buf.x, &blk.norm1, modv, buf.h, ln(0, 1), None)?;
-    linear(pb, k, &blk.attn_qkv, buf.h, buf.qkv, rows, params::Epilogue::Store, Extras { out_rows: buf.qkv_rows, ..Default::default() })?;
-    if qkv_only {
+    ln(pb, &blk.norm1, modulated(AdaLn::ShiftMsa, AdaLn::ScaleMsa))?;
+    linear(pb, k, &blk.attn_qkv, rows, Epilogue::Store, LinearIo { out_rows: io.qkv_rows, ..LinearIo::new("attn_qkv", io.h, io.qkv) })?;
+    if end == BlockEnd::AfterQkv {
         return Ok(());
     }
-    pb.dispatch(
-        "attention",
-        &k.attention,
-        &attention.words(),
-        vec![buf.qkv.into(), buf.qkv.into(), rope.0.into(), rope.1.into(), buf.att.into(), (&k.dummy_out).into()],
-        attention.groups(batch as u32),
-    );
-    let residual = if modv.is_some() { params::Epilogue::GatedResidual } else { params::Epilogue::Residual };
-    linear(pb, k, &blk.attn_out, buf.att, buf.x, rows, residual, Extras { gate: gate(2), ..Default::default() })?;
-    layernorm(pb, k, buf.x, &blk.norm2, modv, buf.h, ln(3, 4), None)?;
-    linear(pb, k, &blk.mlp_up, buf.h, buf.mlp, rows, params::Epilogue::Gelu, Extras::default())?;
-    linear(pb, k, &blk.mlp_down, buf.mlp, buf.x, rows, residual, Extras { gate: gate(5), ..Default::default() })
+    let (qrows, kvrows) = (io.qkv, io.qkv);
+    let b = ops::attention::Bindings { qrows, kvrows, rope_cos: io.rope.0, rope_sin: io.rope.1, out: io.att, lse_delta: keep.map(|kp| kp.lse) };
+    ops::attention::record(pb, k, attention, b);
+    let attn_out = LinearIo { gate: gate(AdaLn::GateMsa), aux: keep.map(|kp| kp.attn_branch), dropout: dropout(salt + 1), ..LinearIo::new("attn_out", io.att, io.x) };
+    linear(pb, k, &blk.attn_out, rows, residual, attn_out)?;
+    if let Some(kp) = keep {
+        pb.copy(io.x, 0, kp.mid_residual, 0, (rows * d * 4) as u64);
+    }
+    ln(pb, &blk.norm2, modulated(AdaLn::ShiftMlp, AdaLn::ScaleMlp))?;
+    linear(pb, k, &blk.mlp_up, rows, Epilogue::Gelu, LinearIo { aux: keep.map(|kp| kp.mlp_pre), ..LinearIo::new("mlp.0", io.h, io.mlp) })?;
+    let mlp_down = LinearIo { gate: gate(AdaLn::GateMlp), aux: keep.map(|kp| kp.mlp_branch), dropout: dropout(salt + 2), ..LinearIo::new("mlp.2", io.mlp, io.x) };
+    linear(pb, k, &blk.mlp_down, rows, residual, mlp_down)
 }
 
-/// The optional parts of a Linear's dispatch.
-#[derive(Clone, Copy, Default)]
-pub struct Extras<'a> {
-    /// (modulation buffer, float offset of the gate chunk, row stride, rows per sequence) for the
-    /// gated residual.
-    pub gate: Option<(&'a wgpu::Buffer, usize, usize, usize)>,
+/// The gate of a gated residual: a chunk of the modulation rows, one row per `rows_per_seq` rows.
+#[derive(Clone, Copy)]
+pub struct Gate<'a> {
+    pub modulation: &'a Buf,
+    pub chunk: AdaLn,
+    pub rows_per_seq: usize,
+}
+
+/// The buffers of a Linear's dispatch and its optional parts.
+#[derive(Clone, Copy)]
+pub struct LinearIo<'a> {
+    /// What the dispatch is called in plans and timings.
+    pub label: &'static str,
+    pub a: &'a Buf,
+    pub out: &'a Buf,
+    pub gate: Option<Gate<'a>>,
     /// An output-row mapping (into a KV cache).
-    pub out_rows: Option<params::Matmul>,
+    pub out_rows: Option<OutRows>,
     /// Where to keep the value before the activation / after dropout (the backward pass needs it).
-    pub aux: Option<&'a wgpu::Buffer>,
-    /// (probability, seed, salt) of dropout in a residual epilogue.
-    pub dropout: Option<(f32, u32, u32)>,
+    pub aux: Option<&'a Buf>,
+    /// Dropout of a residual epilogue.
+    pub dropout: Option<Dropout>,
 }
 
-/// One matmul dispatch (`shaders/matmul.wgsl`), with the narrow tile for few rows; bias, gate and
-/// aux are optional.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, p: params::Matmul, a: &wgpu::Buffer, b: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, gate: Option<&wgpu::Buffer>, out: &wgpu::Buffer, aux: Option<&wgpu::Buffer>) {
-    let (pipeline, tile_rows) = k.matmul_for(p.m);
-    let bias: Slice = bias.unwrap_or(&k.dummy).into();
-    pb.dispatch(label, pipeline, &p.words(), vec![a.into(), b.into(), bias, gate.unwrap_or(&k.dummy).into(), out.into(), aux.unwrap_or(&k.dummy_out).into()], p.groups(tile_rows));
-    pb.annotate_flops(2 * p.m as u64 * p.n as u64 * p.k as u64);
+impl<'a> LinearIo<'a> {
+    pub fn new(label: &'static str, a: &'a Buf, out: &'a Buf) -> LinearIo<'a> {
+        LinearIo { label, a, out, gate: None, out_rows: None, aux: None, dropout: None }
+    }
 }
 
 /// y = epilogue(x · Wᵀ + b) over `m` rows, one dispatch per row range of W.
-#[allow(clippy::too_many_arguments)]
-pub fn linear(pb: &mut ProgramBuilder, k: &Kernels, lin: &Linear, a: &wgpu::Buffer, out: &wgpu::Buffer, m: usize, epilogue: params::Epilogue, x: Extras) -> Result<()> {
+pub fn linear(pb: &mut ProgramBuilder, k: &Kernels, lin: &Linear, m: usize, epilogue: Epilogue, io: LinearIo) -> Result<()> {
     let (n_total, kk) = (lin.out_features(), lin.in_features());
     for part in &lin.weight.parts {
-        let mut mp = params::Matmul {
+        let mut mm = Matmul {
             ldc: n_total as u32,
             out_col_offset: part.row_start as u32,
-            has_bias: lin.bias.is_some(),
             bias_offset: part.row_start as u32,
             epilogue,
-            store_aux: x.aux.is_some(),
-            ..params::Matmul::plain(m as u32, part.rows as u32, kk as u32)
+            dropout: io.dropout,
+            ..Matmul::plain(m as u32, part.rows as u32, kk as u32)
         };
-        if let Some(o) = x.out_rows {
-            (mp.out_rows_per_seq, mp.out_seq_stride, mp.out_row_offset) = (o.out_rows_per_seq, o.out_seq_stride, o.out_row_offset);
+        if let Some(o) = io.out_rows {
+            mm.out_rows = o;
         }
-        if let Some((p, seed, salt)) = x.dropout {
-            (mp.dropout, mp.seed, mp.salt) = (p, seed, salt);
+        if let Some(g) = io.gate {
+            let d = n_total;
+            (mm.gate_offset, mm.gate_stride, mm.rows_per_seq) = ((g.chunk.offset(d) + part.row_start) as u32, (ADALN_CHUNKS * d) as u32, g.rows_per_seq as u32);
         }
-        if let Some((_, offset, stride, rows_per_seq)) = x.gate {
-            (mp.gate_offset, mp.gate_stride, mp.rows_per_seq) = ((offset + part.row_start) as u32, stride as u32, rows_per_seq as u32);
-        }
-        gemm(pb, k, "matmul", mp, a, &part.buffer, lin.bias.as_ref(), x.gate.map(|g| g.0), out, x.aux);
+        let b = ops::matmul::Bindings { a: io.a, b: &part.buffer, bias: lin.bias.as_ref(), gate: io.gate.map(|g| g.modulation), out: io.out, aux: io.aux };
+        ops::matmul::record(pb, k, io.label, &mm, b);
     }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    x: &wgpu::Buffer,
-    weight: &wgpu::Buffer,
-    modv: Option<&wgpu::Buffer>,
-    out: &wgpu::Buffer,
-    p: params::LayerNorm,
-    row_index: Option<&wgpu::Buffer>,
-) -> Result<()> {
-    let groups = pb.fold(p.n_rows as u64)?;
-    pb.dispatch(
-        "layernorm",
-        &k.layernorm,
-        &p.words(),
-        vec![x.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), out.into(), row_index.unwrap_or(&k.dummy).into()],
-        groups,
-    );
     Ok(())
 }
 
@@ -207,8 +243,8 @@ pub fn head_chunks(
     pb: &mut ProgramBuilder,
     k: &Kernels,
     w: &Weights,
-    normed: &wgpu::Buffer,
-    logits: &wgpu::Buffer,
+    normed: &Buf,
+    logits: &Buf,
     rows: usize,
     chunk_rows: usize,
     mut consume: impl FnMut(&mut ProgramBuilder, usize, usize) -> Result<()>,
@@ -219,15 +255,15 @@ pub fn head_chunks(
     while start < rows {
         let n = chunk_rows.min(rows - start);
         for part in &w.head.weight.parts {
-            let mp = params::Matmul {
+            let mm = Matmul {
                 a_offset: (start * d) as u32,
                 ldc: v as u32,
                 out_col_offset: part.row_start as u32,
-                has_bias: true,
                 bias_offset: part.row_start as u32,
-                ..params::Matmul::plain(n as u32, part.rows as u32, d as u32)
+                ..Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
-            gemm(pb, k, "head", mp, normed, &part.buffer, Some(bias), None, logits, None);
+            let b = ops::matmul::Bindings { a: normed, b: &part.buffer, bias: Some(bias), gate: None, out: logits, aux: None };
+            ops::matmul::record(pb, k, "head", &mm, b);
         }
         consume(pb, start, n)?;
         start += n;

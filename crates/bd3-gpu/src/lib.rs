@@ -4,15 +4,20 @@
 //! recorded once per shape and replayed with one submission each.
 
 pub mod context;
-pub mod kernels;
 pub mod layers;
 pub mod model;
+pub mod ops;
+pub mod plan;
+pub mod program;
 pub mod sampler;
+pub mod shaders;
 pub mod step;
 pub mod train;
 pub mod weights;
 
 pub use context::{ContextOptions, CounterSnapshot, GpuContext};
+pub use plan::{AdapterDesc, PlanSummary};
+pub use program::{Buf, PlannedDispatch, Program};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
 pub use sampler::{generate, SampleEvent, SampleOptions, SampleResult, Sampler};
 pub use step::{StepAction, StepCall, StepOutput, StepShape};

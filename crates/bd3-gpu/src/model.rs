@@ -14,8 +14,11 @@
 //! one submission, and read back the loss sum (plus whatever was asked to be captured).
 
 use crate::context::GpuContext;
-use crate::kernels::{params, Kernels, Program, ProgramBuilder};
-use crate::layers::{self, Conditioning, LayerBuffers};
+use crate::layers::{self, BlockEnd, BlockIo, Conditioning};
+use crate::ops::attention::Attention;
+use crate::ops::layernorm::LayerNorm;
+use crate::ops::{self, Kernels};
+use crate::program::{Buf, PlannedDispatch, Program, ProgramBuilder};
 use crate::weights::Weights;
 use bd3_model::{AttentionMask, Checkpoint, Error, ModelConfig, ModelKind, Result};
 use std::collections::HashMap;
@@ -150,14 +153,14 @@ impl OutputLayout {
 /// The buffers and recorded program of one shape.
 struct Workspace {
     program: Program,
-    tokens: wgpu::Buffer,
-    features: Option<wgpu::Buffer>,
-    input_ids: wgpu::Buffer,
-    targets: wgpu::Buffer,
-    weights: wgpu::Buffer,
-    seq_consts: Option<wgpu::Buffer>,
-    outputs: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    tokens: Buf,
+    features: Option<Buf>,
+    input_ids: Buf,
+    targets: Buf,
+    weights: Buf,
+    seq_consts: Option<Buf>,
+    outputs: Buf,
+    staging: Buf,
     layout: OutputLayout,
 }
 
@@ -166,12 +169,14 @@ pub struct GpuModel {
     pub ctx: Arc<GpuContext>,
     pub kernels: Kernels,
     pub weights: Weights,
-    pub(crate) rope_cos: wgpu::Buffer,
-    pub(crate) rope_sin: wgpu::Buffer,
+    pub(crate) rope_cos: Buf,
+    pub(crate) rope_sin: Buf,
     pub(crate) rope_positions: usize,
     workspaces: HashMap<ForwardShape, Workspace>,
     pub(crate) steps: HashMap<crate::step::StepShape, crate::step::StepWorkspace>,
     pub(crate) caches: HashMap<(usize, usize), crate::step::KvCache>,
+    /// On a planning model: the dispatches of every sampling step taken, one list per model call.
+    pub call_plans: Vec<Vec<PlannedDispatch>>,
 }
 
 impl GpuModel {
@@ -194,8 +199,8 @@ impl GpuModel {
         }
         if name == "rotary_emb.inv_freq" {
             let (cos, sin) = bd3_model::tables::rotary_tables(&self.weights.inv_freq, self.rope_positions);
-            self.ctx.queue.write_buffer(&self.rope_cos, 0, bytemuck::cast_slice(&cos));
-            self.ctx.queue.write_buffer(&self.rope_sin, 0, bytemuck::cast_slice(&sin));
+            self.ctx.queue().write_buffer(&self.rope_cos, 0, bytemuck::cast_slice(&cos));
+            self.ctx.queue().write_buffer(&self.rope_sin, 0, bytemuck::cast_slice(&sin));
         }
         Ok(())
     }
@@ -218,19 +223,17 @@ impl GpuModel {
             workspaces: HashMap::new(),
             steps: HashMap::new(),
             caches: HashMap::new(),
+            call_plans: Vec::new(),
         })
     }
 
     /// Run one forward; the first call with a new shape records its program.
     pub async fn forward(&mut self, shape: &ForwardShape, input: &ForwardInput<'_>) -> Result<ForwardOutput> {
         self.check_forward_input(shape, input)?;
-        if !self.workspaces.contains_key(shape) {
-            let ws = self.build(shape)?;
-            self.workspaces.insert(*shape, ws);
-        }
+        self.record_forward(shape)?;
         let ws = &self.workspaces[shape];
         let ctx = &self.ctx;
-        let q = &ctx.queue;
+        let q = ctx.queue();
         q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(input.tokens));
         q.write_buffer(&ws.input_ids, 0, bytemuck::cast_slice(input.input_ids));
         q.write_buffer(&ws.targets, 0, bytemuck::cast_slice(input.targets));
@@ -243,7 +246,7 @@ impl GpuModel {
         if let Some(sc) = &ws.seq_consts {
             q.write_buffer(sc, 0, bytemuck::cast_slice(&sedd_constants(input.sedd_t, self.cfg.vocab_size)));
         }
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
         ws.program.encode(&mut enc);
         let bytes = (ws.layout.total * 4) as u64;
         enc.copy_buffer_to_buffer(&ws.outputs, 0, &ws.staging, 0, bytes);
@@ -267,6 +270,21 @@ impl GpuModel {
     /// The recorded program of a shape (after its first forward), for benchmarks.
     pub fn program(&self, shape: &ForwardShape) -> Option<&Program> {
         self.workspaces.get(shape).map(|w| &w.program)
+    }
+
+    /// Allocate the workspace of a shape and record its program, once; on a planning model this
+    /// is all a forward does.
+    pub fn record_forward(&mut self, shape: &ForwardShape) -> Result<&Program> {
+        if !self.workspaces.contains_key(shape) {
+            let ws = self.build(shape)?;
+            self.workspaces.insert(*shape, ws);
+        }
+        Ok(&self.workspaces[shape].program)
+    }
+
+    /// The dispatches of a forward of `shape` (on a planning model: without a GPU).
+    pub fn plan_forward(&mut self, shape: &ForwardShape) -> Result<Vec<PlannedDispatch>> {
+        Ok(self.record_forward(shape)?.plan.clone())
     }
 
     /// Check sizes and ids before anything reaches the GPU.
@@ -350,61 +368,53 @@ impl GpuModel {
             }
         };
         capture_hidden(&mut pb, &mut layout);
-        let buffers = LayerBuffers { x: &x, h: &h, att: &att, mlp: &mlp, qkv: &qkv, qkv_rows: None };
-        let attention = params::Attention::self_attention(s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32);
+        let attention = Attention::self_attention(b as u32, s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32);
         for (i, blk) in w.blocks.iter().enumerate() {
-            let modv = cond.as_ref().map(|c| &c.mods[i]);
-            layers::block(&mut pb, k, blk, modv, &buffers, b, s.seq, attention, (&self.rope_cos, &self.rope_sin), false)?;
+            let modulation = cond.as_ref().map(|c| &c.mods[i]);
+            let io = BlockIo { x: &x, h: &h, att: &att, mlp: &mlp, qkv: &qkv, qkv_rows: None, modulation, rope: (&self.rope_cos, &self.rope_sin) };
+            layers::block(&mut pb, k, blk, &io, &attention, None, BlockEnd::Full)?;
             capture_hidden(&mut pb, &mut layout);
         }
 
         // Final layer on the scored rows only, then head + loss chunk by chunk.
         let final_mod = cond.as_ref().map(|c| &c.final_mod);
-        let ln = params::LayerNorm {
+        let ln = LayerNorm {
             n_rows: scored as u32,
             dim: d as u32,
             in_rows_per_seq: s.seq as u32,
             out_rows_per_seq: s.head_rows as u32,
             in_row_offset: s.head_row_offset as u32,
-            modulation: final_mod.map(|_| (0, d as u32, (2 * d) as u32)),
-            use_row_index: false,
+            modulation: final_mod.map(|_| layers::final_modulation(d)),
         };
-        layers::layernorm(&mut pb, k, &x, &w.norm_final, final_mod, &final_normed, ln, None)?;
+        ops::layernorm::record(&mut pb, k, &ln, ops::layernorm::Bindings { x: &x, w: &w.norm_final, modv: final_mod, out: &final_normed, row_index: None })?;
         if s.capture {
             layout.logits = layout.take(scored * v);
             layout.log_probs = layout.take(scored * v);
         }
-        let lp = log_probs.as_ref().unwrap_or(&k.dummy_out);
         let (logits_at, log_probs_at) = (layout.logits.0, layout.log_probs.0);
         layers::head_chunks(&mut pb, k, w, &final_normed, &logits, scored, chunk_rows, |pb, start, n| {
-            let groups = pb.fold(n as u64)?;
+            let (n32, v32, start32) = (n as u32, v as u32, start as u32);
             if sedd {
-                pb.dispatch(
-                    "sedd_loss",
-                    &k.sedd_loss,
-                    &params::sedd_loss(n as u32, v as u32, cfg.mask_id(), s.capture, start as u32, s.head_rows as u32, 0.0),
-                    vec![
-                        (&logits).into(), (&input_ids).into(), (&targets).into(), seq_consts.as_ref().unwrap().into(),
-                        lp.into(), entropy.as_ref().unwrap().into(), (&token_loss).into(), (&k.dummy_out2).into(),
-                    ],
-                    groups,
-                );
+                let b = ops::sedd_loss::Bindings {
+                    logits: &logits, input_ids: &input_ids, targets: &targets, seq_consts: seq_consts.as_ref().expect("SEDD constants"),
+                    log_score: log_probs.as_ref(), entropy: entropy.as_ref(), token_loss: &token_loss, dlogits: None,
+                };
+                ops::sedd_loss::record(pb, k, n32, v32, cfg.mask_id(), start32, s.head_rows as u32, 0.0, b)?;
             } else {
-                pb.dispatch(
-                    "token_loss",
-                    &k.token_loss,
-                    &params::token_loss(n as u32, v as u32, cfg.mask_id(), s.objective == Objective::Ar, s.capture, start as u32, 0.0),
-                    vec![(&logits).into(), (&input_ids).into(), (&targets).into(), (&weights_buf).into(), lp.into(), (&token_loss).into(), (&k.dummy_out2).into()],
-                    groups,
-                );
+                let head = if s.objective == Objective::Ar { ops::token_loss::Head::Ar } else { ops::token_loss::Head::Subs };
+                let b = ops::token_loss::Bindings {
+                    logits: &logits, input_ids: &input_ids, targets: &targets, weights: &weights_buf, log_probs: log_probs.as_ref(), token_loss: &token_loss, dlogits: None,
+                };
+                ops::token_loss::record(pb, k, head, n32, v32, cfg.mask_id(), start32, 0.0, b)?;
             }
-            if s.capture {
+            if let Some(lp) = &log_probs {
                 pb.copy_to_output(&logits, logits_at + start * v, n * v);
                 pb.copy_to_output(lp, log_probs_at + start * v, n * v);
             }
             Ok(())
         })?;
-        pb.dispatch("reduce_sum", &k.reduce_sum, &params::reduce_sum(scored as u32, 0), vec![(&token_loss).into(), (&loss_sum).into()], [1, 1, 1]);
+        let sum = ops::reduce_sum::Bindings { x: &token_loss, out: &loss_sum };
+        ops::reduce_sum::record(&mut pb, k, "reduce_sum", scored as u32, 0, ops::reduce_sum::Reduction::Sum, sum);
         pb.copy_to_output(&loss_sum, layout.loss_sum, 1);
         if s.capture || s.per_token {
             layout.token_loss = layout.take(scored);

@@ -5,7 +5,7 @@
 //! first-hitting step reveals (uniformly, from the same seed) and keeps the sequences. One seed gives
 //! the same tokens on the same adapter.
 
-use crate::kernels::params::SampleMode;
+use crate::ops::sample::SampleMode;
 use crate::model::GpuModel;
 use crate::step::{StepAction, StepCall, StepShape};
 use bd3_model::init::SplitMix;

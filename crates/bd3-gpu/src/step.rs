@@ -14,9 +14,13 @@
 //! re-records only the kernel parameters (`ProgramBuilder::params_only`) and overwrites them: no buffer,
 //! bind group or pipeline is created after the first call, and each step is one submission.
 
-use crate::kernels::{params, params::SampleMode, Program, ProgramBuilder};
-use crate::layers::{self, Conditioning, LayerBuffers};
+use crate::layers::{self, BlockEnd, BlockIo, Conditioning};
 use crate::model::{check_activation_size, GpuModel};
+use crate::ops::attention::Attention;
+use crate::ops::layernorm::LayerNorm;
+use crate::ops::matmul::OutRows;
+use crate::ops::sample::{Sample, SampleMode};
+use crate::program::{Buf, Program, ProgramBuilder};
 use bd3_model::{AttentionMask, Error, Result};
 
 /// Everything static about a step; one program per distinct shape.
@@ -72,34 +76,34 @@ pub struct StepOutput {
 
 /// One cache buffer per layer.
 pub struct KvCache {
-    pub layers: Vec<wgpu::Buffer>,
+    pub layers: Vec<Buf>,
 }
 
 pub struct StepWorkspace {
     program: Program,
-    tokens: wgpu::Buffer,
-    features: Option<wgpu::Buffer>,
-    picked: wgpu::Buffer,
-    row_input: wgpu::Buffer,
-    streams: wgpu::Buffer,
-    seq_consts: wgpu::Buffer,
-    draws: Option<wgpu::Buffer>,
-    outputs: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    tokens: Buf,
+    features: Option<Buf>,
+    picked: Buf,
+    row_input: Buf,
+    streams: Buf,
+    seq_consts: Buf,
+    draws: Option<Buf>,
+    outputs: Buf,
+    staging: Buf,
     out_floats: usize,
     buffers: StepBuffers,
 }
 
 /// Activation buffers of a step (kept so parameters can be re-recorded against the same bindings).
 struct StepBuffers {
-    x: wgpu::Buffer,
-    h: wgpu::Buffer,
-    att: wgpu::Buffer,
-    mlp: wgpu::Buffer,
+    x: Buf,
+    h: Buf,
+    att: Buf,
+    mlp: Buf,
     cond: Option<Conditioning>,
-    final_normed: wgpu::Buffer,
-    logits: wgpu::Buffer,
-    out_tokens: wgpu::Buffer,
+    final_normed: Buf,
+    logits: Buf,
+    out_tokens: Buf,
     chunk_rows: usize,
 }
 
@@ -137,13 +141,23 @@ impl GpuModel {
         }
         let ws = &self.steps[shape];
         let (ctx, cfg) = (&*self.ctx, &self.cfg);
-        let q = &ctx.queue;
 
         // New kernel parameters for where the block sits now.
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record_step(&mut pb, shape, ws, place, call)?;
-        ws.program.write_params(q, &pb.finish_params());
+        if ctx.is_planning() {
+            // Planning runs the sampler's whole call sequence: each call's dispatches are logged and
+            // every picked position gets a token that is not the mask, so the sampler moves on.
+            self.call_plans.push(pb.finish_plan());
+            let n = match shape.action {
+                StepAction::Sample { head_rows, .. } => shape.batch * head_rows,
+                StepAction::Commit => 0,
+            };
+            return Ok(StepOutput { tokens: vec![0; n], logits: None });
+        }
+        ws.program.write_params(ctx.queue(), &pb.finish_params());
 
+        let q = ctx.queue();
         q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(call.tokens));
         if let Some(f) = &ws.features {
             let feats: Vec<f32> = (0..shape.batch)
@@ -161,7 +175,7 @@ impl GpuModel {
                 q.write_buffer(buf, 0, bytemuck::cast_slice(d));
             }
         }
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
         ws.program.encode(&mut enc);
         if ws.out_floats == 0 {
             ctx.submit(enc);
@@ -178,6 +192,11 @@ impl GpuModel {
         let tokens = words[..n].to_vec();
         let logits = verify.then(|| bytemuck::cast_slice::<u32, f32>(&words[n..]).to_vec());
         Ok(StepOutput { tokens, logits })
+    }
+
+    /// Every step program recorded so far, by shape.
+    pub fn step_programs(&self) -> impl Iterator<Item = (&StepShape, &Program)> {
+        self.steps.iter().map(|(s, ws)| (s, &ws.program))
     }
 
     /// The cached q|k|v of one layer, [batch, cache_len, 3·D] (for verification).
@@ -290,10 +309,11 @@ impl GpuModel {
             c.record(pb, k, w, b)?;
         }
         layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
-        let attention = params::Attention {
+        let attention = Attention {
             n_q: s.rows as u32,
             n_kv: place.n_kv as u32,
             n_heads: cfg.n_heads as u32,
+            head_dim: cfg.head_dim() as u32,
             q_seq_stride: s.cache_len as u32,
             q_row_offset: place.row0 as u32,
             kv_seq_stride: s.cache_len as u32,
@@ -301,59 +321,60 @@ impl GpuModel {
             mask: AttentionMask::Full,
             pos_period: s.cache_len as u32,
             pos_offset: place.pos_offset as u32,
-            head_dim: cfg.head_dim() as u32,
-            write_lse: false,
+            batch: b as u32,
         };
-        let into_cache = params::Matmul {
-            out_rows_per_seq: s.rows as u32,
-            out_seq_stride: s.cache_len as u32,
-            out_row_offset: place.row0 as u32,
-            ..params::Matmul::plain(0, 0, 0)
-        };
+        let into_cache = OutRows { rows_per_seq: s.rows as u32, seq_stride: s.cache_len as u32, row_offset: place.row0 as u32 };
         let commit = s.action == StepAction::Commit;
         for (i, blk) in w.blocks.iter().enumerate() {
-            let lb = LayerBuffers { x: &buf.x, h: &buf.h, att: &buf.att, mlp: &buf.mlp, qkv: &cache.layers[i], qkv_rows: Some(into_cache) };
-            let modv = buf.cond.as_ref().map(|c| &c.mods[i]);
-            let last = i + 1 == w.blocks.len();
-            layers::block(pb, k, blk, modv, &lb, b, s.rows, attention, (&self.rope_cos, &self.rope_sin), commit && last)?;
+            let io = BlockIo {
+                x: &buf.x,
+                h: &buf.h,
+                att: &buf.att,
+                mlp: &buf.mlp,
+                qkv: &cache.layers[i],
+                qkv_rows: Some(into_cache),
+                modulation: buf.cond.as_ref().map(|c| &c.mods[i]),
+                rope: (&self.rope_cos, &self.rope_sin),
+            };
+            let end = if commit && i + 1 == w.blocks.len() { BlockEnd::AfterQkv } else { BlockEnd::Full };
+            layers::block(pb, k, blk, &io, &attention, None, end)?;
         }
         let StepAction::Sample { head_rows, mode, verify } = s.action else { return Ok(()) };
 
         let picked_rows = b * head_rows;
         let final_mod = buf.cond.as_ref().map(|c| &c.final_mod);
-        let ln = params::LayerNorm {
+        let ln = LayerNorm {
             n_rows: picked_rows as u32,
             dim: d as u32,
             in_rows_per_seq: s.rows as u32,
             out_rows_per_seq: head_rows as u32,
             in_row_offset: 0,
-            modulation: final_mod.map(|_| (0, d as u32, (2 * d) as u32)),
-            use_row_index: true,
+            modulation: final_mod.map(|_| layers::final_modulation(d)),
         };
-        layers::layernorm(pb, k, &buf.x, &w.norm_final, final_mod, &buf.final_normed, ln, Some(&ws.picked))?;
-        let draws = ws.draws.as_ref().unwrap_or(&k.dummy);
+        let lnb = crate::ops::layernorm::Bindings { x: &buf.x, w: &w.norm_final, modv: final_mod, out: &buf.final_normed, row_index: Some(&ws.picked) };
+        crate::ops::layernorm::record(pb, k, &ln, lnb)?;
         layers::head_chunks(pb, k, w, &buf.final_normed, &buf.logits, picked_rows, buf.chunk_rows, |pb, start, n| {
-            let sp = params::Sample {
+            let sp = Sample {
                 n_rows: n as u32,
                 vocab: v as u32,
                 mask_id: cfg.mask_id(),
                 mode,
                 top_p: call.top_p as f32,
                 mask_prob: call.mask_prob as f32,
-                supplied_draws: verify,
                 seed: call.seed,
                 call: call.call,
                 rows_per_seq: head_rows as u32,
                 row_offset: start as u32,
             };
-            let groups = pb.fold(n as u64)?;
-            pb.dispatch(
-                "sample",
-                &k.sample,
-                &sp.words(),
-                vec![(&buf.logits).into(), (&ws.row_input).into(), (&ws.streams).into(), (&ws.seq_consts).into(), draws.into(), (&buf.out_tokens).into()],
-                groups,
-            );
+            let sb = crate::ops::sample::Bindings {
+                logits: &buf.logits,
+                row_input: &ws.row_input,
+                row_stream: &ws.streams,
+                seq_consts: &ws.seq_consts,
+                draws: if verify { ws.draws.as_ref() } else { None },
+                tokens: &buf.out_tokens,
+            };
+            crate::ops::sample::record(pb, k, &sp, sb)?;
             if verify {
                 pb.copy_to_output(&buf.logits, picked_rows + start * v, n * v);
             }

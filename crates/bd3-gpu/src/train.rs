@@ -10,9 +10,15 @@
 //! regenerates it. Per step only the inputs and a few parameters are written; one submission runs it.
 
 use crate::context::GpuContext;
-use crate::kernels::{params, params::Epilogue, Program, ProgramBuilder, TrainKernels};
-use crate::layers::{self, Conditioning};
+use crate::layers::{self, AdaLn, BlockEnd, BlockIo, BlockKeep, Conditioning, ADALN_CHUNKS};
 use crate::model::{check_activation_size, ForwardShape, GpuModel, Objective};
+use crate::ops::attention::Attention;
+use crate::ops::col_sum::{Columns, CHUNK_ROWS as COL_SUM_CHUNK};
+use crate::ops::elementwise::Elementwise;
+use crate::ops::layernorm::LayerNorm;
+use crate::ops::matmul::{Epilogue, Matmul};
+use crate::ops::{self, Kernels, TrainKernels};
+use crate::program::{Buf, PlannedDispatch, Program, ProgramBuilder};
 use crate::weights::{Linear, Weights};
 use bd3_model::{Error, Result};
 use std::collections::HashMap;
@@ -73,7 +79,7 @@ pub struct Trainer {
     /// Optimizer steps taken (AdamW's t).
     pub step: u64,
     kernels: TrainKernels,
-    norm_sq: wgpu::Buffer,
+    norm_sq: Buf,
     programs: HashMap<TrainShape, TrainWorkspace>,
     optimizer: Option<Program>,
 }
@@ -81,56 +87,56 @@ pub struct Trainer {
 struct TrainWorkspace {
     program: Program,
     b: TrainBuffers,
-    staging: wgpu::Buffer,
-    outputs: wgpu::Buffer,
+    staging: Buf,
+    outputs: Buf,
     scored: usize,
 }
 
 /// Every buffer of one training shape.
 struct TrainBuffers {
-    tokens: wgpu::Buffer,
-    input_ids: wgpu::Buffer,
-    targets: wgpu::Buffer,
-    row_weights: wgpu::Buffer,
-    seq_consts: wgpu::Buffer,
+    tokens: Buf,
+    input_ids: Buf,
+    targets: Buf,
+    row_weights: Buf,
+    seq_consts: Buf,
     /// Conditioning with its pre-activations kept (None for AR).
     cond: Option<Conditioning>,
     // Saved activations.
-    xs: Vec<wgpu::Buffer>,
-    xmid: Vec<wgpu::Buffer>,
-    qkv: Vec<wgpu::Buffer>,
-    att: Vec<wgpu::Buffer>,
-    lse: Vec<wgpu::Buffer>,
-    y1: Vec<wgpu::Buffer>,
-    y2: Vec<wgpu::Buffer>,
-    u: Vec<wgpu::Buffer>,
+    xs: Vec<Buf>,
+    xmid: Vec<Buf>,
+    qkv: Vec<Buf>,
+    att: Vec<Buf>,
+    lse: Vec<Buf>,
+    y1: Vec<Buf>,
+    y2: Vec<Buf>,
+    u: Vec<Buf>,
     // Scratch.
-    h: wgpu::Buffer,
-    act: wgpu::Buffer,
-    dact: wgpu::Buffer,
-    dv: wgpu::Buffer,
-    datt: wgpu::Buffer,
-    dh: wgpu::Buffer,
-    dqkv: wgpu::Buffer,
-    dx: wgpu::Buffer,
-    hf: wgpu::Buffer,
-    dhf: wgpu::Buffer,
-    logits: wgpu::Buffer,
-    dlogits: wgpu::Buffer,
-    token_loss: wgpu::Buffer,
-    loss_sum: wgpu::Buffer,
-    stats: wgpu::Buffer,
+    h: Buf,
+    act: Buf,
+    dact: Buf,
+    dv: Buf,
+    datt: Buf,
+    dh: Buf,
+    dqkv: Buf,
+    dx: Buf,
+    hf: Buf,
+    dhf: Buf,
+    logits: Buf,
+    dlogits: Buf,
+    token_loss: Buf,
+    loss_sum: Buf,
+    stats: Buf,
     /// Column sums over many rows: per-chunk partial sums ([chunks, columns]).
-    col_partial: wgpu::Buffer,
+    col_partial: Buf,
     /// LayerNorm weight gradients: per-sequence partial sums ([batch, dim]).
-    ln_partial: wgpu::Buffer,
-    dmods: Vec<wgpu::Buffer>,
-    dfinal_mod: wgpu::Buffer,
-    dc: wgpu::Buffer,
-    dc1: wgpu::Buffer,
-    seg_token: wgpu::Buffer,
-    seg_start: wgpu::Buffer,
-    seg_rows: wgpu::Buffer,
+    ln_partial: Buf,
+    dmods: Vec<Buf>,
+    dfinal_mod: Buf,
+    dc: Buf,
+    dc1: Buf,
+    seg_token: Buf,
+    seg_start: Buf,
+    seg_rows: Buf,
     chunk_rows: usize,
 }
 
@@ -170,13 +176,10 @@ impl Trainer {
     pub async fn forward_backward(&mut self, model: &GpuModel, shape: &TrainShape, batch: &TrainBatch<'_>) -> Result<TrainOutput> {
         let s = &shape.forward;
         model.check_forward_input(s, &batch.input)?;
-        if !self.programs.contains_key(shape) {
-            let ws = self.build(model, shape)?;
-            self.programs.insert(*shape, ws);
-        }
+        self.record_training(model, shape)?;
         let ctx = &*model.ctx;
         let ws = &self.programs[shape];
-        let q = &ctx.queue;
+        let q = ctx.queue();
         let i = &batch.input;
         // Rows grouped by token for the embedding scatter.
         let (seg_token, seg_start, seg_rows) = segments(i.tokens);
@@ -199,7 +202,7 @@ impl Trainer {
         if s.objective == Objective::Sedd {
             q.write_buffer(&ws.b.seq_consts, 0, bytemuck::cast_slice(&crate::model::sedd_constants(i.sedd_t, model.cfg.vocab_size)));
         }
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
         ws.program.encode(&mut enc);
         let bytes = ((1 + ws.scored) * 4) as u64;
         enc.copy_buffer_to_buffer(&ws.outputs, 0, &ws.staging, 0, bytes);
@@ -225,9 +228,9 @@ impl Trainer {
         self.record_optimizer(&mut pb, model, lr, ema_decay)?;
         match &self.optimizer {
             None => self.optimizer = Some(pb.finish()?),
-            Some(p) => p.write_params(&ctx.queue, &pb.finish_params()),
+            Some(p) => p.write_params(ctx.queue(), &pb.finish_params()),
         }
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
         enc.clear_buffer(&self.norm_sq, 0, None);
         self.optimizer.as_ref().unwrap().encode(&mut enc);
         ctx.submit(enc);
@@ -235,30 +238,34 @@ impl Trainer {
     }
 
     fn record_optimizer(&self, pb: &mut ProgramBuilder, model: &GpuModel, lr: f64, ema_decay: f64) -> Result<()> {
-        let tk = &self.kernels;
-        let k = &model.kernels;
+        let (k, tk) = (&model.kernels, &self.kernels);
         let grads = self.grads.tensors();
         if self.optim.max_grad_norm > 0.0 {
             for t in &grads {
                 for (b, n) in &t.parts {
-                    pb.dispatch("grad_norm", &k.reduce_sum, &params::reduce_sum_squares(*n as u32, 0), vec![b.into(), (&self.norm_sq).into()], [1, 1, 1]);
+                    let bind = ops::reduce_sum::Bindings { x: b, out: &self.norm_sq };
+                    ops::reduce_sum::record(pb, k, "grad_norm", *n as u32, 0, ops::reduce_sum::Reduction::AddSquares, bind);
                 }
             }
         }
         let o = &self.optim;
+        let step = ops::adamw::AdamW {
+            lr,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            step: self.step,
+            max_norm: o.max_grad_norm,
+            ema_decay,
+        };
         let ema = self.ema.as_ref().map(|e| e.tensors());
         let tensors = model.weights.tensors();
         for (ti, ((w, g), (m, v))) in tensors.iter().zip(&grads).zip(self.m.tensors().iter().zip(self.v.tensors())).enumerate() {
             for (pi, ((wb, n), (gb, _))) in w.parts.iter().zip(&g.parts).enumerate() {
-                let e = ema.as_ref().map(|e| e[ti].parts[pi].0.clone()).unwrap_or_else(|| k.dummy_out.clone());
-                let groups = pb.fold((*n as u64).div_ceil(256))?;
-                pb.dispatch(
-                    "adamw",
-                    &tk.adamw,
-                    &params::adamw(*n as u32, lr, o.beta1, o.beta2, o.eps, o.weight_decay, self.step, o.max_grad_norm, ema_decay),
-                    vec![wb.into(), gb.into(), (&m.parts[pi].0).into(), (&v.parts[pi].0).into(), (&e).into(), (&self.norm_sq).into()],
-                    groups,
-                );
+                let e = ema.as_ref().map(|e| &e[ti].parts[pi].0);
+                let bind = ops::adamw::Bindings { w: wb, grad: gb, m: &m.parts[pi].0, v: &v.parts[pi].0, ema: e, norm_sq: &self.norm_sq };
+                ops::adamw::record(pb, k, tk, &step, *n, bind)?;
             }
         }
         // The next step accumulates from zero.
@@ -268,6 +275,30 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+
+    /// The dispatches of one training step of `shape`: forward and backward, then clipping,
+    /// AdamW and the EMA (on a planning model: without a GPU).
+    pub fn plan_step(&mut self, model: &GpuModel, shape: &TrainShape) -> Result<Vec<PlannedDispatch>> {
+        let mut plan = self.record_training(model, shape)?.plan.clone();
+        let mut pb = ProgramBuilder::params_only(&model.ctx);
+        self.record_optimizer(&mut pb, model, self.optim.lr, self.optim.ema_decay)?;
+        plan.extend(pb.finish_plan());
+        Ok(plan)
+    }
+
+    /// The recorded optimizer program (after the first optimizer step).
+    pub fn optimizer_program(&self) -> Option<&Program> {
+        self.optimizer.as_ref()
+    }
+
+    /// Allocate the buffers of a training shape and record its program, once.
+    pub fn record_training(&mut self, model: &GpuModel, shape: &TrainShape) -> Result<&Program> {
+        if !self.programs.contains_key(shape) {
+            let ws = self.build(model, shape)?;
+            self.programs.insert(*shape, ws);
+        }
+        Ok(&self.programs[shape].program)
     }
 
     fn build(&self, model: &GpuModel, shape: &TrainShape) -> Result<TrainWorkspace> {
@@ -336,232 +367,284 @@ impl Trainer {
 
     /// Record forward + backward of one shape (or only their parameters, with a params-only builder).
     fn record(&self, pb: &mut ProgramBuilder, model: &GpuModel, shape: &TrainShape, tb: &TrainBuffers, dy: Dynamic) -> Result<()> {
-        let (cfg, k, tk, w, g) = (&model.cfg, &model.kernels, &self.kernels, &model.weights, &self.grads);
-        let s = &shape.forward;
-        let (b, d, v, nb) = (s.batch, cfg.hidden_dim, cfg.vocab_size, cfg.n_blocks);
-        let rows = b * s.seq;
-        let scored = s.scored_rows();
-        let dropout = shape.dropout_milli as f32 / 1000.0;
-        let adaln = cfg.kind.has_adaln();
-        let rope = (&model.rope_cos, &model.rope_sin);
-        // Forward of a Linear keeping what the backward needs (aux = pre-activation / branch output).
-        let forward_linear = |pb: &mut ProgramBuilder, lin: &Linear, a: &wgpu::Buffer, out: &wgpu::Buffer, m: usize, epi: Epilogue, gate: Option<(&wgpu::Buffer, usize)>, aux: Option<&wgpu::Buffer>, salt: u32| {
-            let residual = matches!(epi, Epilogue::GatedResidual | Epilogue::Residual);
-            let x = layers::Extras {
-                gate: gate.map(|(g, offset)| (g, offset, 6 * d, s.seq)),
-                aux,
-                dropout: residual.then_some((dropout, dy.seed, salt)),
-                out_rows: None,
-            };
-            layers::linear(pb, k, lin, a, out, m, epi, x)
-        };
-        // Backward of y = x·Wᵀ + b over m rows: dW += dyᵀx, db += Σ dy, and dx (= or +=) dy·W.
-        let backward_linear = |pb: &mut ProgramBuilder, lin: &Linear, grad: &Linear, dy_buf: &wgpu::Buffer, dy_off: usize, x: &wgpu::Buffer, x_off: usize, m: usize, dx: Option<(&wgpu::Buffer, usize, bool)>| {
-            let (n_out, n_in) = (lin.out_features(), lin.in_features());
-            for (pi, (part, gpart)) in lin.weight.parts.iter().zip(&grad.weight.parts).enumerate() {
-                let mut p = params::Matmul::weight_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32, n_in as u32);
-                p.a_offset = (dy_off * n_out + part.row_start) as u32;
-                p.b_offset = (x_off * n_in) as u32;
-                layers::gemm(pb, k, "matmul backward", p, dy_buf, x, None, None, &gpart.buffer, None);
-                if let Some(gb) = &grad.bias {
-                    let a = ColumnSource { buffer: dy_buf, offset: dy_off * n_out + part.row_start, rows: m, cols: part.rows, stride: n_out };
-                    record_col_sum(pb, tk, a, gb, part.row_start, &tb.col_partial);
-                }
-                if let Some((dx_buf, dx_off, accumulate)) = dx {
-                    let mut p = params::Matmul::input_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32);
-                    p.a_offset = (dy_off * n_out + part.row_start) as u32;
-                    p.out_row_offset = dx_off as u32;
-                    if accumulate || pi > 0 {
-                        p.epilogue = Epilogue::Residual;
-                    }
-                    layers::gemm(pb, k, "matmul backward", p, dy_buf, &part.buffer, None, None, dx_buf, None);
-                }
-            }
-        };
-        let ln_params = |n_rows: usize, out_rows_per_seq: usize, offset: usize, m: Option<(usize, usize, usize)>| params::LayerNorm {
-            n_rows: n_rows as u32,
+        let r = Recorder { model, k: &model.kernels, tk: &self.kernels, g: &self.grads, tb, shape, dy };
+        r.forward(pb)?;
+        r.loss_and_head_backward(pb)?;
+        r.final_layer_backward(pb)?;
+        for l in (0..model.cfg.n_blocks).rev() {
+            r.block_backward(pb, l)?;
+        }
+        r.embedding_backward(pb)?;
+        r.conditioning_backward(pb)
+    }
+}
+
+/// Everything one training program is recorded from.
+struct Recorder<'r> {
+    model: &'r GpuModel,
+    k: &'r Kernels,
+    tk: &'r TrainKernels,
+    g: &'r Weights,
+    tb: &'r TrainBuffers,
+    shape: &'r TrainShape,
+    dy: Dynamic,
+}
+
+impl Recorder<'_> {
+    fn dims(&self) -> (usize, usize, usize) {
+        let s = &self.shape.forward;
+        (s.batch, s.seq, self.model.cfg.hidden_dim)
+    }
+
+    fn attention(&self) -> Attention {
+        let (s, cfg) = (&self.shape.forward, &self.model.cfg);
+        Attention::self_attention(s.batch as u32, s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32)
+    }
+
+    /// A LayerNorm over every row of the batch (a block's) with the given adaLN chunks.
+    fn block_norm(&self, l: usize, shift: AdaLn, scale: AdaLn) -> LayerNorm {
+        let (b, seq, d) = self.dims();
+        LayerNorm::rows(b, seq, d, self.modulation(l).map(|_| AdaLn::norm(shift, scale, d)))
+    }
+
+    /// The final LayerNorm over the scored rows.
+    fn final_norm(&self) -> LayerNorm {
+        let s = &self.shape.forward;
+        let d = self.model.cfg.hidden_dim;
+        LayerNorm {
+            n_rows: s.scored_rows() as u32,
             dim: d as u32,
             in_rows_per_seq: s.seq as u32,
-            out_rows_per_seq: out_rows_per_seq as u32,
-            in_row_offset: offset as u32,
-            modulation: m.map(|(sh, sc, st)| (sh as u32, sc as u32, st as u32)),
-            use_row_index: false,
-        };
-        // LayerNorm backward: dx += …, then the parameter gradients (dw, dshift, dscale).
-        let ln_backward = |pb: &mut ProgramBuilder, x: &wgpu::Buffer, weight: &wgpu::Buffer, dweight: &wgpu::Buffer, modv: Option<&wgpu::Buffer>, dmod: Option<&wgpu::Buffer>, dy_buf: &wgpu::Buffer, p: params::LayerNorm| -> Result<()> {
-            let words = p.words()[..9].to_vec();
-            let groups = pb.fold(p.n_rows as u64)?;
-            pb.dispatch("layernorm_backward", &tk.layernorm_backward, &words, vec![x.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), dy_buf.into(), (&tb.dx).into(), (&tb.stats).into()], groups);
-            // Per-sequence partial dw (one workgroup row per sequence), then their sum into dw.
-            let n_seq = p.n_rows / p.out_rows_per_seq;
-            debug_assert_eq!(n_seq as usize, b, "ln_partial holds one row per sequence of the batch");
-            pb.dispatch(
-                "layernorm_param_grads",
-                &tk.layernorm_param_grads,
-                &words,
-                vec![x.into(), (&tb.stats).into(), dy_buf.into(), weight.into(), modv.unwrap_or(&k.dummy).into(), (&tb.ln_partial).into(), dmod.unwrap_or(&k.dummy_out).into()],
-                [(d as u32).div_ceil(256), n_seq, 1],
-            );
-            let partial = ColumnSource { buffer: &tb.ln_partial, offset: 0, rows: n_seq as usize, cols: d, stride: d };
-            record_col_sum(pb, tk, partial, dweight, 0, &tb.col_partial);
-            Ok(())
-        };
-        let attention = params::Attention {
-            write_lse: true,
-            ..params::Attention::self_attention(s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32)
-        };
+            out_rows_per_seq: s.head_rows as u32,
+            in_row_offset: s.head_row_offset as u32,
+            modulation: self.model.cfg.kind.has_adaln().then(|| layers::final_modulation(d)),
+        }
+    }
 
-        // ---- forward ----
+    fn modulation(&self, l: usize) -> Option<&Buf> {
+        self.tb.cond.as_ref().map(|c| &c.mods[l])
+    }
+
+    /// Forward keeping each block's input, the attention output and log-sum-exp, the branch
+    /// outputs and the MLP pre-activation: the same block forward as inference, with a keep.
+    fn forward(&self, pb: &mut ProgramBuilder) -> Result<()> {
+        let (tb, k, w) = (self.tb, self.k, &self.model.weights);
+        let (b, seq, d) = self.dims();
         if let Some(c) = &tb.cond {
             c.record(pb, k, w, b)?;
         }
-        layers::embedding(pb, k, w, &tb.tokens, &tb.xs[0], rows)?;
-        let residual = if adaln { Epilogue::GatedResidual } else { Epilogue::Residual };
-        let bytes = (rows * d * 4) as u64;
+        layers::embedding(pb, k, w, &tb.tokens, &tb.xs[0], b * seq)?;
+        let attention = self.attention();
+        let rope = (&self.model.rope_cos, &self.model.rope_sin);
         for (l, blk) in w.blocks.iter().enumerate() {
-            let modv = tb.cond.as_ref().map(|c| &c.mods[l]);
-            let md = |shift: usize, scale: usize| modv.map(|_| (shift * d, scale * d, 6 * d));
-            let x = &tb.xs[l + 1];
-            pb.copy(&tb.xs[l], 0, x, 0, bytes);
-            layers::layernorm(pb, k, x, &blk.norm1, modv, &tb.h, ln_params(rows, s.seq, 0, md(0, 1)), None)?;
-            forward_linear(pb, &blk.attn_qkv, &tb.h, &tb.qkv[l], rows, Epilogue::Store, None, None, 0)?;
-            pb.dispatch(
-                "attention",
-                &k.attention,
-                &attention.words(),
-                vec![(&tb.qkv[l]).into(), (&tb.qkv[l]).into(), rope.0.into(), rope.1.into(), (&tb.att[l]).into(), (&tb.lse[l]).into()],
-                attention.groups(b as u32),
-            );
-            forward_linear(pb, &blk.attn_out, &tb.att[l], x, rows, residual, modv.map(|m| (m, 2 * d)), Some(&tb.y1[l]), 2 * l as u32 + 1)?;
-            pb.copy(x, 0, &tb.xmid[l], 0, bytes);
-            layers::layernorm(pb, k, x, &blk.norm2, modv, &tb.h, ln_params(rows, s.seq, 0, md(3, 4)), None)?;
-            forward_linear(pb, &blk.mlp_up, &tb.h, &tb.act, rows, Epilogue::Gelu, None, Some(&tb.u[l]), 0)?;
-            forward_linear(pb, &blk.mlp_down, &tb.act, x, rows, residual, modv.map(|m| (m, 5 * d)), Some(&tb.y2[l]), 2 * l as u32 + 2)?;
+            // Block l works on its own copy of the residual, so its input stays for the backward.
+            pb.copy(&tb.xs[l], 0, &tb.xs[l + 1], 0, (b * seq * d * 4) as u64);
+            let io = BlockIo { x: &tb.xs[l + 1], h: &tb.h, att: &tb.att[l], mlp: &tb.act, qkv: &tb.qkv[l], qkv_rows: None, modulation: self.modulation(l), rope };
+            let keep = BlockKeep {
+                lse: &tb.lse[l],
+                mid_residual: &tb.xmid[l],
+                attn_branch: &tb.y1[l],
+                mlp_branch: &tb.y2[l],
+                mlp_pre: &tb.u[l],
+                dropout: self.shape.dropout_milli as f32 / 1000.0,
+                seed: self.dy.seed,
+                layer: l,
+            };
+            layers::block(pb, k, blk, &io, &attention, Some(&keep), BlockEnd::Full)?;
         }
-        let x_last = &tb.xs[nb];
-        let fmd = adaln.then(|| (0, d, 2 * d));
         let final_mod = tb.cond.as_ref().map(|c| &c.final_mod);
-        layers::layernorm(pb, k, x_last, &w.norm_final, final_mod, &tb.hf, ln_params(scored, s.head_rows, s.head_row_offset, fmd), None)?;
+        let x_last = &tb.xs[w.blocks.len()];
+        ops::layernorm::record(pb, k, &self.final_norm(), ops::layernorm::Bindings { x: x_last, w: &w.norm_final, modv: final_mod, out: &tb.hf, row_index: None })
+    }
 
-        // ---- loss, logits gradient and the head's backward, chunk by chunk ----
+    /// Loss, logits gradient and the head's backward, chunk by chunk, then the loss sum.
+    fn loss_and_head_backward(&self, pb: &mut ProgramBuilder) -> Result<()> {
+        let (tb, k, w, cfg) = (self.tb, self.k, &self.model.weights, &self.model.cfg);
+        let s = &self.shape.forward;
+        let (scored, v) = (s.scored_rows(), cfg.vocab_size);
+        let grad_scale = self.dy.grad_scale;
         pb.clear(&tb.dhf);
-        let grad_scale = dy.grad_scale;
-        let sedd = s.objective == Objective::Sedd;
         layers::head_chunks(pb, k, w, &tb.hf, &tb.logits, scored, tb.chunk_rows, |pb, start, n| {
-            let groups = pb.fold(n as u64)?;
-            if sedd {
-                pb.dispatch(
-                    "sedd_loss",
-                    &k.sedd_loss,
-                    &params::sedd_loss(n as u32, v as u32, cfg.mask_id(), false, start as u32, s.head_rows as u32, grad_scale),
-                    vec![
-                        (&tb.logits).into(), (&tb.input_ids).into(), (&tb.targets).into(), (&tb.seq_consts).into(), (&k.dummy_out).into(),
-                        (&k.dummy_out2).into(), (&tb.token_loss).into(), (&tb.dlogits).into(),
-                    ],
-                    groups,
-                );
+            let (n32, v32, start32) = (n as u32, v as u32, start as u32);
+            if s.objective == Objective::Sedd {
+                let b = ops::sedd_loss::Bindings {
+                    logits: &tb.logits, input_ids: &tb.input_ids, targets: &tb.targets, seq_consts: &tb.seq_consts,
+                    log_score: None, entropy: None, token_loss: &tb.token_loss, dlogits: Some(&tb.dlogits),
+                };
+                ops::sedd_loss::record(pb, k, n32, v32, cfg.mask_id(), start32, s.head_rows as u32, grad_scale, b)?;
             } else {
-                pb.dispatch(
-                    "token_loss",
-                    &k.token_loss,
-                    &params::token_loss(n as u32, v as u32, cfg.mask_id(), s.objective == Objective::Ar, false, start as u32, grad_scale),
-                    vec![(&tb.logits).into(), (&tb.input_ids).into(), (&tb.targets).into(), (&tb.row_weights).into(), (&k.dummy_out).into(), (&tb.token_loss).into(), (&tb.dlogits).into()],
-                    groups,
-                );
+                let head = if s.objective == Objective::Ar { ops::token_loss::Head::Ar } else { ops::token_loss::Head::Subs };
+                let b = ops::token_loss::Bindings {
+                    logits: &tb.logits, input_ids: &tb.input_ids, targets: &tb.targets, weights: &tb.row_weights,
+                    log_probs: None, token_loss: &tb.token_loss, dlogits: Some(&tb.dlogits),
+                };
+                ops::token_loss::record(pb, k, head, n32, v32, cfg.mask_id(), start32, grad_scale, b)?;
             }
-            backward_linear(pb, &w.head, &g.head, &tb.dlogits, 0, &tb.hf, start, n, Some((&tb.dhf, start, true)));
+            self.linear_backward(pb, &w.head, &self.g.head, (&tb.dlogits, 0), (&tb.hf, start), n, Some(InputGrad { dx: &tb.dhf, row_offset: start, accumulate: true }));
             Ok(())
         })?;
-        pb.dispatch("reduce_sum", &k.reduce_sum, &params::reduce_sum(scored as u32, 0), vec![(&tb.token_loss).into(), (&tb.loss_sum).into()], [1, 1, 1]);
+        let sum = ops::reduce_sum::Bindings { x: &tb.token_loss, out: &tb.loss_sum };
+        ops::reduce_sum::record(pb, k, "reduce_sum", scored as u32, 0, ops::reduce_sum::Reduction::Sum, sum);
+        Ok(())
+    }
 
-        // ---- backward through the final layer and the blocks ----
+    /// Zero the residual gradient and the modulation gradients, then the final LayerNorm's backward.
+    fn final_layer_backward(&self, pb: &mut ProgramBuilder) -> Result<()> {
+        let (tb, w) = (self.tb, &self.model.weights);
         pb.clear(&tb.dx);
         for m in &tb.dmods {
             pb.clear(m);
         }
         pb.clear(&tb.dfinal_mod);
-        ln_backward(pb, x_last, &w.norm_final, &g.norm_final, final_mod, adaln.then_some(&tb.dfinal_mod), &tb.dhf, ln_params(scored, s.head_rows, s.head_row_offset, fmd))?;
-        for l in (0..nb).rev() {
-            let (blk, gblk) = (&w.blocks[l], &g.blocks[l]);
-            let modv = tb.cond.as_ref().map(|c| &c.mods[l]);
-            let dmod = adaln.then(|| &tb.dmods[l]);
-            let md = |shift: usize, scale: usize| modv.map(|_| (shift * d, scale * d, 6 * d));
-            let gate_bw = |pb: &mut ProgramBuilder, y: &wgpu::Buffer, chunk: usize, salt: u32| {
-                let p = params::gate_backward(b as u32, s.seq as u32, d as u32, adaln.then(|| ((6 * d) as u32, (chunk * d) as u32)), dropout, dy.seed, salt);
-                pb.dispatch(
-                    "gate_backward",
-                    &tk.gate_backward,
-                    &p,
-                    vec![(&tb.dx).into(), y.into(), modv.unwrap_or(&k.dummy).into(), (&tb.dv).into(), dmod.unwrap_or(&k.dummy_out).into()],
-                    [((b * d) as u32).div_ceil(256), 1, 1],
-                );
-            };
-            let n4 = (rows * 4 * d) as u64;
-            let elementwise = |pb: &mut ProgramBuilder, x: &wgpu::Buffer, gbuf: &wgpu::Buffer, n: u64, mode: u32| -> Result<()> {
-                let groups = pb.fold(n.div_ceil(256))?;
-                pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(n as u32, mode), vec![x.into(), gbuf.into()], groups);
-                Ok(())
-            };
-            // MLP branch.
-            gate_bw(pb, &tb.y2[l], 5, 2 * l as u32 + 2);
-            elementwise(pb, &tb.u[l], &tb.act, n4, 0)?;
-            backward_linear(pb, &blk.mlp_down, &gblk.mlp_down, &tb.dv, 0, &tb.act, 0, rows, Some((&tb.dact, 0, false)));
-            elementwise(pb, &tb.u[l], &tb.dact, n4, 1)?;
-            layers::layernorm(pb, k, &tb.xmid[l], &blk.norm2, modv, &tb.h, ln_params(rows, s.seq, 0, md(3, 4)), None)?;
-            backward_linear(pb, &blk.mlp_up, &gblk.mlp_up, &tb.dact, 0, &tb.h, 0, rows, Some((&tb.dh, 0, false)));
-            ln_backward(pb, &tb.xmid[l], &blk.norm2, &gblk.norm2, modv, dmod, &tb.dh, ln_params(rows, s.seq, 0, md(3, 4)))?;
-            // Attention branch.
-            gate_bw(pb, &tb.y1[l], 2, 2 * l as u32 + 1);
-            backward_linear(pb, &blk.attn_out, &gblk.attn_out, &tb.dv, 0, &tb.att[l], 0, rows, Some((&tb.datt, 0, false)));
-            pb.dispatch(
-                "attention_dq",
-                &tk.attention_dq,
-                &attention.words(),
-                vec![(&tb.qkv[l]).into(), rope.0.into(), rope.1.into(), (&tb.att[l]).into(), (&tb.datt).into(), (&tb.lse[l]).into(), (&tb.dqkv).into()],
-                attention.groups(b as u32),
-            );
-            pb.dispatch(
-                "attention_dkv",
-                &tk.attention_dkv,
-                &attention.words(),
-                vec![(&tb.qkv[l]).into(), rope.0.into(), rope.1.into(), (&tb.datt).into(), (&tb.lse[l]).into(), (&tb.dqkv).into()],
-                attention.groups(b as u32),
-            );
-            layers::layernorm(pb, k, &tb.xs[l], &blk.norm1, modv, &tb.h, ln_params(rows, s.seq, 0, md(0, 1)), None)?;
-            backward_linear(pb, &blk.attn_qkv, &gblk.attn_qkv, &tb.dqkv, 0, &tb.h, 0, rows, Some((&tb.dh, 0, false)));
-            ln_backward(pb, &tb.xs[l], &blk.norm1, &gblk.norm1, modv, dmod, &tb.dh, ln_params(rows, s.seq, 0, md(0, 1)))?;
-        }
+        let adaln = self.model.cfg.kind.has_adaln();
+        let final_mod = tb.cond.as_ref().map(|c| &c.final_mod);
+        let x_last = &tb.xs[w.blocks.len()];
+        self.layernorm_backward(pb, &self.final_norm(), x_last, (&w.norm_final, &self.g.norm_final), final_mod, adaln.then_some(&tb.dfinal_mod), &tb.dhf)
+    }
 
-        // ---- embedding scatter ----
-        for (part, gpart) in w.vocab_embed.parts.iter().zip(&g.vocab_embed.parts) {
-            let groups = pb.fold(rows as u64)?;
-            pb.dispatch(
-                "embedding_backward",
-                &tk.embedding_backward,
-                &params::embedding_backward(dy.n_segments, d as u32, part.row_start as u32, part.rows as u32),
-                vec![(&tb.dx).into(), (&tb.seg_token).into(), (&tb.seg_start).into(), (&tb.seg_rows).into(), (&gpart.buffer).into()],
-                groups,
-            );
-        }
+    /// One block in reverse: the MLP branch, then the attention branch; dx accumulates the
+    /// residual's gradient, dmods[l] the adaLN chunks'.
+    fn block_backward(&self, pb: &mut ProgramBuilder, l: usize) -> Result<()> {
+        let (tb, k, tk) = (self.tb, self.k, self.tk);
+        let (blk, gblk) = (&self.model.weights.blocks[l], &self.g.blocks[l]);
+        let (b, seq, d) = self.dims();
+        let rows = b * seq;
+        let modulation = self.modulation(l);
+        let dmod = self.model.cfg.kind.has_adaln().then(|| &tb.dmods[l]);
+        let gate_backward = |pb: &mut ProgramBuilder, branch: &Buf, gate: AdaLn, salt: u32| {
+            let g = ops::gate_backward::GateBackward {
+                n_seq: b as u32,
+                rows_per_seq: seq as u32,
+                dim: d as u32,
+                gate: modulation.map(|_| ((ADALN_CHUNKS * d) as u32, gate.offset(d) as u32)),
+                dropout: self.shape.dropout_milli as f32 / 1000.0,
+                seed: self.dy.seed,
+                salt,
+            };
+            ops::gate_backward::record(pb, k, tk, &g, ops::gate_backward::Bindings { dx: &tb.dx, y: branch, gate: modulation, dv: &tb.dv, dmod });
+        };
+        let elementwise = |pb: &mut ProgramBuilder, op: Elementwise, x: &Buf, g: &Buf| {
+            ops::elementwise::record(pb, k, tk, op, rows * 4 * d, ops::elementwise::Bindings { x, g })
+        };
+        let renorm = |pb: &mut ProgramBuilder, x: &Buf, weight: &Buf, ln: LayerNorm| {
+            ops::layernorm::record(pb, k, &ln, ops::layernorm::Bindings { x, w: weight, modv: modulation, out: &tb.h, row_index: None })
+        };
+        let into = |dx| Some(InputGrad { dx, row_offset: 0, accumulate: false });
+        let salt = 2 * l as u32;
 
-        // ---- conditioning: modulation projections, then the sigma MLP ----
-        if let Some(cond) = &tb.cond {
-            let (mlp0, mlp2) = w.sigma_map.as_ref().unwrap();
-            let (gmlp0, gmlp2) = g.sigma_map.as_ref().unwrap();
-            let (z1, z2) = cond.pre_activations.as_ref().expect("kept for training");
-            pb.clear(&tb.dc);
-            for l in 0..nb {
-                backward_linear(pb, w.blocks[l].adaln.as_ref().unwrap(), g.blocks[l].adaln.as_ref().unwrap(), &tb.dmods[l], 0, &cond.c, 0, b, Some((&tb.dc, 0, true)));
-            }
-            backward_linear(pb, w.final_adaln.as_ref().unwrap(), g.final_adaln.as_ref().unwrap(), &tb.dfinal_mod, 0, &cond.c, 0, b, Some((&tb.dc, 0, true)));
-            let nc = (b * cfg.cond_dim) as u32;
-            pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(nc, 2), vec![z2.into(), (&tb.dc).into()], [nc.div_ceil(256), 1, 1]);
-            backward_linear(pb, mlp2, gmlp2, &tb.dc, 0, &cond.c_hidden, 0, b, Some((&tb.dc1, 0, false)));
-            pb.dispatch("elementwise", &tk.elementwise, &params::elementwise(nc, 2), vec![z1.into(), (&tb.dc1).into()], [nc.div_ceil(256), 1, 1]);
-            backward_linear(pb, mlp0, gmlp0, &tb.dc1, 0, &cond.features, 0, b, None);
+        // MLP branch: x += gate_mlp · mlp.2(gelu(mlp.0(LN2(x_mid)))).
+        gate_backward(pb, &tb.y2[l], AdaLn::GateMlp, salt + 2);
+        elementwise(pb, Elementwise::Gelu, &tb.u[l], &tb.act)?;
+        self.linear_backward(pb, &blk.mlp_down, &gblk.mlp_down, (&tb.dv, 0), (&tb.act, 0), rows, into(&tb.dact));
+        elementwise(pb, Elementwise::TimesGeluDerivative, &tb.u[l], &tb.dact)?;
+        let norm2 = self.block_norm(l, AdaLn::ShiftMlp, AdaLn::ScaleMlp);
+        renorm(pb, &tb.xmid[l], &blk.norm2, norm2)?;
+        self.linear_backward(pb, &blk.mlp_up, &gblk.mlp_up, (&tb.dact, 0), (&tb.h, 0), rows, into(&tb.dh));
+        self.layernorm_backward(pb, &norm2, &tb.xmid[l], (&blk.norm2, &gblk.norm2), modulation, dmod, &tb.dh)?;
+
+        // Attention branch: x += gate_msa · attn_out(attention(qkv(LN1(x)))).
+        gate_backward(pb, &tb.y1[l], AdaLn::GateMsa, salt + 1);
+        self.linear_backward(pb, &blk.attn_out, &gblk.attn_out, (&tb.dv, 0), (&tb.att[l], 0), rows, into(&tb.datt));
+        let attention = self.attention();
+        let rope = (&self.model.rope_cos, &self.model.rope_sin);
+        let dq = ops::attention::QueryGradBindings {
+            qkv: &tb.qkv[l], rope_cos: rope.0, rope_sin: rope.1, o: &tb.att[l], d_o: &tb.datt, lse_delta: &tb.lse[l], dqkv: &tb.dqkv,
+        };
+        ops::attention::record_query_grad(pb, k, tk, &attention, dq);
+        let dkv = ops::attention::KeyValueGradBindings { qkv: &tb.qkv[l], rope_cos: rope.0, rope_sin: rope.1, d_o: &tb.datt, lse_delta: &tb.lse[l], dqkv: &tb.dqkv };
+        ops::attention::record_key_value_grad(pb, k, tk, &attention, dkv);
+        let norm1 = self.block_norm(l, AdaLn::ShiftMsa, AdaLn::ScaleMsa);
+        renorm(pb, &tb.xs[l], &blk.norm1, norm1)?;
+        self.linear_backward(pb, &blk.attn_qkv, &gblk.attn_qkv, (&tb.dqkv, 0), (&tb.h, 0), rows, into(&tb.dh));
+        self.layernorm_backward(pb, &norm1, &tb.xs[l], (&blk.norm1, &gblk.norm1), modulation, dmod, &tb.dh)
+    }
+
+    /// The embedding gradient: a scatter of dx over the rows grouped by token.
+    fn embedding_backward(&self, pb: &mut ProgramBuilder) -> Result<()> {
+        let (tb, w) = (self.tb, &self.model.weights);
+        let (b, seq, d) = self.dims();
+        for (part, gpart) in w.vocab_embed.parts.iter().zip(&self.g.vocab_embed.parts) {
+            let p = ops::embedding_backward::Params { n_seg: self.dy.n_segments, dim: d as u32, row_start: part.row_start as u32, part_rows: part.rows as u32 };
+            let eb = ops::embedding_backward::Bindings { dx: &tb.dx, seg_token: &tb.seg_token, seg_start: &tb.seg_start, seg_rows: &tb.seg_rows, d_table: &gpart.buffer };
+            ops::embedding_backward::record(pb, self.k, self.tk, p, b * seq, w.vocab_embed.rows, eb)?;
         }
         Ok(())
     }
+
+    /// The conditioning path in reverse: every adaLN projection into dc, then the sigma MLP.
+    fn conditioning_backward(&self, pb: &mut ProgramBuilder) -> Result<()> {
+        let Some(cond) = &self.tb.cond else { return Ok(()) };
+        let (tb, w, g) = (self.tb, &self.model.weights, self.g);
+        let b = self.shape.forward.batch;
+        let (mlp0, mlp2) = w.sigma_map.as_ref().expect("adaLN model");
+        let (gmlp0, gmlp2) = g.sigma_map.as_ref().expect("adaLN model");
+        let (z1, z2) = cond.pre_activations.as_ref().expect("kept for training");
+        let accumulate_dc = Some(InputGrad { dx: &tb.dc, row_offset: 0, accumulate: true });
+        pb.clear(&tb.dc);
+        for ((blk, gblk), dmod) in w.blocks.iter().zip(&g.blocks).zip(&tb.dmods) {
+            self.linear_backward(pb, blk.adaln.as_ref().expect("adaLN"), gblk.adaln.as_ref().expect("adaLN"), (dmod, 0), (&cond.c, 0), b, accumulate_dc);
+        }
+        let (fa, gfa) = (w.final_adaln.as_ref().expect("adaLN"), g.final_adaln.as_ref().expect("adaLN"));
+        self.linear_backward(pb, fa, gfa, (&tb.dfinal_mod, 0), (&cond.c, 0), b, accumulate_dc);
+        let nc = b * self.model.cfg.cond_dim;
+        ops::elementwise::record(pb, self.k, self.tk, Elementwise::TimesSiluDerivative, nc, ops::elementwise::Bindings { x: z2, g: &tb.dc })?;
+        self.linear_backward(pb, mlp2, gmlp2, (&tb.dc, 0), (&cond.c_hidden, 0), b, Some(InputGrad { dx: &tb.dc1, row_offset: 0, accumulate: false }));
+        ops::elementwise::record(pb, self.k, self.tk, Elementwise::TimesSiluDerivative, nc, ops::elementwise::Bindings { x: z1, g: &tb.dc1 })?;
+        self.linear_backward(pb, mlp0, gmlp0, (&tb.dc1, 0), (&cond.features, 0), b, None);
+        Ok(())
+    }
+
+    /// Backward of y = x·Wᵀ + b over m rows (dy and x given with their first row): dW += dyᵀx,
+    /// db += Σ dy, and optionally dx (= or +=) dy·W.
+    fn linear_backward(&self, pb: &mut ProgramBuilder, lin: &Linear, grad: &Linear, dy: (&Buf, usize), x: (&Buf, usize), m: usize, dx: Option<InputGrad>) {
+        let (k, tk, tb) = (self.k, self.tk, self.tb);
+        let (n_out, n_in) = (lin.out_features(), lin.in_features());
+        for (pi, (part, gpart)) in lin.weight.parts.iter().zip(&grad.weight.parts).enumerate() {
+            let mut wg = Matmul::weight_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32, n_in as u32);
+            wg.a_offset = (dy.1 * n_out + part.row_start) as u32;
+            wg.b_offset = (x.1 * n_in) as u32;
+            let bind = ops::matmul::Bindings { a: dy.0, b: x.0, bias: None, gate: None, out: &gpart.buffer, aux: None };
+            ops::matmul::record(pb, k, "weight grad", &wg, bind);
+            if let Some(gb) = &grad.bias {
+                let a = Columns { buffer: dy.0, offset: dy.1 * n_out + part.row_start, rows: m, cols: part.rows, stride: n_out };
+                ops::col_sum::record(pb, k, tk, a, gb, part.row_start, &tb.col_partial);
+            }
+            if let Some(d) = dx {
+                let mut ig = Matmul::input_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32);
+                ig.a_offset = (dy.1 * n_out + part.row_start) as u32;
+                ig.out_rows.row_offset = d.row_offset as u32;
+                if d.accumulate || pi > 0 {
+                    ig.epilogue = Epilogue::Residual;
+                }
+                let bind = ops::matmul::Bindings { a: dy.0, b: &part.buffer, bias: None, gate: None, out: d.dx, aux: None };
+                ops::matmul::record(pb, k, "input grad", &ig, bind);
+            }
+        }
+    }
+
+    /// LayerNorm backward: dx += …, then the parameter gradients: per-sequence partial dw (one
+    /// workgroup row per sequence) summed into dw, and dshift/dscale into `dmod`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(&self, pb: &mut ProgramBuilder, ln: &LayerNorm, x: &Buf, (weight, dweight): (&Buf, &Buf), modv: Option<&Buf>, dmod: Option<&Buf>, dy: &Buf) -> Result<()> {
+        let (k, tk, tb) = (self.k, self.tk, self.tb);
+        let bw = ops::layernorm_backward::Bindings { x, w: weight, modv, dy, dx: &tb.dx, stats: &tb.stats };
+        ops::layernorm_backward::record(pb, k, tk, ln, bw)?;
+        debug_assert_eq!(ln.sequences() as usize, self.shape.forward.batch, "ln_partial holds one row per sequence of the batch");
+        let pg = ops::layernorm_param_grads::Bindings { x, stats: &tb.stats, dy, w: weight, modv, dw_part: &tb.ln_partial, dmod };
+        ops::layernorm_param_grads::record(pb, k, tk, ln, pg);
+        let d = ln.dim as usize;
+        let partial = Columns { buffer: &tb.ln_partial, offset: 0, rows: ln.sequences() as usize, cols: d, stride: d };
+        ops::col_sum::record(pb, k, tk, partial, dweight, 0, &tb.col_partial);
+        Ok(())
+    }
+}
+
+/// Where a Linear's input gradient goes: rows from `row_offset`, written or added.
+#[derive(Clone, Copy)]
+struct InputGrad<'a> {
+    dx: &'a Buf,
+    row_offset: usize,
+    accumulate: bool,
 }
 
 /// Group the rows of a batch by token: (token per segment, segment starts, rows in segment order).
@@ -582,7 +665,10 @@ fn segments(tokens: &[u32]) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
 
 /// Copy every weight into `dst` (same structure), one submission.
 pub fn copy_weights(ctx: &GpuContext, src: &Weights, dst: &Weights) {
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    if ctx.is_planning() {
+        return;
+    }
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
     for (a, b) in src.tensors().iter().zip(dst.tensors()) {
         for ((sa, n), (sb, _)) in a.parts.iter().zip(&b.parts) {
             enc.copy_buffer_to_buffer(sa, 0, sb, 0, (*n * 4) as u64);
@@ -614,37 +700,10 @@ pub fn write_tensors(ctx: &GpuContext, w: &Weights, values: &HashMap<String, Vec
             }
             let mut off = 0;
             for (b, n) in &t.parts {
-                ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(&vals[off..off + n]));
+                ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(&vals[off..off + n]));
                 off += n;
             }
         }
     }
     Ok(())
-}
-
-/// Rows per workgroup in the first pass of a long column sum.
-const COL_SUM_CHUNK: usize = 256;
-
-/// A [rows, cols] window of a row-major matrix with row stride `stride`, starting at `offset`.
-pub struct ColumnSource<'b> {
-    pub buffer: &'b wgpu::Buffer,
-    pub offset: usize,
-    pub rows: usize,
-    pub cols: usize,
-    pub stride: usize,
-}
-
-/// out[out_offset + j] += Σ_i a[i, j]. Up to 2·COL_SUM_CHUNK rows in one pass; beyond, chunks of
-/// COL_SUM_CHUNK rows into `scratch` (one workgroup row each, so a large GPU has work for every
-/// core), then one pass over those partial sums.
-pub fn record_col_sum(pb: &mut ProgramBuilder, tk: &TrainKernels, a: ColumnSource, out: &wgpu::Buffer, out_offset: usize, scratch: &wgpu::Buffer) {
-    let groups_x = (a.cols as u32).div_ceil(256);
-    let (m, n, lda, off) = (a.rows as u32, a.cols as u32, a.stride as u32, a.offset as u32);
-    if a.rows <= 2 * COL_SUM_CHUNK {
-        pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(m, n, lda, off, out_offset as u32, m.max(1), 0, true), vec![a.buffer.into(), out.into()], [groups_x, 1, 1]);
-        return;
-    }
-    let chunks = a.rows.div_ceil(COL_SUM_CHUNK) as u32;
-    pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(m, n, lda, off, 0, COL_SUM_CHUNK as u32, n, false), vec![a.buffer.into(), scratch.into()], [groups_x, chunks, 1]);
-    pb.dispatch("col_sum", &tk.col_sum, &params::col_sum(chunks, n, n, 0, out_offset as u32, chunks, 0, true), vec![scratch.into(), out.into()], [groups_x, 1, 1]);
 }

@@ -4,11 +4,12 @@
 //! over the 128 MiB default) is split by rows into parts; kernels run once per part.
 
 use crate::context::GpuContext;
+use crate::program::Buf;
 use bd3_model::{Checkpoint, ModelConfig, Result};
 
 /// One row range of a matrix in its own buffer.
 pub struct Part {
-    pub buffer: wgpu::Buffer,
+    pub buffer: Buf,
     pub row_start: usize,
     pub rows: usize,
 }
@@ -39,7 +40,7 @@ impl SplitMatrix {
 /// A Linear layer: weight [out, in] as stored by PyTorch, optional bias [out].
 pub struct Linear {
     pub weight: SplitMatrix,
-    pub bias: Option<wgpu::Buffer>,
+    pub bias: Option<Buf>,
 }
 
 impl Linear {
@@ -52,10 +53,10 @@ impl Linear {
 }
 
 pub struct BlockWeights {
-    pub norm1: wgpu::Buffer,
+    pub norm1: Buf,
     pub attn_qkv: Linear,
     pub attn_out: Linear,
-    pub norm2: wgpu::Buffer,
+    pub norm2: Buf,
     pub mlp_up: Linear,
     pub mlp_down: Linear,
     /// adaLN: c → (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp); None for AR.
@@ -67,7 +68,7 @@ pub struct Weights {
     /// sigma_map.mlp.0 and .2 (None for AR).
     pub sigma_map: Option<(Linear, Linear)>,
     pub blocks: Vec<BlockWeights>,
-    pub norm_final: wgpu::Buffer,
+    pub norm_final: Buf,
     /// Final adaLN: c → (shift, scale); None for AR.
     pub final_adaln: Option<Linear>,
     pub head: Linear,
@@ -139,7 +140,7 @@ impl Weights {
         }
         let mut off = 0;
         for (b, n) in &t.parts {
-            ctx.queue.write_buffer(b, 0, bytemuck::cast_slice(&data[off..off + n]));
+            ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(&data[off..off + n]));
             off += n;
         }
         Ok(true)
@@ -174,13 +175,13 @@ pub struct TensorRef {
     pub name: String,
     pub shape: Vec<usize>,
     /// (buffer, number of floats) per part, in row order.
-    pub parts: Vec<(wgpu::Buffer, usize)>,
+    pub parts: Vec<(Buf, usize)>,
 }
 
 impl Weights {
     /// A zero-filled copy of the structure (gradients, Adam moments): same tensors, same splits.
     pub fn zeros_like(ctx: &GpuContext, label: &str, w: &Weights) -> Result<Weights> {
-        let vector = |b: &wgpu::Buffer| ctx.storage(label, b.size());
+        let vector = |b: &Buf| ctx.storage(label, b.size());
         let linear = |l: &Linear| -> Result<Linear> {
             Ok(Linear { weight: SplitMatrix::zeros_like(ctx, label, &l.weight)?, bias: l.bias.as_ref().map(vector).transpose()? })
         };
@@ -213,7 +214,7 @@ impl Weights {
     /// (`rotary_emb.inv_freq` is a fixed buffer, not a parameter).
     pub fn tensors(&self) -> Vec<TensorRef> {
         let mut out = Vec::new();
-        let vec_ref = |name: String, b: &wgpu::Buffer| TensorRef { name, shape: vec![b.size() as usize / 4], parts: vec![(b.clone(), b.size() as usize / 4)] };
+        let vec_ref = |name: String, b: &Buf| TensorRef { name, shape: vec![b.size() as usize / 4], parts: vec![(b.clone(), b.size() as usize / 4)] };
         let mat_ref = |name: String, m: &SplitMatrix| TensorRef {
             name,
             shape: vec![m.rows, m.cols],

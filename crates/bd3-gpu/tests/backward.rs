@@ -3,15 +3,14 @@
 //! checked against the official PyTorch gradients by `verify`.)
 
 mod common;
-use bd3_gpu::kernels::params::{self, Epilogue};
-use bd3_gpu::kernels::TrainKernels;
-use bd3_gpu::train::{record_col_sum, ColumnSource};
+use bd3_gpu::ops::attention::Attention;
+use bd3_gpu::ops::col_sum::Columns;
+use bd3_gpu::ops::elementwise::Elementwise;
+use bd3_gpu::ops::layernorm::{LayerNorm, Modulation};
+use bd3_gpu::ops::matmul::{Dropout, Epilogue, Matmul};
+use bd3_gpu::ops::{self, adamw::AdamW, gate_backward::GateBackward};
 use bd3_model::{cpu_ref, AttentionMask};
 use common::*;
-
-fn train_kernels(ctx: &bd3_gpu::GpuContext, head_dim: usize) -> TrainKernels {
-    pollster::block_on(TrainKernels::new(ctx, head_dim)).unwrap()
-}
 
 fn attention_backward_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize, n_heads: usize, pos_period: usize, seed: u64) {
     let ctx = context();
@@ -22,17 +21,17 @@ fn attention_backward_case(head_dim: usize, mask: AttentionMask, batch: usize, s
     let d_o = rng.vec(batch * seq * d, 1.0);
     let inv: Vec<f32> = (0..head_dim / 2).map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32).collect();
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv, pos_period.min(seq));
-    let p = params::Attention {
-        n_q: seq as u32, n_kv: seq as u32, n_heads: n_heads as u32, q_seq_stride: seq as u32, q_row_offset: 0, kv_seq_stride: seq as u32,
-        q_index_offset: 0, mask, pos_period: pos_period as u32, pos_offset: 0, head_dim: head_dim as u32, write_lse: true,
-    };
+    let a = Attention::self_attention(batch as u32, seq as u32, n_heads as u32, head_dim as u32, mask, pos_period as u32);
     let (qkv_b, cos_b, sin_b, do_b) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin), upload(&ctx, &d_o));
     let o = upload(&ctx, &vec![0.0; batch * seq * d]);
     let lse = upload(&ctx, &vec![0.0; 2 * batch * n_heads * seq]);
     let dqkv = upload(&ctx, &vec![0.0; batch * seq * 3 * d]);
-    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&qkv_b).into(), (&qkv_b).into(), (&cos_b).into(), (&sin_b).into(), (&o).into(), (&lse).into()], p.groups(batch as u32));
-    run_one(&ctx, "attention_dq", &tk.attention_dq, &p.words(), vec![(&qkv_b).into(), (&cos_b).into(), (&sin_b).into(), (&o).into(), (&do_b).into(), (&lse).into(), (&dqkv).into()], p.groups(batch as u32));
-    run_one(&ctx, "attention_dkv", &tk.attention_dkv, &p.words(), vec![(&qkv_b).into(), (&cos_b).into(), (&sin_b).into(), (&do_b).into(), (&lse).into(), (&dqkv).into()], p.groups(batch as u32));
+    run_recorded(&ctx, |pb| {
+        let (rope_cos, rope_sin) = (&cos_b, &sin_b);
+        ops::attention::record(pb, &k, &a, ops::attention::Bindings { qrows: &qkv_b, kvrows: &qkv_b, rope_cos, rope_sin, out: &o, lse_delta: Some(&lse) });
+        ops::attention::record_query_grad(pb, &k, &tk, &a, ops::attention::QueryGradBindings { qkv: &qkv_b, rope_cos, rope_sin, o: &o, d_o: &do_b, lse_delta: &lse, dqkv: &dqkv });
+        ops::attention::record_key_value_grad(pb, &k, &tk, &a, ops::attention::KeyValueGradBindings { qkv: &qkv_b, rope_cos, rope_sin, d_o: &do_b, lse_delta: &lse, dqkv: &dqkv });
+    });
     let want = cpu_ref::attention_backward(&qkv, &d_o, batch, seq, n_heads, mask, &cos, &sin, pos_period);
     assert_close(&format!("attention backward {mask:?} dh={head_dim}"), &read(&ctx, &dqkv, want.len()), &want, 1e-4);
 }
@@ -50,7 +49,6 @@ fn attention_backward_for_every_mask() {
 fn layernorm_backward_and_parameter_gradients() {
     let ctx = context();
     let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
-    let _ = &k;
     let mut rng = Rng(36);
     let (n_seq, rows_per_seq, dim) = (2, 7, 300);
     let rows = n_seq * rows_per_seq;
@@ -59,20 +57,20 @@ fn layernorm_backward_and_parameter_gradients() {
     let dy = rng.vec(rows * dim, 1.0);
     let modv = rng.vec(n_seq * 6 * dim, 0.5);
     for modulated in [true, false] {
-        let p = params::LayerNorm {
-            n_rows: rows as u32, dim: dim as u32, in_rows_per_seq: rows_per_seq as u32, out_rows_per_seq: rows_per_seq as u32, in_row_offset: 0,
-            modulation: modulated.then_some(((3 * dim) as u32, (4 * dim) as u32, (6 * dim) as u32)), use_row_index: false,
-        };
-        let words = p.words()[..9].to_vec();
+        let ln = LayerNorm::rows(n_seq, rows_per_seq, dim, modulated.then_some(Modulation { shift: (3 * dim) as u32, scale: (4 * dim) as u32, stride: (6 * dim) as u32 }));
         let dx0 = rng.vec(rows * dim, 0.5); // dx accumulates onto what is there
         let dw0 = rng.vec(dim, 0.5);
         let (dx, stats, dw, dmod) = (upload(&ctx, &dx0), upload(&ctx, &vec![0.0; 2 * rows]), upload(&ctx, &dw0), upload(&ctx, &vec![0.0; n_seq * 6 * dim]));
         let (xb, wb, mb, dyb) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &modv), upload(&ctx, &dy));
-        run_one(&ctx, "layernorm_backward", &tk.layernorm_backward, &words, vec![(&xb).into(), (&wb).into(), (&mb).into(), (&dyb).into(), (&dx).into(), (&stats).into()], [rows as u32, 1, 1]);
-        // Per-sequence partial dw, then their column sum into dw (what the training program records).
+        // The input gradient, per-sequence partial dw, then their column sum into dw (what the training
+        // program records). The modulation is bound in both cases: unmodulated must ignore it.
         let (dw_part, scratch) = (upload(&ctx, &rng.vec(n_seq * dim, 1.0)), upload(&ctx, &vec![0.0; dim]));
-        run_one(&ctx, "layernorm_param_grads", &tk.layernorm_param_grads, &words, vec![(&xb).into(), (&stats).into(), (&dyb).into(), (&wb).into(), (&mb).into(), (&dw_part).into(), (&dmod).into()], [2, n_seq as u32, 1]);
-        run_recorded(&ctx, |pb| record_col_sum(pb, &tk, ColumnSource { buffer: &dw_part, offset: 0, rows: n_seq, cols: dim, stride: dim }, &dw, 0, &scratch));
+        run_recorded(&ctx, |pb| {
+            ops::layernorm_backward::record(pb, &k, &tk, &ln, ops::layernorm_backward::Bindings { x: &xb, w: &wb, modv: Some(&mb), dy: &dyb, dx: &dx, stats: &stats }).unwrap();
+            let pg = ops::layernorm_param_grads::Bindings { x: &xb, stats: &stats, dy: &dyb, w: &wb, modv: Some(&mb), dw_part: &dw_part, dmod: Some(&dmod) };
+            ops::layernorm_param_grads::record(pb, &k, &tk, &ln, pg);
+            ops::col_sum::record(pb, &k, &tk, Columns { buffer: &dw_part, offset: 0, rows: n_seq, cols: dim, stride: dim }, &dw, 0, &scratch);
+        });
         let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * 6 * dim + 3 * dim..s * 6 * dim + 5 * dim].to_vec()).collect();
         let (want_dx, want_dw, want_dmod) = cpu_ref::layernorm_modulate_backward(&x, dim, &w, modulated.then_some(&shift_scale[..]), rows_per_seq, &dy);
         let add = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>();
@@ -95,13 +93,13 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     let m = n_seq * rows_per_seq;
     let (a, w, gate) = (rng.vec(m * kk, 1.0), rng.vec(d * kk, 1.0), rng.vec(n_seq * 6 * d, 1.0));
     let dropout = 0.3f32;
-    let mp = params::Matmul {
+    let mm = Matmul {
         epilogue: Epilogue::GatedResidual, rows_per_seq: rows_per_seq as u32, gate_stride: (6 * d) as u32, gate_offset: (2 * d) as u32,
-        store_aux: true, dropout, seed: 1234, salt: 5, ..params::Matmul::plain(m as u32, d as u32, kk as u32)
+        dropout: Some(Dropout { p: dropout, seed: 1234, salt: 5 }), ..Matmul::plain(m as u32, d as u32, kk as u32)
     };
     let (out, aux) = (upload(&ctx, &vec![0.0; m * d]), upload(&ctx, &vec![0.0; m * d]));
-    let gate_b = upload(&ctx, &gate);
-    run_one(&ctx, "matmul", &k.matmul, &mp.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&gate_b).into(), (&out).into(), (&aux).into()], mp.groups(64));
+    let (gate_b, a_b, w_b) = (upload(&ctx, &gate), upload(&ctx, &a), upload(&ctx, &w));
+    run_recorded(&ctx, |pb| ops::matmul::record(pb, &k, "matmul", &mm, ops::matmul::Bindings { a: &a_b, b: &w_b, bias: None, gate: Some(&gate_b), out: &out, aux: Some(&aux) }));
     let y = read(&ctx, &aux, m * d);
     let mut plain = vec![0.0; m * d];
     cpu_ref::matmul_bt(&a, &w, None, m, d, kk, cpu_ref::Epilogue::Store, &mut plain);
@@ -112,8 +110,9 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     }
     let dx = rng.vec(m * d, 1.0);
     let (dv, dmod) = (upload(&ctx, &vec![0.0; m * d]), upload(&ctx, &vec![0.0; n_seq * 6 * d]));
-    let p = params::gate_backward(n_seq as u32, rows_per_seq as u32, d as u32, Some(((6 * d) as u32, (2 * d) as u32)), dropout, 1234, 5);
-    run_one(&ctx, "gate_backward", &tk.gate_backward, &p, vec![(&upload(&ctx, &dx)).into(), (&aux).into(), (&gate_b).into(), (&dv).into(), (&dmod).into()], [((n_seq * d) as u32).div_ceil(256), 1, 1]);
+    let g = GateBackward { n_seq: n_seq as u32, rows_per_seq: rows_per_seq as u32, dim: d as u32, gate: Some(((6 * d) as u32, (2 * d) as u32)), dropout, seed: 1234, salt: 5 };
+    let dx_b = upload(&ctx, &dx);
+    run_recorded(&ctx, |pb| ops::gate_backward::record(pb, &k, &tk, &g, ops::gate_backward::Bindings { dx: &dx_b, y: &aux, gate: Some(&gate_b), dv: &dv, dmod: Some(&dmod) }));
     let (mut want_dv, mut want_dg) = (vec![0.0; m * d], vec![0.0; n_seq * d]);
     for r in 0..m {
         let s = r / rows_per_seq;
@@ -132,7 +131,7 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
 #[test]
 fn column_sums_activations_embedding_scatter_and_adamw() {
     let ctx = context();
-    let tk = train_kernels(&ctx, 16);
+    let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
     let mut rng = Rng(38);
     // Column sums of columns 3.. of an [m, 300] matrix, accumulated at offset 3: one pass (37 rows) and
     // two passes through chunk partial sums (1337 rows: 5 chunks of 256, the last one partial).
@@ -142,7 +141,7 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
         let base = rng.vec(lda, 1.0);
         let out = upload(&ctx, &base);
         let (ab, scratch) = (upload(&ctx, &a), upload(&ctx, &rng.vec(m.div_ceil(256) * n, 1.0)));
-        run_recorded(&ctx, |pb| record_col_sum(pb, &tk, ColumnSource { buffer: &ab, offset: 3, rows: m, cols: n, stride: lda }, &out, 3, &scratch));
+        run_recorded(&ctx, |pb| ops::col_sum::record(pb, &k, &tk, Columns { buffer: &ab, offset: 3, rows: m, cols: n, stride: lda }, &out, 3, &scratch));
         let mut want = base.clone();
         for j in 0..n {
             want[3 + j] += (0..m).map(|i| a[i * lda + 3 + j] as f64).sum::<f64>() as f32;
@@ -153,19 +152,20 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
     // gelu, gelu' and silu' against f64.
     let x = rng.vec(1001, 4.0);
     let g0 = rng.vec(1001, 1.0);
-    for mode in 0..3u32 {
+    let x_b = upload(&ctx, &x);
+    for op in [Elementwise::Gelu, Elementwise::TimesGeluDerivative, Elementwise::TimesSiluDerivative] {
         let g = upload(&ctx, &g0);
-        run_one(&ctx, "elementwise", &tk.elementwise, &params::elementwise(1001, mode), vec![(&upload(&ctx, &x)).into(), (&g).into()], [4, 1, 1]);
+        run_recorded(&ctx, |pb| ops::elementwise::record(pb, &k, &tk, op, 1001, ops::elementwise::Bindings { x: &x_b, g: &g }).unwrap());
         let h = 1e-5;
         let want: Vec<f32> = x.iter().zip(&g0).map(|(&v, &gi)| {
             let v = v as f64;
-            match mode {
-                0 => cpu_ref::gelu_tanh(v) as f32,
-                1 => (gi as f64 * (cpu_ref::gelu_tanh(v + h) - cpu_ref::gelu_tanh(v - h)) / (2.0 * h)) as f32,
+            match op {
+                Elementwise::Gelu => cpu_ref::gelu_tanh(v) as f32,
+                Elementwise::TimesGeluDerivative => (gi as f64 * (cpu_ref::gelu_tanh(v + h) - cpu_ref::gelu_tanh(v - h)) / (2.0 * h)) as f32,
                 _ => (gi as f64 * (cpu_ref::silu(v + h) - cpu_ref::silu(v - h)) / (2.0 * h)) as f32,
             }
         }).collect();
-        assert_close(&format!("elementwise mode {mode}"), &read(&ctx, &g, 1001), &want, 1e-5);
+        assert_close(&format!("elementwise {op:?}"), &read(&ctx, &g, 1001), &want, 1e-5);
     }
 
     // Embedding scatter over a split table (rows 0..20 and 20..37), repeated tokens included.
@@ -193,7 +193,9 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
     let mut got = Vec::new();
     for (start, part_rows) in [(0usize, 20usize), (20, 17)] {
         let part = upload(&ctx, &vec![0.0; part_rows * d]);
-        run_one(&ctx, "embedding_backward", &tk.embedding_backward, &params::embedding_backward(seg_token.len() as u32, d as u32, start as u32, part_rows as u32), vec![(&dxb).into(), (&st).into(), (&ss).into(), (&sr).into(), (&part).into()], [rows as u32, 1, 1]);
+        let p = ops::embedding_backward::Params { n_seg: seg_token.len() as u32, dim: d as u32, row_start: start as u32, part_rows: part_rows as u32 };
+        let b = ops::embedding_backward::Bindings { dx: &dxb, seg_token: &st, seg_start: &ss, seg_rows: &sr, d_table: &part };
+        run_recorded(&ctx, |pb| ops::embedding_backward::record(pb, &k, &tk, p, rows, v, b).unwrap());
         got.extend(read(&ctx, &part, part_rows * d));
     }
     assert_close("embedding scatter", &got, &want, 1e-5);
@@ -208,7 +210,8 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
     let (mut m, mut vv, mut e) = (vec![0f64; n], vec![0f64; n], w.iter().map(|&x| x as f64).collect::<Vec<_>>());
     let mut w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
     for step in 1..=3u64 {
-        run_one(&ctx, "adamw", &tk.adamw, &params::adamw(n as u32, lr, b1, b2, eps, wd, step, max_norm, ema_decay), vec![(&wb).into(), (&gb).into(), (&mb).into(), (&vb).into(), (&eb).into(), (&nb).into()], [4, 1, 1]);
+        let a = AdamW { lr, beta1: b1, beta2: b2, eps, weight_decay: wd, step, max_norm, ema_decay };
+        run_recorded(&ctx, |pb| ops::adamw::record(pb, &k, &tk, &a, n, ops::adamw::Bindings { w: &wb, grad: &gb, m: &mb, v: &vb, ema: Some(&eb), norm_sq: &nb }).unwrap());
         let c = (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0);
         for i in 0..n {
             let gi = g[i] as f64 * c;

@@ -2,7 +2,10 @@
 //! inputs at sizes that are not multiples of the tiles.
 
 mod common;
-use bd3_gpu::kernels::params::{self, Epilogue};
+use bd3_gpu::ops::attention::Attention;
+use bd3_gpu::ops::layernorm::{LayerNorm, Modulation};
+use bd3_gpu::ops::matmul::{Epilogue, Matmul};
+use bd3_gpu::ops::{self, reduce_sum::Reduction, token_loss::Head};
 use bd3_model::cpu_ref;
 use bd3_model::AttentionMask;
 use common::*;
@@ -29,20 +32,16 @@ fn matmul_every_epilogue_at_awkward_sizes() {
     for (epi, cpu_epi) in cases {
         let mut want = base.clone();
         cpu_ref::matmul_bt(&a, &w, Some(&bias), m, n, kk, cpu_epi, &mut want);
-        let out = upload(&ctx, &base);
-        let p = params::Matmul {
-            has_bias: true,
-            epilogue: epi,
-            rows_per_seq: rows_per_seq as u32,
-            gate_stride: n as u32,
-            ..params::Matmul::plain(m as u32, n as u32, kk as u32)
-        };
-        run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(64));
-        assert_close(&format!("matmul {epi:?}"), &read(&ctx, &out, m * n), &want, 1e-4);
-        // The narrow variant (16-row tiles) on the same problem.
-        let out = upload(&ctx, &base);
-        run_one(&ctx, "matmul_narrow", &k.matmul_narrow, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias)).into(), (&upload(&ctx, &gate)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(16));
-        assert_close(&format!("matmul_narrow {epi:?}"), &read(&ctx, &out, m * n), &want, 1e-4);
+        let mm = Matmul { epilogue: epi, rows_per_seq: rows_per_seq as u32, gate_stride: n as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
+        let p = mm.params(true, false);
+        // Both variants (64-row and 16-row output tiles) on the same problem.
+        for (kernel, tile_rows) in [(&k.matmul.wide, 64), (&k.matmul.narrow, 16)] {
+            let out = upload(&ctx, &base);
+            let (a_buf, w_buf, bias_buf, gate_buf) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias), upload(&ctx, &gate));
+            let b = ops::matmul::Bindings { a: &a_buf, b: &w_buf, bias: Some(&bias_buf), gate: Some(&gate_buf), out: &out, aux: None };
+            run_recorded(&ctx, |pb| ops::matmul::record_variant(pb, &k, "matmul", kernel, tile_rows, &p, b));
+            assert_close(&format!("{} {epi:?}", kernel.name), &read(&ctx, &out, m * n), &want, 1e-4);
+        }
     }
 }
 
@@ -57,16 +56,10 @@ fn matmul_writes_a_column_range_from_an_offset_input() {
     let (col0, n) = (20, 13);
     let w = rng.vec(n * kk, 1.0);
     let bias_full = rng.vec(n_total, 1.0);
-    let p = params::Matmul {
-        a_offset: (3 * kk) as u32,
-        ldc: n_total as u32,
-        out_col_offset: col0 as u32,
-        has_bias: true,
-        bias_offset: col0 as u32,
-        ..params::Matmul::plain(m as u32, n as u32, kk as u32)
-    };
+    let mm = Matmul { a_offset: (3 * kk) as u32, ldc: n_total as u32, out_col_offset: col0 as u32, bias_offset: col0 as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
     let out = upload(&ctx, &vec![7.0; m * n_total]);
-    run_one(&ctx, "matmul", &k.matmul, &p.words(), vec![(&upload(&ctx, &a)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &bias_full)).into(), (&k.dummy).into(), (&out).into(), (&k.dummy_out).into()], p.groups(64));
+    let (a_buf, w_buf, bias_buf) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias_full));
+    run_recorded(&ctx, |pb| ops::matmul::record(pb, &k, "matmul", &mm, ops::matmul::Bindings { a: &a_buf, b: &w_buf, bias: Some(&bias_buf), gate: None, out: &out, aux: None }));
     let got = read(&ctx, &out, m * n_total);
     let mut part = vec![0.0; m * n];
     cpu_ref::matmul_bt(&a[3 * kk..(3 + m) * kk], &w, Some(&bias_full[col0..col0 + n]), m, n, kk, cpu_ref::Epilogue::Store, &mut part);
@@ -89,32 +82,35 @@ fn layernorm_with_and_without_modulation_and_row_mapping() {
     let modv = rng.vec(n_seq * mod_stride, 0.5);
     // Rows 2..5 of each sequence, modulated with chunks 3 (shift) and 4 (scale).
     let (out_rows, offset) = (3, 2);
-    let p = params::LayerNorm {
+    let p = LayerNorm {
         n_rows: (n_seq * out_rows) as u32,
         dim: dim as u32,
         in_rows_per_seq: in_rows as u32,
         out_rows_per_seq: out_rows as u32,
         in_row_offset: offset as u32,
-        modulation: Some(((3 * dim) as u32, (4 * dim) as u32, mod_stride as u32)),
-        use_row_index: false,
+        modulation: Some(Modulation { shift: (3 * dim) as u32, scale: (4 * dim) as u32, stride: mod_stride as u32 }),
     };
     let out = upload(&ctx, &vec![0.0; n_seq * out_rows * dim]);
-    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&upload(&ctx, &modv)).into(), (&out).into(), (&k.dummy).into()], [(n_seq * out_rows) as u32, 1, 1]);
+    let (x_buf, w_buf, mod_buf) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &modv));
+    let ln = |p: LayerNorm, modv: Option<&bd3_gpu::Buf>, out: &bd3_gpu::Buf, row_index: Option<&bd3_gpu::Buf>| {
+        run_recorded(&ctx, |pb| ops::layernorm::record(pb, &k, &p, ops::layernorm::Bindings { x: &x_buf, w: &w_buf, modv, out, row_index }).unwrap());
+    };
+    ln(p, Some(&mod_buf), &out, None);
     let selected: Vec<f32> = (0..n_seq).flat_map(|s| x[(s * in_rows + offset) * dim..(s * in_rows + offset + out_rows) * dim].to_vec()).collect();
     let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * mod_stride + 3 * dim..s * mod_stride + 5 * dim].to_vec()).collect();
     let want = cpu_ref::layernorm_modulate(&selected, dim, &w, Some(&shift_scale), out_rows);
     assert_close("layernorm modulated", &read(&ctx, &out, want.len()), &want, 1e-5);
 
-    let p = params::LayerNorm { n_rows: (n_seq * in_rows) as u32, in_rows_per_seq: in_rows as u32, out_rows_per_seq: in_rows as u32, in_row_offset: 0, modulation: None, ..p };
+    let p = LayerNorm { n_rows: (n_seq * in_rows) as u32, in_rows_per_seq: in_rows as u32, out_rows_per_seq: in_rows as u32, in_row_offset: 0, modulation: None, ..p };
     let out = upload(&ctx, &vec![0.0; n_seq * in_rows * dim]);
-    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&out).into(), (&k.dummy).into()], [(n_seq * in_rows) as u32, 1, 1]);
+    ln(p, None, &out, None);
     let want = cpu_ref::layernorm_modulate(&x, dim, &w, None, in_rows);
     assert_close("layernorm plain", &read(&ctx, &out, want.len()), &want, 1e-5);
 
     // Gathered rows: sequence 0 takes its row 6, sequence 1 its row 1 (a sampler's picked positions).
-    let p = params::LayerNorm { n_rows: 2, out_rows_per_seq: 1, use_row_index: true, ..p };
+    let p = LayerNorm { n_rows: 2, out_rows_per_seq: 1, ..p };
     let out = upload(&ctx, &vec![0.0; 2 * dim]);
-    run_one(&ctx, "layernorm", &k.layernorm, &p.words(), vec![(&upload(&ctx, &x)).into(), (&upload(&ctx, &w)).into(), (&k.dummy).into(), (&out).into(), (&upload_u32(&ctx, &[6, 1])).into()], [2, 1, 1]);
+    ln(p, None, &out, Some(&upload_u32(&ctx, &[6, 1])));
     let picked = [x[6 * dim..7 * dim].to_vec(), x[(in_rows + 1) * dim..(in_rows + 2) * dim].to_vec()].concat();
     let want = cpu_ref::layernorm_modulate(&picked, dim, &w, None, 1);
     assert_close("layernorm gathered rows", &read(&ctx, &out, want.len()), &want, 1e-5);
@@ -132,7 +128,8 @@ fn embedding_gathers_across_table_parts() {
     let ids_buf = upload_u32(&ctx, &ids);
     for (start, rows) in [(0usize, 20usize), (20, 17)] {
         let part = upload(&ctx, &table[start * d..(start + rows) * d]);
-        run_one(&ctx, "embedding", &k.embedding, &params::embedding(n as u32, d as u32, start as u32, rows as u32), vec![(&ids_buf).into(), (&part).into(), (&out).into()], [((n * d) as u32).div_ceil(256), 1, 1]);
+        let p = ops::embedding::Params { n_rows: n as u32, dim: d as u32, row_start: start as u32, part_rows: rows as u32 };
+        run_recorded(&ctx, |pb| ops::embedding::record(pb, &k, p, v, ops::embedding::Bindings { ids: &ids_buf, table: &part, out: &out }).unwrap());
     }
     assert_close("embedding", &read(&ctx, &out, n * d), &cpu_ref::embedding(&ids, &table, d), 0.0);
 }
@@ -145,23 +142,11 @@ fn attention_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize
     let qkv = rng.vec(batch * seq * 3 * d, 1.5);
     let inv_freq: Vec<f32> = (0..head_dim / 2).map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32).collect();
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv_freq, pos_period.min(seq));
-    let p = params::Attention {
-        n_q: seq as u32,
-        n_kv: seq as u32,
-        n_heads: n_heads as u32,
-        q_seq_stride: seq as u32,
-        q_row_offset: 0,
-        kv_seq_stride: seq as u32,
-        q_index_offset: 0,
-        mask,
-        pos_period: pos_period as u32,
-        pos_offset: 0,
-        head_dim: head_dim as u32,
-        write_lse: false,
-    };
+    let a = Attention::self_attention(batch as u32, seq as u32, n_heads as u32, head_dim as u32, mask, pos_period as u32);
     let out = upload(&ctx, &vec![0.0; batch * seq * d]);
-    let qkv_buf = upload(&ctx, &qkv);
-    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&qkv_buf).into(), (&qkv_buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(batch as u32));
+    let (qkv_buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
+    let b = ops::attention::Bindings { qrows: &qkv_buf, kvrows: &qkv_buf, rope_cos: &cos_buf, rope_sin: &sin_buf, out: &out, lse_delta: None };
+    run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
     let want = cpu_ref::attention(&qkv, batch, seq, n_heads, mask, &cos, &sin, pos_period);
     assert_close(&format!("attention {mask:?} dh={head_dim}"), &read(&ctx, &out, want.len()), &want, 1e-4);
 }
@@ -191,13 +176,14 @@ fn attention_queries_at_an_offset_see_every_key() {
     let qkv = rng.vec(seq * 3 * d, 1.0);
     let inv: Vec<f32> = (0..hd / 2).map(|j| 0.3f32.powi(j as i32)).collect();
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
-    let p = params::Attention {
-        n_q: 5, n_kv: seq as u32, n_heads: heads as u32, q_seq_stride: seq as u32, q_row_offset: 16, kv_seq_stride: seq as u32,
-        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, pos_offset: 0, head_dim: hd as u32, write_lse: false,
+    let a = Attention {
+        n_q: 5, n_kv: seq as u32, n_heads: heads as u32, head_dim: hd as u32, q_seq_stride: seq as u32, q_row_offset: 16, kv_seq_stride: seq as u32,
+        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, pos_offset: 0, batch: 1,
     };
     let out = upload(&ctx, &vec![0.0; 5 * d]);
-    let buf = upload(&ctx, &qkv);
-    run_one(&ctx, "attention", &k.attention, &p.words(), vec![(&buf).into(), (&buf).into(), (&upload(&ctx, &cos)).into(), (&upload(&ctx, &sin)).into(), (&out).into(), (&k.dummy_out).into()], p.groups(1));
+    let (buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
+    let b = ops::attention::Bindings { qrows: &buf, kvrows: &buf, rope_cos: &cos_buf, rope_sin: &sin_buf, out: &out, lse_delta: None };
+    run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
     let all = cpu_ref::attention(&qkv, 1, seq, heads, AttentionMask::Full, &cos, &sin, seq);
     assert_close("attention offset queries", &read(&ctx, &out, 5 * d), &all[16 * d..], 1e-4);
 }
@@ -220,8 +206,10 @@ fn token_loss_subs_and_ar() {
         // Rows are global rows 2.. of the loss vector: the chunk offset path.
         let pad = |v: &[u32]| [vec![0, 0], v.to_vec()].concat();
         let padf = |v: &[f32]| [vec![0.0, 0.0], v.to_vec()].concat();
-        run_one(&ctx, "token_loss", &k.token_loss, &params::token_loss(rows as u32, vocab as u32, mask_id, ar, true, 2, 0.0),
-            vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &pad(&inputs))).into(), (&upload_u32(&ctx, &pad(&targets))).into(), (&upload(&ctx, &padf(&weights))).into(), (&lp).into(), (&tl).into(), (&k.dummy_out).into()], [rows as u32, 1, 1]);
+        let (logits_buf, in_buf, tg_buf, w_buf) = (upload(&ctx, &logits), upload_u32(&ctx, &pad(&inputs)), upload_u32(&ctx, &pad(&targets)), upload(&ctx, &padf(&weights)));
+        let b = ops::token_loss::Bindings { logits: &logits_buf, input_ids: &in_buf, targets: &tg_buf, weights: &w_buf, log_probs: Some(&lp), token_loss: &tl, dlogits: None };
+        let head = if ar { Head::Ar } else { Head::Subs };
+        run_recorded(&ctx, |pb| ops::token_loss::record(pb, &k, head, rows as u32, vocab as u32, mask_id, 2, 0.0, b).unwrap());
         let mut want_lp = Vec::new();
         let mut want_loss = Vec::new();
         for r in 0..rows {
@@ -257,8 +245,9 @@ fn sedd_score_entropy() {
         })
         .collect();
     let (ls, ent, tl) = (upload(&ctx, &vec![0.0; rows * vocab]), upload(&ctx, &vec![0.0; rows]), upload(&ctx, &vec![0.0; rows]));
-    run_one(&ctx, "sedd_loss", &k.sedd_loss, &params::sedd_loss(rows as u32, vocab as u32, mask_id, true, 0, rows_per_seq as u32, 0.0),
-        vec![(&upload(&ctx, &logits)).into(), (&upload_u32(&ctx, &inputs)).into(), (&upload_u32(&ctx, &targets)).into(), (&upload(&ctx, &consts)).into(), (&ls).into(), (&ent).into(), (&tl).into(), (&k.dummy_out).into()], [rows as u32, 1, 1]);
+    let (logits_buf, in_buf, tg_buf, c_buf) = (upload(&ctx, &logits), upload_u32(&ctx, &inputs), upload_u32(&ctx, &targets), upload(&ctx, &consts));
+    let b = ops::sedd_loss::Bindings { logits: &logits_buf, input_ids: &in_buf, targets: &tg_buf, seq_consts: &c_buf, log_score: Some(&ls), entropy: Some(&ent), token_loss: &tl, dlogits: None };
+    run_recorded(&ctx, |pb| ops::sedd_loss::record(pb, &k, rows as u32, vocab as u32, mask_id, 0, rows_per_seq as u32, 0.0, b).unwrap());
     let (mut want_ls, mut want_ent, mut want_tl) = (vec![], vec![], vec![]);
     for r in 0..rows {
         let sigma = bd3_model::schedule::sigma_from_p(t[r / rows_per_seq]);
@@ -279,7 +268,8 @@ fn reduce_sum_of_an_awkward_length() {
     let mut rng = Rng(13);
     let x = rng.vec(1003, 2.0);
     let out = upload(&ctx, &[0.0, 0.0]);
-    run_one(&ctx, "reduce_sum", &k.reduce_sum, &params::reduce_sum(1003, 1), vec![(&upload(&ctx, &x)).into(), (&out).into()], [1, 1, 1]);
+    let x_buf = upload(&ctx, &x);
+    run_recorded(&ctx, |pb| ops::reduce_sum::record(pb, &k, "reduce_sum", 1003, 1, Reduction::Sum, ops::reduce_sum::Bindings { x: &x_buf, out: &out }));
     let want: f64 = x.iter().map(|&v| v as f64).sum();
     let got = read(&ctx, &out, 2)[1] as f64;
     assert!((got - want).abs() <= 1e-4 * x.iter().map(|v| v.abs() as f64).sum::<f64>(), "{got} vs {want}");

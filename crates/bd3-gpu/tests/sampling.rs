@@ -2,7 +2,8 @@
 //! draws, and a frequency test of its own random draws against a known distribution.
 
 mod common;
-use bd3_gpu::kernels::params::{self, SampleMode};
+use bd3_gpu::ops::sample::{Sample, SampleMode};
+use bd3_gpu::ops::{self, Kernels};
 use bd3_model::sampler::{ddpm_q, nucleus, race, sedd_position};
 use common::*;
 
@@ -14,14 +15,13 @@ struct Rows {
     draws: Vec<f32>,
 }
 
-fn run_sample(ctx: &bd3_gpu::GpuContext, k: &bd3_gpu::kernels::Kernels, p: params::Sample, r: &Rows) -> Vec<u32> {
+/// Draw one token per row; `r.draws` empty means the kernel generates its own exponentials.
+fn run_sample(ctx: &bd3_gpu::GpuContext, k: &Kernels, p: Sample, r: &Rows) -> Vec<u32> {
     let out = upload_u32(ctx, &vec![0; p.n_rows as usize]);
-    let draws = if r.draws.is_empty() { k.dummy.clone() } else { upload(ctx, &r.draws) };
-    let groups = [p.n_rows.min(65535), p.n_rows.div_ceil(65535), 1];
-    run_one(ctx, "sample", &k.sample, &p.words(), vec![
-        (&upload(ctx, &r.logits)).into(), (&upload_u32(ctx, &r.inputs)).into(), (&upload_u32(ctx, &r.streams)).into(),
-        (&upload(ctx, &r.consts)).into(), (&draws).into(), (&out).into(),
-    ], groups);
+    let draws = (!r.draws.is_empty()).then(|| upload(ctx, &r.draws));
+    let (logits, inputs, streams, consts) = (upload(ctx, &r.logits), upload_u32(ctx, &r.inputs), upload_u32(ctx, &r.streams), upload(ctx, &r.consts));
+    let b = ops::sample::Bindings { logits: &logits, row_input: &inputs, row_stream: &streams, seq_consts: &consts, draws: draws.as_ref(), tokens: &out };
+    run_recorded(ctx, |pb| ops::sample::record(pb, k, &p, b).unwrap());
     read(ctx, &out, p.n_rows as usize).iter().map(|f| f.to_bits()).collect()
 }
 
@@ -58,10 +58,7 @@ fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
         (SampleMode::SeddDenoise, 0.99),
     ] {
         let mask_prob = 0.3;
-        let p = params::Sample {
-            n_rows: rows as u32, vocab: vocab as u32, mask_id: mask, mode, top_p: top_p as f32, mask_prob: mask_prob as f32,
-            supplied_draws: true, seed: 0, call: 0, rows_per_seq: 6, row_offset: 0,
-        };
+        let p = Sample { n_rows: rows as u32, vocab: vocab as u32, mask_id: mask, mode, top_p: top_p as f32, mask_prob: mask_prob as f32, seed: 0, call: 0, rows_per_seq: 6, row_offset: 0 };
         let got = run_sample(&ctx, &k, p, &data);
         for r in 0..rows {
             let row = &logits[r * vocab..(r + 1) * vocab];
@@ -96,9 +93,9 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
         consts: vec![0.0; 8],
         draws: Vec::new(),
     };
-    let p = params::Sample {
+    let p = Sample {
         n_rows: n as u32, vocab: vocab as u32, mask_id: (vocab - 1) as u32, mode: SampleMode::FirstHitting, top_p: 1.0, mask_prob: 0.0,
-        supplied_draws: false, seed: 0x5eed_0123_4567, call: 3, rows_per_seq: n as u32, row_offset: 0,
+        seed: 0x5eed_0123_4567, call: 3, rows_per_seq: n as u32, row_offset: 0,
     };
     let got = run_sample(&ctx, &k, p, &data);
     let mut counts = vec![0usize; vocab];
@@ -115,8 +112,8 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
     // Same key, same draws; another call counter, other draws (on a smaller batch).
     let m = 2000;
     let small = Rows { logits: data.logits[..m * vocab].to_vec(), inputs: data.inputs[..m].to_vec(), streams: data.streams[..m].to_vec(), consts: vec![0.0; 8], draws: Vec::new() };
-    let p = params::Sample { n_rows: m as u32, ..p };
+    let p = Sample { n_rows: m as u32, ..p };
     let first = run_sample(&ctx, &k, p, &small);
     assert_eq!(first, run_sample(&ctx, &k, p, &small), "same key, same draws");
-    assert_ne!(first, run_sample(&ctx, &k, params::Sample { call: 4, ..p }, &small));
+    assert_ne!(first, run_sample(&ctx, &k, Sample { call: 4, ..p }, &small));
 }

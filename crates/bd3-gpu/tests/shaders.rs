@@ -1,7 +1,7 @@
 //! Every file in `shaders/` parses and validates with naga, and keeps its workgroup memory within
 //! the 16 KiB that browsers allow (wgpu itself does not check this against the adapter).
 
-use bd3_gpu::kernels::{all_shaders, attention_source, matmul_narrow_source, ATTENTION_DKV_WGSL, ATTENTION_DQ_WGSL, ATTENTION_WGSL, WORKGROUP_MEMORY_BUDGET};
+use bd3_gpu::shaders::{all_files, attention_file, matmul_source, WORKGROUP_MEMORY_BUDGET};
 
 fn validate(name: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
@@ -27,10 +27,10 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders");
     let mut on_disk: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".wgsl")).collect();
     on_disk.sort();
-    let shaders = all_shaders();
+    let shaders = all_files();
     let mut listed: Vec<String> = shaders.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "shaders/ and kernels::all_shaders() must agree");
+    assert_eq!(on_disk, listed, "shaders/ and shaders::all_files() must agree");
     for (name, source) in &shaders {
         let m = validate(name, source);
         let bytes = workgroup_bytes(&m);
@@ -42,7 +42,7 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
 
 #[test]
 fn narrow_matmul_validates() {
-    let src = matmul_narrow_source();
+    let src = matmul_source(1).unwrap();
     assert!(src.contains("const ROWS_PER_THREAD: u32 = 1u;"));
     validate("matmul_narrow", &src);
 }
@@ -50,8 +50,8 @@ fn narrow_matmul_validates() {
 #[test]
 fn attention_specialisations_validate_for_every_head_dim() {
     for head_dim in (2..=128).step_by(2) {
-        for (name, body) in [("attention", ATTENTION_WGSL), ("attention_dq", ATTENTION_DQ_WGSL), ("attention_dkv", ATTENTION_DKV_WGSL)] {
-            let src = attention_source(body, head_dim);
+        for name in ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"] {
+            let src = attention_file(name, head_dim).unwrap();
             assert!(src.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")), "head_dim {head_dim} was not substituted");
             let m = validate(&format!("{name} dh={head_dim}"), &src);
             let bytes = workgroup_bytes(&m);

@@ -3,7 +3,7 @@
 //! and through the GPU sample kernel fed the same draws.
 
 use crate::report::{Report, Tolerance};
-use bd3_gpu::kernels::params::SampleMode;
+use bd3_gpu::ops::sample::SampleMode;
 use bd3_gpu::{GpuModel, StepAction, StepCall, StepShape};
 use bd3_model::sampler::{ddpm_q, nucleus, official_exponential, race, sedd_position};
 use bd3_model::schedule;

@@ -3,19 +3,21 @@
 //! (timestamp queries, where the adapter has them), GEMM GFLOP/s, and the submits, buffers and bind
 //! groups created per forward once warm (the structural counts that must stay at 1, 0, 0).
 
-use bd3_gpu::kernels::Step;
-use bd3_gpu::{ContextOptions, ForwardInput, ForwardShape, GpuContext, GpuModel};
+use bd3_gpu::plan::{dispatch_header, dispatch_line, summarize, AdapterDesc, DEFAULT_COMPUTE_UNITS};
+use bd3_gpu::{ContextOptions, ForwardInput, ForwardShape, GpuContext, GpuModel, PlannedDispatch};
 use bd3_model::init::{random_weights, to_safetensors, SplitMix};
 use bd3_model::{Checkpoint, Error, ModelConfig, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-const USAGE: &str = "bench forward [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N]
-       bench sample  [--size small|tiny|D,H,N,V,L] [--batch N] [--block-size N] [--length N] [--top-p P]
-       bench train   [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N]
+const USAGE: &str = "bench forward [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N] [PLAN]
+       bench sample  [--size small|tiny|D,H,N,V,L] [--batch N] [--block-size N] [--length N] [--top-p P] [PLAN]
+       bench train   [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N] [PLAN]
   sizes: small = 768,12,12,50258,1024 (the official model); tiny = 64,4,2,128,16
-  D hidden, H heads, N blocks, V vocabulary, L length (use small D, V, L on a software adapter)";
+  D hidden, H heads, N blocks, V vocabulary, L length (use small D, V, L on a software adapter)
+  PLAN: --plan [--units 132] [--features f16,subgroups] prints the dispatch plan for a native adapter
+        of that many compute units (default: an H200's 132) instead of running anything; no GPU needed";
 
 pub struct BenchSize {
     pub hidden: usize,
@@ -80,8 +82,12 @@ fn print_model(model: &GpuModel, params: usize, secs: f64) {
 /// `bench sample`: first-hitting generation with the KV cache, nucleus 0.9, random weights.
 fn sample(args: &[String]) -> Result<()> {
     let (mut size, mut batch, mut block_size, mut length, mut top_p) = (parse_size("small")?, 1usize, 16usize, None, 0.9f64);
+    let mut plan = PlanArgs::default();
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
+        if plan.parse(a, &mut it)? {
+            continue;
+        }
         match a.as_str() {
             "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
             "--batch" => batch = crate::parse_num(it.next(), "--batch")?,
@@ -92,23 +98,15 @@ fn sample(args: &[String]) -> Result<()> {
         }
     }
     let block_size = block_size.min(size.length);
+    if plan.on {
+        return plan_sample(&plan, &size, block_size, batch, length.unwrap_or(size.length), top_p);
+    }
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
     print_model(&model, params, secs);
     let length = length.unwrap_or(model.cfg.model_length);
-    let opts = bd3_gpu::SampleOptions {
-        batch,
-        length,
-        prompt: Vec::new(),
-        top_p,
-        sampler: bd3_gpu::Sampler::FirstHitting,
-        steps: block_size,
-        seed: 1,
-        var_length: false,
-        entropy_check: false,
-        stop: None,
-    };
+    let opts = sample_options(batch, length, top_p, block_size);
     // Warm-up: two blocks record every program shape (sample and commit) and compile the pipelines.
     let warm = bd3_gpu::SampleOptions { length: (2 * block_size).min(length), ..opts.clone() };
     pollster::block_on(bd3_gpu::generate(&mut model, &warm, &mut |_| {}))?;
@@ -130,19 +128,131 @@ fn sample(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// First-hitting generation of `length` tokens per sequence from BOS, without early stops.
+fn sample_options(batch: usize, length: usize, top_p: f64, block_size: usize) -> bd3_gpu::SampleOptions {
+    bd3_gpu::SampleOptions {
+        batch,
+        length,
+        prompt: Vec::new(),
+        top_p,
+        sampler: bd3_gpu::Sampler::FirstHitting,
+        steps: block_size,
+        seed: 1,
+        var_length: false,
+        entropy_check: false,
+        stop: None,
+    }
+}
+
+/// `--plan [--units N] [--features f16,subgroups]`.
+#[derive(Default)]
+struct PlanArgs {
+    on: bool,
+    units: Option<u32>,
+    f16: bool,
+    subgroups: bool,
+}
+
+impl PlanArgs {
+    /// Take `flag` (and its value) if it is a plan option.
+    fn parse<'a>(&mut self, flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<bool> {
+        match flag {
+            "--plan" => self.on = true,
+            "--units" => {
+                let units: u32 = crate::parse_num(it.next(), "--units")?;
+                if units == 0 {
+                    return Err(Error::Invalid("--units must be at least 1".into()));
+                }
+                self.units = Some(units);
+            }
+            "--features" => {
+                let v = it.next().ok_or_else(|| Error::Invalid("--features needs a value (f16, subgroups)".into()))?;
+                for f in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                    match f {
+                        "f16" => self.f16 = true,
+                        "subgroups" => self.subgroups = true,
+                        other => return Err(Error::Invalid(format!("--features: unknown feature `{other}` (f16, subgroups)"))),
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A planning model of `size` (no GPU, no weights in memory).
+    fn model(&self, size: &BenchSize, block_size: usize) -> Result<GpuModel> {
+        let adapter = AdapterDesc::native(self.units.unwrap_or(DEFAULT_COMPUTE_UNITS), self.f16, self.subgroups);
+        let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
+        let cfg = bench_config(size, block_size)?;
+        let model = pollster::block_on(GpuModel::allocate(ctx, cfg))?;
+        println!(
+            "plan for {} (max storage binding {} MiB), model: hidden {}, {} heads, {} blocks, vocab {}, L = {}, block size {}",
+            adapter.name, adapter.max_storage_binding >> 20, size.hidden, size.heads, size.blocks, size.vocab, size.length, block_size
+        );
+        Ok(model)
+    }
+
+    fn units(&self) -> u32 {
+        self.units.unwrap_or(DEFAULT_COMPUTE_UNITS)
+    }
+}
+
+/// Print one line per dispatch, then the plan line.
+fn print_plan(what: &str, dispatches: &[PlannedDispatch], units: u32) {
+    println!("\n{what}");
+    println!("{}", dispatch_header());
+    for d in dispatches {
+        println!("{}", dispatch_line(d));
+    }
+    println!("{}", summarize([dispatches], units).line());
+}
+
+/// `bench sample --plan`: the sampler's whole call sequence on a planning model; the plan line gives
+/// means per model call.
+fn plan_sample(plan: &PlanArgs, size: &BenchSize, block_size: usize, batch: usize, length: usize, top_p: f64) -> Result<()> {
+    let mut model = plan.model(size, block_size)?;
+    let opts = sample_options(batch, length, top_p, block_size);
+    let result = pollster::block_on(bd3_gpu::generate(&mut model, &opts, &mut |_| {}))?;
+    let calls = &model.call_plans;
+    // The first sampling call of the last block: the cache at its fullest.
+    let shown = calls.iter().rposition(|c| c.iter().any(|d| d.label == "sample")).map(|last| {
+        let mut i = last;
+        while i > 0 && calls[i - 1].iter().any(|d| d.label == "sample") {
+            i -= 1;
+        }
+        i
+    });
+    println!("first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}: {} model calls", result.calls);
+    if let Some(i) = shown {
+        println!("\ndispatches of model call {} (the first sampling call of the last block):", i + 1);
+        println!("{}", dispatch_header());
+        for d in &calls[i] {
+            println!("{}", dispatch_line(d));
+        }
+    }
+    println!("\nper model call, mean over the {} calls of the generation:", calls.len());
+    println!("{}", summarize(calls.iter().map(|c| c.as_slice()), plan.units()).line());
+    Ok(())
+}
+
 /// The options shared by `bench forward` and `bench train`.
 struct BatchArgs {
     size: BenchSize,
     batches: Vec<usize>,
     block_size: usize,
     iters: usize,
+    plan: PlanArgs,
 }
 
 impl BatchArgs {
     fn parse(args: &[String]) -> Result<BatchArgs> {
-        let mut a = BatchArgs { size: parse_size("small")?, batches: vec![1, 8], block_size: 16, iters: 3 };
+        let mut a = BatchArgs { size: parse_size("small")?, batches: vec![1, 8], block_size: 16, iters: 3, plan: PlanArgs::default() };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
+            if a.plan.parse(flag, &mut it)? {
+                continue;
+            }
             match flag.as_str() {
                 "--size" => a.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
                 "--batch" => {
@@ -162,7 +272,17 @@ impl BatchArgs {
 /// `bench train`: one training step (forward with saved activations, backward, clip + AdamW + EMA)
 /// on the vectorised BD3LM input with random weights; the split between the three parts.
 fn train(args: &[String]) -> Result<()> {
-    let BatchArgs { size, batches, block_size, iters } = BatchArgs::parse(&args[1..])?;
+    let BatchArgs { size, batches, block_size, iters, plan } = BatchArgs::parse(&args[1..])?;
+    if plan.on {
+        let model = plan.model(&size, block_size)?;
+        let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(&model, bd3_gpu::OptimConfig::default()))?;
+        for &b in &batches {
+            let shape = bd3_gpu::TrainShape { forward: crate::nelbo::loss_shape(&model.cfg, b), dropout_milli: 100 };
+            let dispatches = trainer.plan_step(&model, &shape)?;
+            print_plan(&format!("training step at batch {b} ({} tokens): forward, backward, clip + AdamW + EMA", b * model.cfg.model_length), &dispatches, plan.units());
+        }
+        return Ok(());
+    }
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
@@ -212,7 +332,16 @@ fn train(args: &[String]) -> Result<()> {
 }
 
 fn forward(args: &[String]) -> Result<()> {
-    let BatchArgs { size, batches, block_size, iters } = BatchArgs::parse(&args[1..])?;
+    let BatchArgs { size, batches, block_size, iters, plan } = BatchArgs::parse(&args[1..])?;
+    if plan.on {
+        let mut model = plan.model(&size, block_size)?;
+        for &b in &batches {
+            let shape = ForwardShape::bd3lm_train(b, model.cfg.model_length, block_size);
+            let dispatches = model.plan_forward(&shape)?;
+            print_plan(&format!("forward of x_t ⊕ x_0 at batch {b} ({} tokens per sequence) with the SUBS loss", 2 * model.cfg.model_length), &dispatches, plan.units());
+        }
+        return Ok(());
+    }
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions { timestamps: true, ..Default::default() }))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
@@ -274,33 +403,32 @@ struct KernelTimes {
 }
 
 /// Time every dispatch of a program with timestamp queries; None without TIMESTAMP_QUERY.
-fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::kernels::Program) -> Result<Option<KernelTimes>> {
+fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<KernelTimes>> {
     if !ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
         return Ok(None);
     }
     let n = program.dispatch_count() as u32;
-    let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("bench timestamps"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
+    let queries = ctx.device().create_query_set(&wgpu::QuerySetDescriptor { label: Some("bench timestamps"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
     let resolve = ctx.buffer("timestamps", 16 * n as u64, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
     let staging = ctx.take_staging(16 * n as u64)?;
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let labels = program.encode_timed(&mut enc, &queries);
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
+    let timed = program.encode_timed(&mut enc, &queries);
     enc.resolve_query_set(&queries, 0..2 * n, &resolve, 0);
     enc.copy_buffer_to_buffer(&resolve, 0, &staging, 0, 16 * n as u64);
     ctx.submit(enc);
     let bytes = pollster::block_on(ctx.map_read(&staging, 16 * n as u64))?;
     ctx.return_staging(staging);
     let stamps: &[u64] = bytemuck::cast_slice(&bytes);
-    let period = ctx.queue.get_timestamp_period() as f64 * 1e-9;
-    let flops: Vec<u64> = program.steps.iter().filter_map(|s| if let Step::Dispatch { flops, .. } = s { Some(*flops) } else { None }).collect();
+    let period = ctx.queue().get_timestamp_period() as f64 * 1e-9;
     let mut by_kind = BTreeMap::new();
     let (mut gemm_flops, mut gemm_seconds) = (0u64, 0f64);
-    for (i, label) in labels.iter().enumerate() {
+    for (i, d) in timed.iter().enumerate() {
         let secs = stamps[2 * i + 1].saturating_sub(stamps[2 * i]) as f64 * period;
-        let e = by_kind.entry(*label).or_insert((0.0, 0));
+        let e = by_kind.entry(d.label).or_insert((0.0, 0));
         e.0 += secs;
         e.1 += 1;
-        if flops[i] > 0 {
-            gemm_flops += flops[i];
+        if d.kernel.starts_with("matmul") {
+            gemm_flops += d.flops;
             gemm_seconds += secs;
         }
     }

@@ -1,16 +1,25 @@
 //! Shared helpers of the kernel tests: a device, a deterministic RNG, uploads and comparisons.
 #![allow(dead_code)]
 
-use bd3_gpu::kernels::{Kernels, ProgramBuilder, Slice};
+use bd3_gpu::ops::{Kernels, TrainKernels};
+use bd3_gpu::program::{Buf, ProgramBuilder};
 use bd3_gpu::{ContextOptions, GpuContext};
 use std::sync::Arc;
 
 pub fn context() -> Arc<GpuContext> {
-    Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default())).expect("a GPU adapter (lavapipe in CI)"))
+    context_with(ContextOptions::default())
+}
+
+pub fn context_with(opts: ContextOptions) -> Arc<GpuContext> {
+    Arc::new(pollster::block_on(GpuContext::new(opts)).expect("a GPU adapter (lavapipe in CI)"))
 }
 
 pub fn kernels(ctx: &GpuContext, head_dim: usize) -> Kernels {
     pollster::block_on(Kernels::new(ctx, head_dim)).unwrap()
+}
+
+pub fn train_kernels(ctx: &GpuContext, head_dim: usize) -> TrainKernels {
+    pollster::block_on(TrainKernels::new(ctx, head_dim)).unwrap()
 }
 
 /// Deterministic test data on top of the project's SplitMix64.
@@ -38,21 +47,16 @@ impl Rng {
     }
 }
 
-pub fn upload(ctx: &GpuContext, data: &[f32]) -> wgpu::Buffer {
+pub fn upload(ctx: &GpuContext, data: &[f32]) -> Buf {
     ctx.storage_init("test", bytemuck::cast_slice(data)).unwrap()
 }
 
-pub fn upload_u32(ctx: &GpuContext, data: &[u32]) -> wgpu::Buffer {
+pub fn upload_u32(ctx: &GpuContext, data: &[u32]) -> Buf {
     ctx.storage_init("test", bytemuck::cast_slice(data)).unwrap()
 }
 
-pub fn read(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+pub fn read(ctx: &GpuContext, b: &Buf, n: usize) -> Vec<f32> {
     pollster::block_on(ctx.read_f32(b, 0, n)).unwrap()
-}
-
-/// Record one dispatch, run it, and fail on any GPU error.
-pub fn run_one(ctx: &GpuContext, label: &'static str, pipeline: &Arc<wgpu::ComputePipeline>, params: &[u32], bindings: Vec<Slice>, groups: [u32; 3]) {
-    run_recorded(ctx, |pb| pb.dispatch(label, pipeline, params, bindings, groups));
 }
 
 /// Record with `record`, then run it as one submission and check for GPU errors.
@@ -60,7 +64,7 @@ pub fn run_recorded<'a>(ctx: &'a GpuContext, record: impl FnOnce(&mut ProgramBui
     let mut pb = ProgramBuilder::new(ctx);
     record(&mut pb);
     let program = pb.finish().unwrap();
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let mut enc = ctx.device().create_command_encoder(&Default::default());
     program.encode(&mut enc);
     ctx.submit(enc);
     ctx.check().unwrap();

@@ -1,0 +1,189 @@
+//! `shaders/matmul.wgsl`: every Linear of the forward and backward passes,
+//! out = epilogue(A·B + bias) with strided operands, a row mapping (KV caches) and dropout.
+//!
+//! Variants: 64-row output tiles (4 rows per thread) for wide inputs, 16-row tiles (1 row per
+//! thread) when M ≤ 16 (sampling steps), so a step of a few rows does not pay for a 64-row tile.
+
+use super::{bindings, words, Kernels};
+use crate::context::GpuContext;
+use crate::uniform_params;
+use crate::program::{Cost, Kernel, ProgramBuilder};
+use crate::shaders;
+use bd3_model::{Error, Result};
+
+/// 16 × 16 threads.
+pub const THREADS: u32 = 256;
+/// Output columns per workgroup.
+pub const TILE_N: u32 = 64;
+
+uniform_params! {
+    pub struct Params {
+        pub m: u32,
+        pub n: u32,
+        pub k: u32,
+        pub a_offset: u32,
+        pub a_row_stride: u32,
+        pub a_k_stride: u32,
+        pub b_offset: u32,
+        pub b_k_stride: u32,
+        pub b_col_stride: u32,
+        pub ldc: u32,
+        pub out_col_offset: u32,
+        pub has_bias: u32,
+        pub bias_offset: u32,
+        pub epilogue: u32,
+        pub rows_per_seq: u32,
+        pub gate_stride: u32,
+        pub gate_offset: u32,
+        pub out_rows_per_seq: u32,
+        pub out_seq_stride: u32,
+        pub out_row_offset: u32,
+        pub store_aux: u32,
+        pub dropout: f32,
+        pub seed: u32,
+        pub salt: u32,
+    }
+}
+
+bindings! {
+    pub struct Bindings {
+        a: Req,
+        b: Req,
+        bias: OptIn,
+        /// adaLN modulation rows holding the gate (GatedResidual).
+        gate: OptIn,
+        out: Req,
+        /// Pre-activation (Gelu/Silu) or dropped branch output (residual modes), for the backward pass.
+        aux: OptOut,
+    }
+}
+
+/// What happens to v = A·B + bias before it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// out = v
+    Store = 0,
+    /// out = gelu_tanh(v)
+    Gelu = 1,
+    /// out = silu(v)
+    Silu = 2,
+    /// out += gate[s] · drop(v)
+    GatedResidual = 3,
+    /// out += drop(v)
+    Residual = 4,
+}
+
+/// A matrix product, typed: see the shader header for the strides' meaning.
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub a_offset: u32,
+    pub a_row_stride: u32,
+    pub a_k_stride: u32,
+    pub b_offset: u32,
+    pub b_k_stride: u32,
+    pub b_col_stride: u32,
+    pub ldc: u32,
+    pub out_col_offset: u32,
+    pub bias_offset: u32,
+    pub epilogue: Epilogue,
+    /// Rows per sequence (selects the gate row).
+    pub rows_per_seq: u32,
+    pub gate_stride: u32,
+    pub gate_offset: u32,
+    /// Output row of input row i: (i / out_rows_per_seq)·out_seq_stride + out_row_offset + i % out_rows_per_seq.
+    pub out_rows: OutRows,
+    pub dropout: Option<Dropout>,
+}
+
+/// Where each sequence's output rows go (a KV cache holds `seq_stride` rows per sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutRows {
+    pub rows_per_seq: u32,
+    pub seq_stride: u32,
+    pub row_offset: u32,
+}
+
+/// Inverted dropout of a residual branch, keyed by (seed, salt, row, column).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: u32,
+    pub salt: u32,
+}
+
+impl Matmul {
+    /// `out[m, n] = a[m, :] · w[n, :]`: a Linear with its weight stored [out = n, in = k].
+    pub fn plain(m: u32, n: u32, k: u32) -> Matmul {
+        Matmul {
+            m, n, k, a_offset: 0, a_row_stride: k, a_k_stride: 1, b_offset: 0, b_k_stride: 1, b_col_stride: k,
+            ldc: n, out_col_offset: 0, bias_offset: 0, epilogue: Epilogue::Store, rows_per_seq: m.max(1),
+            gate_stride: 0, gate_offset: 0, out_rows: OutRows { rows_per_seq: m.max(1), seq_stride: 0, row_offset: 0 }, dropout: None,
+        }
+    }
+
+    /// `out[m, c] = Σ_r dy[m, r] · w[r, c]`: the input gradient of a Linear whose weight is [rows, cols].
+    pub fn input_grad(m: u32, rows: u32, cols: u32, ld_dy: u32) -> Matmul {
+        Matmul { a_row_stride: ld_dy, b_k_stride: cols, b_col_stride: 1, ..Matmul::plain(m, cols, rows) }
+    }
+
+    /// `out[r, c] += Σ_m dy[m, r] · x[m, c]`: the weight gradient [rows, cols] over m input rows.
+    pub fn weight_grad(m: u32, rows: u32, cols: u32, ld_dy: u32, ld_x: u32) -> Matmul {
+        Matmul { a_row_stride: 1, a_k_stride: ld_dy, b_k_stride: ld_x, b_col_stride: 1, epilogue: Epilogue::Residual, ..Matmul::plain(rows, cols, m) }
+    }
+
+    pub fn params(&self, has_bias: bool, store_aux: bool) -> Params {
+        let d = self.dropout.unwrap_or(Dropout { p: 0.0, seed: 0, salt: 0 });
+        Params {
+            m: self.m, n: self.n, k: self.k, a_offset: self.a_offset, a_row_stride: self.a_row_stride, a_k_stride: self.a_k_stride,
+            b_offset: self.b_offset, b_k_stride: self.b_k_stride, b_col_stride: self.b_col_stride, ldc: self.ldc,
+            out_col_offset: self.out_col_offset, has_bias: has_bias as u32, bias_offset: self.bias_offset, epilogue: self.epilogue as u32,
+            rows_per_seq: self.rows_per_seq, gate_stride: self.gate_stride, gate_offset: self.gate_offset,
+            out_rows_per_seq: self.out_rows.rows_per_seq, out_seq_stride: self.out_rows.seq_stride, out_row_offset: self.out_rows.row_offset,
+            store_aux: store_aux as u32, dropout: d.p, seed: d.seed, salt: d.salt,
+        }
+    }
+}
+
+/// The two tile shapes of the kernel.
+pub struct Variants {
+    /// 64 × 64 output tiles.
+    pub wide: Kernel,
+    /// 16 × 64 output tiles, for M ≤ 16.
+    pub narrow: Kernel,
+}
+
+impl Variants {
+    pub async fn new(ctx: &GpuContext) -> Result<Variants> {
+        Ok(Variants {
+            wide: ctx.pipeline("matmul", &shaders::matmul_source(4).map_err(Error::Gpu)?, THREADS).await?,
+            narrow: ctx.pipeline("matmul_narrow", &shaders::matmul_source(1).map_err(Error::Gpu)?, THREADS).await?,
+        })
+    }
+
+    /// The variant for an input of `m` rows, and the rows of its output tile.
+    pub fn for_rows(&self, m: u32) -> (&Kernel, u32) {
+        if m <= 16 { (&self.narrow, 16) } else { (&self.wide, 64) }
+    }
+}
+
+pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Matmul, b: Bindings) {
+    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
+    let p = mm.params(b.bias.is_some(), b.aux.is_some());
+    record_variant(pb, k, label, kernel, tile_rows, &p, b);
+}
+
+/// One dispatch of a given variant (the kernel tests run both on the same problem).
+pub fn record_variant(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, tile_rows: u32, p: &Params, b: Bindings) {
+    let (m, n, kk) = (p.m as u64, p.n as u64, p.k as u64);
+    let epilogue_reads = if p.epilogue == Epilogue::GatedResidual as u32 || p.epilogue == Epilogue::Residual as u32 { m * n } else { 0 };
+    let gate = if b.gate.is_some() { m.div_ceil(p.rows_per_seq.max(1) as u64) * n } else { 0 };
+    let cost = Cost {
+        flops: 2 * m * n * kk,
+        bytes: words(m * kk + kk * n + m * n + epilogue_reads + if b.bias.is_some() { n } else { 0 } + gate + if b.aux.is_some() { m * n } else { 0 }),
+    };
+    let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), 1];
+    pb.dispatch(label, kernel, p, b.slices(&k.placeholders), groups, cost);
+}

@@ -1,0 +1,163 @@
+//! One module per kernel: its parameter block (a `#[repr(C)]` struct matching the WGSL `Params`
+//! field by field, checked by a test through naga), its named bindings, the choice among its variants,
+//! its work count for plans, and the one function that records a dispatch of it.
+//!
+//! | module | kernel | what it computes |
+//! |---|---|---|
+//! | [`embedding`] | embedding.wgsl | x = E[tokens] |
+//! | [`layernorm`] | layernorm.wgsl | LayerNorm with adaLN modulation, rows re-mapped |
+//! | [`matmul`] | matmul.wgsl | every Linear, forward and backward, with fused epilogues |
+//! | [`attention`] | attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl | masked rotary attention and its gradients |
+//! | [`token_loss`] | token_loss.wgsl | SUBS / AR log-probs, loss and logits gradient |
+//! | [`sedd_loss`] | sedd_loss.wgsl | SEDD log-score, score entropy and logits gradient |
+//! | [`reduce_sum`] | reduce_sum.wgsl | Σx or Σx² into one value |
+//! | [`sample`] | sample.wgsl | one token per row: nucleus and exponential race |
+//! | [`col_sum`] | col_sum.wgsl | column sums (bias gradients) |
+//! | [`elementwise`] | elementwise.wgsl | gelu and the activation derivatives |
+//! | [`gate_backward`] | gate_backward.wgsl | gated residual backward, dropout regenerated |
+//! | [`layernorm_backward`] | layernorm_backward.wgsl | LayerNorm input gradient |
+//! | [`layernorm_param_grads`] | layernorm_param_grads.wgsl | LayerNorm weight and modulation gradients |
+//! | [`embedding_backward`] | embedding_backward.wgsl | embedding scatter without atomics |
+//! | [`adamw`] | adamw.wgsl | clipped AdamW step and the EMA |
+
+use crate::context::GpuContext;
+use crate::program::{Buf, Kernel};
+use crate::shaders;
+use bd3_model::{Error, Result};
+
+pub mod adamw;
+pub mod attention;
+pub mod col_sum;
+pub mod elementwise;
+pub mod embedding;
+pub mod embedding_backward;
+pub mod gate_backward;
+pub mod layernorm;
+pub mod layernorm_backward;
+pub mod layernorm_param_grads;
+pub mod matmul;
+pub mod reduce_sum;
+pub mod sample;
+pub mod sedd_loss;
+pub mod token_loss;
+
+/// A required binding.
+pub type Req<'a> = &'a Buf;
+/// An optional input (a placeholder is bound when absent).
+pub type OptIn<'a> = Option<&'a Buf>;
+/// An optional output (a placeholder is bound when absent).
+pub type OptOut<'a> = Option<&'a Buf>;
+/// A second optional output of the same dispatch: two writable bindings may not alias.
+pub type OptOut2<'a> = Option<&'a Buf>;
+/// A third one.
+pub type OptOut3<'a> = Option<&'a Buf>;
+
+/// Declares an op's named bindings (binding 1 onwards, in order; the names are the WGSL variables',
+/// which a test checks).
+macro_rules! bindings {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident : $kind:ident),* $(,)? }) => {
+        $(#[$m])*
+        pub struct $name<'a> { $($(#[$fm])* pub $field: $crate::ops::$kind<'a>,)* }
+        impl $name<'_> {
+            /// The WGSL variable of each binding, from binding 1.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+            #[allow(unused_variables)]
+            pub(crate) fn slices(&self, k: &$crate::ops::Placeholders) -> Vec<$crate::program::Slice> {
+                vec![$($crate::ops::bindings!(@slice k, self.$field, $kind)),*]
+            }
+        }
+    };
+    (@slice $k:ident, $e:expr, Req) => { $crate::program::Slice::from($e) };
+    (@slice $k:ident, $e:expr, OptIn) => { $crate::program::Slice::from($e.unwrap_or(&$k.input)) };
+    (@slice $k:ident, $e:expr, OptOut) => { $crate::program::Slice::from($e.unwrap_or(&$k.output)) };
+    (@slice $k:ident, $e:expr, OptOut2) => { $crate::program::Slice::from($e.unwrap_or(&$k.output2)) };
+    (@slice $k:ident, $e:expr, OptOut3) => { $crate::program::Slice::from($e.unwrap_or(&$k.output3)) };
+}
+pub(crate) use bindings;
+
+/// Buffers bound where an optional binding is switched off.
+pub struct Placeholders {
+    /// For an absent input (no bias, no gate, no modulation).
+    pub input: Buf,
+    /// For an absent output (a buffer may not be read-only and writable in one dispatch, so inputs
+    /// and outputs get separate placeholders).
+    pub output: Buf,
+    /// Second and third output placeholders: writable bindings may not alias (browsers check this).
+    pub output2: Buf,
+    pub output3: Buf,
+}
+
+impl Placeholders {
+    pub fn new(ctx: &GpuContext) -> Result<Placeholders> {
+        Ok(Placeholders { input: ctx.storage("placeholder in", 16)?, output: ctx.storage("placeholder out", 16)?, output2: ctx.storage("placeholder out 2", 16)?, output3: ctx.storage("placeholder out 3", 16)? })
+    }
+}
+
+/// The kernels inference needs (forward, loss, sampling), built up front.
+pub struct Kernels {
+    pub embedding: Kernel,
+    pub layernorm: Kernel,
+    pub matmul: matmul::Variants,
+    pub attention: Kernel,
+    pub token_loss: Kernel,
+    pub sedd_loss: Kernel,
+    pub reduce_sum: Kernel,
+    pub sample: Kernel,
+    pub placeholders: Placeholders,
+}
+
+/// The kernel `name` (`shaders/{name}.wgsl`) with `threads` invocations per workgroup.
+async fn kernel(ctx: &GpuContext, name: &'static str, threads: u32) -> Result<Kernel> {
+    ctx.pipeline(name, shaders::kernel_source(&format!("{name}.wgsl")).map_err(Error::Gpu)?, threads).await
+}
+
+impl Kernels {
+    pub async fn new(ctx: &GpuContext, head_dim: usize) -> Result<Kernels> {
+        Ok(Kernels {
+            embedding: kernel(ctx, "embedding", embedding::THREADS).await?,
+            layernorm: kernel(ctx, "layernorm", layernorm::THREADS).await?,
+            matmul: matmul::Variants::new(ctx).await?,
+            attention: attention::kernel(ctx, attention::Pass::Forward, head_dim).await?,
+            token_loss: kernel(ctx, "token_loss", token_loss::THREADS).await?,
+            sedd_loss: kernel(ctx, "sedd_loss", sedd_loss::THREADS).await?,
+            reduce_sum: kernel(ctx, "reduce_sum", reduce_sum::THREADS).await?,
+            sample: kernel(ctx, "sample", sample::THREADS).await?,
+            placeholders: Placeholders::new(ctx)?,
+        })
+    }
+}
+
+/// The kernels only training needs, built when a trainer is made (sampling never pays for them).
+pub struct TrainKernels {
+    pub attention_dq: Kernel,
+    pub attention_dkv: Kernel,
+    pub col_sum: Kernel,
+    pub elementwise: Kernel,
+    pub gate_backward: Kernel,
+    pub layernorm_backward: Kernel,
+    pub layernorm_param_grads: Kernel,
+    pub embedding_backward: Kernel,
+    pub adamw: Kernel,
+}
+
+impl TrainKernels {
+    pub async fn new(ctx: &GpuContext, head_dim: usize) -> Result<TrainKernels> {
+        let k = |name: &'static str, threads: u32| kernel(ctx, name, threads);
+        Ok(TrainKernels {
+            attention_dq: attention::kernel(ctx, attention::Pass::QueryGrad, head_dim).await?,
+            attention_dkv: attention::kernel(ctx, attention::Pass::KeyValueGrad, head_dim).await?,
+            col_sum: k("col_sum", col_sum::THREADS).await?,
+            elementwise: k("elementwise", elementwise::THREADS).await?,
+            gate_backward: k("gate_backward", gate_backward::THREADS).await?,
+            layernorm_backward: k("layernorm_backward", layernorm_backward::THREADS).await?,
+            layernorm_param_grads: k("layernorm_param_grads", layernorm_param_grads::THREADS).await?,
+            embedding_backward: k("embedding_backward", embedding_backward::THREADS).await?,
+            adamw: k("adamw", adamw::THREADS).await?,
+        })
+    }
+}
+
+/// Bytes of `n` f32 or u32 values.
+pub(crate) fn words(n: u64) -> u64 {
+    4 * n
+}

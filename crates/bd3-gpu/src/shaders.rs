@@ -1,0 +1,129 @@
+//! The WGSL sources, as the kernels are compiled: `shaders/*.wgsl` with their
+//! `// #include "file.wgsl"` lines resolved at build time (build.rs, shader_include.rs), so native and
+//! browser builds get the same text. A file with an `@compute` entry point is a kernel and has a
+//! constant here (`attention_dq.wgsl` -> [`ATTENTION_DQ_WGSL`]); a file without one exists only to be
+//! included, and its header says which names the includer must define.
+//!
+//! Sizes that must be constant in WGSL but depend on the model or the shape (HEAD_DIM, TILE,
+//! ROWS_PER_THREAD) stay `const` declarations in the file; the host sets them with [`specialize`].
+
+include!(concat!(env!("OUT_DIR"), "/shader_sources.rs"));
+
+/// The resolved source of the kernel file `name` (e.g. `"matmul.wgsl"`), if there is one.
+pub fn source(name: &str) -> Option<&'static str> {
+    KERNELS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// Every file of `shaders/` with source that compiles: a kernel's own, and for an include-only file
+/// that of the first kernel (by name) that includes it.
+pub fn all_files() -> Vec<(&'static str, &'static str)> {
+    let mut v = KERNELS.to_vec();
+    v.extend(INCLUDES.iter().map(|(file, kernel)| (*file, source(kernel).expect("build.rs lists kernels only"))));
+    v
+}
+
+/// `source` with each `const NAME: u32 = …u;` declaration of `consts` set to the given value. Every
+/// name must be declared exactly once, at the start of a line: otherwise this fails (a renamed
+/// constant must not silently leave the default in place).
+pub fn specialize(source: &str, consts: &[(&str, u32)]) -> Result<String, String> {
+    let mut out = source.to_string();
+    for (name, value) in consts {
+        let decl = format!("const {name}: u32 = ");
+        let starts: Vec<usize> = out.match_indices(&decl).map(|(i, _)| i).filter(|&i| i == 0 || out.as_bytes()[i - 1] == b'\n').collect();
+        let [start] = starts[..] else {
+            return Err(format!("specialize: expected one line `{decl}…u;`, found {}", starts.len()));
+        };
+        let end = out[start..].find(';').map(|e| start + e + 1).filter(|&e| !out[start..e].contains('\n'));
+        let end = end.ok_or(format!("specialize: `{decl}` is not followed by `;` on its line"))?;
+        let old = &out[start + decl.len()..end - 1];
+        if old.strip_suffix('u').is_none_or(|d| d.is_empty() || !d.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("specialize: {name} is `{old}`, not a u32 literal"));
+        }
+        out.replace_range(start..end, &format!("{decl}{value}u;"));
+    }
+    Ok(out)
+}
+
+/// Workgroup memory budget for any kernel: the WebGPU default limit, which browsers enforce.
+pub const WORKGROUP_MEMORY_BUDGET: usize = 16 * 1024;
+
+/// The resolved source of a kernel file, or an error naming it.
+pub fn kernel_source(name: &str) -> Result<&'static str, String> {
+    source(name).ok_or_else(|| format!("no kernel file `{name}` in shaders/"))
+}
+
+/// An attention kernel file specialised for one head dimension: private arrays need constant sizes,
+/// so HEAD_DIM and a key tile that keeps workgroup memory within 16 KiB are compiled in.
+pub fn attention_file(name: &str, head_dim: usize) -> Result<String, String> {
+    // Two tiles of TILE head vectors, 2·TILE floats of statistics and 65 u32 flags fit the budget.
+    let tile = ((WORKGROUP_MEMORY_BUDGET / 4 - 65) / (2 * head_dim + 2)).clamp(1, 32);
+    specialize(kernel_source(name)?, &[("HEAD_DIM", head_dim as u32), ("TILE", tile as u32)])
+}
+
+/// The matmul kernel with `rows_per_thread` output rows per thread (4: 64-row tiles; 1: 16-row).
+pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
+    specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
+}
+
+#[cfg(test)]
+#[path = "../shader_include.rs"]
+mod shader_include;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn files(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()
+    }
+
+    #[test]
+    fn specialize_replaces_the_declaration_and_fails_without_it() {
+        let src = "const HEAD_DIM: u32 = 64u;\nconst TILE: u32 = 31u;\nconst HALF: u32 = HEAD_DIM / 2u;\n";
+        let s = specialize(src, &[("HEAD_DIM", 32), ("TILE", 7)]).unwrap();
+        assert_eq!(s, "const HEAD_DIM: u32 = 32u;\nconst TILE: u32 = 7u;\nconst HALF: u32 = HEAD_DIM / 2u;\n");
+        assert!(specialize(src, &[("ROWS_PER_THREAD", 1)]).unwrap_err().contains("found 0"));
+        assert!(specialize(src, &[("HALF", 1)]).unwrap_err().contains("not a u32 literal"));
+        assert!(specialize("const A: u32 = 1u;\nconst A: u32 = 2u;\n", &[("A", 3)]).unwrap_err().contains("found 2"));
+        // Only a declaration at the start of a line counts (not one in a comment).
+        assert!(specialize("// const A: u32 = 1u;\n", &[("A", 3)]).is_err());
+    }
+
+    #[test]
+    fn every_kernel_has_a_source_and_includes_are_resolved() {
+        for (name, src) in KERNELS {
+            assert_eq!(source(name), Some(src));
+            assert!(!src.contains("\n// #include"), "{name} has an unresolved include");
+        }
+        assert_eq!(source("reduce.wgsl"), None, "an include-only file is not a kernel");
+        assert!(source("nope.wgsl").is_none());
+    }
+
+    #[test]
+    fn includes_resolve_once_and_errors_are_reported() {
+        let ok = files(&[
+            ("k.wgsl", "// k\n// #include \"b.wgsl\"\n// #include \"a.wgsl\"\n@compute fn main() {}\n"),
+            ("a.wgsl", "// a\nfn a() {}\n"),
+            ("b.wgsl", "// b\n// #include \"a.wgsl\"\nfn b() {}\n"),
+        ]);
+        let r = shader_include::resolve_all(&ok).unwrap();
+        let k = &r.kernels[0].1;
+        assert_eq!(k.matches("fn a() {}").count(), 1);
+        assert!(k.find("fn a()").unwrap() < k.find("fn b()").unwrap());
+        assert_eq!(r.includes, vec![("a.wgsl".to_string(), "k.wgsl".to_string()), ("b.wgsl".to_string(), "k.wgsl".to_string())]);
+
+        let unknown = files(&[("k.wgsl", "// #include \"missing.wgsl\"\n@compute fn main() {}\n")]);
+        assert!(shader_include::resolve_all(&unknown).err().unwrap().contains("k.wgsl:1: includes \"missing.wgsl\", which is not a file"));
+        let cycle = files(&[
+            ("k.wgsl", "// #include \"a.wgsl\"\n@compute fn main() {}\n"),
+            ("a.wgsl", "// #include \"b.wgsl\"\n"),
+            ("b.wgsl", "// #include \"a.wgsl\"\n"),
+        ]);
+        assert!(shader_include::resolve_all(&cycle).err().unwrap().contains("include cycle k.wgsl -> a.wgsl -> b.wgsl -> a.wgsl"));
+        let unused = files(&[("k.wgsl", "@compute fn main() {}\n"), ("a.wgsl", "fn a() {}\n")]);
+        assert!(shader_include::resolve_all(&unused).err().unwrap().contains("no kernel includes it"));
+        let nested = files(&[("k.wgsl", "fn f() {\n    // #include \"a.wgsl\"\n}\n@compute fn main() {}\n"), ("a.wgsl", "fn a() {}\n")]);
+        assert!(shader_include::resolve_all(&nested).err().unwrap().contains("column 0"));
+    }
+}
