@@ -144,6 +144,9 @@ fn numbers_parse_as_their_type_and_huge_values_are_refused_before_allocating() {
         (vec!["eval", "--model", model, "--data", &data, "--passes", "18446744073709551615"], "--passes"),
         (vec!["eval", "--model", model, "--data", &data, "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
         (vec!["bench", "forward", "--size", "tiny", "--batch", "2.5"], "--batch"),
+        (vec!["bench", "forward", "--size", "tiny", "--batch", "1,4611686018427387904"], "--batch 4611686018427387904 is too large"),
+        (vec!["bench", "train", "--size", "100000,1000,1,50000,1024"], "more than the supported maximum"),
+        (vec!["bench", "sample", "--size", "tiny", "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
     ] {
         assert_refused(&bin().args(&args).output().unwrap(), &[needle]);
     }

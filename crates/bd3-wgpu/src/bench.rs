@@ -92,6 +92,13 @@ fn sample(args: &[String]) -> Result<()> {
         }
     }
     let block_size = block_size.min(size.length);
+    // Sizes are checked before anything is allocated.
+    let cfg = bench_config(&size, block_size)?;
+    let length_wanted = length.unwrap_or(cfg.model_length);
+    if !(2..=bd3_model::config::MAX_MODEL_LENGTH).contains(&length_wanted) {
+        return Err(Error::Invalid(format!("--length {length_wanted} must be between 2 and {}", bd3_model::config::MAX_MODEL_LENGTH)));
+    }
+    cfg.check_batch(batch, length_wanted.max(cfg.model_length), "--batch")?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
@@ -130,6 +137,13 @@ fn sample(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Every batch of the list fits the activation bound of the model (checked before anything is allocated;
+/// 2L rows: BD3LM trains on x_t ⊕ x_0).
+fn check_batches(size: &BenchSize, batches: &[usize], block_size: usize) -> Result<()> {
+    let cfg = bench_config(size, block_size)?;
+    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length, "--batch") })
+}
+
 /// The options shared by `bench forward` and `bench train`.
 struct BatchArgs {
     size: BenchSize,
@@ -163,6 +177,7 @@ impl BatchArgs {
 /// on the vectorised BD3LM input with random weights; the split between the three parts.
 fn train(args: &[String]) -> Result<()> {
     let BatchArgs { size, batches, block_size, iters } = BatchArgs::parse(&args[1..])?;
+    check_batches(&size, &batches, block_size)?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
@@ -213,6 +228,7 @@ fn train(args: &[String]) -> Result<()> {
 
 fn forward(args: &[String]) -> Result<()> {
     let BatchArgs { size, batches, block_size, iters } = BatchArgs::parse(&args[1..])?;
+    check_batches(&size, &batches, block_size)?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions { timestamps: true, ..Default::default() }))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
