@@ -268,10 +268,12 @@ fn resume_checks_the_state_the_flags_and_the_tokenizer() {
         (vec!["--length", "32"], "--length"),
         (vec!["--batch", "3"], "--batch"),
         (vec!["--data", "/tmp"], "--data"),
+        (vec!["--clip-max", "0.5"], "--clip-max"),
+        (vec!["--seed", "2"], "--seed"),
     ] {
         assert_refused(&resume(&[&args[..], &["--steps", "2"]].concat()), &[flag, "contradicts the run saved"]);
     }
-    let same = resume(&["--steps", "2", "--batch", "2", "--data", corpus().to_str().unwrap()]);
+    let same = resume(&["--steps", "2", "--batch", "2", "--clip-max", "1", "--data", corpus().to_str().unwrap()]);
     assert!(same.status.success(), "{}", text(&same));
 
     // Stale temporaries of a killed save are cleaned up by the next one.

@@ -25,6 +25,7 @@ impl TensorFile {
 
     pub fn from_bytes(bytes: Vec<u8>, path: &str) -> Result<TensorFile> {
         let path = path.to_string();
+        crate::checkpoint::check_file(&bytes, &path)?;
         SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::Checkpoint { path: path.clone(), tensor: None, message: format!("not a readable safetensors file ({e})") })?;
         Ok(TensorFile { path, bytes })

@@ -200,6 +200,10 @@ pub fn run(args: &[String]) -> Result<()> {
             let differs = if *key == "data" {
                 let d = data.as_ref().expect("--data was given");
                 !same_path(d, &saved.data)
+            } else if *key == "clip" {
+                // --clip-min and --clip-max each compare their own end of the window.
+                let i = usize::from(*flag == "--clip-max");
+                mine[key][i] != theirs[key][i]
             } else {
                 mine[key] != theirs[key]
             };
