@@ -21,7 +21,8 @@ pub const USAGE: &str = "train --data PATH --out DIR [--tokenizer FILE | --vocab
         [--kind bd3lm|mdlm|sedd|ar] [--size tiny|small|D,H,N] [--block-size N] [--length L] [--batch B]
         [--grad-accum N] [--lr 3e-4] [--warmup 2500] [--steps N] [--clip-min 1e-3] [--clip-max 1]
         [--clip-search] [--ema 0.9999] [--dropout 0.1] [--seed 1] [--val-every N] [--val-batches N (0: all)]
-        [--save-every N] [--log-every N] [--time-limit SECONDS]";
+        [--save-every N] [--log-every N] [--time-limit SECONDS] [--overwrite]
+        (--steps 0 saves the initial weights; --overwrite allows replacing a checkpoint in --out without --resume)";
 
 const STATE_FILE: &str = "train_state.safetensors";
 /// Every 20th document is held out for validation.
@@ -142,6 +143,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "--init" => init = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--init needs a value".into()))?)),
             "--resume" => resume = true,
             "--overwrite" => overwrite = true,
+            "--help" | "-h" => {
+                println!("usage: bd3-wgpu {USAGE}");
+                return Ok(());
+            }
             "--kind" => {
                 let v = it.next().ok_or_else(|| Error::Invalid("--kind needs a value".into()))?;
                 run.kind = ModelKind::parse(v).ok_or_else(|| Error::Invalid(format!("unknown model kind `{v}`")))?;
