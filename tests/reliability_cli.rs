@@ -128,6 +128,7 @@ fn numbers_parse_as_their_type_and_huge_values_are_refused_before_allocating() {
         (vec!["--lr", "NaN"], "--lr must be a finite positive number"),
         (vec!["--lr", "inf"], "--lr must be a finite positive number"),
         (vec!["--ema", "1"], "--ema"),
+        (vec!["--grad-accum", "4611686018427387904"], "--grad-accum 4611686018427387904 is more than"),
         (vec!["--time-limit", "inf"], "--time-limit"),
     ] {
         let t0 = Instant::now();
@@ -144,6 +145,7 @@ fn numbers_parse_as_their_type_and_huge_values_are_refused_before_allocating() {
         (vec!["eval", "--model", model, "--data", &data, "--passes", "18446744073709551615"], "--passes"),
         (vec!["eval", "--model", model, "--data", &data, "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
         (vec!["bench", "forward", "--size", "tiny", "--batch", "2.5"], "--batch"),
+        (vec!["tokenizer", "train", "--data", &data, "--vocab-size", "18446744073709551615", "--out", o], "more than the supported maximum"),
         (vec!["bench", "forward", "--size", "tiny", "--batch", "1,4611686018427387904"], "--batch 4611686018427387904 is too large"),
         (vec!["bench", "train", "--size", "100000,1000,1,50000,1024"], "more than the supported maximum"),
         (vec!["bench", "sample", "--size", "tiny", "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),

@@ -45,6 +45,11 @@ impl TextTokenizer {
         if vocab_size < 300 {
             return Err(Error::Invalid(format!("a byte-level BPE needs a vocabulary of at least 300 (256 bytes + merges), not {vocab_size}")));
         }
+        // One id stays free for the model's mask token.
+        let max = crate::config::MAX_VOCAB_SIZE - 1;
+        if vocab_size > max {
+            return Err(Error::Invalid(format!("a vocabulary of {vocab_size} is more than the supported maximum {max}")));
+        }
         let mut inner = Tokenizer::new(BPE::default());
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));

@@ -25,6 +25,8 @@ pub const USAGE: &str = "train --data PATH --out DIR [--tokenizer FILE | --vocab
         (--steps 0 saves the initial weights; --overwrite allows replacing a checkpoint in --out without --resume)";
 
 const STATE_FILE: &str = "train_state.safetensors";
+/// Micro-batches per step: beyond this the step count, not the accumulation, should grow.
+const MAX_GRAD_ACCUM: usize = 1 << 16;
 /// Every 20th document is held out for validation.
 const VALID_EVERY: usize = 20;
 
@@ -238,6 +240,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if run.batch == 0 || run.grad_accum == 0 || run.length < 2 {
         return Err(Error::Invalid("--batch and --grad-accum must be at least 1 and --length at least 2".into()));
     }
+    if run.grad_accum > MAX_GRAD_ACCUM {
+        return Err(Error::Invalid(format!("--grad-accum {} is more than {MAX_GRAD_ACCUM}", run.grad_accum)));
+    }
     if run.log_every == 0 || run.save_every == 0 {
         return Err(Error::Invalid("--log-every and --save-every must be at least 1 (--val-every 0 turns validation off)".into()));
     }
@@ -350,7 +355,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let shape = TrainShape { forward: loss_shape(&cfg, run.batch), dropout_milli: (run.dropout * 1000.0).round() as u32 };
     // Validation covers the whole held-out split unless --val-batches caps it.
-    let n_valid = if run.val_batches == 0 { chunks.valid.len() } else { (run.val_batches * run.batch).min(chunks.valid.len()) };
+    let n_valid = if run.val_batches == 0 { chunks.valid.len() } else { run.val_batches.saturating_mul(run.batch).min(chunks.valid.len()) };
     let valid: Vec<Vec<u32>> = chunks.valid[..n_valid].to_vec();
     let tokens_per_step = run.batch * run.grad_accum * cfg.model_length;
     let started = Instant::now();
