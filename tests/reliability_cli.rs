@@ -338,3 +338,23 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     assert!(s.status.success() || String::from_utf8_lossy(&s.stderr).contains("non-finite"), "{}", text(&s));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn weights_that_overflow_the_forward_stop_at_the_first_loss() {
+    let d = scratch("overflow");
+    let (init, out) = (d.join("init"), d.join("run"));
+    let o = train(&init, &["--steps", "0"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Finite weights (so they load) whose forward overflows f32: the first loss is not finite.
+    rewrite(&init.join("model.safetensors"), |t| {
+        let e = t.iter_mut().find(|e| e.0 == "backbone.vocab_embed.embedding").unwrap();
+        for (i, c) in e.3.chunks_exact_mut(4).enumerate() {
+            c.copy_from_slice(&(if i % 2 == 0 { 3e38f32 } else { -3e38 }).to_le_bytes());
+        }
+    });
+    let o = bin().args(["train", "--data"]).arg(corpus()).arg("--init").arg(&init).arg("--out").arg(&out)
+        .args(["--batch", "2", "--val-every", "0", "--steps", "3", "--save-every", "1"]).output().unwrap();
+    assert_refused(&o, &["step 1: the training loss is", "not finite", "no checkpoint was saved"]);
+    assert!(!out.join("model.safetensors").exists() && !out.join("train_state.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&d);
+}
