@@ -147,3 +147,46 @@ fn mutated_headers_and_configs_never_panic() {
     // The mutations reach both outcomes (otherwise the test would prove little).
     assert!(ok > 0 && err > 100, "{ok} loaded, {err} refused");
 }
+
+#[test]
+fn mutated_fixture_case_files_never_panic() {
+    use bd3_model::tensor_file::TensorFile;
+    let file = fixture("train_case.safetensors");
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&file[8..8 + n]).unwrap();
+    let data = &file[8 + n..];
+    let mut rng = SplitMix(0x0f1c_70e5);
+    let (mut ok, mut err) = (0, 0);
+    for case in 0..200 {
+        let mut h = header.clone();
+        // Every tenth case unmutated: the accessors' reading path runs too.
+        if case % 10 != 0 {
+            mutate_number(&mut h, &mut rng);
+        }
+        let json = serde_json::to_vec(&h).unwrap();
+        let mut f = (json.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(&json);
+        f.extend_from_slice(data);
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), bd3_model::Error> {
+            let tf = TensorFile::from_bytes(f, "train_case.safetensors")?;
+            for name in tf.names() {
+                // Each accessor either reads the tensor or says why not; none may panic.
+                for r in [tf.f64(&name).map(|_| ()), tf.i64(&name).map(|_| ()), tf.f64_rank(&name, 2).map(|_| ()), tf.i64_scalar(&name).map(|_| ())] {
+                    if let Err(e) = r {
+                        one_line(&e);
+                    }
+                }
+            }
+            Ok(())
+        }));
+        match result {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => {
+                one_line(&e);
+                err += 1
+            }
+            Err(_) => panic!("case {case} panicked"),
+        }
+    }
+    assert!(ok >= 20 && err > 150, "{ok} read, {err} refused");
+}
