@@ -237,6 +237,15 @@ impl Trainer {
         ctx.check()
     }
 
+    /// The global gradient norm of the last [`Trainer::optimizer_step`], read back from the GPU (None
+    /// when clipping is off, since the norm is then not computed).
+    pub async fn last_grad_norm(&self, ctx: &GpuContext) -> Result<Option<f64>> {
+        if self.optim.max_grad_norm <= 0.0 {
+            return Ok(None);
+        }
+        Ok(Some((ctx.read_f32(&self.norm_sq, 0, 1).await?[0] as f64).sqrt()))
+    }
+
     fn record_optimizer(&self, pb: &mut ProgramBuilder, model: &GpuModel, lr: f64, ema_decay: f64) -> Result<()> {
         let (k, tk) = (&model.kernels, &self.kernels);
         let grads = self.grads.tensors();

@@ -72,6 +72,8 @@ impl Checkpoint {
             tensor: tensor.map(str::to_string),
             message,
         };
+        // The same layout check as the browser's loader, before the safetensors crate looks at it.
+        check_file(&bytes, path)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(None, format!("not a readable safetensors file ({e})")))?;
 
         let entries: Vec<(String, String, Vec<usize>)> = st
@@ -94,7 +96,8 @@ impl Checkpoint {
         Ok(Checkpoint { path: path.to_string(), bytes, names, sampling_eps })
     }
 
-    /// The tensor `name` (canonical, without `backbone.`) converted to f32, row-major.
+    /// The tensor `name` (canonical, without `backbone.`) converted to f32, row-major. A tensor holding
+    /// NaN or an infinity is an error: a model with such weights can only produce garbage.
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let full = self.names.get(name).ok_or_else(|| Error::Checkpoint {
             path: self.path.clone(),
@@ -103,7 +106,9 @@ impl Checkpoint {
         })?;
         let st = SafeTensors::deserialize(&self.bytes).expect("header was validated at open");
         let view = st.tensor(full).expect("tensor was validated at open");
-        Ok(to_f32(view.dtype(), view.data()))
+        let values = to_f32(view.dtype(), view.data());
+        check_finite(&values, &self.path, full)?;
+        Ok(values)
     }
 }
 
@@ -117,6 +122,7 @@ fn scalar_f64(st: &SafeTensors, name: &str) -> std::result::Result<f64, String> 
         Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(to_f32(view.dtype(), view.data())[0] as f64),
         d => Err(format!("unsupported dtype {d:?}")),
     }
+    .and_then(|x| if x.is_finite() { Ok(x) } else { Err(format!("holds a non-finite value ({x})")) })
 }
 
 /// The strict check of a checkpoint's tensor list against the config, shared by the file loader and
@@ -156,24 +162,110 @@ pub fn validate_entries(entries: &[(String, String, Vec<usize>)], cfg: &ModelCon
     Ok(names)
 }
 
+/// Bytes per element of a safetensors dtype name; None for a name the format does not define.
+pub fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "F8_E4M3" | "F8_E5M2" | "I8" | "U8" | "BOOL" => 1,
+        _ => return None,
+    })
+}
+
+/// One tensor of a safetensors header: (stored name, dtype, shape, byte range within the data section).
+pub type HeaderEntry = (String, String, Vec<usize>, (usize, usize));
+
+/// The largest safetensors header (JSON) accepted, as in the `safetensors` crate.
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
 /// The tensor list of a safetensors header (the JSON after the 8-byte length), sorted by data offset:
 /// (stored name, dtype, shape, byte range within the data section). The browser streams a checkpoint
 /// with it, one tensor at a time.
-pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<(String, String, Vec<usize>, (usize, usize))>> {
+///
+/// The entries must tile the data section exactly: sorted by offset they start at 0, each begins where
+/// the previous one ends (no overlap, no gap), no range runs backward, and each range holds exactly
+/// shape × dtype size bytes. Every integer must fit `usize` of the running target (wasm32 included)
+/// and every size computation is checked. The data section's length is the sum of the ranges; use
+/// [`check_header`] to hold it against the file's length.
+pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
     let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
     let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| fail(format!("not a safetensors header ({e})")))?;
     let obj = v.as_object().ok_or_else(|| fail("not a safetensors header".into()))?;
     let mut out = Vec::new();
     for (name, e) in obj.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
-        let bad = || Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: "malformed header entry".into() };
-        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
-        let shape: Vec<usize> = e.get("shape").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<_>>().ok_or_else(bad)?;
-        let off = e.get("data_offsets").and_then(|o| o.as_array()).ok_or_else(bad)?;
-        let (a, b) = (off.first().and_then(|x| x.as_u64()).ok_or_else(bad)? as usize, off.get(1).and_then(|x| x.as_u64()).ok_or_else(bad)? as usize);
+        let bad = |m: &str| Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("malformed header entry: {m}") };
+        let int = |x: &serde_json::Value, what: &str| -> Result<usize> {
+            let n = x.as_u64().ok_or_else(|| bad(&format!("{what} {x} is not a non-negative integer")))?;
+            usize::try_from(n).map_err(|_| bad(&format!("{what} {n} does not fit this platform's address space")))
+        };
+        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no string `dtype`"))?.to_string();
+        let size = dtype_size(&dtype).ok_or_else(|| bad(&format!("unknown dtype {dtype}")))?;
+        let shape: Vec<usize> =
+            e.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad("no `shape` list"))?.iter().map(|x| int(x, "dimension")).collect::<Result<_>>()?;
+        let off = e.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad("`data_offsets` must be [begin, end]"))?;
+        let (a, b) = (int(&off[0], "offset")?, int(&off[1], "offset")?);
+        if b < a {
+            return Err(bad(&format!("data_offsets [{a}, {b}] run backward")));
+        }
+        let bytes = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(&format!("shape {shape:?} is too large")))?;
+        if b - a != bytes {
+            return Err(bad(&format!("data_offsets [{a}, {b}] hold {} bytes, but shape {shape:?} of {dtype} needs {bytes}", b - a)));
+        }
         out.push((name.clone(), dtype, shape, (a, b)));
     }
-    out.sort_by_key(|e| e.3 .0);
+    out.sort_by_key(|e| e.3);
+    let mut end = 0usize;
+    for (name, _, _, (a, b)) in &out {
+        if *a != end {
+            let what = if *a < end { "overlaps the previous tensor" } else { "leaves a gap after the previous tensor" };
+            return Err(Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("data_offsets [{a}, {b}] {what} (which ends at {end})") });
+        }
+        end = *b;
+    }
     Ok(out)
+}
+
+/// [`parse_header`] checked against the whole file: `json` is the header (the bytes after the 8-byte
+/// length prefix), `file_len` the length of the whole `.safetensors` file in bytes. The tensors must
+/// end exactly at the end of the file: a range past it (a truncated file) or bytes after the last
+/// tensor are errors. Both the native loader and the browser's streaming loader call this.
+pub fn check_header(json: &[u8], file_len: u64, path: &str) -> Result<Vec<HeaderEntry>> {
+    let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
+    let entries = parse_header(json, path)?;
+    let data_start = 8u64 + json.len() as u64;
+    let data_len = file_len.checked_sub(data_start).ok_or_else(|| fail(format!("not a readable safetensors file (truncated: {file_len} bytes, shorter than its header of {data_start})")))?;
+    let end = entries.last().map_or(0, |e| e.3 .1) as u64;
+    if end > data_len {
+        return Err(fail(format!("not a readable safetensors file (truncated: the tensors need {end} bytes of data, the file holds {data_len})")));
+    }
+    if end < data_len {
+        return Err(fail(format!("not a readable safetensors file ({} bytes after the last tensor: the header accounts for {end} of {data_len})", data_len - end)));
+    }
+    Ok(entries)
+}
+
+/// The header of a whole `.safetensors` file in memory, checked with [`check_header`].
+pub fn check_file(bytes: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
+    let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
+    let n = bytes.get(..8).ok_or_else(|| fail(format!("not a readable safetensors file ({} bytes, shorter than the 8-byte header length)", bytes.len())))?;
+    let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+    if n > MAX_HEADER_LEN || n > bytes.len() as u64 - 8 {
+        return Err(fail(format!("not a readable safetensors file (header length {n} in a file of {} bytes)", bytes.len())));
+    }
+    check_header(&bytes[8..8 + n as usize], bytes.len() as u64, path)
+}
+
+/// Refuse a tensor holding NaN or an infinity, naming it and the first bad position.
+pub fn check_finite(values: &[f32], path: &str, tensor: &str) -> Result<()> {
+    match values.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::Checkpoint {
+            path: path.to_string(),
+            tensor: Some(tensor.to_string()),
+            message: format!("holds a non-finite value ({} at index {i})", values[i]),
+        }),
+    }
 }
 
 /// Little-endian raw tensor bytes of a dtype named as in a safetensors header → f32.
@@ -310,6 +402,67 @@ mod tests {
             let ck = Checkpoint::from_bytes(checkpoint_bytes(&cfg, dtype, bits), "m.safetensors", &cfg).unwrap();
             assert_eq!(ck.tensor_f32("output_layer.linear.weight").unwrap(), vec![1.5; 5 * 4], "{dtype:?}");
         }
+    }
+
+    /// A header of tensors given as (name, dtype, shape, [begin, end]) and the file length it claims.
+    fn header(entries: &[(&str, &str, &[u64], [u64; 2])]) -> Vec<u8> {
+        let mut o = serde_json::Map::new();
+        for (n, d, s, off) in entries {
+            o.insert(n.to_string(), serde_json::json!({"dtype": d, "shape": s, "data_offsets": off}));
+        }
+        serde_json::to_vec(&o).unwrap()
+    }
+
+    #[test]
+    fn data_offsets_must_tile_the_data_section_exactly() {
+        let file_len = |json: &[u8], data: u64| 8 + json.len() as u64 + data;
+        let ok = header(&[("a", "F32", &[2], [0, 8]), ("b", "F16", &[3], [8, 14])]);
+        let entries = check_header(&ok, file_len(&ok, 14), "m").unwrap();
+        assert_eq!(entries.iter().map(|e| e.3).collect::<Vec<_>>(), [(0, 8), (8, 14)]);
+        for (json, data, needle) in [
+            (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [4, 12])]), 12, "overlaps"),
+            (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [12, 20])]), 20, "gap"),
+            (header(&[("a", "F32", &[2], [1, 9])]), 9, "gap"),
+            (header(&[("a", "F32", &[0], [8, 0])]), 8, "backward"),
+            (header(&[("a", "F32", &[2], [0, 12])]), 12, "needs 8"),
+            (header(&[("a", "F32", &[2], [0, 8])]), 9, "1 bytes after the last tensor"),
+            (header(&[("a", "F32", &[2], [0, 8])]), 7, "truncated"),
+            (header(&[("a", "F32", &[u64::MAX, 2], [0, 8])]), 8, ""),
+            (header(&[("a", "F32", &[1 << 62, 1 << 62], [0, 8])]), 8, "too large"),
+            (header(&[("a", "Q4", &[2], [0, 8])]), 8, "unknown dtype"),
+            (br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#.to_vec(), 8, "[begin, end]"),
+            (br#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#.to_vec(), 8, "not a non-negative integer"),
+            (br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.5]}}"#.to_vec(), 8, "not a non-negative integer"),
+        ] {
+            let e = check_header(&json, file_len(&json, data), "m.safetensors").unwrap_err().to_string();
+            assert!(e.contains(needle) && e.starts_with("m.safetensors") && !e.contains('\n'), "{needle}: {e}");
+        }
+        // A header shorter than the file says: its length prefix points past the end.
+        assert!(check_file(&[16, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'], "m").is_err());
+        assert!(check_file(&[1, 2, 3], "m").is_err());
+        assert!(check_file(&[2, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'], "m").unwrap().is_empty());
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_at_load() {
+        let cfg = tiny_ar();
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = expected_tensors(&cfg)
+            .into_iter()
+            .map(|(n, s)| {
+                let count: usize = s.iter().product();
+                let mut v = vec![0.5f32; count];
+                if n == "blocks.0.mlp.2.bias" {
+                    v[1] = f32::NAN;
+                }
+                (format!("backbone.{n}"), s, bytemuck::cast_slice(&v).to_vec())
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            data.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+        let ck = Checkpoint::from_bytes(safetensors::serialize(views, None).unwrap(), "m.safetensors", &cfg).unwrap();
+        assert!(ck.tensor_f32("blocks.0.norm1.weight").is_ok());
+        let e = ck.tensor_f32("blocks.0.mlp.2.bias").unwrap_err().to_string();
+        assert!(e.contains("backbone.blocks.0.mlp.2.bias") && e.contains("non-finite"), "{e}");
     }
 
     #[test]

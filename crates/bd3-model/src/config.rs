@@ -74,6 +74,20 @@ pub const TIMESTEP_FEATURES: usize = 256;
 /// Largest head dimension the attention kernel is built for.
 pub const MAX_HEAD_DIM: usize = 128;
 
+/// Upper bounds on `config.json`, checked before anything is sized from it: far above every
+/// released checkpoint (vocabulary 50258, width 768, 12 blocks, L = 1024), far below what would
+/// make a size computation overflow or an allocation abort.
+pub const MAX_VOCAB_SIZE: usize = 1 << 22;
+pub const MAX_HIDDEN_DIM: usize = 1 << 15;
+pub const MAX_COND_DIM: usize = 1 << 15;
+pub const MAX_N_BLOCKS: usize = 1 << 10;
+pub const MAX_MODEL_LENGTH: usize = 1 << 20;
+/// At most 2^32 parameters (16 GiB of f32 weights; training holds five copies of them).
+pub const MAX_PARAMETERS: u64 = 1 << 32;
+/// At most 2^32 values in one activation buffer of a forward (batch × rows × width), the bound a
+/// batch size is checked against before any buffer is sized from it.
+pub const MAX_ACTIVATION_VALUES: u64 = 1 << 32;
+
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_dim / self.n_heads
@@ -88,6 +102,30 @@ impl ModelConfig {
     }
     pub fn mlp_dim(&self) -> usize {
         4 * self.hidden_dim
+    }
+
+    /// The number of parameters of the network, computed without overflow (None when it does not fit u64).
+    pub fn parameter_count(&self) -> Option<u64> {
+        let mut total = 0u64;
+        for (_, shape) in crate::checkpoint::expected_tensors(self) {
+            let n = shape.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x as u64))?;
+            total = total.checked_add(n)?;
+        }
+        Some(total)
+    }
+
+    /// Refuse a batch whose activations could not be allocated: `batch` sequences of `rows` tokens,
+    /// each row holding the widest per-token vector of the forward (logits, MLP or QKV). Checked
+    /// arithmetic; one line naming `what` (the option that set the batch).
+    pub fn check_batch(&self, batch: usize, rows: usize, what: &str) -> Result<()> {
+        let width = self.vocab_size.max(4 * self.hidden_dim) as u64;
+        let values = (batch as u64).checked_mul(rows as u64).and_then(|x| x.checked_mul(width));
+        match values {
+            Some(v) if v <= MAX_ACTIVATION_VALUES => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "{what} {batch} is too large for this model: {batch} × {rows} tokens × {width} values per token exceeds the limit of {MAX_ACTIVATION_VALUES} values in one buffer"
+            ))),
+        }
     }
 
     /// Read and check `config.json`; `kind_override` is the caller's answer for checkpoints whose kind
@@ -157,14 +195,25 @@ impl ModelConfig {
             return Err(err(format!("a {} model needs adaLN and non-causal attention (`adaln: true`, `causal: false`)", kind.name())));
         }
 
-        let vocab_size = get_usize("vocab_size")?;
-        let hidden_dim = get_usize("hidden_dim")?;
-        let n_heads = get_usize("n_heads")?;
-        let n_blocks = get_usize("n_blocks")?;
-        let model_length = get_usize("model_length")?;
-        let cond_dim = if kind.has_adaln() { get_usize("cond_dim")? } else { obj.get("cond_dim").and_then(|x| x.as_u64()).unwrap_or(0) as usize };
+        let bounded = |key: &str, max: usize| -> Result<usize> {
+            let n = get_usize(key)?;
+            if n > max {
+                return Err(err(format!("field `{key}` is {n}, more than the supported maximum {max}")));
+            }
+            Ok(n)
+        };
+        let vocab_size = bounded("vocab_size", MAX_VOCAB_SIZE)?;
+        let hidden_dim = bounded("hidden_dim", MAX_HIDDEN_DIM)?;
+        let n_heads = bounded("n_heads", MAX_HIDDEN_DIM)?;
+        let n_blocks = bounded("n_blocks", MAX_N_BLOCKS)?;
+        let model_length = bounded("model_length", MAX_MODEL_LENGTH)?;
+        let cond_dim = if kind.has_adaln() {
+            bounded("cond_dim", MAX_COND_DIM)?
+        } else {
+            obj.get("cond_dim").and_then(|x| x.as_u64()).filter(|&n| n <= MAX_COND_DIM as u64).unwrap_or(0) as usize
+        };
         let block_size = match kind {
-            ModelKind::Bd3lm => get_usize("block_size")?,
+            ModelKind::Bd3lm => bounded("block_size", model_length)?,
             ModelKind::Ar => 1,
             ModelKind::Mdlm | ModelKind::Sedd => model_length,
         };
@@ -183,7 +232,15 @@ impl ModelConfig {
         if model_length % block_size != 0 {
             return Err(err(format!("`model_length` {model_length} is not a multiple of `block_size` {block_size}")));
         }
-        Ok(ModelConfig {
+        let dropout = get_f64("dropout", 0.1)?;
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(err(format!("field `dropout` is {dropout}, expected a number in [0, 1)")));
+        }
+        let (sampling_eps_min, sampling_eps_max) = (get_f64("sampling_eps_min", 1e-3)?, get_f64("sampling_eps_max", 1.0)?);
+        if !(sampling_eps_min.is_finite() && sampling_eps_max.is_finite()) {
+            return Err(err(format!("`sampling_eps_min` {sampling_eps_min} and `sampling_eps_max` {sampling_eps_max} must be finite")));
+        }
+        let cfg = ModelConfig {
             kind,
             vocab_size,
             hidden_dim,
@@ -193,10 +250,17 @@ impl ModelConfig {
             model_length,
             block_size,
             time_conditioning,
-            dropout: get_f64("dropout", 0.1)?,
-            sampling_eps_min: get_f64("sampling_eps_min", 1e-3)?,
-            sampling_eps_max: get_f64("sampling_eps_max", 1.0)?,
-        })
+            dropout,
+            sampling_eps_min,
+            sampling_eps_max,
+        };
+        match cfg.parameter_count() {
+            Some(n) if n <= MAX_PARAMETERS => Ok(cfg),
+            n => Err(err(format!(
+                "the model would have {} parameters, more than the supported maximum {MAX_PARAMETERS}",
+                n.map_or("more than 2^64".to_string(), |n| n.to_string())
+            ))),
+        }
     }
 }
 
@@ -300,10 +364,26 @@ mod tests {
             (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":60,"model_length":16,"n_blocks":2,"n_heads":8,"vocab_size":128}"#, "not a multiple"),
             (r#"{"model_type":"bd3lm","block_size":5,"cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "block_size"),
             (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":"64","model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "positive integer"),
+            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":1099511627776,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "`model_length` is 1099511627776, more than the supported maximum"),
+            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":1000000000,"n_heads":4,"vocab_size":128}"#, "`n_blocks` is 1000000000"),
+            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":18446744073709551615}"#, "`vocab_size`"),
+            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":32768,"model_length":16,"n_blocks":1024,"n_heads":256,"vocab_size":128}"#, "parameters, more than the supported maximum"),
+            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128,"dropout":1.5}"#, "`dropout`"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn batches_are_checked_against_the_activation_bound() {
+        let c = parse(r#"{"model_type":"mdlm","cond_dim":32,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#).unwrap();
+        assert!(c.check_batch(64, 32, "--batch").is_ok());
+        for batch in [1usize << 62, usize::MAX, (MAX_ACTIVATION_VALUES / (32 * 256)) as usize + 1] {
+            let e = c.check_batch(batch, 32, "--batch").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--batch {batch} is too large")), "{e}");
+        }
+        assert_eq!(c.parameter_count(), Some(crate::checkpoint::expected_tensors(&c).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()));
     }
 }

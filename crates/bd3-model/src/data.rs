@@ -7,7 +7,8 @@ use crate::tokenizer::TextTokenizer;
 use std::path::{Path, PathBuf};
 
 /// The documents of a corpus path, in a stable order.
-///  - a folder: every regular file below it (sorted; `.dat` indexes and symlinks skipped);
+///  - a folder (the path itself may be a symlink to one): every regular file below it (sorted;
+///    `.dat` indexes, symlinks and special files skipped);
 ///  - `*.jsonl`: one JSON object per line, its `text` field a document;
 ///  - a file with lines that are exactly `%` (fortune format): the pieces between them;
 ///  - any other file: one document.
@@ -40,8 +41,17 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
     Ok(docs)
 }
 
+/// The path given by the user is followed if it is a symlink; it must be a regular file or a folder.
+/// A FIFO, socket or device is refused before it is opened (reading one could block forever).
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+    if !meta.is_dir() && !meta.is_file() {
+        return Err(Error::Io { path: path.display().to_string(), message: "not a regular file or folder (a FIFO, socket or device cannot be a corpus)".into() });
+    }
+    collect_below(path, &meta, out)
+}
+
+fn collect_below(path: &Path, meta: &std::fs::Metadata, out: &mut Vec<PathBuf>) -> Result<()> {
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?
@@ -51,7 +61,7 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         for e in entries {
             let m = std::fs::symlink_metadata(&e).map_err(|err| Error::Io { path: e.display().to_string(), message: err.to_string() })?;
             if m.is_dir() || (m.is_file() && e.extension().is_none_or(|x| x != "dat")) {
-                collect_files(&e, out)?;
+                collect_below(&e, &m, out)?;
             }
         }
     } else {
@@ -85,4 +95,44 @@ pub fn chunk_corpus(docs: &[String], tok: &TextTokenizer, eos: u32, length: usiz
         return Err(Error::Invalid(format!("the corpus is too small to hold out a validation chunk of {length} tokens")));
     }
     Ok(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bd3-data-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let d = scratch("fifo");
+        let fifo = d.join("corpus.txt");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if made {
+            // Opening a FIFO for reading blocks until a writer appears: the check must come first.
+            let e = read_corpus(&fifo).unwrap_err().to_string();
+            assert!(e.contains("not a regular file or folder"), "{e}");
+        }
+        let e = read_corpus(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file or folder"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_given_through_a_symlink_is_read() {
+        let d = scratch("link");
+        std::fs::create_dir_all(d.join("real")).unwrap();
+        std::fs::write(d.join("real/a.txt"), "first document").unwrap();
+        std::fs::write(d.join("real/b.txt"), "second document").unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        assert_eq!(read_corpus(&d.join("link")).unwrap(), ["first document", "second document"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -25,6 +25,7 @@ impl TensorFile {
 
     pub fn from_bytes(bytes: Vec<u8>, path: &str) -> Result<TensorFile> {
         let path = path.to_string();
+        crate::checkpoint::check_file(&bytes, &path)?;
         SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::Checkpoint { path: path.clone(), tensor: None, message: format!("not a readable safetensors file ({e})") })?;
         Ok(TensorFile { path, bytes })
@@ -71,5 +72,45 @@ impl TensorFile {
             other => return Err(self.err(name, format!("expected an integer tensor, found {other:?}"))),
         };
         Ok(Array { shape: v.shape().to_vec(), data })
+    }
+
+    /// [`TensorFile::i64`] of a tensor that must have `rank` dimensions, none of them zero; the
+    /// error names the tensor and its shape.
+    pub fn i64_rank(&self, name: &str, rank: usize) -> Result<Array<i64>> {
+        let a = self.i64(name)?;
+        self.check_rank(name, &a.shape, rank)?;
+        Ok(a)
+    }
+
+    /// [`TensorFile::f64`] of a tensor that must have `rank` dimensions, none of them zero.
+    pub fn f64_rank(&self, name: &str, rank: usize) -> Result<Array<f64>> {
+        let a = self.f64(name)?;
+        self.check_rank(name, &a.shape, rank)?;
+        Ok(a)
+    }
+
+    /// The single value of a scalar tensor (shape [] or [1]).
+    pub fn f64_scalar(&self, name: &str) -> Result<f64> {
+        let a = self.f64(name)?;
+        match a.data.as_slice() {
+            [x] => Ok(*x),
+            _ => Err(self.err(name, format!("shape {:?}, expected a scalar", a.shape))),
+        }
+    }
+
+    /// The single value of an integer scalar tensor (shape [] or [1]).
+    pub fn i64_scalar(&self, name: &str) -> Result<i64> {
+        let a = self.i64(name)?;
+        match a.data.as_slice() {
+            [x] => Ok(*x),
+            _ => Err(self.err(name, format!("shape {:?}, expected a scalar", a.shape))),
+        }
+    }
+
+    fn check_rank(&self, name: &str, shape: &[usize], rank: usize) -> Result<()> {
+        if shape.len() != rank || shape.contains(&0) {
+            return Err(self.err(name, format!("malformed fixture: shape {shape:?}, expected {rank} non-empty dimensions")));
+        }
+        Ok(())
     }
 }

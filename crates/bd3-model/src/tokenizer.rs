@@ -45,6 +45,11 @@ impl TextTokenizer {
         if vocab_size < 300 {
             return Err(Error::Invalid(format!("a byte-level BPE needs a vocabulary of at least 300 (256 bytes + merges), not {vocab_size}")));
         }
+        // One id stays free for the model's mask token.
+        let max = crate::config::MAX_VOCAB_SIZE - 1;
+        if vocab_size > max {
+            return Err(Error::Invalid(format!("a vocabulary of {vocab_size} is more than the supported maximum {max}")));
+        }
         let mut inner = Tokenizer::new(BPE::default());
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
@@ -55,7 +60,8 @@ impl TextTokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        inner.train(&mut trainer, docs.iter()).map_err(|e| Error::Invalid(format!("BPE training failed: {e}")))?;
+        // Bounded pieces keep training near-linear in the corpus size (see `training_pieces`).
+        inner.train(&mut trainer, docs.iter().flat_map(|d| training_pieces(d))).map_err(|e| Error::Invalid(format!("BPE training failed: {e}")))?;
         inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(TextTokenizer { inner, name: "trained tokenizer".into() })
     }
@@ -126,16 +132,74 @@ impl TextTokenizer {
         if n + 1 != cfg.vocab_size {
             return Err(Error::Config {
                 path: self.name.clone(),
-                message: format!("the tokenizer has {n} tokens, but the model expects {} (its vocabulary of {} minus the mask token)", cfg.vocab_size - 1, cfg.vocab_size),
+                message: format!(
+                    "tokenizer does not match the checkpoint: the tokenizer has {n} tokens, but the model expects {} (its vocabulary of {} minus the mask token)",
+                    cfg.vocab_size - 1,
+                    cfg.vocab_size
+                ),
             });
         }
         Ok(())
     }
 }
 
+/// The longest piece of text (in bytes) the BPE trainer sees at once.
+pub const MAX_TRAINING_PIECE: usize = 256;
+
+/// `text` cut into consecutive pieces of at most [`MAX_TRAINING_PIECE`] bytes (a character is never
+/// split), each cut placed before a whitespace character where there is one, so that the
+/// pre-tokenizer's words (" word") come out as they would from the whole text. The trainer
+/// pre-tokenizes each piece on its own, so no word it counts is longer than a piece: its merge loop,
+/// quadratic in a word's length, stays bounded, and one 1 MB line without spaces trains in linear time.
+pub fn training_pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() <= MAX_TRAINING_PIECE {
+            return Some(std::mem::take(&mut rest));
+        }
+        let mut limit = MAX_TRAINING_PIECE;
+        while !rest.is_char_boundary(limit) {
+            limit -= 1;
+        }
+        // The last whitespace at or before the limit (not at 0, so every piece makes progress).
+        let cut = rest[..limit].char_indices().rev().find(|&(i, c)| i > 0 && c.is_whitespace()).map_or(limit, |(i, _)| i);
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_pieces_are_bounded_and_cover_the_text() {
+        let long_word = "x".repeat(1 << 20);
+        let mixed = format!("{} {} tail", "é".repeat(1000), "ab cd ".repeat(200));
+        let no_break = "名".repeat(5000);
+        for text in [long_word.as_str(), mixed.as_str(), no_break.as_str(), "", "short text", "  "] {
+            let pieces: Vec<&str> = training_pieces(text).collect();
+            assert_eq!(pieces.concat(), text);
+            assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= MAX_TRAINING_PIECE), "{:?}", pieces.iter().map(|p| p.len()).max());
+        }
+        // Cuts fall before whitespace where possible: every piece of spaced text starts a word.
+        let spaced = "word ".repeat(500);
+        assert!(training_pieces(&spaced).skip(1).all(|p| p.starts_with(' ')));
+        assert!(training_pieces(&long_word).count() >= (1 << 20) / MAX_TRAINING_PIECE);
+    }
+
+    #[test]
+    fn bpe_training_on_one_long_line_finishes() {
+        // 64 KiB without a space: one word for the pre-tokenizer unless cut (quadratic merges).
+        let line: String = (0..1 << 16).map(|i| (b'a' + ((i * 7 + i / 13) % 26) as u8) as char).collect();
+        let tok = TextTokenizer::train_bpe(std::slice::from_ref(&line), 400).unwrap();
+        assert!(tok.vocab_size() > 300);
+        assert_eq!(tok.decode(&tok.encode(&line[..1000]).unwrap()).unwrap(), &line[..1000]);
+    }
 
     #[test]
     fn pieces_keep_split_characters_whole() {

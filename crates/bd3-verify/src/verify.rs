@@ -32,6 +32,14 @@ pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &dyn FixtureSource, report: 
     if files.is_empty() && subdirs.is_empty() && config.is_none() {
         return Err(Error::Invalid(format!("{}: no fixture cases found (expected one of {})", dir.name(), CASE_FILES.join(", "))));
     }
+    // A folder checks something or is an error: cases need the model they were made with, and a model
+    // alone (without sub-folders) would report "0 passed, 0 failed".
+    if config.is_none() && !files.is_empty() {
+        return Err(Error::Io { path: format!("{}/config.json", dir.name()), message: format!("missing (the folder has fixture cases: {})", files.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")) });
+    }
+    if config.is_some() && files.is_empty() && subdirs.is_empty() {
+        return Err(Error::Invalid(format!("{}: no fixture cases found beside config.json (expected one of {})", dir.name(), CASE_FILES.map(|c| format!("{c}.safetensors")).join(", "))));
+    }
     if let Some(config) = config {
         // The model is loaded (strictly) before any case runs, so a broken checkpoint fails first.
         let cfg = ModelConfig::from_json_bytes(&config, &format!("{}/config.json", dir.name()), None)?;
@@ -136,7 +144,7 @@ async fn bd3lm_objective(model: &mut GpuModel, tf: &TensorFile, report: &mut Rep
     let key = |n: &str| format!("{}{n}", c.prefix);
     let shown = |n: &str| format!("{}{n}", c.label);
     let shared = |n: &str| if tf.has(&key(n)) { key(n) } else { n.to_string() };
-    let x0 = tf.i64(&shared("x0"))?;
+    let x0 = tf.i64_rank(&shared("x0"), 2)?;
     let (b, l) = (x0.shape[0], x0.shape[1]);
     let bs = c.block_size;
     if l % bs != 0 {
@@ -223,9 +231,12 @@ async fn mask_cases(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'
 async fn sample_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) -> Result<()> {
     require_kind(model, ModelKind::Bd3lm, "sample_case")?;
     let cfg = model.cfg.clone();
-    let x = tf.i64("x_accum")?;
+    let x = tf.i64_rank("x_accum", 2)?;
     let (b, s) = (x.shape[0], x.shape[1]);
     let bs = cfg.block_size;
+    if s < bs || s > 2 * cfg.model_length {
+        return Err(Error::Invalid(format!("sample_case: malformed fixture: x_accum of length {s} for block size {bs} and model length {}", cfg.model_length)));
+    }
     let tokens = ids(&x.data);
     let last: Vec<u32> = (0..b).flat_map(|i| tokens[i * s + s - bs..(i + 1) * s].to_vec()).collect();
     let shape = ForwardShape {
@@ -251,7 +262,7 @@ async fn sedd_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
     require_kind(model, ModelKind::Sedd, "sedd_case")?;
     let cfg = model.cfg.clone();
     let p = "sedd_case.";
-    let x0 = tf.i64("x0")?;
+    let x0 = tf.i64_rank("x0", 2)?;
     let (b, l) = (x0.shape[0], x0.shape[1]);
     let u = tf.f64("t_uniform")?;
     let t = schedule::sample_t(&u.data, b, 1, SAMPLING_EPS, 1.0, true);
@@ -296,7 +307,7 @@ async fn sedd_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
             continue;
         }
         let x_in = ids(&tf.i64(&format!("{step}.x_in"))?.data);
-        let t_step = tf.f64(&format!("{step}.t"))?.data[0];
+        let t_step = tf.f64_scalar(&format!("{step}.t"))?;
         let sigma_step = schedule::sigma_from_p(t_step);
         let sigma_name = if step == "step" { "step.sigma_t" } else { "denoise.sigma" };
         report.compare(&format!("{p}{sigma_name}"), &[sigma_step], &tf.f64(sigma_name)?.data, Tolerance::Relative(1e-6));
@@ -315,7 +326,7 @@ async fn ar_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>)
     require_kind(model, ModelKind::Ar, "ar_case")?;
     let cfg = model.cfg.clone();
     let p = "ar_case.";
-    let x = tf.i64("x")?;
+    let x = tf.i64_rank("x", 2)?;
     let (b, l) = (x.shape[0], x.shape[1]);
     let x = ids(&x.data);
     let inputs: Vec<u32> = (0..b).flat_map(|i| x[i * l..(i + 1) * l - 1].to_vec()).collect();

@@ -8,7 +8,7 @@ use bd3_gpu::{GpuModel, StepAction, StepCall, StepShape};
 use bd3_model::sampler::{ddpm_q, nucleus, official_exponential, race, sedd_position};
 use bd3_model::schedule;
 use bd3_model::tensor_file::TensorFile;
-use bd3_model::{cpu_ref, Result};
+use bd3_model::{cpu_ref, Error, Result};
 
 const ACTIVATIONS: Tolerance = Tolerance::MaxNormalised(1e-4);
 /// Probabilities computed in f64 from the same stored f64 inputs.
@@ -68,9 +68,12 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
     let (v, mask) = (cfg.vocab_size, cfg.mask_id());
     let p = "sample_case.";
     let bs = cfg.block_size;
-    let bi = tf.i64("block_index")?.data[0] as usize;
-    let x_in = tf.i64("ddpm.x_in")?;
+    let bi = tf.i64_scalar("block_index")?;
+    let x_in = tf.i64_rank("ddpm.x_in", 2)?;
     let (b, len) = (x_in.shape[0], x_in.shape[1]);
+    let bi = usize::try_from(bi).ok().filter(|&bi| (bi + 1) * bs <= len && len <= cfg.model_length).ok_or_else(|| {
+        Error::Invalid(format!("sample_case: malformed fixture: block_index {bi} with block size {bs} does not fit ddpm.x_in of length {len}"))
+    })?;
     let x_in = ids(&x_in.data);
     let cache_len = cfg.model_length;
     let d3 = 3 * cfg.hidden_dim;
@@ -87,7 +90,7 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
         report.compare_f32(&format!("{p}{name}"), &ours, &tf.f64(&name)?.data, ACTIVATIONS);
     }
     let block: Vec<u32> = (0..b).flat_map(|s| x_in[s * len + bi * bs..s * len + (bi + 1) * bs].to_vec()).collect();
-    let (t, dt) = (tf.f64("ddpm.t")?.data[0], tf.f64("ddpm.dt")?.data[0]);
+    let (t, dt) = (tf.f64_scalar("ddpm.t")?, tf.f64_scalar("ddpm.dt")?);
     let mask_prob = (t - dt) / t;
     let u = tf.f64("ddpm.uniform")?.data;
     let draws: Vec<f32> = u.iter().map(|&u| official_exponential(u) as f32).collect();
@@ -133,9 +136,15 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
 
     // First-hitting: one masked position (the randint-th in increasing order), its token by the race.
     let fh_in = ids(&tf.i64("fh.x_in")?.data);
+    if fh_in.len() < (bi + 1) * bs {
+        return Err(Error::Invalid(format!("sample_case: malformed fixture: fh.x_in has {} tokens, fewer than block {bi} needs", fh_in.len())));
+    }
     let fh_block = &fh_in[bi * bs..(bi + 1) * bs];
     let masked: Vec<usize> = (0..bs).filter(|&i| fh_block[i] == mask).collect();
-    let pos = masked[tf.i64("fh.randint")?.data[0] as usize];
+    let randint = tf.i64_scalar("fh.randint")?;
+    let pos = *usize::try_from(randint).ok().and_then(|i| masked.get(i)).ok_or_else(|| {
+        Error::Invalid(format!("sample_case: malformed fixture: fh.randint {randint} but the block has {} masked positions", masked.len()))
+    })?;
     report.compare_ids(&format!("{p}fh.position"), &[pos as u32], &tf.i64("fh.position")?.data);
     let probs = tf.f64("fh.probs")?.data;
     let pn: Vec<f64> = probs.chunks(v).flat_map(|row| nucleus(row, 0.9)).collect();
@@ -171,12 +180,12 @@ pub async fn sedd(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>
         let key = |n: &str| format!("{step}.{n}");
         let x_in = ids(&tf.i64(&key("x_in"))?.data);
         let n = x_in.len();
-        let t = tf.f64(&key("t"))?.data[0];
+        let t = tf.f64_scalar(&key("t"))?;
         let sigma_t = schedule::sigma_from_p(t);
         let dsigma = if denoise {
             sigma_t
         } else {
-            let dt = tf.f64(&key("dt"))?.data[0];
+            let dt = tf.f64_scalar(&key("dt"))?;
             let sigma_s = schedule::sigma_from_p(t - dt);
             report.compare(&format!("{p}step.sigma_s"), &[sigma_s], &tf.f64("step.sigma_s")?.data, Tolerance::Relative(1e-7));
             let ds = sigma_t - sigma_s;
@@ -238,7 +247,7 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     let p = "ar_case.";
     let shape = |b| StepShape { batch: b, rows: 1, cache_len: cfg.model_length, action: StepAction::Sample { head_rows: 1, mode: SampleMode::Ar, verify: true } };
 
-    let x = tf.i64("x")?;
+    let x = tf.i64_rank("x", 2)?;
     let (b, l) = (x.shape[0], x.shape[1]);
     let x = ids(&x.data);
     let mut prefixes: Vec<usize> = tf.names().iter().filter_map(|n| n.strip_prefix("prefix")?.split_once('.')?.0.parse().ok()).collect();
@@ -262,7 +271,7 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     if !tf.has("sampler.x_out") {
         return Ok(());
     }
-    let x_out = tf.i64("sampler.x_out")?;
+    let x_out = tf.i64_rank("sampler.x_out", 2)?;
     let (bs, ls) = (x_out.shape[0], x_out.shape[1]);
     let x_out = ids(&x_out.data);
     let gumbel = tf.f64("sampler.gumbel")?.data;

@@ -46,7 +46,7 @@ pub async fn gradients(model: &mut GpuModel, shape: ForwardShape, input: Forward
 /// `adamw_case`: one step on every tensor from the stored weights and gradients, and the two-step
 /// cases (with and without weight decay) on the tensors that have them.
 pub async fn adamw(model: &mut GpuModel, ckpt: &Checkpoint, grads_file: &TensorFile, tf: &TensorFile, report: &mut Report<'_>) -> Result<()> {
-    let hp = |n: &str| -> Result<f64> { Ok(tf.f64(&format!("hp.{n}"))?.data[0]) };
+    let hp = |n: &str| -> Result<f64> { tf.f64_scalar(&format!("hp.{n}")) };
     let base = OptimConfig {
         lr: hp("lr")?,
         beta1: hp("beta1")?,
@@ -71,7 +71,7 @@ pub async fn adamw(model: &mut GpuModel, ckpt: &Checkpoint, grads_file: &TensorF
     let grads1 = stored(grads_file, "grad.")?;
     let two_step_names: Vec<String> = names.iter().filter(|n| tf.has(&format!("two_step.g2.backbone.{n}"))).cloned().collect();
 
-    for (variant, wd) in [("", base.weight_decay), ("two_step_wd.", tf.f64("two_step_wd.weight_decay").map(|a| a.data[0]).unwrap_or(f64::NAN))] {
+    for (variant, wd) in [("", base.weight_decay), ("two_step_wd.", tf.f64_scalar("two_step_wd.weight_decay").unwrap_or(f64::NAN))] {
         if wd.is_nan() {
             continue;
         }

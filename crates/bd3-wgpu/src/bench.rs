@@ -98,8 +98,15 @@ fn sample(args: &[String]) -> Result<()> {
         }
     }
     let block_size = block_size.min(size.length);
+    // Sizes are checked before anything is allocated.
+    let cfg = bench_config(&size, block_size)?;
+    let length_wanted = length.unwrap_or(cfg.model_length);
+    if !(2..=bd3_model::config::MAX_MODEL_LENGTH).contains(&length_wanted) {
+        return Err(Error::Invalid(format!("--length {length_wanted} must be between 2 and {}", bd3_model::config::MAX_MODEL_LENGTH)));
+    }
+    cfg.check_batch(batch, length_wanted.max(cfg.model_length), "--batch")?;
     if plan.on {
-        return plan_sample(&plan, &size, block_size, batch, length.unwrap_or(size.length), top_p);
+        return plan_sample(&plan, &size, block_size, batch, length_wanted, top_p);
     }
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     println!("adapter: {}", ctx.adapter_summary());
@@ -236,6 +243,13 @@ fn plan_sample(plan: &PlanArgs, size: &BenchSize, block_size: usize, batch: usiz
     Ok(())
 }
 
+/// Every batch of the list fits the activation bound of the model (checked before anything is allocated;
+/// 2L rows: BD3LM trains on x_t ⊕ x_0).
+fn check_batches(size: &BenchSize, batches: &[usize], block_size: usize) -> Result<()> {
+    let cfg = bench_config(size, block_size)?;
+    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length, "--batch") })
+}
+
 /// The options shared by `bench forward` and `bench train`.
 struct BatchArgs {
     size: BenchSize,
@@ -273,6 +287,7 @@ impl BatchArgs {
 /// on the vectorised BD3LM input with random weights; the split between the three parts.
 fn train(args: &[String]) -> Result<()> {
     let BatchArgs { size, batches, block_size, iters, plan } = BatchArgs::parse(&args[1..])?;
+    check_batches(&size, &batches, block_size)?;
     if plan.on {
         let model = plan.model(&size, block_size)?;
         let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(&model, bd3_gpu::OptimConfig::default()))?;
@@ -333,6 +348,7 @@ fn train(args: &[String]) -> Result<()> {
 
 fn forward(args: &[String]) -> Result<()> {
     let BatchArgs { size, batches, block_size, iters, plan } = BatchArgs::parse(&args[1..])?;
+    check_batches(&size, &batches, block_size)?;
     if plan.on {
         let mut model = plan.model(&size, block_size)?;
         for &b in &batches {

@@ -42,15 +42,54 @@ pub async fn state_bytes(ctx: &GpuContext, groups: &[(&str, &Weights)], meta: Ha
     safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(format!("cannot serialise the training state: {e}")))
 }
 
-/// Read a training state: (metadata, group → name → values).
-pub fn read_state(path: &Path) -> Result<(HashMap<String, String>, HashMap<String, HashMap<String, Vec<f32>>>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Checkpoint { path: path.display().to_string(), tensor: None, message: e.to_string() })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint { path: path.display().to_string(), tensor: None, message: e.to_string() })?;
+/// A training state read from disk: string metadata and group → tensor name → values. Every tensor
+/// was checked to be F32 with a `group.name` name; [`TrainState::group`] checks a group against the
+/// model it is written into.
+pub struct TrainState {
+    pub path: String,
+    pub meta: HashMap<String, String>,
+    pub groups: HashMap<String, HashMap<String, Vec<f32>>>,
+}
+
+/// Read a training state, checked like a checkpoint: the same header/offset validation, F32 tensors
+/// only, non-finite values refused.
+pub fn read_state(path: &Path) -> Result<TrainState> {
+    let shown = path.display().to_string();
+    let fail = |tensor: Option<&str>, message: String| Error::Checkpoint { path: shown.clone(), tensor: tensor.map(str::to_string), message };
+    let bytes = bd3_model::error::read_file(path)?;
+    bd3_model::checkpoint::check_file(&bytes, &shown)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| fail(None, format!("not a readable safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| fail(None, format!("not a readable safetensors file ({e})")))?;
     let mut groups: HashMap<String, HashMap<String, Vec<f32>>> = HashMap::new();
     for (name, view) in st.tensors() {
-        let (group, rest) = name.split_once('.').ok_or_else(|| Error::Checkpoint { path: path.display().to_string(), tensor: Some(name.clone()), message: "unexpected tensor".into() })?;
-        groups.entry(group.to_string()).or_default().insert(rest.to_string(), bd3_model::checkpoint::to_f32(view.dtype(), view.data()));
+        let (group, rest) = name.split_once('.').ok_or_else(|| fail(Some(&name), "unexpected tensor (expected GROUP.NAME)".into()))?;
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(fail(Some(&name), format!("dtype {:?}, expected F32", view.dtype())));
+        }
+        let values = bd3_model::checkpoint::to_f32(view.dtype(), view.data());
+        bd3_model::checkpoint::check_finite(&values, &shown, &name)?;
+        groups.entry(group.to_string()).or_default().insert(rest.to_string(), values);
     }
-    Ok((meta.metadata().clone().unwrap_or_default(), groups))
+    Ok(TrainState { path: shown, meta: meta.metadata().clone().unwrap_or_default(), groups })
+}
+
+impl TrainState {
+    /// The tensors of `group`, which must be exactly those of `like` (same names, same sizes).
+    pub fn group(&self, group: &str, like: &Weights) -> Result<&HashMap<String, Vec<f32>>> {
+        let fail = |tensor: Option<String>, message: String| Error::Checkpoint { path: self.path.clone(), tensor, message };
+        let g = self.groups.get(group).ok_or_else(|| fail(None, format!("the training state has no `{group}` tensors")))?;
+        let wanted = like.tensors();
+        for t in &wanted {
+            let n: usize = t.shape.iter().product();
+            match g.get(&t.name) {
+                None => return Err(fail(Some(format!("{group}.{}", t.name)), "missing".into())),
+                Some(v) if v.len() != n => return Err(fail(Some(format!("{group}.{}", t.name)), format!("{} values, expected {n} (shape {:?})", v.len(), t.shape))),
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = g.keys().find(|k| !wanted.iter().any(|t| &t.name == *k)) {
+            return Err(fail(Some(format!("{group}.{extra}")), "unexpected tensor for this model".into()));
+        }
+        Ok(g)
+    }
 }

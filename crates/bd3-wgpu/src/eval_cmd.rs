@@ -11,6 +11,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// More passes than this only narrows the standard error below any use (each pass is a full evaluation).
+const MAX_PASSES: usize = 10_000;
+
 pub const USAGE: &str = "eval --model DIR --data PATH [--batch 8] [--split all|valid|train] [--seed 1] [--passes 1]";
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -32,7 +35,11 @@ pub fn run(args: &[String]) -> Result<()> {
     if batch == 0 || passes == 0 {
         return Err(Error::Invalid("--batch and --passes must be at least 1".into()));
     }
+    if passes > MAX_PASSES {
+        return Err(Error::Invalid(format!("--passes {passes} is more than {MAX_PASSES}")));
+    }
     let (cfg, ckpt) = bd3_model::load_model_dir(&dir, None)?;
+    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq, "--batch")?;
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     tok.check_fits(&cfg)?;
     let docs = read_corpus(&data)?;

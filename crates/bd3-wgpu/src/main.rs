@@ -108,7 +108,22 @@ pub fn bundled_model() -> Result<PathBuf> {
 /// Parse a numeric option value, naming the option on failure.
 pub fn parse_num<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T> {
     let v = v.ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?;
-    v.parse().map_err(|_| Error::Invalid(format!("{flag}: `{v}` is not a valid number")))
+    let what = match std::any::type_name::<T>() {
+        "f32" | "f64" => "number".to_string(),
+        t @ ("u8" | "u16" | "u32" | "u64" | "usize") => format!("whole number (0 to {})", max_of(t)),
+        _ => "value".to_string(),
+    };
+    v.parse().map_err(|_| Error::Invalid(format!("{flag}: `{v}` is not a valid {what}")))
+}
+
+fn max_of(t: &str) -> u64 {
+    match t {
+        "u8" => u8::MAX as u64,
+        "u16" => u16::MAX as u64,
+        "u32" => u32::MAX as u64,
+        "usize" => usize::MAX as u64,
+        _ => u64::MAX,
+    }
 }
 
 fn run(args: &[String]) -> Result<ExitCode> {
@@ -141,9 +156,26 @@ fn run(args: &[String]) -> Result<ExitCode> {
                 if !path.is_dir() {
                     return Err(Error::Io { path: dir.clone(), message: "not a fixture folder".into() });
                 }
-                pollster::block_on(bd3_verify::verify_dir(&ctx, &bd3_verify::DirFixture(path), &mut report))?;
+                // The case code indexes fixture tensors by the shapes the files declare; the loaders check
+                // ranks and sizes, and a fixture malformed in a way they miss is still an error, not a panic.
+                let default_hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pollster::block_on(bd3_verify::verify_dir(&ctx, &bd3_verify::DirFixture(path.clone()), &mut report))
+                }));
+                std::panic::set_hook(default_hook);
+                match checked {
+                    Ok(r) => r?,
+                    Err(p) => {
+                        let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                        return Err(Error::Invalid(format!("{dir}: malformed fixture ({why})")));
+                    }
+                }
             }
             let (passed, failed) = (report.passed, report.failed);
+            if passed + failed == 0 {
+                return Err(Error::Invalid(format!("no checks ran in {}", dirs.join(", "))));
+            }
             println!("{passed} passed, {failed} failed");
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

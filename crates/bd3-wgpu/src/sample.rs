@@ -74,6 +74,12 @@ pub fn run(args: &[String]) -> Result<()> {
         None => crate::bundled_model()?,
     };
     let (cfg, ckpt) = bd3_model::load_model_dir(&dir, a.kind)?;
+    // The sequences and every step's buffers scale with batch × length: refuse what cannot be allocated.
+    let length = a.length.unwrap_or(cfg.model_length);
+    if length > bd3_model::config::MAX_MODEL_LENGTH {
+        return Err(Error::Invalid(format!("--length {length} is more than {}", bd3_model::config::MAX_MODEL_LENGTH)));
+    }
+    cfg.check_batch(a.batch, length.max(cfg.model_length), "--batch")?;
     if let Some(bs) = a.block_size {
         if bs != cfg.block_size {
             return Err(Error::Invalid(format!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size)));

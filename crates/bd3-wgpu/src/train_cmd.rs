@@ -21,9 +21,12 @@ pub const USAGE: &str = "train --data PATH --out DIR [--tokenizer FILE | --vocab
         [--kind bd3lm|mdlm|sedd|ar] [--size tiny|small|D,H,N] [--block-size N] [--length L] [--batch B]
         [--grad-accum N] [--lr 3e-4] [--warmup 2500] [--steps N] [--clip-min 1e-3] [--clip-max 1]
         [--clip-search] [--ema 0.9999] [--dropout 0.1] [--seed 1] [--val-every N] [--val-batches N (0: all)]
-        [--save-every N] [--log-every N] [--time-limit SECONDS]";
+        [--save-every N] [--log-every N] [--time-limit SECONDS] [--overwrite]
+        (--steps 0 saves the initial weights; --overwrite allows replacing a checkpoint in --out without --resume)";
 
 const STATE_FILE: &str = "train_state.safetensors";
+/// Micro-batches per step: beyond this the step count, not the accumulation, should grow.
+const MAX_GRAD_ACCUM: usize = 1 << 16;
 /// Every 20th document is held out for validation.
 const VALID_EVERY: usize = 20;
 
@@ -66,8 +69,8 @@ impl Run {
     fn from_json(v: &Value) -> Option<Run> {
         let u = |k: &str| v.get(k)?.as_u64();
         let f = |k: &str| v.get(k)?.as_f64();
-        let size = v.get("size")?.as_array()?;
-        let clip = v.get("clip")?.as_array()?;
+        let size = v.get("size")?.as_array().filter(|a| a.len() == 3)?;
+        let clip = v.get("clip")?.as_array().filter(|a| a.len() == 2)?;
         Some(Run {
             data: PathBuf::from(v.get("data")?.as_str()?),
             kind: ModelKind::parse(v.get("kind")?.as_str()?)?,
@@ -117,43 +120,62 @@ pub fn run(args: &[String]) -> Result<()> {
     // Wall-clock budget of this invocation (not part of the saved run): stop like Ctrl-C once it is spent.
     let mut time_limit: Option<f64> = None;
     let mut kind_given = false;
+    let mut overwrite = false;
+    // The run settings given on this command line, as the keys of `Run::to_json`: on --resume each
+    // must agree with the saved run.
+    let mut given: Vec<(&str, &str)> = Vec::new();
     let mut it = args.iter();
-    let num = |it: &mut std::slice::Iter<String>, f: &str| -> Result<f64> { crate::parse_num(it.next(), f) };
     while let Some(flag) = it.next() {
         let f = flag.as_str();
+        let key = match f {
+            "--kind" => "kind", "--size" => "size", "--block-size" => "block_size", "--length" => "length", "--batch" => "batch",
+            "--grad-accum" => "grad_accum", "--lr" => "lr", "--warmup" => "warmup", "--clip-min" | "--clip-max" => "clip",
+            "--clip-search" => "clip_search", "--ema" => "ema", "--dropout" => "dropout", "--seed" => "seed", "--val-every" => "val_every",
+            "--val-batches" => "val_batches", "--save-every" => "save_every", "--log-every" => "log_every", "--vocab-size" => "vocab_size",
+            "--data" => "data",
+            _ => "",
+        };
+        if !key.is_empty() {
+            given.push((key, f));
+        }
         match f {
             "--data" => data = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--data needs a value".into()))?)),
             "--out" => out = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--out needs a value".into()))?)),
             "--tokenizer" => tokenizer_path = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--tokenizer needs a value".into()))?)),
             "--init" => init = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--init needs a value".into()))?)),
             "--resume" => resume = true,
+            "--overwrite" => overwrite = true,
+            "--help" | "-h" => {
+                println!("usage: bd3-wgpu {USAGE}");
+                return Ok(());
+            }
             "--kind" => {
                 let v = it.next().ok_or_else(|| Error::Invalid("--kind needs a value".into()))?;
                 run.kind = ModelKind::parse(v).ok_or_else(|| Error::Invalid(format!("unknown model kind `{v}`")))?;
                 kind_given = true;
             }
             "--size" => run.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
-            "--block-size" => run.block_size = num(&mut it, f)? as usize,
-            "--length" => run.length = num(&mut it, f)? as usize,
-            "--batch" => run.batch = num(&mut it, f)? as usize,
-            "--grad-accum" => run.grad_accum = num(&mut it, f)? as usize,
-            "--lr" => run.lr = num(&mut it, f)?,
-            "--warmup" => run.warmup = num(&mut it, f)? as u64,
-            "--steps" => steps_override = Some(num(&mut it, f)? as u64),
-            "--clip-min" => run.clip.min = num(&mut it, f)?,
-            "--clip-max" => run.clip.max = num(&mut it, f)?,
+            "--block-size" => run.block_size = crate::parse_num(it.next(), f)?,
+            "--length" => run.length = crate::parse_num(it.next(), f)?,
+            "--batch" => run.batch = crate::parse_num(it.next(), f)?,
+            "--grad-accum" => run.grad_accum = crate::parse_num(it.next(), f)?,
+            "--lr" => run.lr = crate::parse_num(it.next(), f)?,
+            "--warmup" => run.warmup = crate::parse_num(it.next(), f)?,
+            "--steps" => steps_override = Some(crate::parse_num::<u64>(it.next(), f)?),
+            "--clip-min" => run.clip.min = crate::parse_num(it.next(), f)?,
+            "--clip-max" => run.clip.max = crate::parse_num(it.next(), f)?,
             "--clip-search" => run.clip_search = true,
-            "--ema" => run.ema = num(&mut it, f)?,
-            "--dropout" => run.dropout = num(&mut it, f)?,
-            "--seed" => run.seed = num(&mut it, f)? as u64,
-            "--val-every" => run.val_every = num(&mut it, f)? as u64,
-            "--val-batches" => run.val_batches = num(&mut it, f)? as usize,
-            "--save-every" => run.save_every = num(&mut it, f)? as u64,
-            "--log-every" => run.log_every = num(&mut it, f)? as u64,
-            "--vocab-size" => run.vocab_size = num(&mut it, f)? as usize,
+            "--ema" => run.ema = crate::parse_num(it.next(), f)?,
+            "--dropout" => run.dropout = crate::parse_num(it.next(), f)?,
+            "--seed" => run.seed = crate::parse_num(it.next(), f)?,
+            "--val-every" => run.val_every = crate::parse_num(it.next(), f)?,
+            "--val-batches" => run.val_batches = crate::parse_num(it.next(), f)?,
+            "--save-every" => run.save_every = crate::parse_num(it.next(), f)?,
+            "--log-every" => run.log_every = crate::parse_num(it.next(), f)?,
+            "--vocab-size" => run.vocab_size = crate::parse_num(it.next(), f)?,
             "--time-limit" => {
-                let t = num(&mut it, f)?;
-                if t.is_nan() || t <= 0.0 {
+                let t: f64 = crate::parse_num(it.next(), f)?;
+                if !(t.is_finite() && t > 0.0) {
                     return Err(Error::Invalid("--time-limit must be a positive number of seconds".into()));
                 }
                 time_limit = Some(t);
@@ -162,15 +184,52 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     let out = out.ok_or_else(|| Error::Invalid(format!("train needs --out DIR; usage: bd3-wgpu {USAGE}")))?;
-    let state = if resume {
-        let (meta, groups) = read_state(&out.join(STATE_FILE))?;
-        let saved = meta.get("run").and_then(|s| serde_json::from_str(s).ok()).and_then(|v: Value| Run::from_json(&v));
-        run = saved.ok_or_else(|| Error::Invalid(format!("{}: no run settings in the training state", out.join(STATE_FILE).display())))?;
-        let step: u64 = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
-        if let Some(c) = meta.get("clip").and_then(|s| serde_json::from_str::<Vec<f64>>(s).ok()) {
-            run.clip = Clip { min: c[0], max: c[1] };
+    if resume && init.is_some() {
+        return Err(Error::Invalid("--resume continues the run saved in --out; it cannot take --init".into()));
+    }
+    if let Some(dir) = &init {
+        if same_path(dir, &out) && !overwrite {
+            return Err(Error::Invalid(format!("--init and --out are the same folder ({}): the checkpoint would be overwritten; pass --overwrite to allow it", out.display())));
         }
-        Some((step, groups))
+    }
+    if !resume && !overwrite {
+        if let Some(f) = ["model.safetensors", STATE_FILE].iter().map(|f| out.join(f)).find(|p| p.exists()) {
+            return Err(Error::Invalid(format!("{} already holds a checkpoint ({}): pass --resume to continue it or --overwrite to replace it", out.display(), f.display())));
+        }
+    }
+    let state = if resume {
+        let state = read_state(&out.join(STATE_FILE))?;
+        let saved = state.meta.get("run").and_then(|s| serde_json::from_str(s).ok()).and_then(|v: Value| Run::from_json(&v));
+        let saved = saved.ok_or_else(|| Error::Invalid(format!("{}: no run settings in the training state", state.path)))?;
+        // Settings given again must be those of the saved run; anything else would be silently ignored.
+        let (mine, theirs) = (run.to_json(), saved.to_json());
+        for (key, flag) in &given {
+            let differs = if *key == "data" {
+                let d = data.as_ref().expect("--data was given");
+                !same_path(d, &saved.data)
+            } else if *key == "clip" {
+                // --clip-min and --clip-max each compare their own end of the window.
+                let i = usize::from(*flag == "--clip-max");
+                mine[key][i] != theirs[key][i]
+            } else {
+                mine[key] != theirs[key]
+            };
+            if differs {
+                return Err(Error::Invalid(format!("{flag} contradicts the run saved in {} ({key} = {}); drop it to resume, or train into a new --out", out.display(), theirs[key])));
+            }
+        }
+        run = saved;
+        let step: u64 = match state.meta.get("step") {
+            Some(s) => s.parse().map_err(|_| Error::Invalid(format!("{}: step `{s}` is not a number", state.path)))?,
+            None => return Err(Error::Invalid(format!("{}: no step in the training state", state.path))),
+        };
+        if let Some(c) = state.meta.get("clip") {
+            match serde_json::from_str::<Vec<f64>>(c).ok().as_deref() {
+                Some(&[min, max]) => run.clip = Clip { min, max },
+                _ => return Err(Error::Invalid(format!("{}: clip `{c}` is not [min, max]", state.path))),
+            }
+        }
+        Some((step, state))
     } else {
         run.data = data.ok_or_else(|| Error::Invalid(format!("train needs --data PATH; usage: bd3-wgpu {USAGE}")))?;
         None
@@ -181,18 +240,44 @@ pub fn run(args: &[String]) -> Result<()> {
     if run.batch == 0 || run.grad_accum == 0 || run.length < 2 {
         return Err(Error::Invalid("--batch and --grad-accum must be at least 1 and --length at least 2".into()));
     }
+    if run.grad_accum > MAX_GRAD_ACCUM {
+        return Err(Error::Invalid(format!("--grad-accum {} is more than {MAX_GRAD_ACCUM}", run.grad_accum)));
+    }
+    if run.log_every == 0 || run.save_every == 0 {
+        return Err(Error::Invalid("--log-every and --save-every must be at least 1 (--val-every 0 turns validation off)".into()));
+    }
+    if !(run.lr.is_finite() && run.lr > 0.0) {
+        return Err(Error::Invalid(format!("--lr must be a finite positive number, not {}", run.lr)));
+    }
+    if !(0.0..1.0).contains(&run.ema) {
+        return Err(Error::Invalid(format!("--ema must be in [0, 1) (0 turns the EMA off), not {}", run.ema)));
+    }
     if !(run.clip.min > 0.0 && run.clip.min <= run.clip.max && run.clip.max <= 1.0) {
         return Err(Error::Invalid(format!("the clip window [{}, {}] must satisfy 0 < min ≤ max ≤ 1", run.clip.min, run.clip.max)));
     }
     if !(0.0..1.0).contains(&run.dropout) {
         return Err(Error::Invalid("--dropout must be in [0, 1)".into()));
     }
+    if init.is_none() && state.is_none() {
+        // A model from scratch: its size and batch are checked before the corpus is read or anything
+        // is allocated (the vocabulary is only known later; the bound with --vocab-size comes first).
+        let cfg = train_config(&run, run.vocab_size.max(3))?;
+        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
+    }
 
     // Corpus and tokenizer.
     let docs = read_corpus(&run.data)?;
     let init_tokenizer = init.as_ref().map(|d| d.join("tokenizer.json")).filter(|p| p.is_file());
-    let tok = if resume {
-        TextTokenizer::from_file(&out.join("tokenizer.json"))?
+    let tok = if let Some((_, st)) = &state {
+        let path = tokenizer_path.clone().unwrap_or_else(|| out.join("tokenizer.json"));
+        let tok = TextTokenizer::from_file(&path)?;
+        // The run was trained with the tokenizer whose fingerprint it saved (older states: its size).
+        let fingerprint = fnv1a(tok.to_json()?.as_bytes()).to_string();
+        let vocab = st.groups.get("weights").and_then(|g| g.get("vocab_embed.embedding")).map(|e| e.len() / run.size.0.max(1));
+        if st.meta.get("tokenizer").is_some_and(|f| *f != fingerprint) || vocab.is_some_and(|v| v != tok.vocab_size() + 1) {
+            return Err(Error::Config { path: path.display().to_string(), message: format!("tokenizer does not match the checkpoint in {}", out.display()) });
+        }
+        tok
     } else if let Some(p) = tokenizer_path.as_ref().or(init_tokenizer.as_ref()) {
         // An --init checkpoint brings its own tokenizer unless another is named.
         TextTokenizer::from_file(p)?
@@ -228,6 +313,7 @@ pub fn run(args: &[String]) -> Result<()> {
         _ => (train_config(&run, tok.vocab_size() + 1)?, None),
     };
     tok.check_fits(&cfg)?;
+    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
     if cfg.kind != ModelKind::Bd3lm && run.clip_search {
         return Err(Error::Invalid("--clip-search applies to BD3LM (block diffusion) models".into()));
     }
@@ -247,13 +333,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let optim = OptimConfig { lr: run.lr, ema_decay: run.ema, ..Default::default() };
     let mut trainer = pollster::block_on(Trainer::new(&model, optim))?;
     let mut start_step = 0;
-    if let Some((step, groups)) = &state {
-        let group = |g: &str| groups.get(g).ok_or_else(|| Error::Invalid(format!("training state lacks `{g}`")));
-        write_tensors(&ctx, &model.weights, group("weights")?)?;
-        write_tensors(&ctx, &trainer.m, group("adam_m")?)?;
-        write_tensors(&ctx, &trainer.v, group("adam_v")?)?;
+    if let Some((step, st)) = &state {
+        write_tensors(&ctx, &model.weights, st.group("weights", &model.weights)?)?;
+        write_tensors(&ctx, &trainer.m, st.group("adam_m", &trainer.m)?)?;
+        write_tensors(&ctx, &trainer.v, st.group("adam_v", &trainer.v)?)?;
         if let Some(e) = &trainer.ema {
-            write_tensors(&ctx, e, group("ema")?)?;
+            write_tensors(&ctx, e, st.group("ema", e)?)?;
         }
         trainer.step = *step;
         start_step = *step;
@@ -270,7 +355,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let shape = TrainShape { forward: loss_shape(&cfg, run.batch), dropout_milli: (run.dropout * 1000.0).round() as u32 };
     // Validation covers the whole held-out split unless --val-batches caps it.
-    let n_valid = if run.val_batches == 0 { chunks.valid.len() } else { (run.val_batches * run.batch).min(chunks.valid.len()) };
+    let n_valid = if run.val_batches == 0 { chunks.valid.len() } else { run.val_batches.saturating_mul(run.batch).min(chunks.valid.len()) };
     let valid: Vec<Vec<u32>> = chunks.valid[..n_valid].to_vec();
     let tokens_per_step = run.batch * run.grad_accum * cfg.model_length;
     let started = Instant::now();
@@ -290,12 +375,31 @@ pub fn run(args: &[String]) -> Result<()> {
     if start_step == 0 {
         validate(&mut model, &trainer, 0, &mut clip)?;
     }
+    if start_step >= run.steps {
+        if state.is_none() {
+            // --steps 0: the initial weights (official initialisation or --init) as a complete checkpoint.
+            save(&ctx, &out, &cfg, &model, &trainer, &run, clip, start_step, &tok_json)?;
+            eprintln!("done: no training steps; the initial weights saved as step {start_step} in {}", out.display());
+        } else {
+            eprintln!("the training state is already at step {start_step} (--steps {}): nothing to do", run.steps);
+        }
+        return Ok(());
+    }
+    // What a failure leaves on disk: the last saved step, or whatever the folder held before.
+    let mut last_saved: Option<u64> = state.as_ref().map(|(s, _)| *s);
+    let non_finite = |what: &str, value: f64, step: u64, last_saved: Option<u64>| {
+        let kept = match last_saved {
+            Some(s) => format!("the checkpoint of step {s} in {} is kept", out.display()),
+            None => "no checkpoint was saved".to_string(),
+        };
+        Error::Invalid(format!("step {step}: the {what} is {value} (not finite); training stopped, {kept} (try a lower --lr)"))
+    };
     for step in start_step..run.steps {
         // Learning rate: linear warm-up from 0, then constant (get_constant_schedule_with_warmup).
         let lr = run.lr * if run.warmup == 0 { 1.0 } else { (step as f64 / run.warmup as f64).min(1.0) };
         let mut loss = 0.0;
         for micro in 0..run.grad_accum {
-            let mut rng = SplitMix(run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (step * 1024 + micro as u64));
+            let mut rng = SplitMix(run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.wrapping_mul(1024).wrapping_add(micro as u64));
             let x0: Vec<Vec<u32>> = (0..run.batch).map(|_| chunks.train[(rng.next_u64() % chunks.train.len() as u64) as usize].clone()).collect();
             let lb = build_batch(&cfg, &x0, clip, &mut rng, false);
             let grad_scale = 1.0 / (lb.denominator * run.grad_accum) as f32;
@@ -303,8 +407,17 @@ pub fn run(args: &[String]) -> Result<()> {
             let out = pollster::block_on(trainer.forward_backward(&model, &shape, &TrainBatch { input: input_of(&lb), seed, grad_scale }))?;
             loss += out.loss_sum / lb.denominator as f64 / run.grad_accum as f64;
         }
-        trainer.optimizer_step(&model, lr)?;
         let done = step + 1;
+        if !loss.is_finite() {
+            return Err(non_finite("training loss", loss, done, last_saved));
+        }
+        trainer.optimizer_step(&model, lr)?;
+        // A non-finite gradient has just turned the weights into NaN: stop before anything is saved.
+        if let Some(norm) = pollster::block_on(trainer.last_grad_norm(&ctx))? {
+            if !norm.is_finite() {
+                return Err(non_finite("gradient norm", norm, done, last_saved));
+            }
+        }
         if done % run.log_every == 0 || done == run.steps {
             let secs = started.elapsed().as_secs_f64();
             let rate = (done - start_step) as f64 * tokens_per_step as f64 / secs;
@@ -324,6 +437,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let stop = interrupted.load(Ordering::SeqCst);
         if done % run.save_every == 0 || done == run.steps || stop {
             save(&ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json)?;
+            last_saved = Some(done);
         }
         if stop {
             eprintln!("interrupted: checkpoint saved at step {done} in {}", out.display());
@@ -332,6 +446,19 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     eprintln!("done: {} in {}", run.steps, out.display());
     Ok(())
+}
+
+/// Whether two paths name the same file or folder (compared resolved when both exist).
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// FNV-1a of the tokenizer's JSON: saved with the training state so a resume notices a swapped tokenizer.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The config of a model trained from scratch.
@@ -404,6 +531,7 @@ fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, train
     meta.insert("run".to_string(), run.to_json().to_string());
     meta.insert("step".to_string(), step.to_string());
     meta.insert("clip".to_string(), json!([clip.min, clip.max]).to_string());
+    meta.insert("tokenizer".to_string(), fnv1a(tok_json.as_bytes()).to_string());
     let mut groups: Vec<(&str, &Weights)> = vec![("weights", &model.weights), ("adam_m", &trainer.m), ("adam_v", &trainer.v)];
     if let Some(e) = &trainer.ema {
         groups.push(("ema", e));
