@@ -17,13 +17,17 @@
 // The result lands at out[row(i)·ldc + out_col_offset + j], where
 //   row(i) = (i / out_rows_per_seq)·out_seq_stride + out_row_offset + i % out_rows_per_seq
 // places each sequence's rows (a KV cache) and out_col_offset a weight part's column range.
+// Split K: workgroup z sums only k in [z·k_split, min(K, (z+1)·k_split)) and writes z·split_stride
+// floats further on (a partial product per slice, summed afterwards by col_sum.wgsl); with one slice
+// (k_split ≥ K, split_stride 0) this is the plain product. The host splits only products whose output
+// tiles cannot fill the GPU (weight gradients over many rows), and only with a plain store.
 //
 // Bindings: 0 params, 1 a, 2 b, 3 bias, 4 gate, 5 out, 6 aux.
 // Tiling: a (16·ROWS_PER_THREAD) x 64 output tile per workgroup of 16x16 threads, ROWS_PER_THREAD x 4
 // outputs per thread in registers (a vec4 per row), K in slabs of 16 staged in workgroup memory (at most 2 x 16 x 64
 // floats = 8 KiB). Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
-// pay for a 64-row tile.
+// pay for a 64-row tile. The z dimension of the grid indexes the K slices.
 // Includes: dropout.wgsl (keep, and hash.wgsl through it), gelu.wgsl (gelu_tanh).
 
 // #include "dropout.wgsl"
@@ -54,6 +58,8 @@ struct Params {
     dropout: f32,
     seed: u32,
     salt: u32,
+    k_split: u32,
+    split_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -75,8 +81,9 @@ fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
 
-// The epilogue of one output row: bias, dropout, aux, activation or residual add, for its 4 columns.
-fn store_row(m: u32, n_first: u32, acc: vec4<f32>) {
+// The epilogue of one output row: bias, dropout, aux, activation or residual add, for its 4 columns;
+// `slice_offset` places a K slice's partial product.
+fn store_row(m: u32, n_first: u32, acc: vec4<f32>, slice_offset: u32) {
     if (m >= p.m) {
         return;
     }
@@ -90,7 +97,7 @@ fn store_row(m: u32, n_first: u32, acc: vec4<f32>) {
         if (p.has_bias != 0u) {
             v += bias[p.bias_offset + n];
         }
-        let o = out_row * p.ldc + p.out_col_offset + n;
+        let o = slice_offset + out_row * p.ldc + p.out_col_offset + n;
         if (p.epilogue >= 3u && p.dropout > 0.0) {
             v = select(0.0, v / (1.0 - p.dropout), keep(m, p.out_col_offset + n));
         }
@@ -121,7 +128,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
 
-    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+    let k_begin = wg.z * p.k_split;
+    let k_end = min(p.k, k_begin + p.k_split);
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         // Each thread stages ROWS_PER_THREAD elements of A and 4 of B.
         for (var e = 0u; e < ROWS_PER_THREAD; e++) {
             let idx = lid + e * 256u;
@@ -129,7 +138,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             let kk = idx % BK;
             let gk = k0 + kk;
             var av = 0.0;
-            if (m0 + row < p.m && gk < p.k) {
+            if (m0 + row < p.m && gk < k_end) {
                 av = a[p.a_offset + (m0 + row) * p.a_row_stride + gk * p.a_k_stride];
             }
             a_tile[kk * BM + row] = av;
@@ -140,7 +149,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             let kk = idx % BK;
             let gk = k0 + kk;
             var bv = 0.0;
-            if (n0 + col < p.n && gk < p.k) {
+            if (n0 + col < p.n && gk < k_end) {
                 bv = b[p.b_offset + gk * p.b_k_stride + (n0 + col) * p.b_col_stride];
             }
             b_tile[(kk * BN + col) / 4u][col % 4u] = bv;
@@ -161,10 +170,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
 
     let m_first = m0 + ty * ROWS_PER_THREAD;
     let n_first = n0 + tx * 4u;
-    store_row(m_first, n_first, acc0);
+    let slice_offset = wg.z * p.split_stride;
+    store_row(m_first, n_first, acc0, slice_offset);
     if (ROWS_PER_THREAD == 4u) {
-        store_row(m_first + 1u, n_first, acc1);
-        store_row(m_first + 2u, n_first, acc2);
-        store_row(m_first + 3u, n_first, acc3);
+        store_row(m_first + 1u, n_first, acc1, slice_offset);
+        store_row(m_first + 2u, n_first, acc2, slice_offset);
+        store_row(m_first + 3u, n_first, acc3, slice_offset);
     }
 }

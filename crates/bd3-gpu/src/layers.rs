@@ -271,8 +271,11 @@ pub fn head_chunks(
     Ok(())
 }
 
-/// Rows of logits that fit one chunk: at most 64 MiB and one storage binding.
+/// Rows of logits per chunk: the head and its loss run chunk by chunk, so the logits of a whole
+/// batch never exist at once. Chunks are as large as one storage binding allows, up to 1 GiB, so the
+/// head's GEMMs fill the GPU (a 64 MiB chunk of GPT-2's vocabulary is only 333 rows); in the browser
+/// (bindings of 128 MiB by default) they stay at 64 MiB, as memory there is scarce.
 pub fn logits_chunk_rows(ctx: &GpuContext, vocab: usize, rows: usize) -> usize {
-    const LOGITS_CHUNK_BYTES: u64 = 64 << 20;
-    ((LOGITS_CHUNK_BYTES.min(ctx.split_threshold()) / (vocab as u64 * 4)) as usize).clamp(1, rows.max(1))
+    let cap: u64 = if cfg!(target_arch = "wasm32") { 64 << 20 } else { 1 << 30 };
+    ((cap.min(ctx.split_threshold()) / (vocab as u64 * 4)) as usize).clamp(1, rows.max(1))
 }

@@ -130,6 +130,8 @@ struct TrainBuffers {
     col_partial: Buf,
     /// LayerNorm weight gradients: per-sequence partial sums ([batch, dim]).
     ln_partial: Buf,
+    /// Weight gradients split into K slices: the slices' partial products.
+    split_partial: Buf,
     dmods: Vec<Buf>,
     dfinal_mod: Buf,
     dc: Buf,
@@ -355,6 +357,7 @@ impl Trainer {
             col_partial: f("column partial sums", rows.max(scored).div_ceil(COL_SUM_CHUNK) * (6 * d).max(v))?,
             // Every LayerNorm covers the whole batch, one sequence per partial row.
             ln_partial: f("layernorm partial dw", b * d)?,
+            split_partial: f("split-K partial products", weight_grad_scratch_floats(model, rows, scored.min(chunk_rows), b))?,
             dmods: per_layer("d modulation", b * 6 * d)?,
             dfinal_mod: f("d final modulation", b * 2 * d)?,
             dc: f("d cond", b * c)?,
@@ -612,8 +615,7 @@ impl Recorder<'_> {
             let mut wg = Matmul::weight_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32, n_in as u32);
             wg.a_offset = (dy.1 * n_out + part.row_start) as u32;
             wg.b_offset = (x.1 * n_in) as u32;
-            let bind = ops::matmul::Bindings { a: dy.0, b: x.0, bias: None, gate: None, out: &gpart.buffer, aux: None };
-            ops::matmul::record(pb, k, "weight grad", &wg, bind);
+            ops::matmul::record_accumulating(pb, k, tk, "weight grad", &wg, dy.0, x.0, &gpart.buffer, &tb.split_partial);
             if let Some(gb) = &grad.bias {
                 let a = Columns { buffer: dy.0, offset: dy.1 * n_out + part.row_start, rows: m, cols: part.rows, stride: n_out };
                 ops::col_sum::record(pb, k, tk, a, gb, part.row_start, &tb.col_partial);
@@ -654,6 +656,30 @@ struct InputGrad<'a> {
     dx: &'a Buf,
     row_offset: usize,
     accumulate: bool,
+}
+
+/// Floats of scratch the largest split weight gradient of a training program needs: the block
+/// Linears over `rows` rows, the head over a logits chunk, the conditioning over the batch.
+fn weight_grad_scratch_floats(model: &GpuModel, rows: usize, head_rows: usize, batch: usize) -> usize {
+    let w = &model.weights;
+    let units = model.ctx.compute_units;
+    let mut linears: Vec<(&Linear, usize)> = vec![(&w.head, head_rows)];
+    for blk in &w.blocks {
+        linears.extend([(&blk.attn_qkv, rows), (&blk.attn_out, rows), (&blk.mlp_up, rows), (&blk.mlp_down, rows)]);
+        linears.extend(blk.adaln.as_ref().map(|a| (a, batch)));
+    }
+    linears.extend(w.final_adaln.as_ref().map(|a| (a, batch)));
+    if let Some((a, b)) = &w.sigma_map {
+        linears.extend([(a, batch), (b, batch)]);
+    }
+    linears
+        .iter()
+        .flat_map(|(lin, m)| {
+            let (n_out, n_in) = (lin.out_features() as u32, lin.in_features() as u32);
+            lin.weight.parts.iter().map(move |part| Matmul::weight_grad(*m as u32, part.rows as u32, n_in, n_out, n_in).split_scratch_floats(units))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Group the rows of a batch by token: (token per segment, segment starts, rows in segment order).

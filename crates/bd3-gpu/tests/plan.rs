@@ -104,3 +104,17 @@ fn plan_gemm_flops_are_the_model_arithmetic() {
     let attention: u64 = plan.iter().filter(|d| d.kernel == "attention").map(|d| d.flops).sum();
     assert_eq!(attention, n * b as u64 * cfg.n_heads as u64 * pairs * 4 * cfg.head_dim() as u64);
 }
+
+#[test]
+fn split_weight_gradients_are_planned_as_recorded() {
+    // 26 sequences of x_t ⊕ x_0 (1040 rows) on an adapter described with 8 units: the 40 × 40 weight
+    // gradients have one output tile, so they run as K slices plus a column sum.
+    let cfg = config("bd3lm", 4);
+    let (real, planned) = pair(&cfg, ContextOptions { compute_units: Some(8), ..Default::default() });
+    let shape = TrainShape { forward: ForwardShape::bd3lm_train(26, 20, 4), dropout_milli: 100 };
+    let mut trainer = pollster::block_on(Trainer::new(&real, OptimConfig::default())).unwrap();
+    let mut planned_trainer = pollster::block_on(Trainer::new(&planned, OptimConfig::default())).unwrap();
+    let plan = planned_trainer.record_training(&planned, &shape).unwrap().plan.clone();
+    assert!(plan.iter().any(|d| d.label == "weight grad" && d.groups[2] > 1), "no split weight gradient in the plan");
+    same("split training program", trainer.record_training(&real, &shape).unwrap().recorded(), &plan);
+}

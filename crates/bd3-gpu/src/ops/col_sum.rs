@@ -59,3 +59,11 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: Column
     let second = Params { m: chunks, n, lda: n, a_offset: 0, out_offset: out_offset as u32, rows_per_chunk: chunks, out_chunk_stride: 0, accumulate: 1 };
     dispatch(pb, k, tk, second, 1, Bindings { a: scratch, out });
 }
+
+/// out[j] (+)= Σ_i a[i, j] in one pass over few rows (the K slices of a split product), written
+/// (`accumulate` false) or added.
+pub fn record_sum(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: Columns, out: &Buf, accumulate: bool) {
+    let (m, n) = (a.rows as u32, a.cols as u32);
+    let p = Params { m, n, lda: a.stride as u32, a_offset: a.offset as u32, out_offset: 0, rows_per_chunk: m.max(1), out_chunk_stride: 0, accumulate: accumulate as u32 };
+    dispatch(pb, k, tk, p, 1, Bindings { a: a.buffer, out });
+}

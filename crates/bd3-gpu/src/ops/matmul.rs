@@ -2,12 +2,16 @@
 //! out = epilogue(A·B + bias) with strided operands, a row mapping (KV caches) and dropout.
 //!
 //! Variants: 64-row output tiles (4 rows per thread) for wide inputs, 16-row tiles (1 row per
-//! thread) when M ≤ 16 (sampling steps), so a step of a few rows does not pay for a 64-row tile.
+//! thread) when M ≤ 16 (sampling steps), so a step of a few rows does not pay for a 64-row tile; and
+//! split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit two
+//! workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices into a
+//! scratch buffer, summed by a column-sum pass.
 
-use super::{bindings, words, Kernels};
+use super::col_sum::{self, Columns};
+use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
+use crate::program::{Buf, Cost, Kernel, ProgramBuilder};
 use crate::uniform_params;
-use crate::program::{Cost, Kernel, ProgramBuilder};
 use crate::shaders;
 use bd3_model::{Error, Result};
 
@@ -42,6 +46,8 @@ uniform_params! {
         pub dropout: f32,
         pub seed: u32,
         pub salt: u32,
+        pub k_split: u32,
+        pub split_stride: u32,
     }
 }
 
@@ -142,10 +148,42 @@ impl Matmul {
             out_col_offset: self.out_col_offset, has_bias: has_bias as u32, bias_offset: self.bias_offset, epilogue: self.epilogue as u32,
             rows_per_seq: self.rows_per_seq, gate_stride: self.gate_stride, gate_offset: self.gate_offset,
             out_rows_per_seq: self.out_rows.rows_per_seq, out_seq_stride: self.out_rows.seq_stride, out_row_offset: self.out_rows.row_offset,
-            store_aux: store_aux as u32, dropout: d.p, seed: d.seed, salt: d.salt,
+            store_aux: store_aux as u32, dropout: d.p, seed: d.seed, salt: d.salt, k_split: self.k.max(1), split_stride: 0,
+        }
+    }
+
+    /// K slices for this product on an adapter of `units` compute units: more than one only for a
+    /// plain store or accumulation into a contiguous [m, n] output (no bias, gate, aux, dropout or row
+    /// mapping) whose output tiles give fewer than two workgroups per unit, and at most one slice per
+    /// [`MIN_K_PER_SLICE`] of K.
+    pub fn k_slices(&self, units: u32) -> u32 {
+        let contiguous = self.ldc == self.n && self.out_col_offset == 0 && self.out_rows.seq_stride == 0 && self.out_rows.row_offset == 0;
+        if !contiguous || self.dropout.is_some() || !matches!(self.epilogue, Epilogue::Store | Epilogue::Residual) {
+            return 1;
+        }
+        let tiles = self.n.div_ceil(TILE_N) * self.m.div_ceil(if self.m <= 16 { 16 } else { 64 });
+        let wanted = 2 * units;
+        if tiles >= wanted {
+            return 1;
+        }
+        wanted.div_ceil(tiles).min(self.k / MIN_K_PER_SLICE).clamp(1, MAX_K_SLICES)
+    }
+
+    /// Floats of scratch a split of this product needs (0 when it is not split).
+    pub fn split_scratch_floats(&self, units: u32) -> usize {
+        match self.k_slices(units) {
+            1 => 0,
+            s => s as usize * self.m as usize * self.n as usize,
         }
     }
 }
+
+/// The shortest K range worth a slice of its own.
+pub const MIN_K_PER_SLICE: u32 = 512;
+/// At most this many K slices (the column sum then reads each output this many times).
+pub const MAX_K_SLICES: u32 = 16;
+/// K slices start at multiples of the staged slab.
+const BK: u32 = 16;
 
 /// The two tile shapes of the kernel.
 pub struct Variants {
@@ -169,6 +207,27 @@ impl Variants {
     }
 }
 
+/// `mm` with a plain store or accumulation, split into K slices when that fills the GPU better
+/// (see [`Matmul::k_slices`]); `scratch` holds at least [`Matmul::split_scratch_floats`] floats.
+/// Without bias, gate or aux (the weight gradients).
+pub fn record_accumulating(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, label: &'static str, mm: &Matmul, a: &Buf, b: &Buf, out: &Buf, scratch: &Buf) {
+    let slices = mm.k_slices(pb.context().compute_units);
+    if slices == 1 {
+        return record(pb, k, label, mm, Bindings { a, b, bias: None, gate: None, out, aux: None });
+    }
+    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
+    let k_split = mm.k.div_ceil(slices).div_ceil(BK) * BK;
+    let slices = mm.k.div_ceil(k_split);
+    let floats = mm.m as usize * mm.n as usize;
+    debug_assert!(scratch.size() as usize >= 4 * slices as usize * floats, "split-K scratch too small");
+    let p = Params { epilogue: Epilogue::Store as u32, k_split, split_stride: floats as u32, ..mm.params(false, false) };
+    let bind = Bindings { a, b, bias: None, gate: None, out: scratch, aux: None };
+    record_sliced(pb, k, label, kernel, tile_rows, &p, slices, bind);
+    let partials = Columns { buffer: scratch, offset: 0, rows: slices as usize, cols: floats, stride: floats };
+    let accumulate = mm.epilogue == Epilogue::Residual;
+    col_sum::record_sum(pb, k, tk, partials, out, accumulate);
+}
+
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Matmul, b: Bindings) {
     let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
     let p = mm.params(b.bias.is_some(), b.aux.is_some());
@@ -177,13 +236,20 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Ma
 
 /// One dispatch of a given variant (the kernel tests run both on the same problem).
 pub fn record_variant(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, tile_rows: u32, p: &Params, b: Bindings) {
+    record_sliced(pb, k, label, kernel, tile_rows, p, 1, b);
+}
+
+/// `slices` K slices of `p.k_split` each, one per workgroup layer z.
+#[allow(clippy::too_many_arguments)]
+fn record_sliced(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, tile_rows: u32, p: &Params, slices: u32, b: Bindings) {
     let (m, n, kk) = (p.m as u64, p.n as u64, p.k as u64);
     let epilogue_reads = if p.epilogue == Epilogue::GatedResidual as u32 || p.epilogue == Epilogue::Residual as u32 { m * n } else { 0 };
     let gate = if b.gate.is_some() { m.div_ceil(p.rows_per_seq.max(1) as u64) * n } else { 0 };
+    let outputs = slices as u64 * m * n;
     let cost = Cost {
         flops: 2 * m * n * kk,
-        bytes: words(m * kk + kk * n + m * n + epilogue_reads + if b.bias.is_some() { n } else { 0 } + gate + if b.aux.is_some() { m * n } else { 0 }),
+        bytes: words(m * kk + kk * n + outputs + epilogue_reads + if b.bias.is_some() { n } else { 0 } + gate + if b.aux.is_some() { m * n } else { 0 }),
     };
-    let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), 1];
+    let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), slices];
     pb.dispatch(label, kernel, p, b.slices(&k.placeholders), groups, cost);
 }
