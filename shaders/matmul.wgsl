@@ -25,7 +25,8 @@
 // Bindings: 0 params, 1 a, 2 b, 3 bias, 4 gate, 5 out, 6 aux.
 // Tiling: a (16·ROWS_PER_THREAD) x 64 output tile per workgroup of 16x16 threads, ROWS_PER_THREAD x 4
 // outputs per thread in registers (a vec4 per row), K in slabs of 16 staged in workgroup memory (at most 2 x 16 x 64
-// floats = 8 KiB). Edges are bounds-checked, so any M, N, K works. The host substitutes
+// floats = 8 KiB); which thread stages which element follows the operands' strides, so global reads are
+// coalesced for transposed operands too. Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
 // pay for a 64-row tile. The z dimension of the grid indexes the K slices.
 // Includes: dropout.wgsl (keep, and hash.wgsl through it), gelu.wgsl (gelu_tanh).
@@ -134,8 +135,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
         // Each thread stages ROWS_PER_THREAD elements of A and 4 of B.
         for (var e = 0u; e < ROWS_PER_THREAD; e++) {
             let idx = lid + e * 256u;
-            let row = idx / BK;
-            let kk = idx % BK;
+            // Consecutive threads read consecutive addresses: along k when A's rows are contiguous in k,
+            // along the rows when A is stored transposed (dyᵀ of a weight gradient: a_row_stride = 1).
+            var row = idx / BK;
+            var kk = idx % BK;
+            if (p.a_row_stride == 1u && p.a_k_stride != 1u) {
+                row = idx % BM;
+                kk = idx / BM;
+            }
             let gk = k0 + kk;
             var av = 0.0;
             if (m0 + row < p.m && gk < k_end) {
@@ -145,8 +152,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
         }
         for (var e = 0u; e < 4u; e++) {
             let idx = lid + e * 256u;
-            let col = idx / BK;
-            let kk = idx % BK;
+            // Along k for a weight stored [out, in] (y = x·Wᵀ), along the columns when B's columns are
+            // contiguous (dy·W and the x of a weight gradient: b_col_stride = 1).
+            var col = idx / BK;
+            var kk = idx % BK;
+            if (p.b_col_stride == 1u && p.b_k_stride != 1u) {
+                col = idx % BN;
+                kk = idx / BN;
+            }
             let gk = k0 + kk;
             var bv = 0.0;
             if (n0 + col < p.n && gk < k_end) {
