@@ -46,6 +46,7 @@ pub fn final_modulation(d: usize) -> Modulation {
 }
 
 /// Buffers of the conditioning path (adaLN models): features(σ) → c → per-block modulation vectors.
+#[derive(Clone)]
 pub struct Conditioning {
     pub features: Buf,
     pub c_hidden: Buf,

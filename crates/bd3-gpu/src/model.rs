@@ -175,6 +175,8 @@ pub struct GpuModel {
     workspaces: HashMap<ForwardShape, Workspace>,
     pub(crate) steps: HashMap<crate::step::StepShape, crate::step::StepWorkspace>,
     pub(crate) caches: HashMap<(usize, usize), crate::step::KvCache>,
+    /// Per batch size: the conditioning of a model without time conditioning, shared by the steps.
+    pub(crate) fixed_conditioning: HashMap<usize, crate::step::FixedConditioning>,
     /// On a planning model: the dispatches of every sampling step taken, one list per model call.
     pub call_plans: Vec<Vec<PlannedDispatch>>,
 }
@@ -223,6 +225,7 @@ impl GpuModel {
             workspaces: HashMap::new(),
             steps: HashMap::new(),
             caches: HashMap::new(),
+            fixed_conditioning: HashMap::new(),
             call_plans: Vec::new(),
         })
     }

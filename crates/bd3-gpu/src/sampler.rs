@@ -117,6 +117,7 @@ pub async fn generate(model: &mut GpuModel, opts: &SampleOptions, on_event: &mut
     if opts.sampler == Sampler::Ddpm && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd) {
         return Err(Error::Invalid(format!("the ddpm sampler is for BD3LM and MDLM models, not {}", cfg.kind.name())));
     }
+    model.begin_generation();
     let mut run = Run { model, opts: opts.clone(), rng: SplitMix(opts.seed), call: 0, nfe: 0, calls: 0, on_event };
     for _try in 0..MAX_TRIES {
         let result = match cfg.kind {

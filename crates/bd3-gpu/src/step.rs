@@ -74,6 +74,16 @@ pub struct StepOutput {
     pub logits: Option<Vec<f32>>,
 }
 
+/// The adaLN conditioning of a model without time conditioning, for one batch size: c does not
+/// depend on σ, so it is computed once per generation (in the first call's submission) and every step
+/// shape reads the same modulation buffers.
+pub struct FixedConditioning {
+    cond: Conditioning,
+    program: Program,
+    /// Computed since the generation began (the weights cannot have changed since).
+    fresh: bool,
+}
+
 /// One cache buffer per layer.
 pub struct KvCache {
     pub layers: Vec<Buf>,
@@ -101,6 +111,8 @@ struct StepBuffers {
     att: Buf,
     mlp: Buf,
     cond: Option<Conditioning>,
+    /// Whether `cond` is computed by every call (time-conditioned models) or once per generation.
+    cond_per_call: bool,
     final_normed: Buf,
     logits: Buf,
     out_tokens: Buf,
@@ -125,9 +137,39 @@ fn placement(cache_idx: usize, rows: usize, cache_len: usize) -> Placement {
 }
 
 impl GpuModel {
+    /// A generation begins: conditioning computed once per generation is computed again by its first
+    /// call (the weights may have changed in between, e.g. by training).
+    pub fn begin_generation(&mut self) {
+        for f in self.fixed_conditioning.values_mut() {
+            f.fresh = false;
+        }
+    }
+
+    /// Whether the conditioning vector is the same for every call (adaLN without time conditioning).
+    fn conditioning_is_fixed(&self) -> bool {
+        self.cfg.kind.has_adaln() && !self.cfg.time_conditioning
+    }
+
+    /// The shared conditioning of `batch` sequences: buffers, σ = 0 features and its program.
+    fn build_fixed_conditioning(&self, batch: usize) -> Result<FixedConditioning> {
+        let ctx = &*self.ctx;
+        let cond = Conditioning::alloc(ctx, &self.cfg, batch, false)?.expect("an adaLN model has a conditioning path");
+        if !ctx.is_planning() {
+            let feats: Vec<f32> = (0..batch).flat_map(|_| bd3_model::tables::timestep_features(0.0)).collect();
+            ctx.queue().write_buffer(&cond.features, 0, bytemuck::cast_slice(&feats));
+        }
+        let mut pb = ProgramBuilder::new(ctx);
+        cond.record(&mut pb, &self.kernels, &self.weights, batch)?;
+        Ok(FixedConditioning { cond, program: pb.finish()?, fresh: false })
+    }
+
     /// Run one step; the first call with a new shape allocates its buffers and records its program.
     pub async fn step(&mut self, shape: &StepShape, call: &StepCall<'_>) -> Result<StepOutput> {
         self.check_step(shape, call)?;
+        if self.conditioning_is_fixed() && !self.fixed_conditioning.contains_key(&shape.batch) {
+            let f = self.build_fixed_conditioning(shape.batch)?;
+            self.fixed_conditioning.insert(shape.batch, f);
+        }
         let key = (shape.batch, shape.cache_len);
         if !self.caches.contains_key(&key) {
             let bytes = (shape.batch * shape.cache_len * 3 * self.cfg.hidden_dim * 4) as u64;
@@ -145,10 +187,17 @@ impl GpuModel {
         // New kernel parameters for where the block sits now.
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record_step(&mut pb, shape, ws, place, call)?;
+        // The first call of a generation also computes the fixed conditioning, in the same submission.
+        let conditioning = self.fixed_conditioning.get(&shape.batch).filter(|f| !f.fresh).map(|f| &f.program);
         if ctx.is_planning() {
             // Planning runs the sampler's whole call sequence: each call's dispatches are logged and
             // every picked position gets a token that is not the mask, so the sampler moves on.
-            self.call_plans.push(pb.finish_plan());
+            let mut plan = conditioning.map(|p| p.plan.clone()).unwrap_or_default();
+            plan.extend(pb.finish_plan());
+            self.call_plans.push(plan);
+            if let Some(f) = self.fixed_conditioning.get_mut(&shape.batch) {
+                f.fresh = true;
+            }
             let n = match shape.action {
                 StepAction::Sample { head_rows, .. } => shape.batch * head_rows,
                 StepAction::Commit => 0,
@@ -176,7 +225,14 @@ impl GpuModel {
             }
         }
         let mut enc = ctx.device().create_command_encoder(&Default::default());
+        if let Some(program) = conditioning {
+            program.encode(&mut enc);
+        }
         ws.program.encode(&mut enc);
+        if let Some(f) = self.fixed_conditioning.get_mut(&shape.batch) {
+            f.fresh = true;
+        }
+        let ws = &self.steps[shape];
         if ws.out_floats == 0 {
             ctx.submit(enc);
             ctx.check()?;
@@ -251,12 +307,18 @@ impl GpuModel {
         };
         let picked_rows = b * head_rows;
         let chunk_rows = layers::logits_chunk_rows(ctx, v, picked_rows);
+        let fixed = self.fixed_conditioning.get(&b).map(|f| f.cond.clone());
+        let cond_per_call = fixed.is_none();
         let buffers = StepBuffers {
             x: f32s("step residual", rows * d)?,
             h: f32s("step normed", rows * d)?,
             att: f32s("step attention", rows * d)?,
             mlp: f32s("step mlp", rows * 4 * d)?,
-            cond: Conditioning::alloc(ctx, cfg, b, false)?,
+            cond: match fixed {
+                Some(c) => Some(c),
+                None => Conditioning::alloc(ctx, cfg, b, false)?,
+            },
+            cond_per_call,
             final_normed: f32s("step final_normed", picked_rows.max(1) * d)?,
             logits: f32s("step logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
             out_tokens: f32s("step tokens out", picked_rows.max(1))?,
@@ -264,7 +326,7 @@ impl GpuModel {
         };
         let out_floats = if head_rows == 0 { 0 } else { picked_rows + if verify { picked_rows * v } else { 0 } };
         let ws_tokens = f32s("step tokens", rows)?;
-        let features = buffers.cond.as_ref().map(|c| c.features.clone());
+        let features = buffers.cond.as_ref().filter(|_| cond_per_call).map(|c| c.features.clone());
         let mut ws = StepWorkspace {
             program: ProgramBuilder::new(ctx).finish()?, // replaced below
             tokens: ws_tokens,
@@ -305,7 +367,7 @@ impl GpuModel {
         let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
         let buf = &ws.buffers;
         let cache = &self.caches[&(b, s.cache_len)];
-        if let Some(c) = &buf.cond {
+        if let Some(c) = buf.cond.as_ref().filter(|_| buf.cond_per_call) {
             c.record(pb, k, w, b)?;
         }
         layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
