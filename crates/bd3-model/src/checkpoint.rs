@@ -158,22 +158,93 @@ pub fn validate_entries(entries: &[(String, String, Vec<usize>)], cfg: &ModelCon
 
 /// The tensor list of a safetensors header (the JSON after the 8-byte length), sorted by data offset:
 /// (stored name, dtype, shape, byte range within the data section). The browser streams a checkpoint
-/// with it, one tensor at a time.
-pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<(String, String, Vec<usize>, (usize, usize))>> {
+/// with it, one tensor at a time. Integers that do not fit this platform's `usize` (wasm32: 4 GiB)
+/// are errors, not truncations. The offsets are not checked here: see [`check_data_offsets`].
+pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
     let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
     let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| fail(format!("not a safetensors header ({e})")))?;
     let obj = v.as_object().ok_or_else(|| fail("not a safetensors header".into()))?;
     let mut out = Vec::new();
     for (name, e) in obj.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
-        let bad = || Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: "malformed header entry".into() };
-        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(bad)?.to_string();
-        let shape: Vec<usize> = e.get("shape").and_then(|s| s.as_array()).ok_or_else(bad)?.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<_>>().ok_or_else(bad)?;
-        let off = e.get("data_offsets").and_then(|o| o.as_array()).ok_or_else(bad)?;
-        let (a, b) = (off.first().and_then(|x| x.as_u64()).ok_or_else(bad)? as usize, off.get(1).and_then(|x| x.as_u64()).ok_or_else(bad)? as usize);
+        let bad = |what: &str| Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("malformed header entry ({what})") };
+        let int = |x: &serde_json::Value, what: &str| -> Result<usize> {
+            let n = x.as_u64().ok_or_else(|| bad(&format!("{what} is not a non-negative integer below 2^64")))?;
+            usize::try_from(n).map_err(|_| bad(&format!("{what} {n} does not fit this platform's {}-bit addresses", usize::BITS)))
+        };
+        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype"))?.to_string();
+        let shape = e.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad("no shape"))?.iter().map(|x| int(x, "a shape dimension")).collect::<Result<Vec<usize>>>()?;
+        let off = e.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad("data_offsets is not a pair"))?;
+        let (a, b) = (int(&off[0], "a data offset")?, int(&off[1], "a data offset")?);
         out.push((name.clone(), dtype, shape, (a, b)));
     }
-    out.sort_by_key(|e| e.3 .0);
+    out.sort_by_key(|e| e.3);
     Ok(out)
+}
+
+/// The largest header the safetensors crate reads (its `MAX_HEADER_SIZE`).
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+/// One tensor of a safetensors header: (stored name, dtype, shape, (begin, end) within the data section).
+pub type HeaderEntry = (String, String, Vec<usize>, (usize, usize));
+
+/// The layout checks the native loader gets from `SafeTensors::deserialize`, for a loader that has
+/// only the header and the file's length (the browser streams the data afterwards): the header fits
+/// in the file; each tensor's `data_offsets` run forward and hold exactly shape × dtype bytes; taken
+/// in offset order the tensors tile the data section with no overlap and no gap, from its first byte
+/// to the file's last (no trailing bytes, nothing beyond the end). `header_len` is the JSON's length
+/// (the 8-byte prefix's value), `file_len` the whole file's.
+pub fn check_data_offsets(entries: &[HeaderEntry], header_len: u64, file_len: u64, path: &str) -> Result<()> {
+    let fail = |tensor: Option<&str>, message: String| Error::Checkpoint { path: path.to_string(), tensor: tensor.map(str::to_string), message };
+    if header_len > MAX_HEADER_LEN {
+        return Err(fail(None, format!("not a safetensors file (a header of {header_len} bytes; at most {MAX_HEADER_LEN})")));
+    }
+    let data_len = header_len
+        .checked_add(8)
+        .and_then(|h| file_len.checked_sub(h))
+        .ok_or_else(|| fail(None, format!("the header ({header_len} bytes) runs past the end of the file ({file_len} bytes)")))?;
+    let mut order: Vec<&HeaderEntry> = entries.iter().collect();
+    order.sort_by_key(|e| e.3);
+    let mut at = 0u64;
+    let mut previous: Option<&str> = None;
+    for (name, dtype, shape, (begin, end)) in order {
+        let (begin, end) = (*begin as u64, *end as u64);
+        let t = Some(name.as_str());
+        if end < begin {
+            return Err(fail(t, format!("data_offsets [{begin}, {end}] run backward")));
+        }
+        let bits = dtype_bits(dtype).ok_or_else(|| fail(t, format!("unknown dtype {dtype}")))?;
+        let need = shape
+            .iter()
+            .try_fold(bits, |n, &d| n.checked_mul(d as u64))
+            .filter(|b| b % 8 == 0)
+            .map(|b| b / 8)
+            .ok_or_else(|| fail(t, format!("shape {shape:?} of {dtype} is not a whole number of bytes below 2^64")))?;
+        if end - begin != need {
+            return Err(fail(t, format!("data_offsets [{begin}, {end}] hold {} bytes, but shape {shape:?} of {dtype} needs {need}", end - begin)));
+        }
+        if begin < at {
+            let other = previous.map_or(String::new(), |p| format!(" `{p}`"));
+            return Err(fail(t, format!("data_offsets [{begin}, {end}] overlap the previous tensor{other} (which ends at {at})")));
+        }
+        if begin > at {
+            return Err(fail(t, format!("data_offsets [{begin}, {end}] leave a gap of {} bytes before this tensor", begin - at)));
+        }
+        if end > data_len {
+            return Err(fail(t, format!("data_offsets [{begin}, {end}] end beyond the file (its data section holds {data_len} bytes)")));
+        }
+        at = end;
+        previous = t;
+    }
+    if at != data_len {
+        return Err(fail(None, format!("{} trailing bytes after the last tensor (the data section holds {data_len} bytes, the tensors {at})", data_len - at)));
+    }
+    Ok(())
+}
+
+/// Bits per element of a dtype as a safetensors header names it.
+fn dtype_bits(dtype: &str) -> Option<u64> {
+    let d: Dtype = serde_json::from_value(serde_json::Value::String(dtype.to_string())).ok()?;
+    Some(d.bitsize() as u64)
 }
 
 /// Little-endian raw tensor bytes of a dtype named as in a safetensors header → f32.
@@ -319,5 +390,131 @@ mod tests {
         }
         assert!(f16_to_f32(0x7c00).is_infinite());
         assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    /// (header JSON as a value, data section) of a serialized checkpoint.
+    fn split(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+    }
+
+    fn join(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
+        let json = serde_json::to_vec(header).unwrap();
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&json);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// The streaming loader's verdict on a whole file: parse the header, check the offsets.
+    fn streaming_check(file: &[u8]) -> Result<()> {
+        let n = u64::from_le_bytes(file[..8].try_into().unwrap());
+        let entries = parse_header(&file[8..8 + n as usize], "m.safetensors")?;
+        check_data_offsets(&entries, n, file.len() as u64, "m.safetensors")
+    }
+
+    #[test]
+    fn data_offsets_of_real_checkpoints_pass() {
+        let cfg = tiny_ar();
+        streaming_check(&checkpoint_bytes(&cfg, Dtype::F16, 0x3e00)).unwrap();
+        for f in ["model.safetensors", "sedd/model.safetensors", "ar/model.safetensors"] {
+            let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-a").join(f)).unwrap();
+            streaming_check(&bytes).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_data_offsets_are_named() {
+        let (header, data) = split(&checkpoint_bytes(&tiny_ar(), Dtype::F16, 0x3e00));
+        let entries = parse_header(&serde_json::to_vec(&header).unwrap(), "m").unwrap();
+        // The first two tensors in file order, and the last.
+        let (first, second, last) = (entries[0].0.clone(), entries[1].0.clone(), entries.last().unwrap().0.clone());
+        let off = |h: &mut serde_json::Value, name: &str, a: i64, b: i64| {
+            let o = &mut h[name]["data_offsets"];
+            let (a0, b0) = (o[0].as_i64().unwrap(), o[1].as_i64().unwrap());
+            *o = serde_json::json!([a0 + a, b0 + b]);
+        };
+        let case = |edit: &dyn Fn(&mut serde_json::Value, &mut Vec<u8>), want: &str| {
+            let (mut h, mut d) = (header.clone(), data.clone());
+            edit(&mut h, &mut d);
+            let file = join(&h, &d);
+            let msg = streaming_check(&file).expect_err(want).to_string();
+            assert!(msg.contains(want), "{want}: {msg}");
+            assert!(SafeTensors::deserialize(&file).is_err(), "the native loader accepts what the streaming one refuses ({want})");
+        };
+        case(&|h, _| off(h, &second, -2, -2), "overlap the previous tensor");
+        case(&|h, _| off(h, &second, 2, 2), "gap of 2 bytes");
+        case(&|h, _| { let o = h[&first]["data_offsets"].clone(); h[&first]["data_offsets"] = serde_json::json!([o[1], o[0]]); }, "run backward");
+        case(&|h, _| off(h, &first, 0, 2), "hold");
+        case(&|_, d| d.extend_from_slice(&[0; 6]), "6 trailing bytes");
+        case(&|_, d| d.truncate(d.len() - 2), "end beyond the file");
+        case(&|h, d| { off(h, &last, 0, 2); let _ = d; }, "hold");
+        case(&|h, _| { h[&first]["dtype"] = "Q7".into(); }, "unknown dtype Q7");
+        // The header's length beyond the file.
+        let file = join(&header, &data);
+        let n = u64::from_le_bytes(file[..8].try_into().unwrap());
+        assert!(check_data_offsets(&parse_header(&file[8..8 + n as usize], "m").unwrap(), n, n + 4, "m").unwrap_err().to_string().contains("runs past the end"));
+        assert!(check_data_offsets(&[], MAX_HEADER_LEN + 1, u64::MAX, "m").is_err());
+        // A shape whose byte count overflows is an error, not a wrap.
+        let huge = vec![("t".to_string(), "F32".to_string(), vec![usize::MAX, 3], (0, 12))];
+        assert!(check_data_offsets(&huge, 2, 22, "m").unwrap_err().to_string().contains("whole number of bytes"));
+    }
+
+    #[test]
+    fn header_integers_that_do_not_fit_are_errors() {
+        for bad in ["18446744073709551616", "-1", "1.5", "1e3", "\"8\""] {
+            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": [0, {bad}]}}}}"#);
+            assert!(parse_header(json.as_bytes(), "m").is_err(), "data_offsets end {bad}");
+            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [{bad}], "data_offsets": [0, 8]}}}}"#);
+            assert!(parse_header(json.as_bytes(), "m").is_err(), "shape {bad}");
+        }
+        for bad in ["[0]", "[0, 8, 16]", "{}", "null"] {
+            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": {bad}}}}}"#);
+            assert!(parse_header(json.as_bytes(), "m").is_err(), "data_offsets {bad}");
+        }
+    }
+
+    /// A few hundred random edits of the offsets and of the file's length: the streaming check
+    /// accepts exactly what `SafeTensors::deserialize` (the native loader) accepts, and never panics.
+    #[test]
+    fn streaming_offset_check_agrees_with_the_native_loader() {
+        let (header, data) = split(&checkpoint_bytes(&tiny_ar(), Dtype::F16, 0x3e00));
+        let names: Vec<String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..400 {
+            let (mut h, mut d) = (header.clone(), data.clone());
+            for _ in 0..1 + next(2) {
+                let name = &names[next(names.len() as u64) as usize];
+                let o = &mut h[name]["data_offsets"];
+                let which = next(2) as usize;
+                let v = o[which].as_u64().unwrap();
+                o[which] = match next(5) {
+                    0 => v.saturating_sub(1 + next(4)),
+                    1 => v + 1 + next(4),
+                    2 => next(data.len() as u64 + 8),
+                    3 => u64::MAX - next(3),
+                    _ => v, // unchanged: only the file's length (below) moves
+                }
+                .into();
+            }
+            match next(4) {
+                0 => d.extend(std::iter::repeat_n(0u8, 1 + next(8) as usize)),
+                1 => d.truncate(d.len().saturating_sub(1 + next(8) as usize)),
+                _ => {}
+            }
+            let file = join(&h, &d);
+            let native = SafeTensors::deserialize(&file).is_ok();
+            let streaming = streaming_check(&file);
+            assert_eq!(streaming.is_ok(), native, "streaming: {streaming:?}, native: {native}\n{h}");
+            if native { accepted += 1 } else { refused += 1 }
+        }
+        assert!(accepted > 20 && refused > 200, "{accepted} accepted, {refused} refused: the edits do not cover both sides");
     }
 }
