@@ -420,3 +420,40 @@ fn out_of_descriptors_the_server_neither_dies_nor_spins() {
     let mut server = Server::start_with(&tree, Some(40));
     check_flood(&mut server, 100, Duration::from_secs(4));
 }
+
+#[test]
+fn bad_serve_arguments_are_one_line_errors() {
+    let tree = Tree::new("args");
+    let root = tree.root().display().to_string();
+    let model = tree.root().join("models/m").display().to_string();
+    let base = ["serve", "--port", "0", "--root", &root, "--model", &model];
+    let missing = tree.dir.join("missing").display().to_string();
+    let cases: [&[&str]; 9] = [
+        &["--extra-model", "noequals"],
+        &["--extra-model", &format!("default={model}")],
+        &["--extra-model", &format!("../x={model}")],
+        &["--extra-model", &format!("a={model}"), "--extra-model", &format!("a={model}")],
+        &["--extra-model", &format!("a={missing}")],
+        &["--extra-model"],
+        &["--model"],
+        &["--port", "70000"],
+        &["--root", &missing],
+    ];
+    for extra in cases {
+        // Bounded: a case the server wrongly accepts would otherwise serve forever.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).args(base).args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{extra:?}: still running after 10 s (accepted)");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1 && !err.contains("panicked"), "{extra:?}: {err}");
+    }
+}
