@@ -1,6 +1,6 @@
 // The browser's streaming loader and its recovery, in headless Chromium against `bd3-wgpu serve`:
 // a model.safetensors whose data_offsets the native loader refuses (data beyond the file, a gap,
-// trailing bytes, an overlap) gives a readable error at once — no silent load of shifted bytes, no
+// trailing bytes, an overlap, an offset beyond wasm32's address space) gives a readable error at once — no silent load of shifted bytes, no
 // re-download loop — and a panic inside the wasm engine is reported and the next Load works.
 // Run by scripts/test.sh: node --test tests/web/ (needs the wasm package in web/pkg and Chromium).
 import { test, before, after } from 'node:test';
@@ -55,6 +55,14 @@ function badModels() {
     const second = byOffset(header)[1];
     header[second].data_offsets = header[second].data_offsets.map((x) => x - 4);
     cases['bad-overlap'] = [safetensors(header, data), /overlap the previous tensor/];
+  }
+  {
+    // 2^40 fits a u64 but not wasm32's usize: an error, not a truncation (to 0, which would read as
+    // a backward range, or worse, as a valid one).
+    const { header, data } = fixtureParts();
+    const last = byOffset(header).at(-1);
+    header[last].data_offsets[1] = 2 ** 40;
+    cases['bad-wide'] = [safetensors(header, data), /data offset 1099511627776 does not fit this platform's 32-bit addresses/];
   }
   return cases;
 }
