@@ -98,7 +98,8 @@ function handle(m) {
       state.ready = true; state.adapter = m.adapter;
       $('adapter').textContent = `GPU: ${m.adapter}`;
       $('load-btn').disabled = !navigator.gpu;
-      if (selftest === 'verify' && state.verify === null) selftestVerify();
+      // Once: after a restart the checks are not re-run (a panic in them would restart forever).
+      if (selftest === 'verify' && state.restarts === 0) selftestVerify();
       break;
     case 'panic': restartWorker(`The GPU engine crashed: ${m.message}`); break;
     case 'status': $('load-status').textContent = m.text; state.statuses.push(m.text); break;
