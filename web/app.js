@@ -102,7 +102,11 @@ function handle(m) {
       if (selftest === 'verify' && state.restarts === 0) selftestVerify();
       break;
     case 'panic': restartWorker(`The GPU engine crashed: ${m.message}`); break;
-    case 'status': $('load-status').textContent = m.text; state.statuses.push(m.text); break;
+    case 'status':
+      $('load-status').textContent = m.text;
+      state.statuses.push(m.text);
+      if (state.statuses.length > 200) state.statuses.shift();
+      break;
     case 'size':
       $('load-status').textContent = `Downloading ${fmtBytes(m.bytes)}…`;
       $('load-progress').hidden = false; $('load-progress').max = Math.max(m.bytes, 1); $('load-progress').value = 0;
