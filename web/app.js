@@ -1,9 +1,12 @@
 // The page: controls, the block-diffusion view, and the messages to the GPU worker (web/worker.js).
-// Tests read window.bd3 (state, last result, events) and can run the fixture checks with ?selftest=verify.
+// Tests read window.bd3 (state, last result, events, the status lines) and can run the fixture checks
+// with ?selftest=verify (served by `bd3-wgpu serve --extra-model tiny-a=tests/fixtures/tiny-a`), or
+// crash the engine on purpose with ?selftest=panic and window.bd3.debugPanic().
 
 const $ = (id) => document.getElementById(id);
-const state = { ready: false, loaded: false, generating: false, info: null, result: null, events: 0, error: null, verify: null, adapter: null };
+const state = { ready: false, loaded: false, generating: false, info: null, result: null, events: 0, error: null, verify: null, adapter: null, statuses: [], restarts: 0 };
 window.bd3 = state;
+const selftest = new URLSearchParams(location.search).get('selftest');
 
 const HF = (repo) => `https://huggingface.co/${repo}/resolve/main/`;
 // The official checkpoints ship no tokenizer.json; they use GPT-2's.
@@ -23,10 +26,36 @@ if (!navigator.gpu) {
   state.error = 'WebGPU is not available';
 }
 
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-worker.onerror = (e) => showError(`The GPU worker failed: ${e.message}`);
-worker.onmessage = (e) => handle(e.data);
-worker.postMessage({ type: 'init' });
+// The GPU worker. A panic in the wasm engine leaves its instance unusable, so the worker is replaced
+// by a fresh one (a new wasm instance and GPU device) — unless it never got ready, so that a worker
+// that cannot start is not restarted in a loop.
+let worker = null;
+function startWorker() {
+  const w = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  w.onerror = (e) => {
+    if (w !== worker) return;
+    e.preventDefault();
+    restartWorker(`The GPU worker failed: ${e.message}`);
+  };
+  w.onmessage = (e) => { if (w === worker) handle(e.data); };
+  w.postMessage({ type: 'init', testHooks: selftest === 'panic' });
+  worker = w;
+}
+function restartWorker(why) {
+  const wasReady = state.ready;
+  worker.terminate();
+  worker = null;
+  state.ready = false; state.loaded = false; state.generating = false;
+  $('gen-btn').disabled = true; $('stop-btn').disabled = true; $('load-btn').disabled = true;
+  $('load-progress').hidden = true;
+  $('load-status').textContent = 'Not loaded.';
+  if (!wasReady) { showError(why); return; }
+  state.restarts++;
+  showError(`${why}\nThe GPU engine was restarted: load the model again.`);
+  startWorker();
+}
+if (selftest === 'panic') state.debugPanic = () => worker.postMessage({ type: 'debugPanic' });
+startWorker();
 
 // ---- the block-diffusion view ----
 let cells = [];   // per position: {text, state}
@@ -68,9 +97,16 @@ function handle(m) {
     case 'ready':
       state.ready = true; state.adapter = m.adapter;
       $('adapter').textContent = `GPU: ${m.adapter}`;
-      if (new URLSearchParams(location.search).get('selftest') === 'verify') selftestVerify();
+      $('load-btn').disabled = !navigator.gpu;
+      // Once: after a restart the checks are not re-run (a panic in them would restart forever).
+      if (selftest === 'verify' && state.restarts === 0) selftestVerify();
       break;
-    case 'status': $('load-status').textContent = m.text; break;
+    case 'panic': restartWorker(`The GPU engine crashed: ${m.message}`); break;
+    case 'status':
+      $('load-status').textContent = m.text;
+      state.statuses.push(m.text);
+      if (state.statuses.length > 200) state.statuses.shift();
+      break;
     case 'size':
       $('load-status').textContent = `Downloading ${fmtBytes(m.bytes)}…`;
       $('load-progress').hidden = false; $('load-progress').max = Math.max(m.bytes, 1); $('load-progress').value = 0;
@@ -164,7 +200,7 @@ $('stop-btn').onclick = () => worker.postMessage({ type: 'stop' });
 
 // ---- self test: the fixture checks of `bd3-wgpu verify`, with the browser's own shader compiler ----
 function selftestVerify() {
-  const base = new URL('tests/fixtures/tiny-a/', location.href).href;
+  const base = new URL('models/tiny-a/', location.href).href;
   const files = ['config.json', 'model.safetensors', 'train_case.safetensors', 'mask_cases.safetensors', 'sample_case.safetensors',
     'sedd/config.json', 'sedd/model.safetensors', 'sedd/sedd_case.safetensors', 'ar/config.json', 'ar/model.safetensors', 'ar/ar_case.safetensors'];
   $('load-status').textContent = 'Running the fixture checks…';

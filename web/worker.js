@@ -4,13 +4,35 @@ import init, { Engine, requestStop } from './pkg/bd3_web.js';
 
 const CACHE = 'bd3-wgpu-models-v1';
 let engine = null;
+let testHooks = false;
 const post = (m) => self.postMessage(m);
+
+// The wasm panic hook calls this (crates/bd3-web: start()). After a panic the module instance is
+// unusable (its borrows and allocator state are wherever the panic left them): the page is told,
+// and replaces this worker with a fresh one (web/app.js). Posted at once, since a panic inside an
+// async call may never settle its promise.
+let panicked = false;
+self.bd3Panic = (message) => {
+  if (!panicked) post({ type: 'panic', message: String(message) });
+  panicked = true;
+};
+
+// A failure of the download itself (the network, a truncated body): worth retrying. Anything
+// else — a malformed file, a validation error — is reported at once.
+class Transient extends Error {}
 
 self.onmessage = async (e) => {
   const m = e.data;
+  if (panicked) { post({ type: 'error', message: 'the engine has crashed; it is being restarted' }); return; }
   try {
     if (m.type === 'stop') { requestStop(); return; }
+    if (m.type === 'debugPanic') {
+      if (!testHooks) throw new Error('debugPanic is a test hook (open the page with ?selftest=panic)');
+      engine.debugPanic();
+      return;
+    }
     if (m.type === 'init') {
+      testHooks = !!m.testHooks;
       await init();
       if (!self.navigator.gpu) throw new Error('WebGPU is not available in this browser (navigator.gpu is missing).');
       engine = await Engine.create();
@@ -32,7 +54,10 @@ self.onmessage = async (e) => {
       post({ type: 'verified', text: await engine.verify(files) });
     }
   } catch (err) {
-    post({ type: 'error', message: describe(err) });
+    // A trap (a panic aborts into `unreachable`, or an out-of-bounds access) leaves the instance
+    // unusable, like a panic: the page replaces the worker.
+    if (err instanceof WebAssembly.RuntimeError) self.bd3Panic(`the wasm engine trapped: ${describe(err)}`);
+    else post({ type: 'error', message: describe(err) });
   }
 };
 
@@ -90,13 +115,16 @@ function folder(source) {
       }
       const cached = !!r;
       if (!r) {
-        r = await fetch(url);
+        try { r = await fetch(url); } catch (err) { throw new Transient(`${url}: ${describe(err)}`); }
         if (!r.ok) throw new Error(`${url}: HTTP ${r.status} ${r.statusText}`);
         if (cache) {
           cache.put(url, r.clone()).catch((err) => post({ type: 'status', text: `not cached (${describe(err)}); it will be downloaded again next time` }));
         }
       }
-      const length = Number(r.headers.get('content-length') || 0);
+      // The length the data_offsets are checked against (null: the server did not say).
+      // A compressed response's Content-Length counts the compressed bytes: unknown then.
+      const encoded = (r.headers.get('content-encoding') || 'identity') !== 'identity';
+      const length = r.headers.get('content-length') === null || encoded ? null : Number(r.headers.get('content-length'));
       return { body: r.body, length, cached, done: async (ok) => { if (!ok && cache) await cache.delete(url); } };
     },
   };
@@ -116,16 +144,20 @@ async function stillCurrent(url, cached) {
   return size(cached) === size(head);
 }
 
-// Reads exact byte counts from a stream.
+// Reads exact byte counts from a stream. Failures of the stream itself are Transient.
 function byteReader(body, onBytes) {
   const reader = body.getReader();
   let chunks = [], have = 0, total = 0;
+  const pull = async () => {
+    let r;
+    try { r = await reader.read(); } catch (err) { throw new Transient(`the download failed after ${total} bytes: ${describe(err)}`); }
+    if (!r.done) { chunks.push(r.value); have += r.value.length; total += r.value.length; onBytes(total); }
+    return !r.done;
+  };
   return {
     async read(n) {
       while (have < n) {
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`the download ended early (${total} bytes received)`);
-        chunks.push(value); have += value.length; total += value.length; onBytes(total);
+        if (!(await pull())) throw new Transient(`the download ended early (${total} bytes received)`);
       }
       const out = new Uint8Array(n);
       let off = 0;
@@ -137,6 +169,9 @@ function byteReader(body, onBytes) {
       have -= n;
       return out;
     },
+    // Whether the stream holds nothing more (reads at most one more chunk).
+    async atEnd() { return have === 0 && !(await pull()); },
+    cancel() { reader.cancel().catch(() => {}); },
     total: () => total,
   };
 }
@@ -156,34 +191,43 @@ async function loadModel(source) {
   for (let attempt = 1; ; attempt++) {
     const s = await dir.stream('model.safetensors');
     try {
-      const info = await streamWeights(s, config, tokenizer, size || s.length);
+      const info = await streamWeights(s, config, tokenizer, s.length ?? (size || null));
       await s.done(true);
       return info;
     } catch (err) {
       await s.done(false);
-      const transient = /ended early|network|fetch|abort/i.test(String(err && err.message));
-      if (!transient || attempt >= 3 || source.kind === 'files') throw err;
+      if (!(err instanceof Transient) || attempt >= 3 || source.kind === 'files') throw err;
       post({ type: 'status', text: `download interrupted (${describe(err)}); retrying (${attempt + 1}/3)…` });
     }
   }
 }
 
-async function streamWeights(s, config, tokenizer, size) {
-  const r = byteReader(s.body, (n) => post({ type: 'progress', bytes: n, total: size }));
-  const lenBytes = await r.read(8);
-  const headerLen = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
-  if (headerLen > 100_000_000) throw new Error('model.safetensors: not a safetensors file (header too large)');
-  const header = new TextDecoder().decode(await r.read(headerLen));
-  post({ type: 'status', text: 'Compiling shaders…' });
-  const order = await engine.beginLoad(config, header, tokenizer);
-  post({ type: 'status', text: `Streaming ${order.length} tensors to the GPU${s.cached ? ' (from the browser cache)' : ''}…` });
-  let at = 0;
-  for (const t of order) {
-    if (t.begin > at) { await r.read(t.begin - at); at = t.begin; }
-    const bytes = await r.read(t.end - t.begin);
-    at = t.end;
-    engine.putTensor(t.name, t.dtype, bytes);
+// `length`: the file's length in bytes, or null when unknown.
+async function streamWeights(s, config, tokenizer, length) {
+  const r = byteReader(s.body, (n) => post({ type: 'progress', bytes: n, total: length || 0 }));
+  try {
+    const lenBytes = await r.read(8);
+    const headerLen = new DataView(lenBytes.buffer).getBigUint64(0, true);
+    if (headerLen > 100_000_000n) throw new Error('model.safetensors: not a safetensors file (header too large)');
+    if (length !== null && 8 + Number(headerLen) > length) {
+      throw new Error(`model.safetensors: the header (${headerLen} bytes) runs past the end of the file (${length} bytes)`);
+    }
+    const header = await r.read(Number(headerLen));
+    post({ type: 'status', text: 'Compiling shaders…' });
+    // Checks the tensors against the config and their data_offsets against the file's length, as
+    // the native loader does: from here on, the tensors tile the data section exactly.
+    const order = await engine.beginLoad(config, header, tokenizer, length ?? undefined);
+    post({ type: 'status', text: `Streaming ${order.length} tensors to the GPU${s.cached ? ' (from the browser cache)' : ''}…` });
+    let at = 0;
+    for (const t of order) {
+      if (t.begin !== at) throw new Error(`model.safetensors: tensor \`${t.name}\` does not start where the previous one ends`);
+      const bytes = await r.read(t.end - t.begin);
+      at = t.end;
+      engine.putTensor(t.name, t.dtype, bytes);
+    }
+    if (length === null && !(await r.atEnd())) throw new Error('model.safetensors: trailing bytes after the last tensor');
+    return engine.finishLoad();
+  } finally {
+    r.cancel();
   }
-  if (s.length && 8 + headerLen + at < s.length) await r.read(s.length - 8 - headerLen - at);
-  return engine.finishLoad();
 }

@@ -25,7 +25,10 @@ before(async () => {
   mkdirSync(broken, { recursive: true });
   writeFileSync(path.join(broken, 'config.json'), '{"model_type": "bd3lm", "vocab_size": ');
   copyFileSync(path.join(root, 'tests/fixtures/tiny-a/model.safetensors'), path.join(broken, 'model.safetensors'));
-  server = spawn(bin, ['serve', '--port', String(port), '--root', root], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // `serve` exposes only the page, web/ and model folders: the fixture and the broken folder are
+  // served as extra model folders.
+  server = spawn(bin, ['serve', '--port', String(port), '--root', root,
+    '--extra-model', `tiny-a=${path.join(root, 'tests/fixtures/tiny-a')}`, '--extra-model', `broken=${broken}`], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise((resolve, reject) => {
     server.stdout.on('data', (d) => { if (String(d).includes('serving')) resolve(); });
     server.on('exit', (c) => reject(new Error(`bd3-wgpu serve exited with ${c}`)));
@@ -87,7 +90,7 @@ test('the fixture checks of `bd3-wgpu verify` pass with the browser compiling th
 test('the page generates the same tokens as the native binary for the same model, prompt and seed', async () => {
   const native = execFileSync(bin, ['sample', '--model', path.join(root, 'tests/fixtures/tiny-a'), '--seed', '7', '--length', '40', '--prompt-ids', '5,6,7'], { encoding: 'utf8' });
   const page = await openPage();
-  await loadUrl(page, base + 'tests/fixtures/tiny-a/');
+  await loadUrl(page, base + 'models/tiny-a/');
   await page.fill('#prompt', '5,6,7');
   await page.fill('#length', '40');
   await page.fill('#seed', '7');
@@ -139,7 +142,7 @@ const MIN_KNOWN_WORDS = 0.75;
 test('a broken model folder shows a readable error', async () => {
   const page = await openPage();
   await page.selectOption('#model-choice', 'url');
-  await page.fill('#model-url', base + 'target/web/broken/');
+  await page.fill('#model-url', base + 'models/broken/');
   await page.click('#load-btn');
   await page.waitForFunction(() => window.bd3.error, null, { timeout: 60_000 });
   const text = await page.textContent('#error');

@@ -197,14 +197,14 @@ pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
         let bad = |m: &str| Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("malformed header entry: {m}") };
         let int = |x: &serde_json::Value, what: &str| -> Result<usize> {
             let n = x.as_u64().ok_or_else(|| bad(&format!("{what} {x} is not a non-negative integer")))?;
-            usize::try_from(n).map_err(|_| bad(&format!("{what} {n} does not fit this platform's address space")))
+            usize::try_from(n).map_err(|_| bad(&format!("{what} {n} does not fit this platform's {}-bit addresses", usize::BITS)))
         };
         let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no string `dtype`"))?.to_string();
         let size = dtype_size(&dtype).ok_or_else(|| bad(&format!("unknown dtype {dtype}")))?;
         let shape: Vec<usize> =
-            e.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad("no `shape` list"))?.iter().map(|x| int(x, "dimension")).collect::<Result<_>>()?;
+            e.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad("no `shape` list"))?.iter().map(|x| int(x, "shape dimension")).collect::<Result<_>>()?;
         let off = e.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad("`data_offsets` must be [begin, end]"))?;
-        let (a, b) = (int(&off[0], "offset")?, int(&off[1], "offset")?);
+        let (a, b) = (int(&off[0], "data offset")?, int(&off[1], "data offset")?);
         if b < a {
             return Err(bad(&format!("data_offsets [{a}, {b}] run backward")));
         }
@@ -218,8 +218,8 @@ pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
     let mut end = 0usize;
     for (name, _, _, (a, b)) in &out {
         if *a != end {
-            let what = if *a < end { "overlaps the previous tensor" } else { "leaves a gap after the previous tensor" };
-            return Err(Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("data_offsets [{a}, {b}] {what} (which ends at {end})") });
+            let what = if *a < end { format!("overlap the previous tensor (which ends at {end})") } else { format!("leave a gap of {} bytes after the previous tensor", a - end) };
+            return Err(Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("data_offsets [{a}, {b}] {what}") });
         }
         end = *b;
     }
@@ -229,18 +229,24 @@ pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
 /// [`parse_header`] checked against the whole file: `json` is the header (the bytes after the 8-byte
 /// length prefix), `file_len` the length of the whole `.safetensors` file in bytes. The tensors must
 /// end exactly at the end of the file: a range past it (a truncated file) or bytes after the last
-/// tensor are errors. Both the native loader and the browser's streaming loader call this.
+/// tensor are errors. Both the native loader and the browser's streaming loader (which has only the
+/// header and the file's length when the data starts to arrive) call this.
 pub fn check_header(json: &[u8], file_len: u64, path: &str) -> Result<Vec<HeaderEntry>> {
     let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
+    if json.len() as u64 > MAX_HEADER_LEN {
+        return Err(fail(format!("not a readable safetensors file (a header of {} bytes; at most {MAX_HEADER_LEN})", json.len())));
+    }
     let entries = parse_header(json, path)?;
     let data_start = 8u64 + json.len() as u64;
-    let data_len = file_len.checked_sub(data_start).ok_or_else(|| fail(format!("not a readable safetensors file (truncated: {file_len} bytes, shorter than its header of {data_start})")))?;
+    let data_len = file_len
+        .checked_sub(data_start)
+        .ok_or_else(|| fail(format!("not a readable safetensors file (truncated: the header runs past the end of the file, {file_len} bytes)")))?;
     let end = entries.last().map_or(0, |e| e.3 .1) as u64;
     if end > data_len {
-        return Err(fail(format!("not a readable safetensors file (truncated: the tensors need {end} bytes of data, the file holds {data_len})")));
+        return Err(fail(format!("not a readable safetensors file (truncated: the tensors end beyond the file; they need {end} bytes of data, it holds {data_len})")));
     }
     if end < data_len {
-        return Err(fail(format!("not a readable safetensors file ({} bytes after the last tensor: the header accounts for {end} of {data_len})", data_len - end)));
+        return Err(fail(format!("not a readable safetensors file ({} trailing bytes after the last tensor: the header accounts for {end} of {data_len})", data_len - end)));
     }
     Ok(entries)
 }
@@ -420,12 +426,12 @@ mod tests {
         let entries = check_header(&ok, file_len(&ok, 14), "m").unwrap();
         assert_eq!(entries.iter().map(|e| e.3).collect::<Vec<_>>(), [(0, 8), (8, 14)]);
         for (json, data, needle) in [
-            (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [4, 12])]), 12, "overlaps"),
+            (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [4, 12])]), 12, "overlap the previous tensor"),
             (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [12, 20])]), 20, "gap"),
             (header(&[("a", "F32", &[2], [1, 9])]), 9, "gap"),
             (header(&[("a", "F32", &[0], [8, 0])]), 8, "backward"),
             (header(&[("a", "F32", &[2], [0, 12])]), 12, "needs 8"),
-            (header(&[("a", "F32", &[2], [0, 8])]), 9, "1 bytes after the last tensor"),
+            (header(&[("a", "F32", &[2], [0, 8])]), 9, "1 trailing bytes after the last tensor"),
             (header(&[("a", "F32", &[2], [0, 8])]), 7, "truncated"),
             (header(&[("a", "F32", &[u64::MAX, 2], [0, 8])]), 8, ""),
             (header(&[("a", "F32", &[1 << 62, 1 << 62], [0, 8])]), 8, "too large"),
@@ -472,5 +478,129 @@ mod tests {
         }
         assert!(f16_to_f32(0x7c00).is_infinite());
         assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    /// (header JSON as a value, data section) of a serialized checkpoint.
+    fn split(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+    }
+
+    fn join(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
+        let json = serde_json::to_vec(header).unwrap();
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&json);
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// The streaming loader's verdict on a whole file: the header against the file's length.
+    fn streaming_check(file: &[u8]) -> Result<()> {
+        let n = u64::from_le_bytes(file[..8].try_into().unwrap());
+        check_header(&file[8..8 + n as usize], file.len() as u64, "m.safetensors").map(|_| ())
+    }
+
+    #[test]
+    fn data_offsets_of_real_checkpoints_pass() {
+        let cfg = tiny_ar();
+        streaming_check(&checkpoint_bytes(&cfg, Dtype::F16, 0x3e00)).unwrap();
+        for f in ["model.safetensors", "sedd/model.safetensors", "ar/model.safetensors"] {
+            let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-a").join(f)).unwrap();
+            streaming_check(&bytes).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_data_offsets_are_named() {
+        let (header, data) = split(&checkpoint_bytes(&tiny_ar(), Dtype::F16, 0x3e00));
+        let entries = parse_header(&serde_json::to_vec(&header).unwrap(), "m").unwrap();
+        // The first two tensors in file order, and the last.
+        let (first, second, last) = (entries[0].0.clone(), entries[1].0.clone(), entries.last().unwrap().0.clone());
+        let off = |h: &mut serde_json::Value, name: &str, a: i64, b: i64| {
+            let o = &mut h[name]["data_offsets"];
+            let (a0, b0) = (o[0].as_i64().unwrap(), o[1].as_i64().unwrap());
+            *o = serde_json::json!([a0 + a, b0 + b]);
+        };
+        let case = |edit: &dyn Fn(&mut serde_json::Value, &mut Vec<u8>), want: &str| {
+            let (mut h, mut d) = (header.clone(), data.clone());
+            edit(&mut h, &mut d);
+            let file = join(&h, &d);
+            let msg = streaming_check(&file).expect_err(want).to_string();
+            assert!(msg.contains(want), "{want}: {msg}");
+            assert!(SafeTensors::deserialize(&file).is_err(), "the native loader accepts what the streaming one refuses ({want})");
+        };
+        case(&|h, _| off(h, &second, -2, -2), "overlap the previous tensor");
+        case(&|h, _| off(h, &second, 2, 2), "gap of 2 bytes");
+        case(&|h, _| { let o = h[&first]["data_offsets"].clone(); h[&first]["data_offsets"] = serde_json::json!([o[1], o[0]]); }, "run backward");
+        case(&|h, _| off(h, &first, 0, 2), "hold");
+        case(&|_, d| d.extend_from_slice(&[0; 6]), "6 trailing bytes");
+        case(&|_, d| d.truncate(d.len() - 2), "end beyond the file");
+        case(&|h, d| { off(h, &last, 0, 2); let _ = d; }, "hold");
+        case(&|h, _| { h[&first]["dtype"] = "Q7".into(); }, "unknown dtype Q7");
+        // The header's length beyond the file.
+        let file = join(&header, &data);
+        let n = u64::from_le_bytes(file[..8].try_into().unwrap());
+        assert!(check_header(&file[8..8 + n as usize], n + 4, "m").unwrap_err().to_string().contains("runs past the end"));
+        // A shape whose byte count overflows is an error, not a wrap.
+        let huge = format!(r#"{{"t": {{"dtype": "F32", "shape": [{}, 3], "data_offsets": [0, 12]}}}}"#, usize::MAX);
+        assert!(check_header(huge.as_bytes(), 8 + huge.len() as u64 + 12, "m").unwrap_err().to_string().contains("too large"));
+    }
+
+    #[test]
+    fn header_integers_that_do_not_fit_are_errors() {
+        for bad in ["18446744073709551616", "-1", "1.5", "1e3", "\"8\""] {
+            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": [0, {bad}]}}}}"#);
+            assert!(parse_header(json.as_bytes(), "m").is_err(), "data_offsets end {bad}");
+            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [{bad}], "data_offsets": [0, 8]}}}}"#);
+            assert!(parse_header(json.as_bytes(), "m").is_err(), "shape {bad}");
+        }
+        for bad in ["[0]", "[0, 8, 16]", "{}", "null"] {
+            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": {bad}}}}}"#);
+            assert!(parse_header(json.as_bytes(), "m").is_err(), "data_offsets {bad}");
+        }
+    }
+
+    /// A few hundred random edits of the offsets and of the file's length: the streaming check
+    /// accepts exactly what `SafeTensors::deserialize` (the native loader) accepts, and never panics.
+    #[test]
+    fn streaming_offset_check_agrees_with_the_native_loader() {
+        let (header, data) = split(&checkpoint_bytes(&tiny_ar(), Dtype::F16, 0x3e00));
+        let names: Vec<String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..400 {
+            let (mut h, mut d) = (header.clone(), data.clone());
+            for _ in 0..1 + next(2) {
+                let name = &names[next(names.len() as u64) as usize];
+                let o = &mut h[name]["data_offsets"];
+                let which = next(2) as usize;
+                let v = o[which].as_u64().unwrap();
+                o[which] = match next(5) {
+                    0 => v.saturating_sub(1 + next(4)),
+                    1 => v + 1 + next(4),
+                    2 => next(data.len() as u64 + 8),
+                    3 => u64::MAX - next(3),
+                    _ => v, // unchanged: only the file's length (below) moves
+                }
+                .into();
+            }
+            match next(4) {
+                0 => d.extend(std::iter::repeat_n(0u8, 1 + next(8) as usize)),
+                1 => d.truncate(d.len().saturating_sub(1 + next(8) as usize)),
+                _ => {}
+            }
+            let file = join(&h, &d);
+            let native = SafeTensors::deserialize(&file).is_ok();
+            let streaming = streaming_check(&file);
+            assert_eq!(streaming.is_ok(), native, "streaming: {streaming:?}, native: {native}\n{h}");
+            if native { accepted += 1 } else { refused += 1 }
+        }
+        assert!(accepted > 20 && refused > 200, "{accepted} accepted, {refused} refused: the edits do not cover both sides");
     }
 }

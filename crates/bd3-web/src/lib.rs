@@ -4,16 +4,20 @@
 //! JS API (all methods that touch the GPU are async):
 //!   Engine.create()                                   open the WebGPU device
 //!   engine.adapter()                                  adapter description
-//!   engine.beginLoad(configJson, headerJson, tokenizerJson?)   check config and tensor list, allocate
+//!   engine.beginLoad(configJson, headerBytes, tokenizerJson?, fileLength?)   check config, tensor list
+//!                                                     and data_offsets (against the file's length), allocate
 //!   engine.putTensor(name, dtype, bytes)              one tensor of model.safetensors at a time
 //!   engine.finishLoad()                               every tensor arrived → model info
 //!   engine.generate(options, onEvent)                 sample; onEvent receives every step
 //!   requestStop()                                     stop the running generation
 //!   engine.verify(files)                              run `bd3-wgpu verify`'s checks on a fixture folder
+//!   engine.debugPanic()                               test hook: panics (the page's ?selftest=panic)
+//! A panic is reported through the panic hook (console.error, and `globalThis.bd3Panic(message)`
+//! when the worker defines it); the instance is unusable afterwards, so the worker is replaced.
 //! Weights stream to the GPU tensor by tensor: the whole checkpoint is never held in wasm memory.
 
 use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
-use bd3_model::checkpoint::{bytes_to_f32, parse_header, validate_entries};
+use bd3_model::checkpoint::{bytes_to_f32, check_header, parse_header, validate_entries};
 use bd3_model::tokenizer::TextTokenizer;
 use bd3_model::{Error, ModelConfig, ModelKind};
 use js_sys::{Array, Function, Object, Reflect};
@@ -28,6 +32,33 @@ fn js_err(e: Error) -> JsError {
 
 fn set(o: &Object, k: &str, v: impl Into<JsValue>) {
     let _ = Reflect::set(o, &k.into(), &v.into());
+}
+
+/// Installs the panic hook when the module is instantiated.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("bd3-web {info}");
+        let global = js_sys::global();
+        let call = |target: &JsValue, name: &str| {
+            if let Some(f) = Reflect::get(target, &name.into()).ok().and_then(|f| f.dyn_into::<Function>().ok()) {
+                let _ = f.call1(target, &JsValue::from(msg.as_str()));
+            }
+        };
+        if let Ok(console) = Reflect::get(&global, &"console".into()) {
+            call(&console, "error");
+        }
+        call(&global, "bd3Panic");
+    }));
+}
+
+/// A file length from JS (a Number): a whole number of bytes, exactly representable.
+fn file_length(v: Option<f64>) -> Result<Option<u64>, JsError> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= 9_007_199_254_740_992.0 => Ok(Some(x as u64)),
+        Some(x) => Err(JsError::new(&format!("model.safetensors: the file length {x} is not a whole number of bytes"))),
+    }
 }
 
 thread_local! {
@@ -68,12 +99,25 @@ impl Engine {
 
     /// Check `config.json` and the safetensors header (the JSON after its 8-byte length) strictly,
     /// then allocate the model and build its kernels. Returns the tensors to send, in file order.
+    ///
+    /// `header` is the header's bytes exactly as stored; `file_length` the whole file's length when
+    /// known. The data_offsets are checked as the native loader checks them: with the length, they
+    /// must tile the data section to the file's last byte; without it (a server that sends no
+    /// Content-Length), they must tile it from its first byte and the caller checks the stream ends
+    /// after the last tensor.
     #[wasm_bindgen(js_name = beginLoad)]
-    pub async fn begin_load(&mut self, config_json: String, header_json: String, tokenizer_json: Option<String>) -> Result<Array, JsError> {
+    pub async fn begin_load(&mut self, config_json: String, header: Vec<u8>, tokenizer_json: Option<String>, file_length: Option<f64>) -> Result<Array, JsError> {
         self.model = None;
         self.loading = None;
         let cfg = ModelConfig::from_json_bytes(config_json.as_bytes(), "config.json", None).map_err(js_err)?;
-        let entries = parse_header(header_json.as_bytes(), "model.safetensors").map_err(js_err)?;
+        let header_len = header.len() as u64;
+        // Without the file's length, the file is taken to end where the last tensor does (the caller
+        // checks that the stream ends there).
+        let file_len = match self::file_length(file_length)? {
+            Some(n) => n,
+            None => parse_header(&header, "model.safetensors").map_err(js_err)?.iter().map(|e| e.3 .1 as u64).max().unwrap_or(0).saturating_add(8 + header_len),
+        };
+        let entries = check_header(&header, file_len, "model.safetensors").map_err(js_err)?;
         let plain: Vec<(String, String, Vec<usize>)> = entries.iter().map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone())).collect();
         let names = validate_entries(&plain, &cfg, "model.safetensors").map_err(js_err)?;
         self.tokenizer = match tokenizer_json {
@@ -123,6 +167,13 @@ impl Engine {
         self.ctx.check().map_err(js_err)?;
         self.model = Some(l.model);
         Ok(self.info())
+    }
+
+    /// Test hook (the page's `?selftest=panic`): panics inside the engine, as a bug would, so that
+    /// the page's recovery can be tested. Never called otherwise.
+    #[wasm_bindgen(js_name = debugPanic)]
+    pub fn debug_panic(&mut self) {
+        panic!("deliberate panic (test hook debugPanic)");
     }
 
     /// What the page shows about the loaded model.
