@@ -53,11 +53,22 @@ pub fn kernel_source(name: &str) -> Result<&'static str, String> {
 }
 
 /// An attention kernel file specialised for one head dimension: private arrays need constant sizes,
-/// so HEAD_DIM and a key tile that keeps workgroup memory within 16 KiB are compiled in.
+/// so HEAD_DIM and the largest tile (at most 32 rows) that keeps its workgroup memory within 16 KiB
+/// are compiled in.
 pub fn attention_file(name: &str, head_dim: usize) -> Result<String, String> {
-    // Two tiles of TILE head vectors, 2·TILE floats of statistics and 65 u32 flags fit the budget.
-    let tile = ((WORKGROUP_MEMORY_BUDGET / 4 - 65) / (2 * head_dim + 2)).clamp(1, 32);
-    specialize(kernel_source(name)?, &[("HEAD_DIM", head_dim as u32), ("TILE", tile as u32)])
+    let source = kernel_source(name)?;
+    let tile = (1..=32).rev().find(|&t| attention_workgroup_bytes(name, head_dim, t) <= WORKGROUP_MEMORY_BUDGET).unwrap_or(1);
+    specialize(source, &[("HEAD_DIM", head_dim as u32), ("TILE", tile as u32)])
+}
+
+/// Workgroup memory of an attention kernel with a tile of `tile` rows, counted as browsers count it:
+/// every variable rounded up to 16 bytes (Chromium's rule; naga's sum can be a few bytes less).
+/// All three kernels hold 64 u32 flags, one u32, and two tiles of `tile` head vectors; the key/value
+/// gradient kernel also 2·`tile` floats of statistics.
+pub fn attention_workgroup_bytes(name: &str, head_dim: usize, tile: usize) -> usize {
+    let var = |floats: usize| (4 * floats).div_ceil(16) * 16;
+    let stats = if name == "attention_dkv.wgsl" { var(2 * tile) } else { 0 };
+    var(64) + var(1) + 2 * var(tile * head_dim) + stats
 }
 
 /// The matmul kernel with `rows_per_thread` output rows per thread (4: 64-row tiles; 1: 16-row).
