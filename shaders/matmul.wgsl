@@ -29,47 +29,10 @@
 // coalesced for transposed operands too. Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
 // pay for a 64-row tile. The z dimension of the grid indexes the K slices.
-// Includes: dropout.wgsl (keep, and hash.wgsl through it), gelu.wgsl (gelu_tanh).
+// Includes: matmul_epilogue.wgsl (the parameters, bindings and the epilogue of one value, shared with
+// matvec.wgsl; dropout.wgsl, hash.wgsl and gelu.wgsl through it).
 
-// #include "dropout.wgsl"
-// #include "gelu.wgsl"
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_offset: u32,
-    a_row_stride: u32,
-    a_k_stride: u32,
-    b_offset: u32,
-    b_k_stride: u32,
-    b_col_stride: u32,
-    ldc: u32,
-    out_col_offset: u32,
-    has_bias: u32,
-    bias_offset: u32,
-    epilogue: u32,
-    rows_per_seq: u32,
-    gate_stride: u32,
-    gate_offset: u32,
-    out_rows_per_seq: u32,
-    out_seq_stride: u32,
-    out_row_offset: u32,
-    store_aux: u32,
-    dropout: f32,
-    seed: u32,
-    salt: u32,
-    k_split: u32,
-    split_stride: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> gate: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> aux: array<f32>;
+// #include "matmul_epilogue.wgsl"
 
 const ROWS_PER_THREAD: u32 = 4u;
 const BM: u32 = 16u * ROWS_PER_THREAD;
@@ -78,40 +41,18 @@ const BK: u32 = 16u;
 var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
 var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>; // [BK][BN], four columns per element
 
-fn silu(x: f32) -> f32 {
-    return x / (1.0 + exp(-x));
-}
-
-// The epilogue of one output row: bias, dropout, aux, activation or residual add, for its 4 columns;
-// `slice_offset` places a K slice's partial product.
+// The epilogue of one output row for its 4 columns (matmul_epilogue.wgsl); `slice_offset` places a
+// K slice's partial product.
 fn store_row(m: u32, n_first: u32, acc: vec4<f32>, slice_offset: u32) {
     if (m >= p.m) {
         return;
     }
-    let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
     for (var j = 0u; j < 4u; j++) {
         let n = n_first + j;
         if (n >= p.n) {
             return;
         }
-        var v = acc[j];
-        if (p.has_bias != 0u) {
-            v += bias[p.bias_offset + n];
-        }
-        let o = slice_offset + out_row * p.ldc + p.out_col_offset + n;
-        if (p.epilogue >= 3u && p.dropout > 0.0) {
-            v = select(0.0, v / (1.0 - p.dropout), keep(m, p.out_col_offset + n));
-        }
-        if (p.store_aux != 0u) {
-            aux[o] = v;
-        }
-        switch p.epilogue {
-            case 1u: { out[o] = gelu_tanh(v); }
-            case 2u: { out[o] = silu(v); }
-            case 3u: { out[o] = out[o] + gate[(m / p.rows_per_seq) * p.gate_stride + p.gate_offset + n] * v; }
-            case 4u: { out[o] = out[o] + v; }
-            default: { out[o] = v; }
-        }
+        store_value(m, n, acc[j], slice_offset);
     }
 }
 

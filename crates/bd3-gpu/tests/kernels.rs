@@ -274,3 +274,70 @@ fn reduce_sum_of_an_awkward_length() {
     let got = read(&ctx, &out, 2)[1] as f64;
     assert!((got - want).abs() <= 1e-4 * x.iter().map(|v| v.abs() as f64).sum::<f64>(), "{got} vs {want}");
 }
+
+#[test]
+fn matvec_every_epilogue_row_mapping_and_dropout_for_few_rows() {
+    // M of 1, 5 and 16 rows (one, two and four vec4 row groups), K and N not multiples of anything.
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(14);
+    let (n, kk) = (45, 301);
+    let w = rng.vec(n * kk, 1.0);
+    let bias = rng.vec(n, 0.5);
+    for m in [1usize, 5, 16] {
+        let a = rng.vec(m * kk, 1.0);
+        let rows_per_seq = m.div_ceil(2).max(1);
+        let n_seq = m.div_ceil(rows_per_seq);
+        let gate = rng.vec(n_seq * n, 1.0);
+        let base = rng.vec(m * n, 1.0);
+        let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
+            (Epilogue::Store, cpu_ref::Epilogue::Store),
+            (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
+            (Epilogue::Silu, cpu_ref::Epilogue::Silu),
+            (Epilogue::GatedResidual, cpu_ref::Epilogue::GatedResidual { gate: &gate, rows_per_seq }),
+            (Epilogue::Residual, cpu_ref::Epilogue::GatedResidual { gate: &vec![1.0; n_seq * n], rows_per_seq }),
+        ];
+        let (a_b, w_b, bias_b, gate_b) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias), upload(&ctx, &gate));
+        for (epi, cpu_epi) in cases {
+            let mut want = base.clone();
+            cpu_ref::matmul_bt(&a, &w, Some(&bias), m, n, kk, cpu_epi, &mut want);
+            let out = upload(&ctx, &base);
+            let mm = Matmul { epilogue: epi, rows_per_seq: rows_per_seq as u32, gate_stride: n as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
+            let mut planned = Vec::new();
+            run_recorded(&ctx, |pb| {
+                ops::matmul::record(pb, &k, "matvec", &mm, ops::matmul::Bindings { a: &a_b, b: &w_b, bias: Some(&bias_b), gate: Some(&gate_b), out: &out, aux: None });
+                planned = pb.planned().to_vec();
+            });
+            assert_eq!(planned[0].kernel, "matvec", "M = {m} takes the matrix-vector variant");
+            assert_close(&format!("matvec {epi:?} m={m}"), &read(&ctx, &out, m * n), &want, 1e-4);
+        }
+
+        // Rows placed into a cache of rows_per_seq + 3 rows per sequence from row 2, with aux and dropout on a residual:
+        // the kept values equal the tiled kernel's (the same keep() and epilogue).
+        let cache_rows = rows_per_seq + 3;
+        let mapped = Matmul {
+            epilogue: Epilogue::Residual,
+            out_rows: bd3_gpu::ops::matmul::OutRows { rows_per_seq: rows_per_seq as u32, seq_stride: cache_rows as u32, row_offset: 2 },
+            dropout: Some(bd3_gpu::ops::matmul::Dropout { p: 0.25, seed: 77, salt: 3 }),
+            ..Matmul::plain(m as u32, n as u32, kk as u32)
+        };
+        let cache0 = rng.vec(n_seq * cache_rows * n, 1.0);
+        let run = |matvec: bool| {
+            let (out, aux) = (upload(&ctx, &cache0), upload(&ctx, &vec![0.0; n_seq * cache_rows * n]));
+            let b = ops::matmul::Bindings { a: &a_b, b: &w_b, bias: None, gate: None, out: &out, aux: Some(&aux) };
+            let p = mapped.params(false, true);
+            run_recorded(&ctx, |pb| if matvec { ops::matmul::record_matvec(pb, &k, "matvec", &p, b) } else { ops::matmul::record_variant(pb, &k, "matmul", &k.matmul.narrow, 16, &p, b) });
+            (read(&ctx, &out, cache0.len()), read(&ctx, &aux, cache0.len()))
+        };
+        let ((out_v, aux_v), (out_t, aux_t)) = (run(true), run(false));
+        assert_close(&format!("matvec mapped rows m={m}"), &out_v, &out_t, 1e-5);
+        assert_close(&format!("matvec dropout aux m={m}"), &aux_v, &aux_t, 1e-5);
+        // Among the written values (rows 2.. of each sequence's cache rows), dropout zeroed some, kept others.
+        let written: Vec<f32> = (0..m).flat_map(|i| {
+            let row = (i / rows_per_seq) * cache_rows + 2 + i % rows_per_seq;
+            aux_v[row * n..(row + 1) * n].to_vec()
+        }).collect();
+        let dropped = written.iter().filter(|&&x| x == 0.0).count();
+        assert!(dropped > 0 && dropped < written.len(), "dropout dropped {dropped} of {}", written.len());
+    }
+}

@@ -31,6 +31,7 @@ fn all_ops() -> Vec<OpSide> {
         side::<layernorm::Params>("layernorm.wgsl", src("layernorm.wgsl"), layernorm::Bindings::NAMES, layernorm::THREADS),
         side::<matmul::Params>("matmul.wgsl (64-row tile)", shaders::matmul_source(4).unwrap(), matmul::Bindings::NAMES, matmul::THREADS),
         side::<matmul::Params>("matmul.wgsl (16-row tile)", shaders::matmul_source(1).unwrap(), matmul::Bindings::NAMES, matmul::THREADS),
+        side::<matmul::Params>("matvec.wgsl", src("matvec.wgsl"), matmul::Bindings::NAMES, matmul::MATVEC_THREADS),
         side::<attention::Params>("attention.wgsl", att(Pass::Forward), attention::Bindings::NAMES, attention::THREADS),
         side::<attention::Params>("attention_dq.wgsl", att(Pass::QueryGrad), attention::QueryGradBindings::NAMES, attention::THREADS),
         side::<attention::Params>("attention_dkv.wgsl", att(Pass::KeyValueGrad), attention::KeyValueGradBindings::NAMES, attention::THREADS),

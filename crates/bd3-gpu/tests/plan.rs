@@ -91,7 +91,7 @@ fn plan_gemm_flops_are_the_model_arithmetic() {
     let mut model = pollster::block_on(GpuModel::allocate(planning, cfg.clone())).unwrap();
     let (b, l) = (3, cfg.model_length);
     let plan = model.plan_forward(&ForwardShape::bd3lm_train(b, l, 4)).unwrap();
-    let gemm: u64 = plan.iter().filter(|d| d.kernel.starts_with("matmul")).map(|d| d.flops).sum();
+    let gemm: u64 = plan.iter().filter(|d| ["matmul", "matmul_narrow", "matvec"].contains(&d.kernel)).map(|d| d.flops).sum();
     let (d, c, v, n) = (cfg.hidden_dim as u64, cfg.cond_dim as u64, cfg.vocab_size as u64, cfg.n_blocks as u64);
     let rows = (b * 2 * l) as u64;
     let blocks = n * 2 * rows * 12 * d * d;

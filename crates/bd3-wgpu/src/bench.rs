@@ -443,7 +443,7 @@ fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<K
         let e = by_kind.entry(d.label).or_insert((0.0, 0));
         e.0 += secs;
         e.1 += 1;
-        if d.kernel.starts_with("matmul") {
+        if ["matmul", "matmul_narrow", "matvec"].contains(&d.kernel) {
             gemm_flops += d.flops;
             gemm_seconds += secs;
         }

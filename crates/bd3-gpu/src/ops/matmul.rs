@@ -1,8 +1,10 @@
 //! `shaders/matmul.wgsl`: every Linear of the forward and backward passes,
 //! out = epilogue(A·B + bias) with strided operands, a row mapping (KV caches) and dropout.
 //!
-//! Variants: 64-row output tiles (4 rows per thread) for wide inputs, 16-row tiles (1 row per
-//! thread) when M ≤ 16 (sampling steps), so a step of a few rows does not pay for a 64-row tile; and
+//! Variants: 64-row output tiles (4 rows per thread) for wide inputs; for M ≤ 16 (sampling steps, the
+//! conditioning of a small batch) matrix-vector products (`shaders/matvec.wgsl`, one workgroup per
+//! output column) when A and B are contiguous in k as in every forward Linear, else 16-row tiles (1 row
+//! per thread), so a step of a few rows neither pays for a 64-row tile nor runs on a dozen workgroups; and
 //! split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit two
 //! workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices into a
 //! scratch buffer, summed by a column-sum pass.
@@ -17,6 +19,10 @@ use bd3_model::{Error, Result};
 
 /// 16 × 16 threads.
 pub const THREADS: u32 = 256;
+/// Threads of the matrix-vector variant (one output column per workgroup).
+pub const MATVEC_THREADS: u32 = 64;
+/// The most rows the matrix-vector variant takes.
+pub const MATVEC_MAX_ROWS: u32 = 16;
 /// Output columns per workgroup.
 pub const TILE_N: u32 = 64;
 
@@ -185,12 +191,14 @@ pub const MAX_K_SLICES: u32 = 16;
 /// K slices start at multiples of the staged slab.
 const BK: u32 = 16;
 
-/// The two tile shapes of the kernel.
+/// The kernels of a product.
 pub struct Variants {
     /// 64 × 64 output tiles.
     pub wide: Kernel,
     /// 16 × 64 output tiles, for M ≤ 16.
     pub narrow: Kernel,
+    /// One workgroup per output column, for M ≤ 16 with A and B contiguous in k.
+    pub matvec: Kernel,
 }
 
 impl Variants {
@@ -198,6 +206,7 @@ impl Variants {
         Ok(Variants {
             wide: ctx.pipeline("matmul", &shaders::matmul_source(4).map_err(Error::Gpu)?, THREADS).await?,
             narrow: ctx.pipeline("matmul_narrow", &shaders::matmul_source(1).map_err(Error::Gpu)?, THREADS).await?,
+            matvec: ctx.pipeline("matvec", shaders::MATVEC_WGSL, MATVEC_THREADS).await?,
         })
     }
 
@@ -229,9 +238,23 @@ pub fn record_accumulating(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKerne
 }
 
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Matmul, b: Bindings) {
-    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
     let p = mm.params(b.bias.is_some(), b.aux.is_some());
+    if mm.m <= MATVEC_MAX_ROWS && mm.a_k_stride == 1 && mm.b_k_stride == 1 {
+        return record_matvec(pb, k, label, &p, b);
+    }
+    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
     record_variant(pb, k, label, kernel, tile_rows, &p, b);
+}
+
+/// The matrix-vector variant (`p.m` ≤ 16, A and B contiguous in k).
+pub fn record_matvec(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, p: &Params, b: Bindings) {
+    debug_assert!(p.m <= MATVEC_MAX_ROWS && p.a_k_stride == 1 && p.b_k_stride == 1);
+    let groups = match pb.fold(p.n as u64) {
+        Ok(g) => g,
+        // More columns than a grid can hold (never at these widths): the tiled kernel covers any N.
+        Err(_) => return record_variant(pb, k, label, &k.matmul.narrow, 16, p, b),
+    };
+    record_sized(pb, k, label, &k.matmul.matvec, groups, p, 1, b);
 }
 
 /// One dispatch of a given variant (the kernel tests run both on the same problem).
@@ -242,6 +265,12 @@ pub fn record_variant(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str,
 /// `slices` K slices of `p.k_split` each, one per workgroup layer z.
 #[allow(clippy::too_many_arguments)]
 fn record_sliced(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, tile_rows: u32, p: &Params, slices: u32, b: Bindings) {
+    let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), slices];
+    record_sized(pb, k, label, kernel, groups, p, slices, b);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_sized(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, groups: [u32; 3], p: &Params, slices: u32, b: Bindings) {
     let (m, n, kk) = (p.m as u64, p.n as u64, p.k as u64);
     let epilogue_reads = if p.epilogue == Epilogue::GatedResidual as u32 || p.epilogue == Epilogue::Residual as u32 { m * n } else { 0 };
     let gate = if b.gate.is_some() { m.div_ceil(p.rows_per_seq.max(1) as u64) * n } else { 0 };
@@ -250,6 +279,5 @@ fn record_sliced(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kern
         flops: 2 * m * n * kk,
         bytes: words(m * kk + kk * n + outputs + epilogue_reads + if b.bias.is_some() { n } else { 0 } + gate + if b.aux.is_some() { m * n } else { 0 }),
     };
-    let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), slices];
     pb.dispatch(label, kernel, p, b.slices(&k.placeholders), groups, cost);
 }
