@@ -5,15 +5,10 @@
 // Run by scripts/test.sh: node --test tests/web/ (needs the wasm package in web/pkg and Chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { mkdirSync, writeFileSync, copyFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import { root, startServe, launchBrowser, openPage as openTab } from './harness.mjs';
 
-const root = path.resolve(import.meta.dirname, '../..');
-const require = createRequire(path.join(root, 'target/web/package.json'));
-const { chromium } = require('playwright-core');
-const bin = process.env.BD3_WGPU_BIN || path.join(root, 'target/debug/bd3-wgpu');
 const fixture = path.join(root, 'tests/fixtures/tiny-a');
 let server, context, base;
 
@@ -78,21 +73,8 @@ before(async () => {
     extra.push('--extra-model', `${name}=${dir}`);
   }
   extra.push('--extra-model', `tiny-a=${fixture}`);
-  server = spawn(bin, ['serve', '--port', '0', '--root', root, ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
-  base = await new Promise((resolve, reject) => {
-    server.stdout.on('data', (d) => {
-      const m = /serving (http:\/\/127\.0\.0\.1:\d+\/)/.exec(String(d));
-      if (m) resolve(m[1]);
-    });
-    server.on('exit', (c) => reject(new Error(`bd3-wgpu serve exited with ${c}`)));
-  });
-  const profile = path.join(root, `target/web/chrome-profile-loader-${process.pid}`);
-  rmSync(profile, { recursive: true, force: true });
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
-  });
+  ({ server, base } = await startServe(extra));
+  context = await launchBrowser('loader');
 });
 
 after(async () => {
@@ -100,14 +82,7 @@ after(async () => {
   server?.kill();
 });
 
-async function openPage(query = '') {
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.log('page error:', e.message));
-  await page.goto(base + 'index.html' + query);
-  await page.waitForFunction(() => window.bd3.ready || window.bd3.error, null, { timeout: 60_000 });
-  assert.equal(await page.evaluate(() => window.bd3.error), null, 'the GPU worker did not start');
-  return page;
-}
+const openPage = (query = '') => openTab(context, base, query);
 
 async function loadUrl(page, url) {
   await page.selectOption('#model-choice', 'url');

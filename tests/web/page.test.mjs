@@ -4,19 +4,13 @@
 // Run by scripts/test.sh: node --test tests/web/ (needs the wasm package in web/pkg and Chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { execFileSync } from 'node:child_process';
+import { root, bin, startServe, launchBrowser, openPage as openTab } from './harness.mjs';
+import { mkdirSync, writeFileSync, copyFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 
-const root = path.resolve(import.meta.dirname, '../..');
-const require = createRequire(path.join(root, 'target/web/package.json'));
-const { chromium } = require('playwright-core');
-const bin = process.env.BD3_WGPU_BIN || path.join(root, 'target/debug/bd3-wgpu');
 const shots = path.join(root, 'target/screenshots');
-const port = 20000 + (process.pid % 5000);
-const base = `http://127.0.0.1:${port}/`;
-let server, context;
+let server, context, base;
 
 before(async () => {
   mkdirSync(shots, { recursive: true });
@@ -27,20 +21,8 @@ before(async () => {
   copyFileSync(path.join(root, 'tests/fixtures/tiny-a/model.safetensors'), path.join(broken, 'model.safetensors'));
   // `serve` exposes only the page, web/ and model folders: the fixture and the broken folder are
   // served as extra model folders.
-  server = spawn(bin, ['serve', '--port', String(port), '--root', root,
-    '--extra-model', `tiny-a=${path.join(root, 'tests/fixtures/tiny-a')}`, '--extra-model', `broken=${broken}`], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise((resolve, reject) => {
-    server.stdout.on('data', (d) => { if (String(d).includes('serving')) resolve(); });
-    server.on('exit', (c) => reject(new Error(`bd3-wgpu serve exited with ${c}`)));
-  });
-  const profile = path.join(root, `target/web/chrome-profile-${process.pid}`);
-  rmSync(profile, { recursive: true, force: true });
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1100, height: 900 },
-    args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
-  });
+  ({ server, base } = await startServe(['--extra-model', `tiny-a=${path.join(root, 'tests/fixtures/tiny-a')}`, '--extra-model', `broken=${broken}`]));
+  context = await launchBrowser('page', { viewport: { width: 1100, height: 900 } });
 });
 
 after(async () => {
@@ -48,14 +30,7 @@ after(async () => {
   server?.kill();
 });
 
-async function openPage(query = '') {
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.log('page error:', e.message));
-  await page.goto(base + 'index.html' + query);
-  await page.waitForFunction(() => window.bd3.ready || window.bd3.error, null, { timeout: 60_000 });
-  assert.equal(await page.evaluate(() => window.bd3.error), null, 'the GPU worker did not start');
-  return page;
-}
+const openPage = (query = '') => openTab(context, base, query);
 
 async function loadDefault(page) {
   await page.selectOption('#model-choice', 'default');
