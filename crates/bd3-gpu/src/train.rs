@@ -80,6 +80,8 @@ pub struct Trainer {
     pub step: u64,
     kernels: TrainKernels,
     norm_sq: Buf,
+    /// First-pass partial sums of the gradient norm (see [`ops::grad_norm`]).
+    norm_partials: Buf,
     programs: HashMap<TrainShape, TrainWorkspace>,
     optimizer: Option<Program>,
 }
@@ -158,8 +160,11 @@ impl Trainer {
         } else {
             None
         };
+        let grads = Weights::zeros_like(ctx, "grad", &model.weights)?;
+        let sizes: Vec<usize> = grads.tensors().iter().flat_map(|t| t.parts.iter().map(|p| p.1)).collect();
+        let norm_partials = ctx.storage("grad norm partials", (ops::grad_norm::partials_len(&sizes, ctx.compute_units) * 4) as u64)?;
         Ok(Trainer {
-            grads: Weights::zeros_like(ctx, "grad", &model.weights)?,
+            grads,
             m: Weights::zeros_like(ctx, "adam m", &model.weights)?,
             v: Weights::zeros_like(ctx, "adam v", &model.weights)?,
             ema,
@@ -167,6 +172,7 @@ impl Trainer {
             step: 0,
             kernels: TrainKernels::new(ctx, model.cfg.head_dim()).await?,
             norm_sq: ctx.storage("grad norm²", 4)?,
+            norm_partials,
             programs: HashMap::new(),
             optimizer: None,
         })
@@ -250,12 +256,8 @@ impl Trainer {
         let (k, tk) = (&model.kernels, &self.kernels);
         let grads = self.grads.tensors();
         if self.optim.max_grad_norm > 0.0 {
-            for t in &grads {
-                for (b, n) in &t.parts {
-                    let bind = ops::reduce_sum::Bindings { x: b, out: &self.norm_sq };
-                    ops::reduce_sum::record(pb, k, "grad_norm", *n as u32, 0, ops::reduce_sum::Reduction::AddSquares, bind);
-                }
-            }
+            let parts: Vec<(&Buf, usize)> = grads.iter().flat_map(|t| t.parts.iter().map(|(b, n)| (b, *n))).collect();
+            ops::grad_norm::record(pb, k, tk, &parts, &self.norm_partials, &self.norm_sq, 0)?;
         }
         let o = &self.optim;
         let step = ops::adamw::AdamW {

@@ -128,6 +128,29 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     assert_close("dgate", &got_dg, &want_dg, 1e-4);
 }
 
+/// The squared global norm over many parts of awkward sizes: more parts than one dispatch reads, parts
+/// cut into several slices, empty slices of a part's last workgroup.
+#[test]
+fn gradient_norm_over_many_parts() {
+    let ctx = context();
+    let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
+    let mut rng = Rng(42);
+    let sizes = [1usize, 5, 1000, 70_001, 3, 300_007, 257, 1025, 9, 123_457, 2];
+    let data: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 1.5)).collect();
+    let bufs: Vec<_> = data.iter().map(|v| upload(&ctx, v)).collect();
+    let parts: Vec<(&bd3_gpu::program::Buf, usize)> = bufs.iter().zip(sizes).collect();
+    let partials = upload(&ctx, &rng.vec(ops::grad_norm::partials_len(&sizes, ctx.compute_units), 1.0));
+    let out = upload(&ctx, &[5.0, 123.0]);
+    run_recorded(&ctx, |pb| {
+        ops::grad_norm::record(pb, &k, &tk, &parts, &partials, &out, 1).unwrap();
+        let p = pb.planned();
+        assert_eq!(p.iter().filter(|d| d.label == "grad_norm").count(), sizes.len().div_ceil(ops::grad_norm::PER_DISPATCH));
+        assert!(p.iter().any(|d| d.label == "grad_norm" && d.workgroups() > sizes.len() as u64), "parts are cut into slices");
+    });
+    let want: f64 = data.iter().flatten().map(|&x| (x as f64).powi(2)).sum();
+    assert_close("squared gradient norm", &read(&ctx, &out, 2), &[5.0, want as f32], 1e-5);
+}
+
 #[test]
 fn column_sums_activations_embedding_scatter_and_adamw() {
     let ctx = context();
