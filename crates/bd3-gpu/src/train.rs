@@ -13,7 +13,7 @@ use crate::context::GpuContext;
 use crate::layers::{self, AdaLn, BlockEnd, BlockIo, BlockKeep, Conditioning, ADALN_CHUNKS};
 use crate::model::{check_activation_size, ForwardShape, GpuModel, Objective};
 use crate::ops::attention::Attention;
-use crate::ops::col_sum::{Columns, CHUNK_ROWS as COL_SUM_CHUNK};
+use crate::ops::col_sum::Columns;
 use crate::ops::elementwise::Elementwise;
 use crate::ops::layernorm::LayerNorm;
 use crate::ops::matmul::{Epilogue, Matmul};
@@ -130,8 +130,10 @@ struct TrainBuffers {
     stats: Buf,
     /// Column sums over many rows: per-chunk partial sums ([chunks, columns]).
     col_partial: Buf,
-    /// LayerNorm weight gradients: per-sequence partial sums ([batch, dim]).
+    /// LayerNorm weight gradients: per-(sequence, row chunk) partial sums.
     ln_partial: Buf,
+    /// Per-(sequence, row chunk) partials of the gate and LayerNorm shift/scale gradients.
+    row_partial: Buf,
     dmods: Vec<Buf>,
     dfinal_mod: Buf,
     dc: Buf,
@@ -324,6 +326,15 @@ impl Trainer {
         let per_layer = |label: &str, n: usize| (0..nb).map(|_| f(label, n)).collect::<Result<Vec<_>>>();
         let chunk_rows = layers::logits_chunk_rows(ctx, v, scored);
         let c = cfg.cond_dim.max(1);
+        // Row-chunk partials of the LayerNorm parameter and gate gradients (sized by their op modules;
+        // a modulation is assumed, which needs the most).
+        let units = ctx.compute_units;
+        let any_mod = Some(ops::layernorm::Modulation { shift: 0, scale: d as u32, stride: (ADALN_CHUNKS * d) as u32 });
+        let block_ln = LayerNorm::rows(b, s.seq, d, any_mod);
+        let final_ln = LayerNorm { n_rows: scored as u32, dim: d as u32, in_rows_per_seq: s.seq as u32, out_rows_per_seq: s.head_rows as u32, in_row_offset: 0, modulation: any_mod };
+        let gate = ops::gate_backward::GateBackward { n_seq: b as u32, rows_per_seq: s.seq as u32, dim: d as u32, gate: Some((0, 0)), dropout: 0.0, seed: 0, salt: 0 };
+        let ln_partial = [&block_ln, &final_ln].iter().map(|ln| ops::layernorm_param_grads::dw_part_floats(ln, units)).max().unwrap_or(0);
+        let row_partial = [&block_ln, &final_ln].iter().map(|ln| ops::layernorm_param_grads::dmod_part_floats(ln, units)).chain([ops::gate_backward::scratch_floats(&gate, units)]).max().unwrap_or(0);
         let tb = TrainBuffers {
             tokens: f("tokens", rows)?,
             input_ids: f("input_ids", scored)?,
@@ -354,9 +365,9 @@ impl Trainer {
             token_loss: f("token loss", scored)?,
             loss_sum: f("loss sum", 1)?,
             stats: f("layernorm stats", 2 * rows.max(scored))?,
-            col_partial: f("column partial sums", rows.max(scored).div_ceil(COL_SUM_CHUNK) * (6 * d).max(v))?,
-            // Every LayerNorm covers the whole batch, one sequence per partial row.
-            ln_partial: f("layernorm partial dw", b * d)?,
+            col_partial: f("column partial sums", ops::col_sum::scratch_floats(rows.max(scored), (6 * d).max(v), ctx.compute_units))?,
+            ln_partial: f("layernorm partial dw", ln_partial)?,
+            row_partial: f("row-chunk partial sums", row_partial)?,
             dmods: per_layer("d modulation", b * 6 * d)?,
             dfinal_mod: f("d final modulation", b * 2 * d)?,
             dc: f("d cond", b * c)?,
@@ -532,7 +543,8 @@ impl Recorder<'_> {
                 seed: self.dy.seed,
                 salt,
             };
-            ops::gate_backward::record(pb, k, tk, &g, ops::gate_backward::Bindings { dx: &tb.dx, y: branch, gate: modulation, dv: &tb.dv, dmod });
+            let bind = ops::gate_backward::Bindings { dx: &tb.dx, y: branch, gate: modulation, dv: &tb.dv, dmod, dgate_part: Some(&tb.row_partial) };
+            ops::gate_backward::record(pb, k, tk, &g, bind);
         };
         let elementwise = |pb: &mut ProgramBuilder, op: Elementwise, x: &Buf, g: &Buf| {
             ops::elementwise::record(pb, k, tk, op, rows * 4 * d, ops::elementwise::Bindings { x, g })
@@ -633,19 +645,16 @@ impl Recorder<'_> {
         }
     }
 
-    /// LayerNorm backward: dx += …, then the parameter gradients: per-sequence partial dw (one
-    /// workgroup row per sequence) summed into dw, and dshift/dscale into `dmod`.
+    /// LayerNorm backward: dx += …, then the parameter gradients (dw into dweight, dshift/dscale
+    /// into `dmod`) through row-chunk partials.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_backward(&self, pb: &mut ProgramBuilder, ln: &LayerNorm, x: &Buf, (weight, dweight): (&Buf, &Buf), modv: Option<&Buf>, dmod: Option<&Buf>, dy: &Buf) -> Result<()> {
         let (k, tk, tb) = (self.k, self.tk, self.tb);
         let bw = ops::layernorm_backward::Bindings { x, w: weight, modv, dy, dx: &tb.dx, stats: &tb.stats };
         ops::layernorm_backward::record(pb, k, tk, ln, bw)?;
-        debug_assert_eq!(ln.sequences() as usize, self.shape.forward.batch, "ln_partial holds one row per sequence of the batch");
-        let pg = ops::layernorm_param_grads::Bindings { x, stats: &tb.stats, dy, w: weight, modv, dw_part: &tb.ln_partial, dmod };
-        ops::layernorm_param_grads::record(pb, k, tk, ln, pg);
-        let d = ln.dim as usize;
-        let partial = Columns { buffer: &tb.ln_partial, offset: 0, rows: ln.sequences() as usize, cols: d, stride: d };
-        ops::col_sum::record(pb, k, tk, partial, dweight, 0, &tb.col_partial);
+        debug_assert_eq!(ln.sequences() as usize, self.shape.forward.batch, "the partials are sized for the batch's sequences");
+        let pg = ops::layernorm_param_grads::Bindings { x, stats: &tb.stats, dy, w: weight, modv, dw_part: &tb.ln_partial, dmod, dmod_part: Some(&tb.row_partial) };
+        ops::layernorm_param_grads::record(pb, k, tk, ln, pg, dweight, &tb.col_partial);
         Ok(())
     }
 }
