@@ -141,6 +141,11 @@ struct TrainBuffers {
     seg_token: Buf,
     seg_start: Buf,
     seg_rows: Buf,
+    seg_slot: Buf,
+    split_token: Buf,
+    split_first: Buf,
+    /// Partial sums of the embedding scatter's pieces.
+    emb_partial: Buf,
     chunk_rows: usize,
 }
 
@@ -148,7 +153,9 @@ struct TrainBuffers {
 #[derive(Clone, Copy, Default)]
 struct Dynamic {
     seed: u32,
-    n_segments: u32,
+    /// Pieces of the embedding scatter, and the tokens cut into more than one.
+    n_pieces: u32,
+    n_split: u32,
     grad_scale: f32,
 }
 
@@ -191,7 +198,9 @@ impl Trainer {
         let i = &batch.input;
         // Rows grouped by token for the embedding scatter.
         let (seg_token, seg_start, seg_rows) = segments(i.tokens);
-        let dynamic = Dynamic { seed: batch.seed, n_segments: seg_token.len() as u32, grad_scale: batch.grad_scale };
+        let piece = ops::embedding_backward::piece_rows(i.tokens.len(), ctx.compute_units);
+        let pieces = ops::embedding_backward::Pieces::split(&seg_token, &seg_start, piece);
+        let dynamic = Dynamic { seed: batch.seed, n_pieces: pieces.token.len() as u32, n_split: pieces.split_token.len() as u32, grad_scale: batch.grad_scale };
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record(&mut pb, model, shape, &ws.b, dynamic)?;
         ws.program.write_params(q, &pb.finish_params());
@@ -199,9 +208,12 @@ impl Trainer {
         q.write_buffer(&ws.b.input_ids, 0, bytemuck::cast_slice(i.input_ids));
         q.write_buffer(&ws.b.targets, 0, bytemuck::cast_slice(i.targets));
         q.write_buffer(&ws.b.row_weights, 0, bytemuck::cast_slice(i.weights));
-        q.write_buffer(&ws.b.seg_token, 0, bytemuck::cast_slice(&seg_token));
-        q.write_buffer(&ws.b.seg_start, 0, bytemuck::cast_slice(&seg_start));
+        q.write_buffer(&ws.b.seg_token, 0, bytemuck::cast_slice(&pieces.token));
+        q.write_buffer(&ws.b.seg_start, 0, bytemuck::cast_slice(&pieces.start));
         q.write_buffer(&ws.b.seg_rows, 0, bytemuck::cast_slice(&seg_rows));
+        q.write_buffer(&ws.b.seg_slot, 0, bytemuck::cast_slice(&pieces.slot));
+        q.write_buffer(&ws.b.split_token, 0, bytemuck::cast_slice(&pieces.split_token));
+        q.write_buffer(&ws.b.split_first, 0, bytemuck::cast_slice(&pieces.split_first));
         if model.cfg.kind.has_adaln() {
             let sigma: Vec<f64> = if model.cfg.time_conditioning { i.sigma.to_vec() } else { vec![0.0; s.batch] };
             let feats: Vec<f32> = sigma.iter().flat_map(|&x| bd3_model::tables::timestep_features(x)).collect();
@@ -335,6 +347,7 @@ impl Trainer {
         let gate = ops::gate_backward::GateBackward { n_seq: b as u32, rows_per_seq: s.seq as u32, dim: d as u32, gate: Some((0, 0)), dropout: 0.0, seed: 0, salt: 0 };
         let ln_partial = [&block_ln, &final_ln].iter().map(|ln| ops::layernorm_param_grads::dw_part_floats(ln, units)).max().unwrap_or(0);
         let row_partial = [&block_ln, &final_ln].iter().map(|ln| ops::layernorm_param_grads::dmod_part_floats(ln, units)).chain([ops::gate_backward::scratch_floats(&gate, units)]).max().unwrap_or(0);
+        let max_split = ops::embedding_backward::max_split(rows, ops::embedding_backward::piece_rows(rows, units));
         let tb = TrainBuffers {
             tokens: f("tokens", rows)?,
             input_ids: f("input_ids", scored)?,
@@ -372,9 +385,13 @@ impl Trainer {
             dfinal_mod: f("d final modulation", b * 2 * d)?,
             dc: f("d cond", b * c)?,
             dc1: f("d cond c1", b * c)?,
-            seg_token: f("segment tokens", rows)?,
-            seg_start: f("segment starts", rows + 1)?,
+            seg_token: f("piece tokens", rows)?,
+            seg_start: f("piece starts", rows + 1)?,
             seg_rows: f("segment rows", rows)?,
+            seg_slot: f("piece slots", rows)?,
+            split_token: f("split tokens", max_split)?,
+            split_first: f("split first slots", max_split + 1)?,
+            emb_partial: f("embedding partial sums", ops::embedding_backward::partials_floats(rows, d, units))?,
             chunk_rows,
         };
         let mut pb = ProgramBuilder::new(ctx);
@@ -582,14 +599,17 @@ impl Recorder<'_> {
         self.layernorm_backward(pb, &norm1, &tb.xs[l], (&blk.norm1, &gblk.norm1), modulation, dmod, &tb.dh)
     }
 
-    /// The embedding gradient: a scatter of dx over the rows grouped by token.
+    /// The embedding gradient: a scatter of dx over the rows grouped by token and cut into pieces.
     fn embedding_backward(&self, pb: &mut ProgramBuilder) -> Result<()> {
         let (tb, w) = (self.tb, &self.model.weights);
         let (b, seq, d) = self.dims();
+        let pieces = ops::embedding_backward::PieceBuffers {
+            token: &tb.seg_token, start: &tb.seg_start, rows: &tb.seg_rows, slot: &tb.seg_slot, split_token: &tb.split_token, split_first: &tb.split_first,
+            n_pieces: self.dy.n_pieces, n_split: self.dy.n_split,
+        };
         for (part, gpart) in w.vocab_embed.parts.iter().zip(&self.g.vocab_embed.parts) {
-            let p = ops::embedding_backward::Params { n_seg: self.dy.n_segments, dim: d as u32, row_start: part.row_start as u32, part_rows: part.rows as u32 };
-            let eb = ops::embedding_backward::Bindings { dx: &tb.dx, seg_token: &tb.seg_token, seg_start: &tb.seg_start, seg_rows: &tb.seg_rows, d_table: &gpart.buffer };
-            ops::embedding_backward::record(pb, self.k, self.tk, p, b * seq, w.vocab_embed.rows, eb)?;
+            let table = (&gpart.buffer, part.row_start, part.rows);
+            ops::embedding_backward::record(pb, self.k, self.tk, &tb.dx, b * seq, d, &pieces, table, w.vocab_embed.rows, &tb.emb_partial)?;
         }
         Ok(())
     }

@@ -242,9 +242,11 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
         assert_close(&format!("elementwise {op:?}"), &read(&ctx, &g, 1001), &want, 1e-5);
     }
 
-    // Embedding scatter over a split table (rows 0..20 and 20..37), repeated tokens included.
-    let (v, d, rows) = (37, 19, 53);
-    let tokens: Vec<u32> = (0..rows).map(|_| rng.below(v as u32)).collect();
+    // Embedding scatter over a split table (rows 0..20 and 20..37), repeated tokens included, and two
+    // tokens long enough to be cut into pieces (at least 121 rows of token 3 in the first part, 38 of
+    // token 30 in the second), as the mask token of a masked-diffusion batch is.
+    let (v, d, rows) = (37, 19, 253);
+    let tokens: Vec<u32> = (0..rows).map(|r| if r % 2 == 0 && r < 242 { 3 } else if r % 3 == 1 && r < 225 { 30 } else { rng.below(v as u32) }).collect();
     let dx = rng.vec(rows * d, 1.0);
     let mut order: Vec<u32> = (0..rows as u32).collect();
     order.sort_by_key(|&r| tokens[r as usize]);
@@ -262,14 +264,20 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
             want[tokens[r] as usize * d + j] += dx[r * d + j];
         }
     }
+    let piece = ops::embedding_backward::piece_rows(rows, ctx.compute_units);
+    let pieces = ops::embedding_backward::Pieces::split(&seg_token, &seg_start, piece);
+    assert_eq!(pieces.split_token, vec![3, 30], "tokens 3 and 30 are cut into pieces of {piece} rows");
     let dxb = upload(&ctx, &dx);
-    let (st, ss, sr) = (upload_u32(&ctx, &seg_token), upload_u32(&ctx, &seg_start), upload_u32(&ctx, &order));
+    let (pt, ps, sr, sl) = (upload_u32(&ctx, &pieces.token), upload_u32(&ctx, &pieces.start), upload_u32(&ctx, &order), upload_u32(&ctx, &pieces.slot));
+    let (st, sf) = (upload_u32(&ctx, &pieces.split_token), upload_u32(&ctx, &pieces.split_first));
+    let partials = upload(&ctx, &rng.vec(ops::embedding_backward::partials_floats(rows, d, ctx.compute_units), 1.0));
+    let pb_in = ops::embedding_backward::PieceBuffers {
+        token: &pt, start: &ps, rows: &sr, slot: &sl, split_token: &st, split_first: &sf, n_pieces: pieces.token.len() as u32, n_split: pieces.split_token.len() as u32,
+    };
     let mut got = Vec::new();
     for (start, part_rows) in [(0usize, 20usize), (20, 17)] {
         let part = upload(&ctx, &vec![0.0; part_rows * d]);
-        let p = ops::embedding_backward::Params { n_seg: seg_token.len() as u32, dim: d as u32, row_start: start as u32, part_rows: part_rows as u32 };
-        let b = ops::embedding_backward::Bindings { dx: &dxb, seg_token: &st, seg_start: &ss, seg_rows: &sr, d_table: &part };
-        run_recorded(&ctx, |pb| ops::embedding_backward::record(pb, &k, &tk, p, rows, v, b).unwrap());
+        run_recorded(&ctx, |pb| ops::embedding_backward::record(pb, &k, &tk, &dxb, rows, d, &pb_in, (&part, start, part_rows), v, &partials).unwrap());
         got.extend(read(&ctx, &part, part_rows * d));
     }
     assert_close("embedding scatter", &got, &want, 1e-5);
