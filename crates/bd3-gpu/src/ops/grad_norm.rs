@@ -21,9 +21,10 @@ pub const THREADS: u32 = 256;
 pub const PER_DISPATCH: usize = 7;
 /// Workgroups per compute unit a first-pass dispatch aims for.
 pub const WORKGROUPS_PER_UNIT: usize = 4;
-/// The shortest slice one workgroup sums (32 values per thread): on the large tensors of a real model
-/// the slices are longer anyway, and software adapters pay per workgroup.
-pub const MIN_CHUNK: usize = 32 * THREADS as usize;
+/// The slice one workgroup sums at least (64 values per thread), unless that would leave a dispatch
+/// under 2 workgroups per unit; never under a quarter of it. Software adapters pay per workgroup (and
+/// per barrier of its tree), and a small dispatch gains nothing from more.
+pub const MIN_CHUNK: usize = 64 * THREADS as usize;
 
 uniform_params! {
     pub struct Params {
@@ -76,7 +77,10 @@ fn groups(sizes: &[usize], units: u32) -> Vec<Group> {
         .chunks(PER_DISPATCH)
         .map(|members| {
             let total: usize = members.iter().map(|&i| sizes[i]).sum();
-            let chunk = total.div_ceil(target).next_multiple_of(THREADS as usize).max(MIN_CHUNK);
+            // About `target` workgroups, with slices of at least MIN_CHUNK where that still gives 2 per
+            // unit, of a quarter of it in any case.
+            let fill = total.div_ceil(2 * units.max(1) as usize);
+            let chunk = total.div_ceil(target).max(MIN_CHUNK.min(fill.max(MIN_CHUNK / 4))).next_multiple_of(THREADS as usize);
             let mut n = [0u32; PER_DISPATCH];
             let mut start = [0u32; PER_DISPATCH];
             let mut g = 0usize;
