@@ -2,9 +2,11 @@
 //   out[out_offset + c·out_chunk_stride + j] (+)= Σ_{i ∈ chunk c} a[a_offset + i·lda + j]   for j < n,
 // chunk c = rows [c·rows_per_chunk, min(m, (c+1)·rows_per_chunk)), added onto out when accumulate = 1.
 // The bias gradient of a Linear is the column sum of its output gradient over every row. Over many
-// rows the host runs two passes (see `record_col_sum` in crates/bd3-gpu/src/train.rs): chunks of 256
-// rows into a scratch matrix, then one chunk covering the partial sums, accumulated into the
-// gradient — one workgroup walking 30 000 rows alone would leave a large GPU idle.
+// rows the host runs two passes (crates/bd3-gpu/src/ops/col_sum.rs, which sizes the chunks to the
+// adapter's compute units): chunks of rows into a scratch matrix, then one chunk covering the partial
+// sums, accumulated into the gradient — one workgroup walking 30 000 rows alone would leave a large
+// GPU idle. The same kernel sums row-chunk partials per sequence (out_chunk_stride = the modulation
+// row stride) for the gate and LayerNorm gradients.
 //
 // Bindings: 0 params, 1 a, 2 out.
 // Tiling: one thread per column (256 per workgroup) and one workgroup row per chunk (workgroup_id.y);

@@ -13,7 +13,7 @@ use crate::context::GpuContext;
 use crate::layers::{self, AdaLn, BlockEnd, BlockIo, BlockKeep, Conditioning, ADALN_CHUNKS};
 use crate::model::{check_activation_size, ForwardShape, GpuModel, Objective};
 use crate::ops::attention::Attention;
-use crate::ops::col_sum::{Columns, CHUNK_ROWS as COL_SUM_CHUNK};
+use crate::ops::col_sum::Columns;
 use crate::ops::elementwise::Elementwise;
 use crate::ops::layernorm::LayerNorm;
 use crate::ops::matmul::{Epilogue, Matmul};
@@ -80,6 +80,8 @@ pub struct Trainer {
     pub step: u64,
     kernels: TrainKernels,
     norm_sq: Buf,
+    /// First-pass partial sums of the gradient norm (see [`ops::grad_norm`]).
+    norm_partials: Buf,
     programs: HashMap<TrainShape, TrainWorkspace>,
     optimizer: Option<Program>,
 }
@@ -128,10 +130,12 @@ struct TrainBuffers {
     stats: Buf,
     /// Column sums over many rows: per-chunk partial sums ([chunks, columns]).
     col_partial: Buf,
-    /// LayerNorm weight gradients: per-sequence partial sums ([batch, dim]).
+    /// LayerNorm weight gradients: per-(sequence, row chunk) partial sums.
     ln_partial: Buf,
     /// Weight gradients split into K slices: the slices' partial products.
     split_partial: Buf,
+    /// Per-(sequence, row chunk) partials of the gate and LayerNorm shift/scale gradients.
+    row_partial: Buf,
     dmods: Vec<Buf>,
     dfinal_mod: Buf,
     dc: Buf,
@@ -139,6 +143,11 @@ struct TrainBuffers {
     seg_token: Buf,
     seg_start: Buf,
     seg_rows: Buf,
+    seg_slot: Buf,
+    split_token: Buf,
+    split_first: Buf,
+    /// Partial sums of the embedding scatter's pieces.
+    emb_partial: Buf,
     chunk_rows: usize,
 }
 
@@ -146,7 +155,9 @@ struct TrainBuffers {
 #[derive(Clone, Copy, Default)]
 struct Dynamic {
     seed: u32,
-    n_segments: u32,
+    /// Pieces of the embedding scatter, and the tokens cut into more than one.
+    n_pieces: u32,
+    n_split: u32,
     grad_scale: f32,
 }
 
@@ -160,8 +171,11 @@ impl Trainer {
         } else {
             None
         };
+        let grads = Weights::zeros_like(ctx, "grad", &model.weights)?;
+        let sizes: Vec<usize> = grads.tensors().iter().flat_map(|t| t.parts.iter().map(|p| p.1)).collect();
+        let norm_partials = ctx.storage("grad norm partials", (ops::grad_norm::partials_len(&sizes, ctx.compute_units) * 4) as u64)?;
         Ok(Trainer {
-            grads: Weights::zeros_like(ctx, "grad", &model.weights)?,
+            grads,
             m: Weights::zeros_like(ctx, "adam m", &model.weights)?,
             v: Weights::zeros_like(ctx, "adam v", &model.weights)?,
             ema,
@@ -169,6 +183,7 @@ impl Trainer {
             step: 0,
             kernels: TrainKernels::new(ctx, model.cfg.head_dim()).await?,
             norm_sq: ctx.storage("grad norm²", 4)?,
+            norm_partials,
             programs: HashMap::new(),
             optimizer: None,
         })
@@ -185,7 +200,9 @@ impl Trainer {
         let i = &batch.input;
         // Rows grouped by token for the embedding scatter.
         let (seg_token, seg_start, seg_rows) = segments(i.tokens);
-        let dynamic = Dynamic { seed: batch.seed, n_segments: seg_token.len() as u32, grad_scale: batch.grad_scale };
+        let piece = ops::embedding_backward::piece_rows(i.tokens.len(), ctx.compute_units);
+        let pieces = ops::embedding_backward::Pieces::split(&seg_token, &seg_start, piece);
+        let dynamic = Dynamic { seed: batch.seed, n_pieces: pieces.token.len() as u32, n_split: pieces.split_token.len() as u32, grad_scale: batch.grad_scale };
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record(&mut pb, model, shape, &ws.b, dynamic)?;
         ws.program.write_params(q, &pb.finish_params());
@@ -193,9 +210,12 @@ impl Trainer {
         q.write_buffer(&ws.b.input_ids, 0, bytemuck::cast_slice(i.input_ids));
         q.write_buffer(&ws.b.targets, 0, bytemuck::cast_slice(i.targets));
         q.write_buffer(&ws.b.row_weights, 0, bytemuck::cast_slice(i.weights));
-        q.write_buffer(&ws.b.seg_token, 0, bytemuck::cast_slice(&seg_token));
-        q.write_buffer(&ws.b.seg_start, 0, bytemuck::cast_slice(&seg_start));
+        q.write_buffer(&ws.b.seg_token, 0, bytemuck::cast_slice(&pieces.token));
+        q.write_buffer(&ws.b.seg_start, 0, bytemuck::cast_slice(&pieces.start));
         q.write_buffer(&ws.b.seg_rows, 0, bytemuck::cast_slice(&seg_rows));
+        q.write_buffer(&ws.b.seg_slot, 0, bytemuck::cast_slice(&pieces.slot));
+        q.write_buffer(&ws.b.split_token, 0, bytemuck::cast_slice(&pieces.split_token));
+        q.write_buffer(&ws.b.split_first, 0, bytemuck::cast_slice(&pieces.split_first));
         if model.cfg.kind.has_adaln() {
             let sigma: Vec<f64> = if model.cfg.time_conditioning { i.sigma.to_vec() } else { vec![0.0; s.batch] };
             let feats: Vec<f32> = sigma.iter().flat_map(|&x| bd3_model::tables::timestep_features(x)).collect();
@@ -252,12 +272,8 @@ impl Trainer {
         let (k, tk) = (&model.kernels, &self.kernels);
         let grads = self.grads.tensors();
         if self.optim.max_grad_norm > 0.0 {
-            for t in &grads {
-                for (b, n) in &t.parts {
-                    let bind = ops::reduce_sum::Bindings { x: b, out: &self.norm_sq };
-                    ops::reduce_sum::record(pb, k, "grad_norm", *n as u32, 0, ops::reduce_sum::Reduction::AddSquares, bind);
-                }
-            }
+            let parts: Vec<(&Buf, usize)> = grads.iter().flat_map(|t| t.parts.iter().map(|(b, n)| (b, *n))).collect();
+            ops::grad_norm::record(pb, k, tk, &parts, &self.norm_partials, &self.norm_sq, 0)?;
         }
         let o = &self.optim;
         let step = ops::adamw::AdamW {
@@ -324,6 +340,16 @@ impl Trainer {
         let per_layer = |label: &str, n: usize| (0..nb).map(|_| f(label, n)).collect::<Result<Vec<_>>>();
         let chunk_rows = layers::logits_chunk_rows(ctx, v, scored);
         let c = cfg.cond_dim.max(1);
+        // Row-chunk partials of the LayerNorm parameter and gate gradients (sized by their op modules;
+        // a modulation is assumed, which needs the most).
+        let units = ctx.compute_units;
+        let any_mod = Some(ops::layernorm::Modulation { shift: 0, scale: d as u32, stride: (ADALN_CHUNKS * d) as u32 });
+        let block_ln = LayerNorm::rows(b, s.seq, d, any_mod);
+        let final_ln = LayerNorm { n_rows: scored as u32, dim: d as u32, in_rows_per_seq: s.seq as u32, out_rows_per_seq: s.head_rows as u32, in_row_offset: 0, modulation: any_mod };
+        let gate = ops::gate_backward::GateBackward { n_seq: b as u32, rows_per_seq: s.seq as u32, dim: d as u32, gate: Some((0, 0)), dropout: 0.0, seed: 0, salt: 0 };
+        let ln_partial = [&block_ln, &final_ln].iter().map(|ln| ops::layernorm_param_grads::dw_part_floats(ln, units)).max().unwrap_or(0);
+        let row_partial = [&block_ln, &final_ln].iter().map(|ln| ops::layernorm_param_grads::dmod_part_floats(ln, units)).chain([ops::gate_backward::scratch_floats(&gate, units)]).max().unwrap_or(0);
+        let max_split = ops::embedding_backward::max_split(rows, ops::embedding_backward::piece_rows(rows, units));
         let tb = TrainBuffers {
             tokens: f("tokens", rows)?,
             input_ids: f("input_ids", scored)?,
@@ -354,17 +380,21 @@ impl Trainer {
             token_loss: f("token loss", scored)?,
             loss_sum: f("loss sum", 1)?,
             stats: f("layernorm stats", 2 * rows.max(scored))?,
-            col_partial: f("column partial sums", rows.max(scored).div_ceil(COL_SUM_CHUNK) * (6 * d).max(v))?,
-            // Every LayerNorm covers the whole batch, one sequence per partial row.
-            ln_partial: f("layernorm partial dw", b * d)?,
+            col_partial: f("column partial sums", ops::col_sum::scratch_floats(rows.max(scored), (6 * d).max(v), ctx.compute_units))?,
+            ln_partial: f("layernorm partial dw", ln_partial)?,
+            row_partial: f("row-chunk partial sums", row_partial)?,
             split_partial: f("split-K partial products", weight_grad_scratch_floats(model, rows, scored.min(chunk_rows), b))?,
             dmods: per_layer("d modulation", b * 6 * d)?,
             dfinal_mod: f("d final modulation", b * 2 * d)?,
             dc: f("d cond", b * c)?,
             dc1: f("d cond c1", b * c)?,
-            seg_token: f("segment tokens", rows)?,
-            seg_start: f("segment starts", rows + 1)?,
+            seg_token: f("piece tokens", rows)?,
+            seg_start: f("piece starts", rows + 1)?,
             seg_rows: f("segment rows", rows)?,
+            seg_slot: f("piece slots", rows)?,
+            split_token: f("split tokens", max_split)?,
+            split_first: f("split first slots", max_split + 1)?,
+            emb_partial: f("embedding partial sums", ops::embedding_backward::partials_floats(rows, d, units))?,
             chunk_rows,
         };
         let mut pb = ProgramBuilder::new(ctx);
@@ -533,7 +563,8 @@ impl Recorder<'_> {
                 seed: self.dy.seed,
                 salt,
             };
-            ops::gate_backward::record(pb, k, tk, &g, ops::gate_backward::Bindings { dx: &tb.dx, y: branch, gate: modulation, dv: &tb.dv, dmod });
+            let bind = ops::gate_backward::Bindings { dx: &tb.dx, y: branch, gate: modulation, dv: &tb.dv, dmod, dgate_part: Some(&tb.row_partial) };
+            ops::gate_backward::record(pb, k, tk, &g, bind);
         };
         let elementwise = |pb: &mut ProgramBuilder, op: Elementwise, x: &Buf, g: &Buf| {
             ops::elementwise::record(pb, k, tk, op, rows * 4 * d, ops::elementwise::Bindings { x, g })
@@ -571,14 +602,17 @@ impl Recorder<'_> {
         self.layernorm_backward(pb, &norm1, &tb.xs[l], (&blk.norm1, &gblk.norm1), modulation, dmod, &tb.dh)
     }
 
-    /// The embedding gradient: a scatter of dx over the rows grouped by token.
+    /// The embedding gradient: a scatter of dx over the rows grouped by token and cut into pieces.
     fn embedding_backward(&self, pb: &mut ProgramBuilder) -> Result<()> {
         let (tb, w) = (self.tb, &self.model.weights);
         let (b, seq, d) = self.dims();
+        let pieces = ops::embedding_backward::PieceBuffers {
+            token: &tb.seg_token, start: &tb.seg_start, rows: &tb.seg_rows, slot: &tb.seg_slot, split_token: &tb.split_token, split_first: &tb.split_first,
+            n_pieces: self.dy.n_pieces, n_split: self.dy.n_split,
+        };
         for (part, gpart) in w.vocab_embed.parts.iter().zip(&self.g.vocab_embed.parts) {
-            let p = ops::embedding_backward::Params { n_seg: self.dy.n_segments, dim: d as u32, row_start: part.row_start as u32, part_rows: part.rows as u32 };
-            let eb = ops::embedding_backward::Bindings { dx: &tb.dx, seg_token: &tb.seg_token, seg_start: &tb.seg_start, seg_rows: &tb.seg_rows, d_table: &gpart.buffer };
-            ops::embedding_backward::record(pb, self.k, self.tk, p, b * seq, w.vocab_embed.rows, eb)?;
+            let table = (&gpart.buffer, part.row_start, part.rows);
+            ops::embedding_backward::record(pb, self.k, self.tk, &tb.dx, b * seq, d, &pieces, table, w.vocab_embed.rows, &tb.emb_partial)?;
         }
         Ok(())
     }
@@ -633,19 +667,16 @@ impl Recorder<'_> {
         }
     }
 
-    /// LayerNorm backward: dx += …, then the parameter gradients: per-sequence partial dw (one
-    /// workgroup row per sequence) summed into dw, and dshift/dscale into `dmod`.
+    /// LayerNorm backward: dx += …, then the parameter gradients (dw into dweight, dshift/dscale
+    /// into `dmod`) through row-chunk partials.
     #[allow(clippy::too_many_arguments)]
     fn layernorm_backward(&self, pb: &mut ProgramBuilder, ln: &LayerNorm, x: &Buf, (weight, dweight): (&Buf, &Buf), modv: Option<&Buf>, dmod: Option<&Buf>, dy: &Buf) -> Result<()> {
         let (k, tk, tb) = (self.k, self.tk, self.tb);
         let bw = ops::layernorm_backward::Bindings { x, w: weight, modv, dy, dx: &tb.dx, stats: &tb.stats };
         ops::layernorm_backward::record(pb, k, tk, ln, bw)?;
-        debug_assert_eq!(ln.sequences() as usize, self.shape.forward.batch, "ln_partial holds one row per sequence of the batch");
-        let pg = ops::layernorm_param_grads::Bindings { x, stats: &tb.stats, dy, w: weight, modv, dw_part: &tb.ln_partial, dmod };
-        ops::layernorm_param_grads::record(pb, k, tk, ln, pg);
-        let d = ln.dim as usize;
-        let partial = Columns { buffer: &tb.ln_partial, offset: 0, rows: ln.sequences() as usize, cols: d, stride: d };
-        ops::col_sum::record(pb, k, tk, partial, dweight, 0, &tb.col_partial);
+        debug_assert_eq!(ln.sequences() as usize, self.shape.forward.batch, "the partials are sized for the batch's sequences");
+        let pg = ops::layernorm_param_grads::Bindings { x, stats: &tb.stats, dy, w: weight, modv, dw_part: &tb.ln_partial, dmod, dmod_part: Some(&tb.row_partial) };
+        ops::layernorm_param_grads::record(pb, k, tk, ln, pg, dweight, &tb.col_partial);
         Ok(())
     }
 }

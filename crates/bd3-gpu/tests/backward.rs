@@ -49,37 +49,49 @@ fn attention_backward_for_every_mask() {
 fn layernorm_backward_and_parameter_gradients() {
     let ctx = context();
     let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
-    let mut rng = Rng(36);
-    let (n_seq, rows_per_seq, dim) = (2, 7, 300);
+    // 7 rows per sequence: one chunk (dshift/dscale straight into dmod); 301: chunks of 32 rows, the
+    // last one partial (per-chunk partials and col_sum passes), with shift and scale adjacent (one
+    // per-sequence pass) and apart (two).
+    for (rows_per_seq, (shift, scale), seed) in [(7, (3, 4), 36), (301, (3, 4), 39), (301, (4, 1), 40)] {
+        layernorm_backward_case(&ctx, &k, &tk, (2, rows_per_seq, 300), (shift, scale), seed);
+    }
+}
+
+fn layernorm_backward_case(ctx: &bd3_gpu::GpuContext, k: &ops::Kernels, tk: &ops::TrainKernels, (n_seq, rows_per_seq, dim): (usize, usize, usize), (shift, scale): (usize, usize), seed: u64) {
+    let mut rng = Rng(seed);
     let rows = n_seq * rows_per_seq;
     let x: Vec<f32> = rng.vec(rows * dim, 2.0).iter().map(|v| v + 0.3).collect();
     let w = rng.vec(dim, 1.0);
     let dy = rng.vec(rows * dim, 1.0);
     let modv = rng.vec(n_seq * 6 * dim, 0.5);
     for modulated in [true, false] {
-        let ln = LayerNorm::rows(n_seq, rows_per_seq, dim, modulated.then_some(Modulation { shift: (3 * dim) as u32, scale: (4 * dim) as u32, stride: (6 * dim) as u32 }));
+        let ln = LayerNorm::rows(n_seq, rows_per_seq, dim, modulated.then_some(Modulation { shift: (shift * dim) as u32, scale: (scale * dim) as u32, stride: (6 * dim) as u32 }));
         let dx0 = rng.vec(rows * dim, 0.5); // dx accumulates onto what is there
         let dw0 = rng.vec(dim, 0.5);
-        let (dx, stats, dw, dmod) = (upload(&ctx, &dx0), upload(&ctx, &vec![0.0; 2 * rows]), upload(&ctx, &dw0), upload(&ctx, &vec![0.0; n_seq * 6 * dim]));
-        let (xb, wb, mb, dyb) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &modv), upload(&ctx, &dy));
-        // The input gradient, per-sequence partial dw, then their column sum into dw (what the training
+        let (dx, stats, dw, dmod) = (upload(ctx, &dx0), upload(ctx, &vec![0.0; 2 * rows]), upload(ctx, &dw0), upload(ctx, &vec![0.0; n_seq * 6 * dim]));
+        let (xb, wb, mb, dyb) = (upload(ctx, &x), upload(ctx, &w), upload(ctx, &modv), upload(ctx, &dy));
+        // The input gradient, then the parameter gradients through row-chunk partials (what the training
         // program records). The modulation is bound in both cases: unmodulated must ignore it.
-        let (dw_part, scratch) = (upload(&ctx, &rng.vec(n_seq * dim, 1.0)), upload(&ctx, &vec![0.0; dim]));
-        run_recorded(&ctx, |pb| {
-            ops::layernorm_backward::record(pb, &k, &tk, &ln, ops::layernorm_backward::Bindings { x: &xb, w: &wb, modv: Some(&mb), dy: &dyb, dx: &dx, stats: &stats }).unwrap();
-            let pg = ops::layernorm_param_grads::Bindings { x: &xb, stats: &stats, dy: &dyb, w: &wb, modv: Some(&mb), dw_part: &dw_part, dmod: Some(&dmod) };
-            ops::layernorm_param_grads::record(pb, &k, &tk, &ln, pg);
-            ops::col_sum::record(pb, &k, &tk, Columns { buffer: &dw_part, offset: 0, rows: n_seq, cols: dim, stride: dim }, &dw, 0, &scratch);
+        let units = ctx.compute_units;
+        let (_, chunks) = ops::layernorm_param_grads::chunks(&ln, units);
+        assert_eq!(chunks > 1, rows_per_seq > 64, "the case exercises the path it means to");
+        let dw_part = upload(ctx, &rng.vec(ops::layernorm_param_grads::dw_part_floats(&ln, units), 1.0));
+        let dmod_part = upload(ctx, &rng.vec(ops::layernorm_param_grads::dmod_part_floats(&ln, units).max(1), 1.0));
+        let scratch = upload(ctx, &rng.vec(ops::col_sum::scratch_floats(n_seq * chunks, dim, units), 1.0));
+        run_recorded(ctx, |pb| {
+            ops::layernorm_backward::record(pb, k, tk, &ln, ops::layernorm_backward::Bindings { x: &xb, w: &wb, modv: Some(&mb), dy: &dyb, dx: &dx, stats: &stats }).unwrap();
+            let pg = ops::layernorm_param_grads::Bindings { x: &xb, stats: &stats, dy: &dyb, w: &wb, modv: Some(&mb), dw_part: &dw_part, dmod: Some(&dmod), dmod_part: Some(&dmod_part) };
+            ops::layernorm_param_grads::record(pb, k, tk, &ln, pg, &dw, &scratch);
         });
-        let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * 6 * dim + 3 * dim..s * 6 * dim + 5 * dim].to_vec()).collect();
+        let pick = |v: &[f32]| -> Vec<f32> { (0..n_seq).flat_map(|s| [shift, scale].map(|c| v[(s * 6 + c) * dim..(s * 6 + c + 1) * dim].to_vec()).concat()).collect() };
+        let shift_scale = pick(&modv);
         let (want_dx, want_dw, want_dmod) = cpu_ref::layernorm_modulate_backward(&x, dim, &w, modulated.then_some(&shift_scale[..]), rows_per_seq, &dy);
         let add = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<f32>>();
-        assert_close("layernorm dx", &read(&ctx, &dx, rows * dim), &add(&dx0, &want_dx), 1e-5);
-        assert_close("layernorm dw", &read(&ctx, &dw, dim), &add(&dw0, &want_dw), 1e-4);
+        assert_close("layernorm dx", &read(ctx, &dx, rows * dim), &add(&dx0, &want_dx), 1e-5);
+        assert_close("layernorm dw", &read(ctx, &dw, dim), &add(&dw0, &want_dw), 1e-4);
         if modulated {
-            let got = read(&ctx, &dmod, n_seq * 6 * dim);
-            let got: Vec<f32> = (0..n_seq).flat_map(|s| got[s * 6 * dim + 3 * dim..s * 6 * dim + 5 * dim].to_vec()).collect();
-            assert_close("layernorm dshift/dscale", &got, &want_dmod, 1e-4);
+            let got = read(ctx, &dmod, n_seq * 6 * dim);
+            assert_close("layernorm dshift/dscale", &pick(&got), &want_dmod, 1e-4);
         }
     }
 }
@@ -89,6 +101,7 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     let ctx = context();
     let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
     let mut rng = Rng(37);
+    // 33 rows per sequence: two chunks per sequence (dgate through partials and a col_sum pass).
     let (n_seq, rows_per_seq, d, kk) = (2, 33, 70, 19);
     let m = n_seq * rows_per_seq;
     let (a, w, gate) = (rng.vec(m * kk, 1.0), rng.vec(d * kk, 1.0), rng.vec(n_seq * 6 * d, 1.0));
@@ -112,7 +125,9 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     let (dv, dmod) = (upload(&ctx, &vec![0.0; m * d]), upload(&ctx, &vec![0.0; n_seq * 6 * d]));
     let g = GateBackward { n_seq: n_seq as u32, rows_per_seq: rows_per_seq as u32, dim: d as u32, gate: Some(((6 * d) as u32, (2 * d) as u32)), dropout, seed: 1234, salt: 5 };
     let dx_b = upload(&ctx, &dx);
-    run_recorded(&ctx, |pb| ops::gate_backward::record(pb, &k, &tk, &g, ops::gate_backward::Bindings { dx: &dx_b, y: &aux, gate: Some(&gate_b), dv: &dv, dmod: Some(&dmod) }));
+    assert!(ops::gate_backward::chunks(&g, ctx.compute_units).1 > 1, "the rows are chunked");
+    let part = upload(&ctx, &rng.vec(ops::gate_backward::scratch_floats(&g, ctx.compute_units), 1.0));
+    run_recorded(&ctx, |pb| ops::gate_backward::record(pb, &k, &tk, &g, ops::gate_backward::Bindings { dx: &dx_b, y: &aux, gate: Some(&gate_b), dv: &dv, dmod: Some(&dmod), dgate_part: Some(&part) }));
     let (mut want_dv, mut want_dg) = (vec![0.0; m * d], vec![0.0; n_seq * d]);
     for r in 0..m {
         let s = r / rows_per_seq;
@@ -128,19 +143,78 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     assert_close("dgate", &got_dg, &want_dg, 1e-4);
 }
 
+/// gate_backward without dropout: one chunk per sequence (dgate straight into dmod), many chunks of a
+/// long sequence with the last one partial, and no gate at all (adaLN off: dv only).
+#[test]
+fn gate_backward_in_row_chunks() {
+    let ctx = context();
+    let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
+    let mut rng = Rng(41);
+    for (n_seq, rows_per_seq, d, gated) in [(3, 21, 259, true), (2, 517, 70, true), (2, 150, 33, false)] {
+        let m = n_seq * rows_per_seq;
+        let (dx, y, gate) = (rng.vec(m * d, 1.0), rng.vec(m * d, 1.0), rng.vec(n_seq * 6 * d, 1.0));
+        let dmod0 = rng.vec(n_seq * 6 * d, 0.5);
+        let g = GateBackward { n_seq: n_seq as u32, rows_per_seq: rows_per_seq as u32, dim: d as u32, gate: gated.then_some(((6 * d) as u32, (5 * d) as u32)), dropout: 0.0, seed: 7, salt: 1 };
+        let chunks = ops::gate_backward::chunks(&g, ctx.compute_units).1;
+        assert_eq!(chunks > 1, rows_per_seq > 64, "the case exercises the path it means to");
+        let (dx_b, y_b, gate_b) = (upload(&ctx, &dx), upload(&ctx, &y), upload(&ctx, &gate));
+        let (dv, dmod) = (upload(&ctx, &vec![0.0; m * d]), upload(&ctx, &dmod0));
+        let part = upload(&ctx, &rng.vec(ops::gate_backward::scratch_floats(&g, ctx.compute_units).max(1), 1.0));
+        let b = ops::gate_backward::Bindings { dx: &dx_b, y: &y_b, gate: gated.then_some(&gate_b), dv: &dv, dmod: gated.then_some(&dmod), dgate_part: Some(&part) };
+        run_recorded(&ctx, |pb| ops::gate_backward::record(pb, &k, &tk, &g, b));
+        let (mut want_dv, mut want_dmod) = (vec![0.0; m * d], dmod0.clone());
+        for r in 0..m {
+            let s = r / rows_per_seq;
+            for j in 0..d {
+                let gj = if gated { gate[s * 6 * d + 5 * d + j] } else { 1.0 };
+                want_dv[r * d + j] = gj * dx[r * d + j];
+                want_dmod[s * 6 * d + 5 * d + j] += dx[r * d + j] * y[r * d + j];
+            }
+        }
+        assert_close(&format!("gate_backward dv ({rows_per_seq} rows)"), &read(&ctx, &dv, m * d), &want_dv, 1e-6);
+        if gated {
+            assert_close(&format!("gate_backward dmod ({rows_per_seq} rows)"), &read(&ctx, &dmod, n_seq * 6 * d), &want_dmod, 1e-5);
+        }
+    }
+}
+
+/// The squared global norm over many parts of awkward sizes: more parts than one dispatch reads, parts
+/// cut into several slices, empty slices of a part's last workgroup.
+#[test]
+fn gradient_norm_over_many_parts() {
+    let ctx = context();
+    let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
+    let mut rng = Rng(42);
+    let sizes = [1usize, 5, 1000, 70_001, 3, 300_007, 257, 1025, 9, 123_457, 2];
+    let data: Vec<Vec<f32>> = sizes.iter().map(|&n| rng.vec(n, 1.5)).collect();
+    let bufs: Vec<_> = data.iter().map(|v| upload(&ctx, v)).collect();
+    let parts: Vec<(&bd3_gpu::program::Buf, usize)> = bufs.iter().zip(sizes).collect();
+    let partials = upload(&ctx, &rng.vec(ops::grad_norm::partials_len(&sizes, ctx.compute_units), 1.0));
+    let out = upload(&ctx, &[5.0, 123.0]);
+    run_recorded(&ctx, |pb| {
+        ops::grad_norm::record(pb, &k, &tk, &parts, &partials, &out, 1).unwrap();
+        let p = pb.planned();
+        assert_eq!(p.iter().filter(|d| d.label == "grad_norm").count(), sizes.len().div_ceil(ops::grad_norm::PER_DISPATCH));
+        assert!(p.iter().any(|d| d.label == "grad_norm" && d.workgroups() > sizes.len() as u64), "parts are cut into slices");
+    });
+    let want: f64 = data.iter().flatten().map(|&x| (x as f64).powi(2)).sum();
+    assert_close("squared gradient norm", &read(&ctx, &out, 2), &[5.0, want as f32], 1e-5);
+}
+
 #[test]
 fn column_sums_activations_embedding_scatter_and_adamw() {
     let ctx = context();
     let (k, tk) = (kernels(&ctx, 16), train_kernels(&ctx, 16));
     let mut rng = Rng(38);
     // Column sums of columns 3.. of an [m, 300] matrix, accumulated at offset 3: one pass (37 rows) and
-    // two passes through chunk partial sums (1337 rows: 5 chunks of 256, the last one partial).
+    // two passes through chunk partial sums (1337 rows: chunks of 32, the last one partial).
     for m in [37, 1337] {
         let (n, lda) = (297, 300);
+        assert_eq!(ops::col_sum::chunk_rows(m, n, ctx.compute_units).is_some(), m > ops::col_sum::SINGLE_PASS_ROWS, "the case exercises the path it means to");
         let a = rng.vec(m * lda, 1.0);
         let base = rng.vec(lda, 1.0);
         let out = upload(&ctx, &base);
-        let (ab, scratch) = (upload(&ctx, &a), upload(&ctx, &rng.vec(m.div_ceil(256) * n, 1.0)));
+        let (ab, scratch) = (upload(&ctx, &a), upload(&ctx, &rng.vec(ops::col_sum::scratch_floats(m, n, ctx.compute_units), 1.0)));
         run_recorded(&ctx, |pb| ops::col_sum::record(pb, &k, &tk, Columns { buffer: &ab, offset: 3, rows: m, cols: n, stride: lda }, &out, 3, &scratch));
         let mut want = base.clone();
         for j in 0..n {
@@ -168,9 +242,11 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
         assert_close(&format!("elementwise {op:?}"), &read(&ctx, &g, 1001), &want, 1e-5);
     }
 
-    // Embedding scatter over a split table (rows 0..20 and 20..37), repeated tokens included.
-    let (v, d, rows) = (37, 19, 53);
-    let tokens: Vec<u32> = (0..rows).map(|_| rng.below(v as u32)).collect();
+    // Embedding scatter over a split table (rows 0..20 and 20..37), repeated tokens included, and two
+    // tokens long enough to be cut into pieces (at least 121 rows of token 3 in the first part, 38 of
+    // token 30 in the second), as the mask token of a masked-diffusion batch is.
+    let (v, d, rows) = (37, 19, 253);
+    let tokens: Vec<u32> = (0..rows).map(|r| if r % 2 == 0 && r < 242 { 3 } else if r % 3 == 1 && r < 225 { 30 } else { rng.below(v as u32) }).collect();
     let dx = rng.vec(rows * d, 1.0);
     let mut order: Vec<u32> = (0..rows as u32).collect();
     order.sort_by_key(|&r| tokens[r as usize]);
@@ -188,14 +264,20 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
             want[tokens[r] as usize * d + j] += dx[r * d + j];
         }
     }
+    let piece = ops::embedding_backward::piece_rows(rows, ctx.compute_units);
+    let pieces = ops::embedding_backward::Pieces::split(&seg_token, &seg_start, piece);
+    assert_eq!(pieces.split_token, vec![3, 30], "tokens 3 and 30 are cut into pieces of {piece} rows");
     let dxb = upload(&ctx, &dx);
-    let (st, ss, sr) = (upload_u32(&ctx, &seg_token), upload_u32(&ctx, &seg_start), upload_u32(&ctx, &order));
+    let (pt, ps, sr, sl) = (upload_u32(&ctx, &pieces.token), upload_u32(&ctx, &pieces.start), upload_u32(&ctx, &order), upload_u32(&ctx, &pieces.slot));
+    let (st, sf) = (upload_u32(&ctx, &pieces.split_token), upload_u32(&ctx, &pieces.split_first));
+    let partials = upload(&ctx, &rng.vec(ops::embedding_backward::partials_floats(rows, d, ctx.compute_units), 1.0));
+    let pb_in = ops::embedding_backward::PieceBuffers {
+        token: &pt, start: &ps, rows: &sr, slot: &sl, split_token: &st, split_first: &sf, n_pieces: pieces.token.len() as u32, n_split: pieces.split_token.len() as u32,
+    };
     let mut got = Vec::new();
     for (start, part_rows) in [(0usize, 20usize), (20, 17)] {
         let part = upload(&ctx, &vec![0.0; part_rows * d]);
-        let p = ops::embedding_backward::Params { n_seg: seg_token.len() as u32, dim: d as u32, row_start: start as u32, part_rows: part_rows as u32 };
-        let b = ops::embedding_backward::Bindings { dx: &dxb, seg_token: &st, seg_start: &ss, seg_rows: &sr, d_table: &part };
-        run_recorded(&ctx, |pb| ops::embedding_backward::record(pb, &k, &tk, p, rows, v, b).unwrap());
+        run_recorded(&ctx, |pb| ops::embedding_backward::record(pb, &k, &tk, &dxb, rows, d, &pb_in, (&part, start, part_rows), v, &partials).unwrap());
         got.extend(read(&ctx, &part, part_rows * d));
     }
     assert_close("embedding scatter", &got, &want, 1e-5);

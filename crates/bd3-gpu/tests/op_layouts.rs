@@ -38,6 +38,7 @@ fn all_ops() -> Vec<OpSide> {
         side::<token_loss::Params>("token_loss.wgsl", src("token_loss.wgsl"), token_loss::Bindings::NAMES, token_loss::THREADS),
         side::<sedd_loss::Params>("sedd_loss.wgsl", src("sedd_loss.wgsl"), sedd_loss::Bindings::NAMES, sedd_loss::THREADS),
         side::<reduce_sum::Params>("reduce_sum.wgsl", src("reduce_sum.wgsl"), reduce_sum::Bindings::NAMES, reduce_sum::THREADS),
+        side::<grad_norm::Params>("grad_norm.wgsl", src("grad_norm.wgsl"), grad_norm::Bindings::NAMES, grad_norm::THREADS),
         side::<sample::Params>("sample.wgsl", src("sample.wgsl"), sample::Bindings::NAMES, sample::THREADS),
         side::<col_sum::Params>("col_sum.wgsl", src("col_sum.wgsl"), col_sum::Bindings::NAMES, col_sum::THREADS),
         side::<elementwise::Params>("elementwise.wgsl", src("elementwise.wgsl"), elementwise::Bindings::NAMES, elementwise::THREADS),

@@ -1,14 +1,31 @@
-//! `shaders/layernorm_param_grads.wgsl`: per-sequence partial sums of the LayerNorm weight gradient
-//! (summed by a column sum afterwards) and the shift/scale gradients of the modulation.
+//! `shaders/layernorm_param_grads.wgsl`: the LayerNorm weight gradient and the shift/scale gradients
+//! of the modulation. Each sequence's rows are cut into chunks sized to the adapter
+//! ([`col_sum::sequence_chunks`]): per-chunk partial weight gradients are summed by a column sum, and
+//! with more than one chunk the shift/scale partials by a per-sequence column sum.
 
+use super::col_sum::{self, Columns};
 use super::layernorm::LayerNorm;
 use super::{bindings, layernorm_backward, words, Kernels, TrainKernels};
-use crate::program::{Cost, ProgramBuilder};
+use crate::program::{Buf, Cost, ProgramBuilder};
+use crate::uniform_params;
 
 pub const THREADS: u32 = 256;
 
-/// The same block as the input-gradient kernel's.
-pub use layernorm_backward::Params;
+uniform_params! {
+    pub struct Params {
+        pub n_rows: u32,
+        pub dim: u32,
+        pub in_rows_per_seq: u32,
+        pub out_rows_per_seq: u32,
+        pub in_row_offset: u32,
+        pub has_mod: u32,
+        pub shift_offset: u32,
+        pub scale_offset: u32,
+        pub mod_stride: u32,
+        pub rows_per_chunk: u32,
+        pub chunks: u32,
+    }
+}
 
 bindings! {
     pub struct Bindings {
@@ -18,16 +35,61 @@ bindings! {
         dy: Req,
         w: Req,
         modv: OptIn,
-        /// [sequences, dim] partial weight gradients (written).
+        /// [sequences · chunks, dim] partial weight gradients (scratch of [`dw_part_floats`] floats).
         dw_part: Req,
         dmod: OptOut,
+        /// [sequences · chunks, 2·dim] partial shift/scale gradients (scratch of
+        /// [`dmod_part_floats`] floats; needed with modulation when the rows are chunked).
+        dmod_part: OptOut2,
     }
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, ln: &LayerNorm, b: Bindings) {
-    let p = layernorm_backward::params(ln);
+/// (rows per chunk, chunks per sequence) on `units` compute units.
+pub fn chunks(ln: &LayerNorm, units: u32) -> (usize, usize) {
+    col_sum::sequence_chunks(ln.sequences() as usize, ln.out_rows_per_seq as usize, ln.dim as usize, units)
+}
+
+/// Floats of `dw_part` that [`record`] needs.
+pub fn dw_part_floats(ln: &LayerNorm, units: u32) -> usize {
+    ln.sequences() as usize * chunks(ln, units).1 * ln.dim as usize
+}
+
+/// Floats of `dmod_part` that [`record`] needs.
+pub fn dmod_part_floats(ln: &LayerNorm, units: u32) -> usize {
+    let c = chunks(ln, units).1;
+    if ln.modulation.is_some() && c > 1 { 2 * dw_part_floats(ln, units) } else { 0 }
+}
+
+/// The parameter gradients: dw (+)= into `dweight`, dshift/dscale into `dmod`; `col_scratch` is the
+/// scratch of the column sum over the weight partials (see [`col_sum::scratch_floats`]).
+pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, ln: &LayerNorm, b: Bindings, dweight: &Buf, col_scratch: &Buf) {
+    let f = layernorm_backward::params(ln);
+    let (rows_per_chunk, chunks) = chunks(ln, pb.context().compute_units);
+    let p = Params {
+        n_rows: f.n_rows, dim: f.dim, in_rows_per_seq: f.in_rows_per_seq, out_rows_per_seq: f.out_rows_per_seq, in_row_offset: f.in_row_offset,
+        has_mod: f.has_mod, shift_offset: f.shift_offset, scale_offset: f.scale_offset, mod_stride: f.mod_stride,
+        rows_per_chunk: rows_per_chunk as u32, chunks: chunks as u32,
+    };
     let n_seq = ln.sequences();
     let (rows, d) = (p.n_rows as u64, p.dim as u64);
-    let cost = Cost { flops: 5 * rows * d, bytes: words(2 * rows * d + 2 * rows + 5 * n_seq as u64 * d) };
-    pb.dispatch("layernorm_param_grads", &tk.layernorm_param_grads, &p, b.slices(&k.placeholders), [p.dim.div_ceil(THREADS), n_seq, 1], cost);
+    let part_rows = n_seq as usize * chunks;
+    let cost = Cost { flops: 5 * rows * d, bytes: words(2 * rows * d + 2 * rows + 3 * part_rows as u64 * d + 3 * n_seq as u64 * d) };
+    let (dw_part, dmod, dmod_part) = (b.dw_part, b.dmod, b.dmod_part);
+    pb.dispatch("layernorm_param_grads", &tk.layernorm_param_grads, &p, b.slices(&k.placeholders), [p.dim.div_ceil(THREADS), part_rows as u32, 1], cost);
+    let dim = d as usize;
+    if let (Some(m), Some(dmod), true) = (ln.modulation, dmod, chunks > 1) {
+        let part = dmod_part.expect("layernorm_param_grads: dmod_part is needed when the rows are chunked");
+        let (shift, scale, stride) = (m.shift as usize, m.scale as usize, m.stride as usize);
+        if scale == shift + dim {
+            let a = Columns { buffer: part, offset: 0, rows: part_rows, cols: 2 * dim, stride: 2 * dim };
+            col_sum::record_groups(pb, k, tk, a, chunks, dmod, shift, stride);
+        } else {
+            for (col, at) in [(0, shift), (dim, scale)] {
+                let a = Columns { buffer: part, offset: col, rows: part_rows, cols: dim, stride: 2 * dim };
+                col_sum::record_groups(pb, k, tk, a, chunks, dmod, at, stride);
+            }
+        }
+    }
+    let partial = Columns { buffer: dw_part, offset: 0, rows: part_rows, cols: dim, stride: dim };
+    col_sum::record(pb, k, tk, partial, dweight, 0, col_scratch);
 }

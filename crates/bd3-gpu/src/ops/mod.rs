@@ -11,6 +11,7 @@
 //! | [`token_loss`] | token_loss.wgsl | SUBS / AR log-probs, loss and logits gradient |
 //! | [`sedd_loss`] | sedd_loss.wgsl | SEDD log-score, score entropy and logits gradient |
 //! | [`reduce_sum`] | reduce_sum.wgsl | Σx or Σx² into one value |
+//! | [`grad_norm`] | grad_norm.wgsl | Σx² over many tensors (with reduce_sum) |
 //! | [`sample`] | sample.wgsl | one token per row: nucleus and exponential race |
 //! | [`col_sum`] | col_sum.wgsl | column sums (bias gradients) |
 //! | [`elementwise`] | elementwise.wgsl | gelu and the activation derivatives |
@@ -32,6 +33,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod embedding_backward;
 pub mod gate_backward;
+pub mod grad_norm;
 pub mod layernorm;
 pub mod layernorm_backward;
 pub mod layernorm_param_grads;
@@ -134,6 +136,7 @@ pub struct TrainKernels {
     pub col_sum: Kernel,
     pub elementwise: Kernel,
     pub gate_backward: Kernel,
+    pub grad_norm: Kernel,
     pub layernorm_backward: Kernel,
     pub layernorm_param_grads: Kernel,
     pub embedding_backward: Kernel,
@@ -149,6 +152,7 @@ impl TrainKernels {
             col_sum: k("col_sum", col_sum::THREADS).await?,
             elementwise: k("elementwise", elementwise::THREADS).await?,
             gate_backward: k("gate_backward", gate_backward::THREADS).await?,
+            grad_norm: k("grad_norm", grad_norm::THREADS).await?,
             layernorm_backward: k("layernorm_backward", layernorm_backward::THREADS).await?,
             layernorm_param_grads: k("layernorm_param_grads", layernorm_param_grads::THREADS).await?,
             embedding_backward: k("embedding_backward", embedding_backward::THREADS).await?,
