@@ -47,12 +47,13 @@ fn store_row(m: u32, n_first: u32, acc: vec4<f32>, slice_offset: u32) {
     if (m >= p.m) {
         return;
     }
+    let base = row_base(m, slice_offset);
     for (var j = 0u; j < 4u; j++) {
         let n = n_first + j;
         if (n >= p.n) {
             return;
         }
-        store_value(m, n, acc[j], slice_offset);
+        store_value(m, n, acc[j], base);
     }
 }
 

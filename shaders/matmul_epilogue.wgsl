@@ -1,5 +1,5 @@
 // The parameters, bindings and per-value epilogue shared by matmul.wgsl and matvec.wgsl (the two
-// variants of one product; see matmul.wgsl's header for the math). store_value(m, n, v, slice_offset)
+// variants of one product; see matmul.wgsl's header for the math). store_value(m, n, v, row_base(m, …))
 // takes the product v = Σ_k A(m, k)·B(k, n) of output (m, n), m < p.m and n < p.n, and applies bias,
 // dropout, aux, the activation or the (gated) residual, placing the result at row(m) and column n.
 // Includes: dropout.wgsl (keep), gelu.wgsl (gelu_tanh). The includer defines nothing.
@@ -48,13 +48,19 @@ fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
 }
 
-fn store_value(m: u32, n: u32, product: f32, slice_offset: u32) {
+// Where row m's outputs start (column 0 of this weight part) in `out` and `aux`; computed once per
+// row, since the divisions cost more than the epilogue itself on some adapters.
+fn row_base(m: u32, slice_offset: u32) -> u32 {
+    let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
+    return slice_offset + out_row * p.ldc + p.out_col_offset;
+}
+
+fn store_value(m: u32, n: u32, product: f32, base: u32) {
     var v = product;
     if (p.has_bias != 0u) {
         v += bias[p.bias_offset + n];
     }
-    let out_row = (m / p.out_rows_per_seq) * p.out_seq_stride + p.out_row_offset + m % p.out_rows_per_seq;
-    let o = slice_offset + out_row * p.ldc + p.out_col_offset + n;
+    let o = base + n;
     if (p.epilogue >= 3u && p.dropout > 0.0) {
         v = select(0.0, v / (1.0 - p.dropout), keep(m, p.out_col_offset + n));
     }

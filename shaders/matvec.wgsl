@@ -65,6 +65,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         workgroupBarrier();
     }
     if (lid < p.m) {
-        store_value(lid, n, partial[(lid / 4u) * WG][lid % 4u], 0u);
+        store_value(lid, n, partial[(lid / 4u) * WG][lid % 4u], row_base(lid, 0u));
     }
 }
