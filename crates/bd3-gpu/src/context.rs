@@ -134,7 +134,7 @@ impl GpuContext {
                 *lost.lock().unwrap() = Some(format!("the GPU device was lost ({}); reload the page or restart the program", one_line(&message)));
             }
         });
-        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         let split_threshold = max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4);
         Ok(GpuContext {
             gpu: Some(Gpu { device, queue }),
@@ -156,7 +156,7 @@ impl GpuContext {
     /// recording a program yields its plan (see [`crate::plan`]) without allocating anything.
     pub fn planning(adapter: &crate::plan::AdapterDesc, opts: ContextOptions) -> GpuContext {
         let limits = adapter.limits();
-        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         GpuContext {
             gpu: None,
             info: wgpu::AdapterInfo { name: adapter.name.clone(), driver_info: "planning only".into(), ..wgpu::AdapterInfo::new(wgpu::DeviceType::Other, wgpu::Backend::Noop) },

@@ -238,7 +238,8 @@ pub fn linear(pb: &mut ProgramBuilder, k: &Kernels, lin: &Linear, m: usize, epil
     Ok(())
 }
 
-/// The head over `rows` normalised rows, `chunk_rows` at a time into `logits`; `consume(pb, start, n)`
+/// The head over `rows` normalised rows, `chunk_rows` at a time into `logits` (`chunking` =
+/// (rows, chunk_rows)); `consume(pb, start, n)`
 /// records what reads each chunk (the loss or the sampler) before the next chunk overwrites it.
 pub fn head_chunks(
     pb: &mut ProgramBuilder,
@@ -246,8 +247,7 @@ pub fn head_chunks(
     w: &Weights,
     normed: &Buf,
     logits: &Buf,
-    rows: usize,
-    chunk_rows: usize,
+    (rows, chunk_rows): (usize, usize),
     mut consume: impl FnMut(&mut ProgramBuilder, usize, usize) -> Result<()>,
 ) -> Result<()> {
     let (d, v) = (w.head.in_features(), w.head.out_features());

@@ -395,20 +395,20 @@ impl GpuModel {
             layout.log_probs = layout.take(scored * v);
         }
         let (logits_at, log_probs_at) = (layout.logits.0, layout.log_probs.0);
-        layers::head_chunks(&mut pb, k, w, &final_normed, &logits, scored, chunk_rows, |pb, start, n| {
-            let (n32, v32, start32) = (n as u32, v as u32, start as u32);
+        layers::head_chunks(&mut pb, k, w, &final_normed, &logits, (scored, chunk_rows), |pb, start, n| {
+            let chunk = ops::token_loss::LossChunk { n_rows: n as u32, vocab: v as u32, mask_id: cfg.mask_id(), row_offset: start as u32, grad_scale: 0.0 };
             if sedd {
                 let b = ops::sedd_loss::Bindings {
                     logits: &logits, input_ids: &input_ids, targets: &targets, seq_consts: seq_consts.as_ref().expect("SEDD constants"),
                     log_score: log_probs.as_ref(), entropy: entropy.as_ref(), token_loss: &token_loss, dlogits: None,
                 };
-                ops::sedd_loss::record(pb, k, n32, v32, cfg.mask_id(), start32, s.head_rows as u32, 0.0, b)?;
+                ops::sedd_loss::record(pb, k, &chunk, s.head_rows as u32, b)?;
             } else {
                 let head = if s.objective == Objective::Ar { ops::token_loss::Head::Ar } else { ops::token_loss::Head::Subs };
                 let b = ops::token_loss::Bindings {
                     logits: &logits, input_ids: &input_ids, targets: &targets, weights: &weights_buf, log_probs: log_probs.as_ref(), token_loss: &token_loss, dlogits: None,
                 };
-                ops::token_loss::record(pb, k, head, n32, v32, cfg.mask_id(), start32, 0.0, b)?;
+                ops::token_loss::record(pb, k, head, &chunk, b)?;
             }
             if let Some(lp) = &log_probs {
                 pb.copy_to_output(&logits, logits_at + start * v, n * v);

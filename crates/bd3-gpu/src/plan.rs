@@ -57,7 +57,7 @@ impl AdapterDesc {
         AdapterDesc {
             name: ctx.info.name.clone(),
             compute_units: ctx.compute_units,
-            max_storage_binding: l.max_storage_buffer_binding_size as u64,
+            max_storage_binding: l.max_storage_buffer_binding_size,
             max_buffer: l.max_buffer_size,
             max_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
             max_workgroup_storage: l.max_compute_workgroup_storage_size,

@@ -415,7 +415,7 @@ impl GpuModel {
         };
         let lnb = crate::ops::layernorm::Bindings { x: &buf.x, w: &w.norm_final, modv: final_mod, out: &buf.final_normed, row_index: Some(&ws.picked) };
         crate::ops::layernorm::record(pb, k, &ln, lnb)?;
-        layers::head_chunks(pb, k, w, &buf.final_normed, &buf.logits, picked_rows, buf.chunk_rows, |pb, start, n| {
+        layers::head_chunks(pb, k, w, &buf.final_normed, &buf.logits, (picked_rows, buf.chunk_rows), |pb, start, n| {
             let sp = Sample {
                 n_rows: n as u32,
                 vocab: v as u32,

@@ -506,23 +506,23 @@ impl Recorder<'_> {
         let (scored, v) = (s.scored_rows(), cfg.vocab_size);
         let grad_scale = self.dy.grad_scale;
         pb.clear(&tb.dhf);
-        layers::head_chunks(pb, k, w, &tb.hf, &tb.logits, scored, tb.chunk_rows, |pb, start, n| {
-            let (n32, v32, start32) = (n as u32, v as u32, start as u32);
+        layers::head_chunks(pb, k, w, &tb.hf, &tb.logits, (scored, tb.chunk_rows), |pb, start, n| {
+            let chunk = ops::token_loss::LossChunk { n_rows: n as u32, vocab: v as u32, mask_id: cfg.mask_id(), row_offset: start as u32, grad_scale };
             if s.objective == Objective::Sedd {
                 let b = ops::sedd_loss::Bindings {
                     logits: &tb.logits, input_ids: &tb.input_ids, targets: &tb.targets, seq_consts: &tb.seq_consts,
                     log_score: None, entropy: None, token_loss: &tb.token_loss, dlogits: Some(&tb.dlogits),
                 };
-                ops::sedd_loss::record(pb, k, n32, v32, cfg.mask_id(), start32, s.head_rows as u32, grad_scale, b)?;
+                ops::sedd_loss::record(pb, k, &chunk, s.head_rows as u32, b)?;
             } else {
                 let head = if s.objective == Objective::Ar { ops::token_loss::Head::Ar } else { ops::token_loss::Head::Subs };
                 let b = ops::token_loss::Bindings {
                     logits: &tb.logits, input_ids: &tb.input_ids, targets: &tb.targets, weights: &tb.row_weights,
                     log_probs: None, token_loss: &tb.token_loss, dlogits: Some(&tb.dlogits),
                 };
-                ops::token_loss::record(pb, k, head, n32, v32, cfg.mask_id(), start32, grad_scale, b)?;
+                ops::token_loss::record(pb, k, head, &chunk, b)?;
             }
-            self.linear_backward(pb, &w.head, &self.g.head, (&tb.dlogits, 0), (&tb.hf, start), n, Some(InputGrad { dx: &tb.dhf, row_offset: start, accumulate: true }));
+            self.linear_backward(pb, (&w.head, &self.g.head), (&tb.dlogits, 0), (&tb.hf, start), n, Some(InputGrad { dx: &tb.dhf, row_offset: start, accumulate: true }));
             Ok(())
         })?;
         let sum = ops::reduce_sum::Bindings { x: &tb.token_loss, out: &tb.loss_sum };
@@ -578,16 +578,16 @@ impl Recorder<'_> {
         // MLP branch: x += gate_mlp · mlp.2(gelu(mlp.0(LN2(x_mid)))).
         gate_backward(pb, &tb.y2[l], AdaLn::GateMlp, salt + 2);
         elementwise(pb, Elementwise::Gelu, &tb.u[l], &tb.act)?;
-        self.linear_backward(pb, &blk.mlp_down, &gblk.mlp_down, (&tb.dv, 0), (&tb.act, 0), rows, into(&tb.dact));
+        self.linear_backward(pb, (&blk.mlp_down, &gblk.mlp_down), (&tb.dv, 0), (&tb.act, 0), rows, into(&tb.dact));
         elementwise(pb, Elementwise::TimesGeluDerivative, &tb.u[l], &tb.dact)?;
         let norm2 = self.block_norm(l, AdaLn::ShiftMlp, AdaLn::ScaleMlp);
         renorm(pb, &tb.xmid[l], &blk.norm2, norm2)?;
-        self.linear_backward(pb, &blk.mlp_up, &gblk.mlp_up, (&tb.dact, 0), (&tb.h, 0), rows, into(&tb.dh));
+        self.linear_backward(pb, (&blk.mlp_up, &gblk.mlp_up), (&tb.dact, 0), (&tb.h, 0), rows, into(&tb.dh));
         self.layernorm_backward(pb, &norm2, &tb.xmid[l], (&blk.norm2, &gblk.norm2), modulation, dmod, &tb.dh)?;
 
         // Attention branch: x += gate_msa · attn_out(attention(qkv(LN1(x)))).
         gate_backward(pb, &tb.y1[l], AdaLn::GateMsa, salt + 1);
-        self.linear_backward(pb, &blk.attn_out, &gblk.attn_out, (&tb.dv, 0), (&tb.att[l], 0), rows, into(&tb.datt));
+        self.linear_backward(pb, (&blk.attn_out, &gblk.attn_out), (&tb.dv, 0), (&tb.att[l], 0), rows, into(&tb.datt));
         let attention = self.attention();
         let rope = (&self.model.rope_cos, &self.model.rope_sin);
         let dq = ops::attention::QueryGradBindings {
@@ -598,7 +598,7 @@ impl Recorder<'_> {
         ops::attention::record_key_value_grad(pb, k, tk, &attention, dkv);
         let norm1 = self.block_norm(l, AdaLn::ShiftMsa, AdaLn::ScaleMsa);
         renorm(pb, &tb.xs[l], &blk.norm1, norm1)?;
-        self.linear_backward(pb, &blk.attn_qkv, &gblk.attn_qkv, (&tb.dqkv, 0), (&tb.h, 0), rows, into(&tb.dh));
+        self.linear_backward(pb, (&blk.attn_qkv, &gblk.attn_qkv), (&tb.dqkv, 0), (&tb.h, 0), rows, into(&tb.dh));
         self.layernorm_backward(pb, &norm1, &tb.xs[l], (&blk.norm1, &gblk.norm1), modulation, dmod, &tb.dh)
     }
 
@@ -628,28 +628,29 @@ impl Recorder<'_> {
         let accumulate_dc = Some(InputGrad { dx: &tb.dc, row_offset: 0, accumulate: true });
         pb.clear(&tb.dc);
         for ((blk, gblk), dmod) in w.blocks.iter().zip(&g.blocks).zip(&tb.dmods) {
-            self.linear_backward(pb, blk.adaln.as_ref().expect("adaLN"), gblk.adaln.as_ref().expect("adaLN"), (dmod, 0), (&cond.c, 0), b, accumulate_dc);
+            self.linear_backward(pb, (blk.adaln.as_ref().expect("adaLN"), gblk.adaln.as_ref().expect("adaLN")), (dmod, 0), (&cond.c, 0), b, accumulate_dc);
         }
         let (fa, gfa) = (w.final_adaln.as_ref().expect("adaLN"), g.final_adaln.as_ref().expect("adaLN"));
-        self.linear_backward(pb, fa, gfa, (&tb.dfinal_mod, 0), (&cond.c, 0), b, accumulate_dc);
+        self.linear_backward(pb, (fa, gfa), (&tb.dfinal_mod, 0), (&cond.c, 0), b, accumulate_dc);
         let nc = b * self.model.cfg.cond_dim;
         ops::elementwise::record(pb, self.k, self.tk, Elementwise::TimesSiluDerivative, nc, ops::elementwise::Bindings { x: z2, g: &tb.dc })?;
-        self.linear_backward(pb, mlp2, gmlp2, (&tb.dc, 0), (&cond.c_hidden, 0), b, Some(InputGrad { dx: &tb.dc1, row_offset: 0, accumulate: false }));
+        self.linear_backward(pb, (mlp2, gmlp2), (&tb.dc, 0), (&cond.c_hidden, 0), b, Some(InputGrad { dx: &tb.dc1, row_offset: 0, accumulate: false }));
         ops::elementwise::record(pb, self.k, self.tk, Elementwise::TimesSiluDerivative, nc, ops::elementwise::Bindings { x: z1, g: &tb.dc1 })?;
-        self.linear_backward(pb, mlp0, gmlp0, (&tb.dc1, 0), (&cond.features, 0), b, None);
+        self.linear_backward(pb, (mlp0, gmlp0), (&tb.dc1, 0), (&cond.features, 0), b, None);
         Ok(())
     }
 
     /// Backward of y = x·Wᵀ + b over m rows (dy and x given with their first row): dW += dyᵀx,
     /// db += Σ dy, and optionally dx (= or +=) dy·W.
-    fn linear_backward(&self, pb: &mut ProgramBuilder, lin: &Linear, grad: &Linear, dy: (&Buf, usize), x: (&Buf, usize), m: usize, dx: Option<InputGrad>) {
+    fn linear_backward(&self, pb: &mut ProgramBuilder, (lin, grad): (&Linear, &Linear), dy: (&Buf, usize), x: (&Buf, usize), m: usize, dx: Option<InputGrad>) {
         let (k, tk, tb) = (self.k, self.tk, self.tb);
         let (n_out, n_in) = (lin.out_features(), lin.in_features());
         for (pi, (part, gpart)) in lin.weight.parts.iter().zip(&grad.weight.parts).enumerate() {
             let mut wg = Matmul::weight_grad(m as u32, part.rows as u32, n_in as u32, n_out as u32, n_in as u32);
             wg.a_offset = (dy.1 * n_out + part.row_start) as u32;
             wg.b_offset = (x.1 * n_in) as u32;
-            ops::matmul::record_accumulating(pb, k, tk, "weight grad", &wg, dy.0, x.0, &gpart.buffer, &tb.split_partial);
+            let io = ops::matmul::AccumulateIo { a: dy.0, b: x.0, out: &gpart.buffer, scratch: &tb.split_partial };
+            ops::matmul::record_accumulating(pb, k, tk, "weight grad", &wg, io);
             if let Some(gb) = &grad.bias {
                 let a = Columns { buffer: dy.0, offset: dy.1 * n_out + part.row_start, rows: m, cols: part.rows, stride: n_out };
                 ops::col_sum::record(pb, k, tk, a, gb, part.row_start, &tb.col_partial);

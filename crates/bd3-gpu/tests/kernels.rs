@@ -209,7 +209,8 @@ fn token_loss_subs_and_ar() {
         let (logits_buf, in_buf, tg_buf, w_buf) = (upload(&ctx, &logits), upload_u32(&ctx, &pad(&inputs)), upload_u32(&ctx, &pad(&targets)), upload(&ctx, &padf(&weights)));
         let b = ops::token_loss::Bindings { logits: &logits_buf, input_ids: &in_buf, targets: &tg_buf, weights: &w_buf, log_probs: Some(&lp), token_loss: &tl, dlogits: None };
         let head = if ar { Head::Ar } else { Head::Subs };
-        run_recorded(&ctx, |pb| ops::token_loss::record(pb, &k, head, rows as u32, vocab as u32, mask_id, 2, 0.0, b).unwrap());
+        let chunk = ops::token_loss::LossChunk { n_rows: rows as u32, vocab: vocab as u32, mask_id, row_offset: 2, grad_scale: 0.0 };
+        run_recorded(&ctx, |pb| ops::token_loss::record(pb, &k, head, &chunk, b).unwrap());
         let mut want_lp = Vec::new();
         let mut want_loss = Vec::new();
         for r in 0..rows {
@@ -247,7 +248,8 @@ fn sedd_score_entropy() {
     let (ls, ent, tl) = (upload(&ctx, &vec![0.0; rows * vocab]), upload(&ctx, &vec![0.0; rows]), upload(&ctx, &vec![0.0; rows]));
     let (logits_buf, in_buf, tg_buf, c_buf) = (upload(&ctx, &logits), upload_u32(&ctx, &inputs), upload_u32(&ctx, &targets), upload(&ctx, &consts));
     let b = ops::sedd_loss::Bindings { logits: &logits_buf, input_ids: &in_buf, targets: &tg_buf, seq_consts: &c_buf, log_score: Some(&ls), entropy: Some(&ent), token_loss: &tl, dlogits: None };
-    run_recorded(&ctx, |pb| ops::sedd_loss::record(pb, &k, rows as u32, vocab as u32, mask_id, 0, rows_per_seq as u32, 0.0, b).unwrap());
+    let chunk = ops::token_loss::LossChunk { n_rows: rows as u32, vocab: vocab as u32, mask_id, row_offset: 0, grad_scale: 0.0 };
+    run_recorded(&ctx, |pb| ops::sedd_loss::record(pb, &k, &chunk, rows_per_seq as u32, b).unwrap());
     let (mut want_ls, mut want_ent, mut want_tl) = (vec![], vec![], vec![]);
     for r in 0..rows {
         let sigma = bd3_model::schedule::sigma_from_p(t[r / rows_per_seq]);

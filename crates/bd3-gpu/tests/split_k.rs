@@ -40,7 +40,7 @@ fn split_k_weight_gradient_and_store_match_the_cpu_loop() {
         let plan = {
             let mut planned = Vec::new();
             run_recorded(&ctx, |pb| {
-                ops::matmul::record_accumulating(pb, &k, &tk, "weight grad", &mm, &dy_b, &x_b, &out, &scratch);
+                ops::matmul::record_accumulating(pb, &k, &tk, "weight grad", &mm, ops::matmul::AccumulateIo { a: &dy_b, b: &x_b, out: &out, scratch: &scratch });
                 planned = pb.planned().to_vec();
             });
             planned

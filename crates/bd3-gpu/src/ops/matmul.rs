@@ -216,10 +216,19 @@ impl Variants {
     }
 }
 
-/// `mm` with a plain store or accumulation, split into K slices when that fills the GPU better
-/// (see [`Matmul::k_slices`]); `scratch` holds at least [`Matmul::split_scratch_floats`] floats.
-/// Without bias, gate or aux (the weight gradients).
-pub fn record_accumulating(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, label: &'static str, mm: &Matmul, a: &Buf, b: &Buf, out: &Buf, scratch: &Buf) {
+/// The buffers of a product without bias, gate or aux, and the scratch of its K slices (at least
+/// [`Matmul::split_scratch_floats`] floats).
+pub struct AccumulateIo<'a> {
+    pub a: &'a Buf,
+    pub b: &'a Buf,
+    pub out: &'a Buf,
+    pub scratch: &'a Buf,
+}
+
+/// `mm` with a plain store or accumulation (the weight gradients), split into K slices when that
+/// fills the GPU better (see [`Matmul::k_slices`]).
+pub fn record_accumulating(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, label: &'static str, mm: &Matmul, io: AccumulateIo) {
+    let AccumulateIo { a, b, out, scratch } = io;
     let slices = mm.k_slices(pb.context().compute_units);
     if slices == 1 {
         return record(pb, k, label, mm, Bindings { a, b, bias: None, gate: None, out, aux: None });

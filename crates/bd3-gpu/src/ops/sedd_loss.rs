@@ -1,6 +1,7 @@
 //! `shaders/sedd_loss.wgsl`: the SEDD log-score of a chunk of logits rows, the score entropy per token
 //! and optionally the logits gradient.
 
+use super::token_loss::LossChunk;
 use super::{bindings, words, Kernels};
 use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
@@ -34,9 +35,13 @@ bindings! {
     }
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, n_rows: u32, vocab: u32, mask_id: u32, row_offset: u32, rows_per_seq: u32, grad_scale: f32, b: Bindings) -> Result<()> {
-    let p = Params { n_rows, vocab, mask_id, write_log_score: b.log_score.is_some() as u32, row_offset, rows_per_seq, grad_scale };
-    let (n, v) = (n_rows as u64, vocab as u64);
+/// A chunk of rows (see [`LossChunk`]) of sequences of `rows_per_seq` scored rows.
+pub fn record(pb: &mut ProgramBuilder, k: &Kernels, c: &LossChunk, rows_per_seq: u32, b: Bindings) -> Result<()> {
+    let p = Params {
+        n_rows: c.n_rows, vocab: c.vocab, mask_id: c.mask_id, write_log_score: b.log_score.is_some() as u32, row_offset: c.row_offset,
+        rows_per_seq, grad_scale: c.grad_scale,
+    };
+    let (n, v) = (c.n_rows as u64, c.vocab as u64);
     let outputs = b.log_score.is_some() as u64 + b.dlogits.is_some() as u64;
     let cost = Cost { flops: 6 * n * v, bytes: words(n * v * (1 + 2 * outputs) + 5 * n) };
     let groups = pb.fold(n)?;

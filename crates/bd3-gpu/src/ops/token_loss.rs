@@ -41,11 +41,24 @@ pub enum Head {
     Ar = 1,
 }
 
-/// A chunk of `n_rows` rows starting at global row `row_offset`; with `grad_scale` > 0 (and a
-/// `dlogits` binding) the gradient of grad_scale·token_loss is written.
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, head: Head, n_rows: u32, vocab: u32, mask_id: u32, row_offset: u32, grad_scale: f32, b: Bindings) -> Result<()> {
-    let p = Params { n_rows, vocab, mask_id, mode: head as u32, write_log_probs: b.log_probs.is_some() as u32, row_offset, grad_scale };
-    let (n, v) = (n_rows as u64, vocab as u64);
+/// A chunk of logits rows for a loss kernel (this one and `sedd_loss`): `n_rows` rows starting at
+/// global row `row_offset`; with `grad_scale` > 0 (and a `dlogits` binding) the gradient of
+/// grad_scale·token_loss is written.
+#[derive(Clone, Copy, Debug)]
+pub struct LossChunk {
+    pub n_rows: u32,
+    pub vocab: u32,
+    pub mask_id: u32,
+    pub row_offset: u32,
+    pub grad_scale: f32,
+}
+
+pub fn record(pb: &mut ProgramBuilder, k: &Kernels, head: Head, c: &LossChunk, b: Bindings) -> Result<()> {
+    let p = Params {
+        n_rows: c.n_rows, vocab: c.vocab, mask_id: c.mask_id, mode: head as u32, write_log_probs: b.log_probs.is_some() as u32,
+        row_offset: c.row_offset, grad_scale: c.grad_scale,
+    };
+    let (n, v) = (c.n_rows as u64, c.vocab as u64);
     // Passes: max, sum of exponentials, then the written outputs.
     let outputs = b.log_probs.is_some() as u64 + b.dlogits.is_some() as u64;
     let cost = Cost { flops: 6 * n * v, bytes: words(n * v * (2 + 2 * outputs) + 5 * n) };
