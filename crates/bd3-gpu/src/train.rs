@@ -80,6 +80,8 @@ pub struct Trainer {
     pub step: u64,
     kernels: TrainKernels,
     norm_sq: Buf,
+    /// The squared norm copied out by the optimizer's own submission, for [`Trainer::last_grad_norm`].
+    norm_readback: Buf,
     /// First-pass partial sums of the gradient norm (see [`ops::grad_norm`]).
     norm_partials: Buf,
     programs: HashMap<TrainShape, TrainWorkspace>,
@@ -183,6 +185,7 @@ impl Trainer {
             step: 0,
             kernels: TrainKernels::new(ctx, model.cfg.head_dim()).await?,
             norm_sq: ctx.storage("grad norm²", 4)?,
+            norm_readback: ctx.buffer("grad norm² readback", 4, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?,
             norm_partials,
             programs: HashMap::new(),
             optimizer: None,
@@ -255,17 +258,22 @@ impl Trainer {
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         enc.clear_buffer(&self.norm_sq, 0, None);
         self.optimizer.as_ref().unwrap().encode(&mut enc);
+        if self.optim.max_grad_norm > 0.0 {
+            enc.copy_buffer_to_buffer(&self.norm_sq, 0, &self.norm_readback, 0, 4);
+        }
         ctx.submit(enc);
         ctx.check()
     }
 
-    /// The global gradient norm of the last [`Trainer::optimizer_step`], read back from the GPU (None
-    /// when clipping is off, since the norm is then not computed).
+    /// The global gradient norm of the last [`Trainer::optimizer_step`] (None when clipping is off,
+    /// since the norm is then not computed). The step's own submission copied it out; this only maps
+    /// those 4 bytes, without another submission.
     pub async fn last_grad_norm(&self, ctx: &GpuContext) -> Result<Option<f64>> {
-        if self.optim.max_grad_norm <= 0.0 {
+        if self.optim.max_grad_norm <= 0.0 || self.step == 0 {
             return Ok(None);
         }
-        Ok(Some((ctx.read_f32(&self.norm_sq, 0, 1).await?[0] as f64).sqrt()))
+        let bytes = ctx.map_read(&self.norm_readback, 4).await?;
+        Ok(Some((bytemuck::cast_slice::<u8, f32>(&bytes)[0] as f64).sqrt()))
     }
 
     fn record_optimizer(&self, pb: &mut ProgramBuilder, model: &GpuModel, lr: f64, ema_decay: f64) -> Result<()> {
