@@ -12,25 +12,12 @@
 // Bindings: 0 params, 1 x [*, dim], 2 w [dim], 3 modv [n_seq, mod_stride], 4 out [n_rows, dim],
 //           5 row_index [n_rows] (u32).
 // Tiling: one workgroup of 256 threads per row, tree reductions in workgroup memory (1 KiB).
-// Includes: layernorm_stats.wgsl (row_stats: mean and 1/σ, shared with the backward pass; it includes
-// reduce.wgsl).
+// Includes: layernorm_params.wgsl (the parameter block of all three LayerNorm kernels),
+// layernorm_stats.wgsl (row_stats: mean and 1/σ, shared with the backward pass; it includes reduce.wgsl).
 
 // #include "layernorm_stats.wgsl"
 
-struct Params {
-    n_rows: u32,
-    dim: u32,
-    in_rows_per_seq: u32,
-    out_rows_per_seq: u32,
-    in_row_offset: u32,
-    has_mod: u32,
-    shift_offset: u32,
-    scale_offset: u32,
-    mod_stride: u32,
-    use_row_index: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// #include "layernorm_params.wgsl"
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> modv: array<f32>;

@@ -17,22 +17,10 @@
 //           scale_offset), 8 dmod_part [n_seq · chunks, 2·dim] (written when chunks > 1).
 // Tiling: one thread per column j (256 per workgroup) and one workgroup row per (sequence, chunk)
 // (workgroup_id.y), each thread walking its chunk's rows (coalesced across threads).
+// Includes: layernorm_params.wgsl (the parameter block of all three LayerNorm kernels).
 
-struct Params {
-    n_rows: u32,
-    dim: u32,
-    in_rows_per_seq: u32,
-    out_rows_per_seq: u32,
-    in_row_offset: u32,
-    has_mod: u32,
-    shift_offset: u32,
-    scale_offset: u32,
-    mod_stride: u32,
-    rows_per_chunk: u32,
-    chunks: u32,
-}
+// #include "layernorm_params.wgsl"
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> stats: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;

@@ -19,6 +19,8 @@ uniform_params! {
         pub scale_offset: u32,
         pub mod_stride: u32,
         pub use_row_index: u32,
+        pub rows_per_chunk: u32,
+        pub chunks: u32,
     }
 }
 
@@ -68,7 +70,8 @@ impl LayerNorm {
         }
     }
 
-    /// The parameter block (the backward kernels share its first nine words).
+    /// The parameter block (`shaders/layernorm_params.wgsl`, shared by the three LayerNorm kernels;
+    /// the parameter gradients set the row chunks).
     pub fn params(&self, use_row_index: bool) -> Params {
         let m = self.modulation.unwrap_or(Modulation { shift: 0, scale: 0, stride: 0 });
         Params {
@@ -82,6 +85,8 @@ impl LayerNorm {
             scale_offset: m.scale,
             mod_stride: m.stride,
             use_row_index: use_row_index as u32,
+            rows_per_chunk: self.out_rows_per_seq,
+            chunks: 1,
         }
     }
 

@@ -5,27 +5,13 @@
 
 use super::col_sum::{self, Columns};
 use super::layernorm::LayerNorm;
-use super::{bindings, layernorm_backward, words, Kernels, TrainKernels};
+use super::{bindings, words, Kernels, TrainKernels};
 use crate::program::{Buf, Cost, ProgramBuilder};
-use crate::uniform_params;
 
 pub const THREADS: u32 = 256;
 
-uniform_params! {
-    pub struct Params {
-        pub n_rows: u32,
-        pub dim: u32,
-        pub in_rows_per_seq: u32,
-        pub out_rows_per_seq: u32,
-        pub in_row_offset: u32,
-        pub has_mod: u32,
-        pub shift_offset: u32,
-        pub scale_offset: u32,
-        pub mod_stride: u32,
-        pub rows_per_chunk: u32,
-        pub chunks: u32,
-    }
-}
+/// The block of all three LayerNorm kernels, with the row chunks set.
+pub use super::layernorm::Params;
 
 bindings! {
     pub struct Bindings {
@@ -63,13 +49,8 @@ pub fn dmod_part_floats(ln: &LayerNorm, units: u32) -> usize {
 /// The parameter gradients: dw (+)= into `dweight`, dshift/dscale into `dmod`; `col_scratch` is the
 /// scratch of the column sum over the weight partials (see [`col_sum::scratch_floats`]).
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, ln: &LayerNorm, b: Bindings, dweight: &Buf, col_scratch: &Buf) {
-    let f = layernorm_backward::params(ln);
     let (rows_per_chunk, chunks) = chunks(ln, pb.context().compute_units);
-    let p = Params {
-        n_rows: f.n_rows, dim: f.dim, in_rows_per_seq: f.in_rows_per_seq, out_rows_per_seq: f.out_rows_per_seq, in_row_offset: f.in_row_offset,
-        has_mod: f.has_mod, shift_offset: f.shift_offset, scale_offset: f.scale_offset, mod_stride: f.mod_stride,
-        rows_per_chunk: rows_per_chunk as u32, chunks: chunks as u32,
-    };
+    let p = Params { rows_per_chunk: rows_per_chunk as u32, chunks: chunks as u32, ..ln.params(false) };
     let n_seq = ln.sequences();
     let (rows, d) = (p.n_rows as u64, p.dim as u64);
     let part_rows = n_seq as usize * chunks;
