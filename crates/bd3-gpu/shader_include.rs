@@ -29,15 +29,28 @@ pub fn resolve_all(files: &BTreeMap<String, String>) -> Result<Resolved, String>
     for (name, text) in files.iter().filter(|(_, t)| is_kernel(t)) {
         let mut done = Vec::new();
         let mut out = String::new();
-        resolve(files, name, text, &mut vec![name.as_str()], &mut done, &mut out)?;
+        resolve(
+            files,
+            name,
+            text,
+            &mut vec![name.as_str()],
+            &mut done,
+            &mut out,
+        )?;
         for dep in done {
             users.entry(dep).or_insert(name.as_str());
         }
         kernels.push((name.clone(), out));
     }
     let mut includes = Vec::new();
-    for name in files.iter().filter(|(_, t)| !is_kernel(t)).map(|(n, _)| n.as_str()) {
-        let user = users.get(name).ok_or(format!("{name} has no @compute entry point and no kernel includes it"))?;
+    for name in files
+        .iter()
+        .filter(|(_, t)| !is_kernel(t))
+        .map(|(n, _)| n.as_str())
+    {
+        let user = users.get(name).ok_or(format!(
+            "{name} has no @compute entry point and no kernel includes it"
+        ))?;
         includes.push((name.to_string(), user.to_string()));
     }
     Ok(Resolved { kernels, includes })
@@ -45,7 +58,14 @@ pub fn resolve_all(files: &BTreeMap<String, String>) -> Result<Resolved, String>
 
 /// Appends `text` (the file `name`) to `out` with its directives replaced. `stack` is the chain of
 /// files being resolved (for cycles), `done` the files already in this output (each goes in once).
-fn resolve<'a>(files: &'a BTreeMap<String, String>, name: &'a str, text: &'a str, stack: &mut Vec<&'a str>, done: &mut Vec<&'a str>, out: &mut String) -> Result<(), String> {
+fn resolve<'a>(
+    files: &'a BTreeMap<String, String>,
+    name: &'a str,
+    text: &'a str,
+    stack: &mut Vec<&'a str>,
+    done: &mut Vec<&'a str>,
+    out: &mut String,
+) -> Result<(), String> {
     for (i, line) in text.lines().enumerate() {
         let Some(rest) = line.trim_start().strip_prefix(DIRECTIVE) else {
             out.push_str(line);
@@ -54,15 +74,30 @@ fn resolve<'a>(files: &'a BTreeMap<String, String>, name: &'a str, text: &'a str
         };
         let at = format!("{name}:{}", i + 1);
         if line.starts_with(char::is_whitespace) {
-            return Err(format!("{at}: an include must stand at column 0 (module scope)"));
+            return Err(format!(
+                "{at}: an include must stand at column 0 (module scope)"
+            ));
         }
-        let dep = rest.trim().strip_prefix('"').and_then(|r| r.strip_suffix('"')).ok_or(format!("{at}: expected {DIRECTIVE} \"file.wgsl\", found `{line}`"))?;
-        let (dep, dep_text) = files.get_key_value(dep).ok_or(format!("{at}: includes \"{dep}\", which is not a file in shaders/"))?;
+        let dep = rest
+            .trim()
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .ok_or(format!(
+                "{at}: expected {DIRECTIVE} \"file.wgsl\", found `{line}`"
+            ))?;
+        let (dep, dep_text) = files.get_key_value(dep).ok_or(format!(
+            "{at}: includes \"{dep}\", which is not a file in shaders/"
+        ))?;
         if stack.contains(&dep.as_str()) {
-            return Err(format!("{at}: include cycle {} -> {dep}", stack.join(" -> ")));
+            return Err(format!(
+                "{at}: include cycle {} -> {dep}",
+                stack.join(" -> ")
+            ));
         }
         if is_kernel(dep_text) {
-            return Err(format!("{at}: includes {dep}, a kernel (it has an @compute entry point)"));
+            return Err(format!(
+                "{at}: includes {dep}, a kernel (it has an @compute entry point)"
+            ));
         }
         if done.contains(&dep.as_str()) {
             writeln!(out, "// (#include \"{dep}\": already included above)").unwrap();

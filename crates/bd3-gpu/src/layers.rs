@@ -36,13 +36,21 @@ impl AdaLn {
 
     /// The LayerNorm modulation (shift, scale) of the attention or the MLP branch.
     pub fn norm(shift: AdaLn, scale: AdaLn, d: usize) -> Modulation {
-        Modulation { shift: shift.offset(d) as u32, scale: scale.offset(d) as u32, stride: (ADALN_CHUNKS * d) as u32 }
+        Modulation {
+            shift: shift.offset(d) as u32,
+            scale: scale.offset(d) as u32,
+            stride: (ADALN_CHUNKS * d) as u32,
+        }
     }
 }
 
 /// The final layer's modulation: shift at 0, scale at D, rows of 2·D.
 pub fn final_modulation(d: usize) -> Modulation {
-    Modulation { shift: 0, scale: d as u32, stride: (FINAL_ADALN_CHUNKS * d) as u32 }
+    Modulation {
+        shift: 0,
+        scale: d as u32,
+        stride: (FINAL_ADALN_CHUNKS * d) as u32,
+    }
 }
 
 /// Buffers of the conditioning path (adaLN models): features(σ) → c → per-block modulation vectors.
@@ -61,7 +69,12 @@ pub struct Conditioning {
 
 impl Conditioning {
     /// Buffers for `batch` sequences (None without adaLN); `keep_pre_activations` for training.
-    pub fn alloc(ctx: &GpuContext, cfg: &ModelConfig, batch: usize, keep_pre_activations: bool) -> Result<Option<Conditioning>> {
+    pub fn alloc(
+        ctx: &GpuContext,
+        cfg: &ModelConfig,
+        batch: usize,
+        keep_pre_activations: bool,
+    ) -> Result<Option<Conditioning>> {
         if !cfg.kind.has_adaln() {
             return Ok(None);
         }
@@ -71,31 +84,105 @@ impl Conditioning {
             features: f("sigma_features", batch * TIMESTEP_FEATURES)?,
             c_hidden: f("cond_hidden", batch * cfg.cond_dim)?,
             c: f("cond", batch * cfg.cond_dim)?,
-            mods: (0..cfg.n_blocks).map(|_| f("modulation", batch * ADALN_CHUNKS * d)).collect::<Result<_>>()?,
+            mods: (0..cfg.n_blocks)
+                .map(|_| f("modulation", batch * ADALN_CHUNKS * d))
+                .collect::<Result<_>>()?,
             final_mod: f("final_modulation", batch * FINAL_ADALN_CHUNKS * d)?,
-            pre_activations: if keep_pre_activations { Some((f("cond z1", batch * cfg.cond_dim)?, f("cond z2", batch * cfg.cond_dim)?)) } else { None },
+            pre_activations: if keep_pre_activations {
+                Some((
+                    f("cond z1", batch * cfg.cond_dim)?,
+                    f("cond z2", batch * cfg.cond_dim)?,
+                ))
+            } else {
+                None
+            },
         }))
     }
 
     /// c = silu(mlp.2(silu(mlp.0(features)))), then every adaLN projection of c.
-    pub fn record(&self, pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, batch: usize) -> Result<()> {
+    pub fn record(
+        &self,
+        pb: &mut ProgramBuilder,
+        k: &Kernels,
+        w: &Weights,
+        batch: usize,
+    ) -> Result<()> {
         let (mlp0, mlp2) = w.sigma_map.as_ref().expect("adaLN model has sigma_map");
-        let (z1, z2) = (self.pre_activations.as_ref().map(|z| &z.0), self.pre_activations.as_ref().map(|z| &z.1));
-        linear(pb, k, mlp0, batch, Epilogue::Silu, LinearIo { aux: z1, ..LinearIo::new("sigma_map.0", &self.features, &self.c_hidden) })?;
-        linear(pb, k, mlp2, batch, Epilogue::Silu, LinearIo { aux: z2, ..LinearIo::new("sigma_map.2", &self.c_hidden, &self.c) })?;
+        let (z1, z2) = (
+            self.pre_activations.as_ref().map(|z| &z.0),
+            self.pre_activations.as_ref().map(|z| &z.1),
+        );
+        linear(
+            pb,
+            k,
+            mlp0,
+            batch,
+            Epilogue::Silu,
+            LinearIo {
+                aux: z1,
+                ..LinearIo::new("sigma_map.0", &self.features, &self.c_hidden)
+            },
+        )?;
+        linear(
+            pb,
+            k,
+            mlp2,
+            batch,
+            Epilogue::Silu,
+            LinearIo {
+                aux: z2,
+                ..LinearIo::new("sigma_map.2", &self.c_hidden, &self.c)
+            },
+        )?;
         for (blk, m) in w.blocks.iter().zip(&self.mods) {
-            linear(pb, k, blk.adaln.as_ref().expect("adaLN block"), batch, Epilogue::Store, LinearIo::new("adaLN", &self.c, m))?;
+            linear(
+                pb,
+                k,
+                blk.adaln.as_ref().expect("adaLN block"),
+                batch,
+                Epilogue::Store,
+                LinearIo::new("adaLN", &self.c, m),
+            )?;
         }
-        linear(pb, k, w.final_adaln.as_ref().expect("adaLN model"), batch, Epilogue::Store, LinearIo::new("final adaLN", &self.c, &self.final_mod))
+        linear(
+            pb,
+            k,
+            w.final_adaln.as_ref().expect("adaLN model"),
+            batch,
+            Epilogue::Store,
+            LinearIo::new("final adaLN", &self.c, &self.final_mod),
+        )
     }
 }
 
 /// x = E[tokens], one dispatch per row range of the table.
-pub fn embedding(pb: &mut ProgramBuilder, k: &Kernels, w: &Weights, tokens: &Buf, x: &Buf, rows: usize) -> Result<()> {
+pub fn embedding(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    w: &Weights,
+    tokens: &Buf,
+    x: &Buf,
+    rows: usize,
+) -> Result<()> {
     let table = &w.vocab_embed;
     for part in &table.parts {
-        let p = ops::embedding::Params { n_rows: rows as u32, dim: table.cols as u32, row_start: part.row_start as u32, part_rows: part.rows as u32 };
-        ops::embedding::record(pb, k, p, table.rows, ops::embedding::Bindings { ids: tokens, table: &part.buffer, out: x })?;
+        let p = ops::embedding::Params {
+            n_rows: rows as u32,
+            dim: table.cols as u32,
+            row_start: part.row_start as u32,
+            part_rows: part.rows as u32,
+        };
+        ops::embedding::record(
+            pb,
+            k,
+            p,
+            table.rows,
+            ops::embedding::Bindings {
+                ids: tokens,
+                table: &part.buffer,
+                out: x,
+            },
+        )?;
     }
     Ok(())
 }
@@ -151,35 +238,114 @@ pub enum BlockEnd {
 ///   x += gate_msa · attn_out(attention(qkv(LN1(x)·(1+scale_msa)+shift_msa)))
 ///   x += gate_mlp · mlp.2(gelu(mlp.0(LN2(x)·(1+scale_mlp)+shift_mlp)))
 /// `attention` says where queries and keys live.
-pub fn block(pb: &mut ProgramBuilder, k: &Kernels, blk: &BlockWeights, io: &BlockIo, attention: &Attention, keep: Option<&BlockKeep>, end: BlockEnd) -> Result<()> {
+pub fn block(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    blk: &BlockWeights,
+    io: &BlockIo,
+    attention: &Attention,
+    keep: Option<&BlockKeep>,
+    end: BlockEnd,
+) -> Result<()> {
     let d = (attention.n_heads * attention.head_dim) as usize;
     let (batch, rows_per_seq) = (attention.batch as usize, attention.n_q as usize);
     let rows = batch * rows_per_seq;
-    let modulated = |shift: AdaLn, scale: AdaLn| LayerNorm::rows(batch, rows_per_seq, d, io.modulation.map(|_| AdaLn::norm(shift, scale, d)));
-    let residual = if io.modulation.is_some() { Epilogue::GatedResidual } else { Epilogue::Residual };
-    let gate = |chunk: AdaLn| io.modulation.map(|m| Gate { modulation: m, chunk, rows_per_seq });
-    let dropout = |salt: u32| keep.map(|kp| Dropout { p: kp.dropout, seed: kp.seed, salt });
+    let modulated = |shift: AdaLn, scale: AdaLn| {
+        LayerNorm::rows(
+            batch,
+            rows_per_seq,
+            d,
+            io.modulation.map(|_| AdaLn::norm(shift, scale, d)),
+        )
+    };
+    let residual = if io.modulation.is_some() {
+        Epilogue::GatedResidual
+    } else {
+        Epilogue::Residual
+    };
+    let gate = |chunk: AdaLn| {
+        io.modulation.map(|m| Gate {
+            modulation: m,
+            chunk,
+            rows_per_seq,
+        })
+    };
+    let dropout = |salt: u32| {
+        keep.map(|kp| Dropout {
+            p: kp.dropout,
+            seed: kp.seed,
+            salt,
+        })
+    };
     let salt = keep.map_or(0, |kp| 2 * kp.layer as u32);
 
     let ln = |pb: &mut ProgramBuilder, weight: &Buf, ln: LayerNorm| {
-        ops::layernorm::record(pb, k, &ln, ops::layernorm::Bindings { x: io.x, w: weight, modv: io.modulation, out: io.h, row_index: None })
+        ops::layernorm::record(
+            pb,
+            k,
+            &ln,
+            ops::layernorm::Bindings {
+                x: io.x,
+                w: weight,
+                modv: io.modulation,
+                out: io.h,
+                row_index: None,
+            },
+        )
     };
     ln(pb, &blk.norm1, modulated(AdaLn::ShiftMsa, AdaLn::ScaleMsa))?;
-    linear(pb, k, &blk.attn_qkv, rows, Epilogue::Store, LinearIo { out_rows: io.qkv_rows, ..LinearIo::new("attn_qkv", io.h, io.qkv) })?;
+    linear(
+        pb,
+        k,
+        &blk.attn_qkv,
+        rows,
+        Epilogue::Store,
+        LinearIo {
+            out_rows: io.qkv_rows,
+            ..LinearIo::new("attn_qkv", io.h, io.qkv)
+        },
+    )?;
     if end == BlockEnd::AfterQkv {
         return Ok(());
     }
     let (qrows, kvrows) = (io.qkv, io.qkv);
-    let b = ops::attention::Bindings { qrows, kvrows, rope_cos: io.rope.0, rope_sin: io.rope.1, out: io.att, lse_delta: keep.map(|kp| kp.lse) };
+    let b = ops::attention::Bindings {
+        qrows,
+        kvrows,
+        rope_cos: io.rope.0,
+        rope_sin: io.rope.1,
+        out: io.att,
+        lse_delta: keep.map(|kp| kp.lse),
+    };
     ops::attention::record(pb, k, attention, b);
-    let attn_out = LinearIo { gate: gate(AdaLn::GateMsa), aux: keep.map(|kp| kp.attn_branch), dropout: dropout(salt + 1), ..LinearIo::new("attn_out", io.att, io.x) };
+    let attn_out = LinearIo {
+        gate: gate(AdaLn::GateMsa),
+        aux: keep.map(|kp| kp.attn_branch),
+        dropout: dropout(salt + 1),
+        ..LinearIo::new("attn_out", io.att, io.x)
+    };
     linear(pb, k, &blk.attn_out, rows, residual, attn_out)?;
     if let Some(kp) = keep {
         pb.copy(io.x, 0, kp.mid_residual, 0, (rows * d * 4) as u64);
     }
     ln(pb, &blk.norm2, modulated(AdaLn::ShiftMlp, AdaLn::ScaleMlp))?;
-    linear(pb, k, &blk.mlp_up, rows, Epilogue::Gelu, LinearIo { aux: keep.map(|kp| kp.mlp_pre), ..LinearIo::new("mlp.0", io.h, io.mlp) })?;
-    let mlp_down = LinearIo { gate: gate(AdaLn::GateMlp), aux: keep.map(|kp| kp.mlp_branch), dropout: dropout(salt + 2), ..LinearIo::new("mlp.2", io.mlp, io.x) };
+    linear(
+        pb,
+        k,
+        &blk.mlp_up,
+        rows,
+        Epilogue::Gelu,
+        LinearIo {
+            aux: keep.map(|kp| kp.mlp_pre),
+            ..LinearIo::new("mlp.0", io.h, io.mlp)
+        },
+    )?;
+    let mlp_down = LinearIo {
+        gate: gate(AdaLn::GateMlp),
+        aux: keep.map(|kp| kp.mlp_branch),
+        dropout: dropout(salt + 2),
+        ..LinearIo::new("mlp.2", io.mlp, io.x)
+    };
     linear(pb, k, &blk.mlp_down, rows, residual, mlp_down)
 }
 
@@ -209,12 +375,27 @@ pub struct LinearIo<'a> {
 
 impl<'a> LinearIo<'a> {
     pub fn new(label: &'static str, a: &'a Buf, out: &'a Buf) -> LinearIo<'a> {
-        LinearIo { label, a, out, gate: None, out_rows: None, aux: None, dropout: None }
+        LinearIo {
+            label,
+            a,
+            out,
+            gate: None,
+            out_rows: None,
+            aux: None,
+            dropout: None,
+        }
     }
 }
 
 /// y = epilogue(x · Wᵀ + b) over `m` rows, one dispatch per row range of W.
-pub fn linear(pb: &mut ProgramBuilder, k: &Kernels, lin: &Linear, m: usize, epilogue: Epilogue, io: LinearIo) -> Result<()> {
+pub fn linear(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    lin: &Linear,
+    m: usize,
+    epilogue: Epilogue,
+    io: LinearIo,
+) -> Result<()> {
     let (n_total, kk) = (lin.out_features(), lin.in_features());
     for part in &lin.weight.parts {
         let mut mm = Matmul {
@@ -230,9 +411,20 @@ pub fn linear(pb: &mut ProgramBuilder, k: &Kernels, lin: &Linear, m: usize, epil
         }
         if let Some(g) = io.gate {
             let d = n_total;
-            (mm.gate_offset, mm.gate_stride, mm.rows_per_seq) = ((g.chunk.offset(d) + part.row_start) as u32, (ADALN_CHUNKS * d) as u32, g.rows_per_seq as u32);
+            (mm.gate_offset, mm.gate_stride, mm.rows_per_seq) = (
+                (g.chunk.offset(d) + part.row_start) as u32,
+                (ADALN_CHUNKS * d) as u32,
+                g.rows_per_seq as u32,
+            );
         }
-        let b = ops::matmul::Bindings { a: io.a, b: &part.buffer, bias: lin.bias.as_ref(), gate: io.gate.map(|g| g.modulation), out: io.out, aux: io.aux };
+        let b = ops::matmul::Bindings {
+            a: io.a,
+            b: &part.buffer,
+            bias: lin.bias.as_ref(),
+            gate: io.gate.map(|g| g.modulation),
+            out: io.out,
+            aux: io.aux,
+        };
         ops::matmul::record(pb, k, io.label, &mm, b);
     }
     Ok(())
@@ -263,7 +455,14 @@ pub fn head_chunks(
                 bias_offset: part.row_start as u32,
                 ..Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
-            let b = ops::matmul::Bindings { a: normed, b: &part.buffer, bias: Some(bias), gate: None, out: logits, aux: None };
+            let b = ops::matmul::Bindings {
+                a: normed,
+                b: &part.buffer,
+                bias: Some(bias),
+                gate: None,
+                out: logits,
+                aux: None,
+            };
             ops::matmul::record(pb, k, "head", &mm, b);
         }
         consume(pb, start, n)?;
@@ -277,6 +476,10 @@ pub fn head_chunks(
 /// head's GEMMs fill the GPU (a 64 MiB chunk of GPT-2's vocabulary is only 333 rows); in the browser
 /// (bindings of 128 MiB by default) they stay at 64 MiB, as memory there is scarce.
 pub fn logits_chunk_rows(ctx: &GpuContext, vocab: usize, rows: usize) -> usize {
-    let cap: u64 = if cfg!(target_arch = "wasm32") { 64 << 20 } else { 1 << 30 };
+    let cap: u64 = if cfg!(target_arch = "wasm32") {
+        64 << 20
+    } else {
+        1 << 30
+    };
     ((cap.min(ctx.split_threshold()) / (vocab as u64 * 4)) as usize).clamp(1, rows.max(1))
 }

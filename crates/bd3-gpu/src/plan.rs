@@ -64,7 +64,8 @@ impl AdapterDesc {
             min_uniform_offset_alignment: l.min_uniform_buffer_offset_alignment,
             f16: ctx.features.contains(wgpu::Features::SHADER_F16),
             subgroups: ctx.features.contains(wgpu::Features::SUBGROUP),
-            subgroup_size: (ctx.info.subgroup_min_size == ctx.info.subgroup_max_size).then_some(ctx.info.subgroup_min_size),
+            subgroup_size: (ctx.info.subgroup_min_size == ctx.info.subgroup_max_size)
+                .then_some(ctx.info.subgroup_min_size),
         }
     }
 
@@ -110,9 +111,13 @@ fn significant(d: &PlannedDispatch) -> bool {
 }
 
 /// Totals over `calls` lists of dispatches (one list per program run), as means per call.
-pub fn summarize<'a>(calls: impl IntoIterator<Item = &'a [PlannedDispatch]>, compute_units: u32) -> PlanSummary {
+pub fn summarize<'a>(
+    calls: impl IntoIterator<Item = &'a [PlannedDispatch]>,
+    compute_units: u32,
+) -> PlanSummary {
     let full = 2 * compute_units as u64;
-    let (mut n_calls, mut dispatches, mut flops, mut bytes, mut under_f, mut under_b) = (0u64, 0u64, 0f64, 0f64, 0f64, 0f64);
+    let (mut n_calls, mut dispatches, mut flops, mut bytes, mut under_f, mut under_b) =
+        (0u64, 0u64, 0f64, 0f64, 0f64, 0f64);
     let mut smallest: Option<(u64, &'static str)> = None;
     let mut smallest_any: Option<(u64, &'static str)> = None;
     for call in calls {
@@ -151,7 +156,11 @@ impl PlanSummary {
     /// `plan: D dispatches, F GFLOP, B MB moved, underfilled U% of FLOPs and V% of bytes (fewer than
     /// 2 workgroups per unit), smallest W workgroups (LABEL)`.
     pub fn line(&self) -> String {
-        let d = if self.dispatches.fract() == 0.0 { format!("{}", self.dispatches) } else { format!("{:.1}", self.dispatches) };
+        let d = if self.dispatches.fract() == 0.0 {
+            format!("{}", self.dispatches)
+        } else {
+            format!("{:.1}", self.dispatches)
+        };
         let (w, label) = self.smallest.unwrap_or((0, "none"));
         format!(
             "plan: {d} dispatches, {:.3} GFLOP, {:.1} MB moved, underfilled {:.1}% of FLOPs and {:.1}% of bytes (fewer than 2 workgroups per unit), smallest {w} workgroups ({label})",
@@ -166,11 +175,21 @@ impl PlanSummary {
 /// One line per dispatch: label, workgroups (x×y×z), threads per workgroup, FLOPs, bytes.
 pub fn dispatch_line(d: &PlannedDispatch) -> String {
     let [x, y, z] = d.groups;
-    format!("{:<22} {:>16} {:>5} {:>16} {:>14}", d.label, format!("{x}x{y}x{z}"), d.threads, d.flops, d.bytes)
+    format!(
+        "{:<22} {:>16} {:>5} {:>16} {:>14}",
+        d.label,
+        format!("{x}x{y}x{z}"),
+        d.threads,
+        d.flops,
+        d.bytes
+    )
 }
 
 pub fn dispatch_header() -> String {
-    format!("{:<22} {:>16} {:>5} {:>16} {:>14}", "dispatch", "workgroups", "thr", "FLOPs", "bytes")
+    format!(
+        "{:<22} {:>16} {:>5} {:>16} {:>14}",
+        "dispatch", "workgroups", "thr", "FLOPs", "bytes"
+    )
 }
 
 #[cfg(test)]
@@ -178,13 +197,24 @@ mod tests {
     use super::*;
 
     fn d(label: &'static str, groups: u32, flops: u64, bytes: u64) -> PlannedDispatch {
-        PlannedDispatch { label, kernel: label, groups: [groups, 1, 1], threads: 256, flops, bytes }
+        PlannedDispatch {
+            label,
+            kernel: label,
+            groups: [groups, 1, 1],
+            threads: 256,
+            flops,
+            bytes,
+        }
     }
 
     #[test]
     fn summary_counts_underfilled_significant_work_only() {
         // 4 units: full means at least 8 workgroups.
-        let plan = [d("big", 100, 8_000_000, 4 << 20), d("thin", 3, 2_000_000, 4 << 20), d("tiny", 1, 10, 10)];
+        let plan = [
+            d("big", 100, 8_000_000, 4 << 20),
+            d("thin", 3, 2_000_000, 4 << 20),
+            d("tiny", 1, 10, 10),
+        ];
         let s = summarize([&plan[..]], 4);
         assert_eq!(s.dispatches, 3.0);
         assert!((s.underfilled_flops - 0.2).abs() < 1e-6, "{s:?}");

@@ -22,7 +22,10 @@ pub struct Buf {
 
 impl Buf {
     pub(crate) fn gpu(b: wgpu::Buffer) -> Buf {
-        Buf { size: b.size(), gpu: Some(b) }
+        Buf {
+            size: b.size(),
+            gpu: Some(b),
+        }
     }
 
     pub(crate) fn planned(size: u64) -> Buf {
@@ -40,7 +43,9 @@ impl Buf {
 impl std::ops::Deref for Buf {
     type Target = wgpu::Buffer;
     fn deref(&self) -> &wgpu::Buffer {
-        self.gpu.as_ref().expect("a planned buffer has no GPU memory")
+        self.gpu
+            .as_ref()
+            .expect("a planned buffer has no GPU memory")
     }
 }
 
@@ -55,7 +60,9 @@ pub struct Kernel {
 
 impl Kernel {
     fn pipeline(&self) -> &Arc<wgpu::ComputePipeline> {
-        self.pipeline.as_ref().expect("a planned kernel has no pipeline")
+        self.pipeline
+            .as_ref()
+            .expect("a planned kernel has no pipeline")
     }
 }
 
@@ -69,7 +76,11 @@ pub struct Slice {
 
 impl From<&Buf> for Slice {
     fn from(b: &Buf) -> Slice {
-        Slice { buffer: b.clone(), offset: 0, size: None }
+        Slice {
+            buffer: b.clone(),
+            offset: 0,
+            size: None,
+        }
     }
 }
 
@@ -137,15 +148,35 @@ enum PendingStep {
     Dispatch(PendingDispatch),
     Clear(Buf),
     /// A copy into the program's output buffer, which exists only once the layout is complete.
-    OutputCopy { src: Buf, dst_float: usize, floats: usize },
-    Copy { src: Buf, src_offset: u64, dst: Buf, dst_offset: u64, size: u64 },
+    OutputCopy {
+        src: Buf,
+        dst_float: usize,
+        floats: usize,
+    },
+    Copy {
+        src: Buf,
+        src_offset: u64,
+        dst: Buf,
+        dst_offset: u64,
+        size: u64,
+    },
 }
 
 pub enum Step {
     /// Zero a buffer (gradient accumulators).
     Clear(Buf),
-    Dispatch { pipeline: Arc<wgpu::ComputePipeline>, bind_group: wgpu::BindGroup, planned: PlannedDispatch },
-    Copy { src: Buf, src_offset: u64, dst: Buf, dst_offset: u64, size: u64 },
+    Dispatch {
+        pipeline: Arc<wgpu::ComputePipeline>,
+        bind_group: wgpu::BindGroup,
+        planned: PlannedDispatch,
+    },
+    Copy {
+        src: Buf,
+        src_offset: u64,
+        dst: Buf,
+        dst_offset: u64,
+        size: u64,
+    },
 }
 
 /// Collects dispatches; `finish` uploads all parameters into one uniform buffer and builds the bind groups.
@@ -181,7 +212,10 @@ impl<'a> ProgramBuilder<'a> {
     /// A builder that records only the parameter bytes (and the plan): re-running the code that
     /// recorded a program with new values yields the bytes to write over that program's parameters.
     pub fn params_only(ctx: &'a GpuContext) -> Self {
-        ProgramBuilder { params_only: true, ..Self::new(ctx) }
+        ProgramBuilder {
+            params_only: true,
+            ..Self::new(ctx)
+        }
     }
 
     pub fn context(&self) -> &'a GpuContext {
@@ -209,14 +243,24 @@ impl<'a> ProgramBuilder<'a> {
         let x = groups.clamp(1, max);
         let y = groups.div_ceil(x);
         if y > max {
-            return Err(Error::Gpu(format!("{groups} workgroups exceed the adapter's dispatch limit")));
+            return Err(Error::Gpu(format!(
+                "{groups} workgroups exceed the adapter's dispatch limit"
+            )));
         }
         Ok([x as u32, y as u32, 1])
     }
 
     /// Append one dispatch of `kernel` with its parameter block and bindings (in binding order,
     /// from binding 1; binding 0 is the parameter block). Op modules call this; nothing else does.
-    pub fn dispatch<P: UniformParams>(&mut self, label: &'static str, kernel: &Kernel, params: &P, bindings: Vec<Slice>, groups: [u32; 3], cost: Cost) {
+    pub fn dispatch<P: UniformParams>(
+        &mut self,
+        label: &'static str,
+        kernel: &Kernel,
+        params: &P,
+        bindings: Vec<Slice>,
+        groups: [u32; 3],
+        cost: Cost,
+    ) {
         let align = self.ctx.limits.min_uniform_buffer_offset_alignment as usize;
         let start = self.params.len().div_ceil(align) * align;
         self.params.resize(start, 0);
@@ -224,12 +268,24 @@ impl<'a> ProgramBuilder<'a> {
         // Uniform structs are padded to 16 bytes.
         let end = self.params.len().div_ceil(16) * 16;
         self.params.resize(end, 0);
-        let planned = PlannedDispatch { label, kernel: kernel.name, groups, threads: kernel.threads, flops: cost.flops, bytes: cost.bytes };
+        let planned = PlannedDispatch {
+            label,
+            kernel: kernel.name,
+            groups,
+            threads: kernel.threads,
+            flops: cost.flops,
+            bytes: cost.bytes,
+        };
         self.plan.push(planned.clone());
         if self.params_only {
             return;
         }
-        self.steps.push(PendingStep::Dispatch(PendingDispatch { kernel: kernel.clone(), params: start as u64..end as u64, bindings, planned }));
+        self.steps.push(PendingStep::Dispatch(PendingDispatch {
+            kernel: kernel.clone(),
+            params: start as u64..end as u64,
+            bindings,
+            planned,
+        }));
     }
 
     /// Zero `buffer` at this point of the program.
@@ -243,7 +299,13 @@ impl<'a> ProgramBuilder<'a> {
         if self.params_only {
             return;
         }
-        self.steps.push(PendingStep::Copy { src: src.clone(), src_offset, dst: dst.clone(), dst_offset, size });
+        self.steps.push(PendingStep::Copy {
+            src: src.clone(),
+            src_offset,
+            dst: dst.clone(),
+            dst_offset,
+            size,
+        });
     }
 
     /// Copy `floats` floats from the start of `src` to float offset `dst_float` of the output buffer
@@ -252,7 +314,11 @@ impl<'a> ProgramBuilder<'a> {
         if self.params_only {
             return;
         }
-        self.steps.push(PendingStep::OutputCopy { src: src.clone(), dst_float, floats });
+        self.steps.push(PendingStep::OutputCopy {
+            src: src.clone(),
+            dst_float,
+            floats,
+        });
     }
 
     pub fn finish(self) -> Result<Program> {
@@ -262,9 +328,17 @@ impl<'a> ProgramBuilder<'a> {
 
     pub fn finish_with_outputs(self, outputs: &Buf) -> Result<Program> {
         let ctx = self.ctx;
-        let params = ctx.buffer("program params", self.params.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        let params = ctx.buffer(
+            "program params",
+            self.params.len() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        )?;
         if ctx.is_planning() {
-            return Ok(Program { steps: Vec::new(), plan: self.plan, params: None });
+            return Ok(Program {
+                steps: Vec::new(),
+                plan: self.plan,
+                params: None,
+            });
         }
         if !self.params.is_empty() {
             ctx.queue().write_buffer(&params, 0, &self.params);
@@ -273,11 +347,31 @@ impl<'a> ProgramBuilder<'a> {
             .steps
             .into_iter()
             .map(|s| match s {
-                PendingStep::Copy { src, src_offset, dst, dst_offset, size } => Step::Copy { src, src_offset, dst, dst_offset, size },
+                PendingStep::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => Step::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                },
                 PendingStep::Clear(b) => Step::Clear(b),
-                PendingStep::OutputCopy { src, dst_float, floats } => {
-                    Step::Copy { src, src_offset: 0, dst: outputs.clone(), dst_offset: (dst_float * 4) as u64, size: (floats * 4) as u64 }
-                }
+                PendingStep::OutputCopy {
+                    src,
+                    dst_float,
+                    floats,
+                } => Step::Copy {
+                    src,
+                    src_offset: 0,
+                    dst: outputs.clone(),
+                    dst_offset: (dst_float * 4) as u64,
+                    size: (floats * 4) as u64,
+                },
                 PendingStep::Dispatch(d) => {
                     let mut res = vec![wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: &params,
@@ -293,11 +387,19 @@ impl<'a> ProgramBuilder<'a> {
                     }
                     let pipeline = d.kernel.pipeline().clone();
                     let bind_group = ctx.bind_group(&pipeline, &res);
-                    Step::Dispatch { pipeline, bind_group, planned: d.planned }
+                    Step::Dispatch {
+                        pipeline,
+                        bind_group,
+                        planned: d.planned,
+                    }
                 }
             })
             .collect();
-        Ok(Program { steps, plan: self.plan, params: Some(params) })
+        Ok(Program {
+            steps,
+            plan: self.plan,
+            params: Some(params),
+        })
     }
 }
 
@@ -315,7 +417,13 @@ impl Program {
         let mut i = 0;
         while i < self.steps.len() {
             match &self.steps[i] {
-                Step::Copy { src, src_offset, dst, dst_offset, size } => {
+                Step::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => {
                     enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
                     i += 1;
                 }
@@ -325,10 +433,19 @@ impl Program {
                 }
                 Step::Dispatch { .. } => {
                     let mut pass = enc.begin_compute_pass(&Default::default());
-                    while let Some(Step::Dispatch { pipeline, bind_group, planned }) = self.steps.get(i) {
+                    while let Some(Step::Dispatch {
+                        pipeline,
+                        bind_group,
+                        planned,
+                    }) = self.steps.get(i)
+                    {
                         pass.set_pipeline(pipeline);
                         pass.set_bind_group(0, bind_group, &[]);
-                        pass.dispatch_workgroups(planned.groups[0], planned.groups[1], planned.groups[2]);
+                        pass.dispatch_workgroups(
+                            planned.groups[0],
+                            planned.groups[1],
+                            planned.groups[2],
+                        );
                         i += 1;
                     }
                 }
@@ -338,13 +455,27 @@ impl Program {
 
     /// Record with a timestamp pair around every dispatch (one pass each), for per-kernel timing.
     /// Returns the dispatches in query order.
-    pub fn encode_timed(&self, enc: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) -> Vec<&PlannedDispatch> {
+    pub fn encode_timed(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        queries: &wgpu::QuerySet,
+    ) -> Vec<&PlannedDispatch> {
         let mut timed = Vec::new();
         for step in &self.steps {
             match step {
-                Step::Copy { src, src_offset, dst, dst_offset, size } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Step::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
                 Step::Clear(b) => enc.clear_buffer(b, 0, None),
-                Step::Dispatch { pipeline, bind_group, planned } => {
+                Step::Dispatch {
+                    pipeline,
+                    bind_group,
+                    planned,
+                } => {
                     let q = 2 * timed.len() as u32;
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,
@@ -356,7 +487,11 @@ impl Program {
                     });
                     pass.set_pipeline(pipeline);
                     pass.set_bind_group(0, bind_group, &[]);
-                    pass.dispatch_workgroups(planned.groups[0], planned.groups[1], planned.groups[2]);
+                    pass.dispatch_workgroups(
+                        planned.groups[0],
+                        planned.groups[1],
+                        planned.groups[2],
+                    );
                     timed.push(planned);
                 }
             }
@@ -370,6 +505,15 @@ impl Program {
 
     /// The dispatches as recorded (what `encode` will dispatch), for comparison with a plan.
     pub fn recorded(&self) -> Vec<&PlannedDispatch> {
-        self.steps.iter().filter_map(|s| if let Step::Dispatch { planned, .. } = s { Some(planned) } else { None }).collect()
+        self.steps
+            .iter()
+            .filter_map(|s| {
+                if let Step::Dispatch { planned, .. } = s {
+                    Some(planned)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 }

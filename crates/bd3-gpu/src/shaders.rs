@@ -18,7 +18,11 @@ pub fn source(name: &str) -> Option<&'static str> {
 /// that of the first kernel (by name) that includes it.
 pub fn all_files() -> Vec<(&'static str, &'static str)> {
     let mut v = KERNELS.to_vec();
-    v.extend(INCLUDES.iter().map(|(file, kernel)| (*file, source(kernel).expect("build.rs lists kernels only"))));
+    v.extend(
+        INCLUDES
+            .iter()
+            .map(|(file, kernel)| (*file, source(kernel).expect("build.rs lists kernels only"))),
+    );
     v
 }
 
@@ -29,14 +33,29 @@ pub fn specialize(source: &str, consts: &[(&str, u32)]) -> Result<String, String
     let mut out = source.to_string();
     for (name, value) in consts {
         let decl = format!("const {name}: u32 = ");
-        let starts: Vec<usize> = out.match_indices(&decl).map(|(i, _)| i).filter(|&i| i == 0 || out.as_bytes()[i - 1] == b'\n').collect();
+        let starts: Vec<usize> = out
+            .match_indices(&decl)
+            .map(|(i, _)| i)
+            .filter(|&i| i == 0 || out.as_bytes()[i - 1] == b'\n')
+            .collect();
         let [start] = starts[..] else {
-            return Err(format!("specialize: expected one line `{decl}…u;`, found {}", starts.len()));
+            return Err(format!(
+                "specialize: expected one line `{decl}…u;`, found {}",
+                starts.len()
+            ));
         };
-        let end = out[start..].find(';').map(|e| start + e + 1).filter(|&e| !out[start..e].contains('\n'));
-        let end = end.ok_or(format!("specialize: `{decl}` is not followed by `;` on its line"))?;
+        let end = out[start..]
+            .find(';')
+            .map(|e| start + e + 1)
+            .filter(|&e| !out[start..e].contains('\n'));
+        let end = end.ok_or(format!(
+            "specialize: `{decl}` is not followed by `;` on its line"
+        ))?;
         let old = &out[start + decl.len()..end - 1];
-        if old.strip_suffix('u').is_none_or(|d| d.is_empty() || !d.bytes().all(|b| b.is_ascii_digit())) {
+        if old
+            .strip_suffix('u')
+            .is_none_or(|d| d.is_empty() || !d.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(format!("specialize: {name} is `{old}`, not a u32 literal"));
         }
         out.replace_range(start..end, &format!("{decl}{value}u;"));
@@ -57,8 +76,14 @@ pub fn kernel_source(name: &str) -> Result<&'static str, String> {
 /// are compiled in.
 pub fn attention_file(name: &str, head_dim: usize) -> Result<String, String> {
     let source = kernel_source(name)?;
-    let tile = (1..=32).rev().find(|&t| attention_workgroup_bytes(name, head_dim, t) <= WORKGROUP_MEMORY_BUDGET).unwrap_or(1);
-    specialize(source, &[("HEAD_DIM", head_dim as u32), ("TILE", tile as u32)])
+    let tile = (1..=32)
+        .rev()
+        .find(|&t| attention_workgroup_bytes(name, head_dim, t) <= WORKGROUP_MEMORY_BUDGET)
+        .unwrap_or(1);
+    specialize(
+        source,
+        &[("HEAD_DIM", head_dim as u32), ("TILE", tile as u32)],
+    )
 }
 
 /// Workgroup memory of an attention kernel with a tile of `tile` rows, counted as browsers count it:
@@ -67,7 +92,11 @@ pub fn attention_file(name: &str, head_dim: usize) -> Result<String, String> {
 /// gradient kernel also 2·`tile` floats of statistics.
 pub fn attention_workgroup_bytes(name: &str, head_dim: usize, tile: usize) -> usize {
     let var = |floats: usize| (4 * floats).div_ceil(16) * 16;
-    let stats = if name == "attention_dkv.wgsl" { var(2 * tile) } else { 0 };
+    let stats = if name == "attention_dkv.wgsl" {
+        var(2 * tile)
+    } else {
+        0
+    };
     var(64) + var(1) + 2 * var(tile * head_dim) + stats
 }
 
@@ -86,17 +115,30 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn files(list: &[(&str, &str)]) -> BTreeMap<String, String> {
-        list.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()
+        list.iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
     }
 
     #[test]
     fn specialize_replaces_the_declaration_and_fails_without_it() {
         let src = "const HEAD_DIM: u32 = 64u;\nconst TILE: u32 = 31u;\nconst HALF: u32 = HEAD_DIM / 2u;\n";
         let s = specialize(src, &[("HEAD_DIM", 32), ("TILE", 7)]).unwrap();
-        assert_eq!(s, "const HEAD_DIM: u32 = 32u;\nconst TILE: u32 = 7u;\nconst HALF: u32 = HEAD_DIM / 2u;\n");
-        assert!(specialize(src, &[("ROWS_PER_THREAD", 1)]).unwrap_err().contains("found 0"));
-        assert!(specialize(src, &[("HALF", 1)]).unwrap_err().contains("not a u32 literal"));
-        assert!(specialize("const A: u32 = 1u;\nconst A: u32 = 2u;\n", &[("A", 3)]).unwrap_err().contains("found 2"));
+        assert_eq!(
+            s,
+            "const HEAD_DIM: u32 = 32u;\nconst TILE: u32 = 7u;\nconst HALF: u32 = HEAD_DIM / 2u;\n"
+        );
+        assert!(specialize(src, &[("ROWS_PER_THREAD", 1)])
+            .unwrap_err()
+            .contains("found 0"));
+        assert!(specialize(src, &[("HALF", 1)])
+            .unwrap_err()
+            .contains("not a u32 literal"));
+        assert!(
+            specialize("const A: u32 = 1u;\nconst A: u32 = 2u;\n", &[("A", 3)])
+                .unwrap_err()
+                .contains("found 2")
+        );
         // Only a declaration at the start of a line counts (not one in a comment).
         assert!(specialize("// const A: u32 = 1u;\n", &[("A", 3)]).is_err());
     }
@@ -105,16 +147,26 @@ mod tests {
     fn every_kernel_has_a_source_and_includes_are_resolved() {
         for (name, src) in KERNELS {
             assert_eq!(source(name), Some(src));
-            assert!(!src.contains("\n// #include"), "{name} has an unresolved include");
+            assert!(
+                !src.contains("\n// #include"),
+                "{name} has an unresolved include"
+            );
         }
-        assert_eq!(source("reduce.wgsl"), None, "an include-only file is not a kernel");
+        assert_eq!(
+            source("reduce.wgsl"),
+            None,
+            "an include-only file is not a kernel"
+        );
         assert!(source("nope.wgsl").is_none());
     }
 
     #[test]
     fn includes_resolve_once_and_errors_are_reported() {
         let ok = files(&[
-            ("k.wgsl", "// k\n// #include \"b.wgsl\"\n// #include \"a.wgsl\"\n@compute fn main() {}\n"),
+            (
+                "k.wgsl",
+                "// k\n// #include \"b.wgsl\"\n// #include \"a.wgsl\"\n@compute fn main() {}\n",
+            ),
             ("a.wgsl", "// a\nfn a() {}\n"),
             ("b.wgsl", "// b\n// #include \"a.wgsl\"\nfn b() {}\n"),
         ]);
@@ -122,19 +174,49 @@ mod tests {
         let k = &r.kernels[0].1;
         assert_eq!(k.matches("fn a() {}").count(), 1);
         assert!(k.find("fn a()").unwrap() < k.find("fn b()").unwrap());
-        assert_eq!(r.includes, vec![("a.wgsl".to_string(), "k.wgsl".to_string()), ("b.wgsl".to_string(), "k.wgsl".to_string())]);
+        assert_eq!(
+            r.includes,
+            vec![
+                ("a.wgsl".to_string(), "k.wgsl".to_string()),
+                ("b.wgsl".to_string(), "k.wgsl".to_string())
+            ]
+        );
 
-        let unknown = files(&[("k.wgsl", "// #include \"missing.wgsl\"\n@compute fn main() {}\n")]);
-        assert!(shader_include::resolve_all(&unknown).err().unwrap().contains("k.wgsl:1: includes \"missing.wgsl\", which is not a file"));
+        let unknown = files(&[(
+            "k.wgsl",
+            "// #include \"missing.wgsl\"\n@compute fn main() {}\n",
+        )]);
+        assert!(shader_include::resolve_all(&unknown)
+            .err()
+            .unwrap()
+            .contains("k.wgsl:1: includes \"missing.wgsl\", which is not a file"));
         let cycle = files(&[
             ("k.wgsl", "// #include \"a.wgsl\"\n@compute fn main() {}\n"),
             ("a.wgsl", "// #include \"b.wgsl\"\n"),
             ("b.wgsl", "// #include \"a.wgsl\"\n"),
         ]);
-        assert!(shader_include::resolve_all(&cycle).err().unwrap().contains("include cycle k.wgsl -> a.wgsl -> b.wgsl -> a.wgsl"));
-        let unused = files(&[("k.wgsl", "@compute fn main() {}\n"), ("a.wgsl", "fn a() {}\n")]);
-        assert!(shader_include::resolve_all(&unused).err().unwrap().contains("no kernel includes it"));
-        let nested = files(&[("k.wgsl", "fn f() {\n    // #include \"a.wgsl\"\n}\n@compute fn main() {}\n"), ("a.wgsl", "fn a() {}\n")]);
-        assert!(shader_include::resolve_all(&nested).err().unwrap().contains("column 0"));
+        assert!(shader_include::resolve_all(&cycle)
+            .err()
+            .unwrap()
+            .contains("include cycle k.wgsl -> a.wgsl -> b.wgsl -> a.wgsl"));
+        let unused = files(&[
+            ("k.wgsl", "@compute fn main() {}\n"),
+            ("a.wgsl", "fn a() {}\n"),
+        ]);
+        assert!(shader_include::resolve_all(&unused)
+            .err()
+            .unwrap()
+            .contains("no kernel includes it"));
+        let nested = files(&[
+            (
+                "k.wgsl",
+                "fn f() {\n    // #include \"a.wgsl\"\n}\n@compute fn main() {}\n",
+            ),
+            ("a.wgsl", "fn a() {}\n"),
+        ]);
+        assert!(shader_include::resolve_all(&nested)
+            .err()
+            .unwrap()
+            .contains("column 0"));
     }
 }

@@ -18,8 +18,20 @@ struct OpSide {
     threads: u32,
 }
 
-fn side<P: UniformParams>(file: &'static str, source: String, bindings: &'static [&'static str], threads: u32) -> OpSide {
-    OpSide { file, source, fields: P::FIELDS, size: std::mem::size_of::<P>(), bindings, threads }
+fn side<P: UniformParams>(
+    file: &'static str,
+    source: String,
+    bindings: &'static [&'static str],
+    threads: u32,
+) -> OpSide {
+    OpSide {
+        file,
+        source,
+        fields: P::FIELDS,
+        size: std::mem::size_of::<P>(),
+        bindings,
+        threads,
+    }
 }
 
 fn all_ops() -> Vec<OpSide> {
@@ -27,26 +39,126 @@ fn all_ops() -> Vec<OpSide> {
     let src = |name: &str| shaders::kernel_source(name).unwrap().to_string();
     let att = |p: Pass| shaders::attention_file(p.file(), 64).unwrap();
     vec![
-        side::<embedding::Params>("embedding.wgsl", src("embedding.wgsl"), embedding::Bindings::NAMES, embedding::THREADS),
-        side::<layernorm::Params>("layernorm.wgsl", src("layernorm.wgsl"), layernorm::Bindings::NAMES, layernorm::THREADS),
-        side::<matmul::Params>("matmul.wgsl (64-row tile)", shaders::matmul_source(4).unwrap(), matmul::Bindings::NAMES, matmul::THREADS),
-        side::<matmul::Params>("matmul.wgsl (16-row tile)", shaders::matmul_source(1).unwrap(), matmul::Bindings::NAMES, matmul::THREADS),
-        side::<matmul::Params>("matvec.wgsl", src("matvec.wgsl"), matmul::Bindings::NAMES, matmul::MATVEC_THREADS),
-        side::<attention::Params>("attention.wgsl", att(Pass::Forward), attention::Bindings::NAMES, attention::THREADS),
-        side::<attention::Params>("attention_dq.wgsl", att(Pass::QueryGrad), attention::QueryGradBindings::NAMES, attention::THREADS),
-        side::<attention::Params>("attention_dkv.wgsl", att(Pass::KeyValueGrad), attention::KeyValueGradBindings::NAMES, attention::THREADS),
-        side::<token_loss::Params>("token_loss.wgsl", src("token_loss.wgsl"), token_loss::Bindings::NAMES, token_loss::THREADS),
-        side::<sedd_loss::Params>("sedd_loss.wgsl", src("sedd_loss.wgsl"), sedd_loss::Bindings::NAMES, sedd_loss::THREADS),
-        side::<reduce_sum::Params>("reduce_sum.wgsl", src("reduce_sum.wgsl"), reduce_sum::Bindings::NAMES, reduce_sum::THREADS),
-        side::<grad_norm::Params>("grad_norm.wgsl", src("grad_norm.wgsl"), grad_norm::Bindings::NAMES, grad_norm::THREADS),
-        side::<sample::Params>("sample.wgsl", src("sample.wgsl"), sample::Bindings::NAMES, sample::THREADS),
-        side::<col_sum::Params>("col_sum.wgsl", src("col_sum.wgsl"), col_sum::Bindings::NAMES, col_sum::THREADS),
-        side::<elementwise::Params>("elementwise.wgsl", src("elementwise.wgsl"), elementwise::Bindings::NAMES, elementwise::THREADS),
-        side::<gate_backward::Params>("gate_backward.wgsl", src("gate_backward.wgsl"), gate_backward::Bindings::NAMES, gate_backward::THREADS),
-        side::<layernorm_backward::Params>("layernorm_backward.wgsl", src("layernorm_backward.wgsl"), layernorm_backward::Bindings::NAMES, layernorm_backward::THREADS),
-        side::<layernorm_param_grads::Params>("layernorm_param_grads.wgsl", src("layernorm_param_grads.wgsl"), layernorm_param_grads::Bindings::NAMES, layernorm_param_grads::THREADS),
-        side::<embedding_backward::Params>("embedding_backward.wgsl", src("embedding_backward.wgsl"), embedding_backward::Bindings::NAMES, embedding_backward::THREADS),
-        side::<adamw::Params>("adamw.wgsl", src("adamw.wgsl"), adamw::Bindings::NAMES, adamw::THREADS),
+        side::<embedding::Params>(
+            "embedding.wgsl",
+            src("embedding.wgsl"),
+            embedding::Bindings::NAMES,
+            embedding::THREADS,
+        ),
+        side::<layernorm::Params>(
+            "layernorm.wgsl",
+            src("layernorm.wgsl"),
+            layernorm::Bindings::NAMES,
+            layernorm::THREADS,
+        ),
+        side::<matmul::Params>(
+            "matmul.wgsl (64-row tile)",
+            shaders::matmul_source(4).unwrap(),
+            matmul::Bindings::NAMES,
+            matmul::THREADS,
+        ),
+        side::<matmul::Params>(
+            "matmul.wgsl (16-row tile)",
+            shaders::matmul_source(1).unwrap(),
+            matmul::Bindings::NAMES,
+            matmul::THREADS,
+        ),
+        side::<matmul::Params>(
+            "matvec.wgsl",
+            src("matvec.wgsl"),
+            matmul::Bindings::NAMES,
+            matmul::MATVEC_THREADS,
+        ),
+        side::<attention::Params>(
+            "attention.wgsl",
+            att(Pass::Forward),
+            attention::Bindings::NAMES,
+            attention::THREADS,
+        ),
+        side::<attention::Params>(
+            "attention_dq.wgsl",
+            att(Pass::QueryGrad),
+            attention::QueryGradBindings::NAMES,
+            attention::THREADS,
+        ),
+        side::<attention::Params>(
+            "attention_dkv.wgsl",
+            att(Pass::KeyValueGrad),
+            attention::KeyValueGradBindings::NAMES,
+            attention::THREADS,
+        ),
+        side::<token_loss::Params>(
+            "token_loss.wgsl",
+            src("token_loss.wgsl"),
+            token_loss::Bindings::NAMES,
+            token_loss::THREADS,
+        ),
+        side::<sedd_loss::Params>(
+            "sedd_loss.wgsl",
+            src("sedd_loss.wgsl"),
+            sedd_loss::Bindings::NAMES,
+            sedd_loss::THREADS,
+        ),
+        side::<reduce_sum::Params>(
+            "reduce_sum.wgsl",
+            src("reduce_sum.wgsl"),
+            reduce_sum::Bindings::NAMES,
+            reduce_sum::THREADS,
+        ),
+        side::<grad_norm::Params>(
+            "grad_norm.wgsl",
+            src("grad_norm.wgsl"),
+            grad_norm::Bindings::NAMES,
+            grad_norm::THREADS,
+        ),
+        side::<sample::Params>(
+            "sample.wgsl",
+            src("sample.wgsl"),
+            sample::Bindings::NAMES,
+            sample::THREADS,
+        ),
+        side::<col_sum::Params>(
+            "col_sum.wgsl",
+            src("col_sum.wgsl"),
+            col_sum::Bindings::NAMES,
+            col_sum::THREADS,
+        ),
+        side::<elementwise::Params>(
+            "elementwise.wgsl",
+            src("elementwise.wgsl"),
+            elementwise::Bindings::NAMES,
+            elementwise::THREADS,
+        ),
+        side::<gate_backward::Params>(
+            "gate_backward.wgsl",
+            src("gate_backward.wgsl"),
+            gate_backward::Bindings::NAMES,
+            gate_backward::THREADS,
+        ),
+        side::<layernorm_backward::Params>(
+            "layernorm_backward.wgsl",
+            src("layernorm_backward.wgsl"),
+            layernorm_backward::Bindings::NAMES,
+            layernorm_backward::THREADS,
+        ),
+        side::<layernorm_param_grads::Params>(
+            "layernorm_param_grads.wgsl",
+            src("layernorm_param_grads.wgsl"),
+            layernorm_param_grads::Bindings::NAMES,
+            layernorm_param_grads::THREADS,
+        ),
+        side::<embedding_backward::Params>(
+            "embedding_backward.wgsl",
+            src("embedding_backward.wgsl"),
+            embedding_backward::Bindings::NAMES,
+            embedding_backward::THREADS,
+        ),
+        side::<adamw::Params>(
+            "adamw.wgsl",
+            src("adamw.wgsl"),
+            adamw::Bindings::NAMES,
+            adamw::THREADS,
+        ),
     ]
 }
 
@@ -59,14 +171,19 @@ struct ShaderSide {
 }
 
 fn reflect(file: &str, source: &str) -> ShaderSide {
-    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
     let mut uniform = None;
     let mut bindings = Vec::new();
     for (_, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
         assert_eq!(rb.group, 0, "{file}: everything is in group 0");
         if rb.binding == 0 {
-            assert_eq!(var.space, naga::AddressSpace::Uniform, "{file}: binding 0 is the parameter block");
+            assert_eq!(
+                var.space,
+                naga::AddressSpace::Uniform,
+                "{file}: binding 0 is the parameter block"
+            );
             uniform = Some(var.ty);
         } else {
             bindings.push((rb.binding, var.name.clone().unwrap_or_default()));
@@ -74,10 +191,17 @@ fn reflect(file: &str, source: &str) -> ShaderSide {
     }
     bindings.sort();
     for (i, (b, name)) in bindings.iter().enumerate() {
-        assert_eq!(*b as usize, i + 1, "{file}: bindings are numbered 1, 2, … without gaps ({name} is at {b})");
+        assert_eq!(
+            *b as usize,
+            i + 1,
+            "{file}: bindings are numbered 1, 2, … without gaps ({name} is at {b})"
+        );
     }
-    let ty = &module.types[uniform.unwrap_or_else(|| panic!("{file}: no parameter block at binding 0"))];
-    let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("{file}: the parameter block is not a struct") };
+    let ty =
+        &module.types[uniform.unwrap_or_else(|| panic!("{file}: no parameter block at binding 0"))];
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{file}: the parameter block is not a struct")
+    };
     let members = members
         .iter()
         .map(|m| {
@@ -93,26 +217,51 @@ fn reflect(file: &str, source: &str) -> ShaderSide {
             (m.name.clone().unwrap_or_default(), m.offset, scalar)
         })
         .collect();
-    let entry = module.entry_points.iter().find(|e| e.name == "main").unwrap_or_else(|| panic!("{file}: no entry point `main`"));
-    ShaderSide { members, span: *span, bindings: bindings.into_iter().map(|b| b.1).collect(), threads: entry.workgroup_size.iter().product() }
+    let entry = module
+        .entry_points
+        .iter()
+        .find(|e| e.name == "main")
+        .unwrap_or_else(|| panic!("{file}: no entry point `main`"));
+    ShaderSide {
+        members,
+        span: *span,
+        bindings: bindings.into_iter().map(|b| b.1).collect(),
+        threads: entry.workgroup_size.iter().product(),
+    }
 }
 
 /// The differences between an op module and its shader, as readable lines (empty when they agree).
 fn compare(op: &OpSide) -> Vec<String> {
     let sh = reflect(op.file, &op.source);
     let mut diffs = Vec::new();
-    let host: Vec<(String, u32, &str)> = op.fields.iter().map(|f| (f.name.to_string(), f.offset as u32, f.ty)).collect();
+    let host: Vec<(String, u32, &str)> = op
+        .fields
+        .iter()
+        .map(|f| (f.name.to_string(), f.offset as u32, f.ty))
+        .collect();
     if host != sh.members {
-        diffs.push(format!("{}: params differ\n  host:   {host:?}\n  shader: {:?}", op.file, sh.members));
+        diffs.push(format!(
+            "{}: params differ\n  host:   {host:?}\n  shader: {:?}",
+            op.file, sh.members
+        ));
     }
     if op.size as u32 != sh.span {
-        diffs.push(format!("{}: params are {} bytes on the host, {} in the shader", op.file, op.size, sh.span));
+        diffs.push(format!(
+            "{}: params are {} bytes on the host, {} in the shader",
+            op.file, op.size, sh.span
+        ));
     }
     if op.bindings != sh.bindings.iter().map(String::as_str).collect::<Vec<_>>() {
-        diffs.push(format!("{}: bindings differ\n  host:   {:?}\n  shader: {:?}", op.file, op.bindings, sh.bindings));
+        diffs.push(format!(
+            "{}: bindings differ\n  host:   {:?}\n  shader: {:?}",
+            op.file, op.bindings, sh.bindings
+        ));
     }
     if op.threads != sh.threads {
-        diffs.push(format!("{}: {} threads per workgroup on the host, {} in the shader", op.file, op.threads, sh.threads));
+        diffs.push(format!(
+            "{}: {} threads per workgroup on the host, {} in the shader",
+            op.file, op.threads, sh.threads
+        ));
     }
     diffs
 }
@@ -125,7 +274,10 @@ fn every_op_matches_its_shader() {
 
 #[test]
 fn every_kernel_file_has_an_op() {
-    let covered: Vec<&str> = all_ops().iter().map(|o| o.file.split(' ').next().unwrap()).collect();
+    let covered: Vec<&str> = all_ops()
+        .iter()
+        .map(|o| o.file.split(' ').next().unwrap())
+        .collect();
     for (f, _) in shaders::KERNELS {
         assert!(covered.contains(&f), "{f} has no op module in this test");
     }
@@ -139,9 +291,18 @@ fn a_field_added_on_one_side_only_is_caught() {
     let embedding = ops.iter().find(|o| o.file == "embedding.wgsl").unwrap();
     assert!(compare(embedding).is_empty());
 
-    let shader_only = OpSide { source: embedding.source.replacen("part_rows: u32,", "part_rows: u32,\n    extra: u32,", 1), ..side_of(embedding) };
+    let shader_only = OpSide {
+        source: embedding
+            .source
+            .replacen("part_rows: u32,", "part_rows: u32,\n    extra: u32,", 1),
+        ..side_of(embedding)
+    };
     let d = compare(&shader_only);
-    assert!(d.iter().any(|l| l.contains("params differ")) && d.iter().any(|l| l.contains("bytes on the host")), "{d:?}");
+    assert!(
+        d.iter().any(|l| l.contains("params differ"))
+            && d.iter().any(|l| l.contains("bytes on the host")),
+        "{d:?}"
+    );
 
     // The host declares one field more than the shader.
     bd3_gpu::uniform_params! {
@@ -153,14 +314,37 @@ fn a_field_added_on_one_side_only_is_caught() {
             pub extra: u32,
         }
     }
-    let host_only = OpSide { fields: <WithExtra as UniformParams>::FIELDS, size: std::mem::size_of::<WithExtra>(), ..side_of(embedding) };
+    let host_only = OpSide {
+        fields: <WithExtra as UniformParams>::FIELDS,
+        size: std::mem::size_of::<WithExtra>(),
+        ..side_of(embedding)
+    };
     let d = compare(&host_only);
-    assert!(d.iter().any(|l| l.contains("params differ")) && d.iter().any(|l| l.contains("20 bytes on the host")), "{d:?}");
+    assert!(
+        d.iter().any(|l| l.contains("params differ"))
+            && d.iter().any(|l| l.contains("20 bytes on the host")),
+        "{d:?}"
+    );
 
-    let renamed = OpSide { source: embedding.source.replace("var<storage, read> table:", "var<storage, read> tabel:").replace("table[", "tabel["), ..side_of(embedding) };
-    assert!(compare(&renamed).iter().any(|l| l.contains("bindings differ")));
+    let renamed = OpSide {
+        source: embedding
+            .source
+            .replace("var<storage, read> table:", "var<storage, read> tabel:")
+            .replace("table[", "tabel["),
+        ..side_of(embedding)
+    };
+    assert!(compare(&renamed)
+        .iter()
+        .any(|l| l.contains("bindings differ")));
 }
 
 fn side_of(o: &OpSide) -> OpSide {
-    OpSide { file: o.file, source: o.source.clone(), fields: o.fields, size: o.size, bindings: o.bindings, threads: o.threads }
+    OpSide {
+        file: o.file,
+        source: o.source.clone(),
+        fields: o.fields,
+        size: o.size,
+        bindings: o.bindings,
+        threads: o.threads,
+    }
 }

@@ -5,7 +5,10 @@
 
 mod common;
 use bd3_gpu::plan::AdapterDesc;
-use bd3_gpu::{ContextOptions, ForwardShape, GpuContext, GpuModel, OptimConfig, PlannedDispatch, SampleOptions, Sampler, TrainShape, Trainer};
+use bd3_gpu::{
+    ContextOptions, ForwardShape, GpuContext, GpuModel, OptimConfig, PlannedDispatch,
+    SampleOptions, Sampler, TrainShape, Trainer,
+};
 use bd3_model::config::TIMESTEP_FEATURES;
 use bd3_model::{AttentionMask, ModelConfig};
 use common::context_with;
@@ -13,7 +16,11 @@ use std::sync::Arc;
 
 fn config(kind: &str, block_size: usize) -> ModelConfig {
     // The AR baseline is a BD3LM config with the "ar" parameterization, causal and without adaLN.
-    let extra = if kind == "ar" { r#","parameterization":"ar","causal":true,"adaln":false"# } else { "" };
+    let extra = if kind == "ar" {
+        r#","parameterization":"ar","causal":true,"adaln":false"#
+    } else {
+        ""
+    };
     let model_type = if kind == "ar" { "bd3lm" } else { kind };
     let json = format!(
         r#"{{"model_type":"{model_type}","block_size":{block_size},"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":2,"n_heads":2,"vocab_size":70{extra}}}"#
@@ -32,7 +39,13 @@ fn pair(cfg: &ModelConfig, opts: ContextOptions) -> (GpuModel, GpuModel) {
 
 fn same(what: &str, recorded: Vec<&PlannedDispatch>, plan: &[PlannedDispatch]) {
     assert!(!plan.is_empty(), "{what}: empty plan");
-    assert_eq!(recorded.len(), plan.len(), "{what}: {} dispatches recorded, {} planned", recorded.len(), plan.len());
+    assert_eq!(
+        recorded.len(),
+        plan.len(),
+        "{what}: {} dispatches recorded, {} planned",
+        recorded.len(),
+        plan.len()
+    );
     for (i, (r, p)) in recorded.iter().zip(plan).enumerate() {
         assert_eq!(*r, p, "{what}: dispatch {i} differs");
     }
@@ -42,7 +55,13 @@ fn same(what: &str, recorded: Vec<&PlannedDispatch>, plan: &[PlannedDispatch]) {
 fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
     // Split weights and chunked logits too: a 2 KiB binding threshold puts the 70 × 40 embedding and
     // head in several parts, and plans must follow the adapter's limits like the recording does.
-    for opts in [ContextOptions::default(), ContextOptions { split_threshold: Some(2048), ..Default::default() }] {
+    for opts in [
+        ContextOptions::default(),
+        ContextOptions {
+            split_threshold: Some(2048),
+            ..Default::default()
+        },
+    ] {
         for (kind, block) in [("bd3lm", 4), ("mdlm", 20), ("ar", 1)] {
             let cfg = config(kind, block);
             let (mut real, mut planned) = pair(&cfg, opts.clone());
@@ -54,32 +73,85 @@ fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
                 _ => ForwardShape::plain(3, 20, AttentionMask::Full, bd3_gpu::Objective::Subs),
             };
             let plan = planned.plan_forward(&shape).unwrap();
-            same(&format!("forward, {what}"), real.record_forward(&shape).unwrap().recorded(), &plan);
+            same(
+                &format!("forward, {what}"),
+                real.record_forward(&shape).unwrap().recorded(),
+                &plan,
+            );
 
-            let tshape = TrainShape { forward: shape, dropout_milli: 100 };
-            let mut trainer = pollster::block_on(Trainer::new(&real, OptimConfig::default())).unwrap();
-            let mut planned_trainer = pollster::block_on(Trainer::new(&planned, OptimConfig::default())).unwrap();
+            let tshape = TrainShape {
+                forward: shape,
+                dropout_milli: 100,
+            };
+            let mut trainer =
+                pollster::block_on(Trainer::new(&real, OptimConfig::default())).unwrap();
+            let mut planned_trainer =
+                pollster::block_on(Trainer::new(&planned, OptimConfig::default())).unwrap();
             let step_plan = planned_trainer.plan_step(&planned, &tshape).unwrap();
-            let mut recorded = trainer.record_training(&real, &tshape).unwrap().recorded().into_iter().cloned().collect::<Vec<_>>();
-            trainer.optimizer_step(&real, OptimConfig::default().lr).unwrap();
-            recorded.extend(trainer.optimizer_program().unwrap().recorded().into_iter().cloned());
-            same(&format!("training step, {what}"), recorded.iter().collect(), &step_plan);
+            let mut recorded = trainer
+                .record_training(&real, &tshape)
+                .unwrap()
+                .recorded()
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>();
+            trainer
+                .optimizer_step(&real, OptimConfig::default().lr)
+                .unwrap();
+            recorded.extend(
+                trainer
+                    .optimizer_program()
+                    .unwrap()
+                    .recorded()
+                    .into_iter()
+                    .cloned(),
+            );
+            same(
+                &format!("training step, {what}"),
+                recorded.iter().collect(),
+                &step_plan,
+            );
 
             // A short generation: every step shape (sampling and commit calls) the sampler records.
             let opts = SampleOptions {
-                batch: 2, length: 20, prompt: vec![], top_p: 0.9, sampler: Sampler::FirstHitting, steps: block, seed: 3,
-                var_length: false, entropy_check: false, stop: None,
+                batch: 2,
+                length: 20,
+                prompt: vec![],
+                top_p: 0.9,
+                sampler: Sampler::FirstHitting,
+                steps: block,
+                seed: 3,
+                var_length: false,
+                entropy_check: false,
+                stop: None,
             };
-            let real_run = pollster::block_on(bd3_gpu::generate(&mut real, &opts, &mut |_| {})).unwrap();
-            let planned_run = pollster::block_on(bd3_gpu::generate(&mut planned, &opts, &mut |_| {})).unwrap();
-            assert_eq!(planned_run.calls, real_run.calls, "{what}: the planned generation makes the same calls");
+            let real_run =
+                pollster::block_on(bd3_gpu::generate(&mut real, &opts, &mut |_| {})).unwrap();
+            let planned_run =
+                pollster::block_on(bd3_gpu::generate(&mut planned, &opts, &mut |_| {})).unwrap();
+            assert_eq!(
+                planned_run.calls, real_run.calls,
+                "{what}: the planned generation makes the same calls"
+            );
             let real_steps: Vec<_> = real.step_programs().collect();
             assert!(!real_steps.is_empty());
             for (shape, program) in real_steps {
-                let p = planned.step_programs().find(|(s, _)| *s == shape).unwrap_or_else(|| panic!("{what}: no planned step {shape:?}")).1;
-                same(&format!("step {shape:?}, {what}"), program.recorded(), &p.plan);
+                let p = planned
+                    .step_programs()
+                    .find(|(s, _)| *s == shape)
+                    .unwrap_or_else(|| panic!("{what}: no planned step {shape:?}"))
+                    .1;
+                same(
+                    &format!("step {shape:?}, {what}"),
+                    program.recorded(),
+                    &p.plan,
+                );
             }
-            assert_eq!(planned.call_plans.len(), real_run.calls, "{what}: one plan per model call");
+            assert_eq!(
+                planned.call_plans.len(),
+                real_run.calls,
+                "{what}: one plan per model call"
+            );
         }
     }
 }
@@ -87,22 +159,55 @@ fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
 #[test]
 fn plan_gemm_flops_are_the_model_arithmetic() {
     let cfg = config("bd3lm", 4);
-    let planning = Arc::new(GpuContext::planning(&AdapterDesc::native(132, false, false), ContextOptions::default()));
+    let planning = Arc::new(GpuContext::planning(
+        &AdapterDesc::native(132, false, false),
+        ContextOptions::default(),
+    ));
     let mut model = pollster::block_on(GpuModel::allocate(planning, cfg.clone())).unwrap();
     let (b, l) = (3, cfg.model_length);
-    let plan = model.plan_forward(&ForwardShape::bd3lm_train(b, l, 4)).unwrap();
-    let gemm: u64 = plan.iter().filter(|d| ["matmul", "matmul_narrow", "matvec"].contains(&d.kernel)).map(|d| d.flops).sum();
-    let (d, c, v, n) = (cfg.hidden_dim as u64, cfg.cond_dim as u64, cfg.vocab_size as u64, cfg.n_blocks as u64);
+    let plan = model
+        .plan_forward(&ForwardShape::bd3lm_train(b, l, 4))
+        .unwrap();
+    let gemm: u64 = plan
+        .iter()
+        .filter(|d| ["matmul", "matmul_narrow", "matvec"].contains(&d.kernel))
+        .map(|d| d.flops)
+        .sum();
+    let (d, c, v, n) = (
+        cfg.hidden_dim as u64,
+        cfg.cond_dim as u64,
+        cfg.vocab_size as u64,
+        cfg.n_blocks as u64,
+    );
     let rows = (b * 2 * l) as u64;
     let blocks = n * 2 * rows * 12 * d * d;
     let head = 2 * (b * l) as u64 * d * v;
-    let conditioning = 2 * b as u64 * (TIMESTEP_FEATURES as u64 * c + c * c + n * c * 6 * d + c * 2 * d);
+    let conditioning =
+        2 * b as u64 * (TIMESTEP_FEATURES as u64 * c + c * c + n * c * 6 * d + c * 2 * d);
     assert_eq!(gemm, blocks + head + conditioning);
     // Attention sees, per query of x_t ⊕ x_0, its own block of x_t plus the earlier clean blocks, or
     // (for x_0) the clean blocks up to its own: Σ over queries, times 4·head_dim FLOPs per pair.
-    let pairs: u64 = (0..2 * l).map(|q| AttentionMask::BlockDiff { half_len: l, block_size: 4 }.intervals(q, 2 * l).iter().map(|(a, e)| (e - a) as u64).sum::<u64>()).sum();
-    let attention: u64 = plan.iter().filter(|d| d.kernel == "attention").map(|d| d.flops).sum();
-    assert_eq!(attention, n * b as u64 * cfg.n_heads as u64 * pairs * 4 * cfg.head_dim() as u64);
+    let pairs: u64 = (0..2 * l)
+        .map(|q| {
+            AttentionMask::BlockDiff {
+                half_len: l,
+                block_size: 4,
+            }
+            .intervals(q, 2 * l)
+            .iter()
+            .map(|(a, e)| (e - a) as u64)
+            .sum::<u64>()
+        })
+        .sum();
+    let attention: u64 = plan
+        .iter()
+        .filter(|d| d.kernel == "attention")
+        .map(|d| d.flops)
+        .sum();
+    assert_eq!(
+        attention,
+        n * b as u64 * cfg.n_heads as u64 * pairs * 4 * cfg.head_dim() as u64
+    );
 }
 
 #[test]
@@ -110,11 +215,33 @@ fn split_weight_gradients_are_planned_as_recorded() {
     // 26 sequences of x_t ⊕ x_0 (1040 rows) on an adapter described with 8 units: the 40 × 40 weight
     // gradients have one output tile, so they run as K slices plus a column sum.
     let cfg = config("bd3lm", 4);
-    let (real, planned) = pair(&cfg, ContextOptions { compute_units: Some(8), ..Default::default() });
-    let shape = TrainShape { forward: ForwardShape::bd3lm_train(26, 20, 4), dropout_milli: 100 };
+    let (real, planned) = pair(
+        &cfg,
+        ContextOptions {
+            compute_units: Some(8),
+            ..Default::default()
+        },
+    );
+    let shape = TrainShape {
+        forward: ForwardShape::bd3lm_train(26, 20, 4),
+        dropout_milli: 100,
+    };
     let mut trainer = pollster::block_on(Trainer::new(&real, OptimConfig::default())).unwrap();
-    let mut planned_trainer = pollster::block_on(Trainer::new(&planned, OptimConfig::default())).unwrap();
-    let plan = planned_trainer.record_training(&planned, &shape).unwrap().plan.clone();
-    assert!(plan.iter().any(|d| d.label == "weight grad" && d.groups[2] > 1), "no split weight gradient in the plan");
-    same("split training program", trainer.record_training(&real, &shape).unwrap().recorded(), &plan);
+    let mut planned_trainer =
+        pollster::block_on(Trainer::new(&planned, OptimConfig::default())).unwrap();
+    let plan = planned_trainer
+        .record_training(&planned, &shape)
+        .unwrap()
+        .plan
+        .clone();
+    assert!(
+        plan.iter()
+            .any(|d| d.label == "weight grad" && d.groups[2] > 1),
+        "no split weight gradient in the plan"
+    );
+    same(
+        "split training program",
+        trainer.record_training(&real, &shape).unwrap().recorded(),
+        &plan,
+    );
 }

@@ -2,8 +2,8 @@
 //! then the EMA of the weights.
 
 use super::{bindings, words, Kernels, TrainKernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -57,16 +57,41 @@ impl AdamW {
         let bc2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
         let f = |x: f64| x as f32;
         Params {
-            n, lr: f(self.lr), beta1: f(self.beta1), beta2: f(self.beta2), eps: f(self.eps), weight_decay: f(self.weight_decay),
-            bc1: f(bc1), bc2_sqrt: f(bc2_sqrt), max_norm: f(self.max_norm), ema_decay: f(self.ema_decay),
+            n,
+            lr: f(self.lr),
+            beta1: f(self.beta1),
+            beta2: f(self.beta2),
+            eps: f(self.eps),
+            weight_decay: f(self.weight_decay),
+            bc1: f(bc1),
+            bc2_sqrt: f(bc2_sqrt),
+            max_norm: f(self.max_norm),
+            ema_decay: f(self.ema_decay),
         }
     }
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: &AdamW, n: usize, b: Bindings) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    a: &AdamW,
+    n: usize,
+    b: Bindings,
+) -> Result<()> {
     let groups = pb.fold((n as u64).div_ceil(THREADS as u64))?;
     let ema = b.ema.is_some() as u64;
-    let cost = Cost { flops: 16 * n as u64, bytes: words(n as u64 * (7 + 2 * ema)) };
-    pb.dispatch("adamw", &tk.adamw, &a.params(n as u32), b.slices(&k.placeholders), groups, cost);
+    let cost = Cost {
+        flops: 16 * n as u64,
+        bytes: words(n as u64 * (7 + 2 * ema)),
+    };
+    pb.dispatch(
+        "adamw",
+        &tk.adamw,
+        &a.params(n as u32),
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

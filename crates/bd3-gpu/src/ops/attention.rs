@@ -7,9 +7,9 @@
 
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
-use crate::uniform_params;
 use crate::program::{Cost, Kernel, ProgramBuilder};
 use crate::shaders;
+use crate::uniform_params;
 use bd3_model::{AttentionMask, Error, Result};
 
 /// Queries (forward, dq) or keys (dkv) per workgroup, one per thread.
@@ -100,7 +100,12 @@ impl Pass {
 }
 
 pub async fn kernel(ctx: &GpuContext, pass: Pass, head_dim: usize) -> Result<Kernel> {
-    ctx.pipeline(pass.label(), &shaders::attention_file(pass.file(), head_dim).map_err(Error::Gpu)?, THREADS).await
+    ctx.pipeline(
+        pass.label(),
+        &shaders::attention_file(pass.file(), head_dim).map_err(Error::Gpu)?,
+        THREADS,
+    )
+    .await
 }
 
 /// Where queries and keys live and which may see which.
@@ -124,23 +129,59 @@ pub struct Attention {
 
 impl Attention {
     /// Every token of each length-`seq` sequence attends to its own sequence (training layout).
-    pub fn self_attention(batch: u32, seq: u32, n_heads: u32, head_dim: u32, mask: AttentionMask, pos_period: u32) -> Attention {
-        Attention { n_q: seq, n_kv: seq, n_heads, head_dim, q_seq_stride: seq, q_row_offset: 0, kv_seq_stride: seq, q_index_offset: 0, mask, pos_period, pos_offset: 0, batch }
+    pub fn self_attention(
+        batch: u32,
+        seq: u32,
+        n_heads: u32,
+        head_dim: u32,
+        mask: AttentionMask,
+        pos_period: u32,
+    ) -> Attention {
+        Attention {
+            n_q: seq,
+            n_kv: seq,
+            n_heads,
+            head_dim,
+            q_seq_stride: seq,
+            q_row_offset: 0,
+            kv_seq_stride: seq,
+            q_index_offset: 0,
+            mask,
+            pos_period,
+            pos_offset: 0,
+            batch,
+        }
     }
 
     pub fn params(&self, write_lse: bool) -> Params {
         Params {
-            n_q: self.n_q, n_kv: self.n_kv, n_heads: self.n_heads, q_seq_stride: self.q_seq_stride, q_row_offset: self.q_row_offset,
-            kv_seq_stride: self.kv_seq_stride, q_index_offset: self.q_index_offset, mask_mode: self.mask.code(),
-            block_size: self.mask.block_size() as u32, half_len: self.mask.half_len().max(1) as u32, pos_period: self.pos_period,
-            scale: 1.0 / (self.head_dim as f32).sqrt(), pos_offset: self.pos_offset, write_lse: write_lse as u32,
+            n_q: self.n_q,
+            n_kv: self.n_kv,
+            n_heads: self.n_heads,
+            q_seq_stride: self.q_seq_stride,
+            q_row_offset: self.q_row_offset,
+            kv_seq_stride: self.kv_seq_stride,
+            q_index_offset: self.q_index_offset,
+            mask_mode: self.mask.code(),
+            block_size: self.mask.block_size() as u32,
+            half_len: self.mask.half_len().max(1) as u32,
+            pos_period: self.pos_period,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            pos_offset: self.pos_offset,
+            write_lse: write_lse as u32,
         }
     }
 
     /// (query, key) pairs the mask allows, per head and sequence.
     pub fn visible_pairs(&self) -> u64 {
         (0..self.n_q as usize)
-            .map(|i| self.mask.intervals(self.q_index_offset as usize + i, self.n_kv as usize).iter().map(|(a, b)| b.saturating_sub(*a) as u64).sum::<u64>())
+            .map(|i| {
+                self.mask
+                    .intervals(self.q_index_offset as usize + i, self.n_kv as usize)
+                    .iter()
+                    .map(|(a, b)| b.saturating_sub(*a) as u64)
+                    .sum::<u64>()
+            })
             .sum()
     }
 
@@ -155,7 +196,10 @@ impl Attention {
         let pairs = self.visible_pairs() * hb;
         let d = self.head_dim as u64;
         let rows = (self.n_q as u64 + 2 * self.n_kv as u64) * d * hb;
-        Cost { flops: 2 * products * pairs * d, bytes: words(rows + row_tensors * self.n_q as u64 * d * hb) }
+        Cost {
+            flops: 2 * products * pairs * d,
+            bytes: words(rows + row_tensors * self.n_q as u64 * d * hb),
+        }
     }
 }
 
@@ -163,18 +207,50 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, a: &Attention, b: Bindings) 
     let p = a.params(b.lse_delta.is_some());
     // QKᵀ and PV; the output is written once.
     let cost = a.cost(2, 1);
-    pb.dispatch("attention", &k.attention, &p, b.slices(&k.placeholders), a.groups(a.n_q), cost);
+    pb.dispatch(
+        "attention",
+        &k.attention,
+        &p,
+        b.slices(&k.placeholders),
+        a.groups(a.n_q),
+        cost,
+    );
 }
 
-pub fn record_query_grad(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: &Attention, b: QueryGradBindings) {
+pub fn record_query_grad(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    a: &Attention,
+    b: QueryGradBindings,
+) {
     // QKᵀ, dO·Vᵀ, dS·K; reads O and dO, writes dq.
     let cost = a.cost(3, 3);
-    pb.dispatch("attention_dq", &tk.attention_dq, &a.params(true), b.slices(&k.placeholders), a.groups(a.n_q), cost);
+    pb.dispatch(
+        "attention_dq",
+        &tk.attention_dq,
+        &a.params(true),
+        b.slices(&k.placeholders),
+        a.groups(a.n_q),
+        cost,
+    );
 }
 
-pub fn record_key_value_grad(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: &Attention, b: KeyValueGradBindings) {
+pub fn record_key_value_grad(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    a: &Attention,
+    b: KeyValueGradBindings,
+) {
     // QKᵀ, dO·Vᵀ, Pᵀ·dO, dSᵀ·Q; reads dO, writes dk and dv.
     let cost = a.cost(4, 3);
-    pb.dispatch("attention_dkv", &tk.attention_dkv, &a.params(true), b.slices(&k.placeholders), a.groups(a.n_kv), cost);
+    pb.dispatch(
+        "attention_dkv",
+        &tk.attention_dkv,
+        &a.params(true),
+        b.slices(&k.placeholders),
+        a.groups(a.n_kv),
+        cost,
+    );
 }
-

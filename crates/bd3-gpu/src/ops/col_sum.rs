@@ -4,8 +4,8 @@
 //! length is chosen here from the shape and the adapter's compute units ([`chunk_rows`]).
 
 use super::{bindings, words, Kernels, TrainKernels};
-use crate::uniform_params;
 use crate::program::{Buf, Cost, ProgramBuilder};
+use crate::uniform_params;
 
 pub const THREADS: u32 = 256;
 /// The shortest chunk of a two-pass sum (and of a per-sequence row chunk).
@@ -22,7 +22,9 @@ pub fn chunk_rows(rows: usize, cols: usize, units: u32) -> Option<usize> {
     if rows <= SINGLE_PASS_ROWS || col_groups >= 2 * units as usize {
         return None;
     }
-    let chunks = (WORKGROUPS_PER_UNIT * units as usize).div_ceil(col_groups).min(rows.div_ceil(MIN_CHUNK_ROWS));
+    let chunks = (WORKGROUPS_PER_UNIT * units as usize)
+        .div_ceil(col_groups)
+        .min(rows.div_ceil(MIN_CHUNK_ROWS));
     (chunks > 1).then(|| rows.div_ceil(chunks))
 }
 
@@ -30,7 +32,12 @@ pub fn chunk_rows(rows: usize, cols: usize, units: u32) -> Option<usize> {
 /// `cols` columns (the gate and LayerNorm gradients): (rows per chunk, chunks per sequence), enough
 /// chunks for about [`WORKGROUPS_PER_UNIT`] workgroups per unit, none shorter than [`MIN_CHUNK_ROWS`].
 /// One chunk per sequence means no second pass.
-pub fn sequence_chunks(n_seq: usize, rows_per_seq: usize, cols: usize, units: u32) -> (usize, usize) {
+pub fn sequence_chunks(
+    n_seq: usize,
+    rows_per_seq: usize,
+    cols: usize,
+    units: u32,
+) -> (usize, usize) {
     let col_groups = cols.div_ceil(THREADS as usize).max(1);
     let wanted = (WORKGROUPS_PER_UNIT * units as usize).div_ceil(col_groups * n_seq.max(1));
     let chunks = wanted.min(rows_per_seq.div_ceil(MIN_CHUNK_ROWS)).max(1);
@@ -75,32 +82,117 @@ pub struct Columns<'b> {
     pub stride: usize,
 }
 
-fn dispatch(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, p: Params, chunks: u32, b: Bindings) {
-    let cost = Cost { flops: p.m as u64 * p.n as u64, bytes: words(p.m as u64 * p.n as u64 + chunks as u64 * p.n as u64 * (1 + p.accumulate as u64)) };
-    pb.dispatch("col_sum", &tk.col_sum, &p, b.slices(&k.placeholders), [p.n.div_ceil(THREADS), chunks, 1], cost);
+fn dispatch(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    p: Params,
+    chunks: u32,
+    b: Bindings,
+) {
+    let cost = Cost {
+        flops: p.m as u64 * p.n as u64,
+        bytes: words(
+            p.m as u64 * p.n as u64 + chunks as u64 * p.n as u64 * (1 + p.accumulate as u64),
+        ),
+    };
+    pb.dispatch(
+        "col_sum",
+        &tk.col_sum,
+        &p,
+        b.slices(&k.placeholders),
+        [p.n.div_ceil(THREADS), chunks, 1],
+        cost,
+    );
 }
 
 /// out[out_offset + j] += Σ_i a[i, j]: one pass, or two through `scratch` (at least
 /// [`scratch_floats`] floats) when [`chunk_rows`] says so.
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: Columns, out: &Buf, out_offset: usize, scratch: &Buf) {
-    let (m, n, lda, off) = (a.rows as u32, a.cols as u32, a.stride as u32, a.offset as u32);
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    a: Columns,
+    out: &Buf,
+    out_offset: usize,
+    scratch: &Buf,
+) {
+    let (m, n, lda, off) = (
+        a.rows as u32,
+        a.cols as u32,
+        a.stride as u32,
+        a.offset as u32,
+    );
     let Some(rows_per_chunk) = chunk_rows(a.rows, a.cols, pb.context().compute_units) else {
-        let p = Params { m, n, lda, a_offset: off, out_offset: out_offset as u32, rows_per_chunk: m.max(1), out_chunk_stride: 0, accumulate: 1 };
+        let p = Params {
+            m,
+            n,
+            lda,
+            a_offset: off,
+            out_offset: out_offset as u32,
+            rows_per_chunk: m.max(1),
+            out_chunk_stride: 0,
+            accumulate: 1,
+        };
         dispatch(pb, k, tk, p, 1, Bindings { a: a.buffer, out });
         return;
     };
     let chunks = a.rows.div_ceil(rows_per_chunk) as u32;
-    let first = Params { m, n, lda, a_offset: off, out_offset: 0, rows_per_chunk: rows_per_chunk as u32, out_chunk_stride: n, accumulate: 0 };
-    dispatch(pb, k, tk, first, chunks, Bindings { a: a.buffer, out: scratch });
-    let second = Params { m: chunks, n, lda: n, a_offset: 0, out_offset: out_offset as u32, rows_per_chunk: chunks, out_chunk_stride: 0, accumulate: 1 };
+    let first = Params {
+        m,
+        n,
+        lda,
+        a_offset: off,
+        out_offset: 0,
+        rows_per_chunk: rows_per_chunk as u32,
+        out_chunk_stride: n,
+        accumulate: 0,
+    };
+    dispatch(
+        pb,
+        k,
+        tk,
+        first,
+        chunks,
+        Bindings {
+            a: a.buffer,
+            out: scratch,
+        },
+    );
+    let second = Params {
+        m: chunks,
+        n,
+        lda: n,
+        a_offset: 0,
+        out_offset: out_offset as u32,
+        rows_per_chunk: chunks,
+        out_chunk_stride: 0,
+        accumulate: 1,
+    };
     dispatch(pb, k, tk, second, 1, Bindings { a: scratch, out });
 }
 
 /// out[j] (+)= Σ_i a[i, j] in one pass over few rows (the K slices of a split product), written
 /// (`accumulate` false) or added.
-pub fn record_sum(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: Columns, out: &Buf, accumulate: bool) {
+pub fn record_sum(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    a: Columns,
+    out: &Buf,
+    accumulate: bool,
+) {
     let (m, n) = (a.rows as u32, a.cols as u32);
-    let p = Params { m, n, lda: a.stride as u32, a_offset: a.offset as u32, out_offset: 0, rows_per_chunk: m.max(1), out_chunk_stride: 0, accumulate: accumulate as u32 };
+    let p = Params {
+        m,
+        n,
+        lda: a.stride as u32,
+        a_offset: a.offset as u32,
+        out_offset: 0,
+        rows_per_chunk: m.max(1),
+        out_chunk_stride: 0,
+        accumulate: accumulate as u32,
+    };
     dispatch(pb, k, tk, p, 1, Bindings { a: a.buffer, out });
 }
 
@@ -108,11 +200,26 @@ pub fn record_sum(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: Co
 /// of `a` (a.rows = groups · rows_per_group), out[out_offset + g·out_group_stride + j] += Σ a[i, j].
 /// One dispatch (the partials are few: chunks × groups rows).
 #[allow(clippy::too_many_arguments)]
-pub fn record_groups(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, a: Columns, rows_per_group: usize, out: &Buf, out_offset: usize, out_group_stride: usize) {
+pub fn record_groups(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    a: Columns,
+    rows_per_group: usize,
+    out: &Buf,
+    out_offset: usize,
+    out_group_stride: usize,
+) {
     let groups = a.rows.div_ceil(rows_per_group.max(1)) as u32;
     let p = Params {
-        m: a.rows as u32, n: a.cols as u32, lda: a.stride as u32, a_offset: a.offset as u32, out_offset: out_offset as u32,
-        rows_per_chunk: rows_per_group.max(1) as u32, out_chunk_stride: out_group_stride as u32, accumulate: 1,
+        m: a.rows as u32,
+        n: a.cols as u32,
+        lda: a.stride as u32,
+        a_offset: a.offset as u32,
+        out_offset: out_offset as u32,
+        rows_per_chunk: rows_per_group.max(1) as u32,
+        out_chunk_stride: out_group_stride as u32,
+        accumulate: 1,
     };
     dispatch(pb, k, tk, p, groups, Bindings { a: a.buffer, out });
 }

@@ -2,8 +2,8 @@
 //! the table (a table larger than a binding is stored in parts, one dispatch each).
 
 use super::{bindings, words, Kernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -26,11 +26,27 @@ bindings! {
 }
 
 /// Gather `p.n_rows` rows from a part of `p.part_rows` rows of a table of `table_rows` rows.
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, p: Params, table_rows: usize, b: Bindings) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    p: Params,
+    table_rows: usize,
+    b: Bindings,
+) -> Result<()> {
     let groups = pb.fold((p.n_rows as u64 * p.dim as u64).div_ceil(THREADS as u64))?;
     // Rows whose token lies in this part, in proportion to the part's share of the table.
     let moved = p.n_rows as u64 * p.dim as u64 * p.part_rows as u64 / table_rows.max(1) as u64;
-    let cost = Cost { flops: 0, bytes: words(p.n_rows as u64 + 2 * moved) };
-    pb.dispatch("embedding", &k.embedding, &p, b.slices(&k.placeholders), groups, cost);
+    let cost = Cost {
+        flops: 0,
+        bytes: words(p.n_rows as u64 + 2 * moved),
+    };
+    pb.dispatch(
+        "embedding",
+        &k.embedding,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

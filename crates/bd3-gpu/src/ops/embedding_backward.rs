@@ -42,7 +42,8 @@ bindings! {
 
 /// The longest piece for a batch of `rows` rows on `units` compute units.
 pub fn piece_rows(rows: usize, units: u32) -> usize {
-    rows.div_ceil(PIECES_PER_UNIT * units.max(1) as usize).max(MIN_PIECE_ROWS)
+    rows.div_ceil(PIECES_PER_UNIT * units.max(1) as usize)
+        .max(MIN_PIECE_ROWS)
 }
 
 /// The most tokens that can be split (longer than `piece` rows) in `rows` rows.
@@ -83,7 +84,12 @@ impl Pieces {
             for s in (a..b).step_by(piece.max(1)) {
                 p.token.push(t);
                 p.start.push(s as u32);
-                p.slot.push(if split { slots += 1; slots - 1 } else { DIRECT });
+                p.slot.push(if split {
+                    slots += 1;
+                    slots - 1
+                } else {
+                    DIRECT
+                });
             }
         }
         p.start.push(*seg_start.last().unwrap_or(&0));
@@ -109,20 +115,77 @@ pub struct PieceBuffers<'a> {
 /// part_rows of `table_rows`). Workgroup counts are sized for the most pieces and split tokens there
 /// can be, so the program does not change with the batch's tokens.
 #[allow(clippy::too_many_arguments)]
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, dx: &Buf, rows: usize, dim: usize, pieces: &PieceBuffers, (d_table, row_start, part_rows): (&Buf, usize, usize), table_rows: usize, partials: &Buf) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    dx: &Buf,
+    rows: usize,
+    dim: usize,
+    pieces: &PieceBuffers,
+    (d_table, row_start, part_rows): (&Buf, usize, usize),
+    table_rows: usize,
+    partials: &Buf,
+) -> Result<()> {
     let piece = piece_rows(rows, pb.context().compute_units);
     let moved = rows as u64 * dim as u64 * part_rows as u64 / table_rows.max(1) as u64;
     let slots = (partials_floats(rows, dim, pb.context().compute_units) / dim.max(1)) as u64;
-    let p1 = Params { n_seg: pieces.n_pieces, dim: dim as u32, row_start: row_start as u32, part_rows: part_rows as u32, stage: 1 };
-    let b1 = Bindings { dx, seg_token: pieces.token, seg_start: pieces.start, seg_rows: Some(pieces.rows), seg_slot: Some(pieces.slot), d_table, partials: Some(partials) };
-    let cost = Cost { flops: moved, bytes: words(3 * moved + 4 * rows as u64) };
+    let p1 = Params {
+        n_seg: pieces.n_pieces,
+        dim: dim as u32,
+        row_start: row_start as u32,
+        part_rows: part_rows as u32,
+        stage: 1,
+    };
+    let b1 = Bindings {
+        dx,
+        seg_token: pieces.token,
+        seg_start: pieces.start,
+        seg_rows: Some(pieces.rows),
+        seg_slot: Some(pieces.slot),
+        d_table,
+        partials: Some(partials),
+    };
+    let cost = Cost {
+        flops: moved,
+        bytes: words(3 * moved + 4 * rows as u64),
+    };
     let groups = pb.fold(rows as u64)?;
-    pb.dispatch("embedding_backward", &tk.embedding_backward, &p1, b1.slices(&k.placeholders), groups, cost);
-    let p2 = Params { n_seg: pieces.n_split, stage: 2, ..p1 };
-    let b2 = Bindings { dx: partials, seg_token: pieces.split_token, seg_start: pieces.split_first, seg_rows: None, seg_slot: None, d_table, partials: None };
+    pb.dispatch(
+        "embedding_backward",
+        &tk.embedding_backward,
+        &p1,
+        b1.slices(&k.placeholders),
+        groups,
+        cost,
+    );
+    let p2 = Params {
+        n_seg: pieces.n_split,
+        stage: 2,
+        ..p1
+    };
+    let b2 = Bindings {
+        dx: partials,
+        seg_token: pieces.split_token,
+        seg_start: pieces.split_first,
+        seg_rows: None,
+        seg_slot: None,
+        d_table,
+        partials: None,
+    };
     let moved2 = slots * dim as u64 * part_rows as u64 / table_rows.max(1) as u64;
-    let cost = Cost { flops: moved2, bytes: words(moved2 + 2 * max_split(rows, piece) as u64 * dim as u64) };
+    let cost = Cost {
+        flops: moved2,
+        bytes: words(moved2 + 2 * max_split(rows, piece) as u64 * dim as u64),
+    };
     let groups = pb.fold(max_split(rows, piece).max(1) as u64)?;
-    pb.dispatch("embedding_backward_sum", &tk.embedding_backward, &p2, b2.slices(&k.placeholders), groups, cost);
+    pb.dispatch(
+        "embedding_backward_sum",
+        &tk.embedding_backward,
+        &p2,
+        b2.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

@@ -6,8 +6,8 @@
 
 use super::col_sum::{self, Columns};
 use super::{bindings, words, Kernels, TrainKernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 
 pub const THREADS: u32 = 256;
 
@@ -58,32 +58,72 @@ pub struct GateBackward {
 
 /// (rows per chunk, chunks per sequence) on `units` compute units.
 pub fn chunks(g: &GateBackward, units: u32) -> (usize, usize) {
-    col_sum::sequence_chunks(g.n_seq as usize, g.rows_per_seq as usize, g.dim as usize, units)
+    col_sum::sequence_chunks(
+        g.n_seq as usize,
+        g.rows_per_seq as usize,
+        g.dim as usize,
+        units,
+    )
 }
 
 /// Floats of `dgate_part` that [`record`] needs.
 pub fn scratch_floats(g: &GateBackward, units: u32) -> usize {
     let (_, c) = chunks(g, units);
-    if c > 1 { g.n_seq as usize * c * g.dim as usize } else { 0 }
+    if c > 1 {
+        g.n_seq as usize * c * g.dim as usize
+    } else {
+        0
+    }
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, g: &GateBackward, b: Bindings) {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    g: &GateBackward,
+    b: Bindings,
+) {
     let (stride, offset) = g.gate.unwrap_or((0, 0));
     let (rows_per_chunk, chunks) = chunks(g, pb.context().compute_units);
     let p = Params {
-        n_seq: g.n_seq, rows_per_seq: g.rows_per_seq, dim: g.dim, has_gate: g.gate.is_some() as u32, gate_stride: stride,
-        gate_offset: offset, dropout: g.dropout, seed: g.seed, salt: g.salt, rows_per_chunk: rows_per_chunk as u32, chunks: chunks as u32,
+        n_seq: g.n_seq,
+        rows_per_seq: g.rows_per_seq,
+        dim: g.dim,
+        has_gate: g.gate.is_some() as u32,
+        gate_stride: stride,
+        gate_offset: offset,
+        dropout: g.dropout,
+        seed: g.seed,
+        salt: g.salt,
+        rows_per_chunk: rows_per_chunk as u32,
+        chunks: chunks as u32,
     };
     let rows = g.n_seq as u64 * g.rows_per_seq as u64;
     let d = g.dim as u64;
     let parts = g.n_seq as u64 * chunks as u64 * d;
-    let cost = Cost { flops: 4 * rows * d, bytes: words(3 * rows * d + 2 * g.n_seq as u64 * d + parts) };
+    let cost = Cost {
+        flops: 4 * rows * d,
+        bytes: words(3 * rows * d + 2 * g.n_seq as u64 * d + parts),
+    };
     let groups = [g.dim.div_ceil(THREADS), g.n_seq * chunks as u32, 1];
     let (dmod, part) = (b.dmod, b.dgate_part);
-    pb.dispatch("gate_backward", &tk.gate_backward, &p, b.slices(&k.placeholders), groups, cost);
+    pb.dispatch(
+        "gate_backward",
+        &tk.gate_backward,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     if let (Some(dmod), true) = (dmod, g.gate.is_some() && chunks > 1) {
         let part = part.expect("gate_backward: dgate_part is needed when the rows are chunked");
-        let a = Columns { buffer: part, offset: 0, rows: g.n_seq as usize * chunks, cols: g.dim as usize, stride: g.dim as usize };
+        let a = Columns {
+            buffer: part,
+            offset: 0,
+            rows: g.n_seq as usize * chunks,
+            cols: g.dim as usize,
+            stride: g.dim as usize,
+        };
         col_sum::record_groups(pb, k, tk, a, chunks, dmod, offset as usize, stride as usize);
     }
 }

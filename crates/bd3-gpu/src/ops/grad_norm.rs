@@ -80,7 +80,10 @@ fn groups(sizes: &[usize], units: u32) -> Vec<Group> {
             // About `target` workgroups, with slices of at least MIN_CHUNK where that still gives 2 per
             // unit, of a quarter of it in any case.
             let fill = total.div_ceil(2 * units.max(1) as usize);
-            let chunk = total.div_ceil(target).max(MIN_CHUNK.min(fill.max(MIN_CHUNK / 4))).next_multiple_of(THREADS as usize);
+            let chunk = total
+                .div_ceil(target)
+                .max(MIN_CHUNK.min(fill.max(MIN_CHUNK / 4)))
+                .next_multiple_of(THREADS as usize);
             let mut n = [0u32; PER_DISPATCH];
             let mut start = [0u32; PER_DISPATCH];
             let mut g = 0usize;
@@ -94,36 +97,91 @@ fn groups(sizes: &[usize], units: u32) -> Vec<Group> {
                 *s = g as u32;
             }
             let params = Params {
-                n0: n[0], n1: n[1], n2: n[2], n3: n[3], n4: n[4], n5: n[5], n6: n[6],
-                start1: start[1], start2: start[2], start3: start[3], start4: start[4], start5: start[5], start6: start[6],
-                groups: g as u32, chunk: chunk as u32, out_offset: out_offset as u32,
+                n0: n[0],
+                n1: n[1],
+                n2: n[2],
+                n3: n[3],
+                n4: n[4],
+                n5: n[5],
+                n6: n[6],
+                start1: start[1],
+                start2: start[2],
+                start3: start[3],
+                start4: start[4],
+                start5: start[5],
+                start6: start[6],
+                groups: g as u32,
+                chunk: chunk as u32,
+                out_offset: out_offset as u32,
             };
             out_offset += g;
-            Group { members: members.to_vec(), params }
+            Group {
+                members: members.to_vec(),
+                params,
+            }
         })
         .collect()
 }
 
 /// Floats of the partials buffer [`record`] needs for parts of these sizes.
 pub fn partials_len(sizes: &[usize], units: u32) -> usize {
-    groups(sizes, units).iter().map(|g| g.params.groups as usize).sum::<usize>().max(1)
+    groups(sizes, units)
+        .iter()
+        .map(|g| g.params.groups as usize)
+        .sum::<usize>()
+        .max(1)
 }
 
 /// out[out_index] = Σ over `parts` (buffer, floats) of Σ x², through `partials` (at least
 /// [`partials_len`] floats).
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, parts: &[(&Buf, usize)], partials: &Buf, out: &Buf, out_index: u32) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    parts: &[(&Buf, usize)],
+    partials: &Buf,
+    out: &Buf,
+    out_index: u32,
+) -> Result<()> {
     let sizes: Vec<usize> = parts.iter().map(|p| p.1).collect();
     let units = pb.context().compute_units;
     let mut total = 0u32;
     for g in groups(&sizes, units) {
         let x = |slot: usize| g.members.get(slot).map(|&i| parts[i].0);
-        let b = Bindings { x0: x(0).expect("a group has a part"), x1: x(1), x2: x(2), x3: x(3), x4: x(4), x5: x(5), x6: x(6), partials };
+        let b = Bindings {
+            x0: x(0).expect("a group has a part"),
+            x1: x(1),
+            x2: x(2),
+            x3: x(3),
+            x4: x(4),
+            x5: x(5),
+            x6: x(6),
+            partials,
+        };
         let n: u64 = g.members.iter().map(|&i| sizes[i] as u64).sum();
-        let cost = Cost { flops: 2 * n, bytes: words(n + g.params.groups as u64) };
+        let cost = Cost {
+            flops: 2 * n,
+            bytes: words(n + g.params.groups as u64),
+        };
         let wg = pb.fold(g.params.groups as u64)?;
-        pb.dispatch("grad_norm", &tk.grad_norm, &g.params, b.slices(&k.placeholders), wg, cost);
+        pb.dispatch(
+            "grad_norm",
+            &tk.grad_norm,
+            &g.params,
+            b.slices(&k.placeholders),
+            wg,
+            cost,
+        );
         total += g.params.groups;
     }
-    reduce_sum::record(pb, k, "grad_norm_sum", total, out_index, reduce_sum::Reduction::Sum, reduce_sum::Bindings { x: partials, out });
+    reduce_sum::record(
+        pb,
+        k,
+        "grad_norm_sum",
+        total,
+        out_index,
+        reduce_sum::Reduction::Sum,
+        reduce_sum::Bindings { x: partials, out },
+    );
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! `shaders/layernorm.wgsl`: y = (x − μ)/σ · w · (1 + scale[s]) + shift[s] over re-mapped rows.
 
 use super::{bindings, words, Kernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -59,7 +59,12 @@ pub struct Modulation {
 
 impl LayerNorm {
     /// Every row of `batch` sequences of `rows_per_seq` rows.
-    pub fn rows(batch: usize, rows_per_seq: usize, dim: usize, modulation: Option<Modulation>) -> LayerNorm {
+    pub fn rows(
+        batch: usize,
+        rows_per_seq: usize,
+        dim: usize,
+        modulation: Option<Modulation>,
+    ) -> LayerNorm {
         LayerNorm {
             n_rows: (batch * rows_per_seq) as u32,
             dim: dim as u32,
@@ -73,7 +78,11 @@ impl LayerNorm {
     /// The parameter block (`shaders/layernorm_params.wgsl`, shared by the three LayerNorm kernels;
     /// the parameter gradients set the row chunks).
     pub fn params(&self, use_row_index: bool) -> Params {
-        let m = self.modulation.unwrap_or(Modulation { shift: 0, scale: 0, stride: 0 });
+        let m = self.modulation.unwrap_or(Modulation {
+            shift: 0,
+            scale: 0,
+            stride: 0,
+        });
         Params {
             n_rows: self.n_rows,
             dim: self.dim,
@@ -100,9 +109,23 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, ln: &LayerNorm, b: Bindings)
     let p = ln.params(b.row_index.is_some());
     let groups = pb.fold(p.n_rows as u64)?;
     let (rows, d) = (p.n_rows as u64, p.dim as u64);
-    let modulation = if ln.modulation.is_some() { 2 * ln.sequences() as u64 * d } else { 0 };
+    let modulation = if ln.modulation.is_some() {
+        2 * ln.sequences() as u64 * d
+    } else {
+        0
+    };
     // Three passes over the row (mean, variance, output): the row stays in cache, so x counts once.
-    let cost = Cost { flops: 8 * rows * d, bytes: words(2 * rows * d + d + modulation) };
-    pb.dispatch("layernorm", &k.layernorm, &p, b.slices(&k.placeholders), groups, cost);
+    let cost = Cost {
+        flops: 8 * rows * d,
+        bytes: words(2 * rows * d + d + modulation),
+    };
+    pb.dispatch(
+        "layernorm",
+        &k.layernorm,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

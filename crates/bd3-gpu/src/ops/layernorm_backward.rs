@@ -22,11 +22,27 @@ bindings! {
     }
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, ln: &LayerNorm, b: Bindings) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    ln: &LayerNorm,
+    b: Bindings,
+) -> Result<()> {
     let p = ln.params(false);
     let (rows, d) = (p.n_rows as u64, p.dim as u64);
     let groups = pb.fold(rows)?;
-    let cost = Cost { flops: 14 * rows * d, bytes: words(4 * rows * d + 2 * rows + d) };
-    pb.dispatch("layernorm_backward", &tk.layernorm_backward, &p, b.slices(&k.placeholders), groups, cost);
+    let cost = Cost {
+        flops: 14 * rows * d,
+        bytes: words(4 * rows * d + 2 * rows + d),
+    };
+    pb.dispatch(
+        "layernorm_backward",
+        &tk.layernorm_backward,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

@@ -13,8 +13,8 @@ use super::col_sum::{self, Columns};
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
 use crate::program::{Buf, Cost, Kernel, ProgramBuilder};
-use crate::uniform_params;
 use crate::shaders;
+use crate::uniform_params;
 use bd3_model::{Error, Result};
 
 /// 16 × 16 threads.
@@ -130,31 +130,86 @@ impl Matmul {
     /// `out[m, n] = a[m, :] · w[n, :]`: a Linear with its weight stored [out = n, in = k].
     pub fn plain(m: u32, n: u32, k: u32) -> Matmul {
         Matmul {
-            m, n, k, a_offset: 0, a_row_stride: k, a_k_stride: 1, b_offset: 0, b_k_stride: 1, b_col_stride: k,
-            ldc: n, out_col_offset: 0, bias_offset: 0, epilogue: Epilogue::Store, rows_per_seq: m.max(1),
-            gate_stride: 0, gate_offset: 0, out_rows: OutRows { rows_per_seq: m.max(1), seq_stride: 0, row_offset: 0 }, dropout: None,
+            m,
+            n,
+            k,
+            a_offset: 0,
+            a_row_stride: k,
+            a_k_stride: 1,
+            b_offset: 0,
+            b_k_stride: 1,
+            b_col_stride: k,
+            ldc: n,
+            out_col_offset: 0,
+            bias_offset: 0,
+            epilogue: Epilogue::Store,
+            rows_per_seq: m.max(1),
+            gate_stride: 0,
+            gate_offset: 0,
+            out_rows: OutRows {
+                rows_per_seq: m.max(1),
+                seq_stride: 0,
+                row_offset: 0,
+            },
+            dropout: None,
         }
     }
 
     /// `out[m, c] = Σ_r dy[m, r] · w[r, c]`: the input gradient of a Linear whose weight is [rows, cols].
     pub fn input_grad(m: u32, rows: u32, cols: u32, ld_dy: u32) -> Matmul {
-        Matmul { a_row_stride: ld_dy, b_k_stride: cols, b_col_stride: 1, ..Matmul::plain(m, cols, rows) }
+        Matmul {
+            a_row_stride: ld_dy,
+            b_k_stride: cols,
+            b_col_stride: 1,
+            ..Matmul::plain(m, cols, rows)
+        }
     }
 
     /// `out[r, c] += Σ_m dy[m, r] · x[m, c]`: the weight gradient [rows, cols] over m input rows.
     pub fn weight_grad(m: u32, rows: u32, cols: u32, ld_dy: u32, ld_x: u32) -> Matmul {
-        Matmul { a_row_stride: 1, a_k_stride: ld_dy, b_k_stride: ld_x, b_col_stride: 1, epilogue: Epilogue::Residual, ..Matmul::plain(rows, cols, m) }
+        Matmul {
+            a_row_stride: 1,
+            a_k_stride: ld_dy,
+            b_k_stride: ld_x,
+            b_col_stride: 1,
+            epilogue: Epilogue::Residual,
+            ..Matmul::plain(rows, cols, m)
+        }
     }
 
     pub fn params(&self, has_bias: bool, store_aux: bool) -> Params {
-        let d = self.dropout.unwrap_or(Dropout { p: 0.0, seed: 0, salt: 0 });
+        let d = self.dropout.unwrap_or(Dropout {
+            p: 0.0,
+            seed: 0,
+            salt: 0,
+        });
         Params {
-            m: self.m, n: self.n, k: self.k, a_offset: self.a_offset, a_row_stride: self.a_row_stride, a_k_stride: self.a_k_stride,
-            b_offset: self.b_offset, b_k_stride: self.b_k_stride, b_col_stride: self.b_col_stride, ldc: self.ldc,
-            out_col_offset: self.out_col_offset, has_bias: has_bias as u32, bias_offset: self.bias_offset, epilogue: self.epilogue as u32,
-            rows_per_seq: self.rows_per_seq, gate_stride: self.gate_stride, gate_offset: self.gate_offset,
-            out_rows_per_seq: self.out_rows.rows_per_seq, out_seq_stride: self.out_rows.seq_stride, out_row_offset: self.out_rows.row_offset,
-            store_aux: store_aux as u32, dropout: d.p, seed: d.seed, salt: d.salt, k_split: self.k.max(1), split_stride: 0,
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            a_offset: self.a_offset,
+            a_row_stride: self.a_row_stride,
+            a_k_stride: self.a_k_stride,
+            b_offset: self.b_offset,
+            b_k_stride: self.b_k_stride,
+            b_col_stride: self.b_col_stride,
+            ldc: self.ldc,
+            out_col_offset: self.out_col_offset,
+            has_bias: has_bias as u32,
+            bias_offset: self.bias_offset,
+            epilogue: self.epilogue as u32,
+            rows_per_seq: self.rows_per_seq,
+            gate_stride: self.gate_stride,
+            gate_offset: self.gate_offset,
+            out_rows_per_seq: self.out_rows.rows_per_seq,
+            out_seq_stride: self.out_rows.seq_stride,
+            out_row_offset: self.out_rows.row_offset,
+            store_aux: store_aux as u32,
+            dropout: d.p,
+            seed: d.seed,
+            salt: d.salt,
+            k_split: self.k.max(1),
+            split_stride: 0,
         }
     }
 
@@ -163,8 +218,14 @@ impl Matmul {
     /// mapping) whose output tiles give fewer than two workgroups per unit, and at most one slice per
     /// [`MIN_K_PER_SLICE`] of K.
     pub fn k_slices(&self, units: u32) -> u32 {
-        let contiguous = self.ldc == self.n && self.out_col_offset == 0 && self.out_rows.seq_stride == 0 && self.out_rows.row_offset == 0;
-        if !contiguous || self.dropout.is_some() || !matches!(self.epilogue, Epilogue::Store | Epilogue::Residual) {
+        let contiguous = self.ldc == self.n
+            && self.out_col_offset == 0
+            && self.out_rows.seq_stride == 0
+            && self.out_rows.row_offset == 0;
+        if !contiguous
+            || self.dropout.is_some()
+            || !matches!(self.epilogue, Epilogue::Store | Epilogue::Residual)
+        {
             return 1;
         }
         let tiles = self.n.div_ceil(TILE_N) * self.m.div_ceil(if self.m <= 16 { 16 } else { 64 });
@@ -172,7 +233,10 @@ impl Matmul {
         if tiles >= wanted {
             return 1;
         }
-        wanted.div_ceil(tiles).min(self.k / MIN_K_PER_SLICE).clamp(1, MAX_K_SLICES)
+        wanted
+            .div_ceil(tiles)
+            .min(self.k / MIN_K_PER_SLICE)
+            .clamp(1, MAX_K_SLICES)
     }
 
     /// Floats of scratch a split of this product needs (0 when it is not split).
@@ -204,15 +268,33 @@ pub struct Variants {
 impl Variants {
     pub async fn new(ctx: &GpuContext) -> Result<Variants> {
         Ok(Variants {
-            wide: ctx.pipeline("matmul", &shaders::matmul_source(4).map_err(Error::Gpu)?, THREADS).await?,
-            narrow: ctx.pipeline("matmul_narrow", &shaders::matmul_source(1).map_err(Error::Gpu)?, THREADS).await?,
-            matvec: ctx.pipeline("matvec", shaders::MATVEC_WGSL, MATVEC_THREADS).await?,
+            wide: ctx
+                .pipeline(
+                    "matmul",
+                    &shaders::matmul_source(4).map_err(Error::Gpu)?,
+                    THREADS,
+                )
+                .await?,
+            narrow: ctx
+                .pipeline(
+                    "matmul_narrow",
+                    &shaders::matmul_source(1).map_err(Error::Gpu)?,
+                    THREADS,
+                )
+                .await?,
+            matvec: ctx
+                .pipeline("matvec", shaders::MATVEC_WGSL, MATVEC_THREADS)
+                .await?,
         })
     }
 
     /// The variant for an input of `m` rows, and the rows of its output tile.
     pub fn for_rows(&self, m: u32) -> (&Kernel, u32) {
-        if m <= 16 { (&self.narrow, 16) } else { (&self.wide, 64) }
+        if m <= 16 {
+            (&self.narrow, 16)
+        } else {
+            (&self.wide, 64)
+        }
     }
 }
 
@@ -227,21 +309,62 @@ pub struct AccumulateIo<'a> {
 
 /// `mm` with a plain store or accumulation (the weight gradients), split into K slices when that
 /// fills the GPU better (see [`Matmul::k_slices`]).
-pub fn record_accumulating(pb: &mut ProgramBuilder, k: &Kernels, tk: &TrainKernels, label: &'static str, mm: &Matmul, io: AccumulateIo) {
+pub fn record_accumulating(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    tk: &TrainKernels,
+    label: &'static str,
+    mm: &Matmul,
+    io: AccumulateIo,
+) {
     let AccumulateIo { a, b, out, scratch } = io;
     let slices = mm.k_slices(pb.context().compute_units);
     if slices == 1 {
-        return record(pb, k, label, mm, Bindings { a, b, bias: None, gate: None, out, aux: None });
+        return record(
+            pb,
+            k,
+            label,
+            mm,
+            Bindings {
+                a,
+                b,
+                bias: None,
+                gate: None,
+                out,
+                aux: None,
+            },
+        );
     }
     let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
     let k_split = mm.k.div_ceil(slices).div_ceil(BK) * BK;
     let slices = mm.k.div_ceil(k_split);
     let floats = mm.m as usize * mm.n as usize;
-    debug_assert!(scratch.size() as usize >= 4 * slices as usize * floats, "split-K scratch too small");
-    let p = Params { epilogue: Epilogue::Store as u32, k_split, split_stride: floats as u32, ..mm.params(false, false) };
-    let bind = Bindings { a, b, bias: None, gate: None, out: scratch, aux: None };
+    debug_assert!(
+        scratch.size() as usize >= 4 * slices as usize * floats,
+        "split-K scratch too small"
+    );
+    let p = Params {
+        epilogue: Epilogue::Store as u32,
+        k_split,
+        split_stride: floats as u32,
+        ..mm.params(false, false)
+    };
+    let bind = Bindings {
+        a,
+        b,
+        bias: None,
+        gate: None,
+        out: scratch,
+        aux: None,
+    };
     record_sliced(pb, k, label, kernel, tile_rows, &p, slices, bind);
-    let partials = Columns { buffer: scratch, offset: 0, rows: slices as usize, cols: floats, stride: floats };
+    let partials = Columns {
+        buffer: scratch,
+        offset: 0,
+        rows: slices as usize,
+        cols: floats,
+        stride: floats,
+    };
     let accumulate = mm.epilogue == Epilogue::Residual;
     col_sum::record_sum(pb, k, tk, partials, out, accumulate);
 }
@@ -256,7 +379,13 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Ma
 }
 
 /// The matrix-vector variant (`p.m` ≤ 16, A and B contiguous in k).
-pub fn record_matvec(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, p: &Params, b: Bindings) {
+pub fn record_matvec(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    label: &'static str,
+    p: &Params,
+    b: Bindings,
+) {
     debug_assert!(p.m <= MATVEC_MAX_ROWS && p.a_k_stride == 1 && p.b_k_stride == 1);
     let groups = match pb.fold(p.n as u64) {
         Ok(g) => g,
@@ -267,26 +396,70 @@ pub fn record_matvec(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, 
 }
 
 /// One dispatch of a given variant (the kernel tests run both on the same problem).
-pub fn record_variant(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, tile_rows: u32, p: &Params, b: Bindings) {
+pub fn record_variant(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    label: &'static str,
+    kernel: &Kernel,
+    tile_rows: u32,
+    p: &Params,
+    b: Bindings,
+) {
     record_sliced(pb, k, label, kernel, tile_rows, p, 1, b);
 }
 
 /// `slices` K slices of `p.k_split` each, one per workgroup layer z.
 #[allow(clippy::too_many_arguments)]
-fn record_sliced(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, tile_rows: u32, p: &Params, slices: u32, b: Bindings) {
+fn record_sliced(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    label: &'static str,
+    kernel: &Kernel,
+    tile_rows: u32,
+    p: &Params,
+    slices: u32,
+    b: Bindings,
+) {
     let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), slices];
     record_sized(pb, k, label, kernel, groups, p, slices, b);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record_sized(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, kernel: &Kernel, groups: [u32; 3], p: &Params, slices: u32, b: Bindings) {
+fn record_sized(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    label: &'static str,
+    kernel: &Kernel,
+    groups: [u32; 3],
+    p: &Params,
+    slices: u32,
+    b: Bindings,
+) {
     let (m, n, kk) = (p.m as u64, p.n as u64, p.k as u64);
-    let epilogue_reads = if p.epilogue == Epilogue::GatedResidual as u32 || p.epilogue == Epilogue::Residual as u32 { m * n } else { 0 };
-    let gate = if b.gate.is_some() { m.div_ceil(p.rows_per_seq.max(1) as u64) * n } else { 0 };
+    let epilogue_reads = if p.epilogue == Epilogue::GatedResidual as u32
+        || p.epilogue == Epilogue::Residual as u32
+    {
+        m * n
+    } else {
+        0
+    };
+    let gate = if b.gate.is_some() {
+        m.div_ceil(p.rows_per_seq.max(1) as u64) * n
+    } else {
+        0
+    };
     let outputs = slices as u64 * m * n;
     let cost = Cost {
         flops: 2 * m * n * kk,
-        bytes: words(m * kk + kk * n + outputs + epilogue_reads + if b.bias.is_some() { n } else { 0 } + gate + if b.aux.is_some() { m * n } else { 0 }),
+        bytes: words(
+            m * kk
+                + kk * n
+                + outputs
+                + epilogue_reads
+                + if b.bias.is_some() { n } else { 0 }
+                + gate
+                + if b.aux.is_some() { m * n } else { 0 },
+        ),
     };
     pb.dispatch(label, kernel, p, b.slices(&k.placeholders), groups, cost);
 }

@@ -91,7 +91,12 @@ pub struct Placeholders {
 
 impl Placeholders {
     pub fn new(ctx: &GpuContext) -> Result<Placeholders> {
-        Ok(Placeholders { input: ctx.storage("placeholder in", 16)?, output: ctx.storage("placeholder out", 16)?, output2: ctx.storage("placeholder out 2", 16)?, output3: ctx.storage("placeholder out 3", 16)? })
+        Ok(Placeholders {
+            input: ctx.storage("placeholder in", 16)?,
+            output: ctx.storage("placeholder out", 16)?,
+            output2: ctx.storage("placeholder out 2", 16)?,
+            output3: ctx.storage("placeholder out 3", 16)?,
+        })
     }
 }
 
@@ -110,7 +115,12 @@ pub struct Kernels {
 
 /// The kernel `name` (`shaders/{name}.wgsl`) with `threads` invocations per workgroup.
 async fn kernel(ctx: &GpuContext, name: &'static str, threads: u32) -> Result<Kernel> {
-    ctx.pipeline(name, shaders::kernel_source(&format!("{name}.wgsl")).map_err(Error::Gpu)?, threads).await
+    ctx.pipeline(
+        name,
+        shaders::kernel_source(&format!("{name}.wgsl")).map_err(Error::Gpu)?,
+        threads,
+    )
+    .await
 }
 
 impl Kernels {
@@ -154,7 +164,8 @@ impl TrainKernels {
             gate_backward: k("gate_backward", gate_backward::THREADS).await?,
             grad_norm: k("grad_norm", grad_norm::THREADS).await?,
             layernorm_backward: k("layernorm_backward", layernorm_backward::THREADS).await?,
-            layernorm_param_grads: k("layernorm_param_grads", layernorm_param_grads::THREADS).await?,
+            layernorm_param_grads: k("layernorm_param_grads", layernorm_param_grads::THREADS)
+                .await?,
             embedding_backward: k("embedding_backward", embedding_backward::THREADS).await?,
             adamw: k("adamw", adamw::THREADS).await?,
         })

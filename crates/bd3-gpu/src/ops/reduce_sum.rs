@@ -2,8 +2,8 @@
 //! bytes come back; the squared gradient norm).
 
 use super::{bindings, words, Kernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 
 pub const THREADS: u32 = 256;
 
@@ -32,11 +32,39 @@ pub enum Reduction {
     AddSquares,
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, n: u32, out_index: u32, r: Reduction, b: Bindings) {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    label: &'static str,
+    n: u32,
+    out_index: u32,
+    r: Reduction,
+    b: Bindings,
+) {
     let p = match r {
-        Reduction::Sum => Params { n, out_index, square: 0, accumulate: 0 },
-        Reduction::AddSquares => Params { n, out_index, square: 1, accumulate: 1 },
+        Reduction::Sum => Params {
+            n,
+            out_index,
+            square: 0,
+            accumulate: 0,
+        },
+        Reduction::AddSquares => Params {
+            n,
+            out_index,
+            square: 1,
+            accumulate: 1,
+        },
     };
-    let cost = Cost { flops: 2 * n as u64, bytes: words(n as u64 + 1) };
-    pb.dispatch(label, &k.reduce_sum, &p, b.slices(&k.placeholders), [1, 1, 1], cost);
+    let cost = Cost {
+        flops: 2 * n as u64,
+        bytes: words(n as u64 + 1),
+    };
+    pb.dispatch(
+        label,
+        &k.reduce_sum,
+        &p,
+        b.slices(&k.placeholders),
+        [1, 1, 1],
+        cost,
+    );
 }

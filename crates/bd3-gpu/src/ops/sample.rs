@@ -2,8 +2,8 @@
 //! nucleus rule by bisection on the threshold, exponential race with counter-based exponentials).
 
 use super::{bindings, words, Kernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -74,15 +74,38 @@ pub struct Sample {
 
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, s: &Sample, b: Bindings) -> Result<()> {
     let p = Params {
-        n_rows: s.n_rows, vocab: s.vocab, mask_id: s.mask_id, mode: s.mode as u32, top_p: s.top_p, mask_prob: s.mask_prob,
-        supplied: b.draws.is_some() as u32, seed_lo: s.seed as u32, seed_hi: (s.seed >> 32) as u32, call: s.call,
-        rows_per_seq: s.rows_per_seq, row_offset: s.row_offset,
+        n_rows: s.n_rows,
+        vocab: s.vocab,
+        mask_id: s.mask_id,
+        mode: s.mode as u32,
+        top_p: s.top_p,
+        mask_prob: s.mask_prob,
+        supplied: b.draws.is_some() as u32,
+        seed_lo: s.seed as u32,
+        seed_hi: (s.seed >> 32) as u32,
+        call: s.call,
+        rows_per_seq: s.rows_per_seq,
+        row_offset: s.row_offset,
     };
     // Max, sum, (nucleus: bisection, then the kept mass) and the race, each a pass over the row.
-    let passes = 3 + if s.top_p < 1.0 { BISECTION_PASSES + 1 } else { 0 };
+    let passes = 3 + if s.top_p < 1.0 {
+        BISECTION_PASSES + 1
+    } else {
+        0
+    };
     let (n, v) = (s.n_rows as u64, s.vocab as u64);
-    let cost = Cost { flops: passes * 4 * n * v, bytes: words(passes * n * v + 4 * n) };
+    let cost = Cost {
+        flops: passes * 4 * n * v,
+        bytes: words(passes * n * v + 4 * n),
+    };
     let groups = pb.fold(n)?;
-    pb.dispatch("sample", &k.sample, &p, b.slices(&k.placeholders), groups, cost);
+    pb.dispatch(
+        "sample",
+        &k.sample,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

@@ -3,8 +3,8 @@
 
 use super::token_loss::LossChunk;
 use super::{bindings, words, Kernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -36,15 +36,36 @@ bindings! {
 }
 
 /// A chunk of rows (see [`LossChunk`]) of sequences of `rows_per_seq` scored rows.
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, c: &LossChunk, rows_per_seq: u32, b: Bindings) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    c: &LossChunk,
+    rows_per_seq: u32,
+    b: Bindings,
+) -> Result<()> {
     let p = Params {
-        n_rows: c.n_rows, vocab: c.vocab, mask_id: c.mask_id, write_log_score: b.log_score.is_some() as u32, row_offset: c.row_offset,
-        rows_per_seq, grad_scale: c.grad_scale,
+        n_rows: c.n_rows,
+        vocab: c.vocab,
+        mask_id: c.mask_id,
+        write_log_score: b.log_score.is_some() as u32,
+        row_offset: c.row_offset,
+        rows_per_seq,
+        grad_scale: c.grad_scale,
     };
     let (n, v) = (c.n_rows as u64, c.vocab as u64);
     let outputs = b.log_score.is_some() as u64 + b.dlogits.is_some() as u64;
-    let cost = Cost { flops: 6 * n * v, bytes: words(n * v * (1 + 2 * outputs) + 5 * n) };
+    let cost = Cost {
+        flops: 6 * n * v,
+        bytes: words(n * v * (1 + 2 * outputs) + 5 * n),
+    };
     let groups = pb.fold(n)?;
-    pb.dispatch("sedd_loss", &k.sedd_loss, &p, b.slices(&k.placeholders), groups, cost);
+    pb.dispatch(
+        "sedd_loss",
+        &k.sedd_loss,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

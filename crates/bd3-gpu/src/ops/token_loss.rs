@@ -2,8 +2,8 @@
 //! the per-token loss −w·log p(target), and optionally the logits gradient.
 
 use super::{bindings, words, Kernels};
-use crate::uniform_params;
 use crate::program::{Cost, ProgramBuilder};
+use crate::uniform_params;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -53,16 +53,37 @@ pub struct LossChunk {
     pub grad_scale: f32,
 }
 
-pub fn record(pb: &mut ProgramBuilder, k: &Kernels, head: Head, c: &LossChunk, b: Bindings) -> Result<()> {
+pub fn record(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    head: Head,
+    c: &LossChunk,
+    b: Bindings,
+) -> Result<()> {
     let p = Params {
-        n_rows: c.n_rows, vocab: c.vocab, mask_id: c.mask_id, mode: head as u32, write_log_probs: b.log_probs.is_some() as u32,
-        row_offset: c.row_offset, grad_scale: c.grad_scale,
+        n_rows: c.n_rows,
+        vocab: c.vocab,
+        mask_id: c.mask_id,
+        mode: head as u32,
+        write_log_probs: b.log_probs.is_some() as u32,
+        row_offset: c.row_offset,
+        grad_scale: c.grad_scale,
     };
     let (n, v) = (c.n_rows as u64, c.vocab as u64);
     // Passes: max, sum of exponentials, then the written outputs.
     let outputs = b.log_probs.is_some() as u64 + b.dlogits.is_some() as u64;
-    let cost = Cost { flops: 6 * n * v, bytes: words(n * v * (2 + 2 * outputs) + 5 * n) };
+    let cost = Cost {
+        flops: 6 * n * v,
+        bytes: words(n * v * (2 + 2 * outputs) + 5 * n),
+    };
     let groups = pb.fold(n)?;
-    pb.dispatch("token_loss", &k.token_loss, &p, b.slices(&k.placeholders), groups, cost);
+    pb.dispatch(
+        "token_loss",
+        &k.token_loss,
+        &p,
+        b.slices(&k.placeholders),
+        groups,
+        cost,
+    );
     Ok(())
 }

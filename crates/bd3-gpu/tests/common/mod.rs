@@ -40,7 +40,16 @@ impl Rng {
     }
     /// Uniform in [-scale, scale), never exactly zero.
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| { let v = ((self.uniform() * 2.0 - 1.0) as f32) * scale; if v == 0.0 { scale * 0.5 } else { v } }).collect()
+        (0..n)
+            .map(|_| {
+                let v = ((self.uniform() * 2.0 - 1.0) as f32) * scale;
+                if v == 0.0 {
+                    scale * 0.5
+                } else {
+                    v
+                }
+            })
+            .collect()
     }
     pub fn below(&mut self, n: u32) -> u32 {
         (self.next_u64() % n as u64) as u32
@@ -48,11 +57,13 @@ impl Rng {
 }
 
 pub fn upload(ctx: &GpuContext, data: &[f32]) -> Buf {
-    ctx.storage_init("test", bytemuck::cast_slice(data)).unwrap()
+    ctx.storage_init("test", bytemuck::cast_slice(data))
+        .unwrap()
 }
 
 pub fn upload_u32(ctx: &GpuContext, data: &[u32]) -> Buf {
-    ctx.storage_init("test", bytemuck::cast_slice(data)).unwrap()
+    ctx.storage_init("test", bytemuck::cast_slice(data))
+        .unwrap()
 }
 
 pub fn read(ctx: &GpuContext, b: &Buf, n: usize) -> Vec<f32> {
@@ -74,7 +85,24 @@ pub fn run_recorded<'a>(ctx: &'a GpuContext, record: impl FnOnce(&mut ProgramBui
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let max_ref = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
-    assert!(max_ref > 0.0, "{what}: reference is all zeros, the test could not fail");
-    let (i, err) = got.iter().zip(want).map(|(&a, &b)| ((a as f64) - (b as f64)).abs()).enumerate().fold((0, 0.0), |m, (i, e)| if e > m.1 || e.is_nan() { (i, e) } else { m });
-    assert!(err <= rel * max_ref, "{what}: element {i}: got {} want {} (err {err:.3e} > {:.3e})", got[i], want[i], rel * max_ref);
+    assert!(
+        max_ref > 0.0,
+        "{what}: reference is all zeros, the test could not fail"
+    );
+    let (i, err) = got
+        .iter()
+        .zip(want)
+        .map(|(&a, &b)| ((a as f64) - (b as f64)).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0),
+            |m, (i, e)| if e > m.1 || e.is_nan() { (i, e) } else { m },
+        );
+    assert!(
+        err <= rel * max_ref,
+        "{what}: element {i}: got {} want {} (err {err:.3e} > {:.3e})",
+        got[i],
+        want[i],
+        rel * max_ref
+    );
 }
