@@ -59,7 +59,10 @@ pub enum HubError {
 
     /// The request failed below HTTP (TLS, protocol, too many redirects, ...).
     #[error("request to {url} failed: {source}")]
-    Http { url: String, source: ureq::Error },
+    Http {
+        url: String,
+        source: Box<ureq::Error>,
+    },
 
     /// The hub cannot be reached and the cache does not have what is needed.
     #[error(
@@ -70,7 +73,7 @@ pub enum HubError {
         revision: String,
         file: String,
         url: String,
-        source: ureq::Error,
+        source: Box<ureq::Error>,
     },
 
     /// Offline mode (`HF_HUB_OFFLINE`) and the file is not in the cache.

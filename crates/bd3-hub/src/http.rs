@@ -48,7 +48,10 @@ pub(crate) enum Head {
 
 /// A failed request: network failures may fall back on the cache, others may not.
 pub(crate) enum Fail {
-    Network { url: String, source: ureq::Error },
+    Network {
+        url: String,
+        source: Box<ureq::Error>,
+    },
     Fatal(HubError),
 }
 
@@ -241,7 +244,7 @@ impl Hub {
             // On failure the partial file stays: the next run resumes it.
             let resp = req.call().map_err(|source| HubError::Http {
                 url: url.clone(),
-                source,
+                source: Box::new(source),
             })?;
             match resp.status().as_u16() {
                 206 if have > 0 => {
@@ -350,12 +353,12 @@ fn classify(url: &str, source: ureq::Error) -> Fail {
     if is_network(&source) {
         Fail::Network {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         }
     } else {
         Fail::Fatal(HubError::Http {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 }
