@@ -24,8 +24,8 @@
 //! but not `HF_HUB_OFFLINE` (crates built on it implement that themselves), and
 //! it has no fall-back on the cache when the network fails, nor the record of
 //! absent files (`.no_exist/`) that lets an offline run tell "the repo has no
-//! config.json" from "not downloaded". The protocol is two requests (see
-//! `http.rs`), so it is written here on `ureq` (blocking, rustls with webpki
+//! config.json" from "not downloaded". The protocol is two requests per file (a
+//! HEAD for the metadata, a GET for the bytes), so it is written here on `ureq` (blocking, rustls with webpki
 //! roots: https works without system certificates), whose per-agent redirect
 //! limit gives the HEAD-without-redirects that the metadata request needs.
 //!
@@ -132,10 +132,17 @@ impl std::fmt::Display for RepoId {
     }
 }
 
+/// Extensions of local checkpoint files: `dir/model.safetensors` that does not
+/// exist is a mistyped path, not a repo, and deserves a file-not-found error.
+const LOCAL_FILE_EXTENSIONS: [&str; 5] = [".safetensors", ".json", ".bin", ".pt", ".ckpt"];
+
 /// Whether a command-line argument names a hub repo rather than a local file:
-/// a valid `OWNER/NAME` for which no such local path exists.
+/// a valid `OWNER/NAME` for which no such local path exists, and whose name
+/// does not end like a checkpoint file (`.safetensors`, `.json`, `.bin`, `.pt`, `.ckpt`).
 pub fn looks_like_repo_id(arg: &str) -> bool {
-    RepoId::parse(arg).is_ok() && !Path::new(arg).exists()
+    RepoId::parse(arg).is_ok()
+        && !LOCAL_FILE_EXTENSIONS.iter().any(|ext| arg.ends_with(ext))
+        && !Path::new(arg).exists()
 }
 
 /// Where the tokenizer of a model comes from.

@@ -403,4 +403,7 @@ fn odd_repo_ids_are_refused() {
     // Tests run in the crate folder, where this path exists: it is a local file.
     assert!(Path::new("src/lib.rs").exists());
     assert!(!looks_like_repo_id("src/lib.rs"));
+    // Missing local checkpoint files are paths, not repos.
+    assert!(!looks_like_repo_id("runs/model.safetensors"));
+    assert!(!looks_like_repo_id("runs/config.json"));
 }
