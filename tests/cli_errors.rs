@@ -109,7 +109,8 @@ fn missing_folder_and_unknown_command() {
     assert_one_line_error(Path::new("/nonexistent/bd3"), &["/nonexistent/bd3"]);
     let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command `frobnicate`"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unrecognized subcommand 'frobnicate'") && err.trim_end().lines().count() == 1, "{err}");
 }
 
 #[test]
@@ -146,9 +147,9 @@ fn export_to_f16_keeps_the_weights_within_half_precision() {
 
     // Bad requests: one line each, non-zero exit.
     for (args, needle) in [
-        (vec!["--model", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f8"], "--dtype `f8`"),
+        (vec!["--model", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f8"], "invalid value 'f8' for '--dtype <DTYPE>'"),
         (vec!["--model", src.to_str().unwrap(), "--out", src.to_str().unwrap()], "must differ"),
-        (vec!["--out", out.to_str().unwrap()], "needs --model"),
+        (vec!["--out", out.to_str().unwrap()], "required arguments were not provided: --model"),
     ] {
         let o = run(&args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
@@ -164,4 +165,19 @@ fn export_to_f16_keeps_the_weights_within_half_precision() {
     assert!(!o.status.success() && err.contains("attn_out.weight") && err.contains("F16 cannot store"), "{err}");
     let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn every_command_answers_help_and_version() {
+    let commands: [&[&str]; 13] = [
+        &[], &["sample"], &["train"], &["eval"], &["export"], &["serve"], &["verify"], &["bench", "forward"], &["bench", "sample"],
+        &["bench", "train"], &["tokenizer", "train"], &["tokenizer", "gpt2"], &["info"],
+    ];
+    for cmd in commands {
+        let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).args(cmd).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && help.contains("Usage: bd3-wgpu"), "{cmd:?} --help: {help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("--version").output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("bd3-wgpu "));
 }

@@ -113,8 +113,8 @@ fn numbers_parse_as_their_type_and_huge_values_are_refused_before_allocating() {
     let o = out.join("o");
     let o = o.to_str().unwrap();
     for (args, needle) in [
-        (vec!["--batch", "2.7"], "--batch: `2.7` is not a valid whole number"),
-        (vec!["--batch", "1e30"], "--batch: `1e30` is not a valid whole number"),
+        (vec!["--batch", "2.7"], "invalid value '2.7' for '--batch <BATCH>'"),
+        (vec!["--batch", "1e30"], "invalid value '1e30' for '--batch <BATCH>'"),
         (vec!["--batch", "-1"], "--batch"),
         (vec!["--steps", "1.5"], "--steps"),
         (vec!["--size", "100000,1000,1"], "more than the supported maximum"),
@@ -244,7 +244,7 @@ fn steps_zero_writes_the_initial_checkpoint_and_overwrites_need_consent() {
     // Training into an existing checkpoint without --resume, or from a folder into itself: refused.
     assert_refused(&train(&out, &["--steps", "1"]), &["already holds a checkpoint", "--overwrite"]);
     assert_refused(&train(&out, &["--steps", "1", "--init", out.to_str().unwrap()]), &["--init and --out are the same folder"]);
-    assert_refused(&bin().args(["train", "--resume", "--init"]).arg(&out).arg("--out").arg(&out).output().unwrap(), &["cannot take --init"]);
+    assert_refused(&bin().args(["train", "--resume", "--init"]).arg(&out).arg("--out").arg(&out).output().unwrap(), &["'--resume' cannot be used with '--init"]);
     assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before, "refusals leave the checkpoint alone");
     // With consent it is replaced.
     let o = train(&out, &["--steps", "1", "--overwrite", "--seed", "7"]);

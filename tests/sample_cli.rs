@@ -75,7 +75,7 @@ fn bad_requests_are_one_line_errors() {
     for (args, needle) in [
         (vec!["--model", m, "--prompt-ids", long.as_str()], "does not fit the model's context"),
         (vec!["--model", m, "--block-size", "8"], "trained with block size 4"),
-        (vec!["--model", m, "--sampler", "euler"], "unknown sampler"),
+        (vec!["--model", m, "--sampler", "euler"], "invalid value 'euler' for '--sampler <SAMPLER>'"),
         (vec!["--model", m, "--prompt", "hello"], "no tokenizer.json"),
         (vec!["--model", m, "--top-p", "0"], "--top-p"),
         (vec!["--model", m, "--prompt-ids", "127"], "outside the model's vocabulary"),

@@ -19,7 +19,7 @@ pub use context::{ContextOptions, CounterSnapshot, GpuContext};
 pub use plan::{AdapterDesc, PlanSummary};
 pub use program::{Buf, PlannedDispatch, Program};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
-pub use sampler::{generate, SampleEvent, SampleOptions, SampleResult, Sampler};
+pub use sampler::{generate, SampleDefaults, SampleEvent, SampleOptions, SampleResult, Sampler};
 pub use step::{StepAction, StepCall, StepOutput, StepShape};
 pub use train::{OptimConfig, TrainBatch, TrainOutput, TrainShape, Trainer};
 pub use weights::Weights;

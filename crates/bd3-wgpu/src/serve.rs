@@ -20,15 +20,14 @@
 //! off; the async servers (hyper, axum) bring a runtime for three routes. The request head is parsed
 //! by `httparse` (hyper's parser); only the bounded I/O around it is written here.
 
-use bd3_model::{Error, Result};
+use crate::model_source::{bundled_model, BUNDLED_MODEL};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-pub const USAGE: &str = "serve [--port 8080] [--root DIR (the folder holding index.html)] [--model DIR (served as /models/default/)] [--extra-model NAME=DIR (served as /models/NAME/; repeatable)]";
 
 /// The longest request line (method, target, version) accepted: 414 beyond.
 const MAX_REQUEST_LINE: usize = 8 * 1024;
@@ -52,53 +51,63 @@ struct Mounts {
     models: BTreeMap<String, PathBuf>,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let (mut port, mut root, mut model) = (8080u16, PathBuf::from("."), None);
-    let mut extra: Vec<(String, PathBuf)> = Vec::new();
-    let mut it = args.iter();
-    while let Some(f) = it.next() {
-        match f.as_str() {
-            "--port" => port = crate::parse_num(it.next(), f)?,
-            "--root" => root = it.next().map(PathBuf::from).ok_or_else(|| Error::Invalid("--root needs a value".into()))?,
-            "--model" => model = Some(it.next().map(PathBuf::from).ok_or_else(|| Error::Invalid("--model needs a value".into()))?),
-            "--extra-model" => {
-                let v = it.next().ok_or_else(|| Error::Invalid("--extra-model needs NAME=DIR".into()))?;
-                let (name, dir) = v.split_once('=').ok_or_else(|| Error::Invalid(format!("--extra-model: `{v}` is not NAME=DIR")))?;
-                let name_ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !name_ok || name == "default" || extra.iter().any(|(n, _)| n == name) {
-                    return Err(Error::Invalid(format!("--extra-model: `{name}` must be a new name of letters, digits, `-` or `_` (not `default`)")));
-                }
-                extra.push((name.to_string(), PathBuf::from(dir)));
-            }
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
-        }
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Port on 127.0.0.1 (0: any free port, printed at start)
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The folder holding index.html and web/ (the repository root)
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// The model folder served as /models/default/ [default: the bundled model]
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Another model folder, served as /models/NAME/ (repeatable)
+    #[arg(long, value_name = "NAME=DIR", value_parser = parse_extra_model)]
+    extra_model: Vec<(String, PathBuf)>,
+}
+
+/// `NAME=DIR` with NAME a short name of letters, digits, `-` or `_` (not `default`).
+fn parse_extra_model(v: &str) -> std::result::Result<(String, PathBuf), String> {
+    let (name, dir) = v.split_once('=').ok_or_else(|| format!("`{v}` is not NAME=DIR"))?;
+    let name_ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok || name == "default" {
+        return Err(format!("`{name}` must be a name of letters, digits, `-` or `_` (not `default`)"));
+    }
+    Ok((name.to_string(), PathBuf::from(dir)))
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let ServeArgs { port, root, model, extra_model: extra } = a;
+    if let Some((name, _)) = extra.iter().enumerate().find_map(|(i, (n, _))| extra[..i].iter().find(|(m, _)| m == n)) {
+        bail!("--extra-model: the name `{name}` is given twice");
     }
     if !root.join("index.html").is_file() {
-        return Err(Error::Io { path: root.display().to_string(), message: "no index.html here (run from the repository root or pass --root)".into() });
+        bail!("{}: no index.html here (run from the repository root or pass --root)", root.display());
     }
     if !root.join("web/pkg/bd3_web.js").is_file() {
-        return Err(Error::Io { path: root.join("web/pkg").display().to_string(), message: "the wasm package is missing: build it first (scripts/serve.sh does)".into() });
+        bail!("{}: the wasm package is missing: build it first (scripts/serve.sh does)", root.join("web/pkg").display());
     }
     let model = match model {
         Some(m) => m,
-        None if root.join(crate::BUNDLED_MODEL).is_dir() => root.join(crate::BUNDLED_MODEL),
-        None => crate::bundled_model()?,
+        None if root.join(BUNDLED_MODEL).is_dir() => root.join(BUNDLED_MODEL),
+        None => bundled_model()?,
     };
     if !model.join("config.json").is_file() {
-        return Err(Error::Io { path: model.display().to_string(), message: "not a model folder (no config.json)".into() });
+        bail!("{}: not a model folder (no config.json)", model.display());
     }
-    let canon = |p: &Path| p.canonicalize().map_err(|e| Error::Io { path: p.display().to_string(), message: e.to_string() });
+    let canon = |p: &Path| p.canonicalize().with_context(|| p.display().to_string());
     let mut models = BTreeMap::from([("default".to_string(), canon(&model)?)]);
     for (name, dir) in &extra {
         if !dir.is_dir() {
-            return Err(Error::Io { path: dir.display().to_string(), message: "--extra-model: not a folder".into() });
+            bail!("{}: --extra-model: not a folder", dir.display());
         }
         models.insert(name.clone(), canon(dir)?);
     }
     let mounts = Arc::new(Mounts { root: canon(&root)?, web: canon(&root.join("web"))?, models });
 
-    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| Error::Io { path: format!("127.0.0.1:{port}"), message: e.to_string() })?;
-    let addr = listener.local_addr().map_err(|e| Error::Io { path: "socket".into(), message: e.to_string() })?;
+    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let addr = listener.local_addr().context("the listening socket has no address")?;
     let hosts = Arc::new(allowed_hosts(addr.port()));
     // Written, not println!-ed: a closed stdout (the launcher went away) must not end the server.
     let mut line = format!("serving http://{addr}/ (page: {}, default model: {}", root.display(), model.display());

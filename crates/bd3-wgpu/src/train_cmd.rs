@@ -9,7 +9,11 @@ use bd3_model::data::{chunk_corpus, read_corpus};
 use bd3_model::init::{official_init, to_safetensors, SplitMix};
 use bd3_model::objective::{build_batch, Clip};
 use bd3_model::tokenizer::TextTokenizer;
-use bd3_model::{Checkpoint, Error, ModelConfig, ModelKind, Result};
+use crate::model_source::ModelSource;
+use crate::progress::Progress;
+use anyhow::{bail, Context, Result};
+use bd3_model::{Checkpoint, ModelConfig, ModelKind};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,25 +21,130 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const USAGE: &str = "train --data PATH --out DIR [--tokenizer FILE | --vocab-size N] [--init DIR | --resume]
-        [--kind bd3lm|mdlm|sedd|ar] [--size tiny|small|D,H,N] [--block-size N] [--length L] [--batch B]
-        [--grad-accum N] [--lr 3e-4] [--warmup 2500] [--steps N] [--clip-min 1e-3] [--clip-max 1]
-        [--clip-search] [--ema 0.9999] [--dropout 0.1] [--seed 1] [--val-every N] [--val-batches N (0: all)]
-        [--save-every N] [--log-every N] [--time-limit SECONDS] [--overwrite]
-        (--steps 0 saves the initial weights; --overwrite allows replacing a checkpoint in --out without --resume)";
-
 const STATE_FILE: &str = "train_state.safetensors";
 /// Micro-batches per step: beyond this the step count, not the accumulation, should grow.
 const MAX_GRAD_ACCUM: usize = 1 << 16;
-/// Every 20th document is held out for validation.
-const VALID_EVERY: usize = 20;
+/// Every 20th document is held out for validation (`train` and `eval` share the split).
+pub const VALID_EVERY: usize = 20;
+
+/// Model sizes by name or as D,H,N (hidden, heads, blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSize(pub usize, pub usize, pub usize);
+
+fn parse_size(s: &str) -> std::result::Result<ModelSize, String> {
+    match s {
+        "tiny" => Ok(ModelSize(64, 4, 2)),
+        "small" => Ok(ModelSize(768, 12, 12)),
+        spec => {
+            let v: Vec<usize> = spec
+                .split(',')
+                .map(|x| x.trim().parse())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| format!("`{spec}`: expected tiny, small or D,H,N"))?;
+            match v[..] {
+                [d, h, n] if d > 0 && h > 0 && n > 0 => Ok(ModelSize(d, h, n)),
+                _ => Err(format!("`{spec}`: expected three positive numbers D,H,N")),
+            }
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// The corpus: a text file or a folder of them (documents separated by EOS; every 20th held out)
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The folder the checkpoint (config.json, model.safetensors, tokenizer.json) and the training
+    /// state are written to
+    #[arg(long)]
+    out: PathBuf,
+    /// A tokenizer.json to use [default: --init's, else a byte-level BPE trained on the corpus]
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Start from this checkpoint: a folder or an official checkpoint by name (OWNER/NAME)
+    #[arg(long, value_name = "DIR|OWNER/NAME", conflicts_with = "resume")]
+    init: Option<String>,
+    /// Continue the run saved in --out (settings given again must match it)
+    #[arg(long)]
+    resume: bool,
+    /// Allow replacing a checkpoint in --out without --resume
+    #[arg(long)]
+    overwrite: bool,
+    /// Model kind (an MDLM --init may be fine-tuned as bd3lm at a smaller --block-size)
+    #[arg(long, value_enum, default_value_t = crate::KindArg::Bd3lm)]
+    kind: crate::KindArg,
+    /// Model size: tiny (64,4,2), small (768,12,12, the official) or D,H,N
+    #[arg(long, default_value = "tiny", value_parser = parse_size)]
+    size: ModelSize,
+    /// Block size L' (BD3LM)
+    #[arg(long, default_value_t = 4)]
+    block_size: usize,
+    /// Context length L in tokens
+    #[arg(long, default_value_t = 128)]
+    length: usize,
+    /// Sequences per micro-batch
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Micro-batches per optimizer step
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Peak learning rate (AdamW)
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Linear warm-up steps
+    #[arg(long, default_value_t = 2500)]
+    warmup: u64,
+    /// Optimizer steps in total (0 saves the initial weights)
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Lower end of the training window of t
+    #[arg(long, default_value_t = Clip::NELBO.min)]
+    clip_min: f64,
+    /// Upper end of the training window of t
+    #[arg(long, default_value_t = Clip::NELBO.max)]
+    clip_max: f64,
+    /// Search the clip window with the least-variance NELBO at validation (BD3LM)
+    #[arg(long)]
+    clip_search: bool,
+    /// EMA decay of the saved weights (0 turns the EMA off)
+    #[arg(long, default_value_t = 0.9999)]
+    ema: f64,
+    /// Dropout probability
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f64,
+    /// Seed of the initialisation, data order, masks and dropout
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Validate every N steps (0: never)
+    #[arg(long, default_value_t = 100)]
+    val_every: u64,
+    /// Validation batches (0: the whole held-out split)
+    #[arg(long, default_value_t = 0)]
+    val_batches: usize,
+    /// Save every N steps
+    #[arg(long, default_value_t = 100)]
+    save_every: u64,
+    /// Print a step line every N steps
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    /// Vocabulary of a tokenizer trained on the corpus
+    #[arg(long, default_value_t = 4096)]
+    vocab_size: usize,
+    /// Stop (and save) after this many seconds of this invocation
+    #[arg(long, value_name = "SECONDS")]
+    time_limit: Option<f64>,
+    /// Also write every step's loss as a JSON line {"step": N, "loss": X} to FILE
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+}
 
 /// Settings of a run; stored in the training state so `--resume` continues the same run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Run {
     data: PathBuf,
+    #[serde(with = "kind_name")]
     kind: ModelKind,
-    size: (usize, usize, usize),
+    size: ModelSize,
     block_size: usize,
     length: usize,
     batch: usize,
@@ -43,6 +152,7 @@ struct Run {
     lr: f64,
     warmup: u64,
     steps: u64,
+    #[serde(with = "clip_pair")]
     clip: Clip,
     clip_search: bool,
     ema: f64,
@@ -55,208 +165,162 @@ struct Run {
     vocab_size: usize,
 }
 
+/// The kind as its config name ("bd3lm"), as earlier states stored it.
+mod kind_name {
+    use bd3_model::ModelKind;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &ModelKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ModelKind, D::Error> {
+        let name = String::deserialize(d)?;
+        ModelKind::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown model kind `{name}`")))
+    }
+}
+
+/// The clip window as `[min, max]`, as earlier states stored it.
+mod clip_pair {
+    use bd3_model::objective::Clip;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Clip, s: S) -> Result<S::Ok, S::Error> {
+        [c.min, c.max].serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Clip, D::Error> {
+        let [min, max] = <[f64; 2]>::deserialize(d)?;
+        Ok(Clip { min, max })
+    }
+
+    use serde::Serialize;
+}
+
 impl Run {
     fn to_json(&self) -> Value {
-        json!({
-            "data": self.data.display().to_string(), "kind": self.kind.name(), "size": [self.size.0, self.size.1, self.size.2],
-            "block_size": self.block_size, "length": self.length, "batch": self.batch, "grad_accum": self.grad_accum, "lr": self.lr,
-            "warmup": self.warmup, "steps": self.steps, "clip": [self.clip.min, self.clip.max], "clip_search": self.clip_search,
-            "ema": self.ema, "dropout": self.dropout, "seed": self.seed, "val_every": self.val_every, "val_batches": self.val_batches,
-            "save_every": self.save_every, "log_every": self.log_every, "vocab_size": self.vocab_size,
-        })
-    }
-
-    fn from_json(v: &Value) -> Option<Run> {
-        let u = |k: &str| v.get(k)?.as_u64();
-        let f = |k: &str| v.get(k)?.as_f64();
-        let size = v.get("size")?.as_array().filter(|a| a.len() == 3)?;
-        let clip = v.get("clip")?.as_array().filter(|a| a.len() == 2)?;
-        Some(Run {
-            data: PathBuf::from(v.get("data")?.as_str()?),
-            kind: ModelKind::parse(v.get("kind")?.as_str()?)?,
-            size: (size[0].as_u64()? as usize, size[1].as_u64()? as usize, size[2].as_u64()? as usize),
-            block_size: u("block_size")? as usize,
-            length: u("length")? as usize,
-            batch: u("batch")? as usize,
-            grad_accum: u("grad_accum")? as usize,
-            lr: f("lr")?,
-            warmup: u("warmup")?,
-            steps: u("steps")?,
-            clip: Clip { min: clip[0].as_f64()?, max: clip[1].as_f64()? },
-            clip_search: v.get("clip_search")?.as_bool()?,
-            ema: f("ema")?,
-            dropout: f("dropout")?,
-            seed: u("seed")?,
-            val_every: u("val_every")?,
-            val_batches: u("val_batches")? as usize,
-            save_every: u("save_every")?,
-            log_every: u("log_every")?,
-            vocab_size: u("vocab_size")? as usize,
-        })
+        serde_json::to_value(self).expect("run settings serialise")
     }
 }
 
-fn parse_size(s: &str) -> Result<(usize, usize, usize)> {
-    match s {
-        "tiny" => Ok((64, 4, 2)),
-        "small" => Ok((768, 12, 12)),
-        spec => {
-            let v: Vec<usize> = spec.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--size `{spec}`: expected tiny, small or D,H,N")))?;
-            if v.len() != 3 || v.contains(&0) {
-                return Err(Error::Invalid(format!("--size `{spec}`: expected three positive numbers D,H,N")));
-            }
-            Ok((v[0], v[1], v[2]))
-        }
-    }
-}
+/// The run settings a user can give, by their argument ids (= the keys of `Run`'s JSON), with the
+/// clip ends mapped to their index in `clip`.
+const RUN_SETTINGS: [&str; 20] = [
+    "data", "kind", "size", "block_size", "length", "batch", "grad_accum", "lr", "warmup", "clip_min", "clip_max", "clip_search", "ema",
+    "dropout", "seed", "val_every", "val_batches", "save_every", "log_every", "vocab_size",
+];
 
-pub fn run(args: &[String]) -> Result<()> {
+pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let given_on_line = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    // The run settings given on this command line: on --resume each must agree with the saved run.
+    let given: Vec<&str> = RUN_SETTINGS.iter().copied().filter(|id| given_on_line(id)).collect();
+    let kind_given = given_on_line("kind");
+    let steps_given = given_on_line("steps");
+    let steps_arg = a.steps;
+    let TrainArgs { data, out, tokenizer: tokenizer_path, init, resume, overwrite, time_limit, metrics, .. } = a;
     let mut run = Run {
-        data: PathBuf::new(), kind: ModelKind::Bd3lm, size: (64, 4, 2), block_size: 4, length: 128, batch: 8, grad_accum: 1, lr: 3e-4,
-        warmup: 2500, steps: 1000, clip: Clip::NELBO, clip_search: false, ema: 0.9999, dropout: 0.1, seed: 1, val_every: 100,
-        val_batches: 0, save_every: 100, log_every: 10, vocab_size: 4096,
+        data: data.clone().unwrap_or_default(),
+        kind: a.kind.into(),
+        size: a.size,
+        block_size: a.block_size,
+        length: a.length,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        warmup: a.warmup,
+        steps: a.steps,
+        clip: Clip { min: a.clip_min, max: a.clip_max },
+        clip_search: a.clip_search,
+        ema: a.ema,
+        dropout: a.dropout,
+        seed: a.seed,
+        val_every: a.val_every,
+        val_batches: a.val_batches,
+        save_every: a.save_every,
+        log_every: a.log_every,
+        vocab_size: a.vocab_size,
     };
-    let (mut out, mut tokenizer_path, mut init, mut resume, mut data, mut steps_override) = (None, None, None, false, None, None);
-    // Wall-clock budget of this invocation (not part of the saved run): stop like Ctrl-C once it is spent.
-    let mut time_limit: Option<f64> = None;
-    let mut kind_given = false;
-    let mut overwrite = false;
-    // The run settings given on this command line, as the keys of `Run::to_json`: on --resume each
-    // must agree with the saved run.
-    let mut given: Vec<(&str, &str)> = Vec::new();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let f = flag.as_str();
-        let key = match f {
-            "--kind" => "kind", "--size" => "size", "--block-size" => "block_size", "--length" => "length", "--batch" => "batch",
-            "--grad-accum" => "grad_accum", "--lr" => "lr", "--warmup" => "warmup", "--clip-min" | "--clip-max" => "clip",
-            "--clip-search" => "clip_search", "--ema" => "ema", "--dropout" => "dropout", "--seed" => "seed", "--val-every" => "val_every",
-            "--val-batches" => "val_batches", "--save-every" => "save_every", "--log-every" => "log_every", "--vocab-size" => "vocab_size",
-            "--data" => "data",
-            _ => "",
-        };
-        if !key.is_empty() {
-            given.push((key, f));
-        }
-        match f {
-            "--data" => data = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--data needs a value".into()))?)),
-            "--out" => out = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--out needs a value".into()))?)),
-            "--tokenizer" => tokenizer_path = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--tokenizer needs a value".into()))?)),
-            "--init" => init = Some(PathBuf::from(it.next().ok_or_else(|| Error::Invalid("--init needs a value".into()))?)),
-            "--resume" => resume = true,
-            "--overwrite" => overwrite = true,
-            "--help" | "-h" => {
-                println!("usage: bd3-wgpu {USAGE}");
-                return Ok(());
-            }
-            "--kind" => {
-                let v = it.next().ok_or_else(|| Error::Invalid("--kind needs a value".into()))?;
-                run.kind = ModelKind::parse(v).ok_or_else(|| Error::Invalid(format!("unknown model kind `{v}`")))?;
-                kind_given = true;
-            }
-            "--size" => run.size = parse_size(it.next().ok_or_else(|| Error::Invalid("--size needs a value".into()))?)?,
-            "--block-size" => run.block_size = crate::parse_num(it.next(), f)?,
-            "--length" => run.length = crate::parse_num(it.next(), f)?,
-            "--batch" => run.batch = crate::parse_num(it.next(), f)?,
-            "--grad-accum" => run.grad_accum = crate::parse_num(it.next(), f)?,
-            "--lr" => run.lr = crate::parse_num(it.next(), f)?,
-            "--warmup" => run.warmup = crate::parse_num(it.next(), f)?,
-            "--steps" => steps_override = Some(crate::parse_num::<u64>(it.next(), f)?),
-            "--clip-min" => run.clip.min = crate::parse_num(it.next(), f)?,
-            "--clip-max" => run.clip.max = crate::parse_num(it.next(), f)?,
-            "--clip-search" => run.clip_search = true,
-            "--ema" => run.ema = crate::parse_num(it.next(), f)?,
-            "--dropout" => run.dropout = crate::parse_num(it.next(), f)?,
-            "--seed" => run.seed = crate::parse_num(it.next(), f)?,
-            "--val-every" => run.val_every = crate::parse_num(it.next(), f)?,
-            "--val-batches" => run.val_batches = crate::parse_num(it.next(), f)?,
-            "--save-every" => run.save_every = crate::parse_num(it.next(), f)?,
-            "--log-every" => run.log_every = crate::parse_num(it.next(), f)?,
-            "--vocab-size" => run.vocab_size = crate::parse_num(it.next(), f)?,
-            "--time-limit" => {
-                let t: f64 = crate::parse_num(it.next(), f)?;
-                if !(t.is_finite() && t > 0.0) {
-                    return Err(Error::Invalid("--time-limit must be a positive number of seconds".into()));
-                }
-                time_limit = Some(t);
-            }
-            other => return Err(Error::Invalid(format!("unknown option `{other}`; usage: bd3-wgpu {USAGE}"))),
+    if let Some(t) = time_limit {
+        if !(t.is_finite() && t > 0.0) {
+            bail!("--time-limit must be a positive number of seconds");
         }
     }
-    let out = out.ok_or_else(|| Error::Invalid(format!("train needs --out DIR; usage: bd3-wgpu {USAGE}")))?;
-    if resume && init.is_some() {
-        return Err(Error::Invalid("--resume continues the run saved in --out; it cannot take --init".into()));
-    }
-    if let Some(dir) = &init {
-        if same_path(dir, &out) && !overwrite {
-            return Err(Error::Invalid(format!("--init and --out are the same folder ({}): the checkpoint would be overwritten; pass --overwrite to allow it", out.display())));
+    let init = match init {
+        Some(arg) => Some(ModelSource::resolve(Some(&arg))?),
+        None => None,
+    };
+    if let Some(src) = &init {
+        if same_path(&src.dir, &out) && !overwrite {
+            bail!("--init and --out are the same folder ({}): the checkpoint would be overwritten; pass --overwrite to allow it", out.display());
         }
     }
     if !resume && !overwrite {
         if let Some(f) = ["model.safetensors", STATE_FILE].iter().map(|f| out.join(f)).find(|p| p.exists()) {
-            return Err(Error::Invalid(format!("{} already holds a checkpoint ({}): pass --resume to continue it or --overwrite to replace it", out.display(), f.display())));
+            bail!("{} already holds a checkpoint ({}): pass --resume to continue it or --overwrite to replace it", out.display(), f.display());
         }
     }
     let state = if resume {
         let state = read_state(&out.join(STATE_FILE))?;
-        let saved = state.meta.get("run").and_then(|s| serde_json::from_str(s).ok()).and_then(|v: Value| Run::from_json(&v));
-        let saved = saved.ok_or_else(|| Error::Invalid(format!("{}: no run settings in the training state", state.path)))?;
+        let saved_json = state.meta.get("run").with_context(|| format!("{}: no run settings in the training state", state.path))?;
+        let saved: Run = serde_json::from_str(saved_json).with_context(|| format!("{}: the run settings cannot be read", state.path))?;
         // Settings given again must be those of the saved run; anything else would be silently ignored.
         let (mine, theirs) = (run.to_json(), saved.to_json());
-        for (key, flag) in &given {
-            let differs = if *key == "data" {
-                let d = data.as_ref().expect("--data was given");
-                !same_path(d, &saved.data)
-            } else if *key == "clip" {
+        for id in &given {
+            let flag = format!("--{}", id.replace('_', "-"));
+            let (key, differs) = match *id {
+                "data" => ("data", !same_path(&run.data, &saved.data)),
                 // --clip-min and --clip-max each compare their own end of the window.
-                let i = usize::from(*flag == "--clip-max");
-                mine[key][i] != theirs[key][i]
-            } else {
-                mine[key] != theirs[key]
+                "clip_min" | "clip_max" => {
+                    let i = usize::from(*id == "clip_max");
+                    ("clip", mine["clip"][i] != theirs["clip"][i])
+                }
+                key => (key, mine[key] != theirs[key]),
             };
             if differs {
-                return Err(Error::Invalid(format!("{flag} contradicts the run saved in {} ({key} = {}); drop it to resume, or train into a new --out", out.display(), theirs[key])));
+                bail!("{flag} contradicts the run saved in {} ({key} = {}); drop it to resume, or train into a new --out", out.display(), theirs[key]);
             }
         }
         run = saved;
         let step: u64 = match state.meta.get("step") {
-            Some(s) => s.parse().map_err(|_| Error::Invalid(format!("{}: step `{s}` is not a number", state.path)))?,
-            None => return Err(Error::Invalid(format!("{}: no step in the training state", state.path))),
+            Some(s) => s.parse().with_context(|| format!("{}: step `{s}` is not a number", state.path))?,
+            None => bail!("{}: no step in the training state", state.path),
         };
         if let Some(c) = state.meta.get("clip") {
             match serde_json::from_str::<Vec<f64>>(c).ok().as_deref() {
                 Some(&[min, max]) => run.clip = Clip { min, max },
-                _ => return Err(Error::Invalid(format!("{}: clip `{c}` is not [min, max]", state.path))),
+                _ => bail!("{}: clip `{c}` is not [min, max]", state.path),
             }
         }
         Some((step, state))
     } else {
-        run.data = data.ok_or_else(|| Error::Invalid(format!("train needs --data PATH; usage: bd3-wgpu {USAGE}")))?;
+        if data.is_none() {
+            bail!("train needs --data PATH (or --resume)");
+        }
         None
     };
-    if let Some(s) = steps_override {
-        run.steps = s;
+    if steps_given {
+        run.steps = steps_arg;
     }
     if run.batch == 0 || run.grad_accum == 0 || run.length < 2 {
-        return Err(Error::Invalid("--batch and --grad-accum must be at least 1 and --length at least 2".into()));
+        bail!("--batch and --grad-accum must be at least 1 and --length at least 2");
     }
     if run.grad_accum > MAX_GRAD_ACCUM {
-        return Err(Error::Invalid(format!("--grad-accum {} is more than {MAX_GRAD_ACCUM}", run.grad_accum)));
+        bail!("--grad-accum {} is more than {MAX_GRAD_ACCUM}", run.grad_accum);
     }
     if run.log_every == 0 || run.save_every == 0 {
-        return Err(Error::Invalid("--log-every and --save-every must be at least 1 (--val-every 0 turns validation off)".into()));
+        bail!("--log-every and --save-every must be at least 1 (--val-every 0 turns validation off)");
     }
     if !(run.lr.is_finite() && run.lr > 0.0) {
-        return Err(Error::Invalid(format!("--lr must be a finite positive number, not {}", run.lr)));
+        bail!("--lr must be a finite positive number, not {}", run.lr);
     }
     if !(0.0..1.0).contains(&run.ema) {
-        return Err(Error::Invalid(format!("--ema must be in [0, 1) (0 turns the EMA off), not {}", run.ema)));
+        bail!("--ema must be in [0, 1) (0 turns the EMA off), not {}", run.ema);
     }
     if !(run.clip.min > 0.0 && run.clip.min <= run.clip.max && run.clip.max <= 1.0) {
-        return Err(Error::Invalid(format!("the clip window [{}, {}] must satisfy 0 < min ≤ max ≤ 1", run.clip.min, run.clip.max)));
+        bail!("the clip window [{}, {}] must satisfy 0 < min ≤ max ≤ 1", run.clip.min, run.clip.max);
     }
     if !(0.0..1.0).contains(&run.dropout) {
-        return Err(Error::Invalid("--dropout must be in [0, 1)".into()));
+        bail!("--dropout must be in [0, 1)");
     }
     if init.is_none() && state.is_none() {
         // A model from scratch: its size and batch are checked before the corpus is read or anything
@@ -267,7 +331,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // Corpus and tokenizer.
     let docs = read_corpus(&run.data)?;
-    let init_tokenizer = init.as_ref().map(|d| d.join("tokenizer.json")).filter(|p| p.is_file());
+    let init_tokenizer = init.as_ref().and_then(|src| src.tokenizer.clone());
     let tok = if let Some((_, st)) = &state {
         let path = tokenizer_path.clone().unwrap_or_else(|| out.join("tokenizer.json"));
         let tok = TextTokenizer::from_file(&path)?;
@@ -275,7 +339,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let fingerprint = fnv1a(tok.to_json()?.as_bytes()).to_string();
         let vocab = st.groups.get("weights").and_then(|g| g.get("vocab_embed.embedding")).map(|e| e.len() / run.size.0.max(1));
         if st.meta.get("tokenizer").is_some_and(|f| *f != fingerprint) || vocab.is_some_and(|v| v != tok.vocab_size() + 1) {
-            return Err(Error::Config { path: path.display().to_string(), message: format!("tokenizer does not match the checkpoint in {}", out.display()) });
+            bail!("{}: tokenizer does not match the checkpoint in {}", path.display(), out.display());
         }
         tok
     } else if let Some(p) = tokenizer_path.as_ref().or(init_tokenizer.as_ref()) {
@@ -289,7 +353,8 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // The model: from a checkpoint, from a resumed state, or the official initialisation.
     let (cfg, init_tensors) = match (&init, &state) {
-        (Some(dir), None) => {
+        (Some(src), None) => {
+            let dir = &src.dir;
             let (mut cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
             // The paper's two-stage recipe: an MDLM-style model (full attention, L' = L) fine-tuned
             // as BD3-LM at a smaller block size. The two share every tensor.
@@ -297,17 +362,17 @@ pub fn run(args: &[String]) -> Result<()> {
                 cfg.kind = ModelKind::Bd3lm;
                 cfg.block_size = cfg.model_length;
             } else if kind_given && run.kind != cfg.kind {
-                return Err(Error::Invalid(format!("--init {} is a {} model; it cannot be trained as {}", dir.display(), cfg.kind.name(), run.kind.name())));
+                bail!("--init {} is a {} model; it cannot be trained as {}", dir.display(), cfg.kind.name(), run.kind.name());
             }
             if cfg.kind == ModelKind::Bd3lm && run.block_size != cfg.block_size {
                 if cfg.model_length % run.block_size != 0 {
-                    return Err(Error::Invalid(format!("--block-size {} does not divide the model length {}", run.block_size, cfg.model_length)));
+                    bail!("--block-size {} does not divide the model length {}", run.block_size, cfg.model_length);
                 }
                 cfg.block_size = run.block_size;
             }
             run.kind = cfg.kind;
             run.length = cfg.model_length;
-            run.size = (cfg.hidden_dim, cfg.n_heads, cfg.n_blocks);
+            run.size = ModelSize(cfg.hidden_dim, cfg.n_heads, cfg.n_blocks);
             (cfg, Some(ckpt))
         }
         _ => (train_config(&run, tok.vocab_size() + 1)?, None),
@@ -315,7 +380,7 @@ pub fn run(args: &[String]) -> Result<()> {
     tok.check_fits(&cfg)?;
     cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
     if cfg.kind != ModelKind::Bd3lm && run.clip_search {
-        return Err(Error::Invalid("--clip-search applies to BD3LM (block diffusion) models".into()));
+        bail!("--clip-search applies to BD3LM (block diffusion) models");
     }
     let chunks = chunk_corpus(&docs, &tok, eos, cfg.model_length, VALID_EVERY)?;
     eprintln!("{} training chunks and {} validation chunks of {} tokens", chunks.train.len(), chunks.valid.len(), cfg.model_length);
@@ -359,21 +424,29 @@ pub fn run(args: &[String]) -> Result<()> {
     let valid: Vec<Vec<u32>> = chunks.valid[..n_valid].to_vec();
     let tokens_per_step = run.batch * run.grad_accum * cfg.model_length;
     let started = Instant::now();
-    let validate = |model: &mut GpuModel, trainer: &Trainer, step: u64, clip: &mut Clip| -> Result<()> {
+    let progress = Progress::new(run.steps, "steps", false);
+    let mut metrics = match &metrics {
+        Some(path) => Some(MetricsLog::open(path, state.is_some())?),
+        None => None,
+    };
+    let validate = |model: &mut GpuModel, trainer: &Trainer, step: u64, clip: &mut Clip| -> Result<f64> {
         // Validation and the clip search use the EMA weights, as the official validation does.
         with_ema(&ctx, model, trainer, &backup, |model| {
             let (sum, count, _) = pollster::block_on(evaluate(model, &valid, run.batch, Clip::NELBO, run.seed ^ 0x5eed, false, |_, _| {}))?;
             let nelbo = sum / count as f64;
-            println!("val step {step} nelbo {nelbo:.6} ppl {:.3}", nelbo.exp());
+            progress.println(&format!("val step {step} nelbo {nelbo:.6} ppl {:.3}", nelbo.exp()));
             if run.clip_search {
                 *clip = clip_search(model, &valid, run.batch, run.seed)?;
             }
-            Ok(())
+            Ok(nelbo)
         })
     };
     let mut clip = run.clip;
     if start_step == 0 {
-        validate(&mut model, &trainer, 0, &mut clip)?;
+        let nelbo = validate(&mut model, &trainer, 0, &mut clip)?;
+        if let Some(m) = metrics.as_mut() {
+            m.write(&serde_json::json!({"step": 0, "val_nelbo": nelbo}))?;
+        }
     }
     if start_step >= run.steps {
         if state.is_none() {
@@ -392,7 +465,7 @@ pub fn run(args: &[String]) -> Result<()> {
             Some(s) => format!("the checkpoint of step {s} in {} is kept", out.display()),
             None => "no checkpoint was saved".to_string(),
         };
-        Error::Invalid(format!("step {step}: the {what} is {value} (not finite); training stopped, {kept} (try a lower --lr)"))
+        anyhow::anyhow!("step {step}: the {what} is {value} (not finite); training stopped, {kept} (try a lower --lr)")
     };
     for step in start_step..run.steps {
         // Learning rate: linear warm-up from 0, then constant (get_constant_schedule_with_warmup).
@@ -418,18 +491,26 @@ pub fn run(args: &[String]) -> Result<()> {
                 return Err(non_finite("gradient norm", norm, done, last_saved));
             }
         }
+        if let Some(m) = metrics.as_mut() {
+            m.write(&serde_json::json!({"step": done, "loss": loss, "lr": lr}))?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let rate = (done - start_step) as f64 * tokens_per_step as f64 / secs;
+        progress.update(done, run.steps, &format!("loss {loss:.4}  {rate:.0} tok/s"));
         if done % run.log_every == 0 || done == run.steps {
-            let secs = started.elapsed().as_secs_f64();
-            let rate = (done - start_step) as f64 * tokens_per_step as f64 / secs;
             let eta = (run.steps - done) as f64 * tokens_per_step as f64 / rate;
-            println!("step {done} loss {loss:.6} lr {lr:.3e} {rate:.0} tok/s eta {eta:.0}s");
+            progress.println(&format!("step {done} loss {loss:.6} lr {lr:.3e} {rate:.0} tok/s eta {eta:.0}s"));
         }
         let out_of_time = done < run.steps && time_limit.is_some_and(|t| started.elapsed().as_secs_f64() >= t);
         if run.val_every > 0 && (done % run.val_every == 0 || done == run.steps || out_of_time) {
-            validate(&mut model, &trainer, done, &mut clip)?;
+            let nelbo = validate(&mut model, &trainer, done, &mut clip)?;
+            if let Some(m) = metrics.as_mut() {
+                m.write(&serde_json::json!({"step": done, "val_nelbo": nelbo}))?;
+            }
         }
         if out_of_time {
             save(&ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json)?;
+            progress.finish();
             eprintln!("time limit reached: checkpoint saved at step {done} of {} in {}", run.steps, out.display());
             println!("stopped at step {done} (time limit)");
             return Ok(());
@@ -440,12 +521,42 @@ pub fn run(args: &[String]) -> Result<()> {
             last_saved = Some(done);
         }
         if stop {
+            progress.finish();
             eprintln!("interrupted: checkpoint saved at step {done} in {}", out.display());
             return Ok(());
         }
     }
+    progress.finish();
     eprintln!("done: {} in {}", run.steps, out.display());
     Ok(())
+}
+
+/// `--metrics FILE`: one JSON line per step (`{"step", "loss", "lr"}`) and per validation
+/// (`{"step", "val_nelbo"}`), flushed as written so a run can be followed or compared while it goes.
+struct MetricsLog {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl MetricsLog {
+    /// A new file, or the existing one continued when the run is resumed.
+    fn open(path: &Path, append: bool) -> Result<MetricsLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .with_context(|| format!("{}: cannot open the metrics file", path.display()))?;
+        Ok(MetricsLog { path: path.to_path_buf(), file: std::io::BufWriter::new(file) })
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .with_context(|| format!("{}: writing the metrics failed", self.path.display()))
+    }
 }
 
 /// Whether two paths name the same file or folder (compared resolved when both exist).
@@ -463,7 +574,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The config of a model trained from scratch.
 fn train_config(run: &Run, vocab_size: usize) -> Result<ModelConfig> {
-    let (d, h, n) = run.size;
+    let ModelSize(d, h, n) = run.size;
     let block_size = match run.kind {
         ModelKind::Bd3lm => run.block_size,
         ModelKind::Ar => 1,
@@ -477,7 +588,7 @@ fn train_config(run: &Run, vocab_size: usize) -> Result<ModelConfig> {
         "model_length": run.length, "vocab_size": vocab_size, "dropout": run.dropout,
         "sampling_eps_min": run.clip.min, "sampling_eps_max": run.clip.max,
     });
-    ModelConfig::from_json_bytes(json.to_string().as_bytes(), "training settings", None)
+    Ok(ModelConfig::from_json_bytes(json.to_string().as_bytes(), "training settings", None)?)
 }
 
 /// Run `f` with the EMA weights in place of the trained ones (when there is an EMA).
@@ -526,7 +637,7 @@ fn clip_search(model: &mut GpuModel, valid: &[Vec<u32>], batch: usize, seed: u64
 
 #[allow(clippy::too_many_arguments)]
 fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, trainer: &Trainer, run: &Run, clip: Clip, step: u64, tok_json: &str) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the folder", out.display()))?;
     let mut meta = HashMap::new();
     meta.insert("run".to_string(), run.to_json().to_string());
     meta.insert("step".to_string(), step.to_string());
@@ -542,5 +653,5 @@ fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, train
     let weights = trainer.ema.as_ref().unwrap_or(&model.weights);
     let saved_cfg = ModelConfig { sampling_eps_min: clip.min, sampling_eps_max: clip.max, ..cfg.clone() };
     let bytes = pollster::block_on(model_bytes(ctx, &saved_cfg, weights, (clip.min, clip.max)))?;
-    write_model_dir(out, &saved_cfg, &bytes, tok_json)
+    Ok(write_model_dir(out, &saved_cfg, &bytes, tok_json)?)
 }
