@@ -104,7 +104,7 @@ fn sample(args: &[String]) -> Result<()> {
     if !(2..=bd3_model::config::MAX_MODEL_LENGTH).contains(&length_wanted) {
         return Err(Error::Invalid(format!("--length {length_wanted} must be between 2 and {}", bd3_model::config::MAX_MODEL_LENGTH)));
     }
-    cfg.check_batch(batch, length_wanted.max(cfg.model_length), "--batch")?;
+    cfg.check_batch(batch, length_wanted.max(cfg.model_length))?;
     if plan.on {
         return plan_sample(&plan, &size, block_size, batch, length_wanted, top_p);
     }
@@ -247,7 +247,7 @@ fn plan_sample(plan: &PlanArgs, size: &BenchSize, block_size: usize, batch: usiz
 /// 2L rows: BD3LM trains on x_t ⊕ x_0).
 fn check_batches(size: &BenchSize, batches: &[usize], block_size: usize) -> Result<()> {
     let cfg = bench_config(size, block_size)?;
-    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length, "--batch") })
+    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length) })
 }
 
 /// The options shared by `bench forward` and `bench train`.

@@ -38,8 +38,8 @@ pub fn run(args: &[String]) -> Result<()> {
     if passes > MAX_PASSES {
         return Err(Error::Invalid(format!("--passes {passes} is more than {MAX_PASSES}")));
     }
-    let (cfg, ckpt) = bd3_model::load_model_dir(&dir, None)?;
-    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq, "--batch")?;
+    let bd3_model::ModelDir { config: cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(&dir, None)?;
+    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq)?;
     let tok = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
     tok.check_fits(&cfg)?;
     let docs = read_corpus(&data)?;

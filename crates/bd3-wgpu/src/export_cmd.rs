@@ -32,14 +32,14 @@ pub fn run(args: &[String]) -> Result<()> {
     if out.canonicalize().ok().is_some_and(|o| model.canonicalize().ok() == Some(o)) {
         return Err(Error::Invalid("export --out must differ from --model (the source is read while the copy is written)".into()));
     }
-    let (cfg, ckpt) = bd3_model::load_model_dir(&model, None)?;
+    let bd3_model::ModelDir { config: cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(&model, None)?;
     let mut tensors = Vec::new();
     for (name, shape) in expected_tensors(&cfg) {
         tensors.push(NamedTensor { data: ckpt.tensor_f32(&name)?, name: format!("backbone.{name}"), shape });
     }
     let eps = ckpt.sampling_eps.map(|(a, b)| (a as f32, b as f32));
     let bytes = to_safetensors_as(&cfg, &tensors, eps, storage)?;
-    std::fs::create_dir_all(&out).map_err(|e| Error::Io { path: out.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(&out).map_err(|source| Error::Io { path: out.clone(), source })?;
     for file in ["config.json", "tokenizer.json"] {
         let src = model.join(file);
         if src.is_file() {

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.report());
             ExitCode::from(2)
         }
     }
@@ -99,7 +99,7 @@ pub const BUNDLED_MODEL: &str = "models/fortunes-bd3lm";
 pub fn bundled_model() -> Result<PathBuf> {
     let here = PathBuf::from(BUNDLED_MODEL);
     let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
-    [here, built_in].into_iter().find(|p| p.join("config.json").is_file()).ok_or_else(|| Error::Io {
+    [here, built_in].into_iter().find(|p| p.join("config.json").is_file()).ok_or_else(|| Error::File {
         path: BUNDLED_MODEL.into(),
         message: "the bundled model is not here; run from the repository root or pass --model DIR".into(),
     })
@@ -154,7 +154,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             for dir in &dirs {
                 let path = PathBuf::from(dir);
                 if !path.is_dir() {
-                    return Err(Error::Io { path: dir.clone(), message: "not a fixture folder".into() });
+                    return Err(Error::File { path: path.clone(), message: "not a fixture folder".into() });
                 }
                 // The case code indexes fixture tensors by the shapes the files declare; the loaders check
                 // ranks and sizes, and a fixture malformed in a way they miss is still an error, not a panic.

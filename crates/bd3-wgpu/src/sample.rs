@@ -73,13 +73,13 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(d) => d,
         None => crate::bundled_model()?,
     };
-    let (cfg, ckpt) = bd3_model::load_model_dir(&dir, a.kind)?;
+    let bd3_model::ModelDir { config: cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(&dir, a.kind)?;
     // The sequences and every step's buffers scale with batch × length: refuse what cannot be allocated.
     let length = a.length.unwrap_or(cfg.model_length);
     if length > bd3_model::config::MAX_MODEL_LENGTH {
         return Err(Error::Invalid(format!("--length {length} is more than {}", bd3_model::config::MAX_MODEL_LENGTH)));
     }
-    cfg.check_batch(a.batch, length.max(cfg.model_length), "--batch")?;
+    cfg.check_batch(a.batch, length.max(cfg.model_length))?;
     if let Some(bs) = a.block_size {
         if bs != cfg.block_size {
             return Err(Error::Invalid(format!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size)));
@@ -120,7 +120,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
     let mut trace = match &a.trace {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|e| Error::Io { path: p.display().to_string(), message: e.to_string() })?)),
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(|source| Error::Io { path: p.clone(), source })?)),
         None => None,
     };
 
@@ -148,7 +148,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     SampleEvent::Committed { block, end, .. } => format!("{{\"event\":\"committed\",\"block\":{block},\"end\":{end}}}"),
                 };
                 if let Err(err) = writeln!(w, "{line}") {
-                    trace_err.get_or_insert(err.to_string());
+                    trace_err.get_or_insert(err);
                 }
             }
             if let (true, SampleEvent::Committed { sequences, .. }) = (stream, &e) {
@@ -163,10 +163,10 @@ pub fn run(args: &[String]) -> Result<()> {
         pollster::block_on(generate(&mut model, &opts, &mut on_event))?
     };
     if let Some(e) = trace_err {
-        return Err(Error::Io { path: a.trace.unwrap().display().to_string(), message: e });
+        return Err(Error::Io { path: a.trace.unwrap(), source: e });
     }
     if let Some(mut w) = trace {
-        w.flush().map_err(|e| Error::Io { path: "trace".into(), message: e.to_string() })?;
+        w.flush().map_err(|source| Error::Io { path: a.trace.clone().unwrap_or_default(), source })?;
     }
     let secs = started.elapsed().as_secs_f64();
     if stream {

@@ -74,10 +74,10 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     if !root.join("index.html").is_file() {
-        return Err(Error::Io { path: root.display().to_string(), message: "no index.html here (run from the repository root or pass --root)".into() });
+        return Err(Error::File { path: root.to_path_buf(), message: "no index.html here (run from the repository root or pass --root)".into() });
     }
     if !root.join("web/pkg/bd3_web.js").is_file() {
-        return Err(Error::Io { path: root.join("web/pkg").display().to_string(), message: "the wasm package is missing: build it first (scripts/serve.sh does)".into() });
+        return Err(Error::File { path: root.join("web/pkg"), message: "the wasm package is missing: build it first (scripts/serve.sh does)".into() });
     }
     let model = match model {
         Some(m) => m,
@@ -85,20 +85,20 @@ pub fn run(args: &[String]) -> Result<()> {
         None => crate::bundled_model()?,
     };
     if !model.join("config.json").is_file() {
-        return Err(Error::Io { path: model.display().to_string(), message: "not a model folder (no config.json)".into() });
+        return Err(Error::File { path: model.to_path_buf(), message: "not a model folder (no config.json)".into() });
     }
-    let canon = |p: &Path| p.canonicalize().map_err(|e| Error::Io { path: p.display().to_string(), message: e.to_string() });
+    let canon = |p: &Path| p.canonicalize().map_err(|source| Error::Io { path: p.to_path_buf(), source });
     let mut models = BTreeMap::from([("default".to_string(), canon(&model)?)]);
     for (name, dir) in &extra {
         if !dir.is_dir() {
-            return Err(Error::Io { path: dir.display().to_string(), message: "--extra-model: not a folder".into() });
+            return Err(Error::File { path: dir.to_path_buf(), message: "--extra-model: not a folder".into() });
         }
         models.insert(name.clone(), canon(dir)?);
     }
     let mounts = Arc::new(Mounts { root: canon(&root)?, web: canon(&root.join("web"))?, models });
 
-    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|e| Error::Io { path: format!("127.0.0.1:{port}"), message: e.to_string() })?;
-    let addr = listener.local_addr().map_err(|e| Error::Io { path: "socket".into(), message: e.to_string() })?;
+    let listener = TcpListener::bind(("127.0.0.1", port)).map_err(|source| Error::Io { path: format!("127.0.0.1:{port}").into(), source })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io { path: "socket".into(), source })?;
     let hosts = Arc::new(allowed_hosts(addr.port()));
     // Written, not println!-ed: a closed stdout (the launcher went away) must not end the server.
     let mut line = format!("serving http://{addr}/ (page: {}, default model: {}", root.display(), model.display());

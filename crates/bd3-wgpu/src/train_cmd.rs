@@ -262,7 +262,7 @@ pub fn run(args: &[String]) -> Result<()> {
         // A model from scratch: its size and batch are checked before the corpus is read or anything
         // is allocated (the vocabulary is only known later; the bound with --vocab-size comes first).
         let cfg = train_config(&run, run.vocab_size.max(3))?;
-        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
+        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq)?;
     }
 
     // Corpus and tokenizer.
@@ -290,7 +290,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // The model: from a checkpoint, from a resumed state, or the official initialisation.
     let (cfg, init_tensors) = match (&init, &state) {
         (Some(dir), None) => {
-            let (mut cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
+            let bd3_model::ModelDir { config: mut cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(dir, None)?;
             // The paper's two-stage recipe: an MDLM-style model (full attention, L' = L) fine-tuned
             // as BD3-LM at a smaller block size. The two share every tensor.
             if kind_given && run.kind == ModelKind::Bd3lm && cfg.kind == ModelKind::Mdlm {
@@ -313,7 +313,7 @@ pub fn run(args: &[String]) -> Result<()> {
         _ => (train_config(&run, tok.vocab_size() + 1)?, None),
     };
     tok.check_fits(&cfg)?;
-    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
+    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq)?;
     if cfg.kind != ModelKind::Bd3lm && run.clip_search {
         return Err(Error::Invalid("--clip-search applies to BD3LM (block diffusion) models".into()));
     }
@@ -526,7 +526,7 @@ fn clip_search(model: &mut GpuModel, valid: &[Vec<u32>], batch: usize, seed: u64
 
 #[allow(clippy::too_many_arguments)]
 fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, trainer: &Trainer, run: &Run, clip: Clip, step: u64, tok_json: &str) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::Io { path: out.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
     let mut meta = HashMap::new();
     meta.insert("run".to_string(), run.to_json().to_string());
     meta.insert("step".to_string(), step.to_string());
