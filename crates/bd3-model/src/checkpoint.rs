@@ -239,7 +239,8 @@ pub type HeaderEntry = (String, String, Vec<usize>, (usize, usize));
 /// The largest safetensors header (JSON) accepted, as in the `safetensors` crate.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
-/// A safetensors header as written: `__metadata__` (string → string) and one entry per tensor.
+/// A safetensors header as written: `__metadata__` (string → string) and one entry per tensor,
+/// shaped as the `safetensors` crate's own `HashMetadata` / `TensorInfo`, so that both read a header alike.
 #[derive(Deserialize)]
 #[serde(expecting = "a JSON object of tensor entries")]
 struct RawHeader {

@@ -30,7 +30,7 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
         })?;
         if f.extension().is_some_and(|e| e == "jsonl") {
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let doc: JsonlDocument = serde_json::from_str(line).map_err(|source| {
+                let doc: JsonlDocument = crate::json::from_object(line.as_bytes()).map_err(|source| {
                     let what = if source.is_data() { "not an object with a string field `text`" } else { "not JSON" };
                     Error::Json { path: f.display().to_string(), message: format!("line {}: {what}", i + 1), source }
                 })?;
@@ -114,6 +114,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn jsonl_lines_are_objects_with_a_text_field() {
+        let d = scratch("jsonl");
+        let f = d.join("c.jsonl");
+        std::fs::write(&f, "{\"text\": \"one two\", \"id\": 1}\n\n{\"text\": \"three\"}\n").unwrap();
+        assert_eq!(read_corpus(&f).unwrap(), ["one two", "three"]);
+        for (bad, needle) in [
+            ("[\"one two\"]", "line 2: not an object with a string field `text`"),
+            ("{\"text\": 5}", "line 2: not an object with a string field `text`"),
+            ("{\"title\": \"x\"}", "line 2: not an object with a string field `text`"),
+            ("{\"text\": ", "line 2: not JSON"),
+        ] {
+            std::fs::write(&f, format!("{{\"text\": \"ok\"}}\n{bad}\n")).unwrap();
+            let e = read_corpus(&f).unwrap_err();
+            assert!(std::error::Error::source(&e).is_some(), "the parse error is kept as the source");
+            let line = e.report();
+            assert!(line.contains(needle) && line.starts_with(&f.display().to_string()) && !line.contains('\n'), "{line}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[cfg(unix)]
