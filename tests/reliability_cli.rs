@@ -120,7 +120,7 @@ fn numbers_parse_as_their_type_and_huge_values_are_refused_before_allocating() {
         (vec!["--size", "100000,1000,1"], "more than the supported maximum"),
         (vec!["--size", "32768,256,1024"], "parameters, more than the supported maximum"),
         (vec!["--length", "1099511627776"], "`model_length`"),
-        (vec!["--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
+        (vec!["--batch", "4611686018427387904"], "batch size 4611686018427387904 is too large"),
         (vec!["--log-every", "0"], "--log-every and --save-every must be at least 1"),
         (vec!["--save-every", "0"], "--log-every and --save-every must be at least 1"),
         (vec!["--lr", "0"], "--lr must be a finite positive number"),
@@ -139,16 +139,16 @@ fn numbers_parse_as_their_type_and_huge_values_are_refused_before_allocating() {
     assert!(!out.join("o").exists(), "nothing written for refused arguments");
     let model = m.to_str().unwrap();
     for (args, needle) in [
-        (vec!["sample", "--model", model, "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
-        (vec!["sample", "--model", model, "--batch", "2.7"], "--batch: `2.7`"),
+        (vec!["sample", "--model", model, "--batch", "4611686018427387904"], "batch size 4611686018427387904 is too large"),
+        (vec!["sample", "--model", model, "--batch", "2.7"], "invalid value '2.7' for '--batch <BATCH>'"),
         (vec!["sample", "--model", model, "--length", "18446744073709551615"], "--length"),
         (vec!["eval", "--model", model, "--data", &data, "--passes", "18446744073709551615"], "--passes"),
-        (vec!["eval", "--model", model, "--data", &data, "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
+        (vec!["eval", "--model", model, "--data", &data, "--batch", "4611686018427387904"], "batch size 4611686018427387904 is too large"),
         (vec!["bench", "forward", "--size", "tiny", "--batch", "2.5"], "--batch"),
         (vec!["tokenizer", "train", "--data", &data, "--vocab-size", "18446744073709551615", "--out", o], "more than the supported maximum"),
-        (vec!["bench", "forward", "--size", "tiny", "--batch", "1,4611686018427387904"], "--batch 4611686018427387904 is too large"),
+        (vec!["bench", "forward", "--size", "tiny", "--batch", "1,4611686018427387904"], "batch size 4611686018427387904 is too large"),
         (vec!["bench", "train", "--size", "100000,1000,1,50000,1024"], "more than the supported maximum"),
-        (vec!["bench", "sample", "--size", "tiny", "--batch", "4611686018427387904"], "--batch 4611686018427387904 is too large"),
+        (vec!["bench", "sample", "--size", "tiny", "--batch", "4611686018427387904"], "batch size 4611686018427387904 is too large"),
     ] {
         assert_refused(&bin().args(&args).output().unwrap(), &[needle]);
     }

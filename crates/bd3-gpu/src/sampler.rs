@@ -103,13 +103,13 @@ pub async fn generate(model: &mut GpuModel, opts: &SampleOptions, on_event: &mut
     let cfg = model.cfg.clone();
     let prefix = 1 + opts.prompt.len();
     if opts.batch == 0 {
-        return Err(Error::Invalid("--batch must be at least 1".into()));
+        return Err(Error::Invalid("batch size 0: at least one sequence is needed".into()));
     }
     if prefix >= cfg.model_length {
         return Err(Error::Invalid(format!("the prompt ({} tokens with BOS) does not fit the model's context of {} tokens", prefix, cfg.model_length)));
     }
     if opts.length <= prefix {
-        return Err(Error::Invalid(format!("--length {} leaves no room to generate after {} prompt tokens (BOS included)", opts.length, prefix)));
+        return Err(Error::Invalid(format!("length {} leaves no room to generate after {} prompt tokens (BOS included)", opts.length, prefix)));
     }
     if let Some(t) = opts.prompt.iter().find(|&&t| t as usize >= cfg.vocab_size - 1) {
         return Err(Error::Invalid(format!("prompt token {t} is outside the model's vocabulary")));
@@ -355,7 +355,7 @@ impl Run<'_, '_> {
         let (batch, mask, l) = (self.opts.batch, self.mask(), self.model.cfg.model_length);
         let total = self.opts.length;
         if total > l {
-            return Err(Error::Invalid(format!("SEDD generates at most the model length ({l} tokens); --length is {total}")));
+            return Err(Error::Invalid(format!("SEDD generates at most the model length ({l} tokens); the requested length is {total}")));
         }
         let start = self.start();
         let prefix = start[0].len();

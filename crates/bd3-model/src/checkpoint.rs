@@ -1,4 +1,5 @@
-//! Strict loading of `model.safetensors` in the official layout (spec §2.2).
+//! Strict loading of `model.safetensors` in the official layout (the state dict of `models/dit.py:DIT`,
+//! as `modeling_bd3lm.py` of the Hugging Face checkpoints loads it).
 //!
 //! Every tensor the config implies must be present with its exact shape, and nothing else may be:
 //! issue #31 of the official repo is a user whose weights silently failed to load. Names may carry
@@ -6,7 +7,9 @@
 
 use crate::config::{ModelConfig, ModelKind, TIMESTEP_FEATURES};
 use crate::error::{Error, Result};
+use crate::json::Typed;
 use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -40,7 +43,10 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     t.push(("output_layer.linear.weight".into(), vec![v, d]));
     t.push(("output_layer.linear.bias".into(), vec![v]));
     if cfg.kind.has_adaln() {
-        t.push(("output_layer.adaLN_modulation.weight".into(), vec![2 * d, c]));
+        t.push((
+            "output_layer.adaLN_modulation.weight".into(),
+            vec![2 * d, c],
+        ));
         t.push(("output_layer.adaLN_modulation.bias".into(), vec![2 * d]));
     }
     t
@@ -74,7 +80,11 @@ impl Checkpoint {
         };
         // The same layout check as the browser's loader, before the safetensors crate looks at it.
         check_file(&bytes, path)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| fail(None, format!("not a readable safetensors file ({e})")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
+            path: path.to_string(),
+            message: "not a readable safetensors file".into(),
+            source,
+        })?;
 
         let entries: Vec<(String, String, Vec<usize>)> = st
             .tensors()
@@ -91,9 +101,19 @@ impl Checkpoint {
         let sampling_eps = match eps {
             [Some(a), Some(b)] => Some((a, b)),
             [None, None] => None,
-            _ => return Err(fail(None, "only one of sampling_eps_min / sampling_eps_max is present".into())),
+            _ => {
+                return Err(fail(
+                    None,
+                    "only one of sampling_eps_min / sampling_eps_max is present".into(),
+                ))
+            }
         };
-        Ok(Checkpoint { path: path.to_string(), bytes, names, sampling_eps })
+        Ok(Checkpoint {
+            path: path.to_string(),
+            bytes,
+            names,
+            sampling_eps,
+        })
     }
 
     /// The tensor `name` (canonical, without `backbone.`) converted to f32, row-major. A tensor holding
@@ -122,37 +142,77 @@ fn scalar_f64(st: &SafeTensors, name: &str) -> std::result::Result<f64, String> 
         Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(to_f32(view.dtype(), view.data())[0] as f64),
         d => Err(format!("unsupported dtype {d:?}")),
     }
-    .and_then(|x| if x.is_finite() { Ok(x) } else { Err(format!("holds a non-finite value ({x})")) })
+    .and_then(|x| {
+        if x.is_finite() {
+            Ok(x)
+        } else {
+            Err(format!("holds a non-finite value ({x})"))
+        }
+    })
 }
 
 /// The strict check of a checkpoint's tensor list against the config, shared by the file loader and
 /// the browser's streaming loader: every expected tensor present with its shape and a float dtype,
 /// nothing unexpected. Entries are (stored name, dtype as safetensors writes it, shape); returns
 /// canonical name → stored name.
-pub fn validate_entries(entries: &[(String, String, Vec<usize>)], cfg: &ModelConfig, path: &str) -> Result<BTreeMap<String, String>> {
-    let fail = |tensor: Option<&str>, message: String| Error::Checkpoint { path: path.to_string(), tensor: tensor.map(str::to_string), message };
-    let prefix = if entries.iter().any(|(n, _, _)| n.starts_with("backbone.")) { "backbone." } else { "" };
+pub fn validate_entries(
+    entries: &[(String, String, Vec<usize>)],
+    cfg: &ModelConfig,
+    path: &str,
+) -> Result<BTreeMap<String, String>> {
+    let fail = |tensor: Option<&str>, message: String| Error::Checkpoint {
+        path: path.to_string(),
+        tensor: tensor.map(str::to_string),
+        message,
+    };
+    let prefix = if entries.iter().any(|(n, _, _)| n.starts_with("backbone.")) {
+        "backbone."
+    } else {
+        ""
+    };
     let expected = expected_tensors(cfg);
     let mut names = BTreeMap::new();
     for (full, dtype, shape) in entries {
         if OPTIONAL_SCALARS.contains(&full.as_str()) {
             if cfg.kind != ModelKind::Bd3lm {
-                return Err(fail(Some(full), format!("unexpected tensor for a {} model", cfg.kind.name())));
+                return Err(fail(
+                    Some(full),
+                    format!("unexpected tensor for a {} model", cfg.kind.name()),
+                ));
             }
             continue;
         }
-        let canonical = full.strip_prefix(prefix).filter(|_| !prefix.is_empty()).unwrap_or(full);
+        let canonical = full
+            .strip_prefix(prefix)
+            .filter(|_| !prefix.is_empty())
+            .unwrap_or(full);
         if full.len() == canonical.len() && !prefix.is_empty() {
-            return Err(fail(Some(full), format!("unexpected tensor (other tensors carry the `{prefix}` prefix)")));
+            return Err(fail(
+                Some(full),
+                format!("unexpected tensor (other tensors carry the `{prefix}` prefix)"),
+            ));
         }
         let Some((_, want)) = expected.iter().find(|(n, _)| n == canonical) else {
-            return Err(fail(Some(full), format!("unexpected tensor for a {} model with {} blocks", cfg.kind.name(), cfg.n_blocks)));
+            return Err(fail(
+                Some(full),
+                format!(
+                    "unexpected tensor for a {} model with {} blocks",
+                    cfg.kind.name(),
+                    cfg.n_blocks
+                ),
+            ));
         };
         if shape != want {
-            return Err(fail(Some(full), format!("shape {shape:?}, expected {want:?}")));
+            return Err(fail(
+                Some(full),
+                format!("shape {shape:?}, expected {want:?}"),
+            ));
         }
         if !matches!(dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
-            return Err(fail(Some(full), format!("unsupported dtype {dtype} (expected F32, F16, BF16 or F64)")));
+            return Err(fail(
+                Some(full),
+                format!("unsupported dtype {dtype} (expected F32, F16, BF16 or F64)"),
+            ));
         }
         names.insert(canonical.to_string(), full.clone());
     }
@@ -179,6 +239,28 @@ pub type HeaderEntry = (String, String, Vec<usize>, (usize, usize));
 /// The largest safetensors header (JSON) accepted, as in the `safetensors` crate.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
+/// A safetensors header as written: `__metadata__` (string → string) and one entry per tensor,
+/// shaped as the `safetensors` crate's own `HashMetadata` / `TensorInfo`, so that both read a header alike.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object of tensor entries")]
+struct RawHeader {
+    #[serde(rename = "__metadata__", default)]
+    _metadata: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    tensors: BTreeMap<String, Typed<RawEntry>>,
+}
+
+/// One tensor of a safetensors header, each field kept as written so that a bad one is named.
+#[derive(Deserialize)]
+struct RawEntry {
+    #[serde(default)]
+    dtype: Typed<String>,
+    #[serde(default)]
+    shape: Typed<Vec<Typed<u64>>>,
+    #[serde(default)]
+    data_offsets: Typed<[Typed<u64>; 2]>,
+}
+
 /// The tensor list of a safetensors header (the JSON after the 8-byte length), sorted by data offset:
 /// (stored name, dtype, shape, byte range within the data section). The browser streams a checkpoint
 /// with it, one tensor at a time.
@@ -189,37 +271,79 @@ pub const MAX_HEADER_LEN: u64 = 100_000_000;
 /// and every size computation is checked. The data section's length is the sum of the ranges; use
 /// [`check_header`] to hold it against the file's length.
 pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
-    let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
-    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| fail(format!("not a safetensors header ({e})")))?;
-    let obj = v.as_object().ok_or_else(|| fail("not a safetensors header".into()))?;
+    let header: RawHeader = serde_json::from_slice(json).map_err(|source| Error::Json {
+        path: path.to_string(),
+        message: "not a safetensors header".into(),
+        source,
+    })?;
     let mut out = Vec::new();
-    for (name, e) in obj.iter().filter(|(n, _)| n.as_str() != "__metadata__") {
-        let bad = |m: &str| Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("malformed header entry: {m}") };
-        let int = |x: &serde_json::Value, what: &str| -> Result<usize> {
-            let n = x.as_u64().ok_or_else(|| bad(&format!("{what} {x} is not a non-negative integer")))?;
-            usize::try_from(n).map_err(|_| bad(&format!("{what} {n} does not fit this platform's {}-bit addresses", usize::BITS)))
+    for (name, entry) in header.tensors {
+        let bad = |m: &str| Error::Checkpoint {
+            path: path.to_string(),
+            tensor: Some(name.clone()),
+            message: format!("malformed header entry: {m}"),
         };
-        let dtype = e.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no string `dtype`"))?.to_string();
+        let int = |x: Typed<u64>, what: &str| -> Result<usize> {
+            let n = match x {
+                Typed::Ok(n) => n,
+                Typed::Other(x) => {
+                    return Err(bad(&format!("{what} {x} is not a non-negative integer")))
+                }
+                Typed::Absent => return Err(bad(&format!("{what} missing"))),
+            };
+            usize::try_from(n).map_err(|_| {
+                bad(&format!(
+                    "{what} {n} does not fit this platform's {}-bit addresses",
+                    usize::BITS
+                ))
+            })
+        };
+        let Typed::Ok(e) = entry else {
+            return Err(bad(
+                "not an object with `dtype`, `shape` and `data_offsets`",
+            ));
+        };
+        let Typed::Ok(dtype) = e.dtype else {
+            return Err(bad("no string `dtype`"));
+        };
         let size = dtype_size(&dtype).ok_or_else(|| bad(&format!("unknown dtype {dtype}")))?;
-        let shape: Vec<usize> =
-            e.get("shape").and_then(|s| s.as_array()).ok_or_else(|| bad("no `shape` list"))?.iter().map(|x| int(x, "shape dimension")).collect::<Result<_>>()?;
-        let off = e.get("data_offsets").and_then(|o| o.as_array()).filter(|o| o.len() == 2).ok_or_else(|| bad("`data_offsets` must be [begin, end]"))?;
-        let (a, b) = (int(&off[0], "data offset")?, int(&off[1], "data offset")?);
+        let Typed::Ok(shape) = e.shape else {
+            return Err(bad("no `shape` list"));
+        };
+        let shape: Vec<usize> = shape
+            .into_iter()
+            .map(|x| int(x, "shape dimension"))
+            .collect::<Result<_>>()?;
+        let Typed::Ok([a, b]) = e.data_offsets else {
+            return Err(bad("`data_offsets` must be [begin, end]"));
+        };
+        let (a, b) = (int(a, "data offset")?, int(b, "data offset")?);
         if b < a {
             return Err(bad(&format!("data_offsets [{a}, {b}] run backward")));
         }
-        let bytes = shape.iter().try_fold(size, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(&format!("shape {shape:?} is too large")))?;
+        let bytes = shape
+            .iter()
+            .try_fold(size, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(&format!("shape {shape:?} is too large")))?;
         if b - a != bytes {
             return Err(bad(&format!("data_offsets [{a}, {b}] hold {} bytes, but shape {shape:?} of {dtype} needs {bytes}", b - a)));
         }
-        out.push((name.clone(), dtype, shape, (a, b)));
+        out.push((name, dtype, shape, (a, b)));
     }
     out.sort_by_key(|e| e.3);
     let mut end = 0usize;
     for (name, _, _, (a, b)) in &out {
         if *a != end {
-            let what = if *a < end { format!("overlap the previous tensor (which ends at {end})") } else { format!("leave a gap of {} bytes after the previous tensor", a - end) };
-            return Err(Error::Checkpoint { path: path.to_string(), tensor: Some(name.clone()), message: format!("data_offsets [{a}, {b}] {what}") });
+            let what = if *a < end {
+                format!("overlap the previous tensor (which ends at {end})")
+            } else {
+                format!("leave a gap of {} bytes after the previous tensor", a - end)
+            };
+            return Err(Error::Checkpoint {
+                path: path.to_string(),
+                tensor: Some(name.clone()),
+                message: format!("data_offsets [{a}, {b}] {what}"),
+            });
         }
         end = *b;
     }
@@ -232,9 +356,16 @@ pub fn parse_header(json: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
 /// tensor are errors. Both the native loader and the browser's streaming loader (which has only the
 /// header and the file's length when the data starts to arrive) call this.
 pub fn check_header(json: &[u8], file_len: u64, path: &str) -> Result<Vec<HeaderEntry>> {
-    let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
+    let fail = |m: String| Error::Checkpoint {
+        path: path.to_string(),
+        tensor: None,
+        message: m,
+    };
     if json.len() as u64 > MAX_HEADER_LEN {
-        return Err(fail(format!("not a readable safetensors file (a header of {} bytes; at most {MAX_HEADER_LEN})", json.len())));
+        return Err(fail(format!(
+            "not a readable safetensors file (a header of {} bytes; at most {MAX_HEADER_LEN})",
+            json.len()
+        )));
     }
     let entries = parse_header(json, path)?;
     let data_start = 8u64 + json.len() as u64;
@@ -253,11 +384,23 @@ pub fn check_header(json: &[u8], file_len: u64, path: &str) -> Result<Vec<Header
 
 /// The header of a whole `.safetensors` file in memory, checked with [`check_header`].
 pub fn check_file(bytes: &[u8], path: &str) -> Result<Vec<HeaderEntry>> {
-    let fail = |m: String| Error::Checkpoint { path: path.to_string(), tensor: None, message: m };
-    let n = bytes.get(..8).ok_or_else(|| fail(format!("not a readable safetensors file ({} bytes, shorter than the 8-byte header length)", bytes.len())))?;
+    let fail = |m: String| Error::Checkpoint {
+        path: path.to_string(),
+        tensor: None,
+        message: m,
+    };
+    let n = bytes.get(..8).ok_or_else(|| {
+        fail(format!(
+            "not a readable safetensors file ({} bytes, shorter than the 8-byte header length)",
+            bytes.len()
+        ))
+    })?;
     let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
     if n > MAX_HEADER_LEN || n > bytes.len() as u64 - 8 {
-        return Err(fail(format!("not a readable safetensors file (header length {n} in a file of {} bytes)", bytes.len())));
+        return Err(fail(format!(
+            "not a readable safetensors file (header length {n} in a file of {} bytes)",
+            bytes.len()
+        )));
     }
     check_header(&bytes[8..8 + n as usize], bytes.len() as u64, path)
 }
@@ -289,68 +432,37 @@ pub fn bytes_to_f32(dtype: &str, data: &[u8]) -> Option<Vec<f32>> {
 /// Little-endian raw tensor bytes → f32 (the dtype was checked by the caller).
 pub fn to_f32(dtype: Dtype, data: &[u8]) -> Vec<f32> {
     match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-        Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-        Dtype::BF16 => data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         d => panic!("to_f32 called with {d:?}"),
     }
-}
-
-/// IEEE half → single, exact (subnormals, infinities and NaN included).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match (exp, mant) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: value = m · 2^-24; renormalise.
-            let shift = m.leading_zeros() - 21; // bring the leading 1 to bit 10
-            let m = (m << shift) & 0x3ff;
-            sign | ((127 - 15 + 1 - shift) << 23) | (m << 13)
-        }
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
-}
-
-/// Single → IEEE half, rounding to nearest with ties to even (what `torch.Tensor.half()` does).
-/// Values beyond the half range become ±infinity; callers that must not lose them check first.
-pub fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let mant = bits & 0x7f_ffff;
-    if exp == 0xff {
-        // Infinity stays infinity; NaN stays a (quiet) NaN.
-        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    // The 24-bit significand (implicit 1 included) and how far it must shift right to fit 11 bits
-    // (normal) or fewer (subnormal: the exponent is pinned at 2^-14).
-    let sig = mant | 0x80_0000;
-    let shift = if e > 0 { 13 } else { 14 - e } as u32;
-    if shift > 24 {
-        return sign; // below half the smallest subnormal: rounds to zero
-    }
-    let kept = sig >> shift;
-    let rest = sig & ((1u32 << shift) - 1);
-    let half = 1u32 << (shift - 1);
-    let rounded = kept + u32::from(rest > half || (rest == half && kept & 1 == 1));
-    // For normals `kept` carries the implicit bit at 2^10; adding the exponent field on top of it
-    // lets a rounding carry move into the exponent (and up to infinity) by itself.
-    let magnitude = if e > 0 { ((e as u32 - 1) << 10) + rounded } else { rounded };
-    sign | magnitude as u16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The conversions the loaders and the F16 writer use (`half`), held to what PyTorch does.
+    fn f16_to_f32(h: u16) -> f32 {
+        half::f16::from_bits(h).to_f32()
+    }
+    fn f32_to_f16(x: f32) -> u16 {
+        half::f16::from_f32(x).to_bits()
+    }
 
     #[test]
     fn f32_to_f16_round_trips_every_half_and_rounds_to_nearest_even() {
@@ -364,17 +476,35 @@ mod tests {
         }
         // Between consecutive halves: below the midpoint rounds down, above rounds up, at the
         // midpoint to the even one. Checked on normals, subnormals and across an exponent step.
-        for h in [0x0001u16, 0x0002, 0x03ff, 0x0400, 0x3c00, 0x3c01, 0x3bff, 0x7bfe, 0x8401] {
+        for h in [
+            0x0001u16, 0x0002, 0x03ff, 0x0400, 0x3c00, 0x3c01, 0x3bff, 0x7bfe, 0x8401,
+        ] {
             let (a, b) = (f16_to_f32(h) as f64, f16_to_f32(h + 1) as f64);
             let mid = (a + b) / 2.0;
             let even = if h & 1 == 0 { h } else { h + 1 };
-            assert_eq!(f32_to_f16((mid - (b - a) * 0.01) as f32), h, "below midpoint after {h:#06x}");
-            assert_eq!(f32_to_f16((mid + (b - a) * 0.01) as f32), h + 1, "above midpoint after {h:#06x}");
+            assert_eq!(
+                f32_to_f16((mid - (b - a) * 0.01) as f32),
+                h,
+                "below midpoint after {h:#06x}"
+            );
+            assert_eq!(
+                f32_to_f16((mid + (b - a) * 0.01) as f32),
+                h + 1,
+                "above midpoint after {h:#06x}"
+            );
             assert_eq!(f32_to_f16(mid as f32), even, "midpoint after {h:#06x}");
         }
-        assert_eq!(f32_to_f16(65520.0), 0x7c00, "the midpoint above the largest half rounds to infinity");
+        assert_eq!(
+            f32_to_f16(65520.0),
+            0x7c00,
+            "the midpoint above the largest half rounds to infinity"
+        );
         assert_eq!(f32_to_f16(-1e6), 0xfc00);
-        assert_eq!(f32_to_f16(2.9e-8), 0x0000, "below half the smallest subnormal");
+        assert_eq!(
+            f32_to_f16(2.9e-8),
+            0x0000,
+            "below half the smallest subnormal"
+        );
         assert_eq!(f32_to_f16(3.0e-8), 0x0001);
     }
 
@@ -393,11 +523,22 @@ mod tests {
             .into_iter()
             .map(|(n, s)| {
                 let count: usize = s.iter().product();
-                (format!("backbone.{n}"), s, one_and_a_half.to_le_bytes().repeat(count))
+                (
+                    format!("backbone.{n}"),
+                    s,
+                    one_and_a_half.to_le_bytes().repeat(count),
+                )
             })
             .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> =
-            data.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
         safetensors::serialize(views, None).unwrap()
     }
 
@@ -405,8 +546,14 @@ mod tests {
     fn half_precision_checkpoints_are_converted() {
         let cfg = tiny_ar();
         for (dtype, bits) in [(Dtype::F16, 0x3e00u16), (Dtype::BF16, 0x3fc0)] {
-            let ck = Checkpoint::from_bytes(checkpoint_bytes(&cfg, dtype, bits), "m.safetensors", &cfg).unwrap();
-            assert_eq!(ck.tensor_f32("output_layer.linear.weight").unwrap(), vec![1.5; 5 * 4], "{dtype:?}");
+            let ck =
+                Checkpoint::from_bytes(checkpoint_bytes(&cfg, dtype, bits), "m.safetensors", &cfg)
+                    .unwrap();
+            assert_eq!(
+                ck.tensor_f32("output_layer.linear.weight").unwrap(),
+                vec![1.5; 5 * 4],
+                "{dtype:?}"
+            );
         }
     }
 
@@ -414,7 +561,10 @@ mod tests {
     fn header(entries: &[(&str, &str, &[u64], [u64; 2])]) -> Vec<u8> {
         let mut o = serde_json::Map::new();
         for (n, d, s, off) in entries {
-            o.insert(n.to_string(), serde_json::json!({"dtype": d, "shape": s, "data_offsets": off}));
+            o.insert(
+                n.to_string(),
+                serde_json::json!({"dtype": d, "shape": s, "data_offsets": off}),
+            );
         }
         serde_json::to_vec(&o).unwrap()
     }
@@ -424,29 +574,67 @@ mod tests {
         let file_len = |json: &[u8], data: u64| 8 + json.len() as u64 + data;
         let ok = header(&[("a", "F32", &[2], [0, 8]), ("b", "F16", &[3], [8, 14])]);
         let entries = check_header(&ok, file_len(&ok, 14), "m").unwrap();
-        assert_eq!(entries.iter().map(|e| e.3).collect::<Vec<_>>(), [(0, 8), (8, 14)]);
+        assert_eq!(
+            entries.iter().map(|e| e.3).collect::<Vec<_>>(),
+            [(0, 8), (8, 14)]
+        );
         for (json, data, needle) in [
-            (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [4, 12])]), 12, "overlap the previous tensor"),
-            (header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [12, 20])]), 20, "gap"),
+            (
+                header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [4, 12])]),
+                12,
+                "overlap the previous tensor",
+            ),
+            (
+                header(&[("a", "F32", &[2], [0, 8]), ("b", "F32", &[2], [12, 20])]),
+                20,
+                "gap",
+            ),
             (header(&[("a", "F32", &[2], [1, 9])]), 9, "gap"),
             (header(&[("a", "F32", &[0], [8, 0])]), 8, "backward"),
             (header(&[("a", "F32", &[2], [0, 12])]), 12, "needs 8"),
-            (header(&[("a", "F32", &[2], [0, 8])]), 9, "1 trailing bytes after the last tensor"),
+            (
+                header(&[("a", "F32", &[2], [0, 8])]),
+                9,
+                "1 trailing bytes after the last tensor",
+            ),
             (header(&[("a", "F32", &[2], [0, 8])]), 7, "truncated"),
             (header(&[("a", "F32", &[u64::MAX, 2], [0, 8])]), 8, ""),
-            (header(&[("a", "F32", &[1 << 62, 1 << 62], [0, 8])]), 8, "too large"),
+            (
+                header(&[("a", "F32", &[1 << 62, 1 << 62], [0, 8])]),
+                8,
+                "too large",
+            ),
             (header(&[("a", "Q4", &[2], [0, 8])]), 8, "unknown dtype"),
-            (br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#.to_vec(), 8, "[begin, end]"),
-            (br#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#.to_vec(), 8, "not a non-negative integer"),
-            (br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.5]}}"#.to_vec(), 8, "not a non-negative integer"),
+            (
+                br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#.to_vec(),
+                8,
+                "[begin, end]",
+            ),
+            (
+                br#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#.to_vec(),
+                8,
+                "not a non-negative integer",
+            ),
+            (
+                br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8.5]}}"#.to_vec(),
+                8,
+                "not a non-negative integer",
+            ),
         ] {
-            let e = check_header(&json, file_len(&json, data), "m.safetensors").unwrap_err().to_string();
-            assert!(e.contains(needle) && e.starts_with("m.safetensors") && !e.contains('\n'), "{needle}: {e}");
+            let e = check_header(&json, file_len(&json, data), "m.safetensors")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(needle) && e.starts_with("m.safetensors") && !e.contains('\n'),
+                "{needle}: {e}"
+            );
         }
         // A header shorter than the file says: its length prefix points past the end.
         assert!(check_file(&[16, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'], "m").is_err());
         assert!(check_file(&[1, 2, 3], "m").is_err());
-        assert!(check_file(&[2, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'], "m").unwrap().is_empty());
+        assert!(check_file(&[2, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'], "m")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -460,20 +648,49 @@ mod tests {
                 if n == "blocks.0.mlp.2.bias" {
                     v[1] = f32::NAN;
                 }
-                (format!("backbone.{n}"), s, bytemuck::cast_slice(&v).to_vec())
+                (
+                    format!("backbone.{n}"),
+                    s,
+                    bytemuck::cast_slice(&v).to_vec(),
+                )
             })
             .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> =
-            data.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
-        let ck = Checkpoint::from_bytes(safetensors::serialize(views, None).unwrap(), "m.safetensors", &cfg).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let ck = Checkpoint::from_bytes(
+            safetensors::serialize(views, None).unwrap(),
+            "m.safetensors",
+            &cfg,
+        )
+        .unwrap();
         assert!(ck.tensor_f32("blocks.0.norm1.weight").is_ok());
-        let e = ck.tensor_f32("blocks.0.mlp.2.bias").unwrap_err().to_string();
-        assert!(e.contains("backbone.blocks.0.mlp.2.bias") && e.contains("non-finite"), "{e}");
+        let e = ck
+            .tensor_f32("blocks.0.mlp.2.bias")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("backbone.blocks.0.mlp.2.bias") && e.contains("non-finite"),
+            "{e}"
+        );
     }
 
     #[test]
     fn f16_conversion_matches_known_values() {
-        for (h, f) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 5.960_464_5e-8), (0x0400, 6.103_515_6e-5), (0x3555, 0.333_251_95)] {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x0400, 6.103_515_6e-5),
+            (0x3555, 0.333_251_95),
+        ] {
             assert_eq!(f16_to_f32(h), f, "{h:#x}");
         }
         assert!(f16_to_f32(0x7c00).is_infinite());
@@ -483,7 +700,10 @@ mod tests {
     /// (header JSON as a value, data section) of a serialized checkpoint.
     fn split(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+        (
+            serde_json::from_slice(&bytes[8..8 + n]).unwrap(),
+            bytes[8 + n..].to_vec(),
+        )
     }
 
     fn join(header: &serde_json::Value, data: &[u8]) -> Vec<u8> {
@@ -504,8 +724,17 @@ mod tests {
     fn data_offsets_of_real_checkpoints_pass() {
         let cfg = tiny_ar();
         streaming_check(&checkpoint_bytes(&cfg, Dtype::F16, 0x3e00)).unwrap();
-        for f in ["model.safetensors", "sedd/model.safetensors", "ar/model.safetensors"] {
-            let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-a").join(f)).unwrap();
+        for f in [
+            "model.safetensors",
+            "sedd/model.safetensors",
+            "ar/model.safetensors",
+        ] {
+            let bytes = std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tests/fixtures/tiny-a")
+                    .join(f),
+            )
+            .unwrap();
             streaming_check(&bytes).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }
@@ -515,7 +744,11 @@ mod tests {
         let (header, data) = split(&checkpoint_bytes(&tiny_ar(), Dtype::F16, 0x3e00));
         let entries = parse_header(&serde_json::to_vec(&header).unwrap(), "m").unwrap();
         // The first two tensors in file order, and the last.
-        let (first, second, last) = (entries[0].0.clone(), entries[1].0.clone(), entries.last().unwrap().0.clone());
+        let (first, second, last) = (
+            entries[0].0.clone(),
+            entries[1].0.clone(),
+            entries.last().unwrap().0.clone(),
+        );
         let off = |h: &mut serde_json::Value, name: &str, a: i64, b: i64| {
             let o = &mut h[name]["data_offsets"];
             let (a0, b0) = (o[0].as_i64().unwrap(), o[1].as_i64().unwrap());
@@ -527,36 +760,79 @@ mod tests {
             let file = join(&h, &d);
             let msg = streaming_check(&file).expect_err(want).to_string();
             assert!(msg.contains(want), "{want}: {msg}");
-            assert!(SafeTensors::deserialize(&file).is_err(), "the native loader accepts what the streaming one refuses ({want})");
+            assert!(
+                SafeTensors::deserialize(&file).is_err(),
+                "the native loader accepts what the streaming one refuses ({want})"
+            );
         };
-        case(&|h, _| off(h, &second, -2, -2), "overlap the previous tensor");
+        case(
+            &|h, _| off(h, &second, -2, -2),
+            "overlap the previous tensor",
+        );
         case(&|h, _| off(h, &second, 2, 2), "gap of 2 bytes");
-        case(&|h, _| { let o = h[&first]["data_offsets"].clone(); h[&first]["data_offsets"] = serde_json::json!([o[1], o[0]]); }, "run backward");
+        case(
+            &|h, _| {
+                let o = h[&first]["data_offsets"].clone();
+                h[&first]["data_offsets"] = serde_json::json!([o[1], o[0]]);
+            },
+            "run backward",
+        );
         case(&|h, _| off(h, &first, 0, 2), "hold");
         case(&|_, d| d.extend_from_slice(&[0; 6]), "6 trailing bytes");
         case(&|_, d| d.truncate(d.len() - 2), "end beyond the file");
-        case(&|h, d| { off(h, &last, 0, 2); let _ = d; }, "hold");
-        case(&|h, _| { h[&first]["dtype"] = "Q7".into(); }, "unknown dtype Q7");
+        case(
+            &|h, d| {
+                off(h, &last, 0, 2);
+                let _ = d;
+            },
+            "hold",
+        );
+        case(
+            &|h, _| {
+                h[&first]["dtype"] = "Q7".into();
+            },
+            "unknown dtype Q7",
+        );
         // The header's length beyond the file.
         let file = join(&header, &data);
         let n = u64::from_le_bytes(file[..8].try_into().unwrap());
-        assert!(check_header(&file[8..8 + n as usize], n + 4, "m").unwrap_err().to_string().contains("runs past the end"));
+        assert!(check_header(&file[8..8 + n as usize], n + 4, "m")
+            .unwrap_err()
+            .to_string()
+            .contains("runs past the end"));
         // A shape whose byte count overflows is an error, not a wrap.
-        let huge = format!(r#"{{"t": {{"dtype": "F32", "shape": [{}, 3], "data_offsets": [0, 12]}}}}"#, usize::MAX);
-        assert!(check_header(huge.as_bytes(), 8 + huge.len() as u64 + 12, "m").unwrap_err().to_string().contains("too large"));
+        let huge = format!(
+            r#"{{"t": {{"dtype": "F32", "shape": [{}, 3], "data_offsets": [0, 12]}}}}"#,
+            usize::MAX
+        );
+        assert!(
+            check_header(huge.as_bytes(), 8 + huge.len() as u64 + 12, "m")
+                .unwrap_err()
+                .to_string()
+                .contains("too large")
+        );
     }
 
     #[test]
     fn header_integers_that_do_not_fit_are_errors() {
         for bad in ["18446744073709551616", "-1", "1.5", "1e3", "\"8\""] {
-            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": [0, {bad}]}}}}"#);
-            assert!(parse_header(json.as_bytes(), "m").is_err(), "data_offsets end {bad}");
-            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [{bad}], "data_offsets": [0, 8]}}}}"#);
+            let json =
+                format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": [0, {bad}]}}}}"#);
+            assert!(
+                parse_header(json.as_bytes(), "m").is_err(),
+                "data_offsets end {bad}"
+            );
+            let json =
+                format!(r#"{{"t": {{"dtype": "F32", "shape": [{bad}], "data_offsets": [0, 8]}}}}"#);
             assert!(parse_header(json.as_bytes(), "m").is_err(), "shape {bad}");
         }
         for bad in ["[0]", "[0, 8, 16]", "{}", "null"] {
-            let json = format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": {bad}}}}}"#);
-            assert!(parse_header(json.as_bytes(), "m").is_err(), "data_offsets {bad}");
+            let json =
+                format!(r#"{{"t": {{"dtype": "F32", "shape": [2], "data_offsets": {bad}}}}}"#);
+            assert!(
+                parse_header(json.as_bytes(), "m").is_err(),
+                "data_offsets {bad}"
+            );
         }
     }
 
@@ -565,7 +841,13 @@ mod tests {
     #[test]
     fn streaming_offset_check_agrees_with_the_native_loader() {
         let (header, data) = split(&checkpoint_bytes(&tiny_ar(), Dtype::F16, 0x3e00));
-        let names: Vec<String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect();
+        let names: Vec<String> = header
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "__metadata__")
+            .cloned()
+            .collect();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |n: u64| {
             seed ^= seed << 13;
@@ -598,9 +880,20 @@ mod tests {
             let file = join(&h, &d);
             let native = SafeTensors::deserialize(&file).is_ok();
             let streaming = streaming_check(&file);
-            assert_eq!(streaming.is_ok(), native, "streaming: {streaming:?}, native: {native}\n{h}");
-            if native { accepted += 1 } else { refused += 1 }
+            assert_eq!(
+                streaming.is_ok(),
+                native,
+                "streaming: {streaming:?}, native: {native}\n{h}"
+            );
+            if native {
+                accepted += 1
+            } else {
+                refused += 1
+            }
         }
-        assert!(accepted > 20 && refused > 200, "{accepted} accepted, {refused} refused: the edits do not cover both sides");
+        assert!(
+            accepted > 20 && refused > 200,
+            "{accepted} accepted, {refused} refused: the edits do not cover both sides"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! `config.json` of the official Hugging Face checkpoints (spec §2.1, §2.3) and the model kind it implies.
+//! `config.json` of the official Hugging Face checkpoints (`configuration_bd3lm.py`, `configuration_mdlm.py`
+//! of kuleshov-group/bd3lm-owt-block_size4 and mdlm-owt) and the model kind it implies.
 //!
 //! The released BD3LM configs omit `adaln` and `causal`; the class defaults (adaln = true,
 //! causal = false) apply. `cond_dim` must be read from the file: the class default (129) is not
@@ -6,7 +7,8 @@
 //! field `"parameterization": "sedd"` (or the caller's override).
 
 use crate::error::{Error, Result};
-use serde_json::Value;
+use crate::json::Typed;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Which model family a checkpoint belongs to; decides masks, conditioning and output head.
@@ -42,7 +44,8 @@ impl ModelKind {
         }
     }
 
-    /// adaLN modulation (and the sigma_map conditioning MLP) is on for every non-causal model (spec §1.1).
+    /// adaLN modulation (and the sigma_map conditioning MLP) is on for every non-causal model
+    /// (`models/dit.py:DIT.__init__`: `adaLN = (not causal) or adaln`).
     pub fn has_adaln(self) -> bool {
         self != ModelKind::Ar
     }
@@ -69,7 +72,8 @@ pub struct ModelConfig {
     pub sampling_eps_max: f64,
 }
 
-/// The width of the sinusoidal timestep features fed to `sigma_map.mlp.0` (spec §1.2).
+/// The width of the sinusoidal timestep features fed to `sigma_map.mlp.0`
+/// (`models/dit.py:TimestepEmbedder.timestep_embedding`).
 pub const TIMESTEP_FEATURES: usize = 256;
 /// Largest head dimension the attention kernel is built for.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -108,7 +112,9 @@ impl ModelConfig {
     pub fn parameter_count(&self) -> Option<u64> {
         let mut total = 0u64;
         for (_, shape) in crate::checkpoint::expected_tensors(self) {
-            let n = shape.iter().try_fold(1u64, |acc, &x| acc.checked_mul(x as u64))?;
+            let n = shape
+                .iter()
+                .try_fold(1u64, |acc, &x| acc.checked_mul(x as u64))?;
             total = total.checked_add(n)?;
         }
         Some(total)
@@ -116,14 +122,16 @@ impl ModelConfig {
 
     /// Refuse a batch whose activations could not be allocated: `batch` sequences of `rows` tokens,
     /// each row holding the widest per-token vector of the forward (logits, MLP or QKV). Checked
-    /// arithmetic; one line naming `what` (the option that set the batch).
-    pub fn check_batch(&self, batch: usize, rows: usize, what: &str) -> Result<()> {
+    /// arithmetic; one line naming the batch size.
+    pub fn check_batch(&self, batch: usize, rows: usize) -> Result<()> {
         let width = self.vocab_size.max(4 * self.hidden_dim) as u64;
-        let values = (batch as u64).checked_mul(rows as u64).and_then(|x| x.checked_mul(width));
+        let values = (batch as u64)
+            .checked_mul(rows as u64)
+            .and_then(|x| x.checked_mul(width));
         match values {
             Some(v) if v <= MAX_ACTIVATION_VALUES => Ok(()),
             _ => Err(Error::Invalid(format!(
-                "{what} {batch} is too large for this model: {batch} × {rows} tokens × {width} values per token exceeds the limit of {MAX_ACTIVATION_VALUES} values in one buffer"
+                "batch size {batch} is too large for this model: {batch} × {rows} tokens × {width} values per token exceeds the limit of {MAX_ACTIVATION_VALUES} values in one buffer"
             ))),
         }
     }
@@ -135,46 +143,121 @@ impl ModelConfig {
         Self::from_json_bytes(&bytes, &path.display().to_string(), kind_override)
     }
 
-    pub fn from_json_bytes(bytes: &[u8], path: &str, kind_override: Option<ModelKind>) -> Result<ModelConfig> {
-        let err = |message: String| Error::Config { path: path.to_string(), message };
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| err("expected a JSON object".into()))?;
+    pub fn from_json_bytes(
+        bytes: &[u8],
+        path: &str,
+        kind_override: Option<ModelKind>,
+    ) -> Result<ModelConfig> {
+        let raw: RawConfig = crate::json::from_object(bytes).map_err(|source| {
+            // A document that is JSON but not an object is reported as such, not as a syntax error.
+            let message = if source.is_data() {
+                "expected a JSON object"
+            } else {
+                "not valid JSON"
+            };
+            Error::Json {
+                path: path.to_string(),
+                message: message.into(),
+                source,
+            }
+        })?;
+        raw.validate(path, kind_override)
+    }
+}
 
-        let get_usize = |key: &str| -> Result<usize> {
-            match obj.get(key) {
-                None => Err(err(format!("missing field `{key}`"))),
-                Some(x) => x
-                    .as_u64()
-                    .filter(|&n| n > 0)
-                    .map(|n| n as usize)
-                    .ok_or_else(|| err(format!("field `{key}` must be a positive integer, found {x}"))),
+/// The defaults of the official config classes (`configuration_bd3lm.py`, `configuration_mdlm.py`)
+/// for fields a `config.json` may omit, and of the training recipe for what no file states.
+pub mod defaults {
+    /// Residual dropout of every released model (`configs/model/small.yaml`).
+    pub const DROPOUT: f64 = 0.1;
+    /// The clip window of t when `sampling_eps_min` / `sampling_eps_max` are absent.
+    pub const SAMPLING_EPS_MIN: f64 = 1e-3;
+    pub const SAMPLING_EPS_MAX: f64 = 1.0;
+    /// The context length every OpenWebText checkpoint was trained with (`configs/model/small.yaml`).
+    pub const MODEL_LENGTH: usize = 1024;
+    /// The head width of the "small" DiT (768 / 12 heads).
+    pub const HEAD_DIM: usize = 64;
+}
+
+/// `config.json` as written, under the official field names (`configuration_bd3lm.py`,
+/// `configuration_mdlm.py`; `parameterization` is ours, for the kinds the weights cannot reveal).
+/// Unknown fields (`architectures`, `auto_map`, `torch_dtype`, ...) are ignored. [`RawConfig::validate`]
+/// turns it into a [`ModelConfig`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, expecting = "a JSON object")]
+pub(crate) struct RawConfig {
+    pub model_type: Typed<String>,
+    pub parameterization: Typed<String>,
+    pub causal: Typed<bool>,
+    pub adaln: Typed<bool>,
+    pub vocab_size: Typed<u64>,
+    pub hidden_dim: Typed<u64>,
+    pub n_heads: Typed<u64>,
+    pub n_blocks: Typed<u64>,
+    pub model_length: Typed<u64>,
+    pub cond_dim: Typed<u64>,
+    pub block_size: Typed<u64>,
+    pub time_conditioning: Typed<bool>,
+    pub dropout: Typed<f64>,
+    pub sampling_eps_min: Typed<f64>,
+    pub sampling_eps_max: Typed<f64>,
+}
+
+impl RawConfig {
+    /// Every check of a config, one line naming the field at fault; `kind_override` is the caller's
+    /// answer for checkpoints whose kind the file cannot tell (the SEDD baseline).
+    pub(crate) fn validate(
+        self,
+        path: &str,
+        kind_override: Option<ModelKind>,
+    ) -> Result<ModelConfig> {
+        let err = |message: String| Error::Config {
+            path: path.to_string(),
+            message,
+        };
+        let positive = |key: &str, x: Typed<u64>| -> Result<u64> {
+            match x.get() {
+                Ok(None) => Err(err(format!("missing field `{key}`"))),
+                Ok(Some(n)) if n > 0 => Ok(n),
+                Ok(Some(n)) => Err(err(format!(
+                    "field `{key}` must be a positive integer, found {n}"
+                ))),
+                Err(x) => Err(err(format!(
+                    "field `{key}` must be a positive integer, found {x}"
+                ))),
             }
         };
-        let get_bool = |key: &str, default: bool| -> Result<bool> {
-            match obj.get(key) {
-                None => Ok(default),
-                Some(x) => x.as_bool().ok_or_else(|| err(format!("field `{key}` must be true or false, found {x}"))),
+        let bounded = |key: &str, x: Typed<u64>, max: usize| -> Result<usize> {
+            // Compared before narrowing: on wasm32 a u64 does not fit usize.
+            let n = positive(key, x)?;
+            if n > max as u64 {
+                return Err(err(format!(
+                    "field `{key}` is {n}, more than the supported maximum {max}"
+                )));
             }
+            Ok(n as usize)
         };
-        let get_f64 = |key: &str, default: f64| -> Result<f64> {
-            match obj.get(key) {
-                None => Ok(default),
-                Some(x) => x.as_f64().ok_or_else(|| err(format!("field `{key}` must be a number, found {x}"))),
-            }
+        let boolean = |key: &str, x: Typed<bool>, default: bool| -> Result<bool> {
+            x.get()
+                .map(|b| b.unwrap_or(default))
+                .map_err(|x| err(format!("field `{key}` must be true or false, found {x}")))
+        };
+        let number = |key: &str, x: Typed<f64>, default: f64| -> Result<f64> {
+            x.get()
+                .map(|v| v.unwrap_or(default))
+                .map_err(|x| err(format!("field `{key}` must be a number, found {x}")))
+        };
+        let string = |key: &str, x: Typed<String>| -> Result<Option<String>> {
+            x.get()
+                .map_err(|x| err(format!("field `{key}` must be a string, found {x}")))
         };
 
-        let model_type = match obj.get("model_type") {
-            Some(Value::String(s)) => s.clone(),
-            Some(x) => return Err(err(format!("field `model_type` must be a string, found {x}"))),
-            None => return Err(err("missing field `model_type` (expected \"bd3lm\" or \"mdlm\")".into())),
-        };
-        let parameterization = match obj.get("parameterization") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(x) => return Err(err(format!("field `parameterization` must be a string, found {x}"))),
-        };
-        let causal = get_bool("causal", false)?;
-        let adaln = get_bool("adaln", true)?;
+        let model_type = string("model_type", self.model_type)?.ok_or_else(|| {
+            err("missing field `model_type` (expected \"bd3lm\" or \"mdlm\")".into())
+        })?;
+        let parameterization = string("parameterization", self.parameterization)?;
+        let causal = boolean("causal", self.causal, false)?;
+        let adaln = boolean("adaln", self.adaln, true)?;
 
         let detected = match (model_type.as_str(), parameterization.as_deref()) {
             (_, Some("ar")) => ModelKind::Ar,
@@ -183,60 +266,88 @@ impl ModelConfig {
             ("bd3lm", Some("subs") | None) => ModelKind::Bd3lm,
             ("mdlm", Some("subs") | None) => ModelKind::Mdlm,
             (_, Some(p)) if !matches!(p, "subs") => {
-                return Err(err(format!("unknown `parameterization` \"{p}\" (expected \"subs\", \"sedd\" or \"ar\")")))
+                return Err(err(format!(
+                    "unknown `parameterization` \"{p}\" (expected \"subs\", \"sedd\" or \"ar\")"
+                )))
             }
-            (t, _) => return Err(err(format!("unknown `model_type` \"{t}\" (expected \"bd3lm\" or \"mdlm\")"))),
+            (t, _) => {
+                return Err(err(format!(
+                    "unknown `model_type` \"{t}\" (expected \"bd3lm\" or \"mdlm\")"
+                )))
+            }
         };
         let kind = kind_override.unwrap_or(detected);
         if kind == ModelKind::Ar && adaln {
-            return Err(err("an autoregressive (causal) model must have `adaln: false`".into()));
+            return Err(err(
+                "an autoregressive (causal) model must have `adaln: false`".into(),
+            ));
         }
         if kind != ModelKind::Ar && (!adaln || causal) {
-            return Err(err(format!("a {} model needs adaLN and non-causal attention (`adaln: true`, `causal: false`)", kind.name())));
+            return Err(err(format!(
+                "a {} model needs adaLN and non-causal attention (`adaln: true`, `causal: false`)",
+                kind.name()
+            )));
         }
 
-        let bounded = |key: &str, max: usize| -> Result<usize> {
-            let n = get_usize(key)?;
-            if n > max {
-                return Err(err(format!("field `{key}` is {n}, more than the supported maximum {max}")));
-            }
-            Ok(n)
-        };
-        let vocab_size = bounded("vocab_size", MAX_VOCAB_SIZE)?;
-        let hidden_dim = bounded("hidden_dim", MAX_HIDDEN_DIM)?;
-        let n_heads = bounded("n_heads", MAX_HIDDEN_DIM)?;
-        let n_blocks = bounded("n_blocks", MAX_N_BLOCKS)?;
-        let model_length = bounded("model_length", MAX_MODEL_LENGTH)?;
+        let vocab_size = bounded("vocab_size", self.vocab_size, MAX_VOCAB_SIZE)?;
+        let hidden_dim = bounded("hidden_dim", self.hidden_dim, MAX_HIDDEN_DIM)?;
+        let n_heads = bounded("n_heads", self.n_heads, MAX_HIDDEN_DIM)?;
+        let n_blocks = bounded("n_blocks", self.n_blocks, MAX_N_BLOCKS)?;
+        let model_length = bounded("model_length", self.model_length, MAX_MODEL_LENGTH)?;
         let cond_dim = if kind.has_adaln() {
-            bounded("cond_dim", MAX_COND_DIM)?
+            bounded("cond_dim", self.cond_dim, MAX_COND_DIM)?
         } else {
-            obj.get("cond_dim").and_then(|x| x.as_u64()).filter(|&n| n <= MAX_COND_DIM as u64).unwrap_or(0) as usize
+            // Nothing of an AR model reads it; whatever the file says is ignored unless it is usable.
+            match self.cond_dim {
+                Typed::Ok(n) if n <= MAX_COND_DIM as u64 => n as usize,
+                _ => 0,
+            }
         };
         let block_size = match kind {
-            ModelKind::Bd3lm => bounded("block_size", model_length)?,
+            ModelKind::Bd3lm => bounded("block_size", self.block_size, model_length)?,
             ModelKind::Ar => 1,
             ModelKind::Mdlm | ModelKind::Sedd => model_length,
         };
-        let time_conditioning = get_bool("time_conditioning", false)? || kind == ModelKind::Sedd;
+        let time_conditioning =
+            boolean("time_conditioning", self.time_conditioning, false)? || kind == ModelKind::Sedd;
 
         if vocab_size < 3 {
-            return Err(err(format!("`vocab_size` {vocab_size} is too small (needs room for BOS and the mask token)")));
+            return Err(err(format!(
+                "`vocab_size` {vocab_size} is too small (needs room for BOS and the mask token)"
+            )));
         }
         if hidden_dim % n_heads != 0 {
-            return Err(err(format!("`hidden_dim` {hidden_dim} is not a multiple of `n_heads` {n_heads}")));
+            return Err(err(format!(
+                "`hidden_dim` {hidden_dim} is not a multiple of `n_heads` {n_heads}"
+            )));
         }
         let head_dim = hidden_dim / n_heads;
         if head_dim % 2 != 0 || head_dim > MAX_HEAD_DIM {
-            return Err(err(format!("head dimension {head_dim} must be even and at most {MAX_HEAD_DIM}")));
+            return Err(err(format!(
+                "head dimension {head_dim} must be even and at most {MAX_HEAD_DIM}"
+            )));
         }
         if model_length % block_size != 0 {
-            return Err(err(format!("`model_length` {model_length} is not a multiple of `block_size` {block_size}")));
+            return Err(err(format!(
+                "`model_length` {model_length} is not a multiple of `block_size` {block_size}"
+            )));
         }
-        let dropout = get_f64("dropout", 0.1)?;
+        let dropout = number("dropout", self.dropout, defaults::DROPOUT)?;
         if !(0.0..1.0).contains(&dropout) {
-            return Err(err(format!("field `dropout` is {dropout}, expected a number in [0, 1)")));
+            return Err(err(format!(
+                "field `dropout` is {dropout}, expected a number in [0, 1)"
+            )));
         }
-        let (sampling_eps_min, sampling_eps_max) = (get_f64("sampling_eps_min", 1e-3)?, get_f64("sampling_eps_max", 1.0)?);
+        let sampling_eps_min = number(
+            "sampling_eps_min",
+            self.sampling_eps_min,
+            defaults::SAMPLING_EPS_MIN,
+        )?;
+        let sampling_eps_max = number(
+            "sampling_eps_max",
+            self.sampling_eps_max,
+            defaults::SAMPLING_EPS_MAX,
+        )?;
         if !(sampling_eps_min.is_finite() && sampling_eps_max.is_finite()) {
             return Err(err(format!("`sampling_eps_min` {sampling_eps_min} and `sampling_eps_max` {sampling_eps_max} must be finite")));
         }
@@ -264,52 +375,97 @@ impl ModelConfig {
     }
 }
 
+/// `config.json` as this project writes it: the layout of the official Hugging Face checkpoints
+/// (BD3LM / MDLM classes), keys in the official files' (alphabetical) order, with `parameterization`
+/// added for the kinds the weights cannot reveal (SEDD, AR).
+#[derive(Serialize)]
+struct ConfigJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adaln: Option<bool>,
+    architectures: [&'static str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attn_backend: Option<&'static str>,
+    auto_map: AutoMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    block_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causal: Option<bool>,
+    cond_dim: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cross_attn: Option<bool>,
+    dropout: f64,
+    hidden_dim: usize,
+    model_length: usize,
+    model_type: &'static str,
+    n_blocks: usize,
+    n_heads: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameterization: Option<&'static str>,
+    return_dict: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling_eps_max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampling_eps_min: Option<f64>,
+    time_conditioning: bool,
+    torch_dtype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    var_min: Option<bool>,
+    vocab_size: usize,
+}
+
+#[derive(Serialize)]
+struct AutoMap {
+    #[serde(rename = "AutoConfig")]
+    auto_config: &'static str,
+    #[serde(rename = "AutoModelForMaskedLM")]
+    auto_model_for_masked_lm: &'static str,
+}
+
 impl ModelConfig {
     /// `config.json` in the layout of the official Hugging Face checkpoints (BD3LM / MDLM classes),
     /// with `parameterization` added for the kinds the weights cannot reveal (SEDD, AR).
     pub fn to_json(&self) -> String {
-        use serde_json::json;
-        let mut v = match self.kind {
-            ModelKind::Bd3lm | ModelKind::Ar => json!({
-                "architectures": ["BD3LM"],
-                "model_type": "bd3lm",
-                "auto_map": {"AutoConfig": "configuration_bd3lm.BD3LMConfig", "AutoModelForMaskedLM": "modeling_bd3lm.BD3LM"},
-                "attn_backend": "sdpa",
-                "block_size": self.block_size,
-                "cross_attn": self.kind == ModelKind::Bd3lm,
-                "adaln": self.kind == ModelKind::Bd3lm,
-                "causal": self.kind == ModelKind::Ar,
-                "var_min": self.kind == ModelKind::Bd3lm,
-                "sampling_eps_min": self.sampling_eps_min,
-                "sampling_eps_max": self.sampling_eps_max,
-            }),
-            ModelKind::Mdlm | ModelKind::Sedd => json!({
-                "architectures": ["MDLM"],
-                "model_type": "mdlm",
-                "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
-            }),
+        let bd3lm_class = matches!(self.kind, ModelKind::Bd3lm | ModelKind::Ar);
+        let (bd3lm, ar) = (self.kind == ModelKind::Bd3lm, self.kind == ModelKind::Ar);
+        let json = ConfigJson {
+            adaln: bd3lm_class.then_some(bd3lm),
+            architectures: [if bd3lm_class { "BD3LM" } else { "MDLM" }],
+            attn_backend: bd3lm_class.then_some("sdpa"),
+            auto_map: if bd3lm_class {
+                AutoMap {
+                    auto_config: "configuration_bd3lm.BD3LMConfig",
+                    auto_model_for_masked_lm: "modeling_bd3lm.BD3LM",
+                }
+            } else {
+                AutoMap {
+                    auto_config: "configuration_mdlm.MDLMConfig",
+                    auto_model_for_masked_lm: "modeling_mdlm.MDLM",
+                }
+            },
+            block_size: bd3lm_class.then_some(self.block_size),
+            causal: bd3lm_class.then_some(ar),
+            cond_dim: self.cond_dim.max(1),
+            cross_attn: bd3lm_class.then_some(bd3lm),
+            dropout: self.dropout,
+            hidden_dim: self.hidden_dim,
+            model_length: self.model_length,
+            model_type: if bd3lm_class { "bd3lm" } else { "mdlm" },
+            n_blocks: self.n_blocks,
+            n_heads: self.n_heads,
+            parameterization: match self.kind {
+                ModelKind::Sedd => Some("sedd"),
+                ModelKind::Ar => Some("ar"),
+                _ => None,
+            },
+            return_dict: false,
+            sampling_eps_max: bd3lm_class.then_some(self.sampling_eps_max),
+            sampling_eps_min: bd3lm_class.then_some(self.sampling_eps_min),
+            time_conditioning: self.time_conditioning,
+            torch_dtype: "float32",
+            var_min: bd3lm_class.then_some(bd3lm),
+            vocab_size: self.vocab_size,
         };
-        let o = v.as_object_mut().unwrap();
-        for (k, x) in [
-            ("cond_dim", json!(self.cond_dim.max(1))),
-            ("dropout", json!(self.dropout)),
-            ("hidden_dim", json!(self.hidden_dim)),
-            ("model_length", json!(self.model_length)),
-            ("n_blocks", json!(self.n_blocks)),
-            ("n_heads", json!(self.n_heads)),
-            ("return_dict", json!(false)),
-            ("time_conditioning", json!(self.time_conditioning)),
-            ("torch_dtype", json!("float32")),
-            ("vocab_size", json!(self.vocab_size)),
-        ] {
-            o.insert(k.into(), x);
-        }
-        match self.kind {
-            ModelKind::Sedd => { o.insert("parameterization".into(), json!("sedd")); }
-            ModelKind::Ar => { o.insert("parameterization".into(), json!("ar")); }
-            _ => {}
-        }
-        serde_json::to_string_pretty(&v).expect("a JSON value serialises")
+        serde_json::to_string_pretty(&json).expect("a config serialises")
     }
 }
 
@@ -351,7 +507,20 @@ mod tests {
             let c = parse(text).unwrap();
             let back = parse(&c.to_json()).unwrap();
             assert_eq!(back.kind, c.kind);
-            assert_eq!((back.block_size, back.hidden_dim, back.vocab_size, back.time_conditioning), (c.block_size, c.hidden_dim, c.vocab_size, c.time_conditioning));
+            assert_eq!(
+                (
+                    back.block_size,
+                    back.hidden_dim,
+                    back.vocab_size,
+                    back.time_conditioning
+                ),
+                (
+                    c.block_size,
+                    c.hidden_dim,
+                    c.vocab_size,
+                    c.time_conditioning
+                )
+            );
         }
     }
 
@@ -360,30 +529,130 @@ mod tests {
         for (text, needle) in [
             ("{not json", "not valid JSON"),
             (r#"{"model_type":"gpt2"}"#, "unknown `model_type`"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "missing field `model_length`"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":60,"model_length":16,"n_blocks":2,"n_heads":8,"vocab_size":128}"#, "not a multiple"),
-            (r#"{"model_type":"bd3lm","block_size":5,"cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "block_size"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":"64","model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "positive integer"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":1099511627776,"n_blocks":2,"n_heads":4,"vocab_size":128}"#, "`model_length` is 1099511627776, more than the supported maximum"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":1000000000,"n_heads":4,"vocab_size":128}"#, "`n_blocks` is 1000000000"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":18446744073709551615}"#, "`vocab_size`"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":32768,"model_length":16,"n_blocks":1024,"n_heads":256,"vocab_size":128}"#, "parameters, more than the supported maximum"),
-            (r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128,"dropout":1.5}"#, "`dropout`"),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "missing field `model_length`",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":60,"model_length":16,"n_blocks":2,"n_heads":8,"vocab_size":128}"#,
+                "not a multiple",
+            ),
+            (
+                r#"{"model_type":"bd3lm","block_size":5,"cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "block_size",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":"64","model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "positive integer",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":1099511627776,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "`model_length` is 1099511627776, more than the supported maximum",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":1000000000,"n_heads":4,"vocab_size":128}"#,
+                "`n_blocks` is 1000000000",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":18446744073709551615}"#,
+                "`vocab_size`",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":32768,"model_length":16,"n_blocks":1024,"n_heads":256,"vocab_size":128}"#,
+                "parameters, more than the supported maximum",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128,"dropout":1.5}"#,
+                "`dropout`",
+            ),
+            // A present field of the wrong type is named with what was found, `null` included
+            // (null is not taken for "absent").
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":null,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "field `hidden_dim` must be a positive integer, found null",
+            ),
+            (
+                r#"{"model_type":"mdlm","adaln":null,"cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "field `adaln` must be true or false, found null",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"hidden_dim":64,"model_length":16,"n_blocks":2.5,"n_heads":4,"vocab_size":128}"#,
+                "field `n_blocks` must be a positive integer, found 2.5",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":0,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "field `cond_dim` must be a positive integer, found 0",
+            ),
+            (
+                r#"{"model_type":7}"#,
+                "field `model_type` must be a string, found 7",
+            ),
+            (
+                r#"{"model_type":"mdlm","cond_dim":8,"dropout":"0.1","hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#,
+                "field `dropout` must be a number, found \"0.1\"",
+            ),
+            ("[1, 2]", "expected a JSON object"),
+            ("[\"mdlm\", 8]", "expected a JSON object"),
         ] {
-            let e = parse(text).unwrap_err().to_string();
+            let e = parse(text).unwrap_err().report();
             assert!(e.contains(needle), "{e}");
             assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    /// What `to_json` writes is the official layout: the fixtures' config.json files (written by
+    /// the Python reference classes) read and written back give the same fields and values, except
+    /// those that name the writer (`_name_or_path`, `transformers_version`) or a runtime choice
+    /// (`attn_backend`).
+    #[test]
+    fn written_configs_match_the_official_files() {
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-a");
+        for sub in ["", "sedd", "ar"] {
+            let path = root.join(sub).join("config.json");
+            let text = std::fs::read(&path).unwrap();
+            let ours = ModelConfig::from_json_bytes(&text, "config.json", None)
+                .unwrap()
+                .to_json();
+            let strip = |mut v: serde_json::Value| {
+                for k in ["_name_or_path", "transformers_version", "attn_backend"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v
+            };
+            let official = strip(serde_json::from_slice(&text).unwrap());
+            assert_eq!(
+                strip(serde_json::from_str(&ours).unwrap()),
+                official,
+                "{}",
+                path.display()
+            );
         }
     }
 
     #[test]
     fn batches_are_checked_against_the_activation_bound() {
         let c = parse(r#"{"model_type":"mdlm","cond_dim":32,"hidden_dim":64,"model_length":16,"n_blocks":2,"n_heads":4,"vocab_size":128}"#).unwrap();
-        assert!(c.check_batch(64, 32, "--batch").is_ok());
-        for batch in [1usize << 62, usize::MAX, (MAX_ACTIVATION_VALUES / (32 * 256)) as usize + 1] {
-            let e = c.check_batch(batch, 32, "--batch").unwrap_err().to_string();
-            assert!(e.starts_with(&format!("--batch {batch} is too large")), "{e}");
+        assert!(c.check_batch(64, 32).is_ok());
+        for batch in [
+            1usize << 62,
+            usize::MAX,
+            (MAX_ACTIVATION_VALUES / (32 * 256)) as usize + 1,
+        ] {
+            let e = c.check_batch(batch, 32).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("batch size {batch} is too large")),
+                "{e}"
+            );
         }
-        assert_eq!(c.parameter_count(), Some(crate::checkpoint::expected_tensors(&c).iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum()));
+        assert_eq!(
+            c.parameter_count(),
+            Some(
+                crate::checkpoint::expected_tensors(&c)
+                    .iter()
+                    .map(|(_, s)| s.iter().product::<usize>() as u64)
+                    .sum()
+            )
+        );
     }
 }

@@ -6,6 +6,12 @@ use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
 use std::path::{Path, PathBuf};
 
+/// One line of a JSONL corpus: its `text` is a document, other fields are ignored.
+#[derive(serde::Deserialize)]
+struct JsonlDocument {
+    text: String,
+}
+
 /// The documents of a corpus path, in a stable order.
 ///  - a folder (the path itself may be a symlink to one): every regular file below it (sorted;
 ///    `.dat` indexes, symlinks and special files skipped);
@@ -18,15 +24,17 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
     let mut docs = Vec::new();
     for f in &files {
         let bytes = crate::error::read_file(f)?;
-        let text = String::from_utf8(bytes).map_err(|e| Error::Io {
-            path: f.display().to_string(),
+        let text = String::from_utf8(bytes).map_err(|e| Error::File {
+            path: f.clone(),
             message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
         })?;
         if f.extension().is_some_and(|e| e == "jsonl") {
             for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::Io { path: f.display().to_string(), message: format!("line {}: not JSON ({e})", i + 1) })?;
-                let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| Error::Io { path: f.display().to_string(), message: format!("line {}: no string field `text`", i + 1) })?;
-                docs.push(t.to_string());
+                let doc: JsonlDocument = crate::json::from_object(line.as_bytes()).map_err(|source| {
+                    let what = if source.is_data() { "not an object with a string field `text`" } else { "not JSON" };
+                    Error::Json { path: f.display().to_string(), message: format!("line {}: {what}", i + 1), source }
+                })?;
+                docs.push(doc.text);
             }
         } else if text.lines().any(|l| l == "%") {
             docs.extend(text.split("\n%\n").map(|d| d.trim_matches(|c| c == '\n' || c == '%').to_string()));
@@ -36,7 +44,7 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
     }
     docs.retain(|d| !d.trim().is_empty());
     if docs.is_empty() {
-        return Err(Error::Io { path: path.display().to_string(), message: "the corpus has no text".into() });
+        return Err(Error::File { path: path.to_path_buf(), message: "the corpus has no text".into() });
     }
     Ok(docs)
 }
@@ -44,9 +52,9 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
 /// The path given by the user is followed if it is a symlink; it must be a regular file or a folder.
 /// A FIFO, socket or device is refused before it is opened (reading one could block forever).
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     if !meta.is_dir() && !meta.is_file() {
-        return Err(Error::Io { path: path.display().to_string(), message: "not a regular file or folder (a FIFO, socket or device cannot be a corpus)".into() });
+        return Err(Error::File { path: path.to_path_buf(), message: "not a regular file or folder (a FIFO, socket or device cannot be a corpus)".into() });
     }
     collect_below(path, &meta, out)
 }
@@ -54,12 +62,12 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn collect_below(path: &Path, meta: &std::fs::Metadata, out: &mut Vec<PathBuf>) -> Result<()> {
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
         for e in entries {
-            let m = std::fs::symlink_metadata(&e).map_err(|err| Error::Io { path: e.display().to_string(), message: err.to_string() })?;
+            let m = std::fs::symlink_metadata(&e).map_err(|source| Error::Io { path: e.clone(), source })?;
             if m.is_dir() || (m.is_file() && e.extension().is_none_or(|x| x != "dat")) {
                 collect_below(&e, &m, out)?;
             }
@@ -106,6 +114,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn jsonl_lines_are_objects_with_a_text_field() {
+        let d = scratch("jsonl");
+        let f = d.join("c.jsonl");
+        std::fs::write(&f, "{\"text\": \"one two\", \"id\": 1}\n\n{\"text\": \"three\"}\n").unwrap();
+        assert_eq!(read_corpus(&f).unwrap(), ["one two", "three"]);
+        for (bad, needle) in [
+            ("[\"one two\"]", "line 2: not an object with a string field `text`"),
+            ("{\"text\": 5}", "line 2: not an object with a string field `text`"),
+            ("{\"title\": \"x\"}", "line 2: not an object with a string field `text`"),
+            ("{\"text\": ", "line 2: not JSON"),
+        ] {
+            std::fs::write(&f, format!("{{\"text\": \"ok\"}}\n{bad}\n")).unwrap();
+            let e = read_corpus(&f).unwrap_err();
+            assert!(std::error::Error::source(&e).is_some(), "the parse error is kept as the source");
+            let line = e.report();
+            assert!(line.contains(needle) && line.starts_with(&f.display().to_string()) && !line.contains('\n'), "{line}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[cfg(unix)]

@@ -113,7 +113,8 @@ pub fn to_safetensors_as(cfg: &ModelConfig, tensors: &[NamedTensor], sampling_ep
             if let Some(x) = t.data.iter().find(|x| !x.is_finite() || x.abs() > 65504.0) {
                 return Err(crate::Error::Invalid(format!("tensor `{}` holds {x}, which F16 cannot store", t.name)));
             }
-            let half: Vec<u8> = t.data.iter().flat_map(|&x| crate::checkpoint::f32_to_f16(x).to_le_bytes()).collect();
+            // Round to nearest, ties to even, as `torch.Tensor.half()` does.
+            let half: Vec<u8> = t.data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
             stored.push((t.name.clone(), safetensors::Dtype::F16, t.shape.clone(), half));
         } else {
             stored.push((t.name.clone(), safetensors::Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data).to_vec()));

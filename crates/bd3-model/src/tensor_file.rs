@@ -27,7 +27,7 @@ impl TensorFile {
         let path = path.to_string();
         crate::checkpoint::check_file(&bytes, &path)?;
         SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Checkpoint { path: path.clone(), tensor: None, message: format!("not a readable safetensors file ({e})") })?;
+            .map_err(|source| Error::Safetensors { path: path.clone(), message: "not a readable safetensors file".into(), source })?;
         Ok(TensorFile { path, bytes })
     }
 

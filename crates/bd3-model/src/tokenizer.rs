@@ -21,18 +21,18 @@ impl TextTokenizer {
     }
 
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<TextTokenizer> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Config { path: name.to_string(), message: format!("not a usable tokenizer.json ({e})") })?;
+        let inner = Tokenizer::from_bytes(bytes).map_err(|source| Error::Tokenizer { path: name.to_string(), message: "not a usable tokenizer.json".into(), source })?;
         Ok(TextTokenizer { inner, name: name.to_string() })
     }
 
     /// GPT-2's byte-level BPE from its vocabulary (`encoder.json`) and merges (`vocab.bpe`).
     pub fn gpt2_from_files(encoder_json: &std::path::Path, merges: &std::path::Path) -> Result<TextTokenizer> {
         let (e, m) = (encoder_json.display().to_string(), merges.display().to_string());
-        let bpe = BPE::from_file(&e, &m).build().map_err(|err| Error::Config { path: e.clone(), message: format!("cannot build GPT-2 BPE with {m}: {err}") })?;
+        let bpe = BPE::from_file(&e, &m).build().map_err(|source| Error::Tokenizer { path: e.clone(), message: format!("cannot build GPT-2 BPE with {m}"), source })?;
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|err| Error::Config { path: e.clone(), message: err.to_string() })?;
+        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|source| Error::Tokenizer { path: e.clone(), message: "cannot add <|endoftext|>".into(), source })?;
         Ok(TextTokenizer { inner, name: e })
     }
 

@@ -55,7 +55,7 @@ fn mutate_number(v: &mut Value, rng: &mut SplitMix) -> bool {
 }
 
 fn one_line(e: &bd3_model::Error) {
-    let s = e.to_string();
+    let s = e.report();
     assert!(!s.is_empty() && !s.contains('\n'), "not one line: {s:?}");
 }
 
@@ -63,7 +63,7 @@ fn one_line(e: &bd3_model::Error) {
 fn load(config: &[u8], weights: Vec<u8>) -> Result<usize, bd3_model::Error> {
     let cfg = ModelConfig::from_json_bytes(config, "config.json", None)?;
     let _ = cfg.parameter_count();
-    let _ = cfg.check_batch(8, cfg.model_length, "--batch");
+    let _ = cfg.check_batch(8, cfg.model_length);
     let ckpt = Checkpoint::from_bytes(weights, "model.safetensors", &cfg)?;
     let mut n = 0;
     for (name, shape) in expected_tensors(&cfg) {

@@ -35,7 +35,7 @@ pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &dyn FixtureSource, report: 
     // A folder checks something or is an error: cases need the model they were made with, and a model
     // alone (without sub-folders) would report "0 passed, 0 failed".
     if config.is_none() && !files.is_empty() {
-        return Err(Error::Io { path: format!("{}/config.json", dir.name()), message: format!("missing (the folder has fixture cases: {})", files.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")) });
+        return Err(Error::File { path: format!("{}/config.json", dir.name()).into(), message: format!("missing (the folder has fixture cases: {})", files.iter().map(|f| f.0).collect::<Vec<_>>().join(", ")) });
     }
     if config.is_some() && files.is_empty() && subdirs.is_empty() {
         return Err(Error::Invalid(format!("{}: no fixture cases found beside config.json (expected one of {})", dir.name(), CASE_FILES.map(|c| format!("{c}.safetensors")).join(", "))));
@@ -44,7 +44,7 @@ pub async fn verify_dir(ctx: &Arc<GpuContext>, dir: &dyn FixtureSource, report: 
         // The model is loaded (strictly) before any case runs, so a broken checkpoint fails first.
         let cfg = ModelConfig::from_json_bytes(&config, &format!("{}/config.json", dir.name()), None)?;
         let weights_name = format!("{}/model.safetensors", dir.name());
-        let bytes = dir.read("model.safetensors").ok_or_else(|| Error::Io { path: weights_name.clone(), message: "missing".into() })?;
+        let bytes = dir.read("model.safetensors").ok_or_else(|| Error::File { path: weights_name.clone().into(), message: "missing".into() })?;
         let ckpt = Checkpoint::from_bytes(bytes, &weights_name, &cfg)?;
         let mut model = GpuModel::load(ctx.clone(), cfg.clone(), &ckpt).await?;
         report.note(&format!("{}: {} model, vocab {}, hidden {}, {} heads, {} blocks, L = {}", dir.name(), cfg.kind.name(), cfg.vocab_size, cfg.hidden_dim, cfg.n_heads, cfg.n_blocks, cfg.model_length));

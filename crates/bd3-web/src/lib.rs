@@ -27,7 +27,7 @@ use std::sync::Arc;
 use wasm_bindgen::prelude::*;
 
 fn js_err(e: Error) -> JsError {
-    JsError::new(&e.to_string())
+    JsError::new(&e.report())
 }
 
 fn set(o: &Object, k: &str, v: impl Into<JsValue>) {

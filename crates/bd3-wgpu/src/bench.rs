@@ -100,10 +100,10 @@ pub fn parse_size(s: &str) -> Result<BenchSize> {
     let v: Vec<usize> = match s {
         "small" => vec![768, 12, 12, 50258, 1024],
         "tiny" => vec![64, 4, 2, 128, 16],
-        spec => spec.split(',').map(|x| x.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("--size `{spec}`: expected small, tiny or D,H,N,V,L")))?,
+        spec => spec.split(',').map(|x| x.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("`{spec}`: expected small, tiny or D,H,N,V,L")))?,
     };
     if v.len() != 5 || v.contains(&0) {
-        return Err(Error::Invalid(format!("--size `{s}`: expected five positive numbers D,H,N,V,L")));
+        return Err(Error::Invalid(format!("`{s}`: expected five positive numbers D,H,N,V,L")));
     }
     Ok(BenchSize { hidden: v[0], heads: v[1], blocks: v[2], vocab: v[3], length: v[4] })
 }
@@ -157,7 +157,7 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
     if !(2..=bd3_model::config::MAX_MODEL_LENGTH).contains(&length_wanted) {
         return Err(Error::Invalid(format!("--length {length_wanted} must be between 2 and {}", bd3_model::config::MAX_MODEL_LENGTH)));
     }
-    cfg.check_batch(batch, length_wanted.max(cfg.model_length), "--batch")?;
+    cfg.check_batch(batch, length_wanted.max(cfg.model_length))?;
     if plan.plan {
         return plan_sample(&plan, &size, block_size, batch, length_wanted, top_p);
     }
@@ -273,7 +273,7 @@ fn plan_sample(plan: &PlanArgs, size: &BenchSize, block_size: usize, batch: usiz
 /// 2L rows: BD3LM trains on x_t ⊕ x_0).
 fn check_batches(size: &BenchSize, batches: &[usize], block_size: usize) -> Result<()> {
     let cfg = bench_config(size, block_size)?;
-    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length, "--batch") })
+    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length) })
 }
 
 /// `bench train`: one training step (forward with saved activations, backward, clip + AdamW + EMA)

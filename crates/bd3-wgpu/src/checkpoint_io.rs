@@ -21,7 +21,7 @@ pub async fn model_bytes(ctx: &GpuContext, cfg: &ModelConfig, w: &Weights, clip:
 
 /// The folder a user (or the official classes) loads: config.json, model.safetensors, tokenizer.json.
 pub fn write_model_dir(dir: &Path, cfg: &ModelConfig, model_safetensors: &[u8], tokenizer_json: &str) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     write_atomically(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
     write_atomically(&dir.join("config.json"), cfg.to_json().as_bytes())?;
     write_atomically(&dir.join("model.safetensors"), model_safetensors)

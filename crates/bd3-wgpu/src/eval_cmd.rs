@@ -5,7 +5,7 @@ use crate::model_source::ModelSource;
 use crate::nelbo::evaluate;
 use crate::progress::Progress;
 use crate::train_cmd::VALID_EVERY;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bd3_gpu::{ContextOptions, GpuContext, GpuModel};
 use bd3_model::data::{chunk_corpus, read_corpus};
 use bd3_model::objective::Clip;
@@ -44,13 +44,16 @@ pub struct EvalArgs {
     /// Seed of the diffusion times
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The model kind, for a checkpoint without config.json whose tensors cannot tell (MDLM, SEDD)
+    #[arg(long, value_enum)]
+    kind: Option<crate::KindArg>,
     /// Independent passes (each draws its own t per block); more than one gives a standard error
     #[arg(long, default_value_t = 1)]
     passes: usize,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let EvalArgs { model, data, batch, split, seed, passes } = a;
+    let EvalArgs { model, data, batch, split, seed, passes, kind } = a;
     if batch == 0 || passes == 0 {
         bail!("--batch and --passes must be at least 1");
     }
@@ -58,9 +61,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--passes {passes} is more than {MAX_PASSES}");
     }
     let source = ModelSource::resolve(Some(&model))?;
-    let dir = source.dir.clone();
-    let (cfg, ckpt) = bd3_model::load_model_dir(&dir, None)?;
-    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq, "--batch")?;
+    let (cfg, ckpt) = source.load(kind.map(Into::into))?;
+    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq).context("--batch")?;
     let tok = TextTokenizer::from_file(source.require_tokenizer()?)?;
     tok.check_fits(&cfg)?;
     let docs = read_corpus(&data)?;

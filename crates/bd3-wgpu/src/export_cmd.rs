@@ -26,6 +26,9 @@ pub struct ExportArgs {
     /// The folder to write (config.json, model.safetensors, tokenizer.json)
     #[arg(long)]
     out: PathBuf,
+    /// The model kind, for a checkpoint without config.json whose tensors cannot tell (MDLM, SEDD)
+    #[arg(long, value_enum)]
+    kind: Option<crate::KindArg>,
     /// Weight storage of the written checkpoint
     #[arg(long, value_enum, default_value_t = Dtype::F16)]
     dtype: Dtype,
@@ -41,7 +44,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if out.canonicalize().ok().is_some_and(|o| model.canonicalize().ok() == Some(o)) {
         bail!("export --out must differ from --model (the source is read while the copy is written)");
     }
-    let (cfg, ckpt) = bd3_model::load_model_dir(&model, None)?;
+    let (cfg, ckpt) = source.load(a.kind.map(Into::into))?;
     let mut tensors = Vec::new();
     for (name, shape) in expected_tensors(&cfg) {
         tensors.push(NamedTensor { data: ckpt.tensor_f32(&name)?, name: format!("backbone.{name}"), shape });

@@ -3,6 +3,7 @@
 //! hub cache (`$HF_HOME/hub/models--OWNER--NAME/…`, shared with Python's `huggingface_hub`).
 
 use anyhow::{bail, Context, Result};
+use bd3_model::{Checkpoint, ModelConfig, ModelKind};
 use std::path::{Path, PathBuf};
 
 /// Where the bundled model lives in the repository.
@@ -39,6 +40,16 @@ impl ModelSource {
     fn local(dir: PathBuf) -> ModelSource {
         let tok = dir.join("tokenizer.json");
         ModelSource { tokenizer: tok.is_file().then_some(tok), dir }
+    }
+
+    /// The config and weights, checked against each other; a folder without config.json (the
+    /// official no-EOS baselines) gets its config inferred from the tensors, said in one line.
+    pub fn load(&self, kind: Option<ModelKind>) -> Result<(ModelConfig, Checkpoint)> {
+        let loaded = bd3_model::load_model_dir(&self.dir, kind)?;
+        if let Some(line) = loaded.inferred_summary() {
+            eprintln!("{}: {line}", self.dir.display());
+        }
+        Ok((loaded.config, loaded.checkpoint))
     }
 
     /// The tokenizer, required (text in or out).

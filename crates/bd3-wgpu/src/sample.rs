@@ -98,13 +98,13 @@ pub fn document_defaults(cli: &mut clap::Command) {
 pub fn run(a: SampleArgs) -> Result<()> {
     let source = ModelSource::resolve(a.model.as_deref())?;
     let dir = source.dir.clone();
-    let (cfg, ckpt) = bd3_model::load_model_dir(&dir, a.kind.map(Into::into))?;
+    let (cfg, ckpt) = source.load(a.kind.map(Into::into))?;
     // The sequences and every step's buffers scale with batch × length: refuse what cannot be allocated.
     let length = a.length.unwrap_or(cfg.model_length);
     if length > bd3_model::config::MAX_MODEL_LENGTH {
         bail!("--length {length} is more than {}", bd3_model::config::MAX_MODEL_LENGTH);
     }
-    cfg.check_batch(a.batch, length.max(cfg.model_length), "--batch")?;
+    cfg.check_batch(a.batch, length.max(cfg.model_length)).context("--batch")?;
     if let Some(bs) = a.block_size {
         if bs != cfg.block_size {
             bail!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size);
@@ -173,7 +173,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
                     SampleEvent::Committed { block, end, .. } => format!("{{\"event\":\"committed\",\"block\":{block},\"end\":{end}}}"),
                 };
                 if let Err(err) = writeln!(w, "{line}") {
-                    trace_err.get_or_insert(err.to_string());
+                    trace_err.get_or_insert(err);
                 }
             }
             if let (true, SampleEvent::Committed { sequences, .. }) = (stream, &e) {

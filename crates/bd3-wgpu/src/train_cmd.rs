@@ -89,7 +89,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
     /// Peak learning rate (AdamW)
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = 3e-4, allow_hyphen_values = true)]
     lr: f64,
     /// Linear warm-up steps
     #[arg(long, default_value_t = 2500)]
@@ -326,7 +326,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         // A model from scratch: its size and batch are checked before the corpus is read or anything
         // is allocated (the vocabulary is only known later; the bound with --vocab-size comes first).
         let cfg = train_config(&run, run.vocab_size.max(3))?;
-        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
+        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq).context("--batch")?;
     }
 
     // Corpus and tokenizer.
@@ -355,7 +355,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let (cfg, init_tensors) = match (&init, &state) {
         (Some(src), None) => {
             let dir = &src.dir;
-            let (mut cfg, ckpt) = bd3_model::load_model_dir(dir, None)?;
+            let (mut cfg, ckpt) = src.load(None)?;
             // The paper's two-stage recipe: an MDLM-style model (full attention, L' = L) fine-tuned
             // as BD3-LM at a smaller block size. The two share every tensor.
             if kind_given && run.kind == ModelKind::Bd3lm && cfg.kind == ModelKind::Mdlm {
@@ -378,7 +378,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         _ => (train_config(&run, tok.vocab_size() + 1)?, None),
     };
     tok.check_fits(&cfg)?;
-    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq, "--batch")?;
+    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq).context("--batch")?;
     if cfg.kind != ModelKind::Bd3lm && run.clip_search {
         bail!("--clip-search applies to BD3LM (block diffusion) models");
     }
