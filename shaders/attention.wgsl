@@ -1,4 +1,4 @@
-// Masked multi-head attention with rotary embedding, one pass (online softmax), spec §1.2-1.4:
+// Masked multi-head attention with rotary embedding, one pass (online softmax), official models/dit.py: DDiTBlock.forward, block_diff_mask:
 //   o_i = Σ_k softmax_k(q'_i · k'_k / sqrt(head_dim) over allowed k) v_k
 // where q', k' are q, k rotated "rotate-half" style at position (index mod pos_period):
 //   x'_j = x_j cos θ_j − x_{j+half} sin θ_j,  x'_{j+half} = x_{j+half} cos θ_j + x_j sin θ_j.

@@ -3,7 +3,7 @@
 // substitutes, and the staging of a tile of head vectors in workgroup memory.
 //
 // Masks (mask_mode): 0 full, 1 causal, 2 block-causal, 3 block-diffusion over x_t ⊕ x_0 with half
-// length half_len (spec §1.4). Each query's allowed keys are at most two intervals, and so are each
+// length half_len (official models/dit.py: block_diff_mask). Each query's allowed keys are at most two intervals, and so are each
 // key's allowed queries (bd3_model::mask::AttentionMask::{intervals, query_intervals} on the CPU).
 // HEAD_DIM and TILE are substituted per model (shaders::specialize): private arrays need constant
 // sizes, and a tile of TILE rows of two head-dim vectors (plus two floats) must keep workgroup memory

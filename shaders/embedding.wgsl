@@ -1,4 +1,4 @@
-// Embedding gather (spec §1.2 step 1): out[r, j] = table[ids[r], j]. No scaling, no position term.
+// Embedding gather (official models/dit.py: EmbeddingLayer): out[r, j] = table[ids[r], j]. No scaling, no position term.
 //
 // A vocabulary table can exceed one storage binding (GPT-2: 50258 x 768 x 4 B = 154 MB > 128 MiB), so
 // it is split by rows into parts; each part is one dispatch and writes only the rows whose id falls

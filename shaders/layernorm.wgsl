@@ -1,4 +1,4 @@
-// LayerNorm without bias, with optional adaLN modulation (spec §1.2):
+// LayerNorm without bias, with optional adaLN modulation (official models/dit.py: LayerNorm, modulate):
 //   y = (x - mean) / sqrt(var + 1e-5) * w * (1 + scale[seq]) + shift[seq]
 // mean and the biased variance are taken over the row (two passes, f32), as F.layer_norm does.
 //

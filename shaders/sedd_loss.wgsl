@@ -1,4 +1,4 @@
-// SEDD log-score and score-entropy loss (spec §3.8, sedd/README §2):
+// SEDD log-score and score-entropy loss (official diffusion.py: _sedd_parameterization, _score_entropy):
 //   s_v = l_v − log(expm1 σ) − log(V−1), and s[x_t] = 0
 //   at a masked row: entropy = Σ_{v≠mask} exp(s_v) − r·s[x0] + r(log r − 1), r = 1/expm1(σ)
 //   token_loss = dσ · entropy (0 on unmasked rows)

@@ -1,4 +1,4 @@
-// Log-probabilities and the per-token loss of the SUBS (BD3LM, MDLM) and AR heads (spec §3.5, §1.6).
+// Log-probabilities and the per-token loss of the SUBS (BD3LM, MDLM) and AR heads (official diffusion.py: _subs_parameterization, AR cross-entropy).
 //   SUBS (mode 0): l[mask] += -1e6; lp = l - logsumexp(l). A row whose input token x_t is not the mask is
 //                  carried over: lp = -1e6 everywhere except 0 at x_t.
 //   AR   (mode 1): l[mask] := -1e6; lp = l - logsumexp(l).

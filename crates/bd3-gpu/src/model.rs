@@ -1,4 +1,4 @@
-//! The DiT backbone of BD3-LM on the GPU, read top to bottom (spec §1.2):
+//! The DiT backbone of BD3-LM on the GPU, read top to bottom (official `models/dit.py:DIT.forward`):
 //!
 //!   x = E[tokens]
 //!   c = silu(mlp.2(silu(mlp.0(features(sigma)))))                      (adaLN models)
@@ -65,7 +65,7 @@ pub struct ForwardShape {
 }
 
 impl ForwardShape {
-    /// The vectorised BD3LM training input x_t ⊕ x_0 with the block-diffusion mask (spec §3.4).
+    /// The vectorised BD3LM training input x_t ⊕ x_0 with the block-diffusion mask (official `diffusion.py:_forward_pass_diffusion`).
     pub fn bd3lm_train(batch: usize, length: usize, block_size: usize) -> ForwardShape {
         ForwardShape {
             batch,

@@ -1,5 +1,5 @@
 //! Training on the GPU: the forward pass with its activations kept, the backward pass, gradient
-//! clipping and AdamW with the EMA of the weights (spec §3, §6).
+//! clipping and AdamW with the EMA of the weights (official `diffusion.py:training_step` / `_loss`, `models/ema.py`; paper Suppl. C.2).
 //!
 //! One [`TrainShape`] records one program: forward (keeping each block's input, the attention
 //! output and log-sum-exp, the pre-gate branch outputs and the MLP pre-activation), the loss and its

@@ -114,7 +114,7 @@ pub fn attention(qkv: &[f32], batch: usize, seq: usize, n_heads: usize, mask: At
     out
 }
 
-/// SUBS log-probabilities of one row (spec §3.5): the mask logit gets −1e6, log-softmax; a row whose
+/// SUBS log-probabilities of one row (official `diffusion.py:_subs_parameterization`): the mask logit gets −1e6, log-softmax; a row whose
 /// input token is not the mask becomes −1e6 everywhere except 0 at that token.
 pub fn subs_log_probs(logits: &[f32], input_token: u32, mask_id: u32) -> Vec<f64> {
     if input_token != mask_id {
@@ -134,7 +134,7 @@ pub fn ar_log_probs(logits: &[f32], mask_id: u32) -> Vec<f64> {
     l.iter().map(|x| x - lse).collect()
 }
 
-/// SEDD log-score of one row and the score entropy at a masked position (spec §3.8):
+/// SEDD log-score of one row and the score entropy at a masked position (official `diffusion.py`: `_sedd_parameterization`, `_score_entropy`):
 /// s = logits − log(expm1 σ) − log(V−1), s[x_t] = 0;
 /// entropy = Σ_{y≠mask} exp(s_y) − r·s[x0] + r(log r − 1), r = 1/expm1(σ), 0 where x_t ≠ mask.
 pub fn sedd_row(logits: &[f32], input_token: u32, target: u32, mask_id: u32, sigma: f64) -> (Vec<f64>, f64) {

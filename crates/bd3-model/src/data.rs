@@ -1,6 +1,6 @@
 //! Training text: reading a corpus (files, folders, JSONL, fortune files), tokenizing it with EOS
 //! between documents, and wrapping it into length-L chunks with a held-out validation split
-//! (spec §5.2: documents are concatenated with EOS and cut into non-overlapping chunks).
+//! (official `dataloader.py`, `wrap=True`: documents are concatenated with EOS and cut into non-overlapping chunks).
 
 use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;

@@ -49,7 +49,7 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f32) -> Vec<NamedTensor
         .collect()
 }
 
-/// The official initialisation (spec §1.2): adaLN-Zero (every adaLN projection and the output layer
+/// The official initialisation (official `models/dit.py`, `DDiTBlock` / `DDiTFinalLayer` initialisation): adaLN-Zero (every adaLN projection and the output layer
 /// start at 0), the embedding Kaiming-uniform(a = √5) = U(±1/√D), every other Linear PyTorch's default
 /// U(±1/√fan_in) for weight and bias, LayerNorm weights 1, the default rotary frequencies.
 pub fn official_init(cfg: &ModelConfig, seed: u64) -> Vec<NamedTensor> {

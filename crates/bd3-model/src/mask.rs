@@ -1,4 +1,4 @@
-//! Attention masks as predicates (spec §1.4), never materialised: "may query q see key k".
+//! Attention masks as predicates (official `models/dit.py:block_diff_mask`; paper Suppl. B.6), never materialised: "may query q see key k".
 //!
 //! The GPU kernel (`shaders/attention.wgsl`) does not test keys one by one; it turns each query's
 //! allowed set into at most two key intervals. `intervals` here is the same rule on the CPU, and the
@@ -12,7 +12,7 @@ pub enum AttentionMask {
     Causal,
     /// Query q sees keys whose block index is ≤ its own (sampling window without a cache).
     BlockCausal { block_size: usize },
-    /// The 2L training mask over x_t ⊕ x_0 (spec §1.4.1), `half_len` = L.
+    /// The 2L training mask over x_t ⊕ x_0 (`block_diff_mask`), `half_len` = L.
     BlockDiff { half_len: usize, block_size: usize },
 }
 

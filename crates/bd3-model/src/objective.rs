@@ -1,4 +1,4 @@
-//! Turning clean chunks into one batch of the training (or evaluation) objective (spec §3.2-3.5, §5.1):
+//! Turning clean chunks into one batch of the training (or evaluation) objective (official `diffusion.py`: `_sample_t`, `q_xt`, `_forward_pass_diffusion`, `_subs_parameterization`, `_loss`):
 //! per-block t with antithetic sampling, the clipped window [β, ω] with resampling of blocks whose
 //! realised mask rate leaves it, token 0 never masked, SUBS weights 1/t (1 when β > 0.5), and the
 //! inputs each model kind's network takes.

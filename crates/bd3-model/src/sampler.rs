@@ -1,5 +1,5 @@
-//! The sampler's arithmetic in f64 on the CPU, written as the official code does it (spec §4.2-4.3,
-//! §4.6): the reference the GPU kernel (`shaders/sample.wgsl`) is tested against, and what `verify`
+//! The sampler's arithmetic in f64 on the CPU, written as the official code does it (official `diffusion.py`:
+//! `_ddpm_caching_update`, `_nucleus_sample`, `_sample_categorical`, `_analytic_sampler`): the reference the GPU kernel (`shaders/sample.wgsl`) is tested against, and what `verify`
 //! checks against the recorded draws of the official sampler.
 
 /// `_nucleus_sample`: sort descending, keep the tokens whose inclusive cumulative probability is ≤ p,

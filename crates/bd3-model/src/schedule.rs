@@ -1,4 +1,4 @@
-//! The noise schedule (spec §3.1-3.3, §3.8): "loglinear" is linear masking, move chance p = t,
+//! The noise schedule (official `noise_schedule.py:LogLinearNoise`, `diffusion.py:_sample_t`): "loglinear" is linear masking, move chance p = t,
 //! loss weight 1/t, per-block t with antithetic (stratified) sampling, and SEDD's sigma(t).
 
 /// Lower end of t everywhere in the official code (`sampling_eps`).
@@ -45,7 +45,7 @@ pub fn sample_t(u: &[f64], batch: usize, n_blocks: usize, eps_min: f64, eps_max:
 }
 
 /// Per-token loss weight of the SUBS objective for a block with mask rate t: 1/t, or 1 when the
-/// clip window starts above 0.5 (the official quirk for the L' = 1 full-masking schedule, spec §3.5).
+/// clip window starts above 0.5 (the official quirk for the L' = 1 full-masking schedule, `diffusion.py:_sample_t`).
 pub fn subs_weight(t: f64, eps_min: f64) -> f64 {
     if eps_min > 0.5 { 1.0 } else { 1.0 / t }
 }

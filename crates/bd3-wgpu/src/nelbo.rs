@@ -1,5 +1,5 @@
 //! The loss of a model kind on clean chunks: the forward shape it needs, one batch through it, and the
-//! evaluation estimator (spec §5.1: t ~ U[1e-3, 1], one stratified sample per sequence and block,
+//! evaluation estimator (official `diffusion.py:validation_step` / `_loss`, paper Suppl. C.4: t ~ U[1e-3, 1], one stratified sample per sequence and block,
 //! PPL = exp(Σ loss / Σ counted tokens)).
 
 use bd3_gpu::{ForwardInput, ForwardShape, GpuModel, Objective};

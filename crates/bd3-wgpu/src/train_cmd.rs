@@ -601,7 +601,7 @@ fn with_ema<T>(ctx: &GpuContext, model: &mut GpuModel, trainer: &Trainer, backup
     r
 }
 
-/// The data-driven noise schedule (spec §3.6): among the candidate windows, the one whose per-block
+/// The data-driven noise schedule (official `diffusion.py:_clipped_schedule_search`, paper §3.3): among the candidate windows, the one whose per-block
 /// NELBO on the validation batches has the smallest variance.
 fn clip_search(model: &mut GpuModel, valid: &[Vec<u32>], batch: usize, seed: u64) -> Result<Clip> {
     let cfg = model.cfg.clone();
