@@ -115,7 +115,7 @@ fn dropout_mask_is_shared_by_forward_and_gate_backward() {
     run_recorded(&ctx, |pb| ops::matmul::record(pb, &k, "matmul", &mm, ops::matmul::Bindings { a: &a_b, b: &w_b, bias: None, gate: Some(&gate_b), out: &out, aux: Some(&aux) }));
     let y = read(&ctx, &aux, m * d);
     let mut plain = vec![0.0; m * d];
-    cpu_ref::matmul_bt(&a, &w, None, m, d, kk, cpu_ref::Epilogue::Store, &mut plain);
+    cpu_ref::matmul_bt(&a, &w, None, cpu_ref::Dims { m, n: d, k: kk }, cpu_ref::Epilogue::Store, &mut plain);
     let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
     assert!((kept - 0.7).abs() < 0.04, "kept fraction {kept}");
     for (yi, pi) in y.iter().zip(&plain) {

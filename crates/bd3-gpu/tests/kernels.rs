@@ -31,7 +31,7 @@ fn matmul_every_epilogue_at_awkward_sizes() {
     ];
     for (epi, cpu_epi) in cases {
         let mut want = base.clone();
-        cpu_ref::matmul_bt(&a, &w, Some(&bias), m, n, kk, cpu_epi, &mut want);
+        cpu_ref::matmul_bt(&a, &w, Some(&bias), cpu_ref::Dims { m, n, k: kk }, cpu_epi, &mut want);
         let mm = Matmul { epilogue: epi, rows_per_seq: rows_per_seq as u32, gate_stride: n as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
         let p = mm.params(true, false);
         // Both variants (64-row and 16-row output tiles) on the same problem.
@@ -62,7 +62,7 @@ fn matmul_writes_a_column_range_from_an_offset_input() {
     run_recorded(&ctx, |pb| ops::matmul::record(pb, &k, "matmul", &mm, ops::matmul::Bindings { a: &a_buf, b: &w_buf, bias: Some(&bias_buf), gate: None, out: &out, aux: None }));
     let got = read(&ctx, &out, m * n_total);
     let mut part = vec![0.0; m * n];
-    cpu_ref::matmul_bt(&a[3 * kk..(3 + m) * kk], &w, Some(&bias_full[col0..col0 + n]), m, n, kk, cpu_ref::Epilogue::Store, &mut part);
+    cpu_ref::matmul_bt(&a[3 * kk..(3 + m) * kk], &w, Some(&bias_full[col0..col0 + n]), cpu_ref::Dims { m, n, k: kk }, cpu_ref::Epilogue::Store, &mut part);
     let mut want = vec![7.0; m * n_total];
     for i in 0..m {
         want[i * n_total + col0..i * n_total + col0 + n].copy_from_slice(&part[i * n..(i + 1) * n]);
@@ -147,7 +147,7 @@ fn attention_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize
     let (qkv_buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
     let b = ops::attention::Bindings { qrows: &qkv_buf, kvrows: &qkv_buf, rope_cos: &cos_buf, rope_sin: &sin_buf, out: &out, lse_delta: None };
     run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
-    let want = cpu_ref::attention(&qkv, batch, seq, n_heads, mask, &cos, &sin, pos_period);
+    let want = cpu_ref::attention(&qkv, cpu_ref::AttentionShape { batch, seq, n_heads, mask, pos_period }, &cos, &sin);
     assert_close(&format!("attention {mask:?} dh={head_dim}"), &read(&ctx, &out, want.len()), &want, 1e-4);
 }
 
@@ -184,7 +184,7 @@ fn attention_queries_at_an_offset_see_every_key() {
     let (buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
     let b = ops::attention::Bindings { qrows: &buf, kvrows: &buf, rope_cos: &cos_buf, rope_sin: &sin_buf, out: &out, lse_delta: None };
     run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
-    let all = cpu_ref::attention(&qkv, 1, seq, heads, AttentionMask::Full, &cos, &sin, seq);
+    let all = cpu_ref::attention(&qkv, cpu_ref::AttentionShape { batch: 1, seq, n_heads: heads, mask: AttentionMask::Full, pos_period: seq }, &cos, &sin);
     assert_close("attention offset queries", &read(&ctx, &out, 5 * d), &all[16 * d..], 1e-4);
 }
 
@@ -302,7 +302,7 @@ fn matvec_every_epilogue_row_mapping_and_dropout_for_few_rows() {
         let (a_b, w_b, bias_b, gate_b) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias), upload(&ctx, &gate));
         for (epi, cpu_epi) in cases {
             let mut want = base.clone();
-            cpu_ref::matmul_bt(&a, &w, Some(&bias), m, n, kk, cpu_epi, &mut want);
+            cpu_ref::matmul_bt(&a, &w, Some(&bias), cpu_ref::Dims { m, n, k: kk }, cpu_epi, &mut want);
             let out = upload(&ctx, &base);
             let mm = Matmul { epilogue: epi, rows_per_seq: rows_per_seq as u32, gate_stride: n as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
             let mut planned = Vec::new();

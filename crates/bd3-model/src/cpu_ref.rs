@@ -46,8 +46,17 @@ pub enum Epilogue<'a> {
     GatedResidual { gate: &'a [f32], rows_per_seq: usize },
 }
 
+/// A product's sizes: `m` rows, `n` output columns, `k` inputs per output.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
 /// out[m, n] = epilogue(Σ_k a[m,k]·w[n,k] + bias[n]): a Linear with weight stored [out, in].
-pub fn matmul_bt(a: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, n: usize, k: usize, epi: Epilogue, out: &mut [f32]) {
+pub fn matmul_bt(a: &[f32], w: &[f32], bias: Option<&[f32]>, dims: Dims, epi: Epilogue, out: &mut [f32]) {
+    let Dims { m, n, k } = dims;
     for i in 0..m {
         for j in 0..n {
             let mut acc: f64 = (0..k).map(|t| a[i * k + t] as f64 * w[j * k + t] as f64).sum();
@@ -78,9 +87,21 @@ pub fn rotate(v: &[f32], cos: &[f32], sin: &[f32], pos: usize) -> Vec<f64> {
     out
 }
 
+/// The shape of one attention call: `batch` sequences of `seq` rows, `n_heads` heads, the mask, and
+/// rotary positions `index % pos_period`.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub n_heads: usize,
+    pub mask: AttentionMask,
+    pub pos_period: usize,
+}
+
 /// Multi-head attention over a fused qkv buffer [batch·seq, 3·d] (q | k | v, head-major) with rotary on
-/// q and k at position `index % pos_period` and the given mask. Returns [batch·seq, d].
-pub fn attention(qkv: &[f32], batch: usize, seq: usize, n_heads: usize, mask: AttentionMask, cos: &[f32], sin: &[f32], pos_period: usize) -> Vec<f32> {
+/// q and k (tables `cos`, `sin`) and the given mask. Returns [batch·seq, d].
+pub fn attention(qkv: &[f32], shape: AttentionShape, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+    let AttentionShape { batch, seq, n_heads, mask, pos_period } = shape;
     let d = qkv.len() / (batch * seq * 3);
     let dh = d / n_heads;
     let scale = 1.0 / (dh as f64).sqrt();

@@ -98,7 +98,17 @@ fn check_mask(report: &mut Report<'_>, name: &str, mask: AttentionMask, stored: 
 /// Compare SUBS/AR log-probabilities: rows whose input is the mask (or every row, for AR) to 1e-4·max
 /// without the mask column; carried-over rows exactly; the mask column (≈ −1e6) to 0.5 absolute,
 /// where the f32 spacing is 0.06.
-fn compare_log_probs(report: &mut Report<'_>, name: &str, got: &[f32], want: &[f64], input_ids: &[u32], vocab: usize, mask_id: u32, ar: bool) {
+/// What the compared log-probabilities were computed from: the input row ids, the vocabulary, the
+/// mask id, and whether the head is AR (every row scored).
+struct LogProbRows<'a> {
+    input_ids: &'a [u32],
+    vocab: usize,
+    mask_id: u32,
+    ar: bool,
+}
+
+fn compare_log_probs(report: &mut Report<'_>, name: &str, got: &[f32], want: &[f64], rows: LogProbRows<'_>) {
+    let LogProbRows { input_ids, vocab, mask_id, ar } = rows;
     let (mut scored_got, mut scored_want, mut carried_got, mut carried_want, mut col_got, mut col_want) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for (r, &x_t) in input_ids.iter().enumerate() {
@@ -182,7 +192,7 @@ async fn bd3lm_objective(model: &mut GpuModel, tf: &TensorFile, report: &mut Rep
     }
     report.compare_f32(&shown("logits"), &cap.logits, &tf.f64(&key("logits"))?.data, ACTIVATIONS);
     if tf.has(&key("log_probs")) {
-        compare_log_probs(report, &shown("log_probs"), &cap.log_probs, &tf.f64(&key("log_probs"))?.data, &xt, cfg.vocab_size, cfg.mask_id(), false);
+        compare_log_probs(report, &shown("log_probs"), &cap.log_probs, &tf.f64(&key("log_probs"))?.data, LogProbRows { input_ids: &xt, vocab: cfg.vocab_size, mask_id: cfg.mask_id(), ar: false });
     }
     report.compare_f32(&shown("token_loss"), &cap.token_loss, &tf.f64(&key("token_loss"))?.data, TOKEN_LOSS);
     let denominator = if tf.has(&shared("attention_mask")) { tf.i64(&shared("attention_mask"))?.data.iter().sum::<i64>() as f64 } else { (b * l) as f64 };
@@ -254,7 +264,7 @@ async fn sample_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<
     let input = ForwardInput { tokens: &tokens, sigma: &vec![0.0; b], input_ids: &last, targets: &last, weights: &zeros, sedd_t: &[] };
     let cap = model.forward(&shape, &input).await?.capture.unwrap();
     report.compare_f32("sample_case.full.logits", &cap.logits, &tf.f64("full.logits")?.data, ACTIVATIONS);
-    compare_log_probs(report, "sample_case.full.log_probs", &cap.log_probs, &tf.f64("full.log_probs")?.data, &last, cfg.vocab_size, cfg.mask_id(), false);
+    compare_log_probs(report, "sample_case.full.log_probs", &cap.log_probs, &tf.f64("full.log_probs")?.data, LogProbRows { input_ids: &last, vocab: cfg.vocab_size, mask_id: cfg.mask_id(), ar: false });
     crate::verify_sampler::bd3lm(model, tf, report).await
 }
 
@@ -341,7 +351,7 @@ async fn ar_case(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>)
     let cap = out.capture.unwrap();
     compare_hidden(report, tf, "", p, &cap.hidden)?;
     report.compare_f32(&format!("{p}logits"), &cap.logits, &tf.f64("logits")?.data, ACTIVATIONS);
-    compare_log_probs(report, &format!("{p}log_probs"), &cap.log_probs, &tf.f64("log_probs")?.data, &inputs, cfg.vocab_size, cfg.mask_id(), true);
+    compare_log_probs(report, &format!("{p}log_probs"), &cap.log_probs, &tf.f64("log_probs")?.data, LogProbRows { input_ids: &inputs, vocab: cfg.vocab_size, mask_id: cfg.mask_id(), ar: true });
     report.compare_f32(&format!("{p}token_loss"), &cap.token_loss, &tf.f64("token_loss")?.data, TOKEN_LOSS);
     report.compare(&format!("{p}loss"), &[out.loss_sum / (b * n) as f64], &tf.f64("loss")?.data, LOSS);
     crate::verify_train::gradients(model, shape, input, tf, report, p).await?;
