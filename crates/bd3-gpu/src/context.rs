@@ -187,11 +187,6 @@ impl GpuContext {
         &self.gpu.as_ref().expect("a planning context has no queue").queue
     }
 
-    /// What plans need to know of this adapter.
-    pub fn adapter_desc(&self) -> crate::plan::AdapterDesc {
-        crate::plan::AdapterDesc::of(self)
-    }
-
     /// Largest buffer a single storage binding may cover.
     pub fn max_binding(&self) -> u64 {
         self.max_binding

@@ -20,7 +20,7 @@ use crate::ops::layernorm::LayerNorm;
 use crate::ops::{self, Kernels};
 use crate::program::{Buf, PlannedDispatch, Program, ProgramBuilder};
 use crate::weights::Weights;
-use bd3_model::{AttentionMask, Checkpoint, Error, ModelConfig, ModelKind, Result};
+use bd3_model::{AttentionMask, Checkpoint, Error, ModelConfig, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -33,16 +33,6 @@ pub enum Objective {
     Ar,
     /// SEDD log-score and score entropy.
     Sedd,
-}
-
-impl Objective {
-    pub fn for_kind(kind: ModelKind) -> Objective {
-        match kind {
-            ModelKind::Bd3lm | ModelKind::Mdlm => Objective::Subs,
-            ModelKind::Ar => Objective::Ar,
-            ModelKind::Sedd => Objective::Sedd,
-        }
-    }
 }
 
 /// Everything static about one forward call; a program is recorded once per distinct shape.

@@ -330,10 +330,6 @@ impl Hub {
         &self.cache_root
     }
 
-    pub fn is_offline(&self) -> bool {
-        self.offline
-    }
-
     /// Fetch (or find in the cache) a model's `model.safetensors`, `config.json`
     /// and tokenizer at `revision` (a branch, tag or commit; usually
     /// [`DEFAULT_REVISION`]). The revision is resolved to a commit by the first

@@ -104,9 +104,6 @@ impl ModelConfig {
     pub fn bos_id(&self) -> u32 {
         (self.vocab_size - 2) as u32
     }
-    pub fn mlp_dim(&self) -> usize {
-        4 * self.hidden_dim
-    }
 
     /// The number of parameters of the network, computed without overflow (None when it does not fit u64).
     pub fn parameter_count(&self) -> Option<u64> {
