@@ -17,6 +17,11 @@ if [ ! -d target/web/node_modules/playwright-core ]; then
   mkdir -p target/web
   (cd target/web && echo '{"private": true}' > package.json && npm install --no-save --no-audit --no-fund --loglevel=error playwright-core@1.65.1)
 fi
+# Formatting and lints are part of the tests: rustfmt as configured, clippy with warnings as errors.
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 scripts/build-web.sh
 # Fail loudly if Vulkan is missing instead of silently picking another backend.
 export WGPU_BACKEND=vulkan XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
