@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const USAGE: &str = "sample [--model DIR (default: the bundled model)] [--prompt TEXT | --prompt-ids 1,2,3] [--length N] [--top-p P]
-         [--sampler first-hitting|ddpm] [--steps N] [--seed N] [--batch N] [--var-length] [--entropy-check]
+         [--sampler first-hitting|ddpm|confidence|confidence-threshold] [--tokens-per-call K]
+         [--confidence-threshold P] [--steps N] [--seed N] [--batch N] [--var-length] [--entropy-check]
          [--trace FILE] [--kind bd3lm|mdlm|sedd|ar] [--block-size N]";
 
 struct Args {
@@ -18,7 +19,9 @@ struct Args {
     prompt_ids: Option<Vec<u32>>,
     length: Option<usize>,
     top_p: Option<f64>,
-    sampler: Sampler,
+    sampler: String,
+    tokens_per_call: Option<usize>,
+    confidence_threshold: Option<f64>,
     steps: Option<usize>,
     seed: u64,
     batch: usize,
@@ -31,8 +34,8 @@ struct Args {
 
 fn parse(args: &[String]) -> Result<Args> {
     let mut a = Args {
-        model: None, prompt: None, prompt_ids: None, length: None, top_p: None, sampler: Sampler::FirstHitting, steps: None,
-        seed: 1, batch: 1, var_length: false, entropy_check: false, trace: None, kind: None, block_size: None,
+        model: None, prompt: None, prompt_ids: None, length: None, top_p: None, sampler: "first-hitting".into(), tokens_per_call: None, confidence_threshold: None, steps: None,
+        seed: bd3_gpu::defaults::SEED, batch: bd3_gpu::defaults::BATCH, var_length: false, entropy_check: false, trace: None, kind: None, block_size: None,
     };
     let mut it = args.iter();
     let value = |it: &mut std::slice::Iter<String>, flag: &str| it.next().cloned().ok_or_else(|| Error::Invalid(format!("{flag} needs a value")));
@@ -46,10 +49,9 @@ fn parse(args: &[String]) -> Result<Args> {
             }
             "--length" => a.length = Some(crate::parse_num(it.next(), flag)?),
             "--top-p" => a.top_p = Some(crate::parse_num(it.next(), flag)?),
-            "--sampler" => {
-                let v = value(&mut it, flag)?;
-                a.sampler = Sampler::parse(&v).ok_or_else(|| Error::Invalid(format!("unknown sampler `{v}` (expected first-hitting or ddpm)")))?;
-            }
+            "--sampler" => a.sampler = value(&mut it, flag)?,
+            "--tokens-per-call" => a.tokens_per_call = Some(crate::parse_num(it.next(), flag)?),
+            "--confidence-threshold" => a.confidence_threshold = Some(crate::parse_num(it.next(), flag)?),
             "--steps" => a.steps = Some(crate::parse_num(it.next(), flag)?),
             "--seed" => a.seed = crate::parse_num(it.next(), flag)?,
             "--batch" => a.batch = crate::parse_num(it.next(), flag)?,
@@ -69,6 +71,7 @@ fn parse(args: &[String]) -> Result<Args> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
+    let sampler = Sampler::from_name(&a.sampler, a.tokens_per_call, a.confidence_threshold)?;
     let dir = match a.model.clone() {
         Some(d) => d,
         None => crate::bundled_model()?,
@@ -85,7 +88,7 @@ pub fn run(args: &[String]) -> Result<()> {
             return Err(Error::Invalid(format!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size)));
         }
     }
-    if !(a.top_p.unwrap_or(0.9) > 0.0 && a.top_p.unwrap_or(0.9) <= 1.0) {
+    if a.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
         return Err(Error::Invalid("--top-p must be in (0, 1]".into()));
     }
     let tok_path = dir.join("tokenizer.json");
@@ -103,14 +106,14 @@ pub fn run(args: &[String]) -> Result<()> {
         (None, Some(ids), _) => ids.clone(),
         (None, None, _) => Vec::new(),
     };
-    let sedd = cfg.kind == ModelKind::Sedd;
+    let defaults = SampleOptions::defaults_for(&cfg);
     let opts = SampleOptions {
         batch: a.batch,
-        length: a.length.unwrap_or(cfg.model_length),
+        length: a.length.unwrap_or(defaults.length),
         prompt,
-        top_p: a.top_p.unwrap_or(if sedd { 0.99 } else { 0.9 }),
-        sampler: a.sampler,
-        steps: a.steps.unwrap_or(if sedd { 1000 } else { cfg.block_size }),
+        top_p: a.top_p.unwrap_or(defaults.top_p),
+        sampler,
+        steps: a.steps.unwrap_or(defaults.steps),
         seed: a.seed,
         var_length: a.var_length,
         entropy_check: a.entropy_check,
