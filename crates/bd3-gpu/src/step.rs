@@ -397,7 +397,7 @@ impl GpuModel {
             if verify && c.draws.map(|d| d.len()) != Some(n * self.cfg.vocab_size) {
                 return bad("a verification step needs supplied draws for every picked row".into());
             }
-            if mode == SampleMode::Confidence && !c.reveal.is_some_and(|r| r.at_least >= 1) {
+            if mode == SampleMode::Confidence && c.reveal.is_none_or(|r| r.at_least == 0) {
                 return bad(
                     "a confidence step needs a reveal rule that keeps at least one draw".into(),
                 );

@@ -154,7 +154,7 @@ fn confidence_steps_match_the_f64_reference_with_the_same_draws() {
         let n = seqs * bs;
         let masked = |s: usize, r: usize| match s {
             0 => true,
-            1 => r % 2 == 0,
+            1 => r.is_multiple_of(2),
             _ => r + 1 == bs,
         };
         let inputs: Vec<u32> = (0..n).map(|i| if masked(i / bs, i % bs) { mask } else { rng.below(mask) }).collect();
@@ -254,19 +254,19 @@ fn check_confidence_run(model: &mut GpuModel, opts: &SampleOptions, k: usize, ex
     .unwrap();
     for revealed in &events {
         calls_revealing += 1;
-        for s in 0..opts.batch {
+        for (s, seen) in revealed_at.iter_mut().enumerate() {
             let mine: Vec<_> = revealed.iter().filter(|r| r.0 == s).collect();
             let block = mine.first().map(|r| block_of(r.1));
             for &&(_, pos, tok) in &mine {
                 assert!(pos >= prefix && pos < opts.length, "position {pos} is not a generated one");
                 assert_eq!(block_of(pos), block.unwrap(), "one call reveals within one block");
-                assert!(revealed_at[s][pos].is_none(), "position {pos} of sequence {s} revealed twice");
+                assert!(seen[pos].is_none(), "position {pos} of sequence {s} revealed twice");
                 assert_ne!(tok, mask);
-                revealed_at[s][pos] = Some(tok);
+                seen[pos] = Some(tok);
             }
             assert!(mine.len() <= k, "{} reveals in one call, K = {k}", mine.len());
             if let (true, Some(b)) = (exact, block) {
-                let left = (prefix..opts.length).filter(|&p| block_of(p) == b && revealed_at[s][p].is_none()).count();
+                let left = (prefix..opts.length).filter(|&p| block_of(p) == b && seen[p].is_none()).count();
                 assert!(mine.len() == k || left == 0, "sequence {s}: {} reveals with {left} masked positions left, K = {k}", mine.len());
             }
         }
