@@ -31,7 +31,8 @@ pub enum Sampler {
     /// ⌈m / K⌉ calls.
     Confidence { tokens_per_call: usize },
     /// Adaptive confidence decoding: as [`Sampler::Confidence`], but each call reveals every masked
-    /// position whose draw has confidence ≥ `threshold`, and at least the most confident one.
+    /// position whose draw has confidence ≥ `threshold` (compared in f32 on the GPU), and at least the
+    /// most confident one.
     ConfidenceThreshold { threshold: f64 },
 }
 
