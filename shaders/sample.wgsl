@@ -1,18 +1,23 @@
-// One token per row, drawn on the GPU from the model's distribution (spec §4.2-4.3, sedd/README §2):
-//   a_v  = adjusted logit:  SUBS  l_v (+ −1e6 at the mask)        modes 0 (first-hitting), 1 (DDPM)
+// One token per row, drawn on the GPU from the model's distribution (the official diffusion.py: _nucleus_sample,
+// _sample_categorical; SEDD: the analytic sampler):
+//   a_v  = adjusted logit:  SUBS  l_v (+ −1e6 at the mask)        modes 0 (first-hitting), 1 (DDPM),
+//                                                                  5 (confidence)
 //                           AR    l_v (:= −1e6 at the mask)        mode 2
 //                           SEDD  l_v − shift, 0 at v = x_t         modes 3 (analytic step), 4 (final denoise)
 //   p_v  = softmax(a)_v, then the nucleus: keep the k most likely tokens where k is the largest with
 //          cumsum_k ≤ top_p, always at least the top one, renormalise (the official rule: the token that
 //          crosses top_p is dropped). The cut is found by bisection on the threshold τ over the f32 bit
 //          patterns: the smallest τ with Σ_{p_v ≥ τ} p_v ≤ top_p gives exactly that set.
-//   q_v  = mode 0, 2: p̃_v;  mode 1: p̃_v (1 − m), q_mask = m  (m = (t − dt)/t);
+//   q_v  = mode 0, 2, 5: p̃_v;  mode 1: p̃_v (1 − m), q_mask = m  (m = (t − dt)/t);
 //          modes 3, 4: staggered score × transposed transition with per-sequence constants
 //          (e^{dσ}, 1 − e^{dσ}, e^{−dσ}, 1 − e^{−dσ}); mode 4 sets q_mask = 0. Without a nucleus
 //          (top_p ≥ 1) SEDD uses exp(a_v) unnormalised, as the official get_score does.
 //   token = argmax_v q_v / E_v with E_v ~ Exp(1) independent (the exponential race = a draw from q/Σq);
 //           ties go to the lowest index, so an all-zero row gives token 0 as torch.argmax does.
 // SUBS rows whose input is not the mask are carried over unchanged.
+// Mode 5 (confidence decoding) also writes token_prob[row] = p_token, the drawn token's probability
+// under the model before the nucleus (softmax of a: the mask excluded, not renormalised over the
+// kept set); carried-over rows get −1. confidence.wgsl then keeps the most confident draws.
 //
 // E_v comes from a counter-based generator keyed by (seed, call, stream, v), built so E keeps full
 // relative precision near 0: E = −log(1 − U') with U' drawn at float resolution down to 2^-33 (its
@@ -22,7 +27,8 @@
 //
 // Bindings: 0 params, 1 logits [n_rows, vocab], 2 row_input [n_rows] (x_t), 3 row_stream [n_rows],
 //           4 seq_consts [n_seq][2] vec4 (shift, e^{dσ}, 1−e^{dσ}, e^{−dσ}; 1−e^{−dσ}, 0, 0, 0),
-//           5 draws [all rows, vocab] (indexed by global row), 6 tokens [all rows] (out).
+//           5 draws [all rows, vocab] (indexed by global row), 6 tokens [all rows] (out),
+//           7 token_prob [all rows] (out, mode 5 only; a placeholder otherwise).
 // Tiling: one workgroup of 256 threads per row; every reduction in workgroup memory (2 KiB).
 // Includes: hash.wgsl (mix32), reduce.wgsl (workgroup_max, workgroup_sum; the argmax below reuses its
 // `red` array next to `red_u`).
@@ -52,9 +58,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> seq_consts: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> draws: array<f32>;
 @group(0) @binding(6) var<storage, read_write> tokens: array<u32>;
+@group(0) @binding(7) var<storage, read_write> token_prob: array<f32>;
 
 const WG: u32 = 256u;
 const NEG: f32 = -1e6;
+const CONFIDENCE: u32 = 5u;
 var<workgroup> red_u: array<u32, WG>;
 
 fn random2(stream: u32, v: u32) -> vec2<u32> {
@@ -80,7 +88,7 @@ fn exponential(stream: u32, v: u32) -> f32 {
 fn adjusted(base: u32, v: u32, x: u32, shift: f32) -> f32 {
     let l = logits[base + v];
     switch p.mode {
-        case 0u, 1u: { return select(l, l + NEG, v == p.mask_id); }
+        case 0u, 1u, 5u: { return select(l, l + NEG, v == p.mask_id); }
         case 2u: { return select(l, NEG, v == p.mask_id); }
         default: { return select(l - shift, 0.0, v == x); }
     }
@@ -99,11 +107,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let c0 = seq_consts[2u * seq];
     let c1 = seq_consts[2u * seq + 1u];
     let shift = c0.x;
-    let sedd = p.mode >= 3u;
+    let sedd = p.mode == 3u || p.mode == 4u;
+    let subs = p.mode <= 1u || p.mode == CONFIDENCE;
 
-    if (p.mode <= 1u && x != p.mask_id) {
+    if (subs && x != p.mask_id) {
         if (lid == 0u) {
             tokens[row] = x;
+            if (p.mode == CONFIDENCE) {
+                token_prob[row] = -1.0;
+            }
         }
         return;
     }
@@ -218,6 +230,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         workgroupBarrier();
     }
     if (lid == 0u) {
-        tokens[row] = red_u[0];
+        let token = red_u[0];
+        tokens[row] = token;
+        if (p.mode == CONFIDENCE) {
+            // The same expression as pv above, so equal rows give bit-equal probabilities.
+            token_prob[row] = exp(adjusted(base, token, x, shift) - row_max) * inv_total;
+        }
     }
 }

@@ -116,6 +116,7 @@ function handle(m) {
       state.loaded = true; state.info = m.info;
       blockSize = m.info.blockSize;
       $('block-size').value = m.info.blockSize;
+      applyDefaults(m.info.defaults);
       $('length').value = Math.min(+$('length').value, Math.max(m.info.length * 4, 2));
       $('load-status').textContent = `Loaded: ${m.info.kind}, ${m.info.blocks} blocks × ${m.info.hidden} wide, vocabulary ${m.info.vocab}, context ${m.info.length}${m.info.tokenizer ? '' : ' (no tokenizer: prompts and output are token ids)'}.`;
       $('load-progress').hidden = true;
@@ -142,6 +143,28 @@ function handle(m) {
       break;
   }
 }
+
+// The sampling defaults of the loaded model, from the engine (one definition with the CLI's).
+function applyDefaults(d) {
+  const sampler = $('sampler');
+  if (sampler.options.length !== d.samplers.length) {
+    sampler.textContent = '';
+    for (const name of d.samplers) sampler.appendChild(new Option(name, name));
+  }
+  sampler.value = d.sampler;
+  $('top-p').value = d.topP;
+  $('steps').value = d.steps;
+  $('seed').value = d.seed;
+  $('tokens-per-call').value = d.tokensPerCall;
+  $('confidence-threshold').value = d.confidenceThreshold;
+  showSamplerInputs();
+}
+// Each confidence sampler's own setting is shown with it.
+function showSamplerInputs() {
+  $('tokens-per-call-label').hidden = $('sampler').value !== 'confidence';
+  $('confidence-threshold-label').hidden = $('sampler').value !== 'confidence-threshold';
+}
+$('sampler').onchange = showSamplerInputs;
 
 // ---- loading ----
 $('model-choice').onchange = () => {
@@ -187,6 +210,8 @@ $('gen-btn').onclick = () => {
   const options = {
     length: +$('length').value, topP: +$('top-p').value, sampler: $('sampler').value, steps: +$('steps').value, seed: +$('seed').value,
     varLength: $('var-length').checked && !!state.info?.tokenizer,
+    ...($('sampler').value === 'confidence' ? { tokensPerCall: +$('tokens-per-call').value } : {}),
+    ...($('sampler').value === 'confidence-threshold' ? { confidenceThreshold: +$('confidence-threshold').value } : {}),
     ...(ids ? { promptIds: ids } : { prompt }),
   };
   state.generating = true; state.result = null; state.events = 0;

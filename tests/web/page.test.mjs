@@ -4,7 +4,7 @@
 // Run by scripts/test.sh: node --test tests/web/ (needs the wasm package in web/pkg and Chromium).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { root, bin, startServe, launchBrowser, openPage as openTab } from './harness.mjs';
 import { mkdirSync, writeFileSync, copyFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -73,6 +73,36 @@ test('the page generates the same tokens as the native binary for the same model
   await page.waitForFunction(() => window.bd3.result || window.bd3.error, null, { timeout: 120_000 });
   const tokens = await page.evaluate(() => window.bd3.result.tokens[0].join(' '));
   assert.equal(tokens, native.trim().split('\n')[0].trim());
+  await page.close();
+});
+
+test('the confidence samplers give the same tokens and NFEs in the page as in the native binary', async () => {
+  const page = await openPage();
+  await loadUrl(page, base + 'models/tiny-a/');
+  for (const [sampler, flag, input, value] of [
+    ['confidence', '--tokens-per-call', '#tokens-per-call', '3'],
+    ['confidence-threshold', '--confidence-threshold', '#confidence-threshold', '0.05'],
+  ]) {
+    const args = ['sample', '--model', path.join(root, 'tests/fixtures/tiny-a'), '--seed', '11', '--length', '40', '--prompt-ids', '5,6,7', '--sampler', sampler, flag, value];
+    const native = spawnSync(bin, args, { encoding: 'utf8' });
+    assert.equal(native.status, 0, native.stderr);
+    const nfe = /(\d+) NFEs/.exec(native.stderr);
+    assert.ok(nfe, native.stderr);
+    await page.selectOption('#sampler', sampler);
+    assert.equal(await page.isVisible(input), true, `${input} is offered with ${sampler}`);
+    await page.fill(input, value);
+    await page.fill('#prompt', '5,6,7');
+    await page.fill('#length', '40');
+    await page.fill('#seed', '11');
+    await page.click('#gen-btn');
+    await page.waitForFunction(() => window.bd3.result || window.bd3.error, null, { timeout: 120_000 });
+    const r = await page.evaluate(() => ({ tokens: window.bd3.result?.tokens[0].join(' '), nfe: window.bd3.result?.nfe, error: window.bd3.error }));
+    assert.equal(r.error, null);
+    assert.equal(r.tokens, native.stdout.trim().split('\n')[0].trim(), sampler);
+    assert.equal(r.nfe, Number(nfe[1]), `${sampler}: NFEs`);
+    // 9 blocks of 4 masked positions after BOS and the prompt, 3 revealed per call: 2 calls each.
+    if (sampler === 'confidence') assert.equal(r.nfe, 18);
+  }
   await page.close();
 });
 

@@ -2,29 +2,110 @@
 //! sampler and SEDD's analytic sampler, all driving [`GpuModel::step`].
 //!
 //! Draws happen on the GPU (`shaders/sample.wgsl`); the host chooses which masked position a
-//! first-hitting step reveals (uniformly, from the same seed) and keeps the sequences. One seed gives
+//! first-hitting step reveals (uniformly, from the same seed) and keeps the sequences. Confidence
+//! decoding chooses on the GPU too (`shaders/confidence.wgsl`, in the same submission). One seed gives
 //! the same tokens on the same adapter.
 
+use crate::ops::confidence::Reveal;
 use crate::ops::sample::SampleMode;
 use crate::model::GpuModel;
 use crate::step::{StepAction, StepCall, StepShape};
 use bd3_model::init::SplitMix;
 use bd3_model::schedule::sigma_from_p;
-use bd3_model::{Error, ModelKind, Result};
+use bd3_model::{Error, ModelConfig, ModelKind, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Sampler {
     /// One masked position per model call, chosen uniformly; its token from the nucleus-filtered model.
     FirstHitting,
     /// T steps per block from t = 1 to 0; each masked token unmasks with probability dt/t.
     Ddpm,
+    /// Parallel decoding by confidence (not one of the paper's samplers; BD3LM and MDLM models). Per
+    /// model call, a token is drawn at every masked position of the current block (of the window, for
+    /// MDLM) from the nucleus-filtered distribution, exactly as first-hitting draws its one position.
+    /// Each draw's confidence is the drawn token's probability under the model *before* the nucleus:
+    /// p_v = softmax(logits)_v with the mask's logit at −∞ (the SUBS distribution), not renormalised
+    /// over the nucleus. The `tokens_per_call` draws with the highest confidence are revealed (ties:
+    /// the lower position first; all of them when fewer positions are masked); the other positions
+    /// stay masked and are drawn afresh by the next call. A block of m masked positions takes
+    /// ⌈m / K⌉ calls.
+    Confidence { tokens_per_call: usize },
+    /// Adaptive confidence decoding: as [`Sampler::Confidence`], but each call reveals every masked
+    /// position whose draw has confidence ≥ `threshold` (compared in f32 on the GPU), and at least the
+    /// most confident one.
+    ConfidenceThreshold { threshold: f64 },
+}
+
+/// The sampler names the CLI and the page accept.
+pub const SAMPLER_NAMES: &[&str] = &["first-hitting", "ddpm", "confidence", "confidence-threshold"];
+
+/// Defaults of the sampling options, defined once for the CLI, the page and the library.
+pub mod defaults {
+    /// Nucleus mass of the masked-diffusion and AR samplers (the official sampling configs' 0.9).
+    pub const TOP_P: f64 = 0.9;
+    /// SEDD's nucleus mass (its official configs use 0.99 with the analytic sampler).
+    pub const SEDD_TOP_P: f64 = 0.99;
+    /// SEDD's analytic steps over the whole sequence (the official 1000).
+    pub const SEDD_STEPS: usize = 1000;
+    pub const SEED: u64 = 1;
+    pub const BATCH: usize = 1;
+    /// Confidence decoding: positions revealed per call.
+    pub const TOKENS_PER_CALL: usize = 2;
+    /// Adaptive confidence decoding: the probability a draw needs to be revealed.
+    pub const CONFIDENCE_THRESHOLD: f64 = 0.9;
 }
 
 impl Sampler {
+    /// A sampler by name, with the default parameters of the confidence samplers.
     pub fn parse(s: &str) -> Option<Sampler> {
-        match s {
-            "first-hitting" => Some(Sampler::FirstHitting),
-            "ddpm" => Some(Sampler::Ddpm),
+        Sampler::from_name(s, None, None).ok()
+    }
+
+    /// A sampler by name (one of [`SAMPLER_NAMES`]); `tokens_per_call` and `threshold` set the
+    /// confidence samplers' parameters (defaults: [`defaults::TOKENS_PER_CALL`],
+    /// [`defaults::CONFIDENCE_THRESHOLD`]) and may be given only to the sampler that uses them.
+    pub fn from_name(name: &str, tokens_per_call: Option<usize>, threshold: Option<f64>) -> Result<Sampler> {
+        let s = match name {
+            "first-hitting" => Sampler::FirstHitting,
+            "ddpm" => Sampler::Ddpm,
+            "confidence" => Sampler::Confidence { tokens_per_call: tokens_per_call.unwrap_or(defaults::TOKENS_PER_CALL) },
+            "confidence-threshold" => Sampler::ConfidenceThreshold { threshold: threshold.unwrap_or(defaults::CONFIDENCE_THRESHOLD) },
+            _ => return Err(Error::Invalid(format!("unknown sampler `{name}` (expected {})", SAMPLER_NAMES.join(", ")))),
+        };
+        if tokens_per_call.is_some() && !matches!(s, Sampler::Confidence { .. }) {
+            return Err(Error::Invalid(format!("tokens per call are for the confidence sampler, not {name}")));
+        }
+        if threshold.is_some() && !matches!(s, Sampler::ConfidenceThreshold { .. }) {
+            return Err(Error::Invalid(format!("a confidence threshold is for the confidence-threshold sampler, not {name}")));
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sampler::FirstHitting => "first-hitting",
+            Sampler::Ddpm => "ddpm",
+            Sampler::Confidence { .. } => "confidence",
+            Sampler::ConfidenceThreshold { .. } => "confidence-threshold",
+        }
+    }
+
+    /// The parameters are in range: K ≥ 1, threshold in (0, 1].
+    pub fn check(&self) -> Result<()> {
+        match *self {
+            Sampler::Confidence { tokens_per_call: 0 } => Err(Error::Invalid("tokens per call must be at least 1".into())),
+            Sampler::Confidence { tokens_per_call } if tokens_per_call > u32::MAX as usize => Err(Error::Invalid(format!("{tokens_per_call} tokens per call is too many"))),
+            Sampler::ConfidenceThreshold { threshold } if !(threshold > 0.0 && threshold <= 1.0) => Err(Error::Invalid(format!("the confidence threshold {threshold} must be in (0, 1]"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Which draws a confidence step keeps (None for the other samplers).
+    fn reveal(&self) -> Option<Reveal> {
+        match *self {
+            Sampler::Confidence { tokens_per_call } => Some(Reveal::top(tokens_per_call as u32)),
+            Sampler::ConfidenceThreshold { threshold } => Some(Reveal::threshold(threshold as f32)),
             _ => None,
         }
     }
@@ -50,6 +131,28 @@ pub struct SampleOptions {
     pub entropy_check: bool,
     /// Set from elsewhere (a Stop button) to end generation before the next model call.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl SampleOptions {
+    /// The defaults for a model: one sequence of the model's length from BOS, seed 1, first-hitting
+    /// with nucleus 0.9 and one DDPM step per block position; for SEDD nucleus 0.99 and 1000
+    /// analytic steps (the official sampling settings). The CLI, the page and the library all start
+    /// from here.
+    pub fn defaults_for(cfg: &ModelConfig) -> SampleOptions {
+        let sedd = cfg.kind == ModelKind::Sedd;
+        SampleOptions {
+            batch: defaults::BATCH,
+            length: cfg.model_length,
+            prompt: Vec::new(),
+            top_p: if sedd { defaults::SEDD_TOP_P } else { defaults::TOP_P },
+            sampler: Sampler::FirstHitting,
+            steps: if sedd { defaults::SEDD_STEPS } else { cfg.block_size },
+            seed: defaults::SEED,
+            var_length: false,
+            entropy_check: false,
+            stop: None,
+        }
+    }
 }
 
 /// What the sampler reports while it works (for streaming, traces and the page).
@@ -114,8 +217,9 @@ pub async fn generate(model: &mut GpuModel, opts: &SampleOptions, on_event: &mut
     if let Some(t) = opts.prompt.iter().find(|&&t| t as usize >= cfg.vocab_size - 1) {
         return Err(Error::Invalid(format!("prompt token {t} is outside the model's vocabulary")));
     }
-    if opts.sampler == Sampler::Ddpm && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd) {
-        return Err(Error::Invalid(format!("the ddpm sampler is for BD3LM and MDLM models, not {}", cfg.kind.name())));
+    opts.sampler.check()?;
+    if opts.sampler != Sampler::FirstHitting && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd) {
+        return Err(Error::Invalid(format!("the {} sampler is for BD3LM and MDLM models, not {}", opts.sampler.name(), cfg.kind.name())));
     }
     model.begin_generation();
     let mut run = Run { model, opts: opts.clone(), rng: SplitMix(opts.seed), call: 0, nfe: 0, calls: 0, on_event };
@@ -149,7 +253,7 @@ impl Run<'_, '_> {
 
     async fn commit(&mut self, tokens: &[u32], rows: usize, cache_idx: usize) -> Result<()> {
         let shape = StepShape { batch: self.opts.batch, rows, cache_len: self.model.cfg.model_length, action: StepAction::Commit };
-        let call = StepCall { tokens, cache_idx, sigma: &[], picked: &[], top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: self.opts.seed, call: self.call, streams: &[], draws: None };
+        let call = StepCall { tokens, cache_idx, sigma: &[], picked: &[], top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: self.opts.seed, call: self.call, streams: &[], draws: None, reveal: None };
         self.calls += 1;
         self.model.step(&shape, &call).await.map(|_| ())
     }
@@ -164,7 +268,8 @@ impl Run<'_, '_> {
         if self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
             return Err(Error::Cancelled);
         }
-        let call = StepCall { tokens: block, cache_idx, sigma, picked, top_p: self.opts.top_p, mask_prob, dsigma, seed: self.opts.seed, call: self.call, streams: &streams, draws: None };
+        let reveal = if mode == SampleMode::Confidence { self.opts.sampler.reveal() } else { None };
+        let call = StepCall { tokens: block, cache_idx, sigma, picked, top_p: self.opts.top_p, mask_prob, dsigma, seed: self.opts.seed, call: self.call, streams: &streams, draws: None, reveal };
         self.call = self.call.wrapping_add(1);
         self.calls += 1;
         Ok(self.model.step(&shape, &call).await?.tokens)
@@ -204,6 +309,25 @@ impl Run<'_, '_> {
                         if block[j] == mask && tok != mask {
                             block[j] = tok;
                             revealed.push((j / rows, start + j % rows, tok));
+                        }
+                    }
+                }
+                Sampler::Confidence { .. } | Sampler::ConfidenceThreshold { .. } => {
+                    // Every row is drawn and the choice is made on the GPU: what comes back is the
+                    // block with the kept draws in place and the mask at the other masked rows. The
+                    // rows are passed in position order, which the GPU's tie rule relies on.
+                    let picked: Vec<u32> = (0..batch).flat_map(|_| 0..rows as u32).collect();
+                    let tokens = self.sample(block, rows, start, cache_idx, &picked, rows, SampleMode::Confidence, 0.0, &[], &[]).await?;
+                    for (j, &tok) in tokens.iter().enumerate() {
+                        if block[j] == mask && tok != mask {
+                            block[j] = tok;
+                            revealed.push((j / rows, start + j % rows, tok));
+                        }
+                    }
+                    // Each call reveals at least one position of every sequence with masked ones.
+                    for (s, m) in masked.iter().enumerate() {
+                        if !m.is_empty() && !revealed.iter().any(|r| r.0 == s) {
+                            return Err(Error::Gpu(format!("a confidence step revealed nothing in sequence {s}")));
                         }
                     }
                 }
@@ -402,26 +526,3 @@ fn finish(mut seqs: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
     seqs
 }
 
-/// The sampling defaults of the official code, defined once for the command line and the page.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SampleDefaults {
-    /// Nucleus mass (`sampling.nucleus_p`).
-    pub top_p: f64,
-    /// Steps per block (DDPM) or in total (SEDD); `None`: the model's block size.
-    pub steps: Option<usize>,
-}
-
-impl SampleDefaults {
-    /// BD3LM, MDLM and AR models: nucleus 0.9, one DDPM step per position of a block.
-    pub const DIFFUSION: SampleDefaults = SampleDefaults { top_p: 0.9, steps: None };
-    /// SEDD's analytic sampler: nucleus 0.99 over 1000 steps.
-    pub const SEDD: SampleDefaults = SampleDefaults { top_p: 0.99, steps: Some(1000) };
-
-    pub fn for_model(cfg: &bd3_model::ModelConfig) -> SampleDefaults {
-        if cfg.kind == ModelKind::Sedd {
-            SampleDefaults::SEDD
-        } else {
-            SampleDefaults::DIFFUSION
-        }
-    }
-}

@@ -5,7 +5,9 @@
 //! window) through the network: their q|k|v go into the cache at the block's rows, attention runs over
 //! all cached rows, and the head sees only the rows the sampler picked; the sample kernel draws the
 //! tokens on the GPU and only those token ids come back. A commit step stores a finished block's clean
-//! q|k|v and stops there.
+//! q|k|v and stops there. A confidence step draws at every row and then, still in the same submission,
+//! keeps only the most confident draws (`shaders/confidence.wgsl`): the ids that come back already say
+//! which rows were revealed (the others are the mask), so neither logits nor probabilities are read.
 //!
 //! Past `cache_len` tokens the cache is a ring: the window keeps the newest `cache_len` tokens and
 //! rotary positions are re-based to the window start, as the official sliding cache does.
@@ -19,6 +21,7 @@ use crate::model::{check_activation_size, GpuModel};
 use crate::ops::attention::Attention;
 use crate::ops::layernorm::LayerNorm;
 use crate::ops::matmul::OutRows;
+use crate::ops::confidence::Reveal;
 use crate::ops::sample::{Sample, SampleMode};
 use crate::program::{Buf, Program, ProgramBuilder};
 use bd3_model::{AttentionMask, Error, Result};
@@ -65,6 +68,9 @@ pub struct StepCall<'a> {
     pub streams: &'a [u32],
     /// [batch·head_rows, vocab] supplied exponentials (verification only).
     pub draws: Option<&'a [f32]>,
+    /// Confidence steps: which draws to keep ([`SampleMode::Confidence`] needs it; the picked rows
+    /// are ranked in the order given, so ties go to the earlier picked row). None otherwise.
+    pub reveal: Option<Reveal>,
 }
 
 pub struct StepOutput {
@@ -116,6 +122,8 @@ struct StepBuffers {
     final_normed: Buf,
     logits: Buf,
     out_tokens: Buf,
+    /// The drawn token's probability per picked row (confidence steps).
+    token_prob: Buf,
     chunk_rows: usize,
 }
 
@@ -202,7 +210,21 @@ impl GpuModel {
                 StepAction::Sample { head_rows, .. } => shape.batch * head_rows,
                 StepAction::Commit => 0,
             };
-            return Ok(StepOutput { tokens: vec![0; n], logits: None });
+            let mut tokens = vec![0; n];
+            if let (StepAction::Sample { head_rows, mode: SampleMode::Confidence, .. }, Some(r)) = (shape.action, call.reveal) {
+                // As the selection would: at most `at_least` masked rows per sequence are revealed.
+                for (i, t) in tokens.iter_mut().enumerate() {
+                    let (seq, j) = (i / head_rows, i % head_rows);
+                    let input = |j: usize| call.tokens[seq * shape.rows + call.picked[seq * head_rows + j] as usize];
+                    let earlier = (0..j).filter(|&j| input(j) == cfg.mask_id()).count();
+                    if input(j) != cfg.mask_id() {
+                        *t = input(j);
+                    } else if earlier >= r.at_least as usize {
+                        *t = cfg.mask_id();
+                    }
+                }
+            }
+            return Ok(StepOutput { tokens, logits: None });
         }
         ws.program.write_params(ctx.queue(), &pb.finish_params());
 
@@ -287,6 +309,9 @@ impl GpuModel {
             if verify && c.draws.map(|d| d.len()) != Some(n * self.cfg.vocab_size) {
                 return bad("a verification step needs supplied draws for every picked row".into());
             }
+            if mode == SampleMode::Confidence && c.reveal.is_none_or(|r| r.at_least == 0) {
+                return bad("a confidence step needs a reveal rule that keeps at least one draw".into());
+            }
         }
         if self.cfg.time_conditioning && c.sigma.len() != s.batch {
             return bad("a time-conditioned model needs one sigma per sequence".into());
@@ -322,6 +347,7 @@ impl GpuModel {
             final_normed: f32s("step final_normed", picked_rows.max(1) * d)?,
             logits: f32s("step logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
             out_tokens: f32s("step tokens out", picked_rows.max(1))?,
+            token_prob: f32s("step token probabilities", picked_rows.max(1))?,
             chunk_rows,
         };
         let out_floats = if head_rows == 0 { 0 } else { picked_rows + if verify { picked_rows * v } else { 0 } };
@@ -353,6 +379,7 @@ impl GpuModel {
             call: 0,
             streams: &[],
             draws: None,
+            reveal: None,
         };
         let mut pb = ProgramBuilder::new(ctx);
         self.record_step(&mut pb, s, &ws, place, &dummy_call)?;
@@ -435,6 +462,7 @@ impl GpuModel {
                 seq_consts: &ws.seq_consts,
                 draws: if verify { ws.draws.as_ref() } else { None },
                 tokens: &buf.out_tokens,
+                token_prob: (mode == SampleMode::Confidence).then_some(&buf.token_prob),
             };
             crate::ops::sample::record(pb, k, &sp, sb)?;
             if verify {
@@ -442,6 +470,13 @@ impl GpuModel {
             }
             Ok(())
         })?;
+        if mode == SampleMode::Confidence {
+            // After every chunk's draws: the choice needs all rows of a sequence. (The recording at
+            // build time has no call yet; its parameters are overwritten by each call's.)
+            let reveal = call.reveal.unwrap_or(Reveal::top(1));
+            let cb = crate::ops::confidence::Bindings { row_input: &ws.row_input, token_prob: &buf.token_prob, tokens: &buf.out_tokens };
+            crate::ops::confidence::record(pb, k, picked_rows as u32, head_rows as u32, cfg.mask_id(), reveal, cb)?;
+        }
         pb.copy_to_output(&buf.out_tokens, 0, picked_rows);
         Ok(())
     }

@@ -117,6 +117,12 @@ fn all_ops() -> Vec<OpSide> {
             sample::Bindings::NAMES,
             sample::THREADS,
         ),
+        side::<confidence::Params>(
+            "confidence.wgsl",
+            src("confidence.wgsl"),
+            confidence::Bindings::NAMES,
+            confidence::THREADS,
+        ),
         side::<col_sum::Params>(
             "col_sum.wgsl",
             src("col_sum.wgsl"),

@@ -112,27 +112,42 @@ fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
                 &step_plan,
             );
 
-            // A short generation: every step shape (sampling and commit calls) the sampler records.
-            let opts = SampleOptions {
-                batch: 2,
-                length: 20,
-                prompt: vec![],
-                top_p: 0.9,
-                sampler: Sampler::FirstHitting,
-                steps: block,
-                seed: 3,
-                var_length: false,
-                entropy_check: false,
-                stop: None,
+            // A short generation: every step shape (sampling and commit calls) the sampler records;
+            // for BD3LM and MDLM also confidence decoding (its step adds the selection pass, and the
+            // planning model reveals as many positions per call as the GPU would).
+            let samplers: &[Sampler] = if kind == "ar" {
+                &[Sampler::FirstHitting]
+            } else {
+                &[
+                    Sampler::FirstHitting,
+                    Sampler::Confidence { tokens_per_call: 3 },
+                ]
             };
-            let real_run =
-                pollster::block_on(bd3_gpu::generate(&mut real, &opts, &mut |_| {})).unwrap();
-            let planned_run =
-                pollster::block_on(bd3_gpu::generate(&mut planned, &opts, &mut |_| {})).unwrap();
-            assert_eq!(
-                planned_run.calls, real_run.calls,
-                "{what}: the planned generation makes the same calls"
-            );
+            let mut calls = 0;
+            for &sampler in samplers {
+                let opts = SampleOptions {
+                    batch: 2,
+                    length: 20,
+                    prompt: vec![],
+                    top_p: 0.9,
+                    sampler,
+                    steps: block,
+                    seed: 3,
+                    var_length: false,
+                    entropy_check: false,
+                    stop: None,
+                };
+                let real_run =
+                    pollster::block_on(bd3_gpu::generate(&mut real, &opts, &mut |_| {})).unwrap();
+                let planned_run =
+                    pollster::block_on(bd3_gpu::generate(&mut planned, &opts, &mut |_| {}))
+                        .unwrap();
+                assert_eq!(
+                    planned_run.calls, real_run.calls,
+                    "{what}, {sampler:?}: the planned generation makes the same calls"
+                );
+                calls += real_run.calls;
+            }
             let real_steps: Vec<_> = real.step_programs().collect();
             assert!(!real_steps.is_empty());
             for (shape, program) in real_steps {
@@ -149,7 +164,7 @@ fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
             }
             assert_eq!(
                 planned.call_plans.len(),
-                real_run.calls,
+                calls,
                 "{what}: one plan per model call"
             );
         }

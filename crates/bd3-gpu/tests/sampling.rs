@@ -1,10 +1,14 @@
 //! The GPU sample kernel (`shaders/sample.wgsl`): against the f64 sampler arithmetic with the same
-//! draws, and a frequency test of its own random draws against a known distribution.
+//! draws, and a frequency test of its own random draws against a known distribution. Confidence
+//! decoding (sample.wgsl in confidence mode, then `shaders/confidence.wgsl`): the same draws and the
+//! same picks as the f64 reference, and end to end on small models.
 
 mod common;
 use bd3_gpu::ops::sample::{Sample, SampleMode};
 use bd3_gpu::ops::{self, Kernels};
-use bd3_model::sampler::{ddpm_q, nucleus, race, sedd_position};
+use bd3_gpu::ops::confidence::Reveal;
+use bd3_gpu::{generate, GpuModel, SampleEvent, SampleOptions, Sampler};
+use bd3_model::sampler::{confidence_draw, confidence_pick, ddpm_q, nucleus, race, sedd_position, subs_probs};
 use common::*;
 
 struct Rows {
@@ -20,7 +24,7 @@ fn run_sample(ctx: &bd3_gpu::GpuContext, k: &Kernels, p: Sample, r: &Rows) -> Ve
     let out = upload_u32(ctx, &vec![0; p.n_rows as usize]);
     let draws = (!r.draws.is_empty()).then(|| upload(ctx, &r.draws));
     let (logits, inputs, streams, consts) = (upload(ctx, &r.logits), upload_u32(ctx, &r.inputs), upload_u32(ctx, &r.streams), upload(ctx, &r.consts));
-    let b = ops::sample::Bindings { logits: &logits, row_input: &inputs, row_stream: &streams, seq_consts: &consts, draws: draws.as_ref(), tokens: &out };
+    let b = ops::sample::Bindings { logits: &logits, row_input: &inputs, row_stream: &streams, seq_consts: &consts, draws: draws.as_ref(), tokens: &out, token_prob: None };
     run_recorded(ctx, |pb| ops::sample::record(pb, k, &p, b).unwrap());
     read(ctx, &out, p.n_rows as usize).iter().map(|f| f.to_bits()).collect()
 }
@@ -72,6 +76,7 @@ fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
                     let ls: Vec<f64> = row.iter().enumerate().map(|(v, &x)| if v as u32 == inputs[r] { 0.0 } else { x as f64 - shift }).collect();
                     race(&sedd_position(&ls, inputs[r] as usize, mask as usize, dsigma, top_p, mode == SampleMode::SeddDenoise).2, er)
                 }
+                SampleMode::Confidence => unreachable!("tested below, with its selection"),
             };
             assert_eq!(got[r] as usize, want, "{mode:?} top_p {top_p} row {r}");
         }
@@ -116,4 +121,221 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
     let first = run_sample(&ctx, &k, p, &small);
     assert_eq!(first, run_sample(&ctx, &k, p, &small), "same key, same draws");
     assert_ne!(first, run_sample(&ctx, &k, Sample { call: 4, ..p }, &small));
+}
+
+/// Confidence decoding's step on the GPU, in two programs so the draws can be read before the choice:
+/// sample.wgsl (confidence mode, supplied exponentials) → (tokens, probabilities), then
+/// confidence.wgsl over the same buffers → the tokens kept.
+fn run_confidence(ctx: &bd3_gpu::GpuContext, k: &Kernels, p: Sample, r: &Rows, reveal: Reveal) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+    let n = p.n_rows as usize;
+    let (out, probs) = (upload_u32(ctx, &vec![0; n]), upload(ctx, &vec![0.0; n]));
+    let (logits, inputs, streams, consts, draws) = (upload(ctx, &r.logits), upload_u32(ctx, &r.inputs), upload_u32(ctx, &r.streams), upload(ctx, &r.consts), upload(ctx, &r.draws));
+    let b = ops::sample::Bindings { logits: &logits, row_input: &inputs, row_stream: &streams, seq_consts: &consts, draws: Some(&draws), tokens: &out, token_prob: Some(&probs) };
+    run_recorded(ctx, |pb| ops::sample::record(pb, k, &p, b).unwrap());
+    let drawn: Vec<u32> = read(ctx, &out, n).iter().map(|f| f.to_bits()).collect();
+    let conf = read(ctx, &probs, n);
+    let cb = ops::confidence::Bindings { row_input: &inputs, token_prob: &probs, tokens: &out };
+    run_recorded(ctx, |pb| ops::confidence::record(pb, k, p.n_rows, p.rows_per_seq, p.mask_id, reveal, cb).unwrap());
+    let kept = read(ctx, &out, n).iter().map(|f| f.to_bits()).collect();
+    (drawn, conf, kept)
+}
+
+#[test]
+fn confidence_steps_match_the_f64_reference_with_the_same_draws() {
+    let ctx = context();
+    let k = kernels(&ctx, 16);
+    let mut rng = Rng(17);
+    let vocab = 293usize; // prime, more than one stride of the 256 threads
+    let mask = (vocab - 1) as u32;
+    let mut checked = (0usize, 0usize, 0usize); // (draws, reveals, masked rows left)
+    for bs in [1usize, 3, 4, 16] {
+        // Three sequences: all masked; every other row masked; only the last row masked (fewer than K).
+        let seqs = 3;
+        let n = seqs * bs;
+        let masked = |s: usize, r: usize| match s {
+            0 => true,
+            1 => r.is_multiple_of(2),
+            _ => r + 1 == bs,
+        };
+        let inputs: Vec<u32> = (0..n).map(|i| if masked(i / bs, i % bs) { mask } else { rng.below(mask) }).collect();
+        // Rows from flat to peaked, so confidences spread over (0, 1) and the thresholds matter.
+        let mut logits = Vec::with_capacity(n * vocab);
+        for _ in 0..n {
+            let scale = 2.0 + 18.0 * rng.uniform() as f32;
+            logits.extend(rng.vec(vocab, scale));
+        }
+        let mut draws: Vec<f32> = (0..n * vocab).map(|_| -(rng.uniform().max(1e-12)).ln() as f32).collect();
+        if bs >= 3 {
+            // An exact tie: sequence 0's last row repeats its first (logits and draws), peaked so both
+            // are its most confident draws; the tie goes to row 0.
+            logits[..vocab].iter_mut().enumerate().for_each(|(v, l)| *l = if v == 11 { 12.0 } else { (v % 7) as f32 * 0.1 });
+            let (row0, last) = ((0..vocab), ((bs - 1) * vocab..bs * vocab));
+            let copy: Vec<f32> = logits[row0.clone()].to_vec();
+            logits[last.clone()].copy_from_slice(&copy);
+            let copy: Vec<f32> = draws[row0].to_vec();
+            draws[last].copy_from_slice(&copy);
+        }
+        let e: Vec<f64> = draws.iter().map(|&x| x as f64).collect();
+        let data = Rows { logits: logits.clone(), inputs: inputs.clone(), streams: vec![0; n], consts: vec![0.0; 8 * seqs], draws };
+        for top_p in [0.9, 1.0] {
+            // The f64 reference: draw and confidence at every masked row.
+            let reference: Vec<Option<(usize, f64)>> = (0..n)
+                .map(|i| {
+                    (inputs[i] == mask).then(|| {
+                        let row: Vec<f64> = logits[i * vocab..(i + 1) * vocab].iter().map(|&x| x as f64).collect();
+                        confidence_draw(&subs_probs(&row, mask as usize), top_p, &e[i * vocab..(i + 1) * vocab])
+                    })
+                })
+                .collect();
+            for (at_least, threshold) in [(1usize, f64::INFINITY), (2, f64::INFINITY), (5, f64::INFINITY), (1, 0.3), (1, 0.7)] {
+                let reveal = if threshold.is_finite() { Reveal::threshold(threshold as f32) } else { Reveal::top(at_least as u32) };
+                let p = Sample { n_rows: n as u32, vocab: vocab as u32, mask_id: mask, mode: SampleMode::Confidence, top_p: top_p as f32, mask_prob: 0.0, seed: 0, call: 0, rows_per_seq: bs as u32, row_offset: 0 };
+                let (drawn, conf, kept) = run_confidence(&ctx, &k, p, &data, reveal);
+                let what = |i: usize| format!("block {bs}, top_p {top_p}, at_least {at_least}, threshold {threshold}, row {i}");
+                for s in 0..seqs {
+                    let rows = s * bs..(s + 1) * bs;
+                    let c: Vec<Option<f64>> = reference[rows.clone()].iter().map(|r| r.map(|x| x.1)).collect();
+                    // Near ties or values near the threshold would make f32 against f64 a coin toss.
+                    let mut sorted: Vec<f64> = c.iter().flatten().copied().collect();
+                    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                    for w in sorted.windows(2) {
+                        assert!(w[1] == w[0] || w[1] - w[0] > 1e-5, "{}: the test data has a near tie", what(rows.start));
+                    }
+                    assert!(sorted.iter().all(|x| (x - threshold).abs() > 1e-5), "{}: a confidence sits on the threshold", what(rows.start));
+                    let keep = confidence_pick(&c, at_least, threshold);
+                    let n_masked = c.iter().flatten().count();
+                    let n_keep = keep.iter().filter(|&&b| b).count();
+                    if threshold.is_infinite() {
+                        assert_eq!(n_keep, at_least.min(n_masked), "{}", what(rows.start));
+                    }
+                    for (j, i) in rows.enumerate() {
+                        match reference[i] {
+                            None => {
+                                assert_eq!(drawn[i], inputs[i], "{}: a clean row is carried over", what(i));
+                                assert_eq!(kept[i], inputs[i], "{}", what(i));
+                            }
+                            Some((token, prob)) => {
+                                assert_eq!(drawn[i] as usize, token, "{}: the draw", what(i));
+                                assert!((conf[i] as f64 - prob).abs() <= 1e-5 * prob.max(1e-3), "{}: confidence {} against {prob}", what(i), conf[i]);
+                                let want = if keep[j] { token as u32 } else { mask };
+                                assert_eq!(kept[i], want, "{}: the pick", what(i));
+                                checked.0 += 1;
+                                if keep[j] { checked.1 += 1 } else { checked.2 += 1 }
+                            }
+                        }
+                    }
+                    if bs >= 3 && s == 0 {
+                        assert_eq!(conf[0].to_bits(), conf[bs - 1].to_bits(), "the planted tie is exact on the GPU");
+                        assert!(kept[0] != mask && (at_least >= 2 || threshold < 0.9 || kept[bs - 1] == mask), "{}: the tie goes to the lower position", what(0));
+                    }
+                }
+            }
+        }
+    }
+    // The test could fail both ways: draws were kept and draws were sent back to the mask.
+    assert!(checked.1 > 50 && checked.2 > 50, "{checked:?}");
+}
+
+/// Generate with `sampler` and check every reveal: only masked positions after the prompt, each once,
+/// at most `k` per sequence and call (exactly min(k, still masked in the block) when `exact`), at least
+/// one per sequence with masked positions left; the final sequences hold what was revealed. Returns
+/// the result and the number of calls that revealed something.
+fn check_confidence_run(model: &mut GpuModel, opts: &SampleOptions, k: usize, exact: bool, block_of: impl Fn(usize) -> usize) -> bd3_gpu::SampleResult {
+    let mask = model.cfg.mask_id();
+    let prefix = 1 + opts.prompt.len();
+    let mut revealed_at: Vec<Vec<Option<u32>>> = vec![vec![None; opts.length]; opts.batch];
+    let mut calls_revealing = 0;
+    let mut events = Vec::new();
+    let result = pollster::block_on(generate(model, opts, &mut |e| {
+        if let SampleEvent::Revealed { revealed, .. } = e {
+            events.push(revealed.to_vec());
+        }
+    }))
+    .unwrap();
+    for revealed in &events {
+        calls_revealing += 1;
+        for (s, seen) in revealed_at.iter_mut().enumerate() {
+            let mine: Vec<_> = revealed.iter().filter(|r| r.0 == s).collect();
+            let block = mine.first().map(|r| block_of(r.1));
+            for &&(_, pos, tok) in &mine {
+                assert!(pos >= prefix && pos < opts.length, "position {pos} is not a generated one");
+                assert_eq!(block_of(pos), block.unwrap(), "one call reveals within one block");
+                assert!(seen[pos].is_none(), "position {pos} of sequence {s} revealed twice");
+                assert_ne!(tok, mask);
+                seen[pos] = Some(tok);
+            }
+            assert!(mine.len() <= k, "{} reveals in one call, K = {k}", mine.len());
+            if let (true, Some(b)) = (exact, block) {
+                let left = (prefix..opts.length).filter(|&p| block_of(p) == b && seen[p].is_none()).count();
+                assert!(mine.len() == k || left == 0, "sequence {s}: {} reveals with {left} masked positions left, K = {k}", mine.len());
+            }
+        }
+    }
+    assert_eq!(calls_revealing, result.nfe, "NFE counts the calls that revealed something");
+    for (s, seq) in result.sequences.iter().enumerate() {
+        assert_eq!(seq.len(), opts.length);
+        for p in prefix..opts.length {
+            assert_eq!(Some(seq[p]), revealed_at[s][p], "sequence {s} position {p}: every generated token was revealed once, as it is");
+        }
+    }
+    result
+}
+
+fn fixture_model(ctx: std::sync::Arc<bd3_gpu::GpuContext>) -> GpuModel {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-a");
+    let bd3_model::ModelDir { config: cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(&dir, None).unwrap();
+    pollster::block_on(GpuModel::load(ctx, cfg, &ckpt)).unwrap()
+}
+
+#[test]
+fn confidence_decoding_end_to_end_reveals_k_masked_positions_per_call() {
+    let ctx = context();
+    // BD3LM (the fixture: block 4, length 16): the prompt leaves 1 masked position in block 0, then 4
+    // per block, so top-K takes ⌈1/K⌉ + 3⌈4/K⌉ calls.
+    let mut model = fixture_model(ctx.clone());
+    let bs = model.cfg.block_size;
+    assert_eq!((bs, model.cfg.model_length), (4, 16));
+    let base = SampleOptions { batch: 2, prompt: vec![5, 6], seed: 9, ..SampleOptions::defaults_for(&model.cfg) };
+    for k in [1usize, 2, 3, 4, 6] {
+        let opts = SampleOptions { sampler: Sampler::Confidence { tokens_per_call: k }, ..base.clone() };
+        let r = check_confidence_run(&mut model, &opts, k, true, |p| p / bs);
+        assert_eq!(r.nfe, 1usize.div_ceil(k) + 3 * 4usize.div_ceil(k), "K = {k}");
+        assert_eq!(r.calls, r.nfe + 3, "and one commit per block but the last");
+    }
+    for threshold in [0.05, 0.5, 1.0] {
+        let opts = SampleOptions { sampler: Sampler::ConfidenceThreshold { threshold }, ..base.clone() };
+        let r = check_confidence_run(&mut model, &opts, bs, false, |p| p / bs);
+        assert!((4..=13).contains(&r.nfe), "threshold {threshold}: {} NFEs", r.nfe);
+        if threshold == 1.0 {
+            // Nothing reaches probability 1 on this model: one position per call.
+            assert_eq!(r.nfe, 13);
+        }
+    }
+
+    // MDLM, windowed: a first window of L = 20 (17 masked after the prompt), then one stride of 10.
+    let json = r#"{"model_type":"mdlm","block_size":20,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":2,"n_heads":2,"vocab_size":70}"#;
+    let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "mdlm test", None).unwrap();
+    let mut mdlm = pollster::block_on(GpuModel::allocate(ctx.clone(), cfg.clone())).unwrap();
+    for t in bd3_model::init::random_weights(&cfg, 5, 0.3) {
+        mdlm.write_tensor(t.name.strip_prefix("backbone.").unwrap(), &t.data).unwrap();
+    }
+    for k in [1usize, 3, 4] {
+        let opts = SampleOptions { batch: 2, length: 30, prompt: vec![1, 2], seed: 4, sampler: Sampler::Confidence { tokens_per_call: k }, ..SampleOptions::defaults_for(&cfg) };
+        let r = check_confidence_run(&mut mdlm, &opts, k, true, |p| if p < 20 { 0 } else { 1 });
+        assert_eq!(r.nfe, 17usize.div_ceil(k) + 10usize.div_ceil(k), "MDLM, K = {k}");
+    }
+
+    // AR and SEDD models have no masked block to decode in parallel.
+    for (json, kind) in [
+        (r#"{"model_type":"bd3lm","parameterization":"ar","causal":true,"adaln":false,"block_size":1,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":1,"n_heads":2,"vocab_size":70}"#, "ar"),
+        (r#"{"model_type":"mdlm","parameterization":"sedd","time_conditioning":true,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":1,"n_heads":2,"vocab_size":70}"#, "sedd"),
+    ] {
+        let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "refusal test", None).unwrap();
+        let mut m = pollster::block_on(GpuModel::allocate(ctx.clone(), cfg.clone())).unwrap();
+        let opts = SampleOptions { sampler: Sampler::Confidence { tokens_per_call: 2 }, ..SampleOptions::defaults_for(&cfg) };
+        let err = pollster::block_on(generate(&mut m, &opts, &mut |_| {})).err().expect("refused").to_string();
+        assert!(err.contains("confidence sampler is for BD3LM and MDLM models") && err.contains(kind), "{err}");
+    }
+    let bad = SampleOptions { sampler: Sampler::Confidence { tokens_per_call: 0 }, ..base };
+    assert!(pollster::block_on(generate(&mut model, &bad, &mut |_| {})).is_err());
 }

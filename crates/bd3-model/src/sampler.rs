@@ -72,6 +72,44 @@ pub fn sedd_position(log_score: &[f64], x: usize, mask_id: usize, dsigma: f64, t
     (score, stag, probs)
 }
 
+/// SUBS probabilities of one row of logits: softmax with the mask token's logit at −∞ (its
+/// probability exactly 0), in f64.
+pub fn subs_probs(logits: &[f64], mask_id: usize) -> Vec<f64> {
+    let m = logits.iter().enumerate().filter(|&(v, _)| v != mask_id).map(|(_, &l)| l).fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().enumerate().map(|(v, &l)| if v == mask_id { 0.0 } else { (l - m).exp() }).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|x| x / z).collect()
+}
+
+/// One draw of confidence decoding at a masked position: the token drawn from the nucleus-filtered
+/// distribution by the exponential race with `e` (as first-hitting draws), and its confidence: the
+/// token's probability under `probs`, the model's distribution before the nucleus.
+pub fn confidence_draw(probs: &[f64], top_p: f64, e: &[f64]) -> (usize, f64) {
+    let token = race(&nucleus(probs, top_p), e);
+    (token, probs[token])
+}
+
+/// Which positions a confidence step reveals, given each position's confidence (None: not masked).
+/// Candidates are ranked by confidence, highest first, ties to the lower position; the first
+/// `at_least` of them are revealed, and every other whose confidence is ≥ `threshold`.
+/// Top-K decoding is (K, +∞); threshold decoding (1, p).
+pub fn confidence_pick(confidence: &[Option<f64>], at_least: usize, threshold: f64) -> Vec<bool> {
+    let mut keep = vec![false; confidence.len()];
+    for (i, ci) in confidence.iter().enumerate() {
+        let Some(c) = *ci else { continue };
+        let mut rank = 0;
+        for (j, cj) in confidence.iter().enumerate() {
+            if let Some(d) = *cj {
+                if d > c || (d == c && j < i) {
+                    rank += 1;
+                }
+            }
+        }
+        keep[i] = rank < at_least || c >= threshold;
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +121,24 @@ mod tests {
         assert!((p[0] - 0.5 / 0.8).abs() < 1e-15);
         let p = nucleus(&[0.95, 0.05], 0.9);
         assert_eq!(p, vec![1.0, 0.0], "the top token is always kept");
+    }
+
+    #[test]
+    fn confidence_pick_keeps_the_top_k_with_ties_to_the_lower_position() {
+        let c = [Some(0.2), None, Some(0.7), Some(0.2), Some(0.9), None];
+        let picks = |k, t| confidence_pick(&c, k, t).iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect::<Vec<_>>();
+        assert_eq!(picks(1, f64::INFINITY), vec![4]);
+        assert_eq!(picks(3, f64::INFINITY), vec![0, 2, 4], "0.2 at positions 0 and 3: the lower wins");
+        assert_eq!(picks(10, f64::INFINITY), vec![0, 2, 3, 4], "K capped by the masked count; unmasked never picked");
+        assert_eq!(picks(1, 0.5), vec![2, 4]);
+        assert_eq!(picks(1, 0.95), vec![4], "at least the most confident one");
+    }
+
+    #[test]
+    fn subs_probs_give_the_mask_nothing() {
+        let p = subs_probs(&[0.0, (2.0f64).ln(), 50.0], 2);
+        assert_eq!(p[2], 0.0);
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-15 && (p[1] - 2.0 / 3.0).abs() < 1e-15);
     }
 
     #[test]

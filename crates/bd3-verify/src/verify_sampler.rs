@@ -48,7 +48,7 @@ fn ids(a: &[i64]) -> Vec<u32> {
 
 /// A sampling step with everything defaulted but what a check sets.
 fn call<'a>(tokens: &'a [u32], cache_idx: usize, picked: &'a [u32], streams: &'a [u32]) -> StepCall<'a> {
-    StepCall { tokens, cache_idx, sigma: &[], picked, top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: 0, call: 0, streams, draws: None }
+    StepCall { tokens, cache_idx, sigma: &[], picked, top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: 0, call: 0, streams, draws: None, reveal: None }
 }
 
 /// Commit the clean blocks before `upto` of each sequence of `x` ([batch, len]) into the cache.

@@ -19,7 +19,7 @@
 use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
 use bd3_model::checkpoint::{bytes_to_f32, check_header, parse_header, validate_entries};
 use bd3_model::tokenizer::TextTokenizer;
-use bd3_model::{Error, ModelConfig, ModelKind};
+use bd3_model::{Error, ModelConfig};
 use js_sys::{Array, Function, Object, Reflect};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -190,12 +190,26 @@ impl Engine {
             set(&o, "length", c.model_length as f64);
             set(&o, "blockSize", c.block_size as f64);
             set(&o, "tokenizer", self.tokenizer.is_some());
+            // The sampling defaults for this model (bd3_gpu's, as the CLI uses): the page fills its
+            // inputs with them.
+            let d = SampleOptions::defaults_for(c);
+            let defaults = Object::new();
+            set(&defaults, "sampler", d.sampler.name());
+            set(&defaults, "topP", d.top_p);
+            set(&defaults, "steps", d.steps as f64);
+            set(&defaults, "seed", d.seed as f64);
+            set(&defaults, "tokensPerCall", bd3_gpu::defaults::TOKENS_PER_CALL as f64);
+            set(&defaults, "confidenceThreshold", bd3_gpu::defaults::CONFIDENCE_THRESHOLD);
+            set(&defaults, "samplers", bd3_gpu::SAMPLER_NAMES.iter().map(|&n| JsValue::from(n)).collect::<Array>());
+            set(&o, "defaults", defaults);
         }
         o
     }
 
-    /// Generate. `options`: {prompt?: string, promptIds?: number[], length?, topP?, sampler?: "first-hitting"|"ddpm",
-    /// steps?, seed?, batch?, varLength?}. `on_event` receives {type: "revealed", block, call, revealed: [[seq, pos, token, text]]}
+    /// Generate. `options`: {prompt?: string, promptIds?: number[], length?, topP?,
+    /// sampler?: "first-hitting"|"ddpm"|"confidence"|"confidence-threshold", tokensPerCall? (confidence),
+    /// confidenceThreshold? (confidence-threshold), steps?, seed?, batch?, varLength?}; what is left
+    /// out takes the defaults of `SampleOptions::defaults_for` (as `info().defaults`). `on_event` receives {type: "revealed", block, call, revealed: [[seq, pos, token, text]]}
     /// and {type: "committed", block, end, tokens: number[] (sequence 0), text}. Resolves to {tokens, text, nfe, calls, ms}.
     pub async fn generate(&mut self, options: JsValue, on_event: Function) -> Result<Object, JsError> {
         let model = self.model.as_mut().ok_or_else(|| JsError::new("no model is loaded"))?;
@@ -210,18 +224,19 @@ impl Engine {
             (None, Some(ids)) => Array::from(&ids).iter().map(|v| v.as_f64().unwrap_or(0.0) as u32).collect(),
             (None, None) => Vec::new(),
         };
-        let sampler_name = get("sampler").and_then(|v| v.as_string()).unwrap_or_else(|| "first-hitting".into());
-        let sampler = Sampler::parse(&sampler_name).ok_or_else(|| JsError::new(&format!("unknown sampler `{sampler_name}`")))?;
-        let sedd = cfg.kind == ModelKind::Sedd;
+        let d = SampleOptions::defaults_for(&cfg);
+        let sampler_name = get("sampler").and_then(|v| v.as_string()).unwrap_or_else(|| d.sampler.name().into());
+        let tokens_per_call = get("tokensPerCall").and_then(|v| v.as_f64()).map(|k| if k >= 0.0 && k.fract() == 0.0 { k as usize } else { 0 });
+        let sampler = Sampler::from_name(&sampler_name, tokens_per_call, get("confidenceThreshold").and_then(|v| v.as_f64())).map_err(js_err)?;
         STOP.with(|s| s.store(false, Ordering::SeqCst));
         let opts = SampleOptions {
-            batch: num("batch", 1.0) as usize,
-            length: num("length", cfg.model_length as f64) as usize,
+            batch: num("batch", d.batch as f64) as usize,
+            length: num("length", d.length as f64) as usize,
             prompt,
-            top_p: num("topP", if sedd { 0.99 } else { 0.9 }),
+            top_p: num("topP", d.top_p),
             sampler,
-            steps: num("steps", if sedd { 1000.0 } else { cfg.block_size as f64 }) as usize,
-            seed: num("seed", 1.0) as u64,
+            steps: num("steps", d.steps as f64) as usize,
+            seed: num("seed", d.seed as f64) as u64,
             var_length: get("varLength").and_then(|v| v.as_bool()).unwrap_or(false),
             entropy_check: false,
             stop: Some(STOP.with(|s| s.clone())),

@@ -81,7 +81,7 @@ pub struct SampleBenchArgs {
     #[arg(long)]
     length: Option<usize>,
     /// Nucleus mass
-    #[arg(long, default_value_t = bd3_gpu::SampleDefaults::DIFFUSION.top_p)]
+    #[arg(long, default_value_t = bd3_gpu::defaults::TOP_P)]
     top_p: f64,
     #[command(flatten)]
     plan: PlanArgs,

@@ -2,7 +2,7 @@
 
 use crate::model_source::ModelSource;
 use anyhow::{bail, Context, Result};
-use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleDefaults, SampleEvent, SampleOptions, Sampler};
+use bd3_gpu::{defaults, generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
 use bd3_model::tokenizer::TextTokenizer;
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,14 +16,17 @@ pub enum SamplerArg {
     FirstHitting,
     /// T steps per block from t = 1 to 0 (--steps)
     Ddpm,
+    /// Per call, draw every masked position of the block and reveal the --tokens-per-call most
+    /// probable draws (parallel decoding, beyond the paper)
+    Confidence,
+    /// Per call, reveal every draw whose probability is at least --confidence-threshold (at least one)
+    ConfidenceThreshold,
 }
 
-impl From<SamplerArg> for Sampler {
-    fn from(s: SamplerArg) -> Sampler {
-        match s {
-            SamplerArg::FirstHitting => Sampler::FirstHitting,
-            SamplerArg::Ddpm => Sampler::Ddpm,
-        }
+impl SamplerArg {
+    fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().expect("every sampler has a name").get_name().to_string()
     }
 }
 
@@ -49,14 +52,20 @@ pub struct SampleArgs {
     /// How masked positions are revealed
     #[arg(long, value_enum, default_value_t = SamplerArg::FirstHitting)]
     sampler: SamplerArg,
+    /// Positions revealed per model call (--sampler confidence)
+    #[arg(long, value_name = "K")]
+    tokens_per_call: Option<usize>,
+    /// Probability a draw needs to be revealed (--sampler confidence-threshold)
+    #[arg(long, value_name = "P")]
+    confidence_threshold: Option<f64>,
     /// Steps per block (ddpm) or in total (SEDD's analytic sampler)
     #[arg(long)]
     steps: Option<usize>,
     /// Seed of every random draw (one seed gives the same tokens on the same adapter)
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::SEED)]
     seed: u64,
     /// Sequences generated together
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults::BATCH)]
     batch: usize,
     /// Stop each sequence at its first generated end-of-text token
     #[arg(long)]
@@ -76,21 +85,22 @@ pub struct SampleArgs {
     block_size: Option<usize>,
 }
 
-/// Put the model-dependent defaults, defined once in `bd3_gpu::SampleDefaults`, into the help text.
+/// Put the sampling defaults, defined once in `bd3_gpu::defaults` (and per model in
+/// `SampleOptions::defaults_for`), into the help text.
 pub fn document_defaults(cli: &mut clap::Command) {
-    let d = SampleDefaults::DIFFUSION;
-    let sedd = SampleDefaults::SEDD;
-    let top_p = format!("{} ({} for SEDD)", d.top_p, sedd.top_p);
-    let steps = format!("the block size ({} for SEDD)", sedd.steps.unwrap_or_default());
-    let patch = |c: clap::Command| {
-        c.mut_arg("top_p", |a| {
-            let help = format!("{} [default: {top_p}]", a.get_help().map(|h| h.to_string()).unwrap_or_default());
+    let with_default = |default: String| {
+        move |a: clap::Arg| {
+            let help = format!("{} [default: {default}]", a.get_help().map(|h| h.to_string()).unwrap_or_default());
             a.help(help)
-        })
-        .mut_arg("steps", |a| {
-            let help = format!("{} [default: {steps}]", a.get_help().map(|h| h.to_string()).unwrap_or_default());
-            a.help(help)
-        })
+        }
+    };
+    let top_p = format!("{} ({} for SEDD)", defaults::TOP_P, defaults::SEDD_TOP_P);
+    let steps = format!("the block size ({} for SEDD)", defaults::SEDD_STEPS);
+    let patch = move |c: clap::Command| {
+        c.mut_arg("top_p", with_default(top_p))
+            .mut_arg("steps", with_default(steps))
+            .mut_arg("tokens_per_call", with_default(defaults::TOKENS_PER_CALL.to_string()))
+            .mut_arg("confidence_threshold", with_default(defaults::CONFIDENCE_THRESHOLD.to_string()))
     };
     *cli = std::mem::take(cli).mut_subcommand("sample", patch);
 }
@@ -110,8 +120,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
             bail!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size);
         }
     }
-    let defaults = SampleDefaults::for_model(&cfg);
-    let top_p = a.top_p.unwrap_or(defaults.top_p);
+    let model_defaults = SampleOptions::defaults_for(&cfg);
+    let top_p = a.top_p.unwrap_or(model_defaults.top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], not {top_p}");
     }
@@ -129,17 +139,18 @@ pub fn run(a: SampleArgs) -> Result<()> {
         (None, Some(ids), _) => ids.clone(),
         (None, None, _) => Vec::new(),
     };
+    let sampler = Sampler::from_name(&a.sampler.name(), a.tokens_per_call, a.confidence_threshold)?;
     let opts = SampleOptions {
         batch: a.batch,
         length,
         prompt,
         top_p,
-        sampler: a.sampler.into(),
-        steps: a.steps.or(defaults.steps).unwrap_or(cfg.block_size),
+        sampler,
+        steps: a.steps.unwrap_or(model_defaults.steps),
         seed: a.seed,
         var_length: a.var_length,
         entropy_check: a.entropy_check,
-        stop: None,
+        ..model_defaults
     };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;

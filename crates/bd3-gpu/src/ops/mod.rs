@@ -13,6 +13,7 @@
 //! | [`reduce_sum`] | reduce_sum.wgsl | Σx or Σx² into one value |
 //! | [`grad_norm`] | grad_norm.wgsl | Σx² over many tensors (with reduce_sum) |
 //! | [`sample`] | sample.wgsl | one token per row: nucleus and exponential race |
+//! | [`confidence`] | confidence.wgsl | confidence decoding: keep the most confident draws |
 //! | [`col_sum`] | col_sum.wgsl | column sums (bias gradients) |
 //! | [`elementwise`] | elementwise.wgsl | gelu and the activation derivatives |
 //! | [`gate_backward`] | gate_backward.wgsl | gated residual backward, dropout regenerated |
@@ -29,6 +30,7 @@ use bd3_model::{Error, Result};
 pub mod adamw;
 pub mod attention;
 pub mod col_sum;
+pub mod confidence;
 pub mod elementwise;
 pub mod embedding;
 pub mod embedding_backward;
@@ -110,6 +112,7 @@ pub struct Kernels {
     pub sedd_loss: Kernel,
     pub reduce_sum: Kernel,
     pub sample: Kernel,
+    pub confidence: Kernel,
     pub placeholders: Placeholders,
 }
 
@@ -134,6 +137,7 @@ impl Kernels {
             sedd_loss: kernel(ctx, "sedd_loss", sedd_loss::THREADS).await?,
             reduce_sum: kernel(ctx, "reduce_sum", reduce_sum::THREADS).await?,
             sample: kernel(ctx, "sample", sample::THREADS).await?,
+            confidence: kernel(ctx, "confidence", confidence::THREADS).await?,
             placeholders: Placeholders::new(ctx)?,
         })
     }

@@ -4,7 +4,7 @@
 use super::{bindings, words, Kernels};
 use crate::program::{Cost, ProgramBuilder};
 use crate::uniform_params;
-use bd3_model::Result;
+use bd3_model::{Error, Result};
 
 pub const THREADS: u32 = 256;
 /// Bisection passes over the vocabulary to find the nucleus threshold.
@@ -39,6 +39,8 @@ bindings! {
         /// Supplied exponentials (verification), or None to generate them.
         draws: OptIn,
         tokens: Req,
+        /// The drawn token's probability (confidence mode only, else None).
+        token_prob: OptOut,
     }
 }
 
@@ -55,6 +57,10 @@ pub enum SampleMode {
     SeddStep = 3,
     /// SEDD final denoising step (q[mask] = 0).
     SeddDenoise = 4,
+    /// SUBS at every row of the block for confidence decoding: q = nucleus(p) as first-hitting, and
+    /// the drawn token's probability under the model (softmax, before the nucleus) is written to
+    /// `token_prob` for [`super::confidence`] to choose from.
+    Confidence = 5,
 }
 
 /// One call's draw settings.
@@ -73,6 +79,12 @@ pub struct Sample {
 }
 
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, s: &Sample, b: Bindings) -> Result<()> {
+    if (s.mode == SampleMode::Confidence) != b.token_prob.is_some() {
+        return Err(Error::Gpu(
+            "the sample kernel writes token probabilities in confidence mode, and only there"
+                .into(),
+        ));
+    }
     let p = Params {
         n_rows: s.n_rows,
         vocab: s.vocab,
