@@ -11,7 +11,7 @@ pub mod plan;
 pub mod program;
 pub mod sampler;
 pub mod shaders;
-pub mod step;
+pub mod model_call;
 pub mod train;
 pub mod weights;
 
@@ -22,6 +22,6 @@ pub use program::{Buf, PlannedDispatch, Program};
 pub use sampler::{
     defaults, generate, SampleEvent, SampleOptions, SampleResult, Sampler, SAMPLER_NAMES,
 };
-pub use step::{StepAction, StepCall, StepOutput, StepShape};
+pub use model_call::{CallAction, CallInputs, CallOutput, CallShape};
 pub use train::{OptimConfig, TrainBatch, TrainOutput, TrainShape, Trainer};
 pub use weights::Weights;

@@ -163,10 +163,10 @@ pub struct GpuModel {
     pub(crate) rope_sin: Buf,
     pub(crate) rope_positions: usize,
     workspaces: HashMap<ForwardShape, Workspace>,
-    pub(crate) steps: HashMap<crate::step::StepShape, crate::step::StepWorkspace>,
-    pub(crate) caches: HashMap<(usize, usize), crate::step::KvCache>,
+    pub(crate) steps: HashMap<crate::model_call::CallShape, crate::model_call::CallWorkspace>,
+    pub(crate) caches: HashMap<(usize, usize), crate::model_call::KvCache>,
     /// Per batch size: the conditioning of a model without time conditioning, shared by the steps.
-    pub(crate) fixed_conditioning: HashMap<usize, crate::step::FixedConditioning>,
+    pub(crate) fixed_conditioning: HashMap<usize, crate::model_call::FixedConditioning>,
     /// On a planning model: the dispatches of every sampling step taken, one list per model call.
     pub call_plans: Vec<Vec<PlannedDispatch>>,
 }

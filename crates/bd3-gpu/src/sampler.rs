@@ -1,15 +1,15 @@
-//! Generation (spec §4): the block loop of BD3-LM with its KV cache, MDLM's windowed decoding, the AR
+//! Generation (official `diffusion.py:_semi_ar_sampler`, paper Alg. 2): the block loop of BD3-LM with its KV cache, MDLM's windowed decoding, the AR
 //! sampler and SEDD's analytic sampler, all driving [`GpuModel::step`].
 //!
 //! Draws happen on the GPU (`shaders/sample.wgsl`); the host chooses which masked position a
-//! first-hitting step reveals (uniformly, from the same seed) and keeps the sequences. Confidence
+//! first-hitting call reveals (uniformly, from the same seed) and keeps the sequences. Confidence
 //! decoding chooses on the GPU too (`shaders/confidence.wgsl`, in the same submission). One seed gives
 //! the same tokens on the same adapter.
 
 use crate::ops::confidence::Reveal;
 use crate::ops::sample::SampleMode;
 use crate::model::GpuModel;
-use crate::step::{StepAction, StepCall, StepShape};
+use crate::model_call::{CallAction, CallInputs, CallShape};
 use bd3_model::init::SplitMix;
 use bd3_model::schedule::sigma_from_p;
 use bd3_model::{Error, ModelConfig, ModelKind, Result};
@@ -101,7 +101,7 @@ impl Sampler {
         }
     }
 
-    /// Which draws a confidence step keeps (None for the other samplers).
+    /// Which draws a confidence call keeps (None for the other samplers).
     fn reveal(&self) -> Option<Reveal> {
         match *self {
             Sampler::Confidence { tokens_per_call } => Some(Reveal::top(tokens_per_call as u32)),
@@ -252,10 +252,10 @@ impl Run<'_, '_> {
     }
 
     async fn commit(&mut self, tokens: &[u32], rows: usize, cache_idx: usize) -> Result<()> {
-        let shape = StepShape { batch: self.opts.batch, rows, cache_len: self.model.cfg.model_length, action: StepAction::Commit };
-        let call = StepCall { tokens, cache_idx, sigma: &[], picked: &[], top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: self.opts.seed, call: self.call, streams: &[], draws: None, reveal: None };
+        let shape = CallShape { batch: self.opts.batch, rows, cache_len: self.model.cfg.model_length, action: CallAction::Commit };
+        let call = CallInputs { tokens, cache_idx, sigma: &[], picked: &[], top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: self.opts.seed, call: self.call, streams: &[], draws: None, reveal: None };
         self.calls += 1;
-        self.model.step(&shape, &call).await.map(|_| ())
+        self.model.call(&shape, &call).await.map(|_| ())
     }
 
     /// One sampling call over `block` ([batch, rows]) whose first token is at logical position `start`
@@ -264,15 +264,15 @@ impl Run<'_, '_> {
     async fn sample(&mut self, block: &[u32], rows: usize, start: usize, cache_idx: usize, picked: &[u32], head_rows: usize, mode: SampleMode, mask_prob: f64, sigma: &[f64], dsigma: &[f64]) -> Result<Vec<u32>> {
         let cache_len = self.model.cfg.model_length;
         let streams: Vec<u32> = picked.iter().enumerate().map(|(i, &r)| stream(i / head_rows, start + r as usize)).collect();
-        let shape = StepShape { batch: self.opts.batch, rows, cache_len, action: StepAction::Sample { head_rows, mode, verify: false } };
+        let shape = CallShape { batch: self.opts.batch, rows, cache_len, action: CallAction::Sample { head_rows, mode, verify: false } };
         if self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
             return Err(Error::Cancelled);
         }
         let reveal = if mode == SampleMode::Confidence { self.opts.sampler.reveal() } else { None };
-        let call = StepCall { tokens: block, cache_idx, sigma, picked, top_p: self.opts.top_p, mask_prob, dsigma, seed: self.opts.seed, call: self.call, streams: &streams, draws: None, reveal };
+        let call = CallInputs { tokens: block, cache_idx, sigma, picked, top_p: self.opts.top_p, mask_prob, dsigma, seed: self.opts.seed, call: self.call, streams: &streams, draws: None, reveal };
         self.call = self.call.wrapping_add(1);
         self.calls += 1;
-        Ok(self.model.step(&shape, &call).await?.tokens)
+        Ok(self.model.call(&shape, &call).await?.tokens)
     }
 
     /// Denoise the masked positions of `block` ([batch, rows] at logical `start`, cache position
@@ -327,7 +327,7 @@ impl Run<'_, '_> {
                     // Each call reveals at least one position of every sequence with masked ones.
                     for (s, m) in masked.iter().enumerate() {
                         if !m.is_empty() && !revealed.iter().any(|r| r.0 == s) {
-                            return Err(Error::Gpu(format!("a confidence step revealed nothing in sequence {s}")));
+                            return Err(Error::Gpu(format!("a confidence call revealed nothing in sequence {s}")));
                         }
                     }
                 }
@@ -401,7 +401,7 @@ impl Run<'_, '_> {
     }
 
     /// MDLM: the first window of L tokens as one block, then strides of L/2 new tokens, each decoded
-    /// with a window of L/2 context + L/2 masks and full attention recomputed per call (spec §4.6).
+    /// with a window of L/2 context + L/2 masks and full attention recomputed per call (official `_semi_ar_sampler`, the `mdlm_semi_ar` branch).
     async fn windows(&mut self) -> Result<Option<Vec<Vec<u32>>>> {
         let (batch, mask, l) = (self.opts.batch, self.mask(), self.model.cfg.model_length);
         let total = self.opts.length;
@@ -474,7 +474,7 @@ impl Run<'_, '_> {
         Ok(Some(finish(seqs, total)))
     }
 
-    /// SEDD: T analytic steps over the whole sequence, then the final denoiser (spec §4.6).
+    /// SEDD: T analytic steps over the whole sequence, then the final denoiser (official `diffusion.py:_analytic_sampler`, `_denoiser_update`).
     async fn analytic(&mut self) -> Result<Option<Vec<Vec<u32>>>> {
         let (batch, mask, l) = (self.opts.batch, self.mask(), self.model.cfg.model_length);
         let total = self.opts.length;

@@ -148,11 +148,11 @@ fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
                 );
                 calls += real_run.calls;
             }
-            let real_steps: Vec<_> = real.step_programs().collect();
+            let real_steps: Vec<_> = real.call_programs().collect();
             assert!(!real_steps.is_empty());
             for (shape, program) in real_steps {
                 let p = planned
-                    .step_programs()
+                    .call_programs()
                     .find(|(s, _)| *s == shape)
                     .unwrap_or_else(|| panic!("{what}: no planned step {shape:?}"))
                     .1;

@@ -4,7 +4,7 @@
 
 use crate::report::{Report, Tolerance};
 use bd3_gpu::ops::sample::SampleMode;
-use bd3_gpu::{GpuModel, StepAction, StepCall, StepShape};
+use bd3_gpu::{GpuModel, CallAction, CallInputs, CallShape};
 use bd3_model::sampler::{ddpm_q, nucleus, official_exponential, race, sedd_position};
 use bd3_model::schedule;
 use bd3_model::tensor_file::TensorFile;
@@ -47,8 +47,8 @@ fn ids(a: &[i64]) -> Vec<u32> {
 }
 
 /// A sampling step with everything defaulted but what a check sets.
-fn call<'a>(tokens: &'a [u32], cache_idx: usize, picked: &'a [u32], streams: &'a [u32]) -> StepCall<'a> {
-    StepCall { tokens, cache_idx, sigma: &[], picked, top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: 0, call: 0, streams, draws: None, reveal: None }
+fn call<'a>(tokens: &'a [u32], cache_idx: usize, picked: &'a [u32], streams: &'a [u32]) -> CallInputs<'a> {
+    CallInputs { tokens, cache_idx, sigma: &[], picked, top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: 0, call: 0, streams, draws: None, reveal: None }
 }
 
 /// Commit the clean blocks before `upto` of each sequence of `x` ([batch, len]) into the cache.
@@ -56,8 +56,8 @@ async fn commit_prefix(model: &mut GpuModel, x: &[u32], batch: usize, len: usize
     let cache_len = model.cfg.model_length;
     for blk in 0..upto {
         let tokens: Vec<u32> = (0..batch).flat_map(|s| x[s * len + blk * block..s * len + (blk + 1) * block].to_vec()).collect();
-        let shape = StepShape { batch, rows: block, cache_len, action: StepAction::Commit };
-        model.step(&shape, &call(&tokens, blk * block, &[], &[])).await?;
+        let shape = CallShape { batch, rows: block, cache_len, action: CallAction::Commit };
+        model.call(&shape, &call(&tokens, blk * block, &[], &[])).await?;
     }
     Ok(())
 }
@@ -96,9 +96,9 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
     let draws: Vec<f32> = u.iter().map(|&u| official_exponential(u) as f32).collect();
     let picked: Vec<u32> = (0..b).flat_map(|_| 0..bs as u32).collect();
     let streams = vec![0u32; b * bs];
-    let shape = StepShape { batch: b, rows: bs, cache_len, action: StepAction::Sample { head_rows: bs, mode: SampleMode::Ddpm, verify: true } };
-    let c = StepCall { top_p: 0.9, mask_prob, draws: Some(&draws), ..call(&block, bi * bs, &picked, &streams) };
-    let out = model.step(&shape, &c).await?;
+    let shape = CallShape { batch: b, rows: bs, cache_len, action: CallAction::Sample { head_rows: bs, mode: SampleMode::Ddpm, verify: true } };
+    let c = CallInputs { top_p: 0.9, mask_prob, draws: Some(&draws), ..call(&block, bi * bs, &picked, &streams) };
+    let out = model.call(&shape, &c).await?;
     let logits = out.logits.unwrap();
     report.compare_f32(&format!("{p}cached.logits"), &logits, &tf.f64("cached.logits")?.data, ACTIVATIONS);
     let lp: Vec<f64> = logits.chunks(v).zip(&block).flat_map(|(row, &x)| cpu_ref::subs_log_probs(row, x, mask)).collect();
@@ -158,10 +158,10 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
 
     commit_prefix(model, &fh_in, 1, len, bs, bi).await?;
     let draws: Vec<f32> = e.iter().map(|&e| e as f32).collect();
-    let shape = StepShape { batch: 1, rows: bs, cache_len, action: StepAction::Sample { head_rows: 1, mode: SampleMode::FirstHitting, verify: true } };
+    let shape = CallShape { batch: 1, rows: bs, cache_len, action: CallAction::Sample { head_rows: 1, mode: SampleMode::FirstHitting, verify: true } };
     let picked = [pos as u32];
-    let c = StepCall { top_p: 0.9, draws: Some(&draws), ..call(fh_block, bi * bs, &picked, &[0]) };
-    let out = model.step(&shape, &c).await?;
+    let c = CallInputs { top_p: 0.9, draws: Some(&draws), ..call(fh_block, bi * bs, &picked, &[0]) };
+    let out = model.call(&shape, &c).await?;
     let fh_keys = |_: usize, top_p: f64| -> Vec<f64> { nucleus(&probs[pos * v..(pos + 1) * v], top_p).iter().zip(&e).map(|(q, e)| q / e).collect() };
     compare_tokens(report, &format!("{p}fh.x_out (gpu)"), &out.tokens, &[want[bi * bs + pos] as u32], 0.9, fh_keys);
     Ok(())
@@ -220,14 +220,14 @@ pub async fn sedd(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>
 
             // The same step through the model and the GPU sample kernel, with the recorded draws.
             let mode = if denoise { SampleMode::SeddDenoise } else { SampleMode::SeddStep };
-            let shape = StepShape { batch: 1, rows: n, cache_len: cfg.model_length, action: StepAction::Sample { head_rows: n, mode, verify: true } };
+            let shape = CallShape { batch: 1, rows: n, cache_len: cfg.model_length, action: CallAction::Sample { head_rows: n, mode, verify: true } };
             let draws: Vec<f32> = e.iter().map(|&e| e as f32).collect();
             let picked: Vec<u32> = (0..n as u32).collect();
             let streams = vec![0u32; n];
             let sigma = [sigma_t];
             let ds = [dsigma];
-            let c = StepCall { sigma: &sigma, top_p, dsigma: &ds, draws: Some(&draws), ..call(&x_in, 0, &picked, &streams) };
-            let out = model.step(&shape, &c).await?;
+            let c = CallInputs { sigma: &sigma, top_p, dsigma: &ds, draws: Some(&draws), ..call(&x_in, 0, &picked, &streams) };
+            let out = model.call(&shape, &c).await?;
             let want32: Vec<u32> = want.iter().map(|&x| x as u32).collect();
             let sedd_keys = |i: usize, p_: f64| -> Vec<f64> {
                 let pr = sedd_position(&log_score[i * v..(i + 1) * v], x_in[i] as usize, mask, dsigma, if top_p < 1.0 { p_ } else { 1.0 }, denoise).2;
@@ -245,7 +245,7 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     let cfg = model.cfg.clone();
     let (v, mask) = (cfg.vocab_size, cfg.mask_id());
     let p = "ar_case.";
-    let shape = |b| StepShape { batch: b, rows: 1, cache_len: cfg.model_length, action: StepAction::Sample { head_rows: 1, mode: SampleMode::Ar, verify: true } };
+    let shape = |b| CallShape { batch: b, rows: 1, cache_len: cfg.model_length, action: CallAction::Sample { head_rows: 1, mode: SampleMode::Ar, verify: true } };
 
     let x = tf.i64_rank("x", 2)?;
     let (b, l) = (x.shape[0], x.shape[1]);
@@ -258,7 +258,7 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     let (picked, streams, ones) = (vec![0u32; b], vec![0u32; b], vec![1f32; b * v]);
     for i in 0..longest {
         let tokens: Vec<u32> = (0..b).map(|s| x[s * l + i]).collect();
-        let out = model.step(&shape(b), &StepCall { draws: Some(&ones), ..call(&tokens, i, &picked, &streams) }).await?;
+        let out = model.call(&shape(b), &CallInputs { draws: Some(&ones), ..call(&tokens, i, &picked, &streams) }).await?;
         for (s, row) in out.logits.unwrap().chunks(v).enumerate() {
             cached_logits[s].extend_from_slice(row);
         }
@@ -282,7 +282,7 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
         let tokens: Vec<u32> = (0..bs).map(|s| x_out[s * ls + i]).collect();
         let g = &gumbel[i * bs * v..(i + 1) * bs * v];
         let draws: Vec<f32> = g.iter().map(|&g| (-g).exp() as f32).collect();
-        let out = model.step(&shape(bs), &StepCall { top_p: 0.9, draws: Some(&draws), ..call(&tokens, i, &picked, &streams) }).await?;
+        let out = model.call(&shape(bs), &CallInputs { top_p: 0.9, draws: Some(&draws), ..call(&tokens, i, &picked, &streams) }).await?;
         gpu_tokens.extend(&out.tokens);
         for (s, row) in out.logits.unwrap().chunks(v).enumerate() {
             let lp = cpu_ref::ar_log_probs(row, mask);

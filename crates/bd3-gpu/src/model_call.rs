@@ -1,11 +1,13 @@
-//! Sampling steps over a KV cache (spec §1.4.3, §4.1-4.2).
+//! The samplers' model calls over a KV cache (official `modeling_bd3lm.py:DDiTBlock.get_qkv` for the
+//! cache, `diffusion.py:_semi_ar_sampler` / `_ddpm_caching_update` for the block loop; paper Alg. 2).
+//! ("Step" is left to the samplers' denoising steps and the trainer's optimizer steps.)
 //!
 //! Each layer's cache holds the pre-rotary q|k|v rows of every committed token, [batch, cache_len, 3·D].
-//! A step runs the tokens of the current block (or the single newest token of an AR model, or a whole
+//! A call runs the tokens of the current block (or the single newest token of an AR model, or a whole
 //! window) through the network: their q|k|v go into the cache at the block's rows, attention runs over
 //! all cached rows, and the head sees only the rows the sampler picked; the sample kernel draws the
-//! tokens on the GPU and only those token ids come back. A commit step stores a finished block's clean
-//! q|k|v and stops there. A confidence step draws at every row and then, still in the same submission,
+//! tokens on the GPU and only those token ids come back. A commit call stores a finished block's clean
+//! q|k|v and stops there. A confidence call draws at every row and then, still in the same submission,
 //! keeps only the most confident draws (`shaders/confidence.wgsl`): the ids that come back already say
 //! which rows were revealed (the others are the mask), so neither logits nor probabilities are read.
 //!
@@ -14,7 +16,7 @@
 //!
 //! The program of a shape is recorded once; the rows it touches move with the block, so each call
 //! re-records only the kernel parameters (`ProgramBuilder::params_only`) and overwrites them: no buffer,
-//! bind group or pipeline is created after the first call, and each step is one submission.
+//! bind group or pipeline is created after the first call, and each call is one submission.
 
 use crate::layers::{self, BlockEnd, BlockIo, Conditioning};
 use crate::model::{check_activation_size, GpuModel};
@@ -26,19 +28,19 @@ use crate::ops::sample::{Sample, SampleMode};
 use crate::program::{Buf, Program, ProgramBuilder};
 use bd3_model::{AttentionMask, Error, Result};
 
-/// Everything static about a step; one program per distinct shape.
+/// Everything static about a model call; one program per distinct shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StepShape {
+pub struct CallShape {
     pub batch: usize,
     /// Tokens per sequence this call processes (the block, 1 for AR, the whole window).
     pub rows: usize,
     /// Rows of the KV cache per sequence (the model length).
     pub cache_len: usize,
-    pub action: StepAction,
+    pub action: CallAction,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StepAction {
+pub enum CallAction {
     /// Store the tokens' q|k|v in the cache; nothing else (a finished block is committed).
     Commit,
     /// Score `head_rows` picked rows per sequence and draw one token for each. With `verify`, the
@@ -46,8 +48,8 @@ pub enum StepAction {
     Sample { head_rows: usize, mode: SampleMode, verify: bool },
 }
 
-/// Per-call data of a step.
-pub struct StepCall<'a> {
+/// Per-call data of a model call.
+pub struct CallInputs<'a> {
     /// [batch, rows] token ids.
     pub tokens: &'a [u32],
     /// Logical position of the first row (positions beyond cache_len wrap around the ring).
@@ -59,7 +61,7 @@ pub struct StepCall<'a> {
     pub top_p: f64,
     /// DDPM: probability that a masked token stays masked, (t − dt)/t.
     pub mask_prob: f64,
-    /// SEDD: dσ per sequence of this step (σ(t) for the final denoiser).
+    /// SEDD: dσ per sequence of this call (σ(t) for the final denoiser).
     pub dsigma: &'a [f64],
     pub seed: u64,
     /// Counter of model calls, part of the random stream's key.
@@ -73,7 +75,7 @@ pub struct StepCall<'a> {
     pub reveal: Option<Reveal>,
 }
 
-pub struct StepOutput {
+pub struct CallOutput {
     /// [batch, head_rows] drawn tokens (empty for a commit).
     pub tokens: Vec<u32>,
     /// [batch·head_rows, vocab] logits, for verification.
@@ -81,7 +83,7 @@ pub struct StepOutput {
 }
 
 /// The adaLN conditioning of a model without time conditioning, for one batch size: c does not
-/// depend on σ, so it is computed once per generation (in the first call's submission) and every step
+/// depend on σ, so it is computed once per generation (in the first call's submission) and every call
 /// shape reads the same modulation buffers.
 pub struct FixedConditioning {
     cond: Conditioning,
@@ -95,7 +97,7 @@ pub struct KvCache {
     pub layers: Vec<Buf>,
 }
 
-pub struct StepWorkspace {
+pub struct CallWorkspace {
     program: Program,
     tokens: Buf,
     features: Option<Buf>,
@@ -110,7 +112,7 @@ pub struct StepWorkspace {
     buffers: StepBuffers,
 }
 
-/// Activation buffers of a step (kept so parameters can be re-recorded against the same bindings).
+/// Activation buffers of a model call (kept so parameters can be re-recorded against the same bindings).
 struct StepBuffers {
     x: Buf,
     h: Buf,
@@ -171,9 +173,9 @@ impl GpuModel {
         Ok(FixedConditioning { cond, program: pb.finish()?, fresh: false })
     }
 
-    /// Run one step; the first call with a new shape allocates its buffers and records its program.
-    pub async fn step(&mut self, shape: &StepShape, call: &StepCall<'_>) -> Result<StepOutput> {
-        self.check_step(shape, call)?;
+    /// Run one model call; the first with a new shape allocates its buffers and records its program.
+    pub async fn call(&mut self, shape: &CallShape, call: &CallInputs<'_>) -> Result<CallOutput> {
+        self.check_call(shape, call)?;
         if self.conditioning_is_fixed() && !self.fixed_conditioning.contains_key(&shape.batch) {
             let f = self.build_fixed_conditioning(shape.batch)?;
             self.fixed_conditioning.insert(shape.batch, f);
@@ -186,7 +188,7 @@ impl GpuModel {
         }
         let place = placement(call.cache_idx, shape.rows, shape.cache_len);
         if !self.steps.contains_key(shape) {
-            let ws = self.build_step(shape, place)?;
+            let ws = self.build_call(shape, place)?;
             self.steps.insert(*shape, ws);
         }
         let ws = &self.steps[shape];
@@ -194,7 +196,7 @@ impl GpuModel {
 
         // New kernel parameters for where the block sits now.
         let mut pb = ProgramBuilder::params_only(ctx);
-        self.record_step(&mut pb, shape, ws, place, call)?;
+        self.record_call(&mut pb, shape, ws, place, call)?;
         // The first call of a generation also computes the fixed conditioning, in the same submission.
         let conditioning = self.fixed_conditioning.get(&shape.batch).filter(|f| !f.fresh).map(|f| &f.program);
         if ctx.is_planning() {
@@ -207,11 +209,11 @@ impl GpuModel {
                 f.fresh = true;
             }
             let n = match shape.action {
-                StepAction::Sample { head_rows, .. } => shape.batch * head_rows,
-                StepAction::Commit => 0,
+                CallAction::Sample { head_rows, .. } => shape.batch * head_rows,
+                CallAction::Commit => 0,
             };
             let mut tokens = vec![0; n];
-            if let (StepAction::Sample { head_rows, mode: SampleMode::Confidence, .. }, Some(r)) = (shape.action, call.reveal) {
+            if let (CallAction::Sample { head_rows, mode: SampleMode::Confidence, .. }, Some(r)) = (shape.action, call.reveal) {
                 // As the selection would: at most `at_least` masked rows per sequence are revealed.
                 for (i, t) in tokens.iter_mut().enumerate() {
                     let (seq, j) = (i / head_rows, i % head_rows);
@@ -224,7 +226,7 @@ impl GpuModel {
                     }
                 }
             }
-            return Ok(StepOutput { tokens, logits: None });
+            return Ok(CallOutput { tokens, logits: None });
         }
         ws.program.write_params(ctx.queue(), &pb.finish_params());
 
@@ -236,12 +238,12 @@ impl GpuModel {
                 .collect();
             q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
         }
-        if let StepAction::Sample { head_rows, .. } = shape.action {
+        if let CallAction::Sample { head_rows, .. } = shape.action {
             q.write_buffer(&ws.picked, 0, bytemuck::cast_slice(call.picked));
             let inputs: Vec<u32> = call.picked.iter().enumerate().map(|(i, &r)| call.tokens[(i / head_rows) * shape.rows + r as usize]).collect();
             q.write_buffer(&ws.row_input, 0, bytemuck::cast_slice(&inputs));
             q.write_buffer(&ws.streams, 0, bytemuck::cast_slice(call.streams));
-            q.write_buffer(&ws.seq_consts, 0, bytemuck::cast_slice(&sedd_step_constants(call, shape.batch, cfg.vocab_size)));
+            q.write_buffer(&ws.seq_consts, 0, bytemuck::cast_slice(&sedd_call_constants(call, shape.batch, cfg.vocab_size)));
             if let (Some(d), Some(buf)) = (call.draws, &ws.draws) {
                 q.write_buffer(buf, 0, bytemuck::cast_slice(d));
             }
@@ -258,22 +260,22 @@ impl GpuModel {
         if ws.out_floats == 0 {
             ctx.submit(enc);
             ctx.check()?;
-            return Ok(StepOutput { tokens: Vec::new(), logits: None });
+            return Ok(CallOutput { tokens: Vec::new(), logits: None });
         }
         let bytes = (ws.out_floats * 4) as u64;
         enc.copy_buffer_to_buffer(&ws.outputs, 0, &ws.staging, 0, bytes);
         ctx.submit(enc);
         let data = ctx.map_read(&ws.staging, bytes).await?;
         let words: &[u32] = bytemuck::cast_slice(&data);
-        let StepAction::Sample { head_rows, verify, .. } = shape.action else { unreachable!() };
+        let CallAction::Sample { head_rows, verify, .. } = shape.action else { unreachable!() };
         let n = shape.batch * head_rows;
         let tokens = words[..n].to_vec();
         let logits = verify.then(|| bytemuck::cast_slice::<u32, f32>(&words[n..]).to_vec());
-        Ok(StepOutput { tokens, logits })
+        Ok(CallOutput { tokens, logits })
     }
 
-    /// Every step program recorded so far, by shape.
-    pub fn step_programs(&self) -> impl Iterator<Item = (&StepShape, &Program)> {
+    /// Every model-call program recorded so far, by shape.
+    pub fn call_programs(&self) -> impl Iterator<Item = (&CallShape, &Program)> {
         self.steps.iter().map(|(s, ws)| (s, &ws.program))
     }
 
@@ -283,34 +285,34 @@ impl GpuModel {
         self.ctx.read_f32(&cache.layers[layer], 0, batch * cache_len * 3 * self.cfg.hidden_dim).await
     }
 
-    fn check_step(&self, s: &StepShape, c: &StepCall<'_>) -> Result<()> {
+    fn check_call(&self, s: &CallShape, c: &CallInputs<'_>) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         if s.rows == 0 || s.rows > s.cache_len || s.cache_len > self.rope_positions {
-            return bad(format!("a step of {} rows does not fit a cache of {} (context {})", s.rows, s.cache_len, self.rope_positions));
+            return bad(format!("a call of {} rows does not fit a cache of {} (context {})", s.rows, s.cache_len, self.rope_positions));
         }
         if c.cache_idx % s.cache_len + s.rows > s.cache_len {
             return bad(format!("block at position {} would straddle the end of the {}-row cache", c.cache_idx, s.cache_len));
         }
         if c.tokens.len() != s.batch * s.rows {
-            return bad("step tokens do not match the shape".into());
+            return bad("call tokens do not match the shape".into());
         }
         let v = self.cfg.vocab_size as u32;
         if let Some(t) = c.tokens.iter().find(|&&t| t >= v) {
             return bad(format!("token id {t} is outside the vocabulary of {v}"));
         }
-        if let StepAction::Sample { head_rows, mode, verify } = s.action {
+        if let CallAction::Sample { head_rows, mode, verify } = s.action {
             let n = s.batch * head_rows;
             if c.picked.len() != n || c.streams.len() != n || c.picked.iter().any(|&r| r as usize >= s.rows) {
                 return bad("picked rows do not match the shape".into());
             }
             if matches!(mode, SampleMode::SeddStep | SampleMode::SeddDenoise) && c.dsigma.len() != s.batch {
-                return bad("a SEDD step needs one dσ per sequence".into());
+                return bad("a SEDD call needs one dσ per sequence".into());
             }
             if verify && c.draws.map(|d| d.len()) != Some(n * self.cfg.vocab_size) {
-                return bad("a verification step needs supplied draws for every picked row".into());
+                return bad("a verification call needs supplied draws for every picked row".into());
             }
             if mode == SampleMode::Confidence && c.reveal.is_none_or(|r| r.at_least == 0) {
-                return bad("a confidence step needs a reveal rule that keeps at least one draw".into());
+                return bad("a confidence call needs a reveal rule that keeps at least one draw".into());
             }
         }
         if self.cfg.time_conditioning && c.sigma.len() != s.batch {
@@ -319,7 +321,7 @@ impl GpuModel {
         Ok(())
     }
 
-    fn build_step(&self, s: &StepShape, place: Placement) -> Result<StepWorkspace> {
+    fn build_call(&self, s: &CallShape, place: Placement) -> Result<CallWorkspace> {
         let ctx = &*self.ctx;
         let cfg = &self.cfg;
         let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
@@ -327,47 +329,47 @@ impl GpuModel {
         let f32s = |label: &str, n: usize| ctx.storage(label, (n * 4) as u64);
         let rows = b * s.rows;
         let (head_rows, verify) = match s.action {
-            StepAction::Sample { head_rows, verify, .. } => (head_rows, verify),
-            StepAction::Commit => (0, false),
+            CallAction::Sample { head_rows, verify, .. } => (head_rows, verify),
+            CallAction::Commit => (0, false),
         };
         let picked_rows = b * head_rows;
         let chunk_rows = layers::logits_chunk_rows(ctx, v, picked_rows);
         let fixed = self.fixed_conditioning.get(&b).map(|f| f.cond.clone());
         let cond_per_call = fixed.is_none();
         let buffers = StepBuffers {
-            x: f32s("step residual", rows * d)?,
-            h: f32s("step normed", rows * d)?,
-            att: f32s("step attention", rows * d)?,
-            mlp: f32s("step mlp", rows * 4 * d)?,
+            x: f32s("call residual", rows * d)?,
+            h: f32s("call normed", rows * d)?,
+            att: f32s("call attention", rows * d)?,
+            mlp: f32s("call mlp", rows * 4 * d)?,
             cond: match fixed {
                 Some(c) => Some(c),
                 None => Conditioning::alloc(ctx, cfg, b, false)?,
             },
             cond_per_call,
-            final_normed: f32s("step final_normed", picked_rows.max(1) * d)?,
-            logits: f32s("step logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
-            out_tokens: f32s("step tokens out", picked_rows.max(1))?,
-            token_prob: f32s("step token probabilities", picked_rows.max(1))?,
+            final_normed: f32s("call final_normed", picked_rows.max(1) * d)?,
+            logits: f32s("call logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
+            out_tokens: f32s("call tokens out", picked_rows.max(1))?,
+            token_prob: f32s("call token probabilities", picked_rows.max(1))?,
             chunk_rows,
         };
         let out_floats = if head_rows == 0 { 0 } else { picked_rows + if verify { picked_rows * v } else { 0 } };
-        let ws_tokens = f32s("step tokens", rows)?;
+        let ws_tokens = f32s("call tokens", rows)?;
         let features = buffers.cond.as_ref().filter(|_| cond_per_call).map(|c| c.features.clone());
-        let mut ws = StepWorkspace {
+        let mut ws = CallWorkspace {
             program: ProgramBuilder::new(ctx).finish()?, // replaced below
             tokens: ws_tokens,
             features,
             picked: f32s("picked rows", picked_rows.max(1))?,
             row_input: f32s("picked inputs", picked_rows.max(1))?,
             streams: f32s("random streams", picked_rows.max(1))?,
-            seq_consts: f32s("step constants", b * 8)?,
+            seq_consts: f32s("call constants", b * 8)?,
             draws: if verify { Some(f32s("supplied draws", picked_rows * v)?) } else { None },
-            outputs: f32s("step outputs", out_floats.max(1))?,
-            staging: ctx.buffer("step staging", (out_floats.max(1) * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?,
+            outputs: f32s("call outputs", out_floats.max(1))?,
+            staging: ctx.buffer("call staging", (out_floats.max(1) * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?,
             out_floats,
             buffers,
         };
-        let dummy_call = StepCall {
+        let dummy_call = CallInputs {
             tokens: &[],
             cache_idx: 0,
             sigma: &[],
@@ -382,14 +384,14 @@ impl GpuModel {
             reveal: None,
         };
         let mut pb = ProgramBuilder::new(ctx);
-        self.record_step(&mut pb, s, &ws, place, &dummy_call)?;
+        self.record_call(&mut pb, s, &ws, place, &dummy_call)?;
         ws.program = pb.finish_with_outputs(&ws.outputs)?;
         Ok(ws)
     }
 
-    /// Record (or re-record the parameters of) a step. Only `place` and the sampler settings of `call`
+    /// Record (or re-record the parameters of) a model call. Only `place` and the sampler settings of `call`
     /// change between calls; every binding is the same.
-    fn record_step(&self, pb: &mut ProgramBuilder, s: &StepShape, ws: &StepWorkspace, place: Placement, call: &StepCall<'_>) -> Result<()> {
+    fn record_call(&self, pb: &mut ProgramBuilder, s: &CallShape, ws: &CallWorkspace, place: Placement, call: &CallInputs<'_>) -> Result<()> {
         let (cfg, k, w) = (&self.cfg, &self.kernels, &self.weights);
         let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
         let buf = &ws.buffers;
@@ -413,7 +415,7 @@ impl GpuModel {
             batch: b as u32,
         };
         let into_cache = OutRows { rows_per_seq: s.rows as u32, seq_stride: s.cache_len as u32, row_offset: place.row0 as u32 };
-        let commit = s.action == StepAction::Commit;
+        let commit = s.action == CallAction::Commit;
         for (i, blk) in w.blocks.iter().enumerate() {
             let io = BlockIo {
                 x: &buf.x,
@@ -428,7 +430,7 @@ impl GpuModel {
             let end = if commit && i + 1 == w.blocks.len() { BlockEnd::AfterQkv } else { BlockEnd::Full };
             layers::block(pb, k, blk, &io, &attention, None, end)?;
         }
-        let StepAction::Sample { head_rows, mode, verify } = s.action else { return Ok(()) };
+        let CallAction::Sample { head_rows, mode, verify } = s.action else { return Ok(()) };
 
         let picked_rows = b * head_rows;
         let final_mod = buf.cond.as_ref().map(|c| &c.final_mod);
@@ -484,7 +486,7 @@ impl GpuModel {
 
 /// Per-sequence constants of the sample kernel: (shift, e^{dσ}, 1 − e^{dσ}, e^{−dσ}; 1 − e^{−dσ}, 0, 0, 0),
 /// in f64 before rounding so the small differences keep their precision. Zeros outside SEDD.
-fn sedd_step_constants(call: &StepCall<'_>, batch: usize, vocab: usize) -> Vec<f32> {
+fn sedd_call_constants(call: &CallInputs<'_>, batch: usize, vocab: usize) -> Vec<f32> {
     (0..batch)
         .flat_map(|b| {
             let Some(&ds) = call.dsigma.get(b) else { return [0f32; 8] };
