@@ -11,7 +11,10 @@ mod bench;
 mod checkpoint_io;
 mod eval_cmd;
 mod export_cmd;
+mod gen_ppl_cmd;
 mod nelbo;
+mod plot;
+mod sample_out;
 mod train_cmd;
 mod sample;
 mod serve;
@@ -186,6 +189,33 @@ fn run(args: &[String]) -> Result<ExitCode> {
         "export" => export_cmd::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "serve" => serve::run(&args[1..]).map(|_| ExitCode::SUCCESS),
         "tokenizer" => tokenizer_cmd(&args[1..]).map(|_| ExitCode::SUCCESS),
+        // TEMPORARY (wt-genppl): plain flag loops for `gen-ppl` and `plot` until the clap CLI wires
+        // gen_ppl_cmd::GenPplArgs and plot::PlotArgs; replace these two arms.
+        "gen-ppl" => {
+            let mut a = gen_ppl_cmd::GenPplArgs { scorer: PathBuf::new(), samples: PathBuf::new(), retokenize: false, batch: gen_ppl_cmd::DEFAULT_BATCH };
+            let mut it = args[1..].iter();
+            while let Some(f) = it.next() {
+                match f.as_str() {
+                    "--scorer" => a.scorer = it.next().map(PathBuf::from).unwrap_or_default(),
+                    "--retokenize" => a.retokenize = true,
+                    "--batch" => a.batch = parse_num(it.next(), f)?,
+                    file => a.samples = PathBuf::from(file),
+                }
+            }
+            gen_ppl_cmd::run(&a).map(|_| ExitCode::SUCCESS)
+        }
+        "plot" => {
+            let mut a = plot::PlotArgs { table: PathBuf::new(), out: PathBuf::new() };
+            let mut it = args[1..].iter();
+            while let Some(f) = it.next() {
+                match f.as_str() {
+                    "--table" => a.table = it.next().map(PathBuf::from).unwrap_or_default(),
+                    "--out" => a.out = it.next().map(PathBuf::from).unwrap_or_default(),
+                    other => return Err(Error::Invalid(format!("unknown option `{other}` for plot"))),
+                }
+            }
+            plot::run(&a).map(|_| ExitCode::SUCCESS)
+        }
         "info" => {
             let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
             println!("adapter: {}", ctx.adapter_summary());
