@@ -13,6 +13,7 @@
 # (batches of one sample); first-hitting and confidence decoding count the same either way.
 #   scripts/quality-speed.sh                      # 64 samples per sampler, one per seed
 #   SAMPLES=128 BATCH=16 scripts/quality-speed.sh  # faster; DDPM NFE per batch
+#   ONLY='first-hitting|DDPM' scripts/quality-speed.sh   # only these series
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/bd3-wgpu}
@@ -44,6 +45,7 @@ printf '# series\tpoint\tnfe\tgen_ppl\tgen_ppl_se\tentropy\tentropy_se\n' > "$ts
 rows=()
 for r in "${runs[@]}"; do
   IFS='|' read -r series point flags <<< "$r"
+  if [ -n "${ONLY:-}" ] && ! [[ "$series" =~ ^($ONLY)$ ]]; then continue; fi
   name=$(echo "$series${point:+-$point}" | tr 'A-Z=' 'a-z-')
   file="$OUT/$name.jsonl"
   : > "$file"
@@ -83,7 +85,7 @@ adapter=$("$BIN" info 2>/dev/null | head -n 1 | sed 's/^adapter: //')
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
-  echo "Produced by \`SAMPLES=$SAMPLES BATCH=$BATCH SEED0=$SEED0 scripts/quality-speed.sh\` on $adapter ($(date -u +%Y-%m-%d)):"
+  echo "Produced by \`${ONLY:+ONLY='$ONLY' }SAMPLES=$SAMPLES BATCH=$BATCH SEED0=$SEED0 scripts/quality-speed.sh\` on $adapter ($(date -u +%Y-%m-%d)):"
   echo "for each sampler and seed \`bd3-wgpu sample --model $MODEL --batch $BATCH --seed S FLAGS --out FILE\`,"
   echo "then \`bd3-wgpu gen-ppl --scorer $SCORER FILE\` on the concatenated file, then"
   echo "\`bd3-wgpu plot --table $tsv --out $DOCS/quality-speed.svg\`."

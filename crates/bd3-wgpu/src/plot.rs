@@ -314,9 +314,9 @@ fn panel(s: &mut String, p: &Panel<'_>, x0: f64) {
     }
 }
 
-/// About five round tick values covering [lo, hi].
+/// About six round tick values covering [lo, hi].
 fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let raw = (hi - lo) / 5.0;
+    let raw = (hi - lo) / 6.0;
     if !(raw > 0.0 && raw.is_finite()) {
         return vec![lo];
     }
