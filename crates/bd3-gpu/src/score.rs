@@ -168,11 +168,15 @@ pub async fn score_sequences(
             .token_loss
             .ok_or_else(|| Error::Gpu("the forward returned no per-token losses".into()))?;
         for (r, (i, w)) in group.iter().enumerate() {
-            let s = &seqs[*i];
-            for p in w.first_target..w.end {
-                // Row j of the window predicts position start + 1 + j.
-                let j = p - w.start - 1;
-                if opts.exclude == Some(s[p]) {
+            // Row j predicts position start + 1 + j; targets before first_target belong to an
+            // earlier window.
+            let window_targets = &seqs[*i][w.start + 1..w.end];
+            for (j, &target) in window_targets
+                .iter()
+                .enumerate()
+                .skip(w.first_target - w.start - 1)
+            {
+                if opts.exclude == Some(target) {
                     continue;
                 }
                 scores[*i].nll_sum += losses[r * rows + j] as f64;
