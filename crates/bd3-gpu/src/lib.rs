@@ -10,6 +10,7 @@ pub mod ops;
 pub mod plan;
 pub mod program;
 pub mod sampler;
+pub mod score;
 pub mod shaders;
 pub mod model_call;
 pub mod train;
@@ -23,5 +24,6 @@ pub use sampler::{
     defaults, generate, SampleEvent, SampleOptions, SampleResult, Sampler, SAMPLER_NAMES,
 };
 pub use model_call::{CallAction, CallInputs, CallOutput, CallShape};
+pub use score::{score_sequences, unigram_entropy, SampleScore, ScoreOptions};
 pub use train::{OptimConfig, TrainBatch, TrainOutput, TrainShape, Trainer};
 pub use weights::Weights;

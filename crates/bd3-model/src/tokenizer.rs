@@ -75,6 +75,14 @@ impl TextTokenizer {
         self.inner.to_string(false).map_err(|e| Error::Invalid(format!("cannot serialise the tokenizer: {e}")))
     }
 
+    /// A short identity of this tokenizer: FNV-1a (64-bit, decimal) of its serialised JSON, the
+    /// value `train` saves in its state. Two tokenizers with the same fingerprint map text to the
+    /// same ids, so token ids written under one can be read under the other.
+    pub fn fingerprint(&self) -> Result<String> {
+        let h = self.to_json()?.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        Ok(h.to_string())
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -8,10 +8,13 @@ mod bench;
 mod checkpoint_io;
 mod eval_cmd;
 mod export_cmd;
+mod gen_ppl_cmd;
 mod model_source;
 mod nelbo;
+mod plot;
 mod progress;
 mod sample;
+mod sample_out;
 mod serve;
 mod tokenizer_cmd;
 mod train_cmd;
@@ -44,6 +47,10 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Rewrite a model folder with F16 (or F32) weights
     Export(export_cmd::ExportArgs),
+    /// Generative perplexity and entropy of samples (`sample --out`) under an AR checkpoint
+    GenPpl(gen_ppl_cmd::GenPplArgs),
+    /// Draw Gen PPL and entropy against NFE (scripts/quality-speed.sh's table) as an SVG
+    Plot(plot::PlotArgs),
     /// Serve the demo page (and a model folder) on 127.0.0.1
     Serve(serve::ServeArgs),
     /// Compare against fixtures made by the official PyTorch code
@@ -92,6 +99,8 @@ fn main() -> ExitCode {
         }
         Command::Eval(a) => eval_cmd::run(a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => export_cmd::run(a).map(|_| ExitCode::SUCCESS),
+        Command::GenPpl(a) => gen_ppl_cmd::run(&a).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Command::Plot(a) => plot::run(&a).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Command::Serve(a) => serve::run(a).map(|_| ExitCode::SUCCESS),
         Command::Verify(a) => verify_cmd::run(a),
         Command::Bench(b) => bench::run(b).map(|_| ExitCode::SUCCESS),

@@ -1,6 +1,7 @@
 //! `bd3-wgpu sample`: generate text (or token ids, for a model folder without `tokenizer.json`).
 
 use crate::model_source::ModelSource;
+use crate::sample_out::write_sample_line;
 use anyhow::{bail, Context, Result};
 use bd3_gpu::{defaults, generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
 use bd3_model::tokenizer::TextTokenizer;
@@ -77,6 +78,10 @@ pub struct SampleArgs {
     /// Write every reveal and block commit as JSON lines to FILE
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Write each sequence as a JSON line {tokens, text, nfe, calls, tokenizer} to FILE (the input
+    /// of `gen-ppl`); nfe counts the model calls that revealed tokens in that sequence
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
     /// Treat the checkpoint as this kind (for folders whose config.json does not say)
     #[arg(long, value_enum)]
     kind: Option<crate::KindArg>,
@@ -172,9 +177,21 @@ pub fn run(a: SampleArgs) -> Result<()> {
         }
     };
     let mut trace_err = None;
+    // Per sequence, the model calls that changed it: the official NFE, independent of the batch.
+    let mut nfe_per_sequence = vec![0u64; a.batch];
     let started = Instant::now();
     let result = {
         let mut on_event = |e: SampleEvent| {
+            if let SampleEvent::Revealed { revealed, .. } = &e {
+                let mut changed: Vec<usize> = revealed.iter().map(|r| r.0).collect();
+                changed.sort_unstable();
+                changed.dedup();
+                for s in changed {
+                    if let Some(n) = nfe_per_sequence.get_mut(s) {
+                        *n += 1;
+                    }
+                }
+            }
             if let Some(w) = trace.as_mut() {
                 let line = match &e {
                     SampleEvent::Revealed { block, call, revealed } => format!(
@@ -205,6 +222,15 @@ pub fn run(a: SampleArgs) -> Result<()> {
         w.flush().with_context(|| format!("{}: writing the trace failed", path.display()))?;
     }
     let secs = started.elapsed().as_secs_f64();
+    if let Some(path) = &a.out {
+        let fingerprint = tokenizer.as_ref().map(|t| t.fingerprint()).transpose()?.unwrap_or_default();
+        let mut lines = Vec::new();
+        for (s, tokens) in result.sequences.iter().enumerate() {
+            let nfe = nfe_per_sequence.get(s).copied().filter(|&n| n > 0).unwrap_or(result.nfe as u64);
+            write_sample_line(&mut lines, tokens, &render(tokens), nfe, result.calls as u64, &fingerprint)?;
+        }
+        bd3_model::write_atomically(path, &lines)?;
+    }
     if stream {
         let text = render(&result.sequences[0]);
         if text.len() >= printed && text.is_char_boundary(printed) {
