@@ -8,18 +8,17 @@
 # `gen-ppl --scorer SCORER` (the AR model trained on the same corpus and tokenizer, models/fortunes-ar).
 # Writes $DOCS/quality-speed.md (table, commands, scorer) and $DOCS/quality-speed.svg (drawn by
 # `bd3-wgpu plot`), and keeps the sample files and the raw table under $OUT.
-# NFE is recorded per `sample` run: with BATCH > 1 a DDPM call counts when it changed any sequence of
-# the batch, so the default BATCH=1 gives each sample its own count, as the official Gen PPL runs do
-# (batches of one sample); first-hitting and confidence decoding count the same either way.
-#   scripts/quality-speed.sh                      # 64 samples per sampler, one per seed
-#   SAMPLES=128 BATCH=16 scripts/quality-speed.sh  # faster; DDPM NFE per batch
+# NFE is counted per sequence (`sample --out` records the model calls that changed that sequence), so
+# the batch does not change it; a batch only shares the calls.
+#   scripts/quality-speed.sh                      # 64 samples per sampler, in one batch of 64
+#   SAMPLES=128 BATCH=16 scripts/quality-speed.sh  # 128 samples, seeds SEED0..SEED0+7
 #   ONLY='first-hitting|DDPM' scripts/quality-speed.sh   # only these series
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/bd3-wgpu}
 MODEL=${MODEL:-models/fortunes-bd3lm}
 SCORER=${SCORER:-models/fortunes-ar}
-SAMPLES=${SAMPLES:-64}; BATCH=${BATCH:-1}; SEED0=${SEED0:-1}
+SAMPLES=${SAMPLES:-64}; BATCH=${BATCH:-64}; SEED0=${SEED0:-1}
 OUT=${OUT:-target/quality-speed}; DOCS=${DOCS:-docs}
 [ -x "$BIN" ] || cargo build --release -p bd3-wgpu
 if (( SAMPLES < 1 || BATCH < 1 || SAMPLES % BATCH != 0 )); then
