@@ -5,23 +5,52 @@
 use std::process::Command;
 
 fn bench(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("bench").args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
 /// The value after `key` in `line`, as printed by the bench ("submits 1.00, buffers created 0, …").
 fn field(line: &str, key: &str) -> f64 {
-    let rest = &line[line.find(key).unwrap_or_else(|| panic!("`{key}` missing in {line}")) + key.len()..];
-    rest.trim_start().split(|c: char| c == ',' || c.is_whitespace()).next().unwrap().parse().unwrap()
+    let rest = &line[line
+        .find(key)
+        .unwrap_or_else(|| panic!("`{key}` missing in {line}"))
+        + key.len()..];
+    rest.trim_start()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn sampling_steps_are_one_submit_and_allocate_nothing() {
     for batch in ["1", "2"] {
-        let text = bench(&["sample", "--size", "32,2,2,96,32", "--block-size", "8", "--length", "32", "--batch", batch]);
-        let line = text.lines().find(|l| l.starts_with("per model call:")).unwrap_or_else(|| panic!("{text}"));
+        let text = bench(&[
+            "sample",
+            "--size",
+            "32,2,2,96,32",
+            "--block-size",
+            "8",
+            "--length",
+            "32",
+            "--batch",
+            batch,
+        ]);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("per model call:"))
+            .unwrap_or_else(|| panic!("{text}"));
         assert_eq!(field(line, "submits"), 1.0, "{line}");
         assert_eq!(field(line, "buffers created"), 0.0, "{line}");
         assert_eq!(field(line, "bind groups created"), 0.0, "{line}");
@@ -29,14 +58,22 @@ fn sampling_steps_are_one_submit_and_allocate_nothing() {
         // 31 sampling calls read one u32 per sequence; 3 commits read nothing.
         let b: f64 = batch.parse().unwrap();
         let expected = 31.0 * 4.0 * b / 34.0;
-        assert!((field(line, "bytes read back") - expected).abs() < 0.06, "{line}");
+        assert!(
+            (field(line, "bytes read back") - expected).abs() < 0.06,
+            "{line}"
+        );
     }
 }
 
 #[test]
 fn a_warm_forward_is_one_submit_that_reads_back_four_bytes() {
-    let text = bench(&["forward", "--size", "tiny", "--batch", "1,3", "--iters", "2"]);
-    let rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+    let text = bench(&[
+        "forward", "--size", "tiny", "--batch", "1,3", "--iters", "2",
+    ]);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
     assert_eq!(rows.len(), 2, "{text}");
     for row in rows {
         let cols: Vec<&str> = row.split_whitespace().collect();

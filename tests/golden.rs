@@ -8,18 +8,35 @@ fn fixtures() -> String {
 }
 
 fn verify(extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("verify").args(extra).arg(fixtures()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
+        .arg("verify")
+        .args(extra)
+        .arg(fixtures())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (out.status.success(), format!("{stdout}{stderr}"))
 }
 
 fn assert_all_pass(ok: bool, text: &str) {
-    let last = text.lines().rev().find(|l| l.contains("passed,")).unwrap_or("");
-    assert!(ok && last.ends_with(" 0 failed") && !text.contains("FAIL"), "{text}");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("passed,"))
+        .unwrap_or("");
+    assert!(
+        ok && last.ends_with(" 0 failed") && !text.contains("FAIL"),
+        "{text}"
+    );
     let passed: usize = last.split_whitespace().next().unwrap().parse().unwrap();
     assert!(passed >= 80, "too few checks ran ({passed}):\n{text}");
-    for folder in ["ar/ar_case.logits", "sedd/sedd_case.logits", "train_case.logits", "mask_cases.bs16.loss"] {
+    for folder in [
+        "ar/ar_case.logits",
+        "sedd/sedd_case.logits",
+        "train_case.logits",
+        "mask_cases.bs16.loss",
+    ] {
         assert!(text.contains(folder), "missing check {folder}:\n{text}");
     }
 }

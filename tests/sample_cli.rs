@@ -5,16 +5,30 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn fixture(sub: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a")).join(sub)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny-a"
+    ))
+    .join(sub)
 }
 
 fn sample(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).arg("sample").args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
+        .arg("sample")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ids(line: &str) -> Vec<u32> {
-    line.split_whitespace().map(|t| t.parse().unwrap()).collect()
+    line.split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -28,14 +42,22 @@ fn same_seed_same_tokens() {
     let toks = ids(a.lines().next().unwrap());
     assert_eq!(toks.len(), 64, "{a}");
     assert_eq!(toks[0], 126, "BOS = vocab_size − 2 first");
-    assert!(toks.iter().all(|&t| t < 127), "the mask token is never emitted: {a}");
+    assert!(
+        toks.iter().all(|&t| t < 127),
+        "the mask token is never emitted: {a}"
+    );
     let (_, c, _) = sample(&["--model", m, "--seed", "8", "--length", "64"]);
     assert_ne!(a, c, "another seed should give another sample");
 }
 
 #[test]
 fn batch_of_three_and_every_sampler_and_model_kind() {
-    for (sub, extra) in [("", vec!["--batch", "3"]), ("", vec!["--batch", "3", "--sampler", "ddpm"]), ("ar", vec!["--batch", "3"]), ("sedd", vec!["--batch", "3", "--steps", "20"])] {
+    for (sub, extra) in [
+        ("", vec!["--batch", "3"]),
+        ("", vec!["--batch", "3", "--sampler", "ddpm"]),
+        ("ar", vec!["--batch", "3"]),
+        ("sedd", vec!["--batch", "3", "--steps", "20"]),
+    ] {
         let model = fixture(sub);
         let mut args = vec!["--model", model.to_str().unwrap(), "--length", "16"];
         args.extend(extra.iter());
@@ -54,11 +76,25 @@ fn variable_length_stops_at_the_first_generated_eos() {
     let model = fixture("");
     let mut stopped_early = 0;
     for seed in 1..=3 {
-        let (code, out, err) = sample(&["--model", model.to_str().unwrap(), "--seed", &seed.to_string(), "--length", "256", "--var-length", "--top-p", "1.0"]);
+        let (code, out, err) = sample(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--seed",
+            &seed.to_string(),
+            "--length",
+            "256",
+            "--var-length",
+            "--top-p",
+            "1.0",
+        ]);
         assert_eq!(code, 0, "{err}");
         let toks = ids(out.lines().next().unwrap());
         if let Some(p) = toks.iter().skip(1).position(|&t| t == 126) {
-            assert_eq!(p + 2, toks.len(), "output must end at the first generated EOS: {toks:?}");
+            assert_eq!(
+                p + 2,
+                toks.len(),
+                "output must end at the first generated EOS: {toks:?}"
+            );
             stopped_early += 1;
         } else {
             assert_eq!(toks.len(), 256);
@@ -71,14 +107,29 @@ fn variable_length_stops_at_the_first_generated_eos() {
 fn bad_requests_are_one_line_errors() {
     let m = fixture("");
     let m = m.to_str().unwrap();
-    let long: String = (0..20).map(|i| (i % 100).to_string()).collect::<Vec<_>>().join(",");
+    let long: String = (0..20)
+        .map(|i| (i % 100).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     for (args, needle) in [
-        (vec!["--model", m, "--prompt-ids", long.as_str()], "does not fit the model's context"),
-        (vec!["--model", m, "--block-size", "8"], "trained with block size 4"),
-        (vec!["--model", m, "--sampler", "euler"], "invalid value 'euler' for '--sampler <SAMPLER>'"),
+        (
+            vec!["--model", m, "--prompt-ids", long.as_str()],
+            "does not fit the model's context",
+        ),
+        (
+            vec!["--model", m, "--block-size", "8"],
+            "trained with block size 4",
+        ),
+        (
+            vec!["--model", m, "--sampler", "euler"],
+            "invalid value 'euler' for '--sampler <SAMPLER>'",
+        ),
         (vec!["--model", m, "--prompt", "hello"], "no tokenizer.json"),
         (vec!["--model", m, "--top-p", "0"], "--top-p"),
-        (vec!["--model", m, "--prompt-ids", "127"], "outside the model's vocabulary"),
+        (
+            vec!["--model", m, "--prompt-ids", "127"],
+            "outside the model's vocabulary",
+        ),
         (vec!["--model", "/nonexistent"], "not a model folder"),
     ] {
         let (code, _, err) = sample(&args);
@@ -86,8 +137,16 @@ fn bad_requests_are_one_line_errors() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
     }
-    let (code, _, err) = sample(&["--model", fixture("ar").to_str().unwrap(), "--sampler", "ddpm"]);
-    assert!(code != 0 && err.contains("ddpm sampler is for BD3LM and MDLM"), "{err}");
+    let (code, _, err) = sample(&[
+        "--model",
+        fixture("ar").to_str().unwrap(),
+        "--sampler",
+        "ddpm",
+    ]);
+    assert!(
+        code != 0 && err.contains("ddpm sampler is for BD3LM and MDLM"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,7 +164,10 @@ fn a_tokenizer_that_does_not_fit_the_model_is_refused() {
     .unwrap();
     let (code, _, err) = sample(&["--model", dir.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(err.contains("the tokenizer has 3 tokens, but the model expects 127"), "{err}");
+    assert!(
+        err.contains("the tokenizer has 3 tokens, but the model expects 127"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -113,7 +175,16 @@ fn a_tokenizer_that_does_not_fit_the_model_is_refused() {
 fn the_trace_records_every_revealed_position() {
     let model = fixture("");
     let trace = std::env::temp_dir().join(format!("bd3-trace-{}.jsonl", std::process::id()));
-    let (code, out, err) = sample(&["--model", model.to_str().unwrap(), "--seed", "3", "--length", "40", "--trace", trace.to_str().unwrap()]);
+    let (code, out, err) = sample(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--length",
+        "40",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let toks = ids(out.lines().next().unwrap());
     let text = std::fs::read_to_string(&trace).unwrap();
@@ -143,21 +214,40 @@ fn the_trace_records_every_revealed_position() {
 /// The words of a text as the bundled model's word list counts them: maximal runs of ASCII letters,
 /// lower-cased (the list is every such word of the training corpus; see models/fortunes-bd3lm/README.md).
 fn words(text: &str) -> Vec<String> {
-    text.replace("<|endoftext|>", " ").split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty()).map(|w| w.to_ascii_lowercase()).collect()
+    text.replace("<|endoftext|>", " ")
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_lowercase())
+        .collect()
 }
 
 #[test]
 fn the_bundled_model_writes_words_of_its_corpus() {
     // No --model: the bundled model, found through the repository the binary was built in.
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/fortunes-bd3lm"));
-    let list: std::collections::HashSet<String> = std::fs::read_to_string(root.join("words.txt")).unwrap().lines().map(str::to_string).collect();
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/fortunes-bd3lm"
+    ));
+    let list: std::collections::HashSet<String> = std::fs::read_to_string(root.join("words.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     let (code, out, err) = sample(&["--seed", "1", "--batch", "2", "--prompt", "The computer"]);
     assert_eq!(code, 0, "{err}");
-    let generated: Vec<String> = out.lines().filter(|l| !l.starts_with("--- sample")).flat_map(words).collect();
+    let generated: Vec<String> = out
+        .lines()
+        .filter(|l| !l.starts_with("--- sample"))
+        .flat_map(words)
+        .collect();
     assert!(generated.len() >= 40, "too little text: {out}");
     let known = generated.iter().filter(|w| list.contains(*w)).count();
     let share = known as f64 / generated.len() as f64;
-    assert!(share >= MIN_KNOWN_WORDS, "only {known} of {} words are in the corpus's word list ({share:.2}):\n{out}", generated.len());
+    assert!(
+        share >= MIN_KNOWN_WORDS,
+        "only {known} of {} words are in the corpus's word list ({share:.2}):\n{out}",
+        generated.len()
+    );
 }
 
 /// Most words the bundled model writes must be words of its corpus. Its samples of 128 tokens after
@@ -168,18 +258,31 @@ const MIN_KNOWN_WORDS: f64 = 0.75;
 fn the_word_check_can_fail_on_random_tokens() {
     // The check above must be able to fail: uniformly random token ids of the same tokenizer, decoded,
     // fall well below the bar.
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/fortunes-bd3lm"));
-    let list: std::collections::HashSet<String> = std::fs::read_to_string(root.join("words.txt")).unwrap().lines().map(str::to_string).collect();
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/fortunes-bd3lm"
+    ));
+    let list: std::collections::HashSet<String> = std::fs::read_to_string(root.join("words.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     let tok = bd3_model::tokenizer::TextTokenizer::from_file(&root.join("tokenizer.json")).unwrap();
     let mut state = 12345u64;
     let ids: Vec<u32> = (0..400)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) % (tok.vocab_size() as u64 - 1)) as u32
         })
         .collect();
     let generated = words(&tok.decode(&ids).unwrap());
-    let share = generated.iter().filter(|w| list.contains(*w)).count() as f64 / generated.len() as f64;
+    let share =
+        generated.iter().filter(|w| list.contains(*w)).count() as f64 / generated.len() as f64;
     eprintln!("random tokens: {share:.2} of their words are in the list");
-    assert!(share < MIN_KNOWN_WORDS - 0.1, "random tokens already score {share:.2}");
+    assert!(
+        share < MIN_KNOWN_WORDS - 0.1,
+        "random tokens already score {share:.2}"
+    );
 }

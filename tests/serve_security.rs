@@ -36,7 +36,11 @@ impl Tree {
         w("root/.git/config", &format!("[remote] {SECRET}"));
         w("root/secret.txt", SECRET);
         w("root/target/web/broken/config.json", SECRET);
-        let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a/config.json")).unwrap();
+        let config = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/tiny-a/config.json"
+        ))
+        .unwrap();
         w("root/models/m/config.json", &config);
         w("root/models/m/model.safetensors", "weights");
         w("root/models/m/.git/config", SECRET);
@@ -83,7 +87,10 @@ impl Server {
         let mut cmd = match fd_limit {
             Some(n) => {
                 let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(bin).args(&args);
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin)
+                    .args(&args);
                 c
             }
             None => {
@@ -92,9 +99,15 @@ impl Server {
                 c
             }
         };
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let port = line
             .strip_prefix("serving http://127.0.0.1:")
             .and_then(|r| r.split('/').next())
@@ -149,24 +162,48 @@ fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => panic!("no answer within the read timeout"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("no answer within the read timeout")
+            }
             Err(_) => break, // reset: keep what arrived
         }
     }
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, head, buf[split..].to_vec())
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+    head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    })
 }
 
 fn assert_refused(server: &Server, what: &str, (status, head, body): (u16, String, Vec<u8>)) {
-    assert!(status != 200 && status != 0, "{what}: status {status}\n{head}");
+    assert!(
+        status != 200 && status != 0,
+        "{what}: status {status}\n{head}"
+    );
     let text = String::from_utf8_lossy(&body);
-    assert!(!text.contains(SECRET) && !head.contains(SECRET), "{what} leaked the secret");
+    assert!(
+        !text.contains(SECRET) && !head.contains(SECRET),
+        "{what} leaked the secret"
+    );
     let _ = server;
 }
 
@@ -176,7 +213,10 @@ fn serves_the_page_web_folder_and_models_with_etags_and_types() {
     let server = Server::start(&tree);
     let (status, head, body) = server.get("/");
     assert_eq!(status, 200, "{head}");
-    assert_eq!(header(&head, "content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert_eq!(body, b"<!doctype html><title>page</title>");
     assert_eq!(server.get("/index.html").2, body);
     let (status, head, body) = server.get("/web/pkg/bd3_web_bg.wasm");
@@ -185,28 +225,52 @@ fn serves_the_page_web_folder_and_models_with_etags_and_types() {
     assert_eq!(body.len(), 8);
     let etag = header(&head, "etag").expect("an ETag").to_string();
     // HEAD: the same headers (ETag and length included), no body.
-    let (status, hhead, hbody) = server.raw(format!("HEAD /web/pkg/bd3_web_bg.wasm HTTP/1.1\r\nHost: {}\r\n\r\n", server.host()).as_bytes());
+    let (status, hhead, hbody) = server.raw(
+        format!(
+            "HEAD /web/pkg/bd3_web_bg.wasm HTTP/1.1\r\nHost: {}\r\n\r\n",
+            server.host()
+        )
+        .as_bytes(),
+    );
     assert_eq!(status, 200);
     assert_eq!(header(&hhead, "etag"), Some(etag.as_str()));
     assert_eq!(header(&hhead, "content-length"), Some("8"));
     assert!(hbody.is_empty());
     let (status, head, _) = server.get("/web/app.js");
     assert_eq!(status, 200);
-    assert!(header(&head, "content-type").unwrap().starts_with("text/javascript"));
+    assert!(header(&head, "content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
     let (status, head, body) = server.get("/models/default/config.json");
     assert_eq!(status, 200);
     assert_eq!(header(&head, "content-type"), Some("application/json"));
-    assert_eq!(body, std::fs::read(tree.root().join("models/m/config.json")).unwrap());
+    assert_eq!(
+        body,
+        std::fs::read(tree.root().join("models/m/config.json")).unwrap()
+    );
     assert_eq!(server.get("/models/default/sub/inner.json").0, 200);
-    assert_eq!(server.get("/models/default/model.safetensors?v=2").2, b"weights");
+    assert_eq!(
+        server.get("/models/default/model.safetensors?v=2").2,
+        b"weights"
+    );
     assert_eq!(server.get("/models/extra/config.json").0, 200);
     // Touching a file changes its ETag (the page's weight cache relies on it).
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(tree.root().join("web/pkg/bd3_web_bg.wasm"), "\0asm\x01\0\0\0-new").unwrap();
+    std::fs::write(
+        tree.root().join("web/pkg/bd3_web_bg.wasm"),
+        "\0asm\x01\0\0\0-new",
+    )
+    .unwrap();
     let (_, head, _) = server.get("/web/pkg/bd3_web_bg.wasm");
     assert_ne!(header(&head, "etag"), Some(etag.as_str()));
     // Only GET and HEAD.
-    let (status, head, _) = server.raw(format!("POST /index.html HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n", server.host()).as_bytes());
+    let (status, head, _) = server.raw(
+        format!(
+            "POST /index.html HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            server.host()
+        )
+        .as_bytes(),
+    );
     assert_eq!(status, 405, "{head}");
 }
 
@@ -252,7 +316,11 @@ fn nothing_outside_the_served_folders_is_reachable() {
         assert!(status == 404 || status == 400, "{p}: {head}");
     }
     // Absolute-form targets name another origin or smuggle a path: refused too.
-    let abs = format!("GET http://{}/.git/config HTTP/1.1\r\nHost: {}\r\n\r\n", server.host(), server.host());
+    let abs = format!(
+        "GET http://{}/.git/config HTTP/1.1\r\nHost: {}\r\n\r\n",
+        server.host(),
+        server.host()
+    );
     assert_refused(&server, "absolute-form", server.raw(abs.as_bytes()));
 }
 
@@ -271,9 +339,20 @@ fn symlinks_and_special_files_never_leak() {
     // A link that stays inside its folder is an ordinary file of it.
     symlink("config.json", root.join("models/m/alias.json")).unwrap();
     // A FIFO must be refused, not opened (opening one blocks).
-    assert!(Command::new("mkfifo").arg(root.join("web/fifo.js")).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(root.join("web/fifo.js"))
+        .status()
+        .unwrap()
+        .success());
     let server = Server::start(&tree);
-    for p in ["/web/leak.txt", "/web/leakdir/secret.txt", "/models/default/leak.json", "/models/default/leakdir/secret.txt", "/web/up.txt", "/models/default/git.txt"] {
+    for p in [
+        "/web/leak.txt",
+        "/web/leakdir/secret.txt",
+        "/models/default/leak.json",
+        "/models/default/leakdir/secret.txt",
+        "/web/up.txt",
+        "/models/default/git.txt",
+    ] {
         let r = server.get(p);
         assert_eq!(r.0, 404, "{p}: {}", r.1);
         assert_refused(&server, p, r);
@@ -289,17 +368,34 @@ fn requests_for_another_host_are_refused() {
     let tree = Tree::new("host");
     let server = Server::start(&tree);
     let port = server.port;
-    let with_host = |h: &str| server.raw(format!("GET /index.html HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes());
-    for bad in ["attacker.example", &format!("attacker.example:{port}"), &format!("127.0.0.1:{}", port.wrapping_add(1)), "127.0.0.1", "localhost", &format!("127.0.0.2:{port}"), &format!("[::1]:{port}"), &format!("127.0.0.1:{port}.attacker.example"), ""] {
+    let with_host =
+        |h: &str| server.raw(format!("GET /index.html HTTP/1.1\r\nHost: {h}\r\n\r\n").as_bytes());
+    for bad in [
+        "attacker.example",
+        &format!("attacker.example:{port}"),
+        &format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "127.0.0.1",
+        "localhost",
+        &format!("127.0.0.2:{port}"),
+        &format!("[::1]:{port}"),
+        &format!("127.0.0.1:{port}.attacker.example"),
+        "",
+    ] {
         let (status, head, _) = with_host(bad);
         assert_eq!(status, 421, "Host: {bad}\n{head}");
     }
-    for good in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("LocalHost:{port}")] {
+    for good in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+    ] {
         assert_eq!(with_host(&good).0, 200, "Host: {good}");
     }
     // No Host (HTTP/1.0 style), or two of them.
     assert_eq!(server.raw(b"GET /index.html HTTP/1.0\r\n\r\n").0, 421);
-    let two = format!("GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: attacker.example\r\n\r\n");
+    let two = format!(
+        "GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: attacker.example\r\n\r\n"
+    );
     assert_eq!(server.raw(two.as_bytes()).0, 421);
 }
 
@@ -308,16 +404,35 @@ fn oversized_and_malformed_request_heads_are_refused() {
     let tree = Tree::new("sizes");
     let server = Server::start(&tree);
     let host = server.host();
-    let long_line = format!("GET /{} HTTP/1.1\r\nHost: {host}\r\n\r\n", "a".repeat(64 * 1024));
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
     assert_eq!(server.raw(long_line.as_bytes()).0, 414);
     // A request line without an end.
     assert_eq!(server.raw("G".repeat(20 * 1024).as_bytes()).0, 414);
-    let big_headers = format!("GET / HTTP/1.1\r\nHost: {host}\r\n{}\r\n", format!("X-Pad: {}\r\n", "b".repeat(1000)).repeat(40));
+    let big_headers = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{}\r\n",
+        format!("X-Pad: {}\r\n", "b".repeat(1000)).repeat(40)
+    );
     assert_eq!(server.raw(big_headers.as_bytes()).0, 431);
-    let many_headers = format!("GET / HTTP/1.1\r\nHost: {host}\r\n{}\r\n", (0..200).map(|i| format!("X-{i}: 1\r\n")).collect::<String>());
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\n{}\r\n",
+        (0..200)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect::<String>()
+    );
     assert_eq!(server.raw(many_headers.as_bytes()).0, 431);
-    assert_eq!(server.raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").0, 400);
-    assert_eq!(server.raw(b"GET / HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n").0, 400);
+    assert_eq!(
+        server
+            .raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
+            .0,
+        400
+    );
+    assert_eq!(
+        server.raw(b"GET / HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n").0,
+        400
+    );
     // The server still answers afterwards.
     assert_eq!(server.get("/").0, 200);
 }
@@ -331,7 +446,8 @@ fn slow_request_heads_are_cut_off() {
     let started = Instant::now();
     let mut idle = server.connect();
     let mut half = server.connect();
-    half.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n", server.host()).as_bytes()).unwrap();
+    half.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n", server.host()).as_bytes())
+        .unwrap();
     let mut trickle = server.connect();
     let mut writer = trickle.try_clone().unwrap();
     let feeder = std::thread::spawn(move || {
@@ -346,7 +462,11 @@ fn slow_request_heads_are_cut_off() {
         let (status, head, _) = read_response(s);
         assert!(status == 408 || status == 0, "{head}");
     }
-    assert!(started.elapsed() < Duration::from_secs(9), "slow heads held for {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "slow heads held for {:?}",
+        started.elapsed()
+    );
     feeder.join().unwrap();
     assert_eq!(server.get("/").0, 200);
 }
@@ -355,10 +475,23 @@ fn slow_request_heads_are_cut_off() {
 #[cfg(target_os = "linux")]
 fn usage(pid: u32) -> (usize, usize, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     (threads, fds, ticks / 100.0)
 }
@@ -369,7 +502,13 @@ fn flood(server: &Server, n: usize) -> Vec<TcpStream> {
         .map(|i| {
             let mut s = server.connect();
             if i % 2 == 1 {
-                let _ = s.write_all(format!("GET /index.html HTTP/1.1\r\nHost: {}\r\nX-Half: ", server.host()).as_bytes());
+                let _ = s.write_all(
+                    format!(
+                        "GET /index.html HTTP/1.1\r\nHost: {}\r\nX-Half: ",
+                        server.host()
+                    )
+                    .as_bytes(),
+                );
             }
             s
         })
@@ -386,7 +525,11 @@ fn check_flood(server: &mut Server, n: usize, within: Duration) {
     let started = Instant::now();
     let (status, head, _) = server.get("/web/app.js");
     assert_eq!(status, 200, "{head}");
-    assert!(started.elapsed() < within, "a request under a flood took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < within,
+        "a request under a flood took {:?}",
+        started.elapsed()
+    );
     #[cfg(target_os = "linux")]
     {
         // Held for a second more: bounded threads and descriptors, and no busy loop.
@@ -395,11 +538,18 @@ fn check_flood(server: &mut Server, n: usize, within: Duration) {
         assert!(threads <= 64 + 8, "{threads} threads under a flood of {n}");
         assert!(fds <= 2 * 64 + 16, "{fds} descriptors under a flood of {n}");
         let cpu = cpu_after - cpu_before;
-        assert!(cpu < 0.5 * started.elapsed().as_secs_f64().max(1.0), "{cpu} s of CPU in {:?}: the server spins", started.elapsed());
+        assert!(
+            cpu < 0.5 * started.elapsed().as_secs_f64().max(1.0),
+            "{cpu} s of CPU in {:?}: the server spins",
+            started.elapsed()
+        );
     }
     drop(connections);
     assert_eq!(server.get("/").0, 200);
-    assert!(server.child.try_wait().unwrap().is_none(), "the server exited");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
 }
 
 #[test]
@@ -432,7 +582,12 @@ fn bad_serve_arguments_are_one_line_errors() {
         &["--extra-model", "noequals"],
         &["--extra-model", &format!("default={model}")],
         &["--extra-model", &format!("../x={model}")],
-        &["--extra-model", &format!("a={model}"), "--extra-model", &format!("a={model}")],
+        &[
+            "--extra-model",
+            &format!("a={model}"),
+            "--extra-model",
+            &format!("a={model}"),
+        ],
         &["--extra-model", &format!("a={missing}")],
         &["--extra-model"],
         &["--model"],
@@ -441,7 +596,14 @@ fn bad_serve_arguments_are_one_line_errors() {
     ];
     for extra in cases {
         // Bounded: a case the server wrongly accepts would otherwise serve forever.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu")).args(base).args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
+            .args(base)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let started = Instant::now();
         while child.try_wait().unwrap().is_none() {
             if started.elapsed() > Duration::from_secs(10) {
@@ -454,6 +616,11 @@ fn bad_serve_arguments_are_one_line_errors() {
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
-        assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1 && !err.contains("panicked"), "{extra:?}: {err}");
+        assert!(
+            err.starts_with("error: ")
+                && err.trim_end().lines().count() == 1
+                && !err.contains("panicked"),
+            "{extra:?}: {err}"
+        );
     }
 }

@@ -91,7 +91,8 @@ impl GpuContext {
     /// Pick an adapter (respecting WGPU_BACKEND, WGPU_POWER_PREF, WGPU_ADAPTER_NAME through wgpu's
     /// environment handling) and open a device with the adapter's own limits.
     pub async fn new(opts: ContextOptions) -> Result<GpuContext> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance),
@@ -106,7 +107,11 @@ impl GpuContext {
         // Optional fast paths are requested only where present; the f32 path never needs them.
         let wanted = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
-            | if opts.timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+            | if opts.timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            };
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let (device, queue) = adapter
@@ -131,21 +136,31 @@ impl GpuContext {
         let lost = uncaptured.clone();
         device.set_device_lost_callback(move |reason, message| {
             if reason != wgpu::DeviceLostReason::Destroyed {
-                *lost.lock().unwrap() = Some(format!("the GPU device was lost ({}); reload the page or restart the program", one_line(&message)));
+                *lost.lock().unwrap() = Some(format!(
+                    "the GPU device was lost ({}); reload the page or restart the program",
+                    one_line(&message)
+                ));
             }
         });
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        let split_threshold = max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4);
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let split_threshold = max_binding
+            .min(opts.split_threshold.unwrap_or(u64::MAX))
+            .max(4);
         Ok(GpuContext {
             gpu: Some(Gpu { device, queue }),
             info,
             limits,
             features,
             counters: Counters::default(),
-            compute_units: opts.compute_units.unwrap_or(crate::plan::DEFAULT_COMPUTE_UNITS),
+            compute_units: opts
+                .compute_units
+                .unwrap_or(crate::plan::DEFAULT_COMPUTE_UNITS),
             max_binding,
             split_threshold,
-            shader_checks: cfg!(target_arch = "wasm32") || std::env::var_os("BD3_SHADER_CHECKS").is_some(),
+            shader_checks: cfg!(target_arch = "wasm32")
+                || std::env::var_os("BD3_SHADER_CHECKS").is_some(),
             uncaptured,
             pipelines: Mutex::new(HashMap::new()),
             staging: Mutex::new(Vec::new()),
@@ -156,16 +171,24 @@ impl GpuContext {
     /// recording a program yields its plan (see [`crate::plan`]) without allocating anything.
     pub fn planning(adapter: &crate::plan::AdapterDesc, opts: ContextOptions) -> GpuContext {
         let limits = adapter.limits();
-        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
         GpuContext {
             gpu: None,
-            info: wgpu::AdapterInfo { name: adapter.name.clone(), driver_info: "planning only".into(), ..wgpu::AdapterInfo::new(wgpu::DeviceType::Other, wgpu::Backend::Noop) },
+            info: wgpu::AdapterInfo {
+                name: adapter.name.clone(),
+                driver_info: "planning only".into(),
+                ..wgpu::AdapterInfo::new(wgpu::DeviceType::Other, wgpu::Backend::Noop)
+            },
             features: adapter.features(),
             limits,
             counters: Counters::default(),
             compute_units: opts.compute_units.unwrap_or(adapter.compute_units),
             max_binding,
-            split_threshold: max_binding.min(opts.split_threshold.unwrap_or(u64::MAX)).max(4),
+            split_threshold: max_binding
+                .min(opts.split_threshold.unwrap_or(u64::MAX))
+                .max(4),
             shader_checks: false,
             uncaptured: Arc::new(Mutex::new(None)),
             pipelines: Mutex::new(HashMap::new()),
@@ -180,11 +203,19 @@ impl GpuContext {
 
     /// The device. Only code that runs programs calls this; planning never reaches it.
     pub fn device(&self) -> &wgpu::Device {
-        &self.gpu.as_ref().expect("a planning context has no device").device
+        &self
+            .gpu
+            .as_ref()
+            .expect("a planning context has no device")
+            .device
     }
 
     pub fn queue(&self) -> &wgpu::Queue {
-        &self.gpu.as_ref().expect("a planning context has no queue").queue
+        &self
+            .gpu
+            .as_ref()
+            .expect("a planning context has no queue")
+            .queue
     }
 
     /// Largest buffer a single storage binding may cover.
@@ -198,7 +229,16 @@ impl GpuContext {
     }
 
     pub fn adapter_summary(&self) -> String {
-        format!("{} ({:?}, {:?})", if self.info.name.is_empty() { "unnamed adapter" } else { &self.info.name }, self.info.backend, self.info.device_type)
+        format!(
+            "{} ({:?}, {:?})",
+            if self.info.name.is_empty() {
+                "unnamed adapter"
+            } else {
+                &self.info.name
+            },
+            self.info.backend,
+            self.info.device_type
+        )
     }
 
     /// Whether wgpu's own shader bounds checks and workgroup-memory zeroing are on.
@@ -231,19 +271,37 @@ impl GpuContext {
     pub fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<Buf> {
         let size = size.max(4).div_ceil(4) * 4;
         if size > self.limits.max_buffer_size {
-            return Err(Error::Gpu(format!("buffer `{label}` needs {size} bytes, over the adapter's max_buffer_size {}", self.limits.max_buffer_size)));
+            return Err(Error::Gpu(format!(
+                "buffer `{label}` needs {size} bytes, over the adapter's max_buffer_size {}",
+                self.limits.max_buffer_size
+            )));
         }
-        self.counters.buffers_created.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_allocated.fetch_add(size, Ordering::Relaxed);
+        self.counters
+            .buffers_created
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_allocated
+            .fetch_add(size, Ordering::Relaxed);
         match &self.gpu {
             None => Ok(Buf::planned(size)),
-            Some(g) => Ok(Buf::gpu(g.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }))),
+            Some(g) => Ok(Buf::gpu(g.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            }))),
         }
     }
 
     /// A storage buffer usable by kernels and as a copy source/destination.
     pub fn storage(&self, label: &str, size: u64) -> Result<Buf> {
-        self.buffer(label, size, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)
+        self.buffer(
+            label,
+            size,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )
     }
 
     /// A storage buffer filled with `data` (only sized when planning).
@@ -258,15 +316,33 @@ impl GpuContext {
     /// The compute kernel `label` from WGSL source, built once per distinct source and cached; its
     /// workgroups have `threads` invocations (the op module's constant, checked against the WGSL by
     /// a test). A planning context compiles nothing.
-    pub async fn pipeline(&self, label: &'static str, source: &str, threads: u32) -> Result<Kernel> {
+    pub async fn pipeline(
+        &self,
+        label: &'static str,
+        source: &str,
+        threads: u32,
+    ) -> Result<Kernel> {
         if self.is_planning() {
-            return Ok(Kernel { name: label, threads, pipeline: None });
+            return Ok(Kernel {
+                name: label,
+                threads,
+                pipeline: None,
+            });
         }
         if let Some(p) = self.pipelines.lock().unwrap().get(source) {
-            return Ok(Kernel { name: label, threads, pipeline: Some(p.clone()) });
+            return Ok(Kernel {
+                name: label,
+                threads,
+                pipeline: Some(p.clone()),
+            });
         }
-        let scope = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(source.into()) };
+        let scope = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        };
         // Every kernel bounds-checks its own indices and writes workgroup memory before reading it
         // (the kernel tests and `verify` run in both modes), so natively wgpu's extra clamps and
         // zeroing are dropped: they cost 2.4x per training step on an H200 (the clamped accesses in
@@ -277,31 +353,67 @@ impl GpuContext {
             // SAFETY: the kernels never index out of bounds (each checks against its sizes). A bug
             // that did would corrupt this program's GPU buffers or lose the device (reported as an
             // error), not reach other processes: the driver isolates each context's memory.
-            unsafe { self.device().create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            unsafe {
+                self.device()
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
         };
-        let pipeline = self.device().create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions { zero_initialize_workgroup_memory: self.shader_checks, ..Default::default() },
-            cache: None,
-        });
+        let pipeline = self
+            .device()
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    zero_initialize_workgroup_memory: self.shader_checks,
+                    ..Default::default()
+                },
+                cache: None,
+            });
         if let Some(e) = scope.pop().await {
-            return Err(Error::Gpu(format!("kernel `{label}` failed to build: {}", one_line(&e.to_string()))));
+            return Err(Error::Gpu(format!(
+                "kernel `{label}` failed to build: {}",
+                one_line(&e.to_string())
+            )));
         }
-        self.counters.pipelines_created.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .pipelines_created
+            .fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(pipeline);
-        self.pipelines.lock().unwrap().insert(source.to_string(), p.clone());
-        Ok(Kernel { name: label, threads, pipeline: Some(p) })
+        self.pipelines
+            .lock()
+            .unwrap()
+            .insert(source.to_string(), p.clone());
+        Ok(Kernel {
+            name: label,
+            threads,
+            pipeline: Some(p),
+        })
     }
 
-    pub fn bind_group(&self, pipeline: &wgpu::ComputePipeline, entries: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
-        self.counters.bind_groups_created.fetch_add(1, Ordering::Relaxed);
+    pub fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[wgpu::BindingResource<'_>],
+    ) -> wgpu::BindGroup {
+        self.counters
+            .bind_groups_created
+            .fetch_add(1, Ordering::Relaxed);
         let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> =
-            entries.iter().enumerate().map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() }).collect();
-        self.device().create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries })
+        let entries: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        self.device().create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        })
     }
 
     pub fn submit(&self, encoder: wgpu::CommandEncoder) -> wgpu::SubmissionIndex {
@@ -316,7 +428,11 @@ impl GpuContext {
             return Ok(pool.swap_remove(i));
         }
         drop(pool);
-        self.buffer("staging", size.next_power_of_two().max(256), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+        self.buffer(
+            "staging",
+            size.next_power_of_two().max(256),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )
     }
 
     pub fn return_staging(&self, b: Buf) {
@@ -327,7 +443,9 @@ impl GpuContext {
     pub async fn map_read(&self, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let slot = OneShot::new();
         let tx = slot.clone();
-        staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        staging
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |r| tx.send(r));
         #[cfg(not(target_arch = "wasm32"))]
         self.device()
             .poll(wgpu::PollType::wait_indefinitely())
@@ -336,16 +454,26 @@ impl GpuContext {
         self.check()?;
         mapped.map_err(|e| Error::Gpu(format!("reading results back failed: {e}")))?;
         let data = {
-            let view = staging.slice(..size).get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?;
+            let view = staging
+                .slice(..size)
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
             view.to_vec()
         };
         staging.unmap();
-        self.counters.bytes_read_back.fetch_add(size, Ordering::Relaxed);
+        self.counters
+            .bytes_read_back
+            .fetch_add(size, Ordering::Relaxed);
         Ok(data)
     }
 
     /// Copy `len` floats from `buffer` at float offset `offset` back to the CPU (one submit).
-    pub async fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+    pub async fn read_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<f32>> {
         let size = (len as u64 * 4).max(4);
         let staging = self.take_staging(size)?;
         let mut enc = self.device().create_command_encoder(&Default::default());
@@ -369,13 +497,17 @@ struct OneShot<T> {
 
 impl<T> Clone for OneShot<T> {
     fn clone(&self) -> Self {
-        OneShot { inner: self.inner.clone() }
+        OneShot {
+            inner: self.inner.clone(),
+        }
     }
 }
 
 impl<T> OneShot<T> {
     fn new() -> Self {
-        OneShot { inner: Arc::new(Mutex::new((None, None))) }
+        OneShot {
+            inner: Arc::new(Mutex::new((None, None))),
+        }
     }
     fn send(&self, v: T) {
         let mut g = self.inner.lock().unwrap();

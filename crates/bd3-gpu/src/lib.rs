@@ -6,24 +6,24 @@
 pub mod context;
 pub mod layers;
 pub mod model;
+pub mod model_call;
 pub mod ops;
 pub mod plan;
 pub mod program;
 pub mod sampler;
 pub mod score;
 pub mod shaders;
-pub mod model_call;
 pub mod train;
 pub mod weights;
 
 pub use context::{ContextOptions, CounterSnapshot, GpuContext};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
+pub use model_call::{CallAction, CallInputs, CallOutput, CallShape};
 pub use plan::{AdapterDesc, PlanSummary};
 pub use program::{Buf, PlannedDispatch, Program};
 pub use sampler::{
     defaults, generate, SampleEvent, SampleOptions, SampleResult, Sampler, SAMPLER_NAMES,
 };
-pub use model_call::{CallAction, CallInputs, CallOutput, CallShape};
 pub use score::{score_sequences, unigram_entropy, SampleScore, ScoreOptions};
 pub use train::{OptimConfig, TrainBatch, TrainOutput, TrainShape, Trainer};
 pub use weights::Weights;

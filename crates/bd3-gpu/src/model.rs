@@ -60,7 +60,10 @@ impl ForwardShape {
         ForwardShape {
             batch,
             seq: 2 * length,
-            mask: AttentionMask::BlockDiff { half_len: length, block_size },
+            mask: AttentionMask::BlockDiff {
+                half_len: length,
+                block_size,
+            },
             pos_period: length,
             head_rows: length,
             head_row_offset: 0,
@@ -71,8 +74,23 @@ impl ForwardShape {
     }
 
     /// A plain length-`seq` pass with every row scored.
-    pub fn plain(batch: usize, seq: usize, mask: AttentionMask, objective: Objective) -> ForwardShape {
-        ForwardShape { batch, seq, mask, pos_period: seq, head_rows: seq, head_row_offset: 0, objective, capture: false, per_token: false }
+    pub fn plain(
+        batch: usize,
+        seq: usize,
+        mask: AttentionMask,
+        objective: Objective,
+    ) -> ForwardShape {
+        ForwardShape {
+            batch,
+            seq,
+            mask,
+            pos_period: seq,
+            head_rows: seq,
+            head_row_offset: 0,
+            objective,
+            capture: false,
+            per_token: false,
+        }
     }
 
     pub fn scored_rows(&self) -> usize {
@@ -172,7 +190,11 @@ pub struct GpuModel {
 }
 
 impl GpuModel {
-    pub async fn load(ctx: Arc<GpuContext>, cfg: ModelConfig, ckpt: &Checkpoint) -> Result<GpuModel> {
+    pub async fn load(
+        ctx: Arc<GpuContext>,
+        cfg: ModelConfig,
+        ckpt: &Checkpoint,
+    ) -> Result<GpuModel> {
         let weights = Weights::upload(&ctx, &cfg, ckpt)?;
         Self::with_weights(ctx, cfg, weights).await
     }
@@ -187,17 +209,28 @@ impl GpuModel {
     /// Write one tensor (canonical name); the rotary tables follow `rotary_emb.inv_freq`.
     pub fn write_tensor(&mut self, name: &str, data: &[f32]) -> Result<()> {
         if !self.weights.write(&self.ctx, name, data)? {
-            return Err(Error::Invalid(format!("tensor `{name}` is not part of this model")));
+            return Err(Error::Invalid(format!(
+                "tensor `{name}` is not part of this model"
+            )));
         }
         if name == "rotary_emb.inv_freq" {
-            let (cos, sin) = bd3_model::tables::rotary_tables(&self.weights.inv_freq, self.rope_positions);
-            self.ctx.queue().write_buffer(&self.rope_cos, 0, bytemuck::cast_slice(&cos));
-            self.ctx.queue().write_buffer(&self.rope_sin, 0, bytemuck::cast_slice(&sin));
+            let (cos, sin) =
+                bd3_model::tables::rotary_tables(&self.weights.inv_freq, self.rope_positions);
+            self.ctx
+                .queue()
+                .write_buffer(&self.rope_cos, 0, bytemuck::cast_slice(&cos));
+            self.ctx
+                .queue()
+                .write_buffer(&self.rope_sin, 0, bytemuck::cast_slice(&sin));
         }
         Ok(())
     }
 
-    async fn with_weights(ctx: Arc<GpuContext>, cfg: ModelConfig, weights: Weights) -> Result<GpuModel> {
+    async fn with_weights(
+        ctx: Arc<GpuContext>,
+        cfg: ModelConfig,
+        weights: Weights,
+    ) -> Result<GpuModel> {
         let kernels = Kernels::new(&ctx, cfg.head_dim()).await?;
         let rope_positions = cfg.model_length;
         let (cos, sin) = bd3_model::tables::rotary_tables(&weights.inv_freq, rope_positions);
@@ -221,7 +254,11 @@ impl GpuModel {
     }
 
     /// Run one forward; the first call with a new shape records its program.
-    pub async fn forward(&mut self, shape: &ForwardShape, input: &ForwardInput<'_>) -> Result<ForwardOutput> {
+    pub async fn forward(
+        &mut self,
+        shape: &ForwardShape,
+        input: &ForwardInput<'_>,
+    ) -> Result<ForwardOutput> {
         self.check_forward_input(shape, input)?;
         self.record_forward(shape)?;
         let ws = &self.workspaces[shape];
@@ -232,12 +269,23 @@ impl GpuModel {
         q.write_buffer(&ws.targets, 0, bytemuck::cast_slice(input.targets));
         q.write_buffer(&ws.weights, 0, bytemuck::cast_slice(input.weights));
         if let Some(f) = &ws.features {
-            let sigma: Vec<f64> = if self.cfg.time_conditioning { input.sigma.to_vec() } else { vec![0.0; shape.batch] };
-            let feats: Vec<f32> = sigma.iter().flat_map(|&s| bd3_model::tables::timestep_features(s)).collect();
+            let sigma: Vec<f64> = if self.cfg.time_conditioning {
+                input.sigma.to_vec()
+            } else {
+                vec![0.0; shape.batch]
+            };
+            let feats: Vec<f32> = sigma
+                .iter()
+                .flat_map(|&s| bd3_model::tables::timestep_features(s))
+                .collect();
             q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
         }
         if let Some(sc) = &ws.seq_consts {
-            q.write_buffer(sc, 0, bytemuck::cast_slice(&sedd_constants(input.sedd_t, self.cfg.vocab_size)));
+            q.write_buffer(
+                sc,
+                0,
+                bytemuck::cast_slice(&sedd_constants(input.sedd_t, self.cfg.vocab_size)),
+            );
         }
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         ws.program.encode(&mut enc);
@@ -257,7 +305,11 @@ impl GpuModel {
             entropy: l.entropy.map(get),
         });
         let token_loss = (shape.per_token || shape.capture).then(|| get(l.token_loss));
-        Ok(ForwardOutput { loss_sum: out[l.loss_sum] as f64, token_loss, capture })
+        Ok(ForwardOutput {
+            loss_sum: out[l.loss_sum] as f64,
+            token_loss,
+            capture,
+        })
     }
 
     /// The recorded program of a shape (after its first forward), for benchmarks.
@@ -287,24 +339,46 @@ impl GpuModel {
             return bad("empty batch or sequence".into());
         }
         if s.head_row_offset + s.head_rows > s.seq {
-            return bad(format!("scored rows {}..{} exceed the sequence length {}", s.head_row_offset, s.head_row_offset + s.head_rows, s.seq));
+            return bad(format!(
+                "scored rows {}..{} exceed the sequence length {}",
+                s.head_row_offset,
+                s.head_row_offset + s.head_rows,
+                s.seq
+            ));
         }
         let positions = s.seq.min(s.pos_period);
         if positions > self.rope_positions {
-            return bad(format!("a sequence of {positions} positions exceeds the model's context of {} tokens", self.rope_positions));
+            return bad(format!(
+                "a sequence of {positions} positions exceeds the model's context of {} tokens",
+                self.rope_positions
+            ));
         }
         let n = s.batch * s.head_rows;
-        if i.tokens.len() != s.batch * s.seq || i.input_ids.len() != n || i.targets.len() != n || i.weights.len() != n {
+        if i.tokens.len() != s.batch * s.seq
+            || i.input_ids.len() != n
+            || i.targets.len() != n
+            || i.weights.len() != n
+        {
             return bad("forward inputs do not match the shape".into());
         }
         if self.cfg.time_conditioning && i.sigma.len() != s.batch {
-            return bad(format!("a time-conditioned model needs one sigma per sequence ({} given for batch {})", i.sigma.len(), s.batch));
+            return bad(format!(
+                "a time-conditioned model needs one sigma per sequence ({} given for batch {})",
+                i.sigma.len(),
+                s.batch
+            ));
         }
         if s.objective == Objective::Sedd && i.sedd_t.len() != s.batch {
             return bad("SEDD needs one t per sequence".into());
         }
         let v = self.cfg.vocab_size as u32;
-        if let Some(t) = i.tokens.iter().chain(i.input_ids).chain(i.targets).find(|&&t| t >= v) {
+        if let Some(t) = i
+            .tokens
+            .iter()
+            .chain(i.input_ids)
+            .chain(i.targets)
+            .find(|&&t| t >= v)
+        {
             return bad(format!("token id {t} is outside the vocabulary of {v}"));
         }
         Ok(())
@@ -335,10 +409,22 @@ impl GpuModel {
         let final_normed = f32s("final_normed", scored * d)?;
         let chunk_rows = layers::logits_chunk_rows(ctx, v, scored);
         let logits = f32s("logits_chunk", chunk_rows * v)?;
-        let log_probs = if s.capture { Some(f32s("log_probs_chunk", chunk_rows * v)?) } else { None };
+        let log_probs = if s.capture {
+            Some(f32s("log_probs_chunk", chunk_rows * v)?)
+        } else {
+            None
+        };
         let sedd = s.objective == Objective::Sedd;
-        let seq_consts = if sedd { Some(f32s("sedd_constants", b * 4)?) } else { None };
-        let entropy = if sedd { Some(f32s("entropy", scored)?) } else { None };
+        let seq_consts = if sedd {
+            Some(f32s("sedd_constants", b * 4)?)
+        } else {
+            None
+        };
+        let entropy = if sedd {
+            Some(f32s("entropy", scored)?)
+        } else {
+            None
+        };
         let cond = Conditioning::alloc(ctx, cfg, b, false)?;
 
         let mut layout = OutputLayout::default();
@@ -361,10 +447,26 @@ impl GpuModel {
             }
         };
         capture_hidden(&mut pb, &mut layout);
-        let attention = Attention::self_attention(b as u32, s.seq as u32, cfg.n_heads as u32, cfg.head_dim() as u32, s.mask, s.pos_period as u32);
+        let attention = Attention::self_attention(
+            b as u32,
+            s.seq as u32,
+            cfg.n_heads as u32,
+            cfg.head_dim() as u32,
+            s.mask,
+            s.pos_period as u32,
+        );
         for (i, blk) in w.blocks.iter().enumerate() {
             let modulation = cond.as_ref().map(|c| &c.mods[i]);
-            let io = BlockIo { x: &x, h: &h, att: &att, mlp: &mlp, qkv: &qkv, qkv_rows: None, modulation, rope: (&self.rope_cos, &self.rope_sin) };
+            let io = BlockIo {
+                x: &x,
+                h: &h,
+                att: &att,
+                mlp: &mlp,
+                qkv: &qkv,
+                qkv_rows: None,
+                modulation,
+                rope: (&self.rope_cos, &self.rope_sin),
+            };
             layers::block(&mut pb, k, blk, &io, &attention, None, BlockEnd::Full)?;
             capture_hidden(&mut pb, &mut layout);
         }
@@ -379,35 +481,87 @@ impl GpuModel {
             in_row_offset: s.head_row_offset as u32,
             modulation: final_mod.map(|_| layers::final_modulation(d)),
         };
-        ops::layernorm::record(&mut pb, k, &ln, ops::layernorm::Bindings { x: &x, w: &w.norm_final, modv: final_mod, out: &final_normed, row_index: None })?;
+        ops::layernorm::record(
+            &mut pb,
+            k,
+            &ln,
+            ops::layernorm::Bindings {
+                x: &x,
+                w: &w.norm_final,
+                modv: final_mod,
+                out: &final_normed,
+                row_index: None,
+            },
+        )?;
         if s.capture {
             layout.logits = layout.take(scored * v);
             layout.log_probs = layout.take(scored * v);
         }
         let (logits_at, log_probs_at) = (layout.logits.0, layout.log_probs.0);
-        layers::head_chunks(&mut pb, k, w, &final_normed, &logits, (scored, chunk_rows), |pb, start, n| {
-            let chunk = ops::token_loss::LossChunk { n_rows: n as u32, vocab: v as u32, mask_id: cfg.mask_id(), row_offset: start as u32, grad_scale: 0.0 };
-            if sedd {
-                let b = ops::sedd_loss::Bindings {
-                    logits: &logits, input_ids: &input_ids, targets: &targets, seq_consts: seq_consts.as_ref().expect("SEDD constants"),
-                    log_score: log_probs.as_ref(), entropy: entropy.as_ref(), token_loss: &token_loss, dlogits: None,
+        layers::head_chunks(
+            &mut pb,
+            k,
+            w,
+            &final_normed,
+            &logits,
+            (scored, chunk_rows),
+            |pb, start, n| {
+                let chunk = ops::token_loss::LossChunk {
+                    n_rows: n as u32,
+                    vocab: v as u32,
+                    mask_id: cfg.mask_id(),
+                    row_offset: start as u32,
+                    grad_scale: 0.0,
                 };
-                ops::sedd_loss::record(pb, k, &chunk, s.head_rows as u32, b)?;
-            } else {
-                let head = if s.objective == Objective::Ar { ops::token_loss::Head::Ar } else { ops::token_loss::Head::Subs };
-                let b = ops::token_loss::Bindings {
-                    logits: &logits, input_ids: &input_ids, targets: &targets, weights: &weights_buf, log_probs: log_probs.as_ref(), token_loss: &token_loss, dlogits: None,
-                };
-                ops::token_loss::record(pb, k, head, &chunk, b)?;
-            }
-            if let Some(lp) = &log_probs {
-                pb.copy_to_output(&logits, logits_at + start * v, n * v);
-                pb.copy_to_output(lp, log_probs_at + start * v, n * v);
-            }
-            Ok(())
-        })?;
-        let sum = ops::reduce_sum::Bindings { x: &token_loss, out: &loss_sum };
-        ops::reduce_sum::record(&mut pb, k, "reduce_sum", scored as u32, 0, ops::reduce_sum::Reduction::Sum, sum);
+                if sedd {
+                    let b = ops::sedd_loss::Bindings {
+                        logits: &logits,
+                        input_ids: &input_ids,
+                        targets: &targets,
+                        seq_consts: seq_consts.as_ref().expect("SEDD constants"),
+                        log_score: log_probs.as_ref(),
+                        entropy: entropy.as_ref(),
+                        token_loss: &token_loss,
+                        dlogits: None,
+                    };
+                    ops::sedd_loss::record(pb, k, &chunk, s.head_rows as u32, b)?;
+                } else {
+                    let head = if s.objective == Objective::Ar {
+                        ops::token_loss::Head::Ar
+                    } else {
+                        ops::token_loss::Head::Subs
+                    };
+                    let b = ops::token_loss::Bindings {
+                        logits: &logits,
+                        input_ids: &input_ids,
+                        targets: &targets,
+                        weights: &weights_buf,
+                        log_probs: log_probs.as_ref(),
+                        token_loss: &token_loss,
+                        dlogits: None,
+                    };
+                    ops::token_loss::record(pb, k, head, &chunk, b)?;
+                }
+                if let Some(lp) = &log_probs {
+                    pb.copy_to_output(&logits, logits_at + start * v, n * v);
+                    pb.copy_to_output(lp, log_probs_at + start * v, n * v);
+                }
+                Ok(())
+            },
+        )?;
+        let sum = ops::reduce_sum::Bindings {
+            x: &token_loss,
+            out: &loss_sum,
+        };
+        ops::reduce_sum::record(
+            &mut pb,
+            k,
+            "reduce_sum",
+            scored as u32,
+            0,
+            ops::reduce_sum::Reduction::Sum,
+            sum,
+        );
         pb.copy_to_output(&loss_sum, layout.loss_sum, 1);
         if s.capture || s.per_token {
             layout.token_loss = layout.take(scored);
@@ -423,15 +577,38 @@ impl GpuModel {
 
         let outputs = f32s("outputs", layout.total)?;
         let program = pb.finish_with_outputs(&outputs)?;
-        let staging = ctx.buffer("outputs staging", (layout.total * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let staging = ctx.buffer(
+            "outputs staging",
+            (layout.total * 4) as u64,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         let features = cond.map(|c| c.features);
-        Ok(Workspace { program, tokens, features, input_ids, targets, weights: weights_buf, seq_consts, outputs, staging, layout })
+        Ok(Workspace {
+            program,
+            tokens,
+            features,
+            input_ids,
+            targets,
+            weights: weights_buf,
+            seq_consts,
+            outputs,
+            staging,
+            layout,
+        })
     }
 }
 
 /// Activations must each fit one storage binding; say so in words when a batch is too large.
-pub(crate) fn check_activation_size(ctx: &GpuContext, batch: usize, seq: usize, d: usize) -> Result<()> {
-    for (what, bytes) in [("the qkv activations", batch * seq * 3 * d * 4), ("the MLP activations", batch * seq * 4 * d * 4)] {
+pub(crate) fn check_activation_size(
+    ctx: &GpuContext,
+    batch: usize,
+    seq: usize,
+    d: usize,
+) -> Result<()> {
+    for (what, bytes) in [
+        ("the qkv activations", batch * seq * 3 * d * 4),
+        ("the MLP activations", batch * seq * 4 * d * 4),
+    ] {
         if bytes as u64 > ctx.max_binding() {
             return Err(Error::Invalid(format!(
                 "batch {batch} × {seq} tokens needs {} MiB for {what}, over this adapter's binding limit of {} MiB; lower the batch",
@@ -450,7 +627,13 @@ pub(crate) fn sedd_constants(t: &[f64], vocab: usize) -> Vec<f32> {
         .flat_map(|&t| {
             let sigma = sigma_from_p(t);
             let r = 1.0 / sigma.exp_m1();
-            [esigm1_log(sigma) + ((vocab - 1) as f64).ln(), r, r * (r.ln() - 1.0), sedd_dsigma(t)].map(|x| x as f32)
+            [
+                esigm1_log(sigma) + ((vocab - 1) as f64).ln(),
+                r,
+                r * (r.ln() - 1.0),
+                sedd_dsigma(t),
+            ]
+            .map(|x| x as f32)
         })
         .collect()
 }

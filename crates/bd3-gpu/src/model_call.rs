@@ -21,9 +21,9 @@
 use crate::layers::{self, BlockEnd, BlockIo, Conditioning};
 use crate::model::{check_activation_size, GpuModel};
 use crate::ops::attention::Attention;
+use crate::ops::confidence::Reveal;
 use crate::ops::layernorm::LayerNorm;
 use crate::ops::matmul::OutRows;
-use crate::ops::confidence::Reveal;
 use crate::ops::sample::{Sample, SampleMode};
 use crate::program::{Buf, Program, ProgramBuilder};
 use bd3_model::{AttentionMask, Error, Result};
@@ -45,7 +45,11 @@ pub enum CallAction {
     Commit,
     /// Score `head_rows` picked rows per sequence and draw one token for each. With `verify`, the
     /// logits of those rows come back too and the race uses supplied exponentials.
-    Sample { head_rows: usize, mode: SampleMode, verify: bool },
+    Sample {
+        head_rows: usize,
+        mode: SampleMode,
+        verify: bool,
+    },
 }
 
 /// Per-call data of a model call.
@@ -143,7 +147,11 @@ struct Placement {
 fn placement(cache_idx: usize, rows: usize, cache_len: usize) -> Placement {
     let end = cache_idx + rows;
     let window_start = end.saturating_sub(cache_len);
-    Placement { row0: cache_idx % cache_len, n_kv: end.min(cache_len), pos_offset: (cache_len - window_start % cache_len) % cache_len }
+    Placement {
+        row0: cache_idx % cache_len,
+        n_kv: end.min(cache_len),
+        pos_offset: (cache_len - window_start % cache_len) % cache_len,
+    }
 }
 
 impl GpuModel {
@@ -163,14 +171,22 @@ impl GpuModel {
     /// The shared conditioning of `batch` sequences: buffers, σ = 0 features and its program.
     fn build_fixed_conditioning(&self, batch: usize) -> Result<FixedConditioning> {
         let ctx = &*self.ctx;
-        let cond = Conditioning::alloc(ctx, &self.cfg, batch, false)?.expect("an adaLN model has a conditioning path");
+        let cond = Conditioning::alloc(ctx, &self.cfg, batch, false)?
+            .expect("an adaLN model has a conditioning path");
         if !ctx.is_planning() {
-            let feats: Vec<f32> = (0..batch).flat_map(|_| bd3_model::tables::timestep_features(0.0)).collect();
-            ctx.queue().write_buffer(&cond.features, 0, bytemuck::cast_slice(&feats));
+            let feats: Vec<f32> = (0..batch)
+                .flat_map(|_| bd3_model::tables::timestep_features(0.0))
+                .collect();
+            ctx.queue()
+                .write_buffer(&cond.features, 0, bytemuck::cast_slice(&feats));
         }
         let mut pb = ProgramBuilder::new(ctx);
         cond.record(&mut pb, &self.kernels, &self.weights, batch)?;
-        Ok(FixedConditioning { cond, program: pb.finish()?, fresh: false })
+        Ok(FixedConditioning {
+            cond,
+            program: pb.finish()?,
+            fresh: false,
+        })
     }
 
     /// Run one model call; the first with a new shape allocates its buffers and records its program.
@@ -183,7 +199,9 @@ impl GpuModel {
         let key = (shape.batch, shape.cache_len);
         if !self.caches.contains_key(&key) {
             let bytes = (shape.batch * shape.cache_len * 3 * self.cfg.hidden_dim * 4) as u64;
-            let layers = (0..self.cfg.n_blocks).map(|_| self.ctx.storage("kv_cache", bytes)).collect::<Result<_>>()?;
+            let layers = (0..self.cfg.n_blocks)
+                .map(|_| self.ctx.storage("kv_cache", bytes))
+                .collect::<Result<_>>()?;
             self.caches.insert(key, KvCache { layers });
         }
         let place = placement(call.cache_idx, shape.rows, shape.cache_len);
@@ -198,7 +216,11 @@ impl GpuModel {
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record_call(&mut pb, shape, ws, place, call)?;
         // The first call of a generation also computes the fixed conditioning, in the same submission.
-        let conditioning = self.fixed_conditioning.get(&shape.batch).filter(|f| !f.fresh).map(|f| &f.program);
+        let conditioning = self
+            .fixed_conditioning
+            .get(&shape.batch)
+            .filter(|f| !f.fresh)
+            .map(|f| &f.program);
         if ctx.is_planning() {
             // Planning runs the sampler's whole call sequence: each call's dispatches are logged and
             // every picked position gets a token that is not the mask, so the sampler moves on.
@@ -213,11 +235,21 @@ impl GpuModel {
                 CallAction::Commit => 0,
             };
             let mut tokens = vec![0; n];
-            if let (CallAction::Sample { head_rows, mode: SampleMode::Confidence, .. }, Some(r)) = (shape.action, call.reveal) {
+            if let (
+                CallAction::Sample {
+                    head_rows,
+                    mode: SampleMode::Confidence,
+                    ..
+                },
+                Some(r),
+            ) = (shape.action, call.reveal)
+            {
                 // As the selection would: at most `at_least` masked rows per sequence are revealed.
                 for (i, t) in tokens.iter_mut().enumerate() {
                     let (seq, j) = (i / head_rows, i % head_rows);
-                    let input = |j: usize| call.tokens[seq * shape.rows + call.picked[seq * head_rows + j] as usize];
+                    let input = |j: usize| {
+                        call.tokens[seq * shape.rows + call.picked[seq * head_rows + j] as usize]
+                    };
                     let earlier = (0..j).filter(|&j| input(j) == cfg.mask_id()).count();
                     if input(j) != cfg.mask_id() {
                         *t = input(j);
@@ -226,7 +258,10 @@ impl GpuModel {
                     }
                 }
             }
-            return Ok(CallOutput { tokens, logits: None });
+            return Ok(CallOutput {
+                tokens,
+                logits: None,
+            });
         }
         ws.program.write_params(ctx.queue(), &pb.finish_params());
 
@@ -234,16 +269,31 @@ impl GpuModel {
         q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(call.tokens));
         if let Some(f) = &ws.features {
             let feats: Vec<f32> = (0..shape.batch)
-                .flat_map(|b| bd3_model::tables::timestep_features(if cfg.time_conditioning { call.sigma[b] } else { 0.0 }))
+                .flat_map(|b| {
+                    bd3_model::tables::timestep_features(if cfg.time_conditioning {
+                        call.sigma[b]
+                    } else {
+                        0.0
+                    })
+                })
                 .collect();
             q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
         }
         if let CallAction::Sample { head_rows, .. } = shape.action {
             q.write_buffer(&ws.picked, 0, bytemuck::cast_slice(call.picked));
-            let inputs: Vec<u32> = call.picked.iter().enumerate().map(|(i, &r)| call.tokens[(i / head_rows) * shape.rows + r as usize]).collect();
+            let inputs: Vec<u32> = call
+                .picked
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| call.tokens[(i / head_rows) * shape.rows + r as usize])
+                .collect();
             q.write_buffer(&ws.row_input, 0, bytemuck::cast_slice(&inputs));
             q.write_buffer(&ws.streams, 0, bytemuck::cast_slice(call.streams));
-            q.write_buffer(&ws.seq_consts, 0, bytemuck::cast_slice(&sedd_call_constants(call, shape.batch, cfg.vocab_size)));
+            q.write_buffer(
+                &ws.seq_consts,
+                0,
+                bytemuck::cast_slice(&sedd_call_constants(call, shape.batch, cfg.vocab_size)),
+            );
             if let (Some(d), Some(buf)) = (call.draws, &ws.draws) {
                 q.write_buffer(buf, 0, bytemuck::cast_slice(d));
             }
@@ -260,14 +310,22 @@ impl GpuModel {
         if ws.out_floats == 0 {
             ctx.submit(enc);
             ctx.check()?;
-            return Ok(CallOutput { tokens: Vec::new(), logits: None });
+            return Ok(CallOutput {
+                tokens: Vec::new(),
+                logits: None,
+            });
         }
         let bytes = (ws.out_floats * 4) as u64;
         enc.copy_buffer_to_buffer(&ws.outputs, 0, &ws.staging, 0, bytes);
         ctx.submit(enc);
         let data = ctx.map_read(&ws.staging, bytes).await?;
         let words: &[u32] = bytemuck::cast_slice(&data);
-        let CallAction::Sample { head_rows, verify, .. } = shape.action else { unreachable!() };
+        let CallAction::Sample {
+            head_rows, verify, ..
+        } = shape.action
+        else {
+            unreachable!()
+        };
         let n = shape.batch * head_rows;
         let tokens = words[..n].to_vec();
         let logits = verify.then(|| bytemuck::cast_slice::<u32, f32>(&words[n..]).to_vec());
@@ -280,18 +338,38 @@ impl GpuModel {
     }
 
     /// The cached q|k|v of one layer, [batch, cache_len, 3·D] (for verification).
-    pub async fn read_kv_cache(&self, batch: usize, cache_len: usize, layer: usize) -> Result<Vec<f32>> {
-        let cache = self.caches.get(&(batch, cache_len)).ok_or_else(|| Error::Invalid("no KV cache of that shape yet".into()))?;
-        self.ctx.read_f32(&cache.layers[layer], 0, batch * cache_len * 3 * self.cfg.hidden_dim).await
+    pub async fn read_kv_cache(
+        &self,
+        batch: usize,
+        cache_len: usize,
+        layer: usize,
+    ) -> Result<Vec<f32>> {
+        let cache = self
+            .caches
+            .get(&(batch, cache_len))
+            .ok_or_else(|| Error::Invalid("no KV cache of that shape yet".into()))?;
+        self.ctx
+            .read_f32(
+                &cache.layers[layer],
+                0,
+                batch * cache_len * 3 * self.cfg.hidden_dim,
+            )
+            .await
     }
 
     fn check_call(&self, s: &CallShape, c: &CallInputs<'_>) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         if s.rows == 0 || s.rows > s.cache_len || s.cache_len > self.rope_positions {
-            return bad(format!("a call of {} rows does not fit a cache of {} (context {})", s.rows, s.cache_len, self.rope_positions));
+            return bad(format!(
+                "a call of {} rows does not fit a cache of {} (context {})",
+                s.rows, s.cache_len, self.rope_positions
+            ));
         }
         if c.cache_idx % s.cache_len + s.rows > s.cache_len {
-            return bad(format!("block at position {} would straddle the end of the {}-row cache", c.cache_idx, s.cache_len));
+            return bad(format!(
+                "block at position {} would straddle the end of the {}-row cache",
+                c.cache_idx, s.cache_len
+            ));
         }
         if c.tokens.len() != s.batch * s.rows {
             return bad("call tokens do not match the shape".into());
@@ -300,19 +378,31 @@ impl GpuModel {
         if let Some(t) = c.tokens.iter().find(|&&t| t >= v) {
             return bad(format!("token id {t} is outside the vocabulary of {v}"));
         }
-        if let CallAction::Sample { head_rows, mode, verify } = s.action {
+        if let CallAction::Sample {
+            head_rows,
+            mode,
+            verify,
+        } = s.action
+        {
             let n = s.batch * head_rows;
-            if c.picked.len() != n || c.streams.len() != n || c.picked.iter().any(|&r| r as usize >= s.rows) {
+            if c.picked.len() != n
+                || c.streams.len() != n
+                || c.picked.iter().any(|&r| r as usize >= s.rows)
+            {
                 return bad("picked rows do not match the shape".into());
             }
-            if matches!(mode, SampleMode::SeddStep | SampleMode::SeddDenoise) && c.dsigma.len() != s.batch {
+            if matches!(mode, SampleMode::SeddStep | SampleMode::SeddDenoise)
+                && c.dsigma.len() != s.batch
+            {
                 return bad("a SEDD call needs one dσ per sequence".into());
             }
             if verify && c.draws.map(|d| d.len()) != Some(n * self.cfg.vocab_size) {
                 return bad("a verification call needs supplied draws for every picked row".into());
             }
             if mode == SampleMode::Confidence && c.reveal.is_none_or(|r| r.at_least == 0) {
-                return bad("a confidence call needs a reveal rule that keeps at least one draw".into());
+                return bad(
+                    "a confidence call needs a reveal rule that keeps at least one draw".into(),
+                );
             }
         }
         if self.cfg.time_conditioning && c.sigma.len() != s.batch {
@@ -329,7 +419,9 @@ impl GpuModel {
         let f32s = |label: &str, n: usize| ctx.storage(label, (n * 4) as u64);
         let rows = b * s.rows;
         let (head_rows, verify) = match s.action {
-            CallAction::Sample { head_rows, verify, .. } => (head_rows, verify),
+            CallAction::Sample {
+                head_rows, verify, ..
+            } => (head_rows, verify),
             CallAction::Commit => (0, false),
         };
         let picked_rows = b * head_rows;
@@ -347,14 +439,25 @@ impl GpuModel {
             },
             cond_per_call,
             final_normed: f32s("call final_normed", picked_rows.max(1) * d)?,
-            logits: f32s("call logits", if head_rows > 0 { chunk_rows * v } else { 1 })?,
+            logits: f32s(
+                "call logits",
+                if head_rows > 0 { chunk_rows * v } else { 1 },
+            )?,
             out_tokens: f32s("call tokens out", picked_rows.max(1))?,
             token_prob: f32s("call token probabilities", picked_rows.max(1))?,
             chunk_rows,
         };
-        let out_floats = if head_rows == 0 { 0 } else { picked_rows + if verify { picked_rows * v } else { 0 } };
+        let out_floats = if head_rows == 0 {
+            0
+        } else {
+            picked_rows + if verify { picked_rows * v } else { 0 }
+        };
         let ws_tokens = f32s("call tokens", rows)?;
-        let features = buffers.cond.as_ref().filter(|_| cond_per_call).map(|c| c.features.clone());
+        let features = buffers
+            .cond
+            .as_ref()
+            .filter(|_| cond_per_call)
+            .map(|c| c.features.clone());
         let mut ws = CallWorkspace {
             program: ProgramBuilder::new(ctx).finish()?, // replaced below
             tokens: ws_tokens,
@@ -363,9 +466,17 @@ impl GpuModel {
             row_input: f32s("picked inputs", picked_rows.max(1))?,
             streams: f32s("random streams", picked_rows.max(1))?,
             seq_consts: f32s("call constants", b * 8)?,
-            draws: if verify { Some(f32s("supplied draws", picked_rows * v)?) } else { None },
+            draws: if verify {
+                Some(f32s("supplied draws", picked_rows * v)?)
+            } else {
+                None
+            },
             outputs: f32s("call outputs", out_floats.max(1))?,
-            staging: ctx.buffer("call staging", (out_floats.max(1) * 4) as u64, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?,
+            staging: ctx.buffer(
+                "call staging",
+                (out_floats.max(1) * 4) as u64,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?,
             out_floats,
             buffers,
         };
@@ -391,7 +502,14 @@ impl GpuModel {
 
     /// Record (or re-record the parameters of) a model call. Only `place` and the sampler settings of `call`
     /// change between calls; every binding is the same.
-    fn record_call(&self, pb: &mut ProgramBuilder, s: &CallShape, ws: &CallWorkspace, place: Placement, call: &CallInputs<'_>) -> Result<()> {
+    fn record_call(
+        &self,
+        pb: &mut ProgramBuilder,
+        s: &CallShape,
+        ws: &CallWorkspace,
+        place: Placement,
+        call: &CallInputs<'_>,
+    ) -> Result<()> {
         let (cfg, k, w) = (&self.cfg, &self.kernels, &self.weights);
         let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
         let buf = &ws.buffers;
@@ -414,7 +532,11 @@ impl GpuModel {
             pos_offset: place.pos_offset as u32,
             batch: b as u32,
         };
-        let into_cache = OutRows { rows_per_seq: s.rows as u32, seq_stride: s.cache_len as u32, row_offset: place.row0 as u32 };
+        let into_cache = OutRows {
+            rows_per_seq: s.rows as u32,
+            seq_stride: s.cache_len as u32,
+            row_offset: place.row0 as u32,
+        };
         let commit = s.action == CallAction::Commit;
         for (i, blk) in w.blocks.iter().enumerate() {
             let io = BlockIo {
@@ -427,10 +549,21 @@ impl GpuModel {
                 modulation: buf.cond.as_ref().map(|c| &c.mods[i]),
                 rope: (&self.rope_cos, &self.rope_sin),
             };
-            let end = if commit && i + 1 == w.blocks.len() { BlockEnd::AfterQkv } else { BlockEnd::Full };
+            let end = if commit && i + 1 == w.blocks.len() {
+                BlockEnd::AfterQkv
+            } else {
+                BlockEnd::Full
+            };
             layers::block(pb, k, blk, &io, &attention, None, end)?;
         }
-        let CallAction::Sample { head_rows, mode, verify } = s.action else { return Ok(()) };
+        let CallAction::Sample {
+            head_rows,
+            mode,
+            verify,
+        } = s.action
+        else {
+            return Ok(());
+        };
 
         let picked_rows = b * head_rows;
         let final_mod = buf.cond.as_ref().map(|c| &c.final_mod);
@@ -442,42 +575,68 @@ impl GpuModel {
             in_row_offset: 0,
             modulation: final_mod.map(|_| layers::final_modulation(d)),
         };
-        let lnb = crate::ops::layernorm::Bindings { x: &buf.x, w: &w.norm_final, modv: final_mod, out: &buf.final_normed, row_index: Some(&ws.picked) };
+        let lnb = crate::ops::layernorm::Bindings {
+            x: &buf.x,
+            w: &w.norm_final,
+            modv: final_mod,
+            out: &buf.final_normed,
+            row_index: Some(&ws.picked),
+        };
         crate::ops::layernorm::record(pb, k, &ln, lnb)?;
-        layers::head_chunks(pb, k, w, &buf.final_normed, &buf.logits, (picked_rows, buf.chunk_rows), |pb, start, n| {
-            let sp = Sample {
-                n_rows: n as u32,
-                vocab: v as u32,
-                mask_id: cfg.mask_id(),
-                mode,
-                top_p: call.top_p as f32,
-                mask_prob: call.mask_prob as f32,
-                seed: call.seed,
-                call: call.call,
-                rows_per_seq: head_rows as u32,
-                row_offset: start as u32,
-            };
-            let sb = crate::ops::sample::Bindings {
-                logits: &buf.logits,
-                row_input: &ws.row_input,
-                row_stream: &ws.streams,
-                seq_consts: &ws.seq_consts,
-                draws: if verify { ws.draws.as_ref() } else { None },
-                tokens: &buf.out_tokens,
-                token_prob: (mode == SampleMode::Confidence).then_some(&buf.token_prob),
-            };
-            crate::ops::sample::record(pb, k, &sp, sb)?;
-            if verify {
-                pb.copy_to_output(&buf.logits, picked_rows + start * v, n * v);
-            }
-            Ok(())
-        })?;
+        layers::head_chunks(
+            pb,
+            k,
+            w,
+            &buf.final_normed,
+            &buf.logits,
+            (picked_rows, buf.chunk_rows),
+            |pb, start, n| {
+                let sp = Sample {
+                    n_rows: n as u32,
+                    vocab: v as u32,
+                    mask_id: cfg.mask_id(),
+                    mode,
+                    top_p: call.top_p as f32,
+                    mask_prob: call.mask_prob as f32,
+                    seed: call.seed,
+                    call: call.call,
+                    rows_per_seq: head_rows as u32,
+                    row_offset: start as u32,
+                };
+                let sb = crate::ops::sample::Bindings {
+                    logits: &buf.logits,
+                    row_input: &ws.row_input,
+                    row_stream: &ws.streams,
+                    seq_consts: &ws.seq_consts,
+                    draws: if verify { ws.draws.as_ref() } else { None },
+                    tokens: &buf.out_tokens,
+                    token_prob: (mode == SampleMode::Confidence).then_some(&buf.token_prob),
+                };
+                crate::ops::sample::record(pb, k, &sp, sb)?;
+                if verify {
+                    pb.copy_to_output(&buf.logits, picked_rows + start * v, n * v);
+                }
+                Ok(())
+            },
+        )?;
         if mode == SampleMode::Confidence {
             // After every chunk's draws: the choice needs all rows of a sequence. (The recording at
             // build time has no call yet; its parameters are overwritten by each call's.)
             let reveal = call.reveal.unwrap_or(Reveal::top(1));
-            let cb = crate::ops::confidence::Bindings { row_input: &ws.row_input, token_prob: &buf.token_prob, tokens: &buf.out_tokens };
-            crate::ops::confidence::record(pb, k, picked_rows as u32, head_rows as u32, cfg.mask_id(), reveal, cb)?;
+            let cb = crate::ops::confidence::Bindings {
+                row_input: &ws.row_input,
+                token_prob: &buf.token_prob,
+                tokens: &buf.out_tokens,
+            };
+            crate::ops::confidence::record(
+                pb,
+                k,
+                picked_rows as u32,
+                head_rows as u32,
+                cfg.mask_id(),
+                reveal,
+                cb,
+            )?;
         }
         pb.copy_to_output(&buf.out_tokens, 0, picked_rows);
         Ok(())
@@ -489,10 +648,22 @@ impl GpuModel {
 fn sedd_call_constants(call: &CallInputs<'_>, batch: usize, vocab: usize) -> Vec<f32> {
     (0..batch)
         .flat_map(|b| {
-            let Some(&ds) = call.dsigma.get(b) else { return [0f32; 8] };
+            let Some(&ds) = call.dsigma.get(b) else {
+                return [0f32; 8];
+            };
             let sigma = call.sigma.get(b).copied().unwrap_or(0.0);
             let shift = bd3_model::schedule::esigm1_log(sigma) + ((vocab - 1) as f64).ln();
-            [shift, ds.exp(), -ds.exp_m1(), (-ds).exp(), -(-ds).exp_m1(), 0.0, 0.0, 0.0].map(|x| x as f32)
+            [
+                shift,
+                ds.exp(),
+                -ds.exp_m1(),
+                (-ds).exp(),
+                -(-ds).exp_m1(),
+                0.0,
+                0.0,
+                0.0,
+            ]
+            .map(|x| x as f32)
         })
         .collect()
 }

@@ -6,10 +6,10 @@
 //! decoding chooses on the GPU too (`shaders/confidence.wgsl`, in the same submission). One seed gives
 //! the same tokens on the same adapter.
 
-use crate::ops::confidence::Reveal;
-use crate::ops::sample::SampleMode;
 use crate::model::GpuModel;
 use crate::model_call::{CallAction, CallInputs, CallShape};
+use crate::ops::confidence::Reveal;
+use crate::ops::sample::SampleMode;
 use bd3_model::init::SplitMix;
 use bd3_model::schedule::sigma_from_p;
 use bd3_model::{Error, ModelConfig, ModelKind, Result};
@@ -37,7 +37,12 @@ pub enum Sampler {
 }
 
 /// The sampler names the CLI and the page accept.
-pub const SAMPLER_NAMES: &[&str] = &["first-hitting", "ddpm", "confidence", "confidence-threshold"];
+pub const SAMPLER_NAMES: &[&str] = &[
+    "first-hitting",
+    "ddpm",
+    "confidence",
+    "confidence-threshold",
+];
 
 /// Defaults of the sampling options, defined once for the CLI, the page and the library.
 pub mod defaults {
@@ -64,19 +69,36 @@ impl Sampler {
     /// A sampler by name (one of [`SAMPLER_NAMES`]); `tokens_per_call` and `threshold` set the
     /// confidence samplers' parameters (defaults: [`defaults::TOKENS_PER_CALL`],
     /// [`defaults::CONFIDENCE_THRESHOLD`]) and may be given only to the sampler that uses them.
-    pub fn from_name(name: &str, tokens_per_call: Option<usize>, threshold: Option<f64>) -> Result<Sampler> {
+    pub fn from_name(
+        name: &str,
+        tokens_per_call: Option<usize>,
+        threshold: Option<f64>,
+    ) -> Result<Sampler> {
         let s = match name {
             "first-hitting" => Sampler::FirstHitting,
             "ddpm" => Sampler::Ddpm,
-            "confidence" => Sampler::Confidence { tokens_per_call: tokens_per_call.unwrap_or(defaults::TOKENS_PER_CALL) },
-            "confidence-threshold" => Sampler::ConfidenceThreshold { threshold: threshold.unwrap_or(defaults::CONFIDENCE_THRESHOLD) },
-            _ => return Err(Error::Invalid(format!("unknown sampler `{name}` (expected {})", SAMPLER_NAMES.join(", ")))),
+            "confidence" => Sampler::Confidence {
+                tokens_per_call: tokens_per_call.unwrap_or(defaults::TOKENS_PER_CALL),
+            },
+            "confidence-threshold" => Sampler::ConfidenceThreshold {
+                threshold: threshold.unwrap_or(defaults::CONFIDENCE_THRESHOLD),
+            },
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "unknown sampler `{name}` (expected {})",
+                    SAMPLER_NAMES.join(", ")
+                )))
+            }
         };
         if tokens_per_call.is_some() && !matches!(s, Sampler::Confidence { .. }) {
-            return Err(Error::Invalid(format!("tokens per call are for the confidence sampler, not {name}")));
+            return Err(Error::Invalid(format!(
+                "tokens per call are for the confidence sampler, not {name}"
+            )));
         }
         if threshold.is_some() && !matches!(s, Sampler::ConfidenceThreshold { .. }) {
-            return Err(Error::Invalid(format!("a confidence threshold is for the confidence-threshold sampler, not {name}")));
+            return Err(Error::Invalid(format!(
+                "a confidence threshold is for the confidence-threshold sampler, not {name}"
+            )));
         }
         s.check()?;
         Ok(s)
@@ -94,9 +116,19 @@ impl Sampler {
     /// The parameters are in range: K ≥ 1, threshold in (0, 1].
     pub fn check(&self) -> Result<()> {
         match *self {
-            Sampler::Confidence { tokens_per_call: 0 } => Err(Error::Invalid("tokens per call must be at least 1".into())),
-            Sampler::Confidence { tokens_per_call } if tokens_per_call > u32::MAX as usize => Err(Error::Invalid(format!("{tokens_per_call} tokens per call is too many"))),
-            Sampler::ConfidenceThreshold { threshold } if !(threshold > 0.0 && threshold <= 1.0) => Err(Error::Invalid(format!("the confidence threshold {threshold} must be in (0, 1]"))),
+            Sampler::Confidence { tokens_per_call: 0 } => {
+                Err(Error::Invalid("tokens per call must be at least 1".into()))
+            }
+            Sampler::Confidence { tokens_per_call } if tokens_per_call > u32::MAX as usize => Err(
+                Error::Invalid(format!("{tokens_per_call} tokens per call is too many")),
+            ),
+            Sampler::ConfidenceThreshold { threshold }
+                if !(threshold > 0.0 && threshold <= 1.0) =>
+            {
+                Err(Error::Invalid(format!(
+                    "the confidence threshold {threshold} must be in (0, 1]"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -144,9 +176,17 @@ impl SampleOptions {
             batch: defaults::BATCH,
             length: cfg.model_length,
             prompt: Vec::new(),
-            top_p: if sedd { defaults::SEDD_TOP_P } else { defaults::TOP_P },
+            top_p: if sedd {
+                defaults::SEDD_TOP_P
+            } else {
+                defaults::TOP_P
+            },
             sampler: Sampler::FirstHitting,
-            steps: if sedd { defaults::SEDD_STEPS } else { cfg.block_size },
+            steps: if sedd {
+                defaults::SEDD_STEPS
+            } else {
+                cfg.block_size
+            },
             seed: defaults::SEED,
             var_length: false,
             entropy_check: false,
@@ -159,9 +199,17 @@ impl SampleOptions {
 #[derive(Debug)]
 pub enum SampleEvent<'a> {
     /// A model call revealed tokens: (sequence, position, token).
-    Revealed { block: usize, call: u32, revealed: &'a [(usize, usize, u32)] },
+    Revealed {
+        block: usize,
+        call: u32,
+        revealed: &'a [(usize, usize, u32)],
+    },
     /// A block is final: sequence s now holds `sequences[s][..end]`.
-    Committed { block: usize, end: usize, sequences: &'a [Vec<u32>] },
+    Committed {
+        block: usize,
+        end: usize,
+        sequences: &'a [Vec<u32>],
+    },
 }
 
 pub struct SampleResult {
@@ -198,31 +246,65 @@ pub fn tail_entropy(seq: &[u32]) -> f64 {
         *counts.entry(t).or_insert(0usize) += 1;
     }
     let n = tail.len() as f64;
-    counts.values().map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum()
+    counts
+        .values()
+        .map(|&c| -(c as f64 / n) * (c as f64 / n).ln())
+        .sum()
 }
 
 /// Generate `opts.batch` sequences.
-pub async fn generate(model: &mut GpuModel, opts: &SampleOptions, on_event: &mut dyn FnMut(SampleEvent)) -> Result<SampleResult> {
+pub async fn generate(
+    model: &mut GpuModel,
+    opts: &SampleOptions,
+    on_event: &mut dyn FnMut(SampleEvent),
+) -> Result<SampleResult> {
     let cfg = model.cfg.clone();
     let prefix = 1 + opts.prompt.len();
     if opts.batch == 0 {
-        return Err(Error::Invalid("batch size 0: at least one sequence is needed".into()));
+        return Err(Error::Invalid(
+            "batch size 0: at least one sequence is needed".into(),
+        ));
     }
     if prefix >= cfg.model_length {
-        return Err(Error::Invalid(format!("the prompt ({} tokens with BOS) does not fit the model's context of {} tokens", prefix, cfg.model_length)));
+        return Err(Error::Invalid(format!(
+            "the prompt ({} tokens with BOS) does not fit the model's context of {} tokens",
+            prefix, cfg.model_length
+        )));
     }
     if opts.length <= prefix {
-        return Err(Error::Invalid(format!("length {} leaves no room to generate after {} prompt tokens (BOS included)", opts.length, prefix)));
+        return Err(Error::Invalid(format!(
+            "length {} leaves no room to generate after {} prompt tokens (BOS included)",
+            opts.length, prefix
+        )));
     }
-    if let Some(t) = opts.prompt.iter().find(|&&t| t as usize >= cfg.vocab_size - 1) {
-        return Err(Error::Invalid(format!("prompt token {t} is outside the model's vocabulary")));
+    if let Some(t) = opts
+        .prompt
+        .iter()
+        .find(|&&t| t as usize >= cfg.vocab_size - 1)
+    {
+        return Err(Error::Invalid(format!(
+            "prompt token {t} is outside the model's vocabulary"
+        )));
     }
     opts.sampler.check()?;
-    if opts.sampler != Sampler::FirstHitting && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd) {
-        return Err(Error::Invalid(format!("the {} sampler is for BD3LM and MDLM models, not {}", opts.sampler.name(), cfg.kind.name())));
+    if opts.sampler != Sampler::FirstHitting && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd)
+    {
+        return Err(Error::Invalid(format!(
+            "the {} sampler is for BD3LM and MDLM models, not {}",
+            opts.sampler.name(),
+            cfg.kind.name()
+        )));
     }
     model.begin_generation();
-    let mut run = Run { model, opts: opts.clone(), rng: SplitMix(opts.seed), call: 0, nfe: 0, calls: 0, on_event };
+    let mut run = Run {
+        model,
+        opts: opts.clone(),
+        rng: SplitMix(opts.seed),
+        call: 0,
+        nfe: 0,
+        calls: 0,
+        on_event,
+    };
     for _try in 0..MAX_TRIES {
         let result = match cfg.kind {
             ModelKind::Bd3lm => run.blocks().await?,
@@ -231,7 +313,11 @@ pub async fn generate(model: &mut GpuModel, opts: &SampleOptions, on_event: &mut
             ModelKind::Sedd => run.analytic().await?,
         };
         if let Some(sequences) = result {
-            return Ok(SampleResult { sequences, nfe: run.nfe, calls: run.calls });
+            return Ok(SampleResult {
+                sequences,
+                nfe: run.nfe,
+                calls: run.calls,
+            });
         }
     }
     Err(Error::Invalid(format!("sampling failed: {MAX_TRIES} samples in a row had a low-entropy tail (entropy of the last 256 tokens < 4)")))
@@ -252,8 +338,26 @@ impl Run<'_, '_> {
     }
 
     async fn commit(&mut self, tokens: &[u32], rows: usize, cache_idx: usize) -> Result<()> {
-        let shape = CallShape { batch: self.opts.batch, rows, cache_len: self.model.cfg.model_length, action: CallAction::Commit };
-        let call = CallInputs { tokens, cache_idx, sigma: &[], picked: &[], top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: self.opts.seed, call: self.call, streams: &[], draws: None, reveal: None };
+        let shape = CallShape {
+            batch: self.opts.batch,
+            rows,
+            cache_len: self.model.cfg.model_length,
+            action: CallAction::Commit,
+        };
+        let call = CallInputs {
+            tokens,
+            cache_idx,
+            sigma: &[],
+            picked: &[],
+            top_p: 1.0,
+            mask_prob: 0.0,
+            dsigma: &[],
+            seed: self.opts.seed,
+            call: self.call,
+            streams: &[],
+            draws: None,
+            reveal: None,
+        };
         self.calls += 1;
         self.model.call(&shape, &call).await.map(|_| ())
     }
@@ -261,15 +365,62 @@ impl Run<'_, '_> {
     /// One sampling call over `block` ([batch, rows]) whose first token is at logical position `start`
     /// and sits at cache position `cache_idx` (equal for the cached samplers, 0 for a window).
     #[allow(clippy::too_many_arguments)]
-    async fn sample(&mut self, block: &[u32], rows: usize, start: usize, cache_idx: usize, picked: &[u32], head_rows: usize, mode: SampleMode, mask_prob: f64, sigma: &[f64], dsigma: &[f64]) -> Result<Vec<u32>> {
+    async fn sample(
+        &mut self,
+        block: &[u32],
+        rows: usize,
+        start: usize,
+        cache_idx: usize,
+        picked: &[u32],
+        head_rows: usize,
+        mode: SampleMode,
+        mask_prob: f64,
+        sigma: &[f64],
+        dsigma: &[f64],
+    ) -> Result<Vec<u32>> {
         let cache_len = self.model.cfg.model_length;
-        let streams: Vec<u32> = picked.iter().enumerate().map(|(i, &r)| stream(i / head_rows, start + r as usize)).collect();
-        let shape = CallShape { batch: self.opts.batch, rows, cache_len, action: CallAction::Sample { head_rows, mode, verify: false } };
-        if self.opts.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+        let streams: Vec<u32> = picked
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| stream(i / head_rows, start + r as usize))
+            .collect();
+        let shape = CallShape {
+            batch: self.opts.batch,
+            rows,
+            cache_len,
+            action: CallAction::Sample {
+                head_rows,
+                mode,
+                verify: false,
+            },
+        };
+        if self
+            .opts
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
             return Err(Error::Cancelled);
         }
-        let reveal = if mode == SampleMode::Confidence { self.opts.sampler.reveal() } else { None };
-        let call = CallInputs { tokens: block, cache_idx, sigma, picked, top_p: self.opts.top_p, mask_prob, dsigma, seed: self.opts.seed, call: self.call, streams: &streams, draws: None, reveal };
+        let reveal = if mode == SampleMode::Confidence {
+            self.opts.sampler.reveal()
+        } else {
+            None
+        };
+        let call = CallInputs {
+            tokens: block,
+            cache_idx,
+            sigma,
+            picked,
+            top_p: self.opts.top_p,
+            mask_prob,
+            dsigma,
+            seed: self.opts.seed,
+            call: self.call,
+            streams: &streams,
+            draws: None,
+            reveal,
+        };
         self.call = self.call.wrapping_add(1);
         self.calls += 1;
         Ok(self.model.call(&shape, &call).await?.tokens)
@@ -277,19 +428,54 @@ impl Run<'_, '_> {
 
     /// Denoise the masked positions of `block` ([batch, rows] at logical `start`, cache position
     /// `cache_idx`) until none is left.
-    async fn denoise_block(&mut self, block: &mut [u32], rows: usize, start: usize, cache_idx: usize, block_index: usize) -> Result<()> {
+    async fn denoise_block(
+        &mut self,
+        block: &mut [u32],
+        rows: usize,
+        start: usize,
+        cache_idx: usize,
+        block_index: usize,
+    ) -> Result<()> {
         let (batch, mask) = (self.opts.batch, self.mask());
         let steps = self.opts.steps.max(1);
         for i in 0.. {
-            let masked: Vec<Vec<u32>> = (0..batch).map(|s| (0..rows as u32).filter(|&r| block[s * rows + r as usize] == mask).collect()).collect();
+            let masked: Vec<Vec<u32>> = (0..batch)
+                .map(|s| {
+                    (0..rows as u32)
+                        .filter(|&r| block[s * rows + r as usize] == mask)
+                        .collect()
+                })
+                .collect();
             if masked.iter().all(|m| m.is_empty()) {
                 return Ok(());
             }
             let mut revealed = Vec::new();
             match self.opts.sampler {
                 Sampler::FirstHitting => {
-                    let picked: Vec<u32> = masked.iter().map(|m| if m.is_empty() { 0 } else { m[(self.rng.next_u64() % m.len() as u64) as usize] }).collect();
-                    let tokens = self.sample(block, rows, start, cache_idx, &picked, 1, SampleMode::FirstHitting, 0.0, &[], &[]).await?;
+                    let picked: Vec<u32> = masked
+                        .iter()
+                        .map(|m| {
+                            if m.is_empty() {
+                                0
+                            } else {
+                                m[(self.rng.next_u64() % m.len() as u64) as usize]
+                            }
+                        })
+                        .collect();
+                    let tokens = self
+                        .sample(
+                            block,
+                            rows,
+                            start,
+                            cache_idx,
+                            &picked,
+                            1,
+                            SampleMode::FirstHitting,
+                            0.0,
+                            &[],
+                            &[],
+                        )
+                        .await?;
                     for s in 0..batch {
                         let r = picked[s] as usize;
                         if !masked[s].is_empty() {
@@ -300,11 +486,32 @@ impl Run<'_, '_> {
                 }
                 Sampler::Ddpm => {
                     // t on the grid linspace(1, 0, T); the last step unmasks everything left.
-                    let t = if steps == 1 { 1.0 } else { 1.0 - i as f64 / (steps - 1) as f64 };
+                    let t = if steps == 1 {
+                        1.0
+                    } else {
+                        1.0 - i as f64 / (steps - 1) as f64
+                    };
                     let dt = 1.0 / steps as f64;
-                    let mask_prob = if i + 1 >= steps || t <= dt { 0.0 } else { (t - dt) / t };
+                    let mask_prob = if i + 1 >= steps || t <= dt {
+                        0.0
+                    } else {
+                        (t - dt) / t
+                    };
                     let picked: Vec<u32> = (0..batch).flat_map(|_| 0..rows as u32).collect();
-                    let tokens = self.sample(block, rows, start, cache_idx, &picked, rows, SampleMode::Ddpm, mask_prob, &[], &[]).await?;
+                    let tokens = self
+                        .sample(
+                            block,
+                            rows,
+                            start,
+                            cache_idx,
+                            &picked,
+                            rows,
+                            SampleMode::Ddpm,
+                            mask_prob,
+                            &[],
+                            &[],
+                        )
+                        .await?;
                     for (j, &tok) in tokens.iter().enumerate() {
                         if block[j] == mask && tok != mask {
                             block[j] = tok;
@@ -317,7 +524,20 @@ impl Run<'_, '_> {
                     // block with the kept draws in place and the mask at the other masked rows. The
                     // rows are passed in position order, which the GPU's tie rule relies on.
                     let picked: Vec<u32> = (0..batch).flat_map(|_| 0..rows as u32).collect();
-                    let tokens = self.sample(block, rows, start, cache_idx, &picked, rows, SampleMode::Confidence, 0.0, &[], &[]).await?;
+                    let tokens = self
+                        .sample(
+                            block,
+                            rows,
+                            start,
+                            cache_idx,
+                            &picked,
+                            rows,
+                            SampleMode::Confidence,
+                            0.0,
+                            &[],
+                            &[],
+                        )
+                        .await?;
                     for (j, &tok) in tokens.iter().enumerate() {
                         if block[j] == mask && tok != mask {
                             block[j] = tok;
@@ -327,34 +547,52 @@ impl Run<'_, '_> {
                     // Each call reveals at least one position of every sequence with masked ones.
                     for (s, m) in masked.iter().enumerate() {
                         if !m.is_empty() && !revealed.iter().any(|r| r.0 == s) {
-                            return Err(Error::Gpu(format!("a confidence call revealed nothing in sequence {s}")));
+                            return Err(Error::Gpu(format!(
+                                "a confidence call revealed nothing in sequence {s}"
+                            )));
                         }
                     }
                 }
             }
             if !revealed.is_empty() {
                 self.nfe += 1;
-                (self.on_event)(SampleEvent::Revealed { block: block_index, call: self.call, revealed: &revealed });
+                (self.on_event)(SampleEvent::Revealed {
+                    block: block_index,
+                    call: self.call,
+                    revealed: &revealed,
+                });
             }
         }
         Ok(())
     }
 
     /// Checks after a block: EOS (variable length) and the entropy rule. Returns Err(()) to reject.
-    fn after_block(&self, seqs: &mut [Vec<u32>], done: &mut [bool], generated_from: usize) -> std::result::Result<(), ()> {
+    fn after_block(
+        &self,
+        seqs: &mut [Vec<u32>],
+        done: &mut [bool],
+        generated_from: usize,
+    ) -> std::result::Result<(), ()> {
         let eos = self.bos();
         for (s, seq) in seqs.iter_mut().enumerate() {
             if done[s] {
                 continue;
             }
             if self.opts.var_length {
-                if let Some(p) = seq.iter().skip(generated_from.max(1)).position(|&t| t == eos) {
+                if let Some(p) = seq
+                    .iter()
+                    .skip(generated_from.max(1))
+                    .position(|&t| t == eos)
+                {
                     seq.truncate(generated_from.max(1) + p + 1);
                     done[s] = true;
                     continue;
                 }
             }
-            if self.opts.entropy_check && seq.len() > ENTROPY_WINDOW && tail_entropy(seq) < ENTROPY_MIN {
+            if self.opts.entropy_check
+                && seq.len() > ENTROPY_WINDOW
+                && tail_entropy(seq) < ENTROPY_MIN
+            {
                 if !self.opts.var_length {
                     return Err(());
                 }
@@ -375,23 +613,40 @@ impl Run<'_, '_> {
         let mut done = vec![false; batch];
         // Whole clean blocks of the prompt go straight into the cache.
         for blk in 0..prefix / bs {
-            let tokens: Vec<u32> = seqs.iter().flat_map(|s| s[blk * bs..(blk + 1) * bs].to_vec()).collect();
+            let tokens: Vec<u32> = seqs
+                .iter()
+                .flat_map(|s| s[blk * bs..(blk + 1) * bs].to_vec())
+                .collect();
             self.commit(&tokens, bs, blk * bs).await?;
         }
         for blk in prefix / bs..total.div_ceil(bs) {
             let start = blk * bs;
-            let mut block: Vec<u32> = (0..batch).flat_map(|s| (start..start + bs).map(|p| if p < prefix { seqs[s][p] } else { mask }).collect::<Vec<_>>()).collect();
-            self.denoise_block(&mut block, bs, start, start, blk).await?;
+            let mut block: Vec<u32> = (0..batch)
+                .flat_map(|s| {
+                    (start..start + bs)
+                        .map(|p| if p < prefix { seqs[s][p] } else { mask })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            self.denoise_block(&mut block, bs, start, start, blk)
+                .await?;
             for s in 0..batch {
                 if !done[s] {
                     seqs[s].truncate(start);
                     seqs[s].extend_from_slice(&block[s * bs..(s + 1) * bs]);
                 }
             }
-            if self.after_block(&mut seqs, &mut done, start.max(prefix)).is_err() {
+            if self
+                .after_block(&mut seqs, &mut done, start.max(prefix))
+                .is_err()
+            {
                 return Ok(None);
             }
-            (self.on_event)(SampleEvent::Committed { block: blk, end: start + bs, sequences: &seqs });
+            (self.on_event)(SampleEvent::Committed {
+                block: blk,
+                end: start + bs,
+                sequences: &seqs,
+            });
             if done.iter().all(|&d| d) || start + bs >= total {
                 break;
             }
@@ -414,9 +669,16 @@ impl Run<'_, '_> {
         loop {
             let start = end.saturating_sub(l);
             let rows = end - start;
-            let mut window: Vec<u32> = (0..batch).flat_map(|s| (start..end).map(|p| seqs[s].get(p).copied().unwrap_or(mask)).collect::<Vec<_>>()).collect();
+            let mut window: Vec<u32> = (0..batch)
+                .flat_map(|s| {
+                    (start..end)
+                        .map(|p| seqs[s].get(p).copied().unwrap_or(mask))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
             // The whole window is processed from scratch every call, placed at cache rows 0..rows.
-            self.denoise_block(&mut window, rows, start, 0, window_index).await?;
+            self.denoise_block(&mut window, rows, start, 0, window_index)
+                .await?;
             let generated_from = seqs[0].len().max(prefix);
             for s in 0..batch {
                 if !done[s] {
@@ -424,10 +686,17 @@ impl Run<'_, '_> {
                     seqs[s].extend_from_slice(&window[s * rows..(s + 1) * rows]);
                 }
             }
-            if self.after_block(&mut seqs, &mut done, generated_from).is_err() {
+            if self
+                .after_block(&mut seqs, &mut done, generated_from)
+                .is_err()
+            {
                 return Ok(None);
             }
-            (self.on_event)(SampleEvent::Committed { block: window_index, end, sequences: &seqs });
+            (self.on_event)(SampleEvent::Committed {
+                block: window_index,
+                end,
+                sequences: &seqs,
+            });
             if done.iter().all(|&d| d) || end >= total {
                 break;
             }
@@ -450,12 +719,25 @@ impl Run<'_, '_> {
         }
         for i in prefix - 1..total - 1 {
             // A finished sequence keeps being fed EOS; its output is already cut.
-            let tokens: Vec<u32> = seqs.iter().map(|s| s.get(i).copied().unwrap_or(self.bos())).collect();
+            let tokens: Vec<u32> = seqs
+                .iter()
+                .map(|s| s.get(i).copied().unwrap_or(self.bos()))
+                .collect();
             let picked = vec![0u32; batch];
-            let next = self.sample(&tokens, 1, i, i, &picked, 1, SampleMode::Ar, 0.0, &[], &[]).await?;
+            let next = self
+                .sample(&tokens, 1, i, i, &picked, 1, SampleMode::Ar, 0.0, &[], &[])
+                .await?;
             self.nfe += 1;
-            let revealed: Vec<(usize, usize, u32)> = next.iter().enumerate().map(|(s, &t)| (s, i + 1, t)).collect();
-            (self.on_event)(SampleEvent::Revealed { block: i + 1, call: self.call, revealed: &revealed });
+            let revealed: Vec<(usize, usize, u32)> = next
+                .iter()
+                .enumerate()
+                .map(|(s, &t)| (s, i + 1, t))
+                .collect();
+            (self.on_event)(SampleEvent::Revealed {
+                block: i + 1,
+                call: self.call,
+                revealed: &revealed,
+            });
             for s in 0..batch {
                 if !done[s] {
                     seqs[s].push(next[s]);
@@ -465,7 +747,11 @@ impl Run<'_, '_> {
                 if self.after_block(&mut seqs, &mut done, prefix).is_err() {
                     return Ok(None);
                 }
-                (self.on_event)(SampleEvent::Committed { block: i + 1, end: i + 2, sequences: &seqs });
+                (self.on_event)(SampleEvent::Committed {
+                    block: i + 1,
+                    end: i + 2,
+                    sequences: &seqs,
+                });
                 if done.iter().all(|&d| d) {
                     break;
                 }
@@ -483,7 +769,14 @@ impl Run<'_, '_> {
         }
         let start = self.start();
         let prefix = start[0].len();
-        let mut x: Vec<u32> = start.iter().flat_map(|s| (0..total).map(|p| s.get(p).copied().unwrap_or(mask)).collect::<Vec<_>>()).collect();
+        let mut x: Vec<u32> = start
+            .iter()
+            .flat_map(|s| {
+                (0..total)
+                    .map(|p| s.get(p).copied().unwrap_or(mask))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let steps = self.opts.steps.max(1);
         let dt = (1.0 - 1e-5) / steps as f64;
         let picked: Vec<u32> = (0..batch).flat_map(|_| 0..total as u32).collect();
@@ -498,7 +791,9 @@ impl Run<'_, '_> {
             };
             let sigma = vec![sigma_t; batch];
             let ds = vec![dsigma; batch];
-            let tokens = self.sample(&x, total, 0, 0, &picked, total, mode, 0.0, &sigma, &ds).await?;
+            let tokens = self
+                .sample(&x, total, 0, 0, &picked, total, mode, 0.0, &sigma, &ds)
+                .await?;
             let mut revealed = Vec::new();
             for (j, &t) in tokens.iter().enumerate() {
                 // BOS and the prompt stay as given; the official sampler has no prompt.
@@ -509,11 +804,19 @@ impl Run<'_, '_> {
             }
             self.nfe += 1;
             if !revealed.is_empty() {
-                (self.on_event)(SampleEvent::Revealed { block: 0, call: self.call, revealed: &revealed });
+                (self.on_event)(SampleEvent::Revealed {
+                    block: 0,
+                    call: self.call,
+                    revealed: &revealed,
+                });
             }
         }
         let seqs: Vec<Vec<u32>> = x.chunks(total).map(|c| c.to_vec()).collect();
-        (self.on_event)(SampleEvent::Committed { block: 0, end: total, sequences: &seqs });
+        (self.on_event)(SampleEvent::Committed {
+            block: 0,
+            end: total,
+            sequences: &seqs,
+        });
         Ok(Some(seqs))
     }
 }
@@ -525,4 +828,3 @@ fn finish(mut seqs: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
     }
     seqs
 }
-

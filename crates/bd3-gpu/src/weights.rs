@@ -22,15 +22,26 @@ pub struct SplitMatrix {
 }
 
 impl SplitMatrix {
-    pub fn upload(ctx: &GpuContext, label: &str, data: &[f32], rows: usize, cols: usize) -> Result<SplitMatrix> {
+    pub fn upload(
+        ctx: &GpuContext,
+        label: &str,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<SplitMatrix> {
         assert_eq!(data.len(), rows * cols);
-        let rows_per_part = ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
+        let rows_per_part =
+            ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
         let mut parts = Vec::new();
         let mut row_start = 0;
         while row_start < rows {
             let n = rows_per_part.min(rows - row_start);
             let bytes = bytemuck::cast_slice(&data[row_start * cols..(row_start + n) * cols]);
-            parts.push(Part { buffer: ctx.storage_init(label, bytes)?, row_start, rows: n });
+            parts.push(Part {
+                buffer: ctx.storage_init(label, bytes)?,
+                row_start,
+                rows: n,
+            });
             row_start += n;
         }
         Ok(SplitMatrix { parts, rows, cols })
@@ -82,25 +93,45 @@ impl Weights {
     pub fn allocate(ctx: &GpuContext, cfg: &ModelConfig) -> Result<Weights> {
         let vector = |name: &str, n: usize| ctx.storage(name, (n * 4) as u64);
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<SplitMatrix> {
-            let rows_per_part = ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
+            let rows_per_part =
+                ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
             let mut parts = Vec::new();
             let mut row_start = 0;
             while row_start < rows {
                 let n = rows_per_part.min(rows - row_start);
-                parts.push(Part { buffer: ctx.storage(name, (n * cols * 4) as u64)?, row_start, rows: n });
+                parts.push(Part {
+                    buffer: ctx.storage(name, (n * cols * 4) as u64)?,
+                    row_start,
+                    rows: n,
+                });
                 row_start += n;
             }
             Ok(SplitMatrix { parts, rows, cols })
         };
         let linear = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear { weight: matrix(name, rows, cols)?, bias: if bias { Some(vector(name, rows)?) } else { None } })
+            Ok(Linear {
+                weight: matrix(name, rows, cols)?,
+                bias: if bias {
+                    Some(vector(name, rows)?)
+                } else {
+                    None
+                },
+            })
         };
         let (d, c) = (cfg.hidden_dim, cfg.cond_dim);
         let adaln = cfg.kind.has_adaln();
         Ok(Weights {
             vocab_embed: matrix("vocab_embed", cfg.vocab_size, d)?,
             sigma_map: if adaln {
-                Some((linear("sigma_map.mlp.0", c, bd3_model::config::TIMESTEP_FEATURES, true)?, linear("sigma_map.mlp.2", c, c, true)?))
+                Some((
+                    linear(
+                        "sigma_map.mlp.0",
+                        c,
+                        bd3_model::config::TIMESTEP_FEATURES,
+                        true,
+                    )?,
+                    linear("sigma_map.mlp.2", c, c, true)?,
+                ))
             } else {
                 None
             },
@@ -113,12 +144,20 @@ impl Weights {
                         norm2: vector("norm2", d)?,
                         mlp_up: linear("mlp.0", 4 * d, d, true)?,
                         mlp_down: linear("mlp.2", d, 4 * d, true)?,
-                        adaln: if adaln { Some(linear("adaLN_modulation", 6 * d, c, true)?) } else { None },
+                        adaln: if adaln {
+                            Some(linear("adaLN_modulation", 6 * d, c, true)?)
+                        } else {
+                            None
+                        },
                     })
                 })
                 .collect::<Result<_>>()?,
             norm_final: vector("norm_final", d)?,
-            final_adaln: if adaln { Some(linear("output_layer.adaLN_modulation", 2 * d, c, true)?) } else { None },
+            final_adaln: if adaln {
+                Some(linear("output_layer.adaLN_modulation", 2 * d, c, true)?)
+            } else {
+                None
+            },
             head: linear("output_layer.linear", cfg.vocab_size, d, true)?,
             inv_freq: bd3_model::tables::default_inv_freq(cfg.head_dim()),
         })
@@ -128,19 +167,29 @@ impl Weights {
     pub fn write(&mut self, ctx: &GpuContext, name: &str, data: &[f32]) -> Result<bool> {
         if name == "rotary_emb.inv_freq" {
             if data.len() != self.inv_freq.len() {
-                return Err(bd3_model::Error::Invalid(format!("tensor `{name}` has {} values, expected {}", data.len(), self.inv_freq.len())));
+                return Err(bd3_model::Error::Invalid(format!(
+                    "tensor `{name}` has {} values, expected {}",
+                    data.len(),
+                    self.inv_freq.len()
+                )));
             }
             self.inv_freq = data.to_vec();
             return Ok(true);
         }
-        let Some(t) = self.tensors().into_iter().find(|t| t.name == name) else { return Ok(false) };
+        let Some(t) = self.tensors().into_iter().find(|t| t.name == name) else {
+            return Ok(false);
+        };
         let total: usize = t.parts.iter().map(|p| p.1).sum();
         if data.len() != total {
-            return Err(bd3_model::Error::Invalid(format!("tensor `{name}` has {} values, expected {total}", data.len())));
+            return Err(bd3_model::Error::Invalid(format!(
+                "tensor `{name}` has {} values, expected {total}",
+                data.len()
+            )));
         }
         let mut off = 0;
         for (b, n) in &t.parts {
-            ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(&data[off..off + n]));
+            ctx.queue()
+                .write_buffer(b, 0, bytemuck::cast_slice(&data[off..off + n]));
             off += n;
         }
         Ok(true)
@@ -163,9 +212,19 @@ impl SplitMatrix {
         let parts = like
             .parts
             .iter()
-            .map(|p| Ok(Part { buffer: ctx.storage(label, (p.rows * like.cols * 4) as u64)?, row_start: p.row_start, rows: p.rows }))
+            .map(|p| {
+                Ok(Part {
+                    buffer: ctx.storage(label, (p.rows * like.cols * 4) as u64)?,
+                    row_start: p.row_start,
+                    rows: p.rows,
+                })
+            })
             .collect::<Result<_>>()?;
-        Ok(SplitMatrix { parts, rows: like.rows, cols: like.cols })
+        Ok(SplitMatrix {
+            parts,
+            rows: like.rows,
+            cols: like.cols,
+        })
     }
 }
 
@@ -183,11 +242,18 @@ impl Weights {
     pub fn zeros_like(ctx: &GpuContext, label: &str, w: &Weights) -> Result<Weights> {
         let vector = |b: &Buf| ctx.storage(label, b.size());
         let linear = |l: &Linear| -> Result<Linear> {
-            Ok(Linear { weight: SplitMatrix::zeros_like(ctx, label, &l.weight)?, bias: l.bias.as_ref().map(vector).transpose()? })
+            Ok(Linear {
+                weight: SplitMatrix::zeros_like(ctx, label, &l.weight)?,
+                bias: l.bias.as_ref().map(vector).transpose()?,
+            })
         };
         Ok(Weights {
             vocab_embed: SplitMatrix::zeros_like(ctx, label, &w.vocab_embed)?,
-            sigma_map: w.sigma_map.as_ref().map(|(a, b)| Ok::<_, bd3_model::Error>((linear(a)?, linear(b)?))).transpose()?,
+            sigma_map: w
+                .sigma_map
+                .as_ref()
+                .map(|(a, b)| Ok::<_, bd3_model::Error>((linear(a)?, linear(b)?)))
+                .transpose()?,
             blocks: w
                 .blocks
                 .iter()
@@ -214,11 +280,19 @@ impl Weights {
     /// (`rotary_emb.inv_freq` is a fixed buffer, not a parameter).
     pub fn tensors(&self) -> Vec<TensorRef> {
         let mut out = Vec::new();
-        let vec_ref = |name: String, b: &Buf| TensorRef { name, shape: vec![b.size() as usize / 4], parts: vec![(b.clone(), b.size() as usize / 4)] };
+        let vec_ref = |name: String, b: &Buf| TensorRef {
+            name,
+            shape: vec![b.size() as usize / 4],
+            parts: vec![(b.clone(), b.size() as usize / 4)],
+        };
         let mat_ref = |name: String, m: &SplitMatrix| TensorRef {
             name,
             shape: vec![m.rows, m.cols],
-            parts: m.parts.iter().map(|p| (p.buffer.clone(), p.rows * m.cols)).collect(),
+            parts: m
+                .parts
+                .iter()
+                .map(|p| (p.buffer.clone(), p.rows * m.cols))
+                .collect(),
         };
         let linear = |out: &mut Vec<TensorRef>, name: &str, l: &Linear| {
             out.push(mat_ref(format!("{name}.weight"), &l.weight));
@@ -242,7 +316,10 @@ impl Weights {
                 linear(&mut out, &format!("blocks.{i}.adaLN_modulation"), a);
             }
         }
-        out.push(vec_ref("output_layer.norm_final.weight".into(), &self.norm_final));
+        out.push(vec_ref(
+            "output_layer.norm_final.weight".into(),
+            &self.norm_final,
+        ));
         linear(&mut out, "output_layer.linear", &self.head);
         if let Some(a) = &self.final_adaln {
             linear(&mut out, "output_layer.adaLN_modulation", a);

@@ -26,21 +26,64 @@ fn matmul_every_epilogue_at_awkward_sizes() {
         (Epilogue::Store, cpu_ref::Epilogue::Store),
         (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
         (Epilogue::Silu, cpu_ref::Epilogue::Silu),
-        (Epilogue::GatedResidual, cpu_ref::Epilogue::GatedResidual { gate: &gate, rows_per_seq }),
-        (Epilogue::Residual, cpu_ref::Epilogue::GatedResidual { gate: &vec![1.0; 2 * n], rows_per_seq }),
+        (
+            Epilogue::GatedResidual,
+            cpu_ref::Epilogue::GatedResidual {
+                gate: &gate,
+                rows_per_seq,
+            },
+        ),
+        (
+            Epilogue::Residual,
+            cpu_ref::Epilogue::GatedResidual {
+                gate: &vec![1.0; 2 * n],
+                rows_per_seq,
+            },
+        ),
     ];
     for (epi, cpu_epi) in cases {
         let mut want = base.clone();
-        cpu_ref::matmul_bt(&a, &w, Some(&bias), cpu_ref::Dims { m, n, k: kk }, cpu_epi, &mut want);
-        let mm = Matmul { epilogue: epi, rows_per_seq: rows_per_seq as u32, gate_stride: n as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
+        cpu_ref::matmul_bt(
+            &a,
+            &w,
+            Some(&bias),
+            cpu_ref::Dims { m, n, k: kk },
+            cpu_epi,
+            &mut want,
+        );
+        let mm = Matmul {
+            epilogue: epi,
+            rows_per_seq: rows_per_seq as u32,
+            gate_stride: n as u32,
+            ..Matmul::plain(m as u32, n as u32, kk as u32)
+        };
         let p = mm.params(true, false);
         // Both variants (64-row and 16-row output tiles) on the same problem.
         for (kernel, tile_rows) in [(&k.matmul.wide, 64), (&k.matmul.narrow, 16)] {
             let out = upload(&ctx, &base);
-            let (a_buf, w_buf, bias_buf, gate_buf) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias), upload(&ctx, &gate));
-            let b = ops::matmul::Bindings { a: &a_buf, b: &w_buf, bias: Some(&bias_buf), gate: Some(&gate_buf), out: &out, aux: None };
-            run_recorded(&ctx, |pb| ops::matmul::record_variant(pb, &k, "matmul", kernel, tile_rows, &p, b));
-            assert_close(&format!("{} {epi:?}", kernel.name), &read(&ctx, &out, m * n), &want, 1e-4);
+            let (a_buf, w_buf, bias_buf, gate_buf) = (
+                upload(&ctx, &a),
+                upload(&ctx, &w),
+                upload(&ctx, &bias),
+                upload(&ctx, &gate),
+            );
+            let b = ops::matmul::Bindings {
+                a: &a_buf,
+                b: &w_buf,
+                bias: Some(&bias_buf),
+                gate: Some(&gate_buf),
+                out: &out,
+                aux: None,
+            };
+            run_recorded(&ctx, |pb| {
+                ops::matmul::record_variant(pb, &k, "matmul", kernel, tile_rows, &p, b)
+            });
+            assert_close(
+                &format!("{} {epi:?}", kernel.name),
+                &read(&ctx, &out, m * n),
+                &want,
+                1e-4,
+            );
         }
     }
 }
@@ -56,13 +99,41 @@ fn matmul_writes_a_column_range_from_an_offset_input() {
     let (col0, n) = (20, 13);
     let w = rng.vec(n * kk, 1.0);
     let bias_full = rng.vec(n_total, 1.0);
-    let mm = Matmul { a_offset: (3 * kk) as u32, ldc: n_total as u32, out_col_offset: col0 as u32, bias_offset: col0 as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
+    let mm = Matmul {
+        a_offset: (3 * kk) as u32,
+        ldc: n_total as u32,
+        out_col_offset: col0 as u32,
+        bias_offset: col0 as u32,
+        ..Matmul::plain(m as u32, n as u32, kk as u32)
+    };
     let out = upload(&ctx, &vec![7.0; m * n_total]);
     let (a_buf, w_buf, bias_buf) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias_full));
-    run_recorded(&ctx, |pb| ops::matmul::record(pb, &k, "matmul", &mm, ops::matmul::Bindings { a: &a_buf, b: &w_buf, bias: Some(&bias_buf), gate: None, out: &out, aux: None }));
+    run_recorded(&ctx, |pb| {
+        ops::matmul::record(
+            pb,
+            &k,
+            "matmul",
+            &mm,
+            ops::matmul::Bindings {
+                a: &a_buf,
+                b: &w_buf,
+                bias: Some(&bias_buf),
+                gate: None,
+                out: &out,
+                aux: None,
+            },
+        )
+    });
     let got = read(&ctx, &out, m * n_total);
     let mut part = vec![0.0; m * n];
-    cpu_ref::matmul_bt(&a[3 * kk..(3 + m) * kk], &w, Some(&bias_full[col0..col0 + n]), cpu_ref::Dims { m, n, k: kk }, cpu_ref::Epilogue::Store, &mut part);
+    cpu_ref::matmul_bt(
+        &a[3 * kk..(3 + m) * kk],
+        &w,
+        Some(&bias_full[col0..col0 + n]),
+        cpu_ref::Dims { m, n, k: kk },
+        cpu_ref::Epilogue::Store,
+        &mut part,
+    );
     let mut want = vec![7.0; m * n_total];
     for i in 0..m {
         want[i * n_total + col0..i * n_total + col0 + n].copy_from_slice(&part[i * n..(i + 1) * n]);
@@ -76,7 +147,11 @@ fn layernorm_with_and_without_modulation_and_row_mapping() {
     let k = kernels(&ctx, 16);
     let mut rng = Rng(3);
     let (n_seq, in_rows, dim) = (2, 7, 300);
-    let x: Vec<f32> = rng.vec(n_seq * in_rows * dim, 2.0).iter().map(|v| v + 0.7).collect();
+    let x: Vec<f32> = rng
+        .vec(n_seq * in_rows * dim, 2.0)
+        .iter()
+        .map(|v| v + 0.7)
+        .collect();
     let w = rng.vec(dim, 1.0);
     let mod_stride = 6 * dim;
     let modv = rng.vec(n_seq * mod_stride, 0.5);
@@ -88,32 +163,89 @@ fn layernorm_with_and_without_modulation_and_row_mapping() {
         in_rows_per_seq: in_rows as u32,
         out_rows_per_seq: out_rows as u32,
         in_row_offset: offset as u32,
-        modulation: Some(Modulation { shift: (3 * dim) as u32, scale: (4 * dim) as u32, stride: mod_stride as u32 }),
+        modulation: Some(Modulation {
+            shift: (3 * dim) as u32,
+            scale: (4 * dim) as u32,
+            stride: mod_stride as u32,
+        }),
     };
     let out = upload(&ctx, &vec![0.0; n_seq * out_rows * dim]);
     let (x_buf, w_buf, mod_buf) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &modv));
-    let ln = |p: LayerNorm, modv: Option<&bd3_gpu::Buf>, out: &bd3_gpu::Buf, row_index: Option<&bd3_gpu::Buf>| {
-        run_recorded(&ctx, |pb| ops::layernorm::record(pb, &k, &p, ops::layernorm::Bindings { x: &x_buf, w: &w_buf, modv, out, row_index }).unwrap());
+    let ln = |p: LayerNorm,
+              modv: Option<&bd3_gpu::Buf>,
+              out: &bd3_gpu::Buf,
+              row_index: Option<&bd3_gpu::Buf>| {
+        run_recorded(&ctx, |pb| {
+            ops::layernorm::record(
+                pb,
+                &k,
+                &p,
+                ops::layernorm::Bindings {
+                    x: &x_buf,
+                    w: &w_buf,
+                    modv,
+                    out,
+                    row_index,
+                },
+            )
+            .unwrap()
+        });
     };
     ln(p, Some(&mod_buf), &out, None);
-    let selected: Vec<f32> = (0..n_seq).flat_map(|s| x[(s * in_rows + offset) * dim..(s * in_rows + offset + out_rows) * dim].to_vec()).collect();
-    let shift_scale: Vec<f32> = (0..n_seq).flat_map(|s| modv[s * mod_stride + 3 * dim..s * mod_stride + 5 * dim].to_vec()).collect();
+    let selected: Vec<f32> = (0..n_seq)
+        .flat_map(|s| {
+            x[(s * in_rows + offset) * dim..(s * in_rows + offset + out_rows) * dim].to_vec()
+        })
+        .collect();
+    let shift_scale: Vec<f32> = (0..n_seq)
+        .flat_map(|s| modv[s * mod_stride + 3 * dim..s * mod_stride + 5 * dim].to_vec())
+        .collect();
     let want = cpu_ref::layernorm_modulate(&selected, dim, &w, Some(&shift_scale), out_rows);
-    assert_close("layernorm modulated", &read(&ctx, &out, want.len()), &want, 1e-5);
+    assert_close(
+        "layernorm modulated",
+        &read(&ctx, &out, want.len()),
+        &want,
+        1e-5,
+    );
 
-    let p = LayerNorm { n_rows: (n_seq * in_rows) as u32, in_rows_per_seq: in_rows as u32, out_rows_per_seq: in_rows as u32, in_row_offset: 0, modulation: None, ..p };
+    let p = LayerNorm {
+        n_rows: (n_seq * in_rows) as u32,
+        in_rows_per_seq: in_rows as u32,
+        out_rows_per_seq: in_rows as u32,
+        in_row_offset: 0,
+        modulation: None,
+        ..p
+    };
     let out = upload(&ctx, &vec![0.0; n_seq * in_rows * dim]);
     ln(p, None, &out, None);
     let want = cpu_ref::layernorm_modulate(&x, dim, &w, None, in_rows);
-    assert_close("layernorm plain", &read(&ctx, &out, want.len()), &want, 1e-5);
+    assert_close(
+        "layernorm plain",
+        &read(&ctx, &out, want.len()),
+        &want,
+        1e-5,
+    );
 
     // Gathered rows: sequence 0 takes its row 6, sequence 1 its row 1 (a sampler's picked positions).
-    let p = LayerNorm { n_rows: 2, out_rows_per_seq: 1, ..p };
+    let p = LayerNorm {
+        n_rows: 2,
+        out_rows_per_seq: 1,
+        ..p
+    };
     let out = upload(&ctx, &vec![0.0; 2 * dim]);
     ln(p, None, &out, Some(&upload_u32(&ctx, &[6, 1])));
-    let picked = [x[6 * dim..7 * dim].to_vec(), x[(in_rows + 1) * dim..(in_rows + 2) * dim].to_vec()].concat();
+    let picked = [
+        x[6 * dim..7 * dim].to_vec(),
+        x[(in_rows + 1) * dim..(in_rows + 2) * dim].to_vec(),
+    ]
+    .concat();
     let want = cpu_ref::layernorm_modulate(&picked, dim, &w, None, 1);
-    assert_close("layernorm gathered rows", &read(&ctx, &out, want.len()), &want, 1e-5);
+    assert_close(
+        "layernorm gathered rows",
+        &read(&ctx, &out, want.len()),
+        &want,
+        1e-5,
+    );
 }
 
 #[test]
@@ -128,27 +260,90 @@ fn embedding_gathers_across_table_parts() {
     let ids_buf = upload_u32(&ctx, &ids);
     for (start, rows) in [(0usize, 20usize), (20, 17)] {
         let part = upload(&ctx, &table[start * d..(start + rows) * d]);
-        let p = ops::embedding::Params { n_rows: n as u32, dim: d as u32, row_start: start as u32, part_rows: rows as u32 };
-        run_recorded(&ctx, |pb| ops::embedding::record(pb, &k, p, v, ops::embedding::Bindings { ids: &ids_buf, table: &part, out: &out }).unwrap());
+        let p = ops::embedding::Params {
+            n_rows: n as u32,
+            dim: d as u32,
+            row_start: start as u32,
+            part_rows: rows as u32,
+        };
+        run_recorded(&ctx, |pb| {
+            ops::embedding::record(
+                pb,
+                &k,
+                p,
+                v,
+                ops::embedding::Bindings {
+                    ids: &ids_buf,
+                    table: &part,
+                    out: &out,
+                },
+            )
+            .unwrap()
+        });
     }
-    assert_close("embedding", &read(&ctx, &out, n * d), &cpu_ref::embedding(&ids, &table, d), 0.0);
+    assert_close(
+        "embedding",
+        &read(&ctx, &out, n * d),
+        &cpu_ref::embedding(&ids, &table, d),
+        0.0,
+    );
 }
 
-fn attention_case(head_dim: usize, mask: AttentionMask, batch: usize, seq: usize, n_heads: usize, pos_period: usize, seed: u64) {
+fn attention_case(
+    head_dim: usize,
+    mask: AttentionMask,
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    pos_period: usize,
+    seed: u64,
+) {
     let ctx = context();
     let k = kernels(&ctx, head_dim);
     let mut rng = Rng(seed);
     let d = n_heads * head_dim;
     let qkv = rng.vec(batch * seq * 3 * d, 1.5);
-    let inv_freq: Vec<f32> = (0..head_dim / 2).map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32).collect();
+    let inv_freq: Vec<f32> = (0..head_dim / 2)
+        .map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32)
+        .collect();
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv_freq, pos_period.min(seq));
-    let a = Attention::self_attention(batch as u32, seq as u32, n_heads as u32, head_dim as u32, mask, pos_period as u32);
+    let a = Attention::self_attention(
+        batch as u32,
+        seq as u32,
+        n_heads as u32,
+        head_dim as u32,
+        mask,
+        pos_period as u32,
+    );
     let out = upload(&ctx, &vec![0.0; batch * seq * d]);
     let (qkv_buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
-    let b = ops::attention::Bindings { qrows: &qkv_buf, kvrows: &qkv_buf, rope_cos: &cos_buf, rope_sin: &sin_buf, out: &out, lse_delta: None };
+    let b = ops::attention::Bindings {
+        qrows: &qkv_buf,
+        kvrows: &qkv_buf,
+        rope_cos: &cos_buf,
+        rope_sin: &sin_buf,
+        out: &out,
+        lse_delta: None,
+    };
     run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
-    let want = cpu_ref::attention(&qkv, cpu_ref::AttentionShape { batch, seq, n_heads, mask, pos_period }, &cos, &sin);
-    assert_close(&format!("attention {mask:?} dh={head_dim}"), &read(&ctx, &out, want.len()), &want, 1e-4);
+    let want = cpu_ref::attention(
+        &qkv,
+        cpu_ref::AttentionShape {
+            batch,
+            seq,
+            n_heads,
+            mask,
+            pos_period,
+        },
+        &cos,
+        &sin,
+    );
+    assert_close(
+        &format!("attention {mask:?} dh={head_dim}"),
+        &read(&ctx, &out, want.len()),
+        &want,
+        1e-4,
+    );
 }
 
 #[test]
@@ -159,10 +354,40 @@ fn attention_full_and_causal() {
 
 #[test]
 fn attention_block_causal_and_block_diffusion() {
-    attention_case(16, AttentionMask::BlockCausal { block_size: 4 }, 2, 22, 2, 22, 7);
+    attention_case(
+        16,
+        AttentionMask::BlockCausal { block_size: 4 },
+        2,
+        22,
+        2,
+        22,
+        7,
+    );
     // x_t ⊕ x_0 with L = 35 and a block size that does not divide the 64-query workgroup.
-    attention_case(10, AttentionMask::BlockDiff { half_len: 35, block_size: 5 }, 2, 70, 2, 35, 8);
-    attention_case(16, AttentionMask::BlockDiff { half_len: 12, block_size: 1 }, 1, 24, 3, 12, 9);
+    attention_case(
+        10,
+        AttentionMask::BlockDiff {
+            half_len: 35,
+            block_size: 5,
+        },
+        2,
+        70,
+        2,
+        35,
+        8,
+    );
+    attention_case(
+        16,
+        AttentionMask::BlockDiff {
+            half_len: 12,
+            block_size: 1,
+        },
+        1,
+        24,
+        3,
+        12,
+        9,
+    );
 }
 
 #[test]
@@ -177,15 +402,48 @@ fn attention_queries_at_an_offset_see_every_key() {
     let inv: Vec<f32> = (0..hd / 2).map(|j| 0.3f32.powi(j as i32)).collect();
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
     let a = Attention {
-        n_q: 5, n_kv: seq as u32, n_heads: heads as u32, head_dim: hd as u32, q_seq_stride: seq as u32, q_row_offset: 16, kv_seq_stride: seq as u32,
-        q_index_offset: 16, mask: AttentionMask::Full, pos_period: seq as u32, pos_offset: 0, batch: 1,
+        n_q: 5,
+        n_kv: seq as u32,
+        n_heads: heads as u32,
+        head_dim: hd as u32,
+        q_seq_stride: seq as u32,
+        q_row_offset: 16,
+        kv_seq_stride: seq as u32,
+        q_index_offset: 16,
+        mask: AttentionMask::Full,
+        pos_period: seq as u32,
+        pos_offset: 0,
+        batch: 1,
     };
     let out = upload(&ctx, &vec![0.0; 5 * d]);
     let (buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
-    let b = ops::attention::Bindings { qrows: &buf, kvrows: &buf, rope_cos: &cos_buf, rope_sin: &sin_buf, out: &out, lse_delta: None };
+    let b = ops::attention::Bindings {
+        qrows: &buf,
+        kvrows: &buf,
+        rope_cos: &cos_buf,
+        rope_sin: &sin_buf,
+        out: &out,
+        lse_delta: None,
+    };
     run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
-    let all = cpu_ref::attention(&qkv, cpu_ref::AttentionShape { batch: 1, seq, n_heads: heads, mask: AttentionMask::Full, pos_period: seq }, &cos, &sin);
-    assert_close("attention offset queries", &read(&ctx, &out, 5 * d), &all[16 * d..], 1e-4);
+    let all = cpu_ref::attention(
+        &qkv,
+        cpu_ref::AttentionShape {
+            batch: 1,
+            seq,
+            n_heads: heads,
+            mask: AttentionMask::Full,
+            pos_period: seq,
+        },
+        &cos,
+        &sin,
+    );
+    assert_close(
+        "attention offset queries",
+        &read(&ctx, &out, 5 * d),
+        &all[16 * d..],
+        1e-4,
+    );
 }
 
 #[test]
@@ -197,31 +455,89 @@ fn token_loss_subs_and_ar() {
     let mask_id = (vocab - 1) as u32;
     let logits = rng.vec(rows * vocab, 4.0);
     let targets: Vec<u32> = (0..rows).map(|_| rng.below(mask_id)).collect();
-    let weights = rng.vec(rows, 3.0).iter().map(|w| w.abs() + 0.5).collect::<Vec<f32>>();
+    let weights = rng
+        .vec(rows, 3.0)
+        .iter()
+        .map(|w| w.abs() + 0.5)
+        .collect::<Vec<f32>>();
     for ar in [false, true] {
         // SUBS: every other row carries its (clean) token over.
-        let inputs: Vec<u32> = (0..rows).map(|r| if ar || r % 2 == 0 { mask_id } else { targets[r] }).collect();
+        let inputs: Vec<u32> = (0..rows)
+            .map(|r| {
+                if ar || r % 2 == 0 {
+                    mask_id
+                } else {
+                    targets[r]
+                }
+            })
+            .collect();
         let lp = upload(&ctx, &vec![0.0; rows * vocab]);
         let tl = upload(&ctx, &vec![0.0; rows + 2]);
         // Rows are global rows 2.. of the loss vector: the chunk offset path.
         let pad = |v: &[u32]| [vec![0, 0], v.to_vec()].concat();
         let padf = |v: &[f32]| [vec![0.0, 0.0], v.to_vec()].concat();
-        let (logits_buf, in_buf, tg_buf, w_buf) = (upload(&ctx, &logits), upload_u32(&ctx, &pad(&inputs)), upload_u32(&ctx, &pad(&targets)), upload(&ctx, &padf(&weights)));
-        let b = ops::token_loss::Bindings { logits: &logits_buf, input_ids: &in_buf, targets: &tg_buf, weights: &w_buf, log_probs: Some(&lp), token_loss: &tl, dlogits: None };
+        let (logits_buf, in_buf, tg_buf, w_buf) = (
+            upload(&ctx, &logits),
+            upload_u32(&ctx, &pad(&inputs)),
+            upload_u32(&ctx, &pad(&targets)),
+            upload(&ctx, &padf(&weights)),
+        );
+        let b = ops::token_loss::Bindings {
+            logits: &logits_buf,
+            input_ids: &in_buf,
+            targets: &tg_buf,
+            weights: &w_buf,
+            log_probs: Some(&lp),
+            token_loss: &tl,
+            dlogits: None,
+        };
         let head = if ar { Head::Ar } else { Head::Subs };
-        let chunk = ops::token_loss::LossChunk { n_rows: rows as u32, vocab: vocab as u32, mask_id, row_offset: 2, grad_scale: 0.0 };
-        run_recorded(&ctx, |pb| ops::token_loss::record(pb, &k, head, &chunk, b).unwrap());
+        let chunk = ops::token_loss::LossChunk {
+            n_rows: rows as u32,
+            vocab: vocab as u32,
+            mask_id,
+            row_offset: 2,
+            grad_scale: 0.0,
+        };
+        run_recorded(&ctx, |pb| {
+            ops::token_loss::record(pb, &k, head, &chunk, b).unwrap()
+        });
         let mut want_lp = Vec::new();
         let mut want_loss = Vec::new();
         for r in 0..rows {
             let row = &logits[r * vocab..(r + 1) * vocab];
-            let l = if ar { cpu_ref::ar_log_probs(row, mask_id) } else { cpu_ref::subs_log_probs(row, inputs[r], mask_id) };
+            let l = if ar {
+                cpu_ref::ar_log_probs(row, mask_id)
+            } else {
+                cpu_ref::subs_log_probs(row, inputs[r], mask_id)
+            };
             want_loss.push((-(weights[r] as f64) * l[targets[r] as usize]) as f32);
-            want_lp.extend(l.iter().enumerate().map(|(v, &x)| if v as u32 == mask_id { 0.0 } else { x as f32 }));
+            want_lp.extend(l.iter().enumerate().map(|(v, &x)| {
+                if v as u32 == mask_id {
+                    0.0
+                } else {
+                    x as f32
+                }
+            }));
         }
-        let got_lp: Vec<f32> = read(&ctx, &lp, rows * vocab).iter().enumerate().map(|(i, &x)| if (i % vocab) as u32 == mask_id { 0.0 } else { x }).collect();
+        let got_lp: Vec<f32> = read(&ctx, &lp, rows * vocab)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                if (i % vocab) as u32 == mask_id {
+                    0.0
+                } else {
+                    x
+                }
+            })
+            .collect();
         assert_close(&format!("log_probs ar={ar}"), &got_lp, &want_lp, 1e-5);
-        assert_close(&format!("token_loss ar={ar}"), &read(&ctx, &tl, rows + 2)[2..], &want_loss, 1e-5);
+        assert_close(
+            &format!("token_loss ar={ar}"),
+            &read(&ctx, &tl, rows + 2)[2..],
+            &want_loss,
+            1e-5,
+        );
     }
 }
 
@@ -235,25 +551,65 @@ fn sedd_score_entropy() {
     let mask_id = (vocab - 1) as u32;
     let logits = rng.vec(rows * vocab, 3.0);
     let targets: Vec<u32> = (0..rows).map(|_| rng.below(mask_id)).collect();
-    let inputs: Vec<u32> = (0..rows).map(|r| if r % 3 != 1 { mask_id } else { targets[r] }).collect();
+    let inputs: Vec<u32> = (0..rows)
+        .map(|r| if r % 3 != 1 { mask_id } else { targets[r] })
+        .collect();
     let t = [0.37f64, 0.81];
     let consts: Vec<f32> = t
         .iter()
         .flat_map(|&t| {
             let s = bd3_model::schedule::sigma_from_p(t);
             let r = 1.0 / s.exp_m1();
-            [bd3_model::schedule::esigm1_log(s) + ((vocab - 1) as f64).ln(), r, r * (r.ln() - 1.0), bd3_model::schedule::sedd_dsigma(t)].map(|x| x as f32)
+            [
+                bd3_model::schedule::esigm1_log(s) + ((vocab - 1) as f64).ln(),
+                r,
+                r * (r.ln() - 1.0),
+                bd3_model::schedule::sedd_dsigma(t),
+            ]
+            .map(|x| x as f32)
         })
         .collect();
-    let (ls, ent, tl) = (upload(&ctx, &vec![0.0; rows * vocab]), upload(&ctx, &vec![0.0; rows]), upload(&ctx, &vec![0.0; rows]));
-    let (logits_buf, in_buf, tg_buf, c_buf) = (upload(&ctx, &logits), upload_u32(&ctx, &inputs), upload_u32(&ctx, &targets), upload(&ctx, &consts));
-    let b = ops::sedd_loss::Bindings { logits: &logits_buf, input_ids: &in_buf, targets: &tg_buf, seq_consts: &c_buf, log_score: Some(&ls), entropy: Some(&ent), token_loss: &tl, dlogits: None };
-    let chunk = ops::token_loss::LossChunk { n_rows: rows as u32, vocab: vocab as u32, mask_id, row_offset: 0, grad_scale: 0.0 };
-    run_recorded(&ctx, |pb| ops::sedd_loss::record(pb, &k, &chunk, rows_per_seq as u32, b).unwrap());
+    let (ls, ent, tl) = (
+        upload(&ctx, &vec![0.0; rows * vocab]),
+        upload(&ctx, &vec![0.0; rows]),
+        upload(&ctx, &vec![0.0; rows]),
+    );
+    let (logits_buf, in_buf, tg_buf, c_buf) = (
+        upload(&ctx, &logits),
+        upload_u32(&ctx, &inputs),
+        upload_u32(&ctx, &targets),
+        upload(&ctx, &consts),
+    );
+    let b = ops::sedd_loss::Bindings {
+        logits: &logits_buf,
+        input_ids: &in_buf,
+        targets: &tg_buf,
+        seq_consts: &c_buf,
+        log_score: Some(&ls),
+        entropy: Some(&ent),
+        token_loss: &tl,
+        dlogits: None,
+    };
+    let chunk = ops::token_loss::LossChunk {
+        n_rows: rows as u32,
+        vocab: vocab as u32,
+        mask_id,
+        row_offset: 0,
+        grad_scale: 0.0,
+    };
+    run_recorded(&ctx, |pb| {
+        ops::sedd_loss::record(pb, &k, &chunk, rows_per_seq as u32, b).unwrap()
+    });
     let (mut want_ls, mut want_ent, mut want_tl) = (vec![], vec![], vec![]);
     for r in 0..rows {
         let sigma = bd3_model::schedule::sigma_from_p(t[r / rows_per_seq]);
-        let (s, e) = cpu_ref::sedd_row(&logits[r * vocab..(r + 1) * vocab], inputs[r], targets[r], mask_id, sigma);
+        let (s, e) = cpu_ref::sedd_row(
+            &logits[r * vocab..(r + 1) * vocab],
+            inputs[r],
+            targets[r],
+            mask_id,
+            sigma,
+        );
         want_ls.extend(s.iter().map(|&x| x as f32));
         want_ent.push(e as f32);
         want_tl.push((e * bd3_model::schedule::sedd_dsigma(t[r / rows_per_seq])) as f32);
@@ -271,10 +627,26 @@ fn reduce_sum_of_an_awkward_length() {
     let x = rng.vec(1003, 2.0);
     let out = upload(&ctx, &[0.0, 0.0]);
     let x_buf = upload(&ctx, &x);
-    run_recorded(&ctx, |pb| ops::reduce_sum::record(pb, &k, "reduce_sum", 1003, 1, Reduction::Sum, ops::reduce_sum::Bindings { x: &x_buf, out: &out }));
+    run_recorded(&ctx, |pb| {
+        ops::reduce_sum::record(
+            pb,
+            &k,
+            "reduce_sum",
+            1003,
+            1,
+            Reduction::Sum,
+            ops::reduce_sum::Bindings {
+                x: &x_buf,
+                out: &out,
+            },
+        )
+    });
     let want: f64 = x.iter().map(|&v| v as f64).sum();
     let got = read(&ctx, &out, 2)[1] as f64;
-    assert!((got - want).abs() <= 1e-4 * x.iter().map(|v| v.abs() as f64).sum::<f64>(), "{got} vs {want}");
+    assert!(
+        (got - want).abs() <= 1e-4 * x.iter().map(|v| v.abs() as f64).sum::<f64>(),
+        "{got} vs {want}"
+    );
 }
 
 #[test]
@@ -296,22 +668,72 @@ fn matvec_every_epilogue_row_mapping_and_dropout_for_few_rows() {
             (Epilogue::Store, cpu_ref::Epilogue::Store),
             (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
             (Epilogue::Silu, cpu_ref::Epilogue::Silu),
-            (Epilogue::GatedResidual, cpu_ref::Epilogue::GatedResidual { gate: &gate, rows_per_seq }),
-            (Epilogue::Residual, cpu_ref::Epilogue::GatedResidual { gate: &vec![1.0; n_seq * n], rows_per_seq }),
+            (
+                Epilogue::GatedResidual,
+                cpu_ref::Epilogue::GatedResidual {
+                    gate: &gate,
+                    rows_per_seq,
+                },
+            ),
+            (
+                Epilogue::Residual,
+                cpu_ref::Epilogue::GatedResidual {
+                    gate: &vec![1.0; n_seq * n],
+                    rows_per_seq,
+                },
+            ),
         ];
-        let (a_b, w_b, bias_b, gate_b) = (upload(&ctx, &a), upload(&ctx, &w), upload(&ctx, &bias), upload(&ctx, &gate));
+        let (a_b, w_b, bias_b, gate_b) = (
+            upload(&ctx, &a),
+            upload(&ctx, &w),
+            upload(&ctx, &bias),
+            upload(&ctx, &gate),
+        );
         for (epi, cpu_epi) in cases {
             let mut want = base.clone();
-            cpu_ref::matmul_bt(&a, &w, Some(&bias), cpu_ref::Dims { m, n, k: kk }, cpu_epi, &mut want);
+            cpu_ref::matmul_bt(
+                &a,
+                &w,
+                Some(&bias),
+                cpu_ref::Dims { m, n, k: kk },
+                cpu_epi,
+                &mut want,
+            );
             let out = upload(&ctx, &base);
-            let mm = Matmul { epilogue: epi, rows_per_seq: rows_per_seq as u32, gate_stride: n as u32, ..Matmul::plain(m as u32, n as u32, kk as u32) };
+            let mm = Matmul {
+                epilogue: epi,
+                rows_per_seq: rows_per_seq as u32,
+                gate_stride: n as u32,
+                ..Matmul::plain(m as u32, n as u32, kk as u32)
+            };
             let mut planned = Vec::new();
             run_recorded(&ctx, |pb| {
-                ops::matmul::record(pb, &k, "matvec", &mm, ops::matmul::Bindings { a: &a_b, b: &w_b, bias: Some(&bias_b), gate: Some(&gate_b), out: &out, aux: None });
+                ops::matmul::record(
+                    pb,
+                    &k,
+                    "matvec",
+                    &mm,
+                    ops::matmul::Bindings {
+                        a: &a_b,
+                        b: &w_b,
+                        bias: Some(&bias_b),
+                        gate: Some(&gate_b),
+                        out: &out,
+                        aux: None,
+                    },
+                );
                 planned = pb.planned().to_vec();
             });
-            assert_eq!(planned[0].kernel, "matvec", "M = {m} takes the matrix-vector variant");
-            assert_close(&format!("matvec {epi:?} m={m}"), &read(&ctx, &out, m * n), &want, 1e-4);
+            assert_eq!(
+                planned[0].kernel, "matvec",
+                "M = {m} takes the matrix-vector variant"
+            );
+            assert_close(
+                &format!("matvec {epi:?} m={m}"),
+                &read(&ctx, &out, m * n),
+                &want,
+                1e-4,
+            );
         }
 
         // Rows placed into a cache of rows_per_seq + 3 rows per sequence from row 2, with aux and dropout on a residual:
@@ -319,27 +741,60 @@ fn matvec_every_epilogue_row_mapping_and_dropout_for_few_rows() {
         let cache_rows = rows_per_seq + 3;
         let mapped = Matmul {
             epilogue: Epilogue::Residual,
-            out_rows: bd3_gpu::ops::matmul::OutRows { rows_per_seq: rows_per_seq as u32, seq_stride: cache_rows as u32, row_offset: 2 },
-            dropout: Some(bd3_gpu::ops::matmul::Dropout { p: 0.25, seed: 77, salt: 3 }),
+            out_rows: bd3_gpu::ops::matmul::OutRows {
+                rows_per_seq: rows_per_seq as u32,
+                seq_stride: cache_rows as u32,
+                row_offset: 2,
+            },
+            dropout: Some(bd3_gpu::ops::matmul::Dropout {
+                p: 0.25,
+                seed: 77,
+                salt: 3,
+            }),
             ..Matmul::plain(m as u32, n as u32, kk as u32)
         };
         let cache0 = rng.vec(n_seq * cache_rows * n, 1.0);
         let run = |matvec: bool| {
-            let (out, aux) = (upload(&ctx, &cache0), upload(&ctx, &vec![0.0; n_seq * cache_rows * n]));
-            let b = ops::matmul::Bindings { a: &a_b, b: &w_b, bias: None, gate: None, out: &out, aux: Some(&aux) };
+            let (out, aux) = (
+                upload(&ctx, &cache0),
+                upload(&ctx, &vec![0.0; n_seq * cache_rows * n]),
+            );
+            let b = ops::matmul::Bindings {
+                a: &a_b,
+                b: &w_b,
+                bias: None,
+                gate: None,
+                out: &out,
+                aux: Some(&aux),
+            };
             let p = mapped.params(false, true);
-            run_recorded(&ctx, |pb| if matvec { ops::matmul::record_matvec(pb, &k, "matvec", &p, b) } else { ops::matmul::record_variant(pb, &k, "matmul", &k.matmul.narrow, 16, &p, b) });
-            (read(&ctx, &out, cache0.len()), read(&ctx, &aux, cache0.len()))
+            run_recorded(&ctx, |pb| {
+                if matvec {
+                    ops::matmul::record_matvec(pb, &k, "matvec", &p, b)
+                } else {
+                    ops::matmul::record_variant(pb, &k, "matmul", &k.matmul.narrow, 16, &p, b)
+                }
+            });
+            (
+                read(&ctx, &out, cache0.len()),
+                read(&ctx, &aux, cache0.len()),
+            )
         };
         let ((out_v, aux_v), (out_t, aux_t)) = (run(true), run(false));
         assert_close(&format!("matvec mapped rows m={m}"), &out_v, &out_t, 1e-5);
         assert_close(&format!("matvec dropout aux m={m}"), &aux_v, &aux_t, 1e-5);
         // Among the written values (rows 2.. of each sequence's cache rows), dropout zeroed some, kept others.
-        let written: Vec<f32> = (0..m).flat_map(|i| {
-            let row = (i / rows_per_seq) * cache_rows + 2 + i % rows_per_seq;
-            aux_v[row * n..(row + 1) * n].to_vec()
-        }).collect();
+        let written: Vec<f32> = (0..m)
+            .flat_map(|i| {
+                let row = (i / rows_per_seq) * cache_rows + 2 + i % rows_per_seq;
+                aux_v[row * n..(row + 1) * n].to_vec()
+            })
+            .collect();
         let dropped = written.iter().filter(|&&x| x == 0.0).count();
-        assert!(dropped > 0 && dropped < written.len(), "dropout dropped {dropped} of {}", written.len());
+        assert!(
+            dropped > 0 && dropped < written.len(),
+            "dropout dropped {dropped} of {}",
+            written.len()
+        );
     }
 }

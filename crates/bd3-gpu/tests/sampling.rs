@@ -4,11 +4,13 @@
 //! same picks as the f64 reference, and end to end on small models.
 
 mod common;
+use bd3_gpu::ops::confidence::Reveal;
 use bd3_gpu::ops::sample::{Sample, SampleMode};
 use bd3_gpu::ops::{self, Kernels};
-use bd3_gpu::ops::confidence::Reveal;
 use bd3_gpu::{generate, GpuModel, SampleEvent, SampleOptions, Sampler};
-use bd3_model::sampler::{confidence_draw, confidence_pick, ddpm_q, nucleus, race, sedd_position, subs_probs};
+use bd3_model::sampler::{
+    confidence_draw, confidence_pick, ddpm_q, nucleus, race, sedd_position, subs_probs,
+};
 use common::*;
 
 struct Rows {
@@ -23,14 +25,34 @@ struct Rows {
 fn run_sample(ctx: &bd3_gpu::GpuContext, k: &Kernels, p: Sample, r: &Rows) -> Vec<u32> {
     let out = upload_u32(ctx, &vec![0; p.n_rows as usize]);
     let draws = (!r.draws.is_empty()).then(|| upload(ctx, &r.draws));
-    let (logits, inputs, streams, consts) = (upload(ctx, &r.logits), upload_u32(ctx, &r.inputs), upload_u32(ctx, &r.streams), upload(ctx, &r.consts));
-    let b = ops::sample::Bindings { logits: &logits, row_input: &inputs, row_stream: &streams, seq_consts: &consts, draws: draws.as_ref(), tokens: &out, token_prob: None };
+    let (logits, inputs, streams, consts) = (
+        upload(ctx, &r.logits),
+        upload_u32(ctx, &r.inputs),
+        upload_u32(ctx, &r.streams),
+        upload(ctx, &r.consts),
+    );
+    let b = ops::sample::Bindings {
+        logits: &logits,
+        row_input: &inputs,
+        row_stream: &streams,
+        seq_consts: &consts,
+        draws: draws.as_ref(),
+        tokens: &out,
+        token_prob: None,
+    };
     run_recorded(ctx, |pb| ops::sample::record(pb, k, &p, b).unwrap());
-    read(ctx, &out, p.n_rows as usize).iter().map(|f| f.to_bits()).collect()
+    read(ctx, &out, p.n_rows as usize)
+        .iter()
+        .map(|f| f.to_bits())
+        .collect()
 }
 
 fn softmax(row: &[f32], adjust: impl Fn(usize, f64) -> f64) -> Vec<f64> {
-    let a: Vec<f64> = row.iter().enumerate().map(|(v, &x)| adjust(v, x as f64)).collect();
+    let a: Vec<f64> = row
+        .iter()
+        .enumerate()
+        .map(|(v, &x)| adjust(v, x as f64))
+        .collect();
     let m = a.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let z: f64 = a.iter().map(|x| (x - m).exp()).sum();
     a.iter().map(|x| (x - m).exp() / z).collect()
@@ -44,14 +66,37 @@ fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
     let (rows, vocab) = (12usize, 300usize);
     let mask = (vocab - 1) as u32;
     let logits = rng.vec(rows * vocab, 3.0);
-    let draws: Vec<f32> = (0..rows * vocab).map(|_| -(rng.uniform().max(1e-12)).ln() as f32).collect();
+    let draws: Vec<f32> = (0..rows * vocab)
+        .map(|_| -(rng.uniform().max(1e-12)).ln() as f32)
+        .collect();
     let e: Vec<f64> = draws.iter().map(|&x| x as f64).collect();
     // Rows 0..5 masked, the rest carry a clean token (SUBS copies it; SEDD transitions from it).
-    let inputs: Vec<u32> = (0..rows).map(|r| if r < 6 { mask } else { rng.below(mask) }).collect();
+    let inputs: Vec<u32> = (0..rows)
+        .map(|r| if r < 6 { mask } else { rng.below(mask) })
+        .collect();
     let (sigma, dsigma) = (0.8f64, 0.05f64);
     let shift = bd3_model::schedule::esigm1_log(sigma) + ((vocab - 1) as f64).ln();
-    let consts: Vec<f32> = [shift, dsigma.exp(), -dsigma.exp_m1(), (-dsigma).exp(), -(-dsigma).exp_m1(), 0.0, 0.0, 0.0].iter().map(|&x| x as f32).collect::<Vec<_>>().repeat(2);
-    let data = Rows { logits: logits.clone(), inputs: inputs.clone(), streams: vec![0; rows], consts, draws };
+    let consts: Vec<f32> = [
+        shift,
+        dsigma.exp(),
+        -dsigma.exp_m1(),
+        (-dsigma).exp(),
+        -(-dsigma).exp_m1(),
+        0.0,
+        0.0,
+        0.0,
+    ]
+    .iter()
+    .map(|&x| x as f32)
+    .collect::<Vec<_>>()
+    .repeat(2);
+    let data = Rows {
+        logits: logits.clone(),
+        inputs: inputs.clone(),
+        streams: vec![0; rows],
+        consts,
+        draws,
+    };
     for (mode, top_p) in [
         (SampleMode::FirstHitting, 0.9),
         (SampleMode::FirstHitting, 1.0),
@@ -62,19 +107,75 @@ fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
         (SampleMode::SeddDenoise, 0.99),
     ] {
         let mask_prob = 0.3;
-        let p = Sample { n_rows: rows as u32, vocab: vocab as u32, mask_id: mask, mode, top_p: top_p as f32, mask_prob: mask_prob as f32, seed: 0, call: 0, rows_per_seq: 6, row_offset: 0 };
+        let p = Sample {
+            n_rows: rows as u32,
+            vocab: vocab as u32,
+            mask_id: mask,
+            mode,
+            top_p: top_p as f32,
+            mask_prob: mask_prob as f32,
+            seed: 0,
+            call: 0,
+            rows_per_seq: 6,
+            row_offset: 0,
+        };
         let got = run_sample(&ctx, &k, p, &data);
         for r in 0..rows {
             let row = &logits[r * vocab..(r + 1) * vocab];
             let er = &e[r * vocab..(r + 1) * vocab];
             let want = match mode {
-                SampleMode::FirstHitting | SampleMode::Ddpm if inputs[r] != mask => inputs[r] as usize,
-                SampleMode::FirstHitting => race(&nucleus(&softmax(row, |v, x| if v as u32 == mask { x - 1e6 } else { x }), top_p), er),
-                SampleMode::Ddpm => race(&ddpm_q(&nucleus(&softmax(row, |v, x| if v as u32 == mask { x - 1e6 } else { x }), top_p), mask as usize, mask_prob), er),
-                SampleMode::Ar => race(&nucleus(&softmax(row, |v, x| if v as u32 == mask { -1e6 } else { x }), top_p), er),
+                SampleMode::FirstHitting | SampleMode::Ddpm if inputs[r] != mask => {
+                    inputs[r] as usize
+                }
+                SampleMode::FirstHitting => race(
+                    &nucleus(
+                        &softmax(row, |v, x| if v as u32 == mask { x - 1e6 } else { x }),
+                        top_p,
+                    ),
+                    er,
+                ),
+                SampleMode::Ddpm => race(
+                    &ddpm_q(
+                        &nucleus(
+                            &softmax(row, |v, x| if v as u32 == mask { x - 1e6 } else { x }),
+                            top_p,
+                        ),
+                        mask as usize,
+                        mask_prob,
+                    ),
+                    er,
+                ),
+                SampleMode::Ar => race(
+                    &nucleus(
+                        &softmax(row, |v, x| if v as u32 == mask { -1e6 } else { x }),
+                        top_p,
+                    ),
+                    er,
+                ),
                 SampleMode::SeddStep | SampleMode::SeddDenoise => {
-                    let ls: Vec<f64> = row.iter().enumerate().map(|(v, &x)| if v as u32 == inputs[r] { 0.0 } else { x as f64 - shift }).collect();
-                    race(&sedd_position(&ls, inputs[r] as usize, mask as usize, dsigma, top_p, mode == SampleMode::SeddDenoise).2, er)
+                    let ls: Vec<f64> = row
+                        .iter()
+                        .enumerate()
+                        .map(|(v, &x)| {
+                            if v as u32 == inputs[r] {
+                                0.0
+                            } else {
+                                x as f64 - shift
+                            }
+                        })
+                        .collect();
+                    race(
+                        &sedd_position(
+                            &ls,
+                            inputs[r] as usize,
+                            mask as usize,
+                            dsigma,
+                            top_p,
+                            mode == SampleMode::SeddDenoise,
+                        )
+                        .2,
+                        er,
+                    )
                 }
                 SampleMode::Confidence => unreachable!("tested below, with its selection"),
             };
@@ -90,7 +191,11 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
     let probs = [0.5, 0.25, 0.15, 0.07, 0.02, 0.0099, 0.0001];
     let vocab = probs.len() + 1; // + the mask token, which SUBS never draws
     let n = 200_000usize;
-    let row: Vec<f32> = probs.iter().map(|p: &f64| p.ln() as f32).chain([0.0]).collect();
+    let row: Vec<f32> = probs
+        .iter()
+        .map(|p: &f64| p.ln() as f32)
+        .chain([0.0])
+        .collect();
     let data = Rows {
         logits: row.repeat(n),
         inputs: vec![(vocab - 1) as u32; n],
@@ -99,8 +204,16 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
         draws: Vec::new(),
     };
     let p = Sample {
-        n_rows: n as u32, vocab: vocab as u32, mask_id: (vocab - 1) as u32, mode: SampleMode::FirstHitting, top_p: 1.0, mask_prob: 0.0,
-        seed: 0x5eed_0123_4567, call: 3, rows_per_seq: n as u32, row_offset: 0,
+        n_rows: n as u32,
+        vocab: vocab as u32,
+        mask_id: (vocab - 1) as u32,
+        mode: SampleMode::FirstHitting,
+        top_p: 1.0,
+        mask_prob: 0.0,
+        seed: 0x5eed_0123_4567,
+        call: 3,
+        rows_per_seq: n as u32,
+        row_offset: 0,
     };
     let got = run_sample(&ctx, &k, p, &data);
     let mut counts = vec![0usize; vocab];
@@ -109,33 +222,80 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
     }
     assert_eq!(counts[vocab - 1], 0, "the mask token was drawn");
     // Pearson's χ² with 6 degrees of freedom: 22.46 is the 0.1% critical value.
-    let chi2: f64 = probs.iter().zip(&counts).map(|(p, &c)| (c as f64 - p * n as f64).powi(2) / (p * n as f64)).sum();
+    let chi2: f64 = probs
+        .iter()
+        .zip(&counts)
+        .map(|(p, &c)| (c as f64 - p * n as f64).powi(2) / (p * n as f64))
+        .sum();
     assert!(chi2 < 22.46, "χ² = {chi2:.2} for counts {counts:?}");
     // The rarest token (expected 20 times) must neither vanish nor be inflated.
-    assert!((5..=45).contains(&counts[6]), "p = 1e-4 drawn {} times in {n}", counts[6]);
+    assert!(
+        (5..=45).contains(&counts[6]),
+        "p = 1e-4 drawn {} times in {n}",
+        counts[6]
+    );
 
     // Same key, same draws; another call counter, other draws (on a smaller batch).
     let m = 2000;
-    let small = Rows { logits: data.logits[..m * vocab].to_vec(), inputs: data.inputs[..m].to_vec(), streams: data.streams[..m].to_vec(), consts: vec![0.0; 8], draws: Vec::new() };
-    let p = Sample { n_rows: m as u32, ..p };
+    let small = Rows {
+        logits: data.logits[..m * vocab].to_vec(),
+        inputs: data.inputs[..m].to_vec(),
+        streams: data.streams[..m].to_vec(),
+        consts: vec![0.0; 8],
+        draws: Vec::new(),
+    };
+    let p = Sample {
+        n_rows: m as u32,
+        ..p
+    };
     let first = run_sample(&ctx, &k, p, &small);
-    assert_eq!(first, run_sample(&ctx, &k, p, &small), "same key, same draws");
+    assert_eq!(
+        first,
+        run_sample(&ctx, &k, p, &small),
+        "same key, same draws"
+    );
     assert_ne!(first, run_sample(&ctx, &k, Sample { call: 4, ..p }, &small));
 }
 
 /// Confidence decoding's step on the GPU, in two programs so the draws can be read before the choice:
 /// sample.wgsl (confidence mode, supplied exponentials) → (tokens, probabilities), then
 /// confidence.wgsl over the same buffers → the tokens kept.
-fn run_confidence(ctx: &bd3_gpu::GpuContext, k: &Kernels, p: Sample, r: &Rows, reveal: Reveal) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
+fn run_confidence(
+    ctx: &bd3_gpu::GpuContext,
+    k: &Kernels,
+    p: Sample,
+    r: &Rows,
+    reveal: Reveal,
+) -> (Vec<u32>, Vec<f32>, Vec<u32>) {
     let n = p.n_rows as usize;
     let (out, probs) = (upload_u32(ctx, &vec![0; n]), upload(ctx, &vec![0.0; n]));
-    let (logits, inputs, streams, consts, draws) = (upload(ctx, &r.logits), upload_u32(ctx, &r.inputs), upload_u32(ctx, &r.streams), upload(ctx, &r.consts), upload(ctx, &r.draws));
-    let b = ops::sample::Bindings { logits: &logits, row_input: &inputs, row_stream: &streams, seq_consts: &consts, draws: Some(&draws), tokens: &out, token_prob: Some(&probs) };
+    let (logits, inputs, streams, consts, draws) = (
+        upload(ctx, &r.logits),
+        upload_u32(ctx, &r.inputs),
+        upload_u32(ctx, &r.streams),
+        upload(ctx, &r.consts),
+        upload(ctx, &r.draws),
+    );
+    let b = ops::sample::Bindings {
+        logits: &logits,
+        row_input: &inputs,
+        row_stream: &streams,
+        seq_consts: &consts,
+        draws: Some(&draws),
+        tokens: &out,
+        token_prob: Some(&probs),
+    };
     run_recorded(ctx, |pb| ops::sample::record(pb, k, &p, b).unwrap());
     let drawn: Vec<u32> = read(ctx, &out, n).iter().map(|f| f.to_bits()).collect();
     let conf = read(ctx, &probs, n);
-    let cb = ops::confidence::Bindings { row_input: &inputs, token_prob: &probs, tokens: &out };
-    run_recorded(ctx, |pb| ops::confidence::record(pb, k, p.n_rows, p.rows_per_seq, p.mask_id, reveal, cb).unwrap());
+    let cb = ops::confidence::Bindings {
+        row_input: &inputs,
+        token_prob: &probs,
+        tokens: &out,
+    };
+    run_recorded(ctx, |pb| {
+        ops::confidence::record(pb, k, p.n_rows, p.rows_per_seq, p.mask_id, reveal, cb).unwrap()
+    });
     let kept = read(ctx, &out, n).iter().map(|f| f.to_bits()).collect();
     (drawn, conf, kept)
 }
@@ -157,18 +317,31 @@ fn confidence_steps_match_the_f64_reference_with_the_same_draws() {
             1 => r.is_multiple_of(2),
             _ => r + 1 == bs,
         };
-        let inputs: Vec<u32> = (0..n).map(|i| if masked(i / bs, i % bs) { mask } else { rng.below(mask) }).collect();
+        let inputs: Vec<u32> = (0..n)
+            .map(|i| {
+                if masked(i / bs, i % bs) {
+                    mask
+                } else {
+                    rng.below(mask)
+                }
+            })
+            .collect();
         // Rows from flat to peaked, so confidences spread over (0, 1) and the thresholds matter.
         let mut logits = Vec::with_capacity(n * vocab);
         for _ in 0..n {
             let scale = 2.0 + 18.0 * rng.uniform() as f32;
             logits.extend(rng.vec(vocab, scale));
         }
-        let mut draws: Vec<f32> = (0..n * vocab).map(|_| -(rng.uniform().max(1e-12)).ln() as f32).collect();
+        let mut draws: Vec<f32> = (0..n * vocab)
+            .map(|_| -(rng.uniform().max(1e-12)).ln() as f32)
+            .collect();
         if bs >= 3 {
             // An exact tie: sequence 0's last row repeats its first (logits and draws), peaked so both
             // are its most confident draws; the tie goes to row 0.
-            logits[..vocab].iter_mut().enumerate().for_each(|(v, l)| *l = if v == 11 { 12.0 } else { (v % 7) as f32 * 0.1 });
+            logits[..vocab]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(v, l)| *l = if v == 11 { 12.0 } else { (v % 7) as f32 * 0.1 });
             let (row0, last) = ((0..vocab), ((bs - 1) * vocab..bs * vocab));
             let copy: Vec<f32> = logits[row0.clone()].to_vec();
             logits[last.clone()].copy_from_slice(&copy);
@@ -176,32 +349,79 @@ fn confidence_steps_match_the_f64_reference_with_the_same_draws() {
             draws[last].copy_from_slice(&copy);
         }
         let e: Vec<f64> = draws.iter().map(|&x| x as f64).collect();
-        let data = Rows { logits: logits.clone(), inputs: inputs.clone(), streams: vec![0; n], consts: vec![0.0; 8 * seqs], draws };
+        let data = Rows {
+            logits: logits.clone(),
+            inputs: inputs.clone(),
+            streams: vec![0; n],
+            consts: vec![0.0; 8 * seqs],
+            draws,
+        };
         for top_p in [0.9, 1.0] {
             // The f64 reference: draw and confidence at every masked row.
             let reference: Vec<Option<(usize, f64)>> = (0..n)
                 .map(|i| {
                     (inputs[i] == mask).then(|| {
-                        let row: Vec<f64> = logits[i * vocab..(i + 1) * vocab].iter().map(|&x| x as f64).collect();
-                        confidence_draw(&subs_probs(&row, mask as usize), top_p, &e[i * vocab..(i + 1) * vocab])
+                        let row: Vec<f64> = logits[i * vocab..(i + 1) * vocab]
+                            .iter()
+                            .map(|&x| x as f64)
+                            .collect();
+                        confidence_draw(
+                            &subs_probs(&row, mask as usize),
+                            top_p,
+                            &e[i * vocab..(i + 1) * vocab],
+                        )
                     })
                 })
                 .collect();
-            for (at_least, threshold) in [(1usize, f64::INFINITY), (2, f64::INFINITY), (5, f64::INFINITY), (1, 0.3), (1, 0.7)] {
-                let reveal = if threshold.is_finite() { Reveal::threshold(threshold as f32) } else { Reveal::top(at_least as u32) };
-                let p = Sample { n_rows: n as u32, vocab: vocab as u32, mask_id: mask, mode: SampleMode::Confidence, top_p: top_p as f32, mask_prob: 0.0, seed: 0, call: 0, rows_per_seq: bs as u32, row_offset: 0 };
+            for (at_least, threshold) in [
+                (1usize, f64::INFINITY),
+                (2, f64::INFINITY),
+                (5, f64::INFINITY),
+                (1, 0.3),
+                (1, 0.7),
+            ] {
+                let reveal = if threshold.is_finite() {
+                    Reveal::threshold(threshold as f32)
+                } else {
+                    Reveal::top(at_least as u32)
+                };
+                let p = Sample {
+                    n_rows: n as u32,
+                    vocab: vocab as u32,
+                    mask_id: mask,
+                    mode: SampleMode::Confidence,
+                    top_p: top_p as f32,
+                    mask_prob: 0.0,
+                    seed: 0,
+                    call: 0,
+                    rows_per_seq: bs as u32,
+                    row_offset: 0,
+                };
                 let (drawn, conf, kept) = run_confidence(&ctx, &k, p, &data, reveal);
-                let what = |i: usize| format!("block {bs}, top_p {top_p}, at_least {at_least}, threshold {threshold}, row {i}");
+                let what = |i: usize| {
+                    format!("block {bs}, top_p {top_p}, at_least {at_least}, threshold {threshold}, row {i}")
+                };
                 for s in 0..seqs {
                     let rows = s * bs..(s + 1) * bs;
-                    let c: Vec<Option<f64>> = reference[rows.clone()].iter().map(|r| r.map(|x| x.1)).collect();
+                    let c: Vec<Option<f64>> = reference[rows.clone()]
+                        .iter()
+                        .map(|r| r.map(|x| x.1))
+                        .collect();
                     // Near ties or values near the threshold would make f32 against f64 a coin toss.
                     let mut sorted: Vec<f64> = c.iter().flatten().copied().collect();
                     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
                     for w in sorted.windows(2) {
-                        assert!(w[1] == w[0] || w[1] - w[0] > 1e-5, "{}: the test data has a near tie", what(rows.start));
+                        assert!(
+                            w[1] == w[0] || w[1] - w[0] > 1e-5,
+                            "{}: the test data has a near tie",
+                            what(rows.start)
+                        );
                     }
-                    assert!(sorted.iter().all(|x| (x - threshold).abs() > 1e-5), "{}: a confidence sits on the threshold", what(rows.start));
+                    assert!(
+                        sorted.iter().all(|x| (x - threshold).abs() > 1e-5),
+                        "{}: a confidence sits on the threshold",
+                        what(rows.start)
+                    );
                     let keep = confidence_pick(&c, at_least, threshold);
                     let n_masked = c.iter().flatten().count();
                     let n_keep = keep.iter().filter(|&&b| b).count();
@@ -211,22 +431,45 @@ fn confidence_steps_match_the_f64_reference_with_the_same_draws() {
                     for (j, i) in rows.enumerate() {
                         match reference[i] {
                             None => {
-                                assert_eq!(drawn[i], inputs[i], "{}: a clean row is carried over", what(i));
+                                assert_eq!(
+                                    drawn[i],
+                                    inputs[i],
+                                    "{}: a clean row is carried over",
+                                    what(i)
+                                );
                                 assert_eq!(kept[i], inputs[i], "{}", what(i));
                             }
                             Some((token, prob)) => {
                                 assert_eq!(drawn[i] as usize, token, "{}: the draw", what(i));
-                                assert!((conf[i] as f64 - prob).abs() <= 1e-5 * prob.max(1e-3), "{}: confidence {} against {prob}", what(i), conf[i]);
+                                assert!(
+                                    (conf[i] as f64 - prob).abs() <= 1e-5 * prob.max(1e-3),
+                                    "{}: confidence {} against {prob}",
+                                    what(i),
+                                    conf[i]
+                                );
                                 let want = if keep[j] { token as u32 } else { mask };
                                 assert_eq!(kept[i], want, "{}: the pick", what(i));
                                 checked.0 += 1;
-                                if keep[j] { checked.1 += 1 } else { checked.2 += 1 }
+                                if keep[j] {
+                                    checked.1 += 1
+                                } else {
+                                    checked.2 += 1
+                                }
                             }
                         }
                     }
                     if bs >= 3 && s == 0 {
-                        assert_eq!(conf[0].to_bits(), conf[bs - 1].to_bits(), "the planted tie is exact on the GPU");
-                        assert!(kept[0] != mask && (at_least >= 2 || threshold < 0.9 || kept[bs - 1] == mask), "{}: the tie goes to the lower position", what(0));
+                        assert_eq!(
+                            conf[0].to_bits(),
+                            conf[bs - 1].to_bits(),
+                            "the planted tie is exact on the GPU"
+                        );
+                        assert!(
+                            kept[0] != mask
+                                && (at_least >= 2 || threshold < 0.9 || kept[bs - 1] == mask),
+                            "{}: the tie goes to the lower position",
+                            what(0)
+                        );
                     }
                 }
             }
@@ -240,7 +483,13 @@ fn confidence_steps_match_the_f64_reference_with_the_same_draws() {
 /// at most `k` per sequence and call (exactly min(k, still masked in the block) when `exact`), at least
 /// one per sequence with masked positions left; the final sequences hold what was revealed. Returns
 /// the result and the number of calls that revealed something.
-fn check_confidence_run(model: &mut GpuModel, opts: &SampleOptions, k: usize, exact: bool, block_of: impl Fn(usize) -> usize) -> bd3_gpu::SampleResult {
+fn check_confidence_run(
+    model: &mut GpuModel,
+    opts: &SampleOptions,
+    k: usize,
+    exact: bool,
+    block_of: impl Fn(usize) -> usize,
+) -> bd3_gpu::SampleResult {
     let mask = model.cfg.mask_id();
     let prefix = 1 + opts.prompt.len();
     let mut revealed_at: Vec<Vec<Option<u32>>> = vec![vec![None; opts.length]; opts.batch];
@@ -258,24 +507,51 @@ fn check_confidence_run(model: &mut GpuModel, opts: &SampleOptions, k: usize, ex
             let mine: Vec<_> = revealed.iter().filter(|r| r.0 == s).collect();
             let block = mine.first().map(|r| block_of(r.1));
             for &&(_, pos, tok) in &mine {
-                assert!(pos >= prefix && pos < opts.length, "position {pos} is not a generated one");
-                assert_eq!(block_of(pos), block.unwrap(), "one call reveals within one block");
-                assert!(seen[pos].is_none(), "position {pos} of sequence {s} revealed twice");
+                assert!(
+                    pos >= prefix && pos < opts.length,
+                    "position {pos} is not a generated one"
+                );
+                assert_eq!(
+                    block_of(pos),
+                    block.unwrap(),
+                    "one call reveals within one block"
+                );
+                assert!(
+                    seen[pos].is_none(),
+                    "position {pos} of sequence {s} revealed twice"
+                );
                 assert_ne!(tok, mask);
                 seen[pos] = Some(tok);
             }
-            assert!(mine.len() <= k, "{} reveals in one call, K = {k}", mine.len());
+            assert!(
+                mine.len() <= k,
+                "{} reveals in one call, K = {k}",
+                mine.len()
+            );
             if let (true, Some(b)) = (exact, block) {
-                let left = (prefix..opts.length).filter(|&p| block_of(p) == b && seen[p].is_none()).count();
-                assert!(mine.len() == k || left == 0, "sequence {s}: {} reveals with {left} masked positions left, K = {k}", mine.len());
+                let left = (prefix..opts.length)
+                    .filter(|&p| block_of(p) == b && seen[p].is_none())
+                    .count();
+                assert!(
+                    mine.len() == k || left == 0,
+                    "sequence {s}: {} reveals with {left} masked positions left, K = {k}",
+                    mine.len()
+                );
             }
         }
     }
-    assert_eq!(calls_revealing, result.nfe, "NFE counts the calls that revealed something");
+    assert_eq!(
+        calls_revealing, result.nfe,
+        "NFE counts the calls that revealed something"
+    );
     for (s, seq) in result.sequences.iter().enumerate() {
         assert_eq!(seq.len(), opts.length);
         for p in prefix..opts.length {
-            assert_eq!(Some(seq[p]), revealed_at[s][p], "sequence {s} position {p}: every generated token was revealed once, as it is");
+            assert_eq!(
+                Some(seq[p]),
+                revealed_at[s][p],
+                "sequence {s} position {p}: every generated token was revealed once, as it is"
+            );
         }
     }
     result
@@ -283,7 +559,11 @@ fn check_confidence_run(model: &mut GpuModel, opts: &SampleOptions, k: usize, ex
 
 fn fixture_model(ctx: std::sync::Arc<bd3_gpu::GpuContext>) -> GpuModel {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-a");
-    let bd3_model::ModelDir { config: cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(&dir, None).unwrap();
+    let bd3_model::ModelDir {
+        config: cfg,
+        checkpoint: ckpt,
+        ..
+    } = bd3_model::load_model_dir(&dir, None).unwrap();
     pollster::block_on(GpuModel::load(ctx, cfg, &ckpt)).unwrap()
 }
 
@@ -295,17 +575,36 @@ fn confidence_decoding_end_to_end_reveals_k_masked_positions_per_call() {
     let mut model = fixture_model(ctx.clone());
     let bs = model.cfg.block_size;
     assert_eq!((bs, model.cfg.model_length), (4, 16));
-    let base = SampleOptions { batch: 2, prompt: vec![5, 6], seed: 9, ..SampleOptions::defaults_for(&model.cfg) };
+    let base = SampleOptions {
+        batch: 2,
+        prompt: vec![5, 6],
+        seed: 9,
+        ..SampleOptions::defaults_for(&model.cfg)
+    };
     for k in [1usize, 2, 3, 4, 6] {
-        let opts = SampleOptions { sampler: Sampler::Confidence { tokens_per_call: k }, ..base.clone() };
+        let opts = SampleOptions {
+            sampler: Sampler::Confidence { tokens_per_call: k },
+            ..base.clone()
+        };
         let r = check_confidence_run(&mut model, &opts, k, true, |p| p / bs);
-        assert_eq!(r.nfe, 1usize.div_ceil(k) + 3 * 4usize.div_ceil(k), "K = {k}");
+        assert_eq!(
+            r.nfe,
+            1usize.div_ceil(k) + 3 * 4usize.div_ceil(k),
+            "K = {k}"
+        );
         assert_eq!(r.calls, r.nfe + 3, "and one commit per block but the last");
     }
     for threshold in [0.05, 0.5, 1.0] {
-        let opts = SampleOptions { sampler: Sampler::ConfidenceThreshold { threshold }, ..base.clone() };
+        let opts = SampleOptions {
+            sampler: Sampler::ConfidenceThreshold { threshold },
+            ..base.clone()
+        };
         let r = check_confidence_run(&mut model, &opts, bs, false, |p| p / bs);
-        assert!((4..=13).contains(&r.nfe), "threshold {threshold}: {} NFEs", r.nfe);
+        assert!(
+            (4..=13).contains(&r.nfe),
+            "threshold {threshold}: {} NFEs",
+            r.nfe
+        );
         if threshold == 1.0 {
             // Nothing reaches probability 1 on this model: one position per call.
             assert_eq!(r.nfe, 13);
@@ -317,25 +616,56 @@ fn confidence_decoding_end_to_end_reveals_k_masked_positions_per_call() {
     let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "mdlm test", None).unwrap();
     let mut mdlm = pollster::block_on(GpuModel::allocate(ctx.clone(), cfg.clone())).unwrap();
     for t in bd3_model::init::random_weights(&cfg, 5, 0.3) {
-        mdlm.write_tensor(t.name.strip_prefix("backbone.").unwrap(), &t.data).unwrap();
+        mdlm.write_tensor(t.name.strip_prefix("backbone.").unwrap(), &t.data)
+            .unwrap();
     }
     for k in [1usize, 3, 4] {
-        let opts = SampleOptions { batch: 2, length: 30, prompt: vec![1, 2], seed: 4, sampler: Sampler::Confidence { tokens_per_call: k }, ..SampleOptions::defaults_for(&cfg) };
+        let opts = SampleOptions {
+            batch: 2,
+            length: 30,
+            prompt: vec![1, 2],
+            seed: 4,
+            sampler: Sampler::Confidence { tokens_per_call: k },
+            ..SampleOptions::defaults_for(&cfg)
+        };
         let r = check_confidence_run(&mut mdlm, &opts, k, true, |p| if p < 20 { 0 } else { 1 });
-        assert_eq!(r.nfe, 17usize.div_ceil(k) + 10usize.div_ceil(k), "MDLM, K = {k}");
+        assert_eq!(
+            r.nfe,
+            17usize.div_ceil(k) + 10usize.div_ceil(k),
+            "MDLM, K = {k}"
+        );
     }
 
     // AR and SEDD models have no masked block to decode in parallel.
     for (json, kind) in [
-        (r#"{"model_type":"bd3lm","parameterization":"ar","causal":true,"adaln":false,"block_size":1,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":1,"n_heads":2,"vocab_size":70}"#, "ar"),
-        (r#"{"model_type":"mdlm","parameterization":"sedd","time_conditioning":true,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":1,"n_heads":2,"vocab_size":70}"#, "sedd"),
+        (
+            r#"{"model_type":"bd3lm","parameterization":"ar","causal":true,"adaln":false,"block_size":1,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":1,"n_heads":2,"vocab_size":70}"#,
+            "ar",
+        ),
+        (
+            r#"{"model_type":"mdlm","parameterization":"sedd","time_conditioning":true,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":1,"n_heads":2,"vocab_size":70}"#,
+            "sedd",
+        ),
     ] {
-        let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "refusal test", None).unwrap();
+        let cfg =
+            bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "refusal test", None).unwrap();
         let mut m = pollster::block_on(GpuModel::allocate(ctx.clone(), cfg.clone())).unwrap();
-        let opts = SampleOptions { sampler: Sampler::Confidence { tokens_per_call: 2 }, ..SampleOptions::defaults_for(&cfg) };
-        let err = pollster::block_on(generate(&mut m, &opts, &mut |_| {})).err().expect("refused").to_string();
-        assert!(err.contains("confidence sampler is for BD3LM and MDLM models") && err.contains(kind), "{err}");
+        let opts = SampleOptions {
+            sampler: Sampler::Confidence { tokens_per_call: 2 },
+            ..SampleOptions::defaults_for(&cfg)
+        };
+        let err = pollster::block_on(generate(&mut m, &opts, &mut |_| {}))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("confidence sampler is for BD3LM and MDLM models") && err.contains(kind),
+            "{err}"
+        );
     }
-    let bad = SampleOptions { sampler: Sampler::Confidence { tokens_per_call: 0 }, ..base };
+    let bad = SampleOptions {
+        sampler: Sampler::Confidence { tokens_per_call: 0 },
+        ..base
+    };
     assert!(pollster::block_on(generate(&mut model, &bad, &mut |_| {})).is_err());
 }

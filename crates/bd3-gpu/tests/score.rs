@@ -51,7 +51,11 @@ fn reference(mask_id: usize) -> Reference {
 }
 
 fn load() -> GpuModel {
-    let (cfg, ckpt) = bd3_model::load_model_dir(&fixture(), None).unwrap();
+    let bd3_model::ModelDir {
+        config: cfg,
+        checkpoint: ckpt,
+        ..
+    } = bd3_model::load_model_dir(&fixture(), None).unwrap();
     pollster::block_on(GpuModel::load(common::context(), cfg, &ckpt)).unwrap()
 }
 

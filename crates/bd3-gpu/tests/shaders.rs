@@ -4,10 +4,14 @@
 use bd3_gpu::shaders::{all_files, attention_file, matmul_source, WORKGROUP_MEMORY_BUDGET};
 
 fn validate(name: &str, source: &str) -> naga::Module {
-    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name}: {e:?}"));
     module
 }
 
@@ -27,21 +31,39 @@ fn workgroup_bytes(module: &naga::Module) -> usize {
 #[test]
 fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shaders");
-    let mut on_disk: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".wgsl")).collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wgsl"))
+        .collect();
     on_disk.sort();
     let shaders = all_files();
     let mut listed: Vec<String> = shaders.iter().map(|(n, _)| n.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "shaders/ and shaders::all_files() must agree");
+    assert_eq!(
+        on_disk, listed,
+        "shaders/ and shaders::all_files() must agree"
+    );
     for (name, source) in &shaders {
         // The attention kernels are compiled specialised (HEAD_DIM, TILE): check them as compiled;
         // attention_specialisations_validate_for_every_head_dim covers the other head dims.
-        let source = if ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"].contains(name) { attention_file(name, 64).unwrap() } else { source.to_string() };
+        let source = if ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"].contains(name)
+        {
+            attention_file(name, 64).unwrap()
+        } else {
+            source.to_string()
+        };
         let m = validate(name, &source);
         let bytes = workgroup_bytes(&m);
-        assert!(bytes <= WORKGROUP_MEMORY_BUDGET, "{name} uses {bytes} bytes of workgroup memory");
+        assert!(
+            bytes <= WORKGROUP_MEMORY_BUDGET,
+            "{name} uses {bytes} bytes of workgroup memory"
+        );
         let file = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
-        assert!(file.starts_with("//"), "{name} must open with a header comment (math, bindings, tiling)");
+        assert!(
+            file.starts_with("//"),
+            "{name} must open with a header comment (math, bindings, tiling)"
+        );
     }
 }
 
@@ -57,12 +79,28 @@ fn attention_specialisations_validate_for_every_head_dim() {
     for head_dim in (2..=128).step_by(2) {
         for name in ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"] {
             let src = attention_file(name, head_dim).unwrap();
-            assert!(src.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")), "head_dim {head_dim} was not substituted");
+            assert!(
+                src.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")),
+                "head_dim {head_dim} was not substituted"
+            );
             let m = validate(&format!("{name} dh={head_dim}"), &src);
             let bytes = workgroup_bytes(&m);
-            assert!(bytes <= WORKGROUP_MEMORY_BUDGET, "{name} dh={head_dim} uses {bytes} bytes");
-            let tile: usize = src.split("const TILE: u32 = ").nth(1).and_then(|r| r.split('u').next()).unwrap().parse().unwrap();
-            assert_eq!(bytes, bd3_gpu::shaders::attention_workgroup_bytes(name, head_dim, tile), "{name} dh={head_dim}: the host's count of its workgroup memory");
+            assert!(
+                bytes <= WORKGROUP_MEMORY_BUDGET,
+                "{name} dh={head_dim} uses {bytes} bytes"
+            );
+            let tile: usize = src
+                .split("const TILE: u32 = ")
+                .nth(1)
+                .and_then(|r| r.split('u').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                bytes,
+                bd3_gpu::shaders::attention_workgroup_bytes(name, head_dim, tile),
+                "{name} dh={head_dim}: the host's count of its workgroup memory"
+            );
         }
     }
 }

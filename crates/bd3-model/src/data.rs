@@ -26,25 +26,47 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
         let bytes = crate::error::read_file(f)?;
         let text = String::from_utf8(bytes).map_err(|e| Error::File {
             path: f.clone(),
-            message: format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            message: format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         })?;
         if f.extension().is_some_and(|e| e == "jsonl") {
-            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let doc: JsonlDocument = crate::json::from_object(line.as_bytes()).map_err(|source| {
-                    let what = if source.is_data() { "not an object with a string field `text`" } else { "not JSON" };
-                    Error::Json { path: f.display().to_string(), message: format!("line {}: {what}", i + 1), source }
-                })?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let doc: JsonlDocument =
+                    crate::json::from_object(line.as_bytes()).map_err(|source| {
+                        let what = if source.is_data() {
+                            "not an object with a string field `text`"
+                        } else {
+                            "not JSON"
+                        };
+                        Error::Json {
+                            path: f.display().to_string(),
+                            message: format!("line {}: {what}", i + 1),
+                            source,
+                        }
+                    })?;
                 docs.push(doc.text);
             }
         } else if text.lines().any(|l| l == "%") {
-            docs.extend(text.split("\n%\n").map(|d| d.trim_matches(|c| c == '\n' || c == '%').to_string()));
+            docs.extend(
+                text.split("\n%\n")
+                    .map(|d| d.trim_matches(|c| c == '\n' || c == '%').to_string()),
+            );
         } else {
             docs.push(text);
         }
     }
     docs.retain(|d| !d.trim().is_empty());
     if docs.is_empty() {
-        return Err(Error::File { path: path.to_path_buf(), message: "the corpus has no text".into() });
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            message: "the corpus has no text".into(),
+        });
     }
     Ok(docs)
 }
@@ -52,9 +74,16 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
 /// The path given by the user is followed if it is a symlink; it must be a regular file or a folder.
 /// A FIFO, socket or device is refused before it is opened (reading one could block forever).
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !meta.is_dir() && !meta.is_file() {
-        return Err(Error::File { path: path.to_path_buf(), message: "not a regular file or folder (a FIFO, socket or device cannot be a corpus)".into() });
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            message: "not a regular file or folder (a FIFO, socket or device cannot be a corpus)"
+                .into(),
+        });
     }
     collect_below(path, &meta, out)
 }
@@ -62,12 +91,18 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn collect_below(path: &Path, meta: &std::fs::Metadata, out: &mut Vec<PathBuf>) -> Result<()> {
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         entries.sort();
         for e in entries {
-            let m = std::fs::symlink_metadata(&e).map_err(|source| Error::Io { path: e.clone(), source })?;
+            let m = std::fs::symlink_metadata(&e).map_err(|source| Error::Io {
+                path: e.clone(),
+                source,
+            })?;
             if m.is_dir() || (m.is_file() && e.extension().is_none_or(|x| x != "dat")) {
                 collect_below(&e, &m, out)?;
             }
@@ -86,21 +121,39 @@ pub struct Chunks {
 
 /// Tokenize (EOS after every document), hold out every `valid_every`-th document for validation,
 /// and wrap each split into chunks of `length` tokens (the remainder is dropped).
-pub fn chunk_corpus(docs: &[String], tok: &TextTokenizer, eos: u32, length: usize, valid_every: usize) -> Result<Chunks> {
+pub fn chunk_corpus(
+    docs: &[String],
+    tok: &TextTokenizer,
+    eos: u32,
+    length: usize,
+    valid_every: usize,
+) -> Result<Chunks> {
     let (mut train, mut valid) = (Vec::new(), Vec::new());
     for (i, d) in docs.iter().enumerate() {
-        let dst = if valid_every > 0 && i % valid_every == valid_every - 1 { &mut valid } else { &mut train };
+        let dst = if valid_every > 0 && i % valid_every == valid_every - 1 {
+            &mut valid
+        } else {
+            &mut train
+        };
         dst.extend(tok.encode(d)?);
         dst.push(eos);
     }
-    let wrap = |ids: Vec<u32>| -> Vec<Vec<u32>> { ids.chunks_exact(length).map(|c| c.to_vec()).collect() };
+    let wrap =
+        |ids: Vec<u32>| -> Vec<Vec<u32>> { ids.chunks_exact(length).map(|c| c.to_vec()).collect() };
     let n_train = train.len();
-    let chunks = Chunks { train: wrap(train), valid: wrap(valid) };
+    let chunks = Chunks {
+        train: wrap(train),
+        valid: wrap(valid),
+    };
     if chunks.train.is_empty() {
-        return Err(Error::Invalid(format!("the corpus has {n_train} training tokens, fewer than one chunk of {length}")));
+        return Err(Error::Invalid(format!(
+            "the corpus has {n_train} training tokens, fewer than one chunk of {length}"
+        )));
     }
     if valid_every > 0 && chunks.valid.is_empty() {
-        return Err(Error::Invalid(format!("the corpus is too small to hold out a validation chunk of {length} tokens")));
+        return Err(Error::Invalid(format!(
+            "the corpus is too small to hold out a validation chunk of {length} tokens"
+        )));
     }
     Ok(chunks)
 }
@@ -120,19 +173,40 @@ mod tests {
     fn jsonl_lines_are_objects_with_a_text_field() {
         let d = scratch("jsonl");
         let f = d.join("c.jsonl");
-        std::fs::write(&f, "{\"text\": \"one two\", \"id\": 1}\n\n{\"text\": \"three\"}\n").unwrap();
+        std::fs::write(
+            &f,
+            "{\"text\": \"one two\", \"id\": 1}\n\n{\"text\": \"three\"}\n",
+        )
+        .unwrap();
         assert_eq!(read_corpus(&f).unwrap(), ["one two", "three"]);
         for (bad, needle) in [
-            ("[\"one two\"]", "line 2: not an object with a string field `text`"),
-            ("{\"text\": 5}", "line 2: not an object with a string field `text`"),
-            ("{\"title\": \"x\"}", "line 2: not an object with a string field `text`"),
+            (
+                "[\"one two\"]",
+                "line 2: not an object with a string field `text`",
+            ),
+            (
+                "{\"text\": 5}",
+                "line 2: not an object with a string field `text`",
+            ),
+            (
+                "{\"title\": \"x\"}",
+                "line 2: not an object with a string field `text`",
+            ),
             ("{\"text\": ", "line 2: not JSON"),
         ] {
             std::fs::write(&f, format!("{{\"text\": \"ok\"}}\n{bad}\n")).unwrap();
             let e = read_corpus(&f).unwrap_err();
-            assert!(std::error::Error::source(&e).is_some(), "the parse error is kept as the source");
+            assert!(
+                std::error::Error::source(&e).is_some(),
+                "the parse error is kept as the source"
+            );
             let line = e.report();
-            assert!(line.contains(needle) && line.starts_with(&f.display().to_string()) && !line.contains('\n'), "{line}");
+            assert!(
+                line.contains(needle)
+                    && line.starts_with(&f.display().to_string())
+                    && !line.contains('\n'),
+                "{line}"
+            );
         }
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -142,7 +216,10 @@ mod tests {
     fn special_files_are_refused_without_blocking() {
         let d = scratch("fifo");
         let fifo = d.join("corpus.txt");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
         if made {
             // Opening a FIFO for reading blocks until a writer appears: the check must come first.
             let e = read_corpus(&fifo).unwrap_err().to_string();
@@ -161,7 +238,10 @@ mod tests {
         std::fs::write(d.join("real/a.txt"), "first document").unwrap();
         std::fs::write(d.join("real/b.txt"), "second document").unwrap();
         std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
-        assert_eq!(read_corpus(&d.join("link")).unwrap(), ["first document", "second document"]);
+        assert_eq!(
+            read_corpus(&d.join("link")).unwrap(),
+            ["first document", "second document"]
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

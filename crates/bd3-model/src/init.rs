@@ -4,7 +4,6 @@
 use crate::checkpoint::expected_tensors;
 use crate::config::{ModelConfig, ModelKind};
 
-
 /// A named f32 tensor.
 pub struct NamedTensor {
     pub name: String,
@@ -40,11 +39,19 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f32) -> Vec<NamedTensor
             let data = if name == "rotary_emb.inv_freq" {
                 crate::tables::default_inv_freq(cfg.head_dim())
             } else if name.contains("norm") {
-                (0..n).map(|_| 1.0 + (rng.uniform() as f32 - 0.5) * 0.2).collect()
+                (0..n)
+                    .map(|_| 1.0 + (rng.uniform() as f32 - 0.5) * 0.2)
+                    .collect()
             } else {
-                (0..n).map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * half_width).collect()
+                (0..n)
+                    .map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * half_width)
+                    .collect()
             };
-            NamedTensor { name: format!("backbone.{name}"), shape, data }
+            NamedTensor {
+                name: format!("backbone.{name}"),
+                shape,
+                data,
+            }
         })
         .collect()
 }
@@ -58,7 +65,11 @@ pub fn official_init(cfg: &ModelConfig, seed: u64) -> Vec<NamedTensor> {
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
-            let uniform = |rng: &mut SplitMix, bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect() };
+            let uniform = |rng: &mut SplitMix, bound: f64| -> Vec<f32> {
+                (0..n)
+                    .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                    .collect()
+            };
             let data = if name == "rotary_emb.inv_freq" {
                 crate::tables::default_inv_freq(cfg.head_dim())
             } else if name.contains("norm") {
@@ -72,7 +83,11 @@ pub fn official_init(cfg: &ModelConfig, seed: u64) -> Vec<NamedTensor> {
                 let fan_in = fan_in_of(cfg, &name);
                 uniform(&mut rng, 1.0 / (fan_in as f64).sqrt())
             };
-            NamedTensor { name: format!("backbone.{name}"), shape, data }
+            NamedTensor {
+                name: format!("backbone.{name}"),
+                shape,
+                data,
+            }
         })
         .collect()
 }
@@ -100,33 +115,77 @@ pub enum Storage {
 }
 
 /// Serialise tensors (plus BD3LM's sampling_eps buffers) as `model.safetensors` bytes.
-pub fn to_safetensors(cfg: &ModelConfig, tensors: &[NamedTensor], sampling_eps: Option<(f32, f32)>) -> Vec<u8> {
-    to_safetensors_as(cfg, tensors, sampling_eps, Storage::F32).expect("F32 storage holds every value")
+pub fn to_safetensors(
+    cfg: &ModelConfig,
+    tensors: &[NamedTensor],
+    sampling_eps: Option<(f32, f32)>,
+) -> Vec<u8> {
+    to_safetensors_as(cfg, tensors, sampling_eps, Storage::F32)
+        .expect("F32 storage holds every value")
 }
 
 /// [`to_safetensors`] with a choice of storage. Fails, naming the tensor, when a value does not fit
 /// the storage type (beyond ±65504 for F16), rather than writing an infinity.
-pub fn to_safetensors_as(cfg: &ModelConfig, tensors: &[NamedTensor], sampling_eps: Option<(f32, f32)>, storage: Storage) -> crate::Result<Vec<u8>> {
-    let mut stored: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len() + 2);
+pub fn to_safetensors_as(
+    cfg: &ModelConfig,
+    tensors: &[NamedTensor],
+    sampling_eps: Option<(f32, f32)>,
+    storage: Storage,
+) -> crate::Result<Vec<u8>> {
+    let mut stored: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        Vec::with_capacity(tensors.len() + 2);
     for t in tensors {
         if storage == Storage::F16Matrices && t.shape.len() >= 2 {
             if let Some(x) = t.data.iter().find(|x| !x.is_finite() || x.abs() > 65504.0) {
-                return Err(crate::Error::Invalid(format!("tensor `{}` holds {x}, which F16 cannot store", t.name)));
+                return Err(crate::Error::Invalid(format!(
+                    "tensor `{}` holds {x}, which F16 cannot store",
+                    t.name
+                )));
             }
             // Round to nearest, ties to even, as `torch.Tensor.half()` does.
-            let half: Vec<u8> = t.data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
-            stored.push((t.name.clone(), safetensors::Dtype::F16, t.shape.clone(), half));
+            let half: Vec<u8> = t
+                .data
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect();
+            stored.push((
+                t.name.clone(),
+                safetensors::Dtype::F16,
+                t.shape.clone(),
+                half,
+            ));
         } else {
-            stored.push((t.name.clone(), safetensors::Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data).to_vec()));
+            stored.push((
+                t.name.clone(),
+                safetensors::Dtype::F32,
+                t.shape.clone(),
+                bytemuck::cast_slice(&t.data).to_vec(),
+            ));
         }
     }
     if let (ModelKind::Bd3lm, Some((lo, hi))) = (cfg.kind, sampling_eps) {
-        stored.push(("sampling_eps_min".into(), safetensors::Dtype::F32, vec![], lo.to_le_bytes().to_vec()));
-        stored.push(("sampling_eps_max".into(), safetensors::Dtype::F32, vec![], hi.to_le_bytes().to_vec()));
+        stored.push((
+            "sampling_eps_min".into(),
+            safetensors::Dtype::F32,
+            vec![],
+            lo.to_le_bytes().to_vec(),
+        ));
+        stored.push((
+            "sampling_eps_max".into(),
+            safetensors::Dtype::F32,
+            vec![],
+            hi.to_le_bytes().to_vec(),
+        ));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = stored
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("tensor shapes match their data")))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                    .expect("tensor shapes match their data"),
+            )
+        })
         .collect();
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());

@@ -29,7 +29,8 @@ impl AttentionMask {
 
     pub fn block_size(&self) -> usize {
         match *self {
-            AttentionMask::BlockCausal { block_size } | AttentionMask::BlockDiff { block_size, .. } => block_size,
+            AttentionMask::BlockCausal { block_size }
+            | AttentionMask::BlockDiff { block_size, .. } => block_size,
             _ => 1,
         }
     }
@@ -47,7 +48,10 @@ impl AttentionMask {
             AttentionMask::Full => true,
             AttentionMask::Causal => k <= q,
             AttentionMask::BlockCausal { block_size } => k / block_size <= q / block_size,
-            AttentionMask::BlockDiff { half_len, block_size } => {
+            AttentionMask::BlockDiff {
+                half_len,
+                block_size,
+            } => {
                 let (x0_q, x0_k) = (q >= half_len, k >= half_len);
                 let (bq, bk) = ((q % half_len) / block_size, (k % half_len) / block_size);
                 let block_diagonal = bq == bk && x0_q == x0_k;
@@ -64,8 +68,13 @@ impl AttentionMask {
         let pair = match *self {
             AttentionMask::Full => [(0, n_keys), (0, 0)],
             AttentionMask::Causal => [(0, q + 1), (0, 0)],
-            AttentionMask::BlockCausal { block_size } => [(0, (q / block_size + 1) * block_size), (0, 0)],
-            AttentionMask::BlockDiff { half_len: l, block_size } => {
+            AttentionMask::BlockCausal { block_size } => {
+                [(0, (q / block_size + 1) * block_size), (0, 0)]
+            }
+            AttentionMask::BlockDiff {
+                half_len: l,
+                block_size,
+            } => {
                 let b = (q % l) / block_size;
                 let block_end = ((b + 1) * block_size).min(l);
                 if q < l {
@@ -92,9 +101,18 @@ mod tests {
             AttentionMask::Full,
             AttentionMask::Causal,
             AttentionMask::BlockCausal { block_size: 3 },
-            AttentionMask::BlockDiff { half_len: 7, block_size: 3 },
-            AttentionMask::BlockDiff { half_len: 7, block_size: 1 },
-            AttentionMask::BlockDiff { half_len: 7, block_size: 7 },
+            AttentionMask::BlockDiff {
+                half_len: 7,
+                block_size: 3,
+            },
+            AttentionMask::BlockDiff {
+                half_len: 7,
+                block_size: 1,
+            },
+            AttentionMask::BlockDiff {
+                half_len: 7,
+                block_size: 7,
+            },
         ];
         for mode in modes {
             for q in 0..n {

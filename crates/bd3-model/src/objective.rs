@@ -30,13 +30,22 @@ pub struct Clip {
 }
 
 impl Clip {
-    pub const NELBO: Clip = Clip { min: SAMPLING_EPS, max: 1.0 };
+    pub const NELBO: Clip = Clip {
+        min: SAMPLING_EPS,
+        max: 1.0,
+    };
 }
 
 /// Build one batch from clean chunks `x0` (each of the model length). `eval` selects the evaluation
 /// conventions: BD3LM drops token 0 from the denominator (ignore_bos); MDLM and SEDD let it be masked
 /// and count it, as the official perplexity scripts do.
-pub fn build_batch(cfg: &ModelConfig, x0: &[Vec<u32>], clip: Clip, rng: &mut SplitMix, eval: bool) -> LossBatch {
+pub fn build_batch(
+    cfg: &ModelConfig,
+    x0: &[Vec<u32>],
+    clip: Clip,
+    rng: &mut SplitMix,
+    eval: bool,
+) -> LossBatch {
     let b = x0.len();
     let l = x0[0].len();
     let mask = cfg.mask_id();
@@ -44,9 +53,21 @@ pub fn build_batch(cfg: &ModelConfig, x0: &[Vec<u32>], clip: Clip, rng: &mut Spl
         let tokens: Vec<u32> = x0.iter().flat_map(|x| x[..l - 1].to_vec()).collect();
         let targets: Vec<u32> = x0.iter().flat_map(|x| x[1..].to_vec()).collect();
         let n = targets.len();
-        return LossBatch { input_ids: tokens.clone(), tokens, targets, weights: vec![1.0; n], sigma: vec![], t_seq: vec![], denominator: n };
+        return LossBatch {
+            input_ids: tokens.clone(),
+            tokens,
+            targets,
+            weights: vec![1.0; n],
+            sigma: vec![],
+            t_seq: vec![],
+            denominator: n,
+        };
     }
-    let block = if cfg.kind == ModelKind::Bd3lm { cfg.block_size.min(l) } else { l };
+    let block = if cfg.kind == ModelKind::Bd3lm {
+        cfg.block_size.min(l)
+    } else {
+        l
+    };
     let nb = l / block;
     let u: Vec<f64> = (0..b * nb).map(|_| rng.uniform()).collect();
     let t = sample_t(&u, b, nb, clip.min, clip.max, true);
@@ -69,7 +90,10 @@ pub fn build_batch(cfg: &ModelConfig, x0: &[Vec<u32>], clip: Clip, rng: &mut Spl
                 let rate = masked as f64 / block as f64;
                 let ok = (!check_lo || rate >= clip.min) && (!check_hi || rate <= clip.max);
                 // A window no rate of this block size can meet would loop forever: accept then.
-                let reachable = (0..=block).any(|k| { let r = k as f64 / block as f64; (!check_lo || r >= clip.min) && (!check_hi || r <= clip.max) });
+                let reachable = (0..=block).any(|k| {
+                    let r = k as f64 / block as f64;
+                    (!check_lo || r >= clip.min) && (!check_hi || r <= clip.max)
+                });
                 if ok || !reachable || full_masking {
                     break;
                 }
@@ -79,16 +103,36 @@ pub fn build_batch(cfg: &ModelConfig, x0: &[Vec<u32>], clip: Clip, rng: &mut Spl
             xt[s * l] = x0[s][0];
         }
     }
-    let t_tok: Vec<f64> = t.iter().flat_map(|&x| std::iter::repeat_n(x, block)).collect();
-    let weights: Vec<f32> = t_tok.iter().map(|&x| subs_weight(x, clip.min) as f32).collect();
+    let t_tok: Vec<f64> = t
+        .iter()
+        .flat_map(|&x| std::iter::repeat_n(x, block))
+        .collect();
+    let weights: Vec<f32> = t_tok
+        .iter()
+        .map(|&x| subs_weight(x, clip.min) as f32)
+        .collect();
     let targets: Vec<u32> = x0.iter().flatten().copied().collect();
     let tokens = if cfg.kind == ModelKind::Bd3lm {
-        (0..b).flat_map(|s| [&xt[s * l..(s + 1) * l], &targets[s * l..(s + 1) * l]].concat()).collect()
+        (0..b)
+            .flat_map(|s| [&xt[s * l..(s + 1) * l], &targets[s * l..(s + 1) * l]].concat())
+            .collect()
     } else {
         xt.clone()
     };
     let t_seq: Vec<f64> = (0..b).map(|s| t[s * nb]).collect();
     let sigma = t_seq.iter().map(|&x| sigma_from_p(x)).collect();
-    let denominator = if eval && cfg.kind == ModelKind::Bd3lm { b * (l - 1) } else { b * l };
-    LossBatch { tokens, input_ids: xt, targets, weights, sigma, t_seq, denominator }
+    let denominator = if eval && cfg.kind == ModelKind::Bd3lm {
+        b * (l - 1)
+    } else {
+        b * l
+    };
+    LossBatch {
+        tokens,
+        input_ids: xt,
+        targets,
+        weights,
+        sigma,
+        t_seq,
+        denominator,
+    }
 }

@@ -19,8 +19,17 @@ pub fn nucleus(probs: &[f64], top_p: f64) -> Vec<f64> {
             keep[i] = true;
         }
     }
-    let z: f64 = probs.iter().zip(&keep).filter(|(_, &k)| k).map(|(p, _)| p).sum();
-    probs.iter().zip(&keep).map(|(p, &k)| if k { p / z } else { 0.0 }).collect()
+    let z: f64 = probs
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .map(|(p, _)| p)
+        .sum();
+    probs
+        .iter()
+        .zip(&keep)
+        .map(|(p, &k)| if k { p / z } else { 0.0 })
+        .collect()
 }
 
 /// The official exponential variate of `_sample_categorical`: 1e-10 − log(u + 1e-10).
@@ -42,13 +51,30 @@ pub fn race(q: &[f64], e: &[f64]) -> usize {
 
 /// q of the DDPM step: nucleus probabilities scaled by (1 − m), the mask entry set to m.
 pub fn ddpm_q(p_nucleus: &[f64], mask_id: usize, mask_prob: f64) -> Vec<f64> {
-    p_nucleus.iter().enumerate().map(|(v, p)| if v == mask_id { mask_prob } else { p * (1.0 - mask_prob) }).collect()
+    p_nucleus
+        .iter()
+        .enumerate()
+        .map(|(v, p)| {
+            if v == mask_id {
+                mask_prob
+            } else {
+                p * (1.0 - mask_prob)
+            }
+        })
+        .collect()
 }
 
 /// The SEDD analytic update of one position (`_analytic_update` / `_denoiser_update`):
 /// score from the log-score (softmax + nucleus when top_p < 1, else exp unnormalised), staggered by
 /// e^{dσ}, times the transposed transition of the current token x. Returns (score, stag, probs).
-pub fn sedd_position(log_score: &[f64], x: usize, mask_id: usize, dsigma: f64, top_p: f64, denoise: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn sedd_position(
+    log_score: &[f64],
+    x: usize,
+    mask_id: usize,
+    dsigma: f64,
+    top_p: f64,
+    denoise: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let score = if top_p < 1.0 {
         let m = log_score.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = log_score.iter().map(|s| (s - m).exp()).collect();
@@ -64,7 +90,14 @@ pub fn sedd_position(log_score: &[f64], x: usize, mask_id: usize, dsigma: f64, t
     let mut probs: Vec<f64> = stag
         .iter()
         .enumerate()
-        .map(|(v, s)| s * ((if v == x { edm } else { 0.0 }) + if x == mask_id { -(-dsigma).exp_m1() } else { 0.0 }))
+        .map(|(v, s)| {
+            s * ((if v == x { edm } else { 0.0 })
+                + if x == mask_id {
+                    -(-dsigma).exp_m1()
+                } else {
+                    0.0
+                })
+        })
         .collect();
     if denoise {
         probs[mask_id] = 0.0;
@@ -75,8 +108,17 @@ pub fn sedd_position(log_score: &[f64], x: usize, mask_id: usize, dsigma: f64, t
 /// SUBS probabilities of one row of logits: softmax with the mask token's logit at −∞ (its
 /// probability exactly 0), in f64.
 pub fn subs_probs(logits: &[f64], mask_id: usize) -> Vec<f64> {
-    let m = logits.iter().enumerate().filter(|&(v, _)| v != mask_id).map(|(_, &l)| l).fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = logits.iter().enumerate().map(|(v, &l)| if v == mask_id { 0.0 } else { (l - m).exp() }).collect();
+    let m = logits
+        .iter()
+        .enumerate()
+        .filter(|&(v, _)| v != mask_id)
+        .map(|(_, &l)| l)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits
+        .iter()
+        .enumerate()
+        .map(|(v, &l)| if v == mask_id { 0.0 } else { (l - m).exp() })
+        .collect();
     let z: f64 = e.iter().sum();
     e.iter().map(|x| x / z).collect()
 }
@@ -117,7 +159,10 @@ mod tests {
     #[test]
     fn nucleus_drops_the_token_that_crosses_p() {
         let p = nucleus(&[0.5, 0.3, 0.15, 0.05], 0.9);
-        assert_eq!(p[2], 0.0, "0.5 + 0.3 + 0.15 = 0.95 > 0.9: the third token goes");
+        assert_eq!(
+            p[2], 0.0,
+            "0.5 + 0.3 + 0.15 = 0.95 > 0.9: the third token goes"
+        );
         assert!((p[0] - 0.5 / 0.8).abs() < 1e-15);
         let p = nucleus(&[0.95, 0.05], 0.9);
         assert_eq!(p, vec![1.0, 0.0], "the top token is always kept");
@@ -126,10 +171,25 @@ mod tests {
     #[test]
     fn confidence_pick_keeps_the_top_k_with_ties_to_the_lower_position() {
         let c = [Some(0.2), None, Some(0.7), Some(0.2), Some(0.9), None];
-        let picks = |k, t| confidence_pick(&c, k, t).iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect::<Vec<_>>();
+        let picks = |k, t| {
+            confidence_pick(&c, k, t)
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(picks(1, f64::INFINITY), vec![4]);
-        assert_eq!(picks(3, f64::INFINITY), vec![0, 2, 4], "0.2 at positions 0 and 3: the lower wins");
-        assert_eq!(picks(10, f64::INFINITY), vec![0, 2, 3, 4], "K capped by the masked count; unmasked never picked");
+        assert_eq!(
+            picks(3, f64::INFINITY),
+            vec![0, 2, 4],
+            "0.2 at positions 0 and 3: the lower wins"
+        );
+        assert_eq!(
+            picks(10, f64::INFINITY),
+            vec![0, 2, 3, 4],
+            "K capped by the masked count; unmasked never picked"
+        );
         assert_eq!(picks(1, 0.5), vec![2, 4]);
         assert_eq!(picks(1, 0.95), vec![4], "at least the most confident one");
     }

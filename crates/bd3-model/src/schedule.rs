@@ -23,14 +23,29 @@ pub fn sedd_dsigma(t: f64) -> f64 {
 
 /// log(expm1 σ) as `_sedd_parameterization` computes it (expm1 below 0.5, exp − 1 above).
 pub fn esigm1_log(sigma: f64) -> f64 {
-    if sigma < 0.5 { sigma.exp_m1().ln() } else { (sigma.exp() - 1.0).ln() }
+    if sigma < 0.5 {
+        sigma.exp_m1().ln()
+    } else {
+        (sigma.exp() - 1.0).ln()
+    }
 }
 
 /// `_sample_t`: one t per (sequence, block) from uniforms `u` of shape [batch, n_blocks].
 /// Antithetic: t = (u/(B·nb) + j/(B·nb)) mod 1 with j = k·nb + b, then mapped to [eps_min, eps_max].
 /// Returns the per-block t, shape [batch, n_blocks]; `eps_min ≥ 1 && eps_max ≥ 1` is full masking (all ones).
-pub fn sample_t(u: &[f64], batch: usize, n_blocks: usize, eps_min: f64, eps_max: f64, antithetic: bool) -> Vec<f64> {
-    assert_eq!(u.len(), batch * n_blocks, "sample_t: uniforms must be [batch, n_blocks]");
+pub fn sample_t(
+    u: &[f64],
+    batch: usize,
+    n_blocks: usize,
+    eps_min: f64,
+    eps_max: f64,
+    antithetic: bool,
+) -> Vec<f64> {
+    assert_eq!(
+        u.len(),
+        batch * n_blocks,
+        "sample_t: uniforms must be [batch, n_blocks]"
+    );
     if eps_min >= 1.0 && eps_max >= 1.0 {
         return vec![1.0; u.len()];
     }
@@ -38,7 +53,11 @@ pub fn sample_t(u: &[f64], batch: usize, n_blocks: usize, eps_min: f64, eps_max:
     u.iter()
         .enumerate()
         .map(|(j, &u)| {
-            let t = if antithetic { (u / n + j as f64 / n) % 1.0 } else { u };
+            let t = if antithetic {
+                (u / n + j as f64 / n) % 1.0
+            } else {
+                u
+            };
             eps_min + (eps_max - eps_min) * t
         })
         .collect()
@@ -47,19 +66,34 @@ pub fn sample_t(u: &[f64], batch: usize, n_blocks: usize, eps_min: f64, eps_max:
 /// Per-token loss weight of the SUBS objective for a block with mask rate t: 1/t, or 1 when the
 /// clip window starts above 0.5 (the official quirk for the L' = 1 full-masking schedule, `diffusion.py:_sample_t`).
 pub fn subs_weight(t: f64, eps_min: f64) -> f64 {
-    if eps_min > 0.5 { 1.0 } else { 1.0 / t }
+    if eps_min > 0.5 {
+        1.0
+    } else {
+        1.0 / t
+    }
 }
 
 /// `q_xt`: a token is masked iff its uniform draw ≤ the move chance of its block; token 0 is never
 /// masked (`ignore_bos`). `t_block` is [batch, seq/block_size]; returns x_t.
-pub fn mask_tokens(x0: &[u32], uniform: &[f64], t_block: &[f64], seq: usize, block_size: usize, mask_id: u32) -> Vec<u32> {
+pub fn mask_tokens(
+    x0: &[u32],
+    uniform: &[f64],
+    t_block: &[f64],
+    seq: usize,
+    block_size: usize,
+    mask_id: u32,
+) -> Vec<u32> {
     let blocks = seq / block_size;
     x0.iter()
         .zip(uniform)
         .enumerate()
         .map(|(i, (&x, &u))| {
             let (b, pos) = (i / seq, i % seq);
-            if pos != 0 && u <= t_block[b * blocks + pos / block_size] { mask_id } else { x }
+            if pos != 0 && u <= t_block[b * blocks + pos / block_size] {
+                mask_id
+            } else {
+                x
+            }
         })
         .collect()
 }

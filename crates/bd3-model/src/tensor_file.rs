@@ -26,8 +26,11 @@ impl TensorFile {
     pub fn from_bytes(bytes: Vec<u8>, path: &str) -> Result<TensorFile> {
         let path = path.to_string();
         crate::checkpoint::check_file(&bytes, &path)?;
-        SafeTensors::deserialize(&bytes)
-            .map_err(|source| Error::Safetensors { path: path.clone(), message: "not a readable safetensors file".into(), source })?;
+        SafeTensors::deserialize(&bytes).map_err(|source| Error::Safetensors {
+            path: path.clone(),
+            message: "not a readable safetensors file".into(),
+            source,
+        })?;
         Ok(TensorFile { path, bytes })
     }
 
@@ -36,7 +39,12 @@ impl TensorFile {
     }
 
     pub fn names(&self) -> Vec<String> {
-        let mut n: Vec<String> = self.st().names().into_iter().map(|s| s.to_string()).collect();
+        let mut n: Vec<String> = self
+            .st()
+            .names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect();
         n.sort();
         n
     }
@@ -46,32 +54,62 @@ impl TensorFile {
     }
 
     fn err(&self, name: &str, message: String) -> Error {
-        Error::Checkpoint { path: self.path.clone(), tensor: Some(name.to_string()), message }
+        Error::Checkpoint {
+            path: self.path.clone(),
+            tensor: Some(name.to_string()),
+            message,
+        }
     }
 
     pub fn f64(&self, name: &str) -> Result<Array<f64>> {
         let st = self.st();
-        let v = st.tensor(name).map_err(|_| self.err(name, "missing".into()))?;
+        let v = st
+            .tensor(name)
+            .map_err(|_| self.err(name, "missing".into()))?;
         let d = v.data();
         let data: Vec<f64> = match v.dtype() {
-            Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::F32 | Dtype::F16 | Dtype::BF16 => crate::checkpoint::to_f32(v.dtype(), d).into_iter().map(f64::from).collect(),
-            other => return Err(self.err(name, format!("expected a float tensor, found {other:?}"))),
+            Dtype::F64 => d
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => crate::checkpoint::to_f32(v.dtype(), d)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            other => {
+                return Err(self.err(name, format!("expected a float tensor, found {other:?}")))
+            }
         };
-        Ok(Array { shape: v.shape().to_vec(), data })
+        Ok(Array {
+            shape: v.shape().to_vec(),
+            data,
+        })
     }
 
     pub fn i64(&self, name: &str) -> Result<Array<i64>> {
         let st = self.st();
-        let v = st.tensor(name).map_err(|_| self.err(name, "missing".into()))?;
+        let v = st
+            .tensor(name)
+            .map_err(|_| self.err(name, "missing".into()))?;
         let d = v.data();
         let data: Vec<i64> = match v.dtype() {
-            Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
+                .collect(),
             Dtype::U8 | Dtype::BOOL => d.iter().map(|&b| b as i64).collect(),
-            other => return Err(self.err(name, format!("expected an integer tensor, found {other:?}"))),
+            other => {
+                return Err(self.err(name, format!("expected an integer tensor, found {other:?}")))
+            }
         };
-        Ok(Array { shape: v.shape().to_vec(), data })
+        Ok(Array {
+            shape: v.shape().to_vec(),
+            data,
+        })
     }
 
     /// [`TensorFile::i64`] of a tensor that must have `rank` dimensions, none of them zero; the
@@ -109,7 +147,10 @@ impl TensorFile {
 
     fn check_rank(&self, name: &str, shape: &[usize], rank: usize) -> Result<()> {
         if shape.len() != rank || shape.contains(&0) {
-            return Err(self.err(name, format!("malformed fixture: shape {shape:?}, expected {rank} non-empty dimensions")));
+            return Err(self.err(
+                name,
+                format!("malformed fixture: shape {shape:?}, expected {rank} non-empty dimensions"),
+            ));
         }
         Ok(())
     }

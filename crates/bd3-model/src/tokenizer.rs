@@ -21,18 +21,45 @@ impl TextTokenizer {
     }
 
     pub fn from_bytes(bytes: &[u8], name: &str) -> Result<TextTokenizer> {
-        let inner = Tokenizer::from_bytes(bytes).map_err(|source| Error::Tokenizer { path: name.to_string(), message: "not a usable tokenizer.json".into(), source })?;
-        Ok(TextTokenizer { inner, name: name.to_string() })
+        let inner = Tokenizer::from_bytes(bytes).map_err(|source| Error::Tokenizer {
+            path: name.to_string(),
+            message: "not a usable tokenizer.json".into(),
+            source,
+        })?;
+        Ok(TextTokenizer {
+            inner,
+            name: name.to_string(),
+        })
     }
 
     /// GPT-2's byte-level BPE from its vocabulary (`encoder.json`) and merges (`vocab.bpe`).
-    pub fn gpt2_from_files(encoder_json: &std::path::Path, merges: &std::path::Path) -> Result<TextTokenizer> {
-        let (e, m) = (encoder_json.display().to_string(), merges.display().to_string());
-        let bpe = BPE::from_file(&e, &m).build().map_err(|source| Error::Tokenizer { path: e.clone(), message: format!("cannot build GPT-2 BPE with {m}"), source })?;
+    pub fn gpt2_from_files(
+        encoder_json: &std::path::Path,
+        merges: &std::path::Path,
+    ) -> Result<TextTokenizer> {
+        let (e, m) = (
+            encoder_json.display().to_string(),
+            merges.display().to_string(),
+        );
+        let bpe = BPE::from_file(&e, &m)
+            .build()
+            .map_err(|source| Error::Tokenizer {
+                path: e.clone(),
+                message: format!("cannot build GPT-2 BPE with {m}"),
+                source,
+            })?;
         let mut inner = Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
+        inner.with_pre_tokenizer(Some(
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
+        ));
         inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|source| Error::Tokenizer { path: e.clone(), message: "cannot add <|endoftext|>".into(), source })?;
+        inner
+            .add_special_tokens([AddedToken::from("<|endoftext|>", true)])
+            .map_err(|source| Error::Tokenizer {
+                path: e.clone(),
+                message: "cannot add <|endoftext|>".into(),
+                source,
+            })?;
         Ok(TextTokenizer { inner, name: e })
     }
 
@@ -48,7 +75,9 @@ impl TextTokenizer {
         // One id stays free for the model's mask token.
         let max = crate::config::MAX_VOCAB_SIZE - 1;
         if vocab_size > max {
-            return Err(Error::Invalid(format!("a vocabulary of {vocab_size} is more than the supported maximum {max}")));
+            return Err(Error::Invalid(format!(
+                "a vocabulary of {vocab_size} is more than the supported maximum {max}"
+            )));
         }
         let mut inner = Tokenizer::new(BPE::default());
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
@@ -61,25 +90,41 @@ impl TextTokenizer {
             .build()
             .into();
         // Bounded pieces keep training near-linear in the corpus size (see `training_pieces`).
-        inner.train(&mut trainer, docs.iter().flat_map(|d| training_pieces(d))).map_err(|e| Error::Invalid(format!("BPE training failed: {e}")))?;
-        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|e| Error::Invalid(e.to_string()))?;
-        Ok(TextTokenizer { inner, name: "trained tokenizer".into() })
+        inner
+            .train(&mut trainer, docs.iter().flat_map(|d| training_pieces(d)))
+            .map_err(|e| Error::Invalid(format!("BPE training failed: {e}")))?;
+        inner
+            .add_special_tokens([AddedToken::from("<|endoftext|>", true)])
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(TextTokenizer {
+            inner,
+            name: "trained tokenizer".into(),
+        })
     }
 
     /// The id of EOS (= BOS) in this tokenizer, the last one.
     pub fn eos_id(&self) -> u32 {
-        self.inner.token_to_id("<|endoftext|>").unwrap_or(self.vocab_size() as u32 - 1)
+        self.inner
+            .token_to_id("<|endoftext|>")
+            .unwrap_or(self.vocab_size() as u32 - 1)
     }
 
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| Error::Invalid(format!("cannot serialise the tokenizer: {e}")))
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Invalid(format!("cannot serialise the tokenizer: {e}")))
     }
 
     /// A short identity of this tokenizer: FNV-1a (64-bit, decimal) of its serialised JSON, the
     /// value `train` saves in its state. Two tokenizers with the same fingerprint map text to the
     /// same ids, so token ids written under one can be read under the other.
     pub fn fingerprint(&self) -> Result<String> {
-        let h = self.to_json()?.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        let h = self
+            .to_json()?
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            });
         Ok(h.to_string())
     }
 
@@ -90,7 +135,10 @@ impl TextTokenizer {
 
     /// Text → ids, without BOS/EOS (the sampler adds BOS itself).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Invalid(format!("{}: cannot encode the text: {e}", self.name)))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Invalid(format!("{}: cannot encode the text: {e}", self.name)))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -105,7 +153,11 @@ impl TextTokenizer {
                 continue;
             }
             if !run.is_empty() {
-                out.push_str(&self.inner.decode(&run, false).map_err(|e| Error::Invalid(format!("{}: cannot decode: {e}", self.name)))?);
+                out.push_str(
+                    &self.inner.decode(&run, false).map_err(|e| {
+                        Error::Invalid(format!("{}: cannot decode: {e}", self.name))
+                    })?,
+                );
                 run.clear();
             }
             if id != u32::MAX {
@@ -173,7 +225,11 @@ pub fn training_pieces(text: &str) -> impl Iterator<Item = &str> {
             limit -= 1;
         }
         // The last whitespace at or before the limit (not at 0, so every piece makes progress).
-        let cut = rest[..limit].char_indices().rev().find(|&(i, c)| i > 0 && c.is_whitespace()).map_or(limit, |(i, _)| i);
+        let cut = rest[..limit]
+            .char_indices()
+            .rev()
+            .find(|&(i, c)| i > 0 && c.is_whitespace())
+            .map_or(limit, |(i, _)| i);
         let (piece, tail) = rest.split_at(cut);
         rest = tail;
         Some(piece)
@@ -189,10 +245,23 @@ mod tests {
         let long_word = "x".repeat(1 << 20);
         let mixed = format!("{} {} tail", "é".repeat(1000), "ab cd ".repeat(200));
         let no_break = "名".repeat(5000);
-        for text in [long_word.as_str(), mixed.as_str(), no_break.as_str(), "", "short text", "  "] {
+        for text in [
+            long_word.as_str(),
+            mixed.as_str(),
+            no_break.as_str(),
+            "",
+            "short text",
+            "  ",
+        ] {
             let pieces: Vec<&str> = training_pieces(text).collect();
             assert_eq!(pieces.concat(), text);
-            assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= MAX_TRAINING_PIECE), "{:?}", pieces.iter().map(|p| p.len()).max());
+            assert!(
+                pieces
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= MAX_TRAINING_PIECE),
+                "{:?}",
+                pieces.iter().map(|p| p.len()).max()
+            );
         }
         // Cuts fall before whitespace where possible: every piece of spaced text starts a word.
         let spaced = "word ".repeat(500);
@@ -203,15 +272,22 @@ mod tests {
     #[test]
     fn bpe_training_on_one_long_line_finishes() {
         // 64 KiB without a space: one word for the pre-tokenizer unless cut (quadratic merges).
-        let line: String = (0..1 << 16).map(|i| (b'a' + ((i * 7 + i / 13) % 26) as u8) as char).collect();
+        let line: String = (0..1 << 16)
+            .map(|i| (b'a' + ((i * 7 + i / 13) % 26) as u8) as char)
+            .collect();
         let tok = TextTokenizer::train_bpe(std::slice::from_ref(&line), 400).unwrap();
         assert!(tok.vocab_size() > 300);
-        assert_eq!(tok.decode(&tok.encode(&line[..1000]).unwrap()).unwrap(), &line[..1000]);
+        assert_eq!(
+            tok.decode(&tok.encode(&line[..1000]).unwrap()).unwrap(),
+            &line[..1000]
+        );
     }
 
     #[test]
     fn pieces_keep_split_characters_whole() {
-        let docs: Vec<String> = (0..20).map(|i| format!("café {i} naïve ☕ and more text, 名前 {i}")).collect();
+        let docs: Vec<String> = (0..20)
+            .map(|i| format!("café {i} naïve ☕ and more text, 名前 {i}"))
+            .collect();
         let tok = TextTokenizer::train_bpe(&docs, 300).unwrap();
         let ids = tok.encode("a ☕ café 名前 ☃ 𝄞 x").unwrap(); // ☃ and 𝄞 are not in the training text: split in bytes
         let pieces = tok.pieces(&ids).unwrap();
@@ -219,6 +295,8 @@ mod tests {
         assert_eq!(pieces.concat(), tok.decode(&ids).unwrap());
         assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
         // The split really happened (otherwise this test could not fail): some token alone is not valid UTF-8.
-        assert!(ids.iter().any(|&id| tok.decode(&[id]).unwrap().contains('\u{FFFD}')));
+        assert!(ids
+            .iter()
+            .any(|&id| tok.decode(&[id]).unwrap().contains('\u{FFFD}')));
     }
 }

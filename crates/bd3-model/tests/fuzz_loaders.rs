@@ -9,7 +9,10 @@ use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 fn fixture(file: &str) -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a/").to_string() + file).unwrap()
+    std::fs::read(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-a/").to_string() + file,
+    )
+    .unwrap()
 }
 
 /// A value a mutation puts in place of a number: the edges where arithmetic and allocation break.
@@ -40,7 +43,8 @@ fn mutate_number(v: &mut Value, rng: &mut SplitMix) -> bool {
                 return false;
             }
             let start = (rng.next_u64() % keys.len() as u64) as usize;
-            (0..keys.len()).any(|i| mutate_number(o.get_mut(&keys[(start + i) % keys.len()]).unwrap(), rng))
+            (0..keys.len())
+                .any(|i| mutate_number(o.get_mut(&keys[(start + i) % keys.len()]).unwrap(), rng))
         }
         Value::Array(a) if !a.is_empty() => {
             let i = (rng.next_u64() % a.len() as u64) as usize;
@@ -82,7 +86,10 @@ fn mutated_headers_and_configs_never_panic() {
     let header: Value = serde_json::from_slice(&weights[8..8 + n]).unwrap();
     let data = &weights[8 + n..];
     let cfg_json: Value = serde_json::from_slice(&config).unwrap();
-    assert!(load(&config, weights.clone()).is_ok(), "the unmutated fixture loads");
+    assert!(
+        load(&config, weights.clone()).is_ok(),
+        "the unmutated fixture loads"
+    );
 
     let mut rng = SplitMix(0x5eed_f00d);
     let (mut ok, mut err) = (0, 0);
@@ -99,7 +106,11 @@ fn mutated_headers_and_configs_never_panic() {
                 if rng.next_u64().is_multiple_of(4) {
                     // ... and the file cut short or grown.
                     let cut = (rng.next_u64() % f.len() as u64) as usize;
-                    if rng.next_u64().is_multiple_of(2) { f.truncate(cut) } else { f.extend(std::iter::repeat_n(0u8, cut % 64 + 1)) }
+                    if rng.next_u64().is_multiple_of(2) {
+                        f.truncate(cut)
+                    } else {
+                        f.extend(std::iter::repeat_n(0u8, cut % 64 + 1))
+                    }
                 }
                 (config.clone(), f)
             }
@@ -124,7 +135,10 @@ fn mutated_headers_and_configs_never_panic() {
             // The browser's path: the header alone, checked against the file's length.
             if file.len() >= 8 {
                 let hn = u64::from_le_bytes(file[..8].try_into().unwrap());
-                if let Some(json) = usize::try_from(hn).ok().and_then(|hn| file.get(8..8usize.checked_add(hn)?)) {
+                if let Some(json) = usize::try_from(hn)
+                    .ok()
+                    .and_then(|hn| file.get(8..8usize.checked_add(hn)?))
+                {
                     if let Err(e) = check_header(json, file_len, "model.safetensors") {
                         one_line(&e);
                     }
@@ -171,7 +185,12 @@ fn mutated_fixture_case_files_never_panic() {
             let tf = TensorFile::from_bytes(f, "train_case.safetensors")?;
             for name in tf.names() {
                 // Each accessor either reads the tensor or says why not; none may panic.
-                for r in [tf.f64(&name).map(|_| ()), tf.i64(&name).map(|_| ()), tf.f64_rank(&name, 2).map(|_| ()), tf.i64_scalar(&name).map(|_| ())] {
+                for r in [
+                    tf.f64(&name).map(|_| ()),
+                    tf.i64(&name).map(|_| ()),
+                    tf.f64_rank(&name, 2).map(|_| ()),
+                    tf.i64_scalar(&name).map(|_| ()),
+                ] {
                     if let Err(e) = r {
                         one_line(&e);
                     }

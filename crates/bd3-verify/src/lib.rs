@@ -35,10 +35,16 @@ impl FixtureSource for DirFixture {
     }
     fn subfolders(&self) -> Vec<Box<dyn FixtureSource>> {
         let mut dirs: Vec<_> = std::fs::read_dir(&self.0)
-            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir() && p.join("config.json").is_file()).collect())
+            .map(|r| {
+                r.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir() && p.join("config.json").is_file())
+                    .collect()
+            })
             .unwrap_or_default();
         dirs.sort();
-        dirs.into_iter().map(|d| Box::new(DirFixture(d)) as Box<dyn FixtureSource>).collect()
+        dirs.into_iter()
+            .map(|d| Box::new(DirFixture(d)) as Box<dyn FixtureSource>)
+            .collect()
     }
 }
 
@@ -56,13 +62,27 @@ impl FixtureSource for MemFixture {
         self.files.get(file).cloned()
     }
     fn subfolders(&self) -> Vec<Box<dyn FixtureSource>> {
-        let mut subs: Vec<String> = self.files.keys().filter_map(|k| k.strip_suffix("/config.json").map(str::to_string)).filter(|s| !s.contains('/')).collect();
+        let mut subs: Vec<String> = self
+            .files
+            .keys()
+            .filter_map(|k| k.strip_suffix("/config.json").map(str::to_string))
+            .filter(|s| !s.contains('/'))
+            .collect();
         subs.sort();
         subs.into_iter()
             .map(|s| {
                 let prefix = format!("{s}/");
-                let files = self.files.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|r| (r.to_string(), v.clone()))).collect();
-                Box::new(MemFixture { name: format!("{}/{s}", self.name), files }) as Box<dyn FixtureSource>
+                let files = self
+                    .files
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix(&prefix).map(|r| (r.to_string(), v.clone()))
+                    })
+                    .collect();
+                Box::new(MemFixture {
+                    name: format!("{}/{s}", self.name),
+                    files,
+                }) as Box<dyn FixtureSource>
             })
             .collect()
     }

@@ -26,7 +26,12 @@ pub struct Report<'a> {
 
 impl<'a> Report<'a> {
     pub fn new(out: &'a mut dyn Write) -> Self {
-        Report { out, passed: 0, failed: 0, prefix: String::new() }
+        Report {
+            out,
+            passed: 0,
+            failed: 0,
+            prefix: String::new(),
+        }
     }
 
     pub fn set_prefix(&mut self, prefix: &str) {
@@ -34,8 +39,17 @@ impl<'a> Report<'a> {
     }
 
     pub fn line(&mut self, name: &str, max_err: f64, tol: f64, ok: bool) {
-        if ok { self.passed += 1 } else { self.failed += 1 }
-        let _ = writeln!(self.out, "{}{name:<40} {max_err:>10.3e} {tol:>10.3e}  {}", self.prefix, if ok { "ok" } else { "FAIL" });
+        if ok {
+            self.passed += 1
+        } else {
+            self.failed += 1
+        }
+        let _ = writeln!(
+            self.out,
+            "{}{name:<40} {max_err:>10.3e} {tol:>10.3e}  {}",
+            self.prefix,
+            if ok { "ok" } else { "FAIL" }
+        );
     }
 
     pub fn note(&mut self, text: &str) {
@@ -45,7 +59,12 @@ impl<'a> Report<'a> {
     /// Compare `got` with `want` (same length; a length mismatch is a failure).
     pub fn compare(&mut self, name: &str, got: &[f64], want: &[f64], tol: Tolerance) {
         if got.len() != want.len() {
-            let _ = writeln!(self.out, "# {name}: {} values, reference has {}", got.len(), want.len());
+            let _ = writeln!(
+                self.out,
+                "# {name}: {} values, reference has {}",
+                got.len(),
+                want.len()
+            );
             self.line(name, f64::INFINITY, 0.0, false);
             return;
         }
@@ -66,9 +85,18 @@ impl<'a> Report<'a> {
                 Tolerance::AbsRel(abs, rel) => abs + rel * b.abs(),
                 Tolerance::Exact => unreachable!(),
             };
-            let ratio = if err.is_nan() { f64::INFINITY } else if limit > 0.0 { err / limit } else if err == 0.0 { 0.0 } else { f64::INFINITY };
+            let ratio = if err.is_nan() {
+                f64::INFINITY
+            } else if limit > 0.0 {
+                err / limit
+            } else if err == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            };
             if ratio > worst_ratio {
-                (worst_ratio, worst_err, worst_limit) = (ratio, if err.is_nan() { f64::NAN } else { err }, limit);
+                (worst_ratio, worst_err, worst_limit) =
+                    (ratio, if err.is_nan() { f64::NAN } else { err }, limit);
             }
         }
         self.line(name, worst_err, worst_limit, worst_ratio <= 1.0);

@@ -4,7 +4,7 @@
 
 use crate::report::{Report, Tolerance};
 use bd3_gpu::ops::sample::SampleMode;
-use bd3_gpu::{GpuModel, CallAction, CallInputs, CallShape};
+use bd3_gpu::{CallAction, CallInputs, CallShape, GpuModel};
 use bd3_model::sampler::{ddpm_q, nucleus, official_exponential, race, sedd_position};
 use bd3_model::schedule;
 use bd3_model::tensor_file::TensorFile;
@@ -26,17 +26,31 @@ const RACE_SLACK: f64 = 1e-4;
 /// so a differing token is accepted only where rounding can explain it: `keys(row, p)` gives the race
 /// keys of a row computed in f64 from the reference probabilities with nucleus mass p, and the GPU's
 /// token must win (within RACE_SLACK) for p or p ± NUCLEUS_SLACK. The check counts the other mismatches.
-fn compare_tokens(report: &mut Report<'_>, name: &str, gpu: &[u32], reference: &[u32], top_p: f64, keys: impl Fn(usize, f64) -> Vec<f64>) {
+fn compare_tokens(
+    report: &mut Report<'_>,
+    name: &str,
+    gpu: &[u32],
+    reference: &[u32],
+    top_p: f64,
+    keys: impl Fn(usize, f64) -> Vec<f64>,
+) {
     let unexplained = gpu
         .iter()
         .zip(reference)
         .enumerate()
         .filter(|(row, (g, r))| {
-            g != r && ![top_p, (top_p - NUCLEUS_SLACK).max(0.0), (top_p + NUCLEUS_SLACK).min(1.0)].iter().any(|&p| {
-                let k = keys(*row, p);
-                let best = k.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                k[**g as usize] >= best - RACE_SLACK * best.abs()
-            })
+            g != r
+                && ![
+                    top_p,
+                    (top_p - NUCLEUS_SLACK).max(0.0),
+                    (top_p + NUCLEUS_SLACK).min(1.0),
+                ]
+                .iter()
+                .any(|&p| {
+                    let k = keys(*row, p);
+                    let best = k.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    k[**g as usize] >= best - RACE_SLACK * best.abs()
+                })
         })
         .count();
     report.line(name, unexplained as f64, 0.0, unexplained == 0);
@@ -47,17 +61,51 @@ fn ids(a: &[i64]) -> Vec<u32> {
 }
 
 /// A sampling step with everything defaulted but what a check sets.
-fn call<'a>(tokens: &'a [u32], cache_idx: usize, picked: &'a [u32], streams: &'a [u32]) -> CallInputs<'a> {
-    CallInputs { tokens, cache_idx, sigma: &[], picked, top_p: 1.0, mask_prob: 0.0, dsigma: &[], seed: 0, call: 0, streams, draws: None, reveal: None }
+fn call<'a>(
+    tokens: &'a [u32],
+    cache_idx: usize,
+    picked: &'a [u32],
+    streams: &'a [u32],
+) -> CallInputs<'a> {
+    CallInputs {
+        tokens,
+        cache_idx,
+        sigma: &[],
+        picked,
+        top_p: 1.0,
+        mask_prob: 0.0,
+        dsigma: &[],
+        seed: 0,
+        call: 0,
+        streams,
+        draws: None,
+        reveal: None,
+    }
 }
 
 /// Commit the clean blocks before `upto` of each sequence of `x` ([batch, len]) into the cache.
-async fn commit_prefix(model: &mut GpuModel, x: &[u32], batch: usize, len: usize, block: usize, upto: usize) -> Result<()> {
+async fn commit_prefix(
+    model: &mut GpuModel,
+    x: &[u32],
+    batch: usize,
+    len: usize,
+    block: usize,
+    upto: usize,
+) -> Result<()> {
     let cache_len = model.cfg.model_length;
     for blk in 0..upto {
-        let tokens: Vec<u32> = (0..batch).flat_map(|s| x[s * len + blk * block..s * len + (blk + 1) * block].to_vec()).collect();
-        let shape = CallShape { batch, rows: block, cache_len, action: CallAction::Commit };
-        model.call(&shape, &call(&tokens, blk * block, &[], &[])).await?;
+        let tokens: Vec<u32> = (0..batch)
+            .flat_map(|s| x[s * len + blk * block..s * len + (blk + 1) * block].to_vec())
+            .collect();
+        let shape = CallShape {
+            batch,
+            rows: block,
+            cache_len,
+            action: CallAction::Commit,
+        };
+        model
+            .call(&shape, &call(&tokens, blk * block, &[], &[]))
+            .await?;
     }
     Ok(())
 }
@@ -86,39 +134,100 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
             continue;
         }
         let cache = model.read_kv_cache(b, cache_len, layer).await?;
-        let ours: Vec<f32> = (0..b).flat_map(|s| cache[s * cache_len * d3..(s * cache_len + bi * bs) * d3].to_vec()).collect();
-        report.compare_f32(&format!("{p}{name}"), &ours, &tf.f64(&name)?.data, ACTIVATIONS);
+        let ours: Vec<f32> = (0..b)
+            .flat_map(|s| cache[s * cache_len * d3..(s * cache_len + bi * bs) * d3].to_vec())
+            .collect();
+        report.compare_f32(
+            &format!("{p}{name}"),
+            &ours,
+            &tf.f64(&name)?.data,
+            ACTIVATIONS,
+        );
     }
-    let block: Vec<u32> = (0..b).flat_map(|s| x_in[s * len + bi * bs..s * len + (bi + 1) * bs].to_vec()).collect();
+    let block: Vec<u32> = (0..b)
+        .flat_map(|s| x_in[s * len + bi * bs..s * len + (bi + 1) * bs].to_vec())
+        .collect();
     let (t, dt) = (tf.f64_scalar("ddpm.t")?, tf.f64_scalar("ddpm.dt")?);
     let mask_prob = (t - dt) / t;
     let u = tf.f64("ddpm.uniform")?.data;
     let draws: Vec<f32> = u.iter().map(|&u| official_exponential(u) as f32).collect();
     let picked: Vec<u32> = (0..b).flat_map(|_| 0..bs as u32).collect();
     let streams = vec![0u32; b * bs];
-    let shape = CallShape { batch: b, rows: bs, cache_len, action: CallAction::Sample { head_rows: bs, mode: SampleMode::Ddpm, verify: true } };
-    let c = CallInputs { top_p: 0.9, mask_prob, draws: Some(&draws), ..call(&block, bi * bs, &picked, &streams) };
+    let shape = CallShape {
+        batch: b,
+        rows: bs,
+        cache_len,
+        action: CallAction::Sample {
+            head_rows: bs,
+            mode: SampleMode::Ddpm,
+            verify: true,
+        },
+    };
+    let c = CallInputs {
+        top_p: 0.9,
+        mask_prob,
+        draws: Some(&draws),
+        ..call(&block, bi * bs, &picked, &streams)
+    };
     let out = model.call(&shape, &c).await?;
     let logits = out.logits.unwrap();
-    report.compare_f32(&format!("{p}cached.logits"), &logits, &tf.f64("cached.logits")?.data, ACTIVATIONS);
-    let lp: Vec<f64> = logits.chunks(v).zip(&block).flat_map(|(row, &x)| cpu_ref::subs_log_probs(row, x, mask)).collect();
+    report.compare_f32(
+        &format!("{p}cached.logits"),
+        &logits,
+        &tf.f64("cached.logits")?.data,
+        ACTIVATIONS,
+    );
+    let lp: Vec<f64> = logits
+        .chunks(v)
+        .zip(&block)
+        .flat_map(|(row, &x)| cpu_ref::subs_log_probs(row, x, mask))
+        .collect();
     let lp_ref = tf.f64("cached.log_probs")?.data;
-    let keep: Vec<usize> = (0..lp.len()).filter(|&i| (i % v) as u32 != mask && lp_ref[i] > -1e5).collect();
-    report.compare(&format!("{p}cached.log_probs"), &keep.iter().map(|&i| lp[i]).collect::<Vec<_>>(), &keep.iter().map(|&i| lp_ref[i]).collect::<Vec<_>>(), ACTIVATIONS);
+    let keep: Vec<usize> = (0..lp.len())
+        .filter(|&i| (i % v) as u32 != mask && lp_ref[i] > -1e5)
+        .collect();
+    report.compare(
+        &format!("{p}cached.log_probs"),
+        &keep.iter().map(|&i| lp[i]).collect::<Vec<_>>(),
+        &keep.iter().map(|&i| lp_ref[i]).collect::<Vec<_>>(),
+        ACTIVATIONS,
+    );
     let x_out = ids(&tf.i64("ddpm.x_out")?.data);
-    let want_block: Vec<u32> = (0..b).flat_map(|s| x_out[s * len + bi * bs..s * len + (bi + 1) * bs].to_vec()).collect();
+    let want_block: Vec<u32> = (0..b)
+        .flat_map(|s| x_out[s * len + bi * bs..s * len + (bi + 1) * bs].to_vec())
+        .collect();
     let race_keys = |row: usize, top_p: f64| -> Vec<f64> {
-        let probs: Vec<f64> = lp_ref[row * v..(row + 1) * v].iter().map(|l| l.exp()).collect();
+        let probs: Vec<f64> = lp_ref[row * v..(row + 1) * v]
+            .iter()
+            .map(|l| l.exp())
+            .collect();
         let q = ddpm_q(&nucleus(&probs, top_p), mask as usize, mask_prob);
-        q.iter().zip(&u[row * v..(row + 1) * v]).map(|(q, &u)| q / official_exponential(u)).collect()
+        q.iter()
+            .zip(&u[row * v..(row + 1) * v])
+            .map(|(q, &u)| q / official_exponential(u))
+            .collect()
     };
     // Rows whose input is not masked keep it; only masked rows are drawn.
     let drawn: Vec<usize> = (0..block.len()).filter(|&r| block[r] == mask).collect();
     let gpu_drawn: Vec<u32> = drawn.iter().map(|&r| out.tokens[r]).collect();
     let ref_drawn: Vec<u32> = drawn.iter().map(|&r| want_block[r]).collect();
     let carried: Vec<usize> = (0..block.len()).filter(|&r| block[r] != mask).collect();
-    report.compare_ids(&format!("{p}ddpm.x_out carried (gpu)"), &carried.iter().map(|&r| out.tokens[r]).collect::<Vec<_>>(), &carried.iter().map(|&r| want_block[r] as i64).collect::<Vec<_>>());
-    compare_tokens(report, &format!("{p}ddpm.x_out drawn (gpu)"), &gpu_drawn, &ref_drawn, 0.9, |i, top_p| race_keys(drawn[i], top_p));
+    report.compare_ids(
+        &format!("{p}ddpm.x_out carried (gpu)"),
+        &carried.iter().map(|&r| out.tokens[r]).collect::<Vec<_>>(),
+        &carried
+            .iter()
+            .map(|&r| want_block[r] as i64)
+            .collect::<Vec<_>>(),
+    );
+    compare_tokens(
+        report,
+        &format!("{p}ddpm.x_out drawn (gpu)"),
+        &gpu_drawn,
+        &ref_drawn,
+        0.9,
+        |i, top_p| race_keys(drawn[i], top_p),
+    );
 
     // DDPM in f64 from the stored log-probs, as `_ddpm_caching_update` computes it.
     let mut cpu_nucleus = Vec::new();
@@ -126,18 +235,33 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
     for (r, row) in lp_ref.chunks(v).enumerate() {
         let probs: Vec<f64> = row.iter().map(|l| l.exp()).collect();
         let pn = nucleus(&probs, 0.9);
-        let e: Vec<f64> = u[r * v..(r + 1) * v].iter().map(|&u| official_exponential(u)).collect();
+        let e: Vec<f64> = u[r * v..(r + 1) * v]
+            .iter()
+            .map(|&u| official_exponential(u))
+            .collect();
         let tok = race(&ddpm_q(&pn, mask as usize, mask_prob), &e) as u32;
         cpu_tokens.push(if block[r] == mask { tok } else { block[r] });
         cpu_nucleus.extend(pn);
     }
-    report.compare(&format!("{p}ddpm.probs_nucleus"), &cpu_nucleus, &tf.f64("ddpm.probs_nucleus")?.data, F32_INPUT_PROBS);
-    report.compare_ids(&format!("{p}ddpm.x_out (f64)"), &cpu_tokens, &want_block.iter().map(|&x| x as i64).collect::<Vec<_>>());
+    report.compare(
+        &format!("{p}ddpm.probs_nucleus"),
+        &cpu_nucleus,
+        &tf.f64("ddpm.probs_nucleus")?.data,
+        F32_INPUT_PROBS,
+    );
+    report.compare_ids(
+        &format!("{p}ddpm.x_out (f64)"),
+        &cpu_tokens,
+        &want_block.iter().map(|&x| x as i64).collect::<Vec<_>>(),
+    );
 
     // First-hitting: one masked position (the randint-th in increasing order), its token by the race.
     let fh_in = ids(&tf.i64("fh.x_in")?.data);
     if fh_in.len() < (bi + 1) * bs {
-        return Err(Error::Invalid(format!("sample_case: malformed fixture: fh.x_in has {} tokens, fewer than block {bi} needs", fh_in.len())));
+        return Err(Error::Invalid(format!(
+            "sample_case: malformed fixture: fh.x_in has {} tokens, fewer than block {bi} needs",
+            fh_in.len()
+        )));
     }
     let fh_block = &fh_in[bi * bs..(bi + 1) * bs];
     let masked: Vec<usize> = (0..bs).filter(|&i| fh_block[i] == mask).collect();
@@ -145,12 +269,24 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
     let pos = *usize::try_from(randint).ok().and_then(|i| masked.get(i)).ok_or_else(|| {
         Error::Invalid(format!("sample_case: malformed fixture: fh.randint {randint} but the block has {} masked positions", masked.len()))
     })?;
-    report.compare_ids(&format!("{p}fh.position"), &[pos as u32], &tf.i64("fh.position")?.data);
+    report.compare_ids(
+        &format!("{p}fh.position"),
+        &[pos as u32],
+        &tf.i64("fh.position")?.data,
+    );
     let probs = tf.f64("fh.probs")?.data;
     let pn: Vec<f64> = probs.chunks(v).flat_map(|row| nucleus(row, 0.9)).collect();
-    report.compare(&format!("{p}fh.probs_nucleus"), &pn, &tf.f64("fh.probs_nucleus")?.data, F64_PROBS);
+    report.compare(
+        &format!("{p}fh.probs_nucleus"),
+        &pn,
+        &tf.f64("fh.probs_nucleus")?.data,
+        F64_PROBS,
+    );
     let fu = tf.f64("fh.uniform")?.data;
-    let e: Vec<f64> = fu[pos * v..(pos + 1) * v].iter().map(|&u| official_exponential(u)).collect();
+    let e: Vec<f64> = fu[pos * v..(pos + 1) * v]
+        .iter()
+        .map(|&u| official_exponential(u))
+        .collect();
     let mut fh_out = fh_in.clone();
     fh_out[bi * bs + pos] = race(&pn[pos * v..(pos + 1) * v], &e) as u32;
     let want = tf.i64("fh.x_out")?.data;
@@ -158,12 +294,38 @@ pub async fn bd3lm(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_
 
     commit_prefix(model, &fh_in, 1, len, bs, bi).await?;
     let draws: Vec<f32> = e.iter().map(|&e| e as f32).collect();
-    let shape = CallShape { batch: 1, rows: bs, cache_len, action: CallAction::Sample { head_rows: 1, mode: SampleMode::FirstHitting, verify: true } };
+    let shape = CallShape {
+        batch: 1,
+        rows: bs,
+        cache_len,
+        action: CallAction::Sample {
+            head_rows: 1,
+            mode: SampleMode::FirstHitting,
+            verify: true,
+        },
+    };
     let picked = [pos as u32];
-    let c = CallInputs { top_p: 0.9, draws: Some(&draws), ..call(fh_block, bi * bs, &picked, &[0]) };
+    let c = CallInputs {
+        top_p: 0.9,
+        draws: Some(&draws),
+        ..call(fh_block, bi * bs, &picked, &[0])
+    };
     let out = model.call(&shape, &c).await?;
-    let fh_keys = |_: usize, top_p: f64| -> Vec<f64> { nucleus(&probs[pos * v..(pos + 1) * v], top_p).iter().zip(&e).map(|(q, e)| q / e).collect() };
-    compare_tokens(report, &format!("{p}fh.x_out (gpu)"), &out.tokens, &[want[bi * bs + pos] as u32], 0.9, fh_keys);
+    let fh_keys = |_: usize, top_p: f64| -> Vec<f64> {
+        nucleus(&probs[pos * v..(pos + 1) * v], top_p)
+            .iter()
+            .zip(&e)
+            .map(|(q, e)| q / e)
+            .collect()
+    };
+    compare_tokens(
+        report,
+        &format!("{p}fh.x_out (gpu)"),
+        &out.tokens,
+        &[want[bi * bs + pos] as u32],
+        0.9,
+        fh_keys,
+    );
     Ok(())
 }
 
@@ -187,9 +349,19 @@ pub async fn sedd(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>
         } else {
             let dt = tf.f64_scalar(&key("dt"))?;
             let sigma_s = schedule::sigma_from_p(t - dt);
-            report.compare(&format!("{p}step.sigma_s"), &[sigma_s], &tf.f64("step.sigma_s")?.data, Tolerance::Relative(1e-7));
+            report.compare(
+                &format!("{p}step.sigma_s"),
+                &[sigma_s],
+                &tf.f64("step.sigma_s")?.data,
+                Tolerance::Relative(1e-7),
+            );
             let ds = sigma_t - sigma_s;
-            report.compare(&format!("{p}step.dsigma"), &[ds], &tf.f64("step.dsigma")?.data, Tolerance::Relative(1e-6));
+            report.compare(
+                &format!("{p}step.dsigma"),
+                &[ds],
+                &tf.f64("step.dsigma")?.data,
+                Tolerance::Relative(1e-6),
+            );
             ds
         };
         let u = tf.f64(&key("uniform"))?.data;
@@ -198,7 +370,14 @@ pub async fn sedd(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>
         for (top_p, suffix) in [(0.99, ""), (1.0, "_p1")] {
             let (mut score, mut stag, mut probs, mut tokens) = (vec![], vec![], vec![], vec![]);
             for i in 0..n {
-                let (s, st, pr) = sedd_position(&log_score[i * v..(i + 1) * v], x_in[i] as usize, mask, dsigma, top_p, denoise);
+                let (s, st, pr) = sedd_position(
+                    &log_score[i * v..(i + 1) * v],
+                    x_in[i] as usize,
+                    mask,
+                    dsigma,
+                    top_p,
+                    denoise,
+                );
                 tokens.push(race(&pr, &e[i * v..(i + 1) * v]) as u32);
                 score.extend(s);
                 stag.extend(st);
@@ -210,30 +389,82 @@ pub async fn sedd(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>
             }
             let want = tf.i64(&out_name)?.data;
             if suffix.is_empty() {
-                report.compare(&format!("{p}{}", key("score")), &score, &tf.f64(&key("score"))?.data, Tolerance::MaxNormalised(5e-5));
+                report.compare(
+                    &format!("{p}{}", key("score")),
+                    &score,
+                    &tf.f64(&key("score"))?.data,
+                    Tolerance::MaxNormalised(5e-5),
+                );
                 if tf.has(&key("stag_score")) {
-                    report.compare(&format!("{p}{}", key("stag_score")), &stag, &tf.f64(&key("stag_score"))?.data, Tolerance::MaxNormalised(5e-5));
+                    report.compare(
+                        &format!("{p}{}", key("stag_score")),
+                        &stag,
+                        &tf.f64(&key("stag_score"))?.data,
+                        Tolerance::MaxNormalised(5e-5),
+                    );
                 }
-                report.compare(&format!("{p}{}", key("probs")), &probs, &tf.f64(&key("probs"))?.data, Tolerance::MaxNormalised(5e-5));
+                report.compare(
+                    &format!("{p}{}", key("probs")),
+                    &probs,
+                    &tf.f64(&key("probs"))?.data,
+                    Tolerance::MaxNormalised(5e-5),
+                );
             }
             report.compare_ids(&format!("{p}{out_name} (f64)"), &tokens, &want);
 
             // The same step through the model and the GPU sample kernel, with the recorded draws.
-            let mode = if denoise { SampleMode::SeddDenoise } else { SampleMode::SeddStep };
-            let shape = CallShape { batch: 1, rows: n, cache_len: cfg.model_length, action: CallAction::Sample { head_rows: n, mode, verify: true } };
+            let mode = if denoise {
+                SampleMode::SeddDenoise
+            } else {
+                SampleMode::SeddStep
+            };
+            let shape = CallShape {
+                batch: 1,
+                rows: n,
+                cache_len: cfg.model_length,
+                action: CallAction::Sample {
+                    head_rows: n,
+                    mode,
+                    verify: true,
+                },
+            };
             let draws: Vec<f32> = e.iter().map(|&e| e as f32).collect();
             let picked: Vec<u32> = (0..n as u32).collect();
             let streams = vec![0u32; n];
             let sigma = [sigma_t];
             let ds = [dsigma];
-            let c = CallInputs { sigma: &sigma, top_p, dsigma: &ds, draws: Some(&draws), ..call(&x_in, 0, &picked, &streams) };
+            let c = CallInputs {
+                sigma: &sigma,
+                top_p,
+                dsigma: &ds,
+                draws: Some(&draws),
+                ..call(&x_in, 0, &picked, &streams)
+            };
             let out = model.call(&shape, &c).await?;
             let want32: Vec<u32> = want.iter().map(|&x| x as u32).collect();
             let sedd_keys = |i: usize, p_: f64| -> Vec<f64> {
-                let pr = sedd_position(&log_score[i * v..(i + 1) * v], x_in[i] as usize, mask, dsigma, if top_p < 1.0 { p_ } else { 1.0 }, denoise).2;
-                pr.iter().zip(&e[i * v..(i + 1) * v]).map(|(q, e)| q / e).collect()
+                let pr = sedd_position(
+                    &log_score[i * v..(i + 1) * v],
+                    x_in[i] as usize,
+                    mask,
+                    dsigma,
+                    if top_p < 1.0 { p_ } else { 1.0 },
+                    denoise,
+                )
+                .2;
+                pr.iter()
+                    .zip(&e[i * v..(i + 1) * v])
+                    .map(|(q, e)| q / e)
+                    .collect()
             };
-            compare_tokens(report, &format!("{p}{out_name} (gpu)"), &out.tokens, &want32, top_p, sedd_keys);
+            compare_tokens(
+                report,
+                &format!("{p}{out_name} (gpu)"),
+                &out.tokens,
+                &want32,
+                top_p,
+                sedd_keys,
+            );
         }
     }
     Ok(())
@@ -245,12 +476,25 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     let cfg = model.cfg.clone();
     let (v, mask) = (cfg.vocab_size, cfg.mask_id());
     let p = "ar_case.";
-    let shape = |b| CallShape { batch: b, rows: 1, cache_len: cfg.model_length, action: CallAction::Sample { head_rows: 1, mode: SampleMode::Ar, verify: true } };
+    let shape = |b| CallShape {
+        batch: b,
+        rows: 1,
+        cache_len: cfg.model_length,
+        action: CallAction::Sample {
+            head_rows: 1,
+            mode: SampleMode::Ar,
+            verify: true,
+        },
+    };
 
     let x = tf.i64_rank("x", 2)?;
     let (b, l) = (x.shape[0], x.shape[1]);
     let x = ids(&x.data);
-    let mut prefixes: Vec<usize> = tf.names().iter().filter_map(|n| n.strip_prefix("prefix")?.split_once('.')?.0.parse().ok()).collect();
+    let mut prefixes: Vec<usize> = tf
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix("prefix")?.split_once('.')?.0.parse().ok())
+        .collect();
     prefixes.sort();
     prefixes.dedup();
     let longest = prefixes.last().copied().unwrap_or(0);
@@ -258,14 +502,30 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     let (picked, streams, ones) = (vec![0u32; b], vec![0u32; b], vec![1f32; b * v]);
     for i in 0..longest {
         let tokens: Vec<u32> = (0..b).map(|s| x[s * l + i]).collect();
-        let out = model.call(&shape(b), &CallInputs { draws: Some(&ones), ..call(&tokens, i, &picked, &streams) }).await?;
+        let out = model
+            .call(
+                &shape(b),
+                &CallInputs {
+                    draws: Some(&ones),
+                    ..call(&tokens, i, &picked, &streams)
+                },
+            )
+            .await?;
         for (s, row) in out.logits.unwrap().chunks(v).enumerate() {
             cached_logits[s].extend_from_slice(row);
         }
     }
     for k in prefixes {
-        let ours: Vec<f32> = cached_logits.iter().flat_map(|c| c[..k * v].to_vec()).collect();
-        report.compare_f32(&format!("{p}prefix{k}.logits (kv cache)"), &ours, &tf.f64(&format!("prefix{k}.logits"))?.data, ACTIVATIONS);
+        let ours: Vec<f32> = cached_logits
+            .iter()
+            .flat_map(|c| c[..k * v].to_vec())
+            .collect();
+        report.compare_f32(
+            &format!("{p}prefix{k}.logits (kv cache)"),
+            &ours,
+            &tf.f64(&format!("prefix{k}.logits"))?.data,
+            ACTIVATIONS,
+        );
     }
 
     if !tf.has("sampler.x_out") {
@@ -276,13 +536,23 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
     let x_out = ids(&x_out.data);
     let gumbel = tf.f64("sampler.gumbel")?.data;
     let lp_ref = tf.f64("sampler.log_probs_last")?.data;
-    let (mut lp_ours, mut lp_want, mut pn_ours, mut cpu_tokens, mut gpu_tokens, mut want_tokens) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut lp_ours, mut lp_want, mut pn_ours, mut cpu_tokens, mut gpu_tokens, mut want_tokens) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (picked, streams) = (vec![0u32; bs], vec![0u32; bs]);
     for i in 0..ls - 1 {
         let tokens: Vec<u32> = (0..bs).map(|s| x_out[s * ls + i]).collect();
         let g = &gumbel[i * bs * v..(i + 1) * bs * v];
         let draws: Vec<f32> = g.iter().map(|&g| (-g).exp() as f32).collect();
-        let out = model.call(&shape(bs), &CallInputs { top_p: 0.9, draws: Some(&draws), ..call(&tokens, i, &picked, &streams) }).await?;
+        let out = model
+            .call(
+                &shape(bs),
+                &CallInputs {
+                    top_p: 0.9,
+                    draws: Some(&draws),
+                    ..call(&tokens, i, &picked, &streams)
+                },
+            )
+            .await?;
         gpu_tokens.extend(&out.tokens);
         for (s, row) in out.logits.unwrap().chunks(v).enumerate() {
             let lp = cpu_ref::ar_log_probs(row, mask);
@@ -292,22 +562,70 @@ pub async fn ar(model: &mut GpuModel, tf: &TensorFile, report: &mut Report<'_>) 
                 lp_want.push(lp_ref[off + j]);
             }
             // Official arithmetic on the official log-probs: nucleus of exp, then argmax(log p + g).
-            let pn = nucleus(&lp_ref[off..off + v].iter().map(|l| l.exp()).collect::<Vec<_>>(), 0.9);
-            let keys: Vec<f64> = pn.iter().zip(&g[s * v..(s + 1) * v]).map(|(p, g)| p.ln() + g).collect();
-            cpu_tokens.push(keys.iter().enumerate().fold((f64::NEG_INFINITY, 0), |m, (j, &k)| if k > m.0 { (k, j) } else { m }).1 as u32);
+            let pn = nucleus(
+                &lp_ref[off..off + v]
+                    .iter()
+                    .map(|l| l.exp())
+                    .collect::<Vec<_>>(),
+                0.9,
+            );
+            let keys: Vec<f64> = pn
+                .iter()
+                .zip(&g[s * v..(s + 1) * v])
+                .map(|(p, g)| p.ln() + g)
+                .collect();
+            cpu_tokens.push(
+                keys.iter()
+                    .enumerate()
+                    .fold(
+                        (f64::NEG_INFINITY, 0),
+                        |m, (j, &k)| if k > m.0 { (k, j) } else { m },
+                    )
+                    .1 as u32,
+            );
             pn_ours.extend(pn);
             want_tokens.push(x_out[s * ls + i + 1] as i64);
         }
     }
-    report.compare(&format!("{p}sampler.log_probs_last (kv cache)"), &lp_ours, &lp_want, ACTIVATIONS);
-    report.compare(&format!("{p}sampler.probs_nucleus"), &pn_ours, &tf.f64("sampler.probs_nucleus")?.data, F64_PROBS);
-    report.compare_ids(&format!("{p}sampler.x_out (f64)"), &cpu_tokens, &want_tokens);
+    report.compare(
+        &format!("{p}sampler.log_probs_last (kv cache)"),
+        &lp_ours,
+        &lp_want,
+        ACTIVATIONS,
+    );
+    report.compare(
+        &format!("{p}sampler.probs_nucleus"),
+        &pn_ours,
+        &tf.f64("sampler.probs_nucleus")?.data,
+        F64_PROBS,
+    );
+    report.compare_ids(
+        &format!("{p}sampler.x_out (f64)"),
+        &cpu_tokens,
+        &want_tokens,
+    );
     let want32: Vec<u32> = want_tokens.iter().map(|&x| x as u32).collect();
     // argmax(log p + g) is the race with E = e^{−g}: keys p·e^{g}.
     let ar_keys = |row: usize, top_p: f64| -> Vec<f64> {
-        let pn = nucleus(&lp_ref[row * v..(row + 1) * v].iter().map(|l| l.exp()).collect::<Vec<_>>(), top_p);
-        pn.iter().zip(&gumbel[row * v..(row + 1) * v]).map(|(p, g)| p * g.exp()).collect()
+        let pn = nucleus(
+            &lp_ref[row * v..(row + 1) * v]
+                .iter()
+                .map(|l| l.exp())
+                .collect::<Vec<_>>(),
+            top_p,
+        );
+        pn.iter()
+            .zip(&gumbel[row * v..(row + 1) * v])
+            .map(|(p, g)| p * g.exp())
+            .collect()
     };
-    compare_tokens(report, &format!("{p}sampler.x_out (gpu)"), &gpu_tokens, &want32, 0.9, ar_keys);
+    compare_tokens(
+        report,
+        &format!("{p}sampler.x_out (gpu)"),
+        &gpu_tokens,
+        &want32,
+        0.9,
+        ar_keys,
+    );
     Ok(())
 }

@@ -16,7 +16,9 @@
 //! when the worker defines it); the instance is unusable afterwards, so the worker is replaced.
 //! Weights stream to the GPU tensor by tensor: the whole checkpoint is never held in wasm memory.
 
-use bd3_gpu::{generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
+use bd3_gpu::{
+    generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler,
+};
 use bd3_model::checkpoint::{bytes_to_f32, check_header, parse_header, validate_entries};
 use bd3_model::tokenizer::TextTokenizer;
 use bd3_model::{Error, ModelConfig};
@@ -41,7 +43,10 @@ pub fn start() {
         let msg = format!("bd3-web {info}");
         let global = js_sys::global();
         let call = |target: &JsValue, name: &str| {
-            if let Some(f) = Reflect::get(target, &name.into()).ok().and_then(|f| f.dyn_into::<Function>().ok()) {
+            if let Some(f) = Reflect::get(target, &name.into())
+                .ok()
+                .and_then(|f| f.dyn_into::<Function>().ok())
+            {
                 let _ = f.call1(target, &JsValue::from(msg.as_str()));
             }
         };
@@ -56,8 +61,14 @@ pub fn start() {
 fn file_length(v: Option<f64>) -> Result<Option<u64>, JsError> {
     match v {
         None => Ok(None),
-        Some(x) if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= 9_007_199_254_740_992.0 => Ok(Some(x as u64)),
-        Some(x) => Err(JsError::new(&format!("model.safetensors: the file length {x} is not a whole number of bytes"))),
+        Some(x)
+            if x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= 9_007_199_254_740_992.0 =>
+        {
+            Ok(Some(x as u64))
+        }
+        Some(x) => Err(JsError::new(&format!(
+            "model.safetensors: the file length {x} is not a whole number of bytes"
+        ))),
     }
 }
 
@@ -89,8 +100,15 @@ pub struct Engine {
 #[wasm_bindgen]
 impl Engine {
     pub async fn create() -> Result<Engine, JsError> {
-        let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
-        Ok(Engine { ctx: Arc::new(ctx), model: None, tokenizer: None, loading: None })
+        let ctx = GpuContext::new(ContextOptions::default())
+            .await
+            .map_err(js_err)?;
+        Ok(Engine {
+            ctx: Arc::new(ctx),
+            model: None,
+            tokenizer: None,
+            loading: None,
+        })
     }
 
     pub fn adapter(&self) -> String {
@@ -106,30 +124,52 @@ impl Engine {
     /// Content-Length), they must tile it from its first byte and the caller checks the stream ends
     /// after the last tensor.
     #[wasm_bindgen(js_name = beginLoad)]
-    pub async fn begin_load(&mut self, config_json: String, header: Vec<u8>, tokenizer_json: Option<String>, file_length: Option<f64>) -> Result<Array, JsError> {
+    pub async fn begin_load(
+        &mut self,
+        config_json: String,
+        header: Vec<u8>,
+        tokenizer_json: Option<String>,
+        file_length: Option<f64>,
+    ) -> Result<Array, JsError> {
         self.model = None;
         self.loading = None;
-        let cfg = ModelConfig::from_json_bytes(config_json.as_bytes(), "config.json", None).map_err(js_err)?;
+        let cfg = ModelConfig::from_json_bytes(config_json.as_bytes(), "config.json", None)
+            .map_err(js_err)?;
         let header_len = header.len() as u64;
         // Without the file's length, the file is taken to end where the last tensor does (the caller
         // checks that the stream ends there).
         let file_len = match self::file_length(file_length)? {
             Some(n) => n,
-            None => parse_header(&header, "model.safetensors").map_err(js_err)?.iter().map(|e| e.3 .1 as u64).max().unwrap_or(0).saturating_add(8 + header_len),
+            None => parse_header(&header, "model.safetensors")
+                .map_err(js_err)?
+                .iter()
+                .map(|e| e.3 .1 as u64)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(8 + header_len),
         };
         let entries = check_header(&header, file_len, "model.safetensors").map_err(js_err)?;
-        let plain: Vec<(String, String, Vec<usize>)> = entries.iter().map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone())).collect();
+        let plain: Vec<(String, String, Vec<usize>)> = entries
+            .iter()
+            .map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone()))
+            .collect();
         let names = validate_entries(&plain, &cfg, "model.safetensors").map_err(js_err)?;
         self.tokenizer = match tokenizer_json {
             Some(t) => {
-                let tok = TextTokenizer::from_bytes(t.as_bytes(), "tokenizer.json").map_err(js_err)?;
+                let tok =
+                    TextTokenizer::from_bytes(t.as_bytes(), "tokenizer.json").map_err(js_err)?;
                 tok.check_fits(&cfg).map_err(js_err)?;
                 Some(tok)
             }
             None => None,
         };
-        let model = GpuModel::allocate(self.ctx.clone(), cfg).await.map_err(js_err)?;
-        let pending: BTreeMap<String, String> = names.into_iter().map(|(canonical, full)| (full, canonical)).collect();
+        let model = GpuModel::allocate(self.ctx.clone(), cfg)
+            .await
+            .map_err(js_err)?;
+        let pending: BTreeMap<String, String> = names
+            .into_iter()
+            .map(|(canonical, full)| (full, canonical))
+            .collect();
         let order = Array::new();
         for (name, dtype, shape, (a, b)) in &entries {
             let e = Object::new();
@@ -137,22 +177,40 @@ impl Engine {
             set(&e, "dtype", dtype.as_str());
             set(&e, "begin", *a as f64);
             set(&e, "end", *b as f64);
-            set(&e, "shape", shape.iter().map(|&x| JsValue::from(x as f64)).collect::<Array>());
+            set(
+                &e,
+                "shape",
+                shape
+                    .iter()
+                    .map(|&x| JsValue::from(x as f64))
+                    .collect::<Array>(),
+            );
             order.push(&e);
         }
-        self.loading = Some(Loading { model, pending, seen: HashSet::new() });
+        self.loading = Some(Loading {
+            model,
+            pending,
+            seen: HashSet::new(),
+        });
         Ok(order)
     }
 
     /// One tensor of model.safetensors (its raw little-endian bytes).
     #[wasm_bindgen(js_name = putTensor)]
     pub fn put_tensor(&mut self, name: String, dtype: String, bytes: &[u8]) -> Result<(), JsError> {
-        let l = self.loading.as_mut().ok_or_else(|| JsError::new("putTensor before beginLoad"))?;
+        let l = self
+            .loading
+            .as_mut()
+            .ok_or_else(|| JsError::new("putTensor before beginLoad"))?;
         let Some(canonical) = l.pending.get(&name).cloned() else {
             // The optional sampling_eps buffers carry no weights the network uses.
             return Ok(());
         };
-        let data = bytes_to_f32(&dtype, bytes).ok_or_else(|| JsError::new(&format!("model.safetensors: tensor `{name}`: unsupported dtype {dtype}")))?;
+        let data = bytes_to_f32(&dtype, bytes).ok_or_else(|| {
+            JsError::new(&format!(
+                "model.safetensors: tensor `{name}`: unsupported dtype {dtype}"
+            ))
+        })?;
         l.model.write_tensor(&canonical, &data).map_err(js_err)?;
         l.seen.insert(name);
         Ok(())
@@ -160,9 +218,14 @@ impl Engine {
 
     #[wasm_bindgen(js_name = finishLoad)]
     pub fn finish_load(&mut self) -> Result<Object, JsError> {
-        let l = self.loading.take().ok_or_else(|| JsError::new("finishLoad before beginLoad"))?;
+        let l = self
+            .loading
+            .take()
+            .ok_or_else(|| JsError::new("finishLoad before beginLoad"))?;
         if let Some(missing) = l.pending.keys().find(|n| !l.seen.contains(*n)) {
-            return Err(JsError::new(&format!("model.safetensors: tensor `{missing}`: missing (the download ended early?)")));
+            return Err(JsError::new(&format!(
+                "model.safetensors: tensor `{missing}`: missing (the download ended early?)"
+            )));
         }
         self.ctx.check().map_err(js_err)?;
         self.model = Some(l.model);
@@ -198,9 +261,24 @@ impl Engine {
             set(&defaults, "topP", d.top_p);
             set(&defaults, "steps", d.steps as f64);
             set(&defaults, "seed", d.seed as f64);
-            set(&defaults, "tokensPerCall", bd3_gpu::defaults::TOKENS_PER_CALL as f64);
-            set(&defaults, "confidenceThreshold", bd3_gpu::defaults::CONFIDENCE_THRESHOLD);
-            set(&defaults, "samplers", bd3_gpu::SAMPLER_NAMES.iter().map(|&n| JsValue::from(n)).collect::<Array>());
+            set(
+                &defaults,
+                "tokensPerCall",
+                bd3_gpu::defaults::TOKENS_PER_CALL as f64,
+            );
+            set(
+                &defaults,
+                "confidenceThreshold",
+                bd3_gpu::defaults::CONFIDENCE_THRESHOLD,
+            );
+            set(
+                &defaults,
+                "samplers",
+                bd3_gpu::SAMPLER_NAMES
+                    .iter()
+                    .map(|&n| JsValue::from(n))
+                    .collect::<Array>(),
+            );
             set(&o, "defaults", defaults);
         }
         o
@@ -211,23 +289,59 @@ impl Engine {
     /// confidenceThreshold? (confidence-threshold), steps?, seed?, batch?, varLength?}; what is left
     /// out takes the defaults of `SampleOptions::defaults_for` (as `info().defaults`). `on_event` receives {type: "revealed", block, call, revealed: [[seq, pos, token, text]]}
     /// and {type: "committed", block, end, tokens: number[] (sequence 0), text}. Resolves to {tokens, text, nfe, calls, ms}.
-    pub async fn generate(&mut self, options: JsValue, on_event: Function) -> Result<Object, JsError> {
-        let model = self.model.as_mut().ok_or_else(|| JsError::new("no model is loaded"))?;
+    pub async fn generate(
+        &mut self,
+        options: JsValue,
+        on_event: Function,
+    ) -> Result<Object, JsError> {
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| JsError::new("no model is loaded"))?;
         let cfg = model.cfg.clone();
-        let get = |k: &str| Reflect::get(&options, &k.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+        let get = |k: &str| {
+            Reflect::get(&options, &k.into())
+                .ok()
+                .filter(|v| !v.is_undefined() && !v.is_null())
+        };
         let num = |k: &str, d: f64| get(k).and_then(|v| v.as_f64()).unwrap_or(d);
-        let prompt: Vec<u32> = match (get("prompt").and_then(|v| v.as_string()).filter(|s| !s.is_empty()), get("promptIds")) {
+        let prompt: Vec<u32> = match (
+            get("prompt")
+                .and_then(|v| v.as_string())
+                .filter(|s| !s.is_empty()),
+            get("promptIds"),
+        ) {
             (Some(text), _) => match &self.tokenizer {
                 Some(t) => t.encode(&text).map_err(js_err)?,
-                None => return Err(JsError::new("this model has no tokenizer.json: give the prompt as token ids")),
+                None => {
+                    return Err(JsError::new(
+                        "this model has no tokenizer.json: give the prompt as token ids",
+                    ))
+                }
             },
-            (None, Some(ids)) => Array::from(&ids).iter().map(|v| v.as_f64().unwrap_or(0.0) as u32).collect(),
+            (None, Some(ids)) => Array::from(&ids)
+                .iter()
+                .map(|v| v.as_f64().unwrap_or(0.0) as u32)
+                .collect(),
             (None, None) => Vec::new(),
         };
         let d = SampleOptions::defaults_for(&cfg);
-        let sampler_name = get("sampler").and_then(|v| v.as_string()).unwrap_or_else(|| d.sampler.name().into());
-        let tokens_per_call = get("tokensPerCall").and_then(|v| v.as_f64()).map(|k| if k >= 0.0 && k.fract() == 0.0 { k as usize } else { 0 });
-        let sampler = Sampler::from_name(&sampler_name, tokens_per_call, get("confidenceThreshold").and_then(|v| v.as_f64())).map_err(js_err)?;
+        let sampler_name = get("sampler")
+            .and_then(|v| v.as_string())
+            .unwrap_or_else(|| d.sampler.name().into());
+        let tokens_per_call = get("tokensPerCall").and_then(|v| v.as_f64()).map(|k| {
+            if k >= 0.0 && k.fract() == 0.0 {
+                k as usize
+            } else {
+                0
+            }
+        });
+        let sampler = Sampler::from_name(
+            &sampler_name,
+            tokens_per_call,
+            get("confidenceThreshold").and_then(|v| v.as_f64()),
+        )
+        .map_err(js_err)?;
         STOP.with(|s| s.store(false, Ordering::SeqCst));
         let opts = SampleOptions {
             batch: num("batch", d.batch as f64) as usize,
@@ -252,26 +366,50 @@ impl Engine {
         let mut on = |e: SampleEvent| {
             let o = Object::new();
             match e {
-                SampleEvent::Revealed { block, call, revealed } => {
+                SampleEvent::Revealed {
+                    block,
+                    call,
+                    revealed,
+                } => {
                     set(&o, "type", "revealed");
                     set(&o, "block", block as f64);
                     set(&o, "call", call as f64);
                     let arr = Array::new();
                     for &(s, p, t) in revealed {
-                        arr.push(&Array::of4(&(s as f64).into(), &(p as f64).into(), &(t as f64).into(), &piece(t).into()));
+                        arr.push(&Array::of4(
+                            &(s as f64).into(),
+                            &(p as f64).into(),
+                            &(t as f64).into(),
+                            &piece(t).into(),
+                        ));
                     }
                     set(&o, "revealed", arr);
                 }
-                SampleEvent::Committed { block, end, sequences } => {
+                SampleEvent::Committed {
+                    block,
+                    end,
+                    sequences,
+                } => {
                     set(&o, "type", "committed");
                     set(&o, "block", block as f64);
                     set(&o, "end", end as f64);
-                    set(&o, "tokens", sequences[0].iter().map(|&t| JsValue::from(t as f64)).collect::<Array>());
+                    set(
+                        &o,
+                        "tokens",
+                        sequences[0]
+                            .iter()
+                            .map(|&t| JsValue::from(t as f64))
+                            .collect::<Array>(),
+                    );
                     let pieces: Vec<String> = match tok {
                         Some(t) => t.pieces(&sequences[0]).unwrap_or_default(),
                         None => sequences[0].iter().map(|&id| piece(id)).collect(),
                     };
-                    set(&o, "pieces", pieces.into_iter().map(JsValue::from).collect::<Array>());
+                    set(
+                        &o,
+                        "pieces",
+                        pieces.into_iter().map(JsValue::from).collect::<Array>(),
+                    );
                 }
             }
             let _ = on_event.call1(&JsValue::NULL, &o);
@@ -281,8 +419,23 @@ impl Engine {
         let out = Object::new();
         match result {
             Ok(r) => {
-                set(&out, "tokens", r.sequences.iter().map(|s| s.iter().map(|&t| JsValue::from(t as f64)).collect::<Array>()).collect::<Array>());
-                let texts: Array = r.sequences.iter().map(|s| JsValue::from(render(tok, s))).collect();
+                set(
+                    &out,
+                    "tokens",
+                    r.sequences
+                        .iter()
+                        .map(|s| {
+                            s.iter()
+                                .map(|&t| JsValue::from(t as f64))
+                                .collect::<Array>()
+                        })
+                        .collect::<Array>(),
+                );
+                let texts: Array = r
+                    .sequences
+                    .iter()
+                    .map(|s| JsValue::from(render(tok, s)))
+                    .collect();
                 set(&out, "text", texts);
                 set(&out, "nfe", r.nfe as f64);
                 set(&out, "calls", r.calls as f64);
@@ -301,14 +454,22 @@ impl Engine {
         let mut map = BTreeMap::new();
         for key in Object::keys(&files).iter() {
             let name = key.as_string().unwrap_or_default();
-            let bytes = js_sys::Uint8Array::new(&Reflect::get(&files, &key).map_err(|_| JsError::new("unreadable file"))?).to_vec();
+            let bytes = js_sys::Uint8Array::new(
+                &Reflect::get(&files, &key).map_err(|_| JsError::new("unreadable file"))?,
+            )
+            .to_vec();
             map.insert(name, bytes);
         }
-        let fixture = bd3_verify::MemFixture { name: "fixture".into(), files: map };
+        let fixture = bd3_verify::MemFixture {
+            name: "fixture".into(),
+            files: map,
+        };
         let mut out = Vec::new();
         let (passed, failed) = {
             let mut report = bd3_verify::Report::new(&mut out);
-            bd3_verify::verify_dir(&self.ctx, &fixture, &mut report).await.map_err(js_err)?;
+            bd3_verify::verify_dir(&self.ctx, &fixture, &mut report)
+                .await
+                .map_err(js_err)?;
             (report.passed, report.failed)
         };
         let mut text = String::from_utf8_lossy(&out).into_owned();
@@ -321,6 +482,10 @@ impl Engine {
 fn render(tok: Option<&TextTokenizer>, ids: &[u32]) -> String {
     match tok {
         Some(t) => t.decode(ids.get(1..).unwrap_or(&[])).unwrap_or_default(),
-        None => ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "),
+        None => ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }

@@ -3,7 +3,9 @@
 //! (timestamp queries, where the adapter has them), GEMM GFLOP/s, and the submits, buffers and bind
 //! groups created per forward once warm (the structural counts that must stay at 1, 0, 0).
 
-use bd3_gpu::plan::{dispatch_header, dispatch_line, summarize, AdapterDesc, DEFAULT_COMPUTE_UNITS};
+use bd3_gpu::plan::{
+    dispatch_header, dispatch_line, summarize, AdapterDesc, DEFAULT_COMPUTE_UNITS,
+};
 use bd3_gpu::{ContextOptions, ForwardInput, ForwardShape, GpuContext, GpuModel, PlannedDispatch};
 use bd3_model::init::{random_weights, to_safetensors, SplitMix};
 use bd3_model::{Checkpoint, Error, ModelConfig, Result};
@@ -100,12 +102,24 @@ pub fn parse_size(s: &str) -> Result<BenchSize> {
     let v: Vec<usize> = match s {
         "small" => vec![768, 12, 12, 50258, 1024],
         "tiny" => vec![64, 4, 2, 128, 16],
-        spec => spec.split(',').map(|x| x.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| Error::Invalid(format!("`{spec}`: expected small, tiny or D,H,N,V,L")))?,
+        spec => spec
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::Invalid(format!("`{spec}`: expected small, tiny or D,H,N,V,L")))?,
     };
     if v.len() != 5 || v.contains(&0) {
-        return Err(Error::Invalid(format!("`{s}`: expected five positive numbers D,H,N,V,L")));
+        return Err(Error::Invalid(format!(
+            "`{s}`: expected five positive numbers D,H,N,V,L"
+        )));
     }
-    Ok(BenchSize { hidden: v[0], heads: v[1], blocks: v[2], vocab: v[3], length: v[4] })
+    Ok(BenchSize {
+        hidden: v[0],
+        heads: v[1],
+        blocks: v[2],
+        vocab: v[3],
+        length: v[4],
+    })
 }
 
 /// A BD3LM config of the given size (official field names), validated like a real one.
@@ -127,7 +141,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 }
 
 /// A GPU model of `size` with random weights, through the strict loader like a real checkpoint.
-fn random_model(ctx: &Arc<GpuContext>, size: &BenchSize, block_size: usize) -> Result<(GpuModel, usize, f64)> {
+fn random_model(
+    ctx: &Arc<GpuContext>,
+    size: &BenchSize,
+    block_size: usize,
+) -> Result<(GpuModel, usize, f64)> {
     let cfg = bench_config(size, block_size)?;
     let t0 = Instant::now();
     let tensors = random_weights(&cfg, 7, 0.02);
@@ -149,26 +167,41 @@ fn print_model(model: &GpuModel, params: usize, secs: f64) {
 
 /// `bench sample`: first-hitting generation with the KV cache, nucleus 0.9, random weights.
 fn sample(a: SampleBenchArgs) -> Result<()> {
-    let SampleBenchArgs { size, batch, block_size, length, top_p, plan } = a;
+    let SampleBenchArgs {
+        size,
+        batch,
+        block_size,
+        length,
+        top_p,
+        plan,
+    } = a;
     let block_size = block_size.min(size.length);
     // Sizes are checked before anything is allocated.
     let cfg = bench_config(&size, block_size)?;
     let length_wanted = length.unwrap_or(cfg.model_length);
     if !(2..=bd3_model::config::MAX_MODEL_LENGTH).contains(&length_wanted) {
-        return Err(Error::Invalid(format!("--length {length_wanted} must be between 2 and {}", bd3_model::config::MAX_MODEL_LENGTH)));
+        return Err(Error::Invalid(format!(
+            "--length {length_wanted} must be between 2 and {}",
+            bd3_model::config::MAX_MODEL_LENGTH
+        )));
     }
     cfg.check_batch(batch, length_wanted.max(cfg.model_length))?;
     if plan.plan {
         return plan_sample(&plan, &size, block_size, batch, length_wanted, top_p);
     }
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(
+        ContextOptions::default(),
+    ))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
     print_model(&model, params, secs);
     let length = length.unwrap_or(model.cfg.model_length);
     let opts = sample_options(batch, length, top_p, block_size);
     // Warm-up: two blocks record every program shape (sample and commit) and compile the pipelines.
-    let warm = bd3_gpu::SampleOptions { length: (2 * block_size).min(length), ..opts.clone() };
+    let warm = bd3_gpu::SampleOptions {
+        length: (2 * block_size).min(length),
+        ..opts.clone()
+    };
     pollster::block_on(bd3_gpu::generate(&mut model, &warm, &mut |_| {}))?;
     let before = ctx.snapshot();
     let t = Instant::now();
@@ -177,9 +210,21 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
     let c = ctx.snapshot() - before;
     let calls = result.calls as f64;
     let generated = batch * (length - 1);
-    println!("first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}");
-    println!("{:>14} {:>14} {:>12} {:>8} {:>10}", "ms/model call", "tokens/s", "model calls", "NFEs", "seconds");
-    println!("{:>14.3} {:>14.1} {:>12} {:>8} {:>10.2}", secs * 1e3 / calls, generated as f64 / secs, result.calls, result.nfe, secs);
+    println!(
+        "first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}"
+    );
+    println!(
+        "{:>14} {:>14} {:>12} {:>8} {:>10}",
+        "ms/model call", "tokens/s", "model calls", "NFEs", "seconds"
+    );
+    println!(
+        "{:>14.3} {:>14.1} {:>12} {:>8} {:>10.2}",
+        secs * 1e3 / calls,
+        generated as f64 / secs,
+        result.calls,
+        result.nfe,
+        secs
+    );
     println!(
         "per model call: submits {:.2}, buffers created {}, bind groups created {}, pipelines created {}, bytes read back {:.1}",
         c.submits as f64 / calls, c.buffers_created, c.bind_groups_created, c.pipelines_created, c.bytes_read_back as f64 / calls
@@ -189,7 +234,12 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
 }
 
 /// First-hitting generation of `length` tokens per sequence from BOS, without early stops.
-fn sample_options(batch: usize, length: usize, top_p: f64, block_size: usize) -> bd3_gpu::SampleOptions {
+fn sample_options(
+    batch: usize,
+    length: usize,
+    top_p: f64,
+    block_size: usize,
+) -> bd3_gpu::SampleOptions {
     bd3_gpu::SampleOptions {
         batch,
         length,
@@ -215,7 +265,11 @@ impl PlanArgs {
 
     /// A planning model of `size` (no GPU, no weights in memory).
     fn model(&self, size: &BenchSize, block_size: usize) -> Result<GpuModel> {
-        let adapter = AdapterDesc::native(self.units.unwrap_or(DEFAULT_COMPUTE_UNITS), self.f16(), self.subgroups());
+        let adapter = AdapterDesc::native(
+            self.units.unwrap_or(DEFAULT_COMPUTE_UNITS),
+            self.f16(),
+            self.subgroups(),
+        );
         let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
         let cfg = bench_config(size, block_size)?;
         let model = pollster::block_on(GpuModel::allocate(ctx, cfg))?;
@@ -243,29 +297,48 @@ fn print_plan(what: &str, dispatches: &[PlannedDispatch], units: u32) {
 
 /// `bench sample --plan`: the sampler's whole call sequence on a planning model; the plan line gives
 /// means per model call.
-fn plan_sample(plan: &PlanArgs, size: &BenchSize, block_size: usize, batch: usize, length: usize, top_p: f64) -> Result<()> {
+fn plan_sample(
+    plan: &PlanArgs,
+    size: &BenchSize,
+    block_size: usize,
+    batch: usize,
+    length: usize,
+    top_p: f64,
+) -> Result<()> {
     let mut model = plan.model(size, block_size)?;
     let opts = sample_options(batch, length, top_p, block_size);
     let result = pollster::block_on(bd3_gpu::generate(&mut model, &opts, &mut |_| {}))?;
     let calls = &model.call_plans;
     // The first sampling call of the last block: the cache at its fullest.
-    let shown = calls.iter().rposition(|c| c.iter().any(|d| d.label == "sample")).map(|last| {
-        let mut i = last;
-        while i > 0 && calls[i - 1].iter().any(|d| d.label == "sample") {
-            i -= 1;
-        }
-        i
-    });
+    let shown = calls
+        .iter()
+        .rposition(|c| c.iter().any(|d| d.label == "sample"))
+        .map(|last| {
+            let mut i = last;
+            while i > 0 && calls[i - 1].iter().any(|d| d.label == "sample") {
+                i -= 1;
+            }
+            i
+        });
     println!("first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}: {} model calls", result.calls);
     if let Some(i) = shown {
-        println!("\ndispatches of model call {} (the first sampling call of the last block):", i + 1);
+        println!(
+            "\ndispatches of model call {} (the first sampling call of the last block):",
+            i + 1
+        );
         println!("{}", dispatch_header());
         for d in &calls[i] {
             println!("{}", dispatch_line(d));
         }
     }
-    println!("\nper model call, mean over the {} calls of the generation:", calls.len());
-    println!("{}", summarize(calls.iter().map(|c| c.as_slice()), plan.units()).line());
+    println!(
+        "\nper model call, mean over the {} calls of the generation:",
+        calls.len()
+    );
+    println!(
+        "{}",
+        summarize(calls.iter().map(|c| c.as_slice()), plan.units()).line()
+    );
     Ok(())
 }
 
@@ -273,44 +346,97 @@ fn plan_sample(plan: &PlanArgs, size: &BenchSize, block_size: usize, batch: usiz
 /// 2L rows: BD3LM trains on x_t ⊕ x_0).
 fn check_batches(size: &BenchSize, batches: &[usize], block_size: usize) -> Result<()> {
     let cfg = bench_config(size, block_size)?;
-    batches.iter().try_for_each(|&b| if b == 0 { Err(Error::Invalid("--batch sizes must be at least 1".into())) } else { cfg.check_batch(b, 2 * cfg.model_length) })
+    batches.iter().try_for_each(|&b| {
+        if b == 0 {
+            Err(Error::Invalid("--batch sizes must be at least 1".into()))
+        } else {
+            cfg.check_batch(b, 2 * cfg.model_length)
+        }
+    })
 }
 
 /// `bench train`: one training step (forward with saved activations, backward, clip + AdamW + EMA)
 /// on the vectorised BD3LM input with random weights; the split between the three parts.
 fn train(a: BatchArgs) -> Result<()> {
-    let BatchArgs { size, batch: batches, block_size, iters, plan } = a;
+    let BatchArgs {
+        size,
+        batch: batches,
+        block_size,
+        iters,
+        plan,
+    } = a;
     let block_size = block_size.min(size.length);
     check_batches(&size, &batches, block_size)?;
     if plan.plan {
         let model = plan.model(&size, block_size)?;
-        let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(&model, bd3_gpu::OptimConfig::default()))?;
+        let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(
+            &model,
+            bd3_gpu::OptimConfig::default(),
+        ))?;
         for &b in &batches {
-            let shape = bd3_gpu::TrainShape { forward: crate::nelbo::loss_shape(&model.cfg, b), dropout_milli: 100 };
+            let shape = bd3_gpu::TrainShape {
+                forward: crate::nelbo::loss_shape(&model.cfg, b),
+                dropout_milli: 100,
+            };
             let dispatches = trainer.plan_step(&model, &shape)?;
-            print_plan(&format!("training step at batch {b} ({} tokens): forward, backward, clip + AdamW + EMA", b * model.cfg.model_length), &dispatches, plan.units());
+            print_plan(
+                &format!(
+                    "training step at batch {b} ({} tokens): forward, backward, clip + AdamW + EMA",
+                    b * model.cfg.model_length
+                ),
+                &dispatches,
+                plan.units(),
+            );
         }
         return Ok(());
     }
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(
+        ContextOptions::default(),
+    ))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
     print_model(&model, params, secs);
     let cfg = model.cfg.clone();
     let mem_weights = ctx.snapshot().bytes_allocated;
-    let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(&model, bd3_gpu::OptimConfig::default()))?;
+    let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(
+        &model,
+        bd3_gpu::OptimConfig::default(),
+    ))?;
     println!("training step: x_t ⊕ x_0 forward keeping activations, backward, global-norm clip, AdamW, EMA (dropout 0.1)");
-    println!("{:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}  {:>12}", "batch", "ms/step", "forward", "backward", "optimizer", "tokens/s", "GPU memory");
+    println!(
+        "{:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}  {:>12}",
+        "batch", "ms/step", "forward", "backward", "optimizer", "tokens/s", "GPU memory"
+    );
     for &b in &batches {
         let l = cfg.model_length;
         let mut rng = SplitMix(5);
-        let x0: Vec<Vec<u32>> = (0..b).map(|_| (0..l).map(|_| (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32).collect()).collect();
-        let lb = bd3_model::objective::build_batch(&cfg, &x0, bd3_model::objective::Clip::NELBO, &mut rng, false);
+        let x0: Vec<Vec<u32>> = (0..b)
+            .map(|_| {
+                (0..l)
+                    .map(|_| (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32)
+                    .collect()
+            })
+            .collect();
+        let lb = bd3_model::objective::build_batch(
+            &cfg,
+            &x0,
+            bd3_model::objective::Clip::NELBO,
+            &mut rng,
+            false,
+        );
         let input = crate::nelbo::input_of(&lb);
         let fshape = crate::nelbo::loss_shape(&cfg, b);
-        let tshape = bd3_gpu::TrainShape { forward: fshape, dropout_milli: 100 };
-        let batch = bd3_gpu::TrainBatch { input: crate::nelbo::input_of(&lb), seed: 1, grad_scale: 1.0 / lb.denominator as f32 };
-        let warm = pollster::block_on(model.forward(&fshape, &input)).and_then(|_| pollster::block_on(trainer.forward_backward(&model, &tshape, &batch)));
+        let tshape = bd3_gpu::TrainShape {
+            forward: fshape,
+            dropout_milli: 100,
+        };
+        let batch = bd3_gpu::TrainBatch {
+            input: crate::nelbo::input_of(&lb),
+            seed: 1,
+            grad_scale: 1.0 / lb.denominator as f32,
+        };
+        let warm = pollster::block_on(model.forward(&fshape, &input))
+            .and_then(|_| pollster::block_on(trainer.forward_backward(&model, &tshape, &batch)));
         if let Err(e) = warm {
             println!("{b:>5}  skipped: {e}");
             continue;
@@ -324,7 +450,9 @@ fn train(a: BatchArgs) -> Result<()> {
             Ok(t.elapsed().as_secs_f64() / iters as f64)
         };
         let fwd = time(&mut || pollster::block_on(model.forward(&fshape, &input)).map(|_| ()))?;
-        let fwd_bwd = time(&mut || pollster::block_on(trainer.forward_backward(&model, &tshape, &batch)).map(|_| ()))?;
+        let fwd_bwd = time(&mut || {
+            pollster::block_on(trainer.forward_backward(&model, &tshape, &batch)).map(|_| ())
+        })?;
         let opt = time(&mut || {
             trainer.optimizer_step(&model, 1e-4)?;
             pollster::block_on(ctx.read_f32(&model.weights.norm_final, 0, 1)).map(|_| ())
@@ -332,16 +460,30 @@ fn train(a: BatchArgs) -> Result<()> {
         let step = fwd_bwd + opt;
         println!(
             "{b:>5}  {:>10.2}  {:>10.2}  {:>10.2}  {:>10.2}  {:>12.0}  {:>9.0} MiB",
-            step * 1e3, fwd * 1e3, (fwd_bwd - fwd).max(0.0) * 1e3, opt * 1e3, (b * l) as f64 / step, ctx.snapshot().bytes_allocated as f64 / (1 << 20) as f64
+            step * 1e3,
+            fwd * 1e3,
+            (fwd_bwd - fwd).max(0.0) * 1e3,
+            opt * 1e3,
+            (b * l) as f64 / step,
+            ctx.snapshot().bytes_allocated as f64 / (1 << 20) as f64
         );
     }
     println!("\n(forward = the loss forward alone; backward = the training pass minus it, which also keeps");
-    println!(" activations; GPU memory = every buffer allocated so far, weights {} MiB included)", mem_weights >> 20);
+    println!(
+        " activations; GPU memory = every buffer allocated so far, weights {} MiB included)",
+        mem_weights >> 20
+    );
     Ok(())
 }
 
 fn forward(a: BatchArgs) -> Result<()> {
-    let BatchArgs { size, batch: batches, block_size, iters, plan } = a;
+    let BatchArgs {
+        size,
+        batch: batches,
+        block_size,
+        iters,
+        plan,
+    } = a;
     let block_size = block_size.min(size.length);
     check_batches(&size, &batches, block_size)?;
     if plan.plan {
@@ -349,29 +491,62 @@ fn forward(a: BatchArgs) -> Result<()> {
         for &b in &batches {
             let shape = ForwardShape::bd3lm_train(b, model.cfg.model_length, block_size);
             let dispatches = model.plan_forward(&shape)?;
-            print_plan(&format!("forward of x_t ⊕ x_0 at batch {b} ({} tokens per sequence) with the SUBS loss", 2 * model.cfg.model_length), &dispatches, plan.units());
+            print_plan(
+                &format!(
+                    "forward of x_t ⊕ x_0 at batch {b} ({} tokens per sequence) with the SUBS loss",
+                    2 * model.cfg.model_length
+                ),
+                &dispatches,
+                plan.units(),
+            );
         }
         return Ok(());
     }
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions { timestamps: true, ..Default::default() }))?);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions {
+        timestamps: true,
+        ..Default::default()
+    }))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
     print_model(&model, params, secs);
     let cfg = model.cfg.clone();
     println!("input: x_t ⊕ x_0 ({} tokens per sequence), block-diffusion mask, SUBS loss reduced on the GPU", 2 * cfg.model_length);
     println!();
-    println!("{:>5}  {:>10}  {:>12}  {:>8}  {:>9}  {:>8}  {:>11}  {:>11}", "batch", "ms/forward", "tokens/s", "submits", "buffers", "binds", "read back", "GEMM GF/s");
+    println!(
+        "{:>5}  {:>10}  {:>12}  {:>8}  {:>9}  {:>8}  {:>11}  {:>11}",
+        "batch", "ms/forward", "tokens/s", "submits", "buffers", "binds", "read back", "GEMM GF/s"
+    );
     let mut kernel_rows = Vec::new();
     for &b in &batches {
         let l = cfg.model_length;
         let shape = ForwardShape::bd3lm_train(b, l, block_size);
         let mut rng = SplitMix(11);
-        let x0: Vec<u32> = (0..b * l).map(|_| (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32).collect();
-        let xt: Vec<u32> = x0.iter().map(|&x| if rng.uniform() < 0.5 { cfg.mask_id() } else { x }).collect();
-        let tokens: Vec<u32> = (0..b).flat_map(|s| [&xt[s * l..(s + 1) * l], &x0[s * l..(s + 1) * l]].concat()).collect();
+        let x0: Vec<u32> = (0..b * l)
+            .map(|_| (rng.next_u64() % (cfg.vocab_size as u64 - 1)) as u32)
+            .collect();
+        let xt: Vec<u32> = x0
+            .iter()
+            .map(|&x| {
+                if rng.uniform() < 0.5 {
+                    cfg.mask_id()
+                } else {
+                    x
+                }
+            })
+            .collect();
+        let tokens: Vec<u32> = (0..b)
+            .flat_map(|s| [&xt[s * l..(s + 1) * l], &x0[s * l..(s + 1) * l]].concat())
+            .collect();
         let weights = vec![2.0f32; b * l];
         let sigma = vec![0.0; b];
-        let input = ForwardInput { tokens: &tokens, sigma: &sigma, input_ids: &xt, targets: &x0, weights: &weights, sedd_t: &[] };
+        let input = ForwardInput {
+            tokens: &tokens,
+            sigma: &sigma,
+            input_ids: &xt,
+            targets: &x0,
+            weights: &weights,
+            sedd_t: &[],
+        };
         // Warm-up: records the program, allocates the workspace, compiles pipelines lazily.
         if let Err(e) = pollster::block_on(model.forward(&shape, &input)) {
             println!("{b:>5}  skipped: {e}");
@@ -386,10 +561,20 @@ fn forward(a: BatchArgs) -> Result<()> {
         let per = ctx.snapshot() - before;
         let n = iters;
         let timing = kernel_times(&ctx, model.program(&shape).unwrap())?;
-        let gemm = timing.as_ref().map(|k| k.gemm_flops as f64 / k.gemm_seconds / 1e9).map(|g| format!("{g:.1}")).unwrap_or("n/a".into());
+        let gemm = timing
+            .as_ref()
+            .map(|k| k.gemm_flops as f64 / k.gemm_seconds / 1e9)
+            .map(|g| format!("{g:.1}"))
+            .unwrap_or("n/a".into());
         println!(
             "{b:>5}  {:>10.2}  {:>12.0}  {:>8}  {:>9}  {:>8}  {:>9} B  {:>11}",
-            secs * 1e3, (b * l) as f64 / secs, per.submits / n, per.buffers_created / n, per.bind_groups_created / n, per.bytes_read_back / n, gemm
+            secs * 1e3,
+            (b * l) as f64 / secs,
+            per.submits / n,
+            per.buffers_created / n,
+            per.bind_groups_created / n,
+            per.bytes_read_back / n,
+            gemm
         );
         if let Some(k) = timing {
             kernel_rows.push((b, k));
@@ -399,9 +584,17 @@ fn forward(a: BatchArgs) -> Result<()> {
     for (b, k) in kernel_rows {
         let total: f64 = k.by_kind.values().map(|v| v.0).sum();
         println!("\ntime per kernel kind, batch {b} (timestamp queries, one pass per dispatch):");
-        println!("{:<12} {:>10} {:>7} {:>11}", "kernel", "ms", "share", "dispatches");
+        println!(
+            "{:<12} {:>10} {:>7} {:>11}",
+            "kernel", "ms", "share", "dispatches"
+        );
         for (name, (secs, count)) in &k.by_kind {
-            println!("{name:<12} {:>10.3} {:>6.1}% {:>11}", secs * 1e3, 100.0 * secs / total, count);
+            println!(
+                "{name:<12} {:>10.3} {:>6.1}% {:>11}",
+                secs * 1e3,
+                100.0 * secs / total,
+                count
+            );
         }
     }
     Ok(())
@@ -419,8 +612,16 @@ fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<K
         return Ok(None);
     }
     let n = program.dispatch_count() as u32;
-    let queries = ctx.device().create_query_set(&wgpu::QuerySetDescriptor { label: Some("bench timestamps"), ty: wgpu::QueryType::Timestamp, count: 2 * n });
-    let resolve = ctx.buffer("timestamps", 16 * n as u64, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
+    let queries = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("bench timestamps"),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2 * n,
+    });
+    let resolve = ctx.buffer(
+        "timestamps",
+        16 * n as u64,
+        wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+    )?;
     let staging = ctx.take_staging(16 * n as u64)?;
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     let timed = program.encode_timed(&mut enc, &queries);
@@ -443,5 +644,9 @@ fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<K
             gemm_seconds += secs;
         }
     }
-    Ok(Some(KernelTimes { by_kind, gemm_flops, gemm_seconds }))
+    Ok(Some(KernelTimes {
+        by_kind,
+        gemm_flops,
+        gemm_seconds,
+    }))
 }

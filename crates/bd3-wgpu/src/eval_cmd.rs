@@ -53,7 +53,15 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let EvalArgs { model, data, batch, split, seed, passes, kind } = a;
+    let EvalArgs {
+        model,
+        data,
+        batch,
+        split,
+        seed,
+        passes,
+        kind,
+    } = a;
     if batch == 0 || passes == 0 {
         bail!("--batch and --passes must be at least 1");
     }
@@ -62,17 +70,24 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let source = ModelSource::resolve(Some(&model))?;
     let (cfg, ckpt) = source.load(kind.map(Into::into))?;
-    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq).context("--batch")?;
+    cfg.check_batch(batch, crate::nelbo::loss_shape(&cfg, 1).seq)
+        .context("--batch")?;
     let tok = TextTokenizer::from_file(source.require_tokenizer()?)?;
     tok.check_fits(&cfg)?;
     let docs = read_corpus(&data)?;
     // The same document split as `train` (every 20th document held out).
     let chunks = match split {
         Split::All => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, 0)?.train,
-        Split::Valid => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, VALID_EVERY)?.valid,
-        Split::Train => chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, VALID_EVERY)?.train,
+        Split::Valid => {
+            chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, VALID_EVERY)?.valid
+        }
+        Split::Train => {
+            chunk_corpus(&docs, &tok, tok.eos_id(), cfg.model_length, VALID_EVERY)?.train
+        }
     };
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(
+        ContextOptions::default(),
+    ))?);
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
     // Each pass draws its own t per block; the first is the estimate `train` validates with.
@@ -81,20 +96,39 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut per_pass = Vec::with_capacity(passes);
     let mut count = 0;
     for pass in 0..passes {
-        let (sum, n, _) = pollster::block_on(evaluate(&mut model, &chunks, batch, Clip::NELBO, (seed + pass as u64) ^ 0x5eed, false, |done, _| {
-            let done = pass * chunks.len() + done;
-            progress.update(done as u64, total as u64, &format!("pass {} of {passes}", pass + 1));
-        }))?;
+        let (sum, n, _) = pollster::block_on(evaluate(
+            &mut model,
+            &chunks,
+            batch,
+            Clip::NELBO,
+            (seed + pass as u64) ^ 0x5eed,
+            false,
+            |done, _| {
+                let done = pass * chunks.len() + done;
+                progress.update(
+                    done as u64,
+                    total as u64,
+                    &format!("pass {} of {passes}", pass + 1),
+                );
+            },
+        ))?;
         per_pass.push(sum / n as f64);
         count = n;
     }
     progress.finish();
     let nelbo = per_pass.iter().sum::<f64>() / passes as f64;
-    print!("nelbo {nelbo:.6} ppl {:.3} tokens {count} chunks {}", nelbo.exp(), chunks.len());
+    print!(
+        "nelbo {nelbo:.6} ppl {:.3} tokens {count} chunks {}",
+        nelbo.exp(),
+        chunks.len()
+    );
     if passes > 1 {
         // Standard error of the mean over passes (the passes are independent draws of t).
         let var = per_pass.iter().map(|x| (x - nelbo).powi(2)).sum::<f64>() / (passes - 1) as f64;
-        print!(" passes {passes} stderr {:.6}", (var / passes as f64).sqrt());
+        print!(
+            " passes {passes} stderr {:.6}",
+            (var / passes as f64).sqrt()
+        );
     }
     println!();
     Ok(())

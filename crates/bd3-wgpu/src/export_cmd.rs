@@ -2,10 +2,10 @@
 //! the bundled model is stored). The config and tokenizer are copied unchanged; the checkpoint is
 //! read strictly, like every load.
 
-use bd3_model::checkpoint::expected_tensors;
-use bd3_model::init::{to_safetensors_as, NamedTensor, Storage};
 use crate::model_source::ModelSource;
 use anyhow::{bail, Context, Result};
+use bd3_model::checkpoint::expected_tensors;
+use bd3_model::init::{to_safetensors_as, NamedTensor, Storage};
 use bd3_model::write_atomically;
 use std::path::PathBuf;
 
@@ -41,25 +41,48 @@ pub fn run(a: ExportArgs) -> Result<()> {
         Dtype::F16 => Storage::F16Matrices,
         Dtype::F32 => Storage::F32,
     };
-    if out.canonicalize().ok().is_some_and(|o| model.canonicalize().ok() == Some(o)) {
-        bail!("export --out must differ from --model (the source is read while the copy is written)");
+    if out
+        .canonicalize()
+        .ok()
+        .is_some_and(|o| model.canonicalize().ok() == Some(o))
+    {
+        bail!(
+            "export --out must differ from --model (the source is read while the copy is written)"
+        );
     }
     let (cfg, ckpt) = source.load(a.kind.map(Into::into))?;
     let mut tensors = Vec::new();
     for (name, shape) in expected_tensors(&cfg) {
-        tensors.push(NamedTensor { data: ckpt.tensor_f32(&name)?, name: format!("backbone.{name}"), shape });
+        tensors.push(NamedTensor {
+            data: ckpt.tensor_f32(&name)?,
+            name: format!("backbone.{name}"),
+            shape,
+        });
     }
     let eps = ckpt.sampling_eps.map(|(a, b)| (a as f32, b as f32));
     let bytes = to_safetensors_as(&cfg, &tensors, eps, storage)?;
-    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the folder", out.display()))?;
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("{}: cannot create the folder", out.display()))?;
     // The config unchanged; where the source had none (and it was inferred), the inferred one.
     let config = model.join("config.json");
-    let config_bytes = if config.is_file() { bd3_model::error::read_file(&config)? } else { cfg.to_json().into_bytes() };
+    let config_bytes = if config.is_file() {
+        bd3_model::error::read_file(&config)?
+    } else {
+        cfg.to_json().into_bytes()
+    };
     write_atomically(&out.join("config.json"), &config_bytes)?;
     if let Some(tok) = &source.tokenizer {
-        write_atomically(&out.join("tokenizer.json"), &bd3_model::error::read_file(tok)?)?;
+        write_atomically(
+            &out.join("tokenizer.json"),
+            &bd3_model::error::read_file(tok)?,
+        )?;
     }
     write_atomically(&out.join("model.safetensors"), &bytes)?;
-    println!("wrote {} ({:.1} MB, {:?})", out.join("model.safetensors").display(), bytes.len() as f64 / 1e6, storage);
+    println!(
+        "wrote {} ({:.1} MB, {:?})",
+        out.join("model.safetensors").display(),
+        bytes.len() as f64 / 1e6,
+        storage
+    );
     Ok(())
 }

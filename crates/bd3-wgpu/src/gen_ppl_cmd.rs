@@ -137,7 +137,11 @@ pub fn evaluate(args: &GenPplArgs) -> Result<GenPplReport> {
         lines.iter().map(|l| l.tokens.clone()).collect()
     };
 
-    let bd3_model::ModelDir { config: cfg, checkpoint: ckpt, .. } = bd3_model::load_model_dir(&args.scorer, None)?;
+    let bd3_model::ModelDir {
+        config: cfg,
+        checkpoint: ckpt,
+        ..
+    } = bd3_model::load_model_dir(&args.scorer, None)?;
     if cfg.kind != ModelKind::Ar {
         return Err(Error::Invalid(format!(
             "{}: the scorer must be an autoregressive (ar) model, not {}",

@@ -69,7 +69,10 @@ enum Command {
 /// numbers taken as values (so `--batch -1` is reported as an invalid batch, not an unknown flag).
 fn cli_command() -> clap::Command {
     fn negatives(cmd: clap::Command) -> clap::Command {
-        let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
         let mut cmd = cmd.allow_negative_numbers(true);
         for name in names {
             cmd = cmd.mut_subcommand(name, negatives);
@@ -94,12 +97,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sample(a) => sample::run(a).map(|_| ExitCode::SUCCESS),
         Command::Train(a) => {
-            let given = matches.subcommand_matches("train").expect("the train subcommand matched");
+            let given = matches
+                .subcommand_matches("train")
+                .expect("the train subcommand matched");
             train_cmd::run(a, given).map(|_| ExitCode::SUCCESS)
         }
         Command::Eval(a) => eval_cmd::run(a).map(|_| ExitCode::SUCCESS),
         Command::Export(a) => export_cmd::run(a).map(|_| ExitCode::SUCCESS),
-        Command::GenPpl(a) => gen_ppl_cmd::run(&a).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Command::GenPpl(a) => gen_ppl_cmd::run(&a)
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::Plot(a) => plot::run(&a).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Command::Serve(a) => serve::run(a).map(|_| ExitCode::SUCCESS),
         Command::Verify(a) => verify_cmd::run(a),
@@ -236,7 +243,12 @@ mod tests {
     #[test]
     fn an_error_and_its_causes_make_one_line_without_repeats() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
-        let e = anyhow::Error::new(io).context("model.safetensors: No such file").context("loading the model");
-        assert_eq!(one_line(&e), "loading the model: model.safetensors: No such file");
+        let e = anyhow::Error::new(io)
+            .context("model.safetensors: No such file")
+            .context("loading the model");
+        assert_eq!(
+            one_line(&e),
+            "loading the model: model.safetensors: No such file"
+        );
     }
 }

@@ -32,14 +32,20 @@ impl ModelSource {
             if let bd3_hub::TokenizerFile::Fallback { repo: from, .. } = &files.tokenizer {
                 eprintln!("{repo} has no tokenizer.json: using {from}'s (the official code's GPT-2 tokenizer)");
             }
-            return Ok(ModelSource { tokenizer: Some(files.tokenizer.path().to_path_buf()), dir: files.dir });
+            return Ok(ModelSource {
+                tokenizer: Some(files.tokenizer.path().to_path_buf()),
+                dir: files.dir,
+            });
         }
         bail!("{arg}: not a model folder (no such path) and not a Hugging Face repository name (OWNER/NAME)")
     }
 
     fn local(dir: PathBuf) -> ModelSource {
         let tok = dir.join("tokenizer.json");
-        ModelSource { tokenizer: tok.is_file().then_some(tok), dir }
+        ModelSource {
+            tokenizer: tok.is_file().then_some(tok),
+            dir,
+        }
     }
 
     /// The config and weights, checked against each other; a folder without config.json (the
@@ -64,7 +70,9 @@ impl ModelSource {
 /// built in (so `target/release/bd3-wgpu sample` works from anywhere in a checkout).
 pub fn bundled_model() -> Result<PathBuf> {
     let here = PathBuf::from(BUNDLED_MODEL);
-    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(BUNDLED_MODEL);
     [here, built_in]
         .into_iter()
         .find(|p| p.join("config.json").is_file())

@@ -19,21 +19,41 @@ pub fn loss_shape(cfg: &ModelConfig, batch: usize) -> ForwardShape {
 }
 
 pub fn input_of(b: &LossBatch) -> ForwardInput<'_> {
-    ForwardInput { tokens: &b.tokens, sigma: &b.sigma, input_ids: &b.input_ids, targets: &b.targets, weights: &b.weights, sedd_t: &b.t_seq }
+    ForwardInput {
+        tokens: &b.tokens,
+        sigma: &b.sigma,
+        input_ids: &b.input_ids,
+        targets: &b.targets,
+        weights: &b.weights,
+        sedd_t: &b.t_seq,
+    }
 }
 
 /// Σ loss and Σ counted tokens over `chunks` in batches of `batch` (the last batch is padded by
 /// repeating chunks, whose losses are then left out), plus per-token losses when asked.
-pub async fn evaluate(model: &mut GpuModel, chunks: &[Vec<u32>], batch: usize, clip: Clip, seed: u64, per_token: bool, mut progress: impl FnMut(usize, usize)) -> Result<(f64, usize, Vec<Vec<f32>>)> {
+pub async fn evaluate(
+    model: &mut GpuModel,
+    chunks: &[Vec<u32>],
+    batch: usize,
+    clip: Clip,
+    seed: u64,
+    per_token: bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(f64, usize, Vec<Vec<f32>>)> {
     let cfg = model.cfg.clone();
-    let shape = ForwardShape { per_token: true, ..loss_shape(&cfg, batch) };
+    let shape = ForwardShape {
+        per_token: true,
+        ..loss_shape(&cfg, batch)
+    };
     let mut rng = SplitMix(seed);
     let (mut total, mut count, mut per_batch) = (0.0, 0usize, Vec::new());
     let scored_per_seq = shape.head_rows;
     let mut start = 0;
     while start < chunks.len() {
         let real = batch.min(chunks.len() - start);
-        let x0: Vec<Vec<u32>> = (0..batch).map(|i| chunks[(start + i.min(real - 1)) % chunks.len()].clone()).collect();
+        let x0: Vec<Vec<u32>> = (0..batch)
+            .map(|i| chunks[(start + i.min(real - 1)) % chunks.len()].clone())
+            .collect();
         let lb = build_batch(&cfg, &x0, clip, &mut rng, true);
         let out = model.forward(&shape, &input_of(&lb)).await?;
         let tl = out.token_loss.unwrap_or_default();

@@ -23,13 +23,24 @@ impl Progress {
     pub fn new(total: u64, unit: &str, plain_status: bool) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            let template = format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}, ETA {{eta}}]");
-            bar.set_style(ProgressStyle::with_template(&template).expect("a valid template").progress_chars("=> "));
+            let template = format!(
+                "{{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}, ETA {{eta}}]"
+            );
+            bar.set_style(
+                ProgressStyle::with_template(&template)
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
         let now = Instant::now();
-        Progress { bar, started: now, last_plain: Cell::new(now), plain_status }
+        Progress {
+            bar,
+            started: now,
+            last_plain: Cell::new(now),
+            plain_status,
+        }
     }
 
     /// Move to `pos` with a status message (step, loss, tokens/s). In plain mode the message is
@@ -40,10 +51,16 @@ impl Progress {
                 bar.set_position(pos);
                 bar.set_message(msg.to_string());
             }
-            None if self.plain_status && (self.last_plain.get().elapsed() >= PLAIN_EVERY || pos == total) => {
+            None if self.plain_status
+                && (self.last_plain.get().elapsed() >= PLAIN_EVERY || pos == total) =>
+            {
                 self.last_plain.set(Instant::now());
                 let secs = self.started.elapsed().as_secs_f64();
-                let eta = if pos == 0 { 0.0 } else { secs / pos as f64 * (total - pos) as f64 };
+                let eta = if pos == 0 {
+                    0.0
+                } else {
+                    secs / pos as f64 * (total - pos) as f64
+                };
                 eprintln!("{pos}/{total} {msg} ({secs:.0} s, eta {eta:.0} s)");
             }
             None => {}

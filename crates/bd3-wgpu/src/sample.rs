@@ -3,7 +3,9 @@
 use crate::model_source::ModelSource;
 use crate::sample_out::write_sample_line;
 use anyhow::{bail, Context, Result};
-use bd3_gpu::{defaults, generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler};
+use bd3_gpu::{
+    defaults, generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler,
+};
 use bd3_model::tokenizer::TextTokenizer;
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +29,10 @@ pub enum SamplerArg {
 impl SamplerArg {
     fn name(self) -> String {
         use clap::ValueEnum;
-        self.to_possible_value().expect("every sampler has a name").get_name().to_string()
+        self.to_possible_value()
+            .expect("every sampler has a name")
+            .get_name()
+            .to_string()
     }
 }
 
@@ -95,7 +100,10 @@ pub struct SampleArgs {
 pub fn document_defaults(cli: &mut clap::Command) {
     let with_default = |default: String| {
         move |a: clap::Arg| {
-            let help = format!("{} [default: {default}]", a.get_help().map(|h| h.to_string()).unwrap_or_default());
+            let help = format!(
+                "{} [default: {default}]",
+                a.get_help().map(|h| h.to_string()).unwrap_or_default()
+            );
             a.help(help)
         }
     };
@@ -104,8 +112,14 @@ pub fn document_defaults(cli: &mut clap::Command) {
     let patch = move |c: clap::Command| {
         c.mut_arg("top_p", with_default(top_p))
             .mut_arg("steps", with_default(steps))
-            .mut_arg("tokens_per_call", with_default(defaults::TOKENS_PER_CALL.to_string()))
-            .mut_arg("confidence_threshold", with_default(defaults::CONFIDENCE_THRESHOLD.to_string()))
+            .mut_arg(
+                "tokens_per_call",
+                with_default(defaults::TOKENS_PER_CALL.to_string()),
+            )
+            .mut_arg(
+                "confidence_threshold",
+                with_default(defaults::CONFIDENCE_THRESHOLD.to_string()),
+            )
     };
     *cli = std::mem::take(cli).mut_subcommand("sample", patch);
 }
@@ -117,12 +131,20 @@ pub fn run(a: SampleArgs) -> Result<()> {
     // The sequences and every step's buffers scale with batch × length: refuse what cannot be allocated.
     let length = a.length.unwrap_or(cfg.model_length);
     if length > bd3_model::config::MAX_MODEL_LENGTH {
-        bail!("--length {length} is more than {}", bd3_model::config::MAX_MODEL_LENGTH);
+        bail!(
+            "--length {length} is more than {}",
+            bd3_model::config::MAX_MODEL_LENGTH
+        );
     }
-    cfg.check_batch(a.batch, length.max(cfg.model_length)).context("--batch")?;
+    cfg.check_batch(a.batch, length.max(cfg.model_length))
+        .context("--batch")?;
     if let Some(bs) = a.block_size {
         if bs != cfg.block_size {
-            bail!("{} was trained with block size {}, not {bs}", dir.display(), cfg.block_size);
+            bail!(
+                "{} was trained with block size {}, not {bs}",
+                dir.display(),
+                cfg.block_size
+            );
         }
     }
     let model_defaults = SampleOptions::defaults_for(&cfg);
@@ -140,7 +162,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
     };
     let prompt = match (&a.prompt, &a.prompt_ids, &tokenizer) {
         (Some(text), _, Some(t)) => t.encode(text)?,
-        (Some(_), _, None) => bail!("{} has no tokenizer.json: give the prompt as --prompt-ids", dir.display()),
+        (Some(_), _, None) => bail!(
+            "{} has no tokenizer.json: give the prompt as --prompt-ids",
+            dir.display()
+        ),
         (None, Some(ids), _) => ids.clone(),
         (None, None, _) => Vec::new(),
     };
@@ -157,11 +182,16 @@ pub fn run(a: SampleArgs) -> Result<()> {
         entropy_check: a.entropy_check,
         ..model_defaults
     };
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(
+        ContextOptions::default(),
+    ))?);
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
     let mut trace = match &a.trace {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("{}: cannot create the trace", p.display()))?)),
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .with_context(|| format!("{}: cannot create the trace", p.display()))?,
+        )),
         None => None,
     };
 
@@ -172,8 +202,16 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let render = |ids: &[u32]| -> String {
         match &tokenizer {
             // Text without the leading BOS.
-            Some(t) => t.decode(ids.get(1..).unwrap_or(&[])).unwrap_or_else(|e| format!("<{e}>")),
-            None => ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ") + " ",
+            Some(t) => t
+                .decode(ids.get(1..).unwrap_or(&[]))
+                .unwrap_or_else(|e| format!("<{e}>")),
+            None => {
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    + " "
+            }
         }
     };
     let mut trace_err = None;
@@ -219,15 +257,31 @@ pub fn run(a: SampleArgs) -> Result<()> {
         bail!("{}: writing the trace failed: {e}", path.display());
     }
     if let (Some(mut w), Some(path)) = (trace, &a.trace) {
-        w.flush().with_context(|| format!("{}: writing the trace failed", path.display()))?;
+        w.flush()
+            .with_context(|| format!("{}: writing the trace failed", path.display()))?;
     }
     let secs = started.elapsed().as_secs_f64();
     if let Some(path) = &a.out {
-        let fingerprint = tokenizer.as_ref().map(|t| t.fingerprint()).transpose()?.unwrap_or_default();
+        let fingerprint = tokenizer
+            .as_ref()
+            .map(|t| t.fingerprint())
+            .transpose()?
+            .unwrap_or_default();
         let mut lines = Vec::new();
         for (s, tokens) in result.sequences.iter().enumerate() {
-            let nfe = nfe_per_sequence.get(s).copied().filter(|&n| n > 0).unwrap_or(result.nfe as u64);
-            write_sample_line(&mut lines, tokens, &render(tokens), nfe, result.calls as u64, &fingerprint)?;
+            let nfe = nfe_per_sequence
+                .get(s)
+                .copied()
+                .filter(|&n| n > 0)
+                .unwrap_or(result.nfe as u64);
+            write_sample_line(
+                &mut lines,
+                tokens,
+                &render(tokens),
+                nfe,
+                result.calls as u64,
+                &fingerprint,
+            )?;
         }
         bd3_model::write_atomically(path, &lines)?;
     }
@@ -243,7 +297,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
             println!("{}", render(s));
         }
     }
-    let generated: usize = result.sequences.iter().map(|s| s.len().saturating_sub(1 + opts.prompt.len())).sum();
+    let generated: usize = result
+        .sequences
+        .iter()
+        .map(|s| s.len().saturating_sub(1 + opts.prompt.len()))
+        .sum();
     eprintln!(
         "{} sequence(s), {} tokens generated, {} NFEs ({} model calls), {:.1} tokens/s, seed {}, on {}",
         result.sequences.len(), generated, result.nfe, result.calls, generated as f64 / secs, opts.seed, ctx.adapter_summary()

@@ -69,24 +69,47 @@ pub struct ServeArgs {
 
 /// `NAME=DIR` with NAME a short name of letters, digits, `-` or `_` (not `default`).
 fn parse_extra_model(v: &str) -> std::result::Result<(String, PathBuf), String> {
-    let (name, dir) = v.split_once('=').ok_or_else(|| format!("`{v}` is not NAME=DIR"))?;
-    let name_ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let (name, dir) = v
+        .split_once('=')
+        .ok_or_else(|| format!("`{v}` is not NAME=DIR"))?;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !name_ok || name == "default" {
-        return Err(format!("`{name}` must be a name of letters, digits, `-` or `_` (not `default`)"));
+        return Err(format!(
+            "`{name}` must be a name of letters, digits, `-` or `_` (not `default`)"
+        ));
     }
     Ok((name.to_string(), PathBuf::from(dir)))
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let ServeArgs { port, root, model, extra_model: extra } = a;
-    if let Some((name, _)) = extra.iter().enumerate().find_map(|(i, (n, _))| extra[..i].iter().find(|(m, _)| m == n)) {
+    let ServeArgs {
+        port,
+        root,
+        model,
+        extra_model: extra,
+    } = a;
+    if let Some((name, _)) = extra
+        .iter()
+        .enumerate()
+        .find_map(|(i, (n, _))| extra[..i].iter().find(|(m, _)| m == n))
+    {
         bail!("--extra-model: the name `{name}` is given twice");
     }
     if !root.join("index.html").is_file() {
-        bail!("{}: no index.html here (run from the repository root or pass --root)", root.display());
+        bail!(
+            "{}: no index.html here (run from the repository root or pass --root)",
+            root.display()
+        );
     }
     if !root.join("web/pkg/bd3_web.js").is_file() {
-        bail!("{}: the wasm package is missing: build it first (scripts/serve.sh does)", root.join("web/pkg").display());
+        bail!(
+            "{}: the wasm package is missing: build it first (scripts/serve.sh does)",
+            root.join("web/pkg").display()
+        );
     }
     let model = match model {
         Some(m) => m,
@@ -104,13 +127,24 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         models.insert(name.clone(), canon(dir)?);
     }
-    let mounts = Arc::new(Mounts { root: canon(&root)?, web: canon(&root.join("web"))?, models });
+    let mounts = Arc::new(Mounts {
+        root: canon(&root)?,
+        web: canon(&root.join("web"))?,
+        models,
+    });
 
-    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
-    let addr = listener.local_addr().context("the listening socket has no address")?;
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let addr = listener
+        .local_addr()
+        .context("the listening socket has no address")?;
     let hosts = Arc::new(allowed_hosts(addr.port()));
     // Written, not println!-ed: a closed stdout (the launcher went away) must not end the server.
-    let mut line = format!("serving http://{addr}/ (page: {}, default model: {}", root.display(), model.display());
+    let mut line = format!(
+        "serving http://{addr}/ (page: {}, default model: {}",
+        root.display(),
+        model.display()
+    );
     for (name, dir) in &extra {
         line.push_str(&format!("; {} as /models/{name}/", dir.display()));
     }
@@ -139,10 +173,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
             continue; // full of connections that are all sending responses: this one is closed
         }
         let (mounts, hosts, conns2) = (mounts.clone(), hosts.clone(), conns.clone());
-        let spawned = std::thread::Builder::new().name("serve-conn".into()).spawn(move || {
-            let _slot = SlotGuard { conns: &conns2, id };
-            let _ = handle(stream, id, &conns2, &mounts, &hosts);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("serve-conn".into())
+            .spawn(move || {
+                let _slot = SlotGuard { conns: &conns2, id };
+                let _ = handle(stream, id, &conns2, &mounts, &hosts);
+            });
         if spawned.is_err() {
             // The closure (and the stream with it) is dropped: only this connection is lost.
             conns.remove(id);
@@ -196,7 +232,11 @@ impl Connections {
                 return false;
             }
             // Woken when a connection ends (its descriptor is closed by then).
-            open = self.closed.wait_timeout(open, left.min(Duration::from_millis(50))).unwrap_or_else(|e| e.into_inner()).0;
+            open = self
+                .closed
+                .wait_timeout(open, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -206,13 +246,21 @@ impl Connections {
 
     /// The request head has arrived: the connection is no longer evictable.
     fn head_received(&self, id: u64) {
-        if let Some(slot) = self.open.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+        if let Some(slot) = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&id)
+        {
             *slot = None;
         }
     }
 
     fn remove(&self, id: u64) {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         self.closed.notify_all();
     }
 }
@@ -276,12 +324,21 @@ fn read_head(stream: &mut TcpStream) -> std::result::Result<Vec<u8>, HeadError> 
         if left.is_zero() {
             return Err(HeadError::TimedOut);
         }
-        stream.set_read_timeout(Some(left)).map_err(|_| HeadError::Gone)?;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| HeadError::Gone)?;
         let room = (MAX_HEAD + 1 - buf.len()).min(chunk.len());
         let n = match stream.read(&mut chunk[..room]) {
             Ok(0) => return Err(HeadError::Gone),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return Err(HeadError::TimedOut),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(HeadError::TimedOut)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return Err(HeadError::Gone),
         };
@@ -296,7 +353,9 @@ fn read_head(stream: &mut TcpStream) -> std::result::Result<Vec<u8>, HeadError> 
                 buf.truncate(len);
                 return Ok(buf);
             }
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(HeadError::TooLarge)
+            }
             Ok(httparse::Status::Partial) => {}
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(_) => return Err(HeadError::Malformed),
@@ -307,7 +366,13 @@ fn read_head(stream: &mut TcpStream) -> std::result::Result<Vec<u8>, HeadError> 
 /// An error response, then a lingering close: what the client sent beyond what was read (the rest
 /// of an oversized head) is drained for a moment, so that closing does not reset the connection
 /// before the client has read the answer.
-fn respond(stream: &mut TcpStream, status: &str, extra: &str, body: &str, head_only: bool) -> std::io::Result<()> {
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    extra: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
     let sent = respond_now(stream, status, extra, body, head_only);
     let _ = stream.shutdown(Shutdown::Write);
     let until = Instant::now() + Duration::from_secs(1);
@@ -326,7 +391,13 @@ fn respond(stream: &mut TcpStream, status: &str, extra: &str, body: &str, head_o
     sent
 }
 
-fn respond_now(stream: &mut TcpStream, status: &str, extra: &str, body: &str, head_only: bool) -> std::io::Result<()> {
+fn respond_now(
+    stream: &mut TcpStream,
+    status: &str,
+    extra: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n{extra}Connection: close\r\n\r\n",
@@ -338,42 +409,112 @@ fn respond_now(stream: &mut TcpStream, status: &str, extra: &str, body: &str, he
     stream.flush()
 }
 
-fn handle(mut stream: TcpStream, id: u64, conns: &Connections, mounts: &Mounts, hosts: &[String]) -> std::io::Result<()> {
+fn handle(
+    mut stream: TcpStream,
+    id: u64,
+    conns: &Connections,
+    mounts: &Mounts,
+    hosts: &[String],
+) -> std::io::Result<()> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let head = read_head(&mut stream);
     conns.head_received(id);
     let head = match head {
         Ok(h) => h,
         Err(HeadError::Gone) => return Ok(()),
-        Err(HeadError::TimedOut) => return respond(&mut stream, "408 Request Timeout", "", "the request head did not arrive in time\n", false),
-        Err(HeadError::LineTooLong) => return respond(&mut stream, "414 URI Too Long", "", "request line too long\n", false),
-        Err(HeadError::TooLarge) => return respond(&mut stream, "431 Request Header Fields Too Large", "", "request head too large\n", false),
-        Err(HeadError::Malformed) => return respond(&mut stream, "400 Bad Request", "", "malformed request\n", false),
+        Err(HeadError::TimedOut) => {
+            return respond(
+                &mut stream,
+                "408 Request Timeout",
+                "",
+                "the request head did not arrive in time\n",
+                false,
+            )
+        }
+        Err(HeadError::LineTooLong) => {
+            return respond(
+                &mut stream,
+                "414 URI Too Long",
+                "",
+                "request line too long\n",
+                false,
+            )
+        }
+        Err(HeadError::TooLarge) => {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "",
+                "request head too large\n",
+                false,
+            )
+        }
+        Err(HeadError::Malformed) => {
+            return respond(
+                &mut stream,
+                "400 Bad Request",
+                "",
+                "malformed request\n",
+                false,
+            )
+        }
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(&head), Ok(httparse::Status::Complete(_))) {
-        return respond(&mut stream, "400 Bad Request", "", "malformed request\n", false);
+        return respond(
+            &mut stream,
+            "400 Bad Request",
+            "",
+            "malformed request\n",
+            false,
+        );
     }
     let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
     let head_only = method == "HEAD";
 
     // DNS rebinding: a page on attacker.example that resolves to 127.0.0.1 sends its own Host.
-    let mut host = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let mut host = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
     let host_ok = match (host.next(), host.next()) {
-        (Some(h), None) => std::str::from_utf8(h.value).is_ok_and(|v| hosts.iter().any(|a| a.eq_ignore_ascii_case(v.trim()))),
+        (Some(h), None) => std::str::from_utf8(h.value)
+            .is_ok_and(|v| hosts.iter().any(|a| a.eq_ignore_ascii_case(v.trim()))),
         _ => false,
     };
     if !host_ok {
-        return respond(&mut stream, "421 Misdirected Request", "", "this server answers only requests addressed to its loopback address\n", head_only);
+        return respond(
+            &mut stream,
+            "421 Misdirected Request",
+            "",
+            "this server answers only requests addressed to its loopback address\n",
+            head_only,
+        );
     }
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, "405 Method Not Allowed", "Allow: GET, HEAD\r\n", "GET or HEAD only\n", false);
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            "GET or HEAD only\n",
+            false,
+        );
     }
     let file = match resolve(target, mounts) {
         Ok(f) => f,
-        Err(Refused::BadRequest) => return respond(&mut stream, "400 Bad Request", "", "malformed request target\n", head_only),
-        Err(Refused::NotFound) => return respond(&mut stream, "404 Not Found", "", "not found\n", head_only),
+        Err(Refused::BadRequest) => {
+            return respond(
+                &mut stream,
+                "400 Bad Request",
+                "",
+                "malformed request target\n",
+                head_only,
+            )
+        }
+        Err(Refused::NotFound) => {
+            return respond(&mut stream, "404 Not Found", "", "not found\n", head_only)
+        }
     };
     // Streamed from disk: a 680 MB checkpoint is never held in memory. Out of descriptors (a flood
     // holds them), an idle connection is evicted to make room.
@@ -390,7 +531,15 @@ fn handle(mut stream: TcpStream, id: u64, conns: &Connections, mounts: &Mounts, 
     }
     let mut f = match opened {
         Ok(f) => f,
-        Err(e) if out_of_descriptors(&e) => return respond(&mut stream, "503 Service Unavailable", "", "busy\n", head_only),
+        Err(e) if out_of_descriptors(&e) => {
+            return respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "",
+                "busy\n",
+                head_only,
+            )
+        }
         Err(_) => return respond(&mut stream, "404 Not Found", "", "not found\n", head_only),
     };
     let meta = f.metadata()?;
@@ -400,7 +549,11 @@ fn handle(mut stream: TcpStream, id: u64, conns: &Connections, mounts: &Mounts, 
     let len = meta.len();
     // An ETag from size and modification time: the page's weight cache compares it, so a
     // replaced model (same URL, new file) is downloaded again rather than served stale.
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
     write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {len}\r\nETag: \"{len:x}-{mtime:x}\"\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
@@ -451,19 +604,28 @@ fn resolve(target: &str, m: &Mounts) -> std::result::Result<PathBuf, Refused> {
         (&m.root, "index.html")
     } else if let Some(rest) = path.strip_prefix("/web/") {
         (&m.web, rest)
-    } else if let Some((name, rest)) = path.strip_prefix("/models/").and_then(|p| p.split_once('/')) {
+    } else if let Some((name, rest)) = path
+        .strip_prefix("/models/")
+        .and_then(|p| p.split_once('/'))
+    {
         (m.models.get(name).ok_or(Refused::NotFound)?, rest)
     } else {
         return Err(Refused::NotFound);
     };
-    if rest.split('/').any(|seg| seg.is_empty() || seg.starts_with('.')) {
+    if rest
+        .split('/')
+        .any(|seg| seg.is_empty() || seg.starts_with('.'))
+    {
         return Err(Refused::NotFound);
     }
     let rel = Path::new(rest);
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(Refused::NotFound);
     }
-    let full = base.join(rel).canonicalize().map_err(|_| Refused::NotFound)?;
+    let full = base
+        .join(rel)
+        .canonicalize()
+        .map_err(|_| Refused::NotFound)?;
     if !full.starts_with(base) || !full.metadata().is_ok_and(|md| md.is_file()) {
         return Err(Refused::NotFound);
     }

@@ -35,7 +35,11 @@ pub enum TokenizerCommand {
 
 pub fn run(cmd: TokenizerCommand) -> Result<()> {
     match cmd {
-        TokenizerCommand::Train { data, vocab_size, out } => {
+        TokenizerCommand::Train {
+            data,
+            vocab_size,
+            out,
+        } => {
             let docs = bd3_model::data::read_corpus(&data)?;
             let tok = TextTokenizer::train_bpe(&docs, vocab_size)?;
             bd3_model::write_atomically(&out, tok.to_json()?.as_bytes())?;
@@ -47,7 +51,11 @@ pub fn run(cmd: TokenizerCommand) -> Result<()> {
                 docs.len()
             );
         }
-        TokenizerCommand::Gpt2 { encoder, merges, out } => {
+        TokenizerCommand::Gpt2 {
+            encoder,
+            merges,
+            out,
+        } => {
             let tok = TextTokenizer::gpt2_from_files(&encoder, &merges)?;
             bd3_model::write_atomically(&out, tok.to_json()?.as_bytes())?;
             println!("wrote {} ({} tokens)", out.display(), tok.vocab_size());

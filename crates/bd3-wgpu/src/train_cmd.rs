@@ -2,16 +2,18 @@
 //! checkpoint (`--init`), with periodic validation, atomic checkpoints, resume and the clip search.
 
 use crate::checkpoint_io::{model_bytes, read_state, state_bytes, write_model_dir};
+use crate::model_source::ModelSource;
 use crate::nelbo::{evaluate, input_of, loss_shape};
+use crate::progress::Progress;
+use anyhow::{bail, Context, Result};
 use bd3_gpu::train::{copy_weights, write_tensors};
-use bd3_gpu::{ContextOptions, GpuContext, GpuModel, OptimConfig, TrainBatch, TrainShape, Trainer, Weights};
+use bd3_gpu::{
+    ContextOptions, GpuContext, GpuModel, OptimConfig, TrainBatch, TrainShape, Trainer, Weights,
+};
 use bd3_model::data::{chunk_corpus, read_corpus};
 use bd3_model::init::{official_init, to_safetensors, SplitMix};
 use bd3_model::objective::{build_batch, Clip};
 use bd3_model::tokenizer::TextTokenizer;
-use crate::model_source::ModelSource;
-use crate::progress::Progress;
-use anyhow::{bail, Context, Result};
 use bd3_model::{Checkpoint, ModelConfig, ModelKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -176,7 +178,8 @@ mod kind_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ModelKind, D::Error> {
         let name = String::deserialize(d)?;
-        ModelKind::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown model kind `{name}`")))
+        ModelKind::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown model kind `{name}`")))
     }
 }
 
@@ -206,18 +209,51 @@ impl Run {
 /// The run settings a user can give, by their argument ids (= the keys of `Run`'s JSON), with the
 /// clip ends mapped to their index in `clip`.
 const RUN_SETTINGS: [&str; 20] = [
-    "data", "kind", "size", "block_size", "length", "batch", "grad_accum", "lr", "warmup", "clip_min", "clip_max", "clip_search", "ema",
-    "dropout", "seed", "val_every", "val_batches", "save_every", "log_every", "vocab_size",
+    "data",
+    "kind",
+    "size",
+    "block_size",
+    "length",
+    "batch",
+    "grad_accum",
+    "lr",
+    "warmup",
+    "clip_min",
+    "clip_max",
+    "clip_search",
+    "ema",
+    "dropout",
+    "seed",
+    "val_every",
+    "val_batches",
+    "save_every",
+    "log_every",
+    "vocab_size",
 ];
 
 pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
-    let given_on_line = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let given_on_line =
+        |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     // The run settings given on this command line: on --resume each must agree with the saved run.
-    let given: Vec<&str> = RUN_SETTINGS.iter().copied().filter(|id| given_on_line(id)).collect();
+    let given: Vec<&str> = RUN_SETTINGS
+        .iter()
+        .copied()
+        .filter(|id| given_on_line(id))
+        .collect();
     let kind_given = given_on_line("kind");
     let steps_given = given_on_line("steps");
     let steps_arg = a.steps;
-    let TrainArgs { data, out, tokenizer: tokenizer_path, init, resume, overwrite, time_limit, metrics, .. } = a;
+    let TrainArgs {
+        data,
+        out,
+        tokenizer: tokenizer_path,
+        init,
+        resume,
+        overwrite,
+        time_limit,
+        metrics,
+        ..
+    } = a;
     let mut run = Run {
         data: data.clone().unwrap_or_default(),
         kind: a.kind.into(),
@@ -229,7 +265,10 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         lr: a.lr,
         warmup: a.warmup,
         steps: a.steps,
-        clip: Clip { min: a.clip_min, max: a.clip_max },
+        clip: Clip {
+            min: a.clip_min,
+            max: a.clip_max,
+        },
         clip_search: a.clip_search,
         ema: a.ema,
         dropout: a.dropout,
@@ -255,14 +294,22 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     }
     if !resume && !overwrite {
-        if let Some(f) = ["model.safetensors", STATE_FILE].iter().map(|f| out.join(f)).find(|p| p.exists()) {
+        if let Some(f) = ["model.safetensors", STATE_FILE]
+            .iter()
+            .map(|f| out.join(f))
+            .find(|p| p.exists())
+        {
             bail!("{} already holds a checkpoint ({}): pass --resume to continue it or --overwrite to replace it", out.display(), f.display());
         }
     }
     let state = if resume {
         let state = read_state(&out.join(STATE_FILE))?;
-        let saved_json = state.meta.get("run").with_context(|| format!("{}: no run settings in the training state", state.path))?;
-        let saved: Run = serde_json::from_str(saved_json).with_context(|| format!("{}: the run settings cannot be read", state.path))?;
+        let saved_json = state
+            .meta
+            .get("run")
+            .with_context(|| format!("{}: no run settings in the training state", state.path))?;
+        let saved: Run = serde_json::from_str(saved_json)
+            .with_context(|| format!("{}: the run settings cannot be read", state.path))?;
         // Settings given again must be those of the saved run; anything else would be silently ignored.
         let (mine, theirs) = (run.to_json(), saved.to_json());
         for id in &given {
@@ -282,7 +329,9 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
         run = saved;
         let step: u64 = match state.meta.get("step") {
-            Some(s) => s.parse().with_context(|| format!("{}: step `{s}` is not a number", state.path))?,
+            Some(s) => s
+                .parse()
+                .with_context(|| format!("{}: step `{s}` is not a number", state.path))?,
             None => bail!("{}: no step in the training state", state.path),
         };
         if let Some(c) = state.meta.get("clip") {
@@ -305,19 +354,31 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         bail!("--batch and --grad-accum must be at least 1 and --length at least 2");
     }
     if run.grad_accum > MAX_GRAD_ACCUM {
-        bail!("--grad-accum {} is more than {MAX_GRAD_ACCUM}", run.grad_accum);
+        bail!(
+            "--grad-accum {} is more than {MAX_GRAD_ACCUM}",
+            run.grad_accum
+        );
     }
     if run.log_every == 0 || run.save_every == 0 {
-        bail!("--log-every and --save-every must be at least 1 (--val-every 0 turns validation off)");
+        bail!(
+            "--log-every and --save-every must be at least 1 (--val-every 0 turns validation off)"
+        );
     }
     if !(run.lr.is_finite() && run.lr > 0.0) {
         bail!("--lr must be a finite positive number, not {}", run.lr);
     }
     if !(0.0..1.0).contains(&run.ema) {
-        bail!("--ema must be in [0, 1) (0 turns the EMA off), not {}", run.ema);
+        bail!(
+            "--ema must be in [0, 1) (0 turns the EMA off), not {}",
+            run.ema
+        );
     }
     if !(run.clip.min > 0.0 && run.clip.min <= run.clip.max && run.clip.max <= 1.0) {
-        bail!("the clip window [{}, {}] must satisfy 0 < min ≤ max ≤ 1", run.clip.min, run.clip.max);
+        bail!(
+            "the clip window [{}, {}] must satisfy 0 < min ≤ max ≤ 1",
+            run.clip.min,
+            run.clip.max
+        );
     }
     if !(0.0..1.0).contains(&run.dropout) {
         bail!("--dropout must be in [0, 1)");
@@ -326,27 +387,44 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         // A model from scratch: its size and batch are checked before the corpus is read or anything
         // is allocated (the vocabulary is only known later; the bound with --vocab-size comes first).
         let cfg = train_config(&run, run.vocab_size.max(3))?;
-        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq).context("--batch")?;
+        cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq)
+            .context("--batch")?;
     }
 
     // Corpus and tokenizer.
     let docs = read_corpus(&run.data)?;
     let init_tokenizer = init.as_ref().and_then(|src| src.tokenizer.clone());
     let tok = if let Some((_, st)) = &state {
-        let path = tokenizer_path.clone().unwrap_or_else(|| out.join("tokenizer.json"));
+        let path = tokenizer_path
+            .clone()
+            .unwrap_or_else(|| out.join("tokenizer.json"));
         let tok = TextTokenizer::from_file(&path)?;
         // The run was trained with the tokenizer whose fingerprint it saved (older states: its size).
         let fingerprint = fnv1a(tok.to_json()?.as_bytes()).to_string();
-        let vocab = st.groups.get("weights").and_then(|g| g.get("vocab_embed.embedding")).map(|e| e.len() / run.size.0.max(1));
-        if st.meta.get("tokenizer").is_some_and(|f| *f != fingerprint) || vocab.is_some_and(|v| v != tok.vocab_size() + 1) {
-            bail!("{}: tokenizer does not match the checkpoint in {}", path.display(), out.display());
+        let vocab = st
+            .groups
+            .get("weights")
+            .and_then(|g| g.get("vocab_embed.embedding"))
+            .map(|e| e.len() / run.size.0.max(1));
+        if st.meta.get("tokenizer").is_some_and(|f| *f != fingerprint)
+            || vocab.is_some_and(|v| v != tok.vocab_size() + 1)
+        {
+            bail!(
+                "{}: tokenizer does not match the checkpoint in {}",
+                path.display(),
+                out.display()
+            );
         }
         tok
     } else if let Some(p) = tokenizer_path.as_ref().or(init_tokenizer.as_ref()) {
         // An --init checkpoint brings its own tokenizer unless another is named.
         TextTokenizer::from_file(p)?
     } else {
-        eprintln!("training a {}-token byte-level BPE on {} documents", run.vocab_size, docs.len());
+        eprintln!(
+            "training a {}-token byte-level BPE on {} documents",
+            run.vocab_size,
+            docs.len()
+        );
         TextTokenizer::train_bpe(&docs, run.vocab_size)?
     };
     let eos = tok.eos_id();
@@ -362,11 +440,20 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
                 cfg.kind = ModelKind::Bd3lm;
                 cfg.block_size = cfg.model_length;
             } else if kind_given && run.kind != cfg.kind {
-                bail!("--init {} is a {} model; it cannot be trained as {}", dir.display(), cfg.kind.name(), run.kind.name());
+                bail!(
+                    "--init {} is a {} model; it cannot be trained as {}",
+                    dir.display(),
+                    cfg.kind.name(),
+                    run.kind.name()
+                );
             }
             if cfg.kind == ModelKind::Bd3lm && run.block_size != cfg.block_size {
                 if cfg.model_length % run.block_size != 0 {
-                    bail!("--block-size {} does not divide the model length {}", run.block_size, cfg.model_length);
+                    bail!(
+                        "--block-size {} does not divide the model length {}",
+                        run.block_size,
+                        cfg.model_length
+                    );
                 }
                 cfg.block_size = run.block_size;
             }
@@ -378,14 +465,22 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         _ => (train_config(&run, tok.vocab_size() + 1)?, None),
     };
     tok.check_fits(&cfg)?;
-    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq).context("--batch")?;
+    cfg.check_batch(run.batch, loss_shape(&cfg, 1).seq)
+        .context("--batch")?;
     if cfg.kind != ModelKind::Bd3lm && run.clip_search {
         bail!("--clip-search applies to BD3LM (block diffusion) models");
     }
     let chunks = chunk_corpus(&docs, &tok, eos, cfg.model_length, VALID_EVERY)?;
-    eprintln!("{} training chunks and {} validation chunks of {} tokens", chunks.train.len(), chunks.valid.len(), cfg.model_length);
+    eprintln!(
+        "{} training chunks and {} validation chunks of {} tokens",
+        chunks.train.len(),
+        chunks.valid.len(),
+        cfg.model_length
+    );
 
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(ContextOptions::default()))?);
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(
+        ContextOptions::default(),
+    ))?);
     let ckpt = match init_tensors {
         Some(c) => c,
         None => {
@@ -395,7 +490,11 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     };
     let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
     drop(ckpt);
-    let optim = OptimConfig { lr: run.lr, ema_decay: run.ema, ..Default::default() };
+    let optim = OptimConfig {
+        lr: run.lr,
+        ema_decay: run.ema,
+        ..Default::default()
+    };
     let mut trainer = pollster::block_on(Trainer::new(&model, optim))?;
     let mut start_step = 0;
     if let Some((step, st)) = &state {
@@ -418,9 +517,18 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
 
-    let shape = TrainShape { forward: loss_shape(&cfg, run.batch), dropout_milli: (run.dropout * 1000.0).round() as u32 };
+    let shape = TrainShape {
+        forward: loss_shape(&cfg, run.batch),
+        dropout_milli: (run.dropout * 1000.0).round() as u32,
+    };
     // Validation covers the whole held-out split unless --val-batches caps it.
-    let n_valid = if run.val_batches == 0 { chunks.valid.len() } else { run.val_batches.saturating_mul(run.batch).min(chunks.valid.len()) };
+    let n_valid = if run.val_batches == 0 {
+        chunks.valid.len()
+    } else {
+        run.val_batches
+            .saturating_mul(run.batch)
+            .min(chunks.valid.len())
+    };
     let valid: Vec<Vec<u32>> = chunks.valid[..n_valid].to_vec();
     let tokens_per_step = run.batch * run.grad_accum * cfg.model_length;
     let started = Instant::now();
@@ -429,18 +537,30 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         Some(path) => Some(MetricsLog::open(path, state.is_some())?),
         None => None,
     };
-    let validate = |model: &mut GpuModel, trainer: &Trainer, step: u64, clip: &mut Clip| -> Result<f64> {
-        // Validation and the clip search use the EMA weights, as the official validation does.
-        with_ema(&ctx, model, trainer, &backup, |model| {
-            let (sum, count, _) = pollster::block_on(evaluate(model, &valid, run.batch, Clip::NELBO, run.seed ^ 0x5eed, false, |_, _| {}))?;
-            let nelbo = sum / count as f64;
-            progress.println(&format!("val step {step} nelbo {nelbo:.6} ppl {:.3}", nelbo.exp()));
-            if run.clip_search {
-                *clip = clip_search(model, &valid, run.batch, run.seed)?;
-            }
-            Ok(nelbo)
-        })
-    };
+    let validate =
+        |model: &mut GpuModel, trainer: &Trainer, step: u64, clip: &mut Clip| -> Result<f64> {
+            // Validation and the clip search use the EMA weights, as the official validation does.
+            with_ema(&ctx, model, trainer, &backup, |model| {
+                let (sum, count, _) = pollster::block_on(evaluate(
+                    model,
+                    &valid,
+                    run.batch,
+                    Clip::NELBO,
+                    run.seed ^ 0x5eed,
+                    false,
+                    |_, _| {},
+                ))?;
+                let nelbo = sum / count as f64;
+                progress.println(&format!(
+                    "val step {step} nelbo {nelbo:.6} ppl {:.3}",
+                    nelbo.exp()
+                ));
+                if run.clip_search {
+                    *clip = clip_search(model, &valid, run.batch, run.seed)?;
+                }
+                Ok(nelbo)
+            })
+        };
     let mut clip = run.clip;
     if start_step == 0 {
         let nelbo = validate(&mut model, &trainer, 0, &mut clip)?;
@@ -451,10 +571,18 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     if start_step >= run.steps {
         if state.is_none() {
             // --steps 0: the initial weights (official initialisation or --init) as a complete checkpoint.
-            save(&ctx, &out, &cfg, &model, &trainer, &run, clip, start_step, &tok_json)?;
-            eprintln!("done: no training steps; the initial weights saved as step {start_step} in {}", out.display());
+            save(
+                &ctx, &out, &cfg, &model, &trainer, &run, clip, start_step, &tok_json,
+            )?;
+            eprintln!(
+                "done: no training steps; the initial weights saved as step {start_step} in {}",
+                out.display()
+            );
         } else {
-            eprintln!("the training state is already at step {start_step} (--steps {}): nothing to do", run.steps);
+            eprintln!(
+                "the training state is already at step {start_step} (--steps {}): nothing to do",
+                run.steps
+            );
         }
         return Ok(());
     }
@@ -469,15 +597,35 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     };
     for step in start_step..run.steps {
         // Learning rate: linear warm-up from 0, then constant (get_constant_schedule_with_warmup).
-        let lr = run.lr * if run.warmup == 0 { 1.0 } else { (step as f64 / run.warmup as f64).min(1.0) };
+        let lr = run.lr
+            * if run.warmup == 0 {
+                1.0
+            } else {
+                (step as f64 / run.warmup as f64).min(1.0)
+            };
         let mut loss = 0.0;
         for micro in 0..run.grad_accum {
-            let mut rng = SplitMix(run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.wrapping_mul(1024).wrapping_add(micro as u64));
-            let x0: Vec<Vec<u32>> = (0..run.batch).map(|_| chunks.train[(rng.next_u64() % chunks.train.len() as u64) as usize].clone()).collect();
+            let mut rng = SplitMix(
+                run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ step.wrapping_mul(1024).wrapping_add(micro as u64),
+            );
+            let x0: Vec<Vec<u32>> = (0..run.batch)
+                .map(|_| {
+                    chunks.train[(rng.next_u64() % chunks.train.len() as u64) as usize].clone()
+                })
+                .collect();
             let lb = build_batch(&cfg, &x0, clip, &mut rng, false);
             let grad_scale = 1.0 / (lb.denominator * run.grad_accum) as f32;
             let seed = (rng.next_u64() >> 32) as u32;
-            let out = pollster::block_on(trainer.forward_backward(&model, &shape, &TrainBatch { input: input_of(&lb), seed, grad_scale }))?;
+            let out = pollster::block_on(trainer.forward_backward(
+                &model,
+                &shape,
+                &TrainBatch {
+                    input: input_of(&lb),
+                    seed,
+                    grad_scale,
+                },
+            ))?;
             loss += out.loss_sum / lb.denominator as f64 / run.grad_accum as f64;
         }
         let done = step + 1;
@@ -499,9 +647,12 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         progress.update(done, run.steps, &format!("loss {loss:.4}  {rate:.0} tok/s"));
         if done % run.log_every == 0 || done == run.steps {
             let eta = (run.steps - done) as f64 * tokens_per_step as f64 / rate;
-            progress.println(&format!("step {done} loss {loss:.6} lr {lr:.3e} {rate:.0} tok/s eta {eta:.0}s"));
+            progress.println(&format!(
+                "step {done} loss {loss:.6} lr {lr:.3e} {rate:.0} tok/s eta {eta:.0}s"
+            ));
         }
-        let out_of_time = done < run.steps && time_limit.is_some_and(|t| started.elapsed().as_secs_f64() >= t);
+        let out_of_time =
+            done < run.steps && time_limit.is_some_and(|t| started.elapsed().as_secs_f64() >= t);
         if run.val_every > 0 && (done % run.val_every == 0 || done == run.steps || out_of_time) {
             let nelbo = validate(&mut model, &trainer, done, &mut clip)?;
             if let Some(m) = metrics.as_mut() {
@@ -509,20 +660,31 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             }
         }
         if out_of_time {
-            save(&ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json)?;
+            save(
+                &ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json,
+            )?;
             progress.finish();
-            eprintln!("time limit reached: checkpoint saved at step {done} of {} in {}", run.steps, out.display());
+            eprintln!(
+                "time limit reached: checkpoint saved at step {done} of {} in {}",
+                run.steps,
+                out.display()
+            );
             println!("stopped at step {done} (time limit)");
             return Ok(());
         }
         let stop = interrupted.load(Ordering::SeqCst);
         if done % run.save_every == 0 || done == run.steps || stop {
-            save(&ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json)?;
+            save(
+                &ctx, &out, &cfg, &model, &trainer, &run, clip, done, &tok_json,
+            )?;
             last_saved = Some(done);
         }
         if stop {
             progress.finish();
-            eprintln!("interrupted: checkpoint saved at step {done} in {}", out.display());
+            eprintln!(
+                "interrupted: checkpoint saved at step {done} in {}",
+                out.display()
+            );
             return Ok(());
         }
     }
@@ -548,7 +710,10 @@ impl MetricsLog {
             .truncate(!append)
             .open(path)
             .with_context(|| format!("{}: cannot open the metrics file", path.display()))?;
-        Ok(MetricsLog { path: path.to_path_buf(), file: std::io::BufWriter::new(file) })
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::new(file),
+        })
     }
 
     fn write(&mut self, line: &serde_json::Value) -> Result<()> {
@@ -569,7 +734,9 @@ fn same_path(a: &Path, b: &Path) -> bool {
 
 /// FNV-1a of the tokenizer's JSON: saved with the training state so a resume notices a swapped tokenizer.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The config of a model trained from scratch.
@@ -588,12 +755,24 @@ fn train_config(run: &Run, vocab_size: usize) -> Result<ModelConfig> {
         "model_length": run.length, "vocab_size": vocab_size, "dropout": run.dropout,
         "sampling_eps_min": run.clip.min, "sampling_eps_max": run.clip.max,
     });
-    Ok(ModelConfig::from_json_bytes(json.to_string().as_bytes(), "training settings", None)?)
+    Ok(ModelConfig::from_json_bytes(
+        json.to_string().as_bytes(),
+        "training settings",
+        None,
+    )?)
 }
 
 /// Run `f` with the EMA weights in place of the trained ones (when there is an EMA).
-fn with_ema<T>(ctx: &GpuContext, model: &mut GpuModel, trainer: &Trainer, backup: &Weights, f: impl FnOnce(&mut GpuModel) -> Result<T>) -> Result<T> {
-    let Some(ema) = &trainer.ema else { return f(model) };
+fn with_ema<T>(
+    ctx: &GpuContext,
+    model: &mut GpuModel,
+    trainer: &Trainer,
+    backup: &Weights,
+    f: impl FnOnce(&mut GpuModel) -> Result<T>,
+) -> Result<T> {
+    let Some(ema) = &trainer.ema else {
+        return f(model);
+    };
     copy_weights(ctx, &model.weights, backup);
     copy_weights(ctx, ema, &model.weights);
     let r = f(model);
@@ -613,37 +792,73 @@ fn clip_search(model: &mut GpuModel, valid: &[Vec<u32>], batch: usize, seed: u64
         for w in [0.5, 0.6, 0.7, 0.8, 0.9] {
             let mut i: f64 = 0.0;
             while i <= 1.0 - w + 1e-9 {
-                candidates.push(Clip { min: i.max(1e-3), max: (i + w).max(1e-3) });
+                candidates.push(Clip {
+                    min: i.max(1e-3),
+                    max: (i + w).max(1e-3),
+                });
                 i += 0.05;
             }
         }
     }
     let mut best = (f64::INFINITY, Clip::NELBO);
     for c in candidates {
-        let (_, _, per_batch) = pollster::block_on(evaluate(model, valid, batch, c, seed ^ 0xc11b, true, |_, _| {}))?;
+        let (_, _, per_batch) = pollster::block_on(evaluate(
+            model,
+            valid,
+            batch,
+            c,
+            seed ^ 0xc11b,
+            true,
+            |_, _| {},
+        ))?;
         let mut score = 0.0;
         for tl in per_batch {
-            let blocks: Vec<f64> = tl.chunks(bs).map(|b| b.iter().map(|&x| x as f64).sum::<f64>() / bs as f64).collect();
+            let blocks: Vec<f64> = tl
+                .chunks(bs)
+                .map(|b| b.iter().map(|&x| x as f64).sum::<f64>() / bs as f64)
+                .collect();
             let mean = blocks.iter().sum::<f64>() / blocks.len() as f64;
-            score += blocks.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (blocks.len().max(2) - 1) as f64;
+            score += blocks.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+                / (blocks.len().max(2) - 1) as f64;
         }
         if score < best.0 {
             best = (score, c);
         }
     }
-    println!("clip search: [{:.3}, {:.3}] (variance {:.4})", best.1.min, best.1.max, best.0);
+    println!(
+        "clip search: [{:.3}, {:.3}] (variance {:.4})",
+        best.1.min, best.1.max, best.0
+    );
     Ok(best.1)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, trainer: &Trainer, run: &Run, clip: Clip, step: u64, tok_json: &str) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the folder", out.display()))?;
+fn save(
+    ctx: &GpuContext,
+    out: &Path,
+    cfg: &ModelConfig,
+    model: &GpuModel,
+    trainer: &Trainer,
+    run: &Run,
+    clip: Clip,
+    step: u64,
+    tok_json: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create the folder", out.display()))?;
     let mut meta = HashMap::new();
     meta.insert("run".to_string(), run.to_json().to_string());
     meta.insert("step".to_string(), step.to_string());
     meta.insert("clip".to_string(), json!([clip.min, clip.max]).to_string());
-    meta.insert("tokenizer".to_string(), fnv1a(tok_json.as_bytes()).to_string());
-    let mut groups: Vec<(&str, &Weights)> = vec![("weights", &model.weights), ("adam_m", &trainer.m), ("adam_v", &trainer.v)];
+    meta.insert(
+        "tokenizer".to_string(),
+        fnv1a(tok_json.as_bytes()).to_string(),
+    );
+    let mut groups: Vec<(&str, &Weights)> = vec![
+        ("weights", &model.weights),
+        ("adam_m", &trainer.m),
+        ("adam_v", &trainer.v),
+    ];
     if let Some(e) = &trainer.ema {
         groups.push(("ema", e));
     }
@@ -651,7 +866,11 @@ fn save(ctx: &GpuContext, out: &Path, cfg: &ModelConfig, model: &GpuModel, train
     // The resume state first, then the user-facing folder (EMA weights, as the official export).
     bd3_model::write_atomically(&out.join(STATE_FILE), &state)?;
     let weights = trainer.ema.as_ref().unwrap_or(&model.weights);
-    let saved_cfg = ModelConfig { sampling_eps_min: clip.min, sampling_eps_max: clip.max, ..cfg.clone() };
+    let saved_cfg = ModelConfig {
+        sampling_eps_min: clip.min,
+        sampling_eps_max: clip.max,
+        ..cfg.clone()
+    };
     let bytes = pollster::block_on(model_bytes(ctx, &saved_cfg, weights, (clip.min, clip.max)))?;
     Ok(write_model_dir(out, &saved_cfg, &bytes, tok_json)?)
 }

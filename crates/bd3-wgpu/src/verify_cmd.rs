@@ -21,7 +21,10 @@ pub struct VerifyArgs {
 
 /// Exit 0 when every check passed, 1 when one failed (errors before any check: 2, from `main`).
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
-    let opts = ContextOptions { split_threshold: a.split_threshold, ..ContextOptions::default() };
+    let opts = ContextOptions {
+        split_threshold: a.split_threshold,
+        ..ContextOptions::default()
+    };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(opts))?);
     let mut stdout = std::io::stdout();
     let mut report = bd3_verify::Report::new(&mut stdout);
@@ -35,7 +38,11 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pollster::block_on(bd3_verify::verify_dir(&ctx, &bd3_verify::DirFixture(dir.clone()), &mut report))
+            pollster::block_on(bd3_verify::verify_dir(
+                &ctx,
+                &bd3_verify::DirFixture(dir.clone()),
+                &mut report,
+            ))
         }));
         std::panic::set_hook(default_hook);
         match checked {
@@ -56,5 +63,9 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode> {
         bail!("no checks ran in {}", dirs.join(", "));
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
