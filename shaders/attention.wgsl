@@ -65,7 +65,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         q_s[t * HDP + j] = r.x;
         q_s[t * HDP + j + HALF] = r.y;
     }
-    mask_bounds(qlo, qlo + nq, true, lid);
+    if (lid == 0u) {
+        mask_bounds(qlo, qlo + nq, true);
+    }
     let hull = workgroupUniformLoad(&wg_hull);
     let core = workgroupUniformLoad(&wg_core);
 

@@ -138,12 +138,10 @@ fn unrotate_pair(lo: f32, hi: f32, pos: u32, j: u32) -> vec2<f32> {
 var<workgroup> wg_hull: vec4<u32>;
 var<workgroup> wg_core: vec4<u32>;
 
-// Computes wg_hull / wg_core on thread 0; the caller reads them with workgroupUniformLoad (which
-// also makes them uniform, so tile loops may branch on them around barriers).
-fn mask_bounds(lo: u32, hi: u32, of_queries: bool, lid: u32) {
-    if (lid != 0u) {
-        return;
-    }
+// Sets wg_hull / wg_core; one thread of the workgroup calls it, then every thread reads them with
+// workgroupUniformLoad (which also makes them uniform, so tile loops may branch on them around
+// barriers).
+fn mask_bounds(lo: u32, hi: u32, of_queries: bool) {
     var hull = vec4<u32>(0xffffffffu, 0u, 0xffffffffu, 0u);
     var core = vec4<u32>(0u, 0xffffffffu, 0u, 0xffffffffu);
     for (var t = lo; t < hi; t++) {

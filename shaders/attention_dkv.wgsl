@@ -76,7 +76,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         v_s[t * HDP + j] = v.x;
         v_s[t * HDP + j + HALF] = v.y;
     }
-    mask_bounds(k0, k0 + nk, false, lid);
+    if (lid == 0u) {
+        mask_bounds(k0, k0 + nk, false);
+    }
     let hull = workgroupUniformLoad(&wg_hull);
     let core = workgroupUniformLoad(&wg_core);
 

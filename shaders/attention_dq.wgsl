@@ -78,7 +78,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         st_s[2u * t] = lse;
         st_s[2u * t + 1u] = delta;
     }
-    mask_bounds(i0, i0 + nq, true, lid);
+    if (lid == 0u) {
+        mask_bounds(i0, i0 + nq, true);
+    }
     let hull = workgroupUniformLoad(&wg_hull);
     let core = workgroupUniformLoad(&wg_core);
 
