@@ -1,24 +1,44 @@
 // Shared by attention.wgsl, attention_dq.wgsl and attention_dkv.wgsl, which include this file: the
-// parameter block, the attention masks as intervals, rotary embedding, the constants the host
-// substitutes, and the staging of a tile of head vectors in workgroup memory.
+// parameter block, the attention masks as intervals, rotary embedding, the tile constants the host
+// substitutes, and the per-tile mask bounds.
 //
 // Masks (mask_mode): 0 full, 1 causal, 2 block-causal, 3 block-diffusion over x_t ⊕ x_0 with half
-// length half_len (official models/dit.py: block_diff_mask). Each query's allowed keys are at most two intervals, and so are each
-// key's allowed queries (bd3_model::mask::AttentionMask::{intervals, query_intervals} on the CPU).
-// HEAD_DIM and TILE are substituted per model (shaders::specialize): private arrays need constant
-// sizes, and a tile of TILE rows of two head-dim vectors (plus two floats) must keep workgroup memory
-// within 16 KiB.
+// length half_len (official models/dit.py: block_diff_mask). Each query's allowed keys are at most
+// two intervals, and so are each key's allowed queries (bd3_model::mask::AttentionMask::{intervals,
+// query_intervals} on the CPU).
 //
-// The includer binds `rope_cos` and `rope_sin` (array<f32>, [P, HALF]), runs workgroups of WG = 64
-// threads, and defines the tile's contents for stage_tile:
-//   fn tile_entry(b: u32, h: u32, t: u32, j: u32) -> vec4<f32>
-// = (rotated lo, rotated hi, plain lo, plain hi) at columns (j, j + HALF) of row t of sequence b, head h
-// (attention_kv_tile.wgsl gives the K/V one).
+// Tiling (flash-attention-2 shape, Dao 2023): a workgroup of WG = 64 threads owns a tile of rows
+// (BQ queries for the forward and dq kernels, BK keys for dkv) and walks tiles of the other side.
+// The threads form an 8 × 8 grid: thread (g, n) = (lid / LANES, lid % LANES) holds the scores of
+// queries g + LANES·r (r < RQ) against keys n + LANES·c (c < RK) of the current pair of tiles, and
+// for the products with head vectors the columns n + LANES·j (j < CPT) of its rows. Every operand
+// of an inner loop comes from workgroup memory, staged once per tile and shared by all threads, so
+// a thread does RQ·RK FMAs per RQ + RK loads for the scores and RQ·CPT per RQ + CPT for the
+// products. Register use is bounded by RQ·RK + RQ·CPT + a few floats (≤ 64 for every head dim up
+// to 128), never a whole head vector per key.
+// HEAD_DIM, BQ and BK are substituted per model (shaders::attention_file): private arrays need
+// constant sizes, and BQ, BK are the largest multiples of LANES whose tiles keep the kernel's
+// workgroup memory within the budget (16 KiB, the browser default, unless the adapter allows more).
+// Staged head vectors use a padded row stride HDP = HEAD_DIM + 1 (odd), so the 8 lanes that read
+// one column of 8 different rows hit different memory banks.
+//
+// The includer binds `rope_cos` and `rope_sin` (array<f32>, [P, HALF]).
 
 const HEAD_DIM: u32 = 64u;
-const TILE: u32 = 31u;
+const BQ: u32 = 32u;
+const BK: u32 = 16u;
 const HALF: u32 = HEAD_DIM / 2u;
+const HDP: u32 = HEAD_DIM + 1u;
+const LANES: u32 = 8u;
 const WG: u32 = 64u;
+const RQ: u32 = BQ / LANES;
+const RK: u32 = BK / LANES;
+const CPT: u32 = (HEAD_DIM + LANES - 1u) / LANES;
+// A masked score. Real scores are finite and far above it; exp(MASKED − m) is never taken (masked
+// entries are tested with `> MASKED_TEST` and given probability 0), so a row that sees nothing yet
+// keeps its running maximum at MASKED without producing NaN.
+const MASKED: f32 = -3.0e38;
+const MASKED_TEST: f32 = -1.0e38;
 
 struct Params {
     n_q: u32,
@@ -91,6 +111,11 @@ fn overlaps(iv: vec4<u32>, a: u32, b: u32) -> bool {
     return (iv.x < b && a < iv.y) || (iv.z < b && a < iv.w);
 }
 
+// Whether [a, b) lies inside one of the two intervals.
+fn covers(iv: vec4<u32>, a: u32, b: u32) -> bool {
+    return (iv.x <= a && b <= iv.y) || (iv.z <= a && b <= iv.w);
+}
+
 // Rotary embedding of the pair (x_j, x_{j+half}) at table row `pos` (rope_cos / rope_sin are bound
 // by each kernel): x'_j = x_j cos − x_{j+half} sin, x'_{j+half} = x_{j+half} cos + x_j sin.
 fn rotate_pair(lo: f32, hi: f32, pos: u32, j: u32) -> vec2<f32> {
@@ -106,47 +131,37 @@ fn unrotate_pair(lo: f32, hi: f32, pos: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(lo * c + hi * s, hi * c - lo * s);
 }
 
-var<workgroup> wants_tile: array<u32, WG>;
-var<workgroup> tile_flag: u32;
+// The mask over a workgroup's own rows [lo, hi) (logical indices; queries when `of_queries`, else
+// keys): `hull` = per interval slot, the smallest interval containing that slot's interval of every
+// row (a tile of the other side outside both is seen by no row: skipped), and `core` = per slot,
+// the intersection (a tile inside one is seen by every row: no element-wise mask).
+var<workgroup> wg_hull: vec4<u32>;
+var<workgroup> wg_core: vec4<u32>;
 
-// Whether any thread of the workgroup needs the current tile (the others may skip loading it).
-// Called from uniform control flow; the result is uniform.
-fn workgroup_any(mine: bool, lid: u32) -> bool {
-    wants_tile[lid] = select(0u, 1u, mine);
-    workgroupBarrier();
-    if (lid == 0u) {
-        var any = 0u;
-        for (var t = 0u; t < WG; t++) {
-            any = any | wants_tile[t];
+// Sets wg_hull / wg_core; one thread of the workgroup calls it, then every thread reads them with
+// workgroupUniformLoad (which also makes them uniform, so tile loops may branch on them around
+// barriers).
+fn mask_bounds(lo: u32, hi: u32, of_queries: bool) {
+    var hull = vec4<u32>(0xffffffffu, 0u, 0xffffffffu, 0u);
+    var core = vec4<u32>(0u, 0xffffffffu, 0u, 0xffffffffu);
+    for (var t = lo; t < hi; t++) {
+        var iv: vec4<u32>;
+        if (of_queries) {
+            iv = key_intervals(t);
+        } else {
+            iv = query_intervals(t);
         }
-        tile_flag = any;
-    }
-    return workgroupUniformLoad(&tile_flag) != 0u;
-}
-
-// A tile of TILE rows: rotated head vectors (k' or q') and plain ones (v or dO), HEAD_DIM floats a row.
-var<workgroup> tile_rot: array<f32, TILE * HEAD_DIM>;
-var<workgroup> tile_val: array<f32, TILE * HEAD_DIM>;
-
-// If any thread of the workgroup wants the tile of rows [t0, t0 + TILE) (`mine`), stages it (zeros
-// past row n) through the includer's tile_entry and returns true; otherwise returns false and the
-// workgroup may skip the tile. Called from uniform control flow; the result is uniform. The caller
-// puts a workgroupBarrier between this and the reads.
-fn stage_tile(mine: bool, b: u32, h: u32, t0: u32, n: u32, lid: u32) -> bool {
-    if (!workgroup_any(mine, lid)) {
-        return false;
-    }
-    for (var e = lid; e < TILE * HALF; e += WG) {
-        let t = e / HALF;
-        let j = e % HALF;
-        var v = vec4<f32>(0.0);
-        if (t0 + t < n) {
-            v = tile_entry(b, h, t0 + t, j);
+        if (iv.x < iv.y) {
+            hull.x = min(hull.x, iv.x);
+            hull.y = max(hull.y, iv.y);
         }
-        tile_rot[t * HEAD_DIM + j] = v.x;
-        tile_rot[t * HEAD_DIM + j + HALF] = v.y;
-        tile_val[t * HEAD_DIM + j] = v.z;
-        tile_val[t * HEAD_DIM + j + HALF] = v.w;
+        if (iv.z < iv.w) {
+            hull.z = min(hull.z, iv.z);
+            hull.w = max(hull.w, iv.w);
+        }
+        // An empty interval makes the slot's intersection empty too (x ≥ y).
+        core = vec4<u32>(max(core.x, iv.x), min(core.y, iv.y), max(core.z, iv.z), min(core.w, iv.w));
     }
-    return true;
+    wg_hull = hull;
+    wg_core = core;
 }

@@ -4,7 +4,7 @@
 //! constant here (`attention_dq.wgsl` -> [`ATTENTION_DQ_WGSL`]); a file without one exists only to be
 //! included, and its header says which names the includer must define.
 //!
-//! Sizes that must be constant in WGSL but depend on the model or the shape (HEAD_DIM, TILE,
+//! Sizes that must be constant in WGSL but depend on the model or the shape (HEAD_DIM, BQ, BK,
 //! ROWS_PER_THREAD) stay `const` declarations in the file; the host sets them with [`specialize`].
 
 include!(concat!(env!("OUT_DIR"), "/shader_sources.rs"));
@@ -71,33 +71,92 @@ pub fn kernel_source(name: &str) -> Result<&'static str, String> {
     source(name).ok_or_else(|| format!("no kernel file `{name}` in shaders/"))
 }
 
-/// An attention kernel file specialised for one head dimension: private arrays need constant sizes,
-/// so HEAD_DIM and the largest tile (at most 32 rows) that keeps its workgroup memory within 16 KiB
-/// are compiled in.
-pub fn attention_file(name: &str, head_dim: usize) -> Result<String, String> {
-    let source = kernel_source(name)?;
-    let tile = (1..=32)
-        .rev()
-        .find(|&t| attention_workgroup_bytes(name, head_dim, t) <= WORKGROUP_MEMORY_BUDGET)
-        .unwrap_or(1);
-    specialize(
-        source,
-        &[("HEAD_DIM", head_dim as u32), ("TILE", tile as u32)],
-    )
+/// Rows per tile of an attention kernel: `q` queries and `k` keys (attention_common.wgsl). The
+/// forward and query-gradient kernels give a workgroup `q` queries, the key/value-gradient kernel `k`
+/// keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionTiles {
+    pub q: usize,
+    pub k: usize,
 }
 
-/// Workgroup memory of an attention kernel with a tile of `tile` rows, counted as browsers count it:
-/// every variable rounded up to 16 bytes (Chromium's rule; naga's sum can be a few bytes less).
-/// All three kernels hold 64 u32 flags, one u32, and two tiles of `tile` head vectors; the key/value
-/// gradient kernel also 2·`tile` floats of statistics.
-pub fn attention_workgroup_bytes(name: &str, head_dim: usize, tile: usize) -> usize {
+/// Tile sizes tried for an attention kernel, best first, as (rows the workgroup owns, rows of the
+/// other side per step): multiples of the 8 × 8 thread grid, more owned rows first (each staged
+/// tile of the other side is shared by more rows).
+const ATTENTION_TILE_CANDIDATES: [(usize, usize); 7] = [
+    (64, 32),
+    (64, 16),
+    (32, 32),
+    (32, 16),
+    (16, 16),
+    (16, 8),
+    (8, 8),
+];
+
+/// The largest tiles of attention kernel `name` whose workgroup memory fits `budget` bytes, or an
+/// error if even 8 × 8 does not (head dims above about 150 at 16 KiB).
+pub fn attention_tiles(
+    name: &str,
+    head_dim: usize,
+    budget: usize,
+) -> Result<AttentionTiles, String> {
+    ATTENTION_TILE_CANDIDATES
+        .iter()
+        .map(|&(own, other)| {
+            if name == "attention_dkv.wgsl" {
+                AttentionTiles { q: other, k: own }
+            } else {
+                AttentionTiles { q: own, k: other }
+            }
+        })
+        .find(|&t| attention_workgroup_bytes(name, head_dim, t) <= budget)
+        .ok_or_else(|| {
+            format!("{name}: head dim {head_dim} does not fit {budget} bytes of workgroup memory")
+        })
+}
+
+/// An attention kernel file specialised for one head dimension within the browser budget (16 KiB).
+pub fn attention_file(name: &str, head_dim: usize) -> Result<String, String> {
+    attention_file_within(name, head_dim, WORKGROUP_MEMORY_BUDGET).map(|(s, _)| s)
+}
+
+/// An attention kernel file specialised for one head dimension and `budget` bytes of workgroup
+/// memory: private arrays need constant sizes, so HEAD_DIM and the tiles ([`attention_tiles`]) are
+/// compiled in.
+pub fn attention_file_within(
+    name: &str,
+    head_dim: usize,
+    budget: usize,
+) -> Result<(String, AttentionTiles), String> {
+    let source = kernel_source(name)?;
+    let tiles = attention_tiles(name, head_dim, budget)?;
+    let text = specialize(
+        source,
+        &[
+            ("HEAD_DIM", head_dim as u32),
+            ("BQ", tiles.q as u32),
+            ("BK", tiles.k as u32),
+        ],
+    )?;
+    Ok((text, tiles))
+}
+
+/// Workgroup memory of an attention kernel with `tiles`, counted as browsers count it: every
+/// variable rounded up to 16 bytes (Chromium's rule; naga's sum can be a few bytes less). Staged
+/// head vectors take HEAD_DIM + 1 floats a row; every kernel also holds two vec4<u32> of mask bounds.
+pub fn attention_workgroup_bytes(name: &str, head_dim: usize, tiles: AttentionTiles) -> usize {
     let var = |floats: usize| (4 * floats).div_ceil(16) * 16;
-    let stats = if name == "attention_dkv.wgsl" {
-        var(2 * tile)
-    } else {
-        0
-    };
-    var(64) + var(1) + 2 * var(tile * head_dim) + stats
+    let (q, k, row) = (tiles.q, tiles.k, head_dim + 1);
+    let bounds = 2 * 16;
+    bounds
+        + match name {
+            // q_s, kv_s, p_s.
+            "attention.wgsl" => var(q * row) + var(k * row) + var(q * k),
+            // q_s, do_s, kv_s, ds_s, st_s.
+            "attention_dq.wgsl" => 2 * var(q * row) + var(k * row) + var(q * k) + var(2 * q),
+            // k_s, v_s, x_s, p_s, ds_s, st_s.
+            _ => 2 * var(k * row) + var(q * row) + 2 * var(q * k) + var(2 * q),
+        }
 }
 
 /// The matmul kernel with `rows_per_thread` output rows per thread (4: 64-row tiles; 1: 16-row).

@@ -21,8 +21,26 @@ fn attention_backward_case(
     pos_period: usize,
     seed: u64,
 ) {
+    attention_backward_within(None, head_dim, mask, batch, seq, n_heads, pos_period, seed);
+}
+
+/// `budget`: the attention kernels specialised for that much workgroup memory (None: the device's choice).
+#[allow(clippy::too_many_arguments)]
+fn attention_backward_within(
+    budget: Option<usize>,
+    head_dim: usize,
+    mask: AttentionMask,
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    pos_period: usize,
+    seed: u64,
+) {
     let ctx = context();
-    let (k, tk) = (kernels(&ctx, head_dim), train_kernels(&ctx, head_dim));
+    let (k, tk) = match budget {
+        Some(b) => attention_kernels(&ctx, head_dim, b),
+        None => (kernels(&ctx, head_dim), train_kernels(&ctx, head_dim)),
+    };
     let mut rng = Rng(seed);
     let d = n_heads * head_dim;
     let qkv = rng.vec(batch * seq * 3 * d, 1.2);
@@ -97,11 +115,87 @@ fn attention_backward_case(
         &qkv, &d_o, batch, seq, n_heads, mask, &cos, &sin, pos_period,
     );
     assert_close(
-        &format!("attention backward {mask:?} dh={head_dim}"),
+        &format!("attention backward {mask:?} dh={head_dim} budget {budget:?}"),
         &read(&ctx, &dqkv, want.len()),
         &want,
         1e-4,
     );
+}
+
+/// dq (the q third of dqkv) and dk, dv (the other two) for every mask at the small model's head dim,
+/// batch 2, 3 heads, lengths that are no multiple of any tile; block size 16 lines up with the tiles
+/// (whole tiles skipped or fully visible), block size 5 does not.
+fn attention_backward_every_mask_at_head_dim_64(budget: usize) {
+    let b = Some(budget);
+    attention_backward_within(b, 64, AttentionMask::Full, 2, 45, 3, 45, 50);
+    attention_backward_within(b, 64, AttentionMask::Causal, 2, 101, 3, 101, 51);
+    attention_backward_within(
+        b,
+        64,
+        AttentionMask::BlockCausal { block_size: 4 },
+        2,
+        45,
+        3,
+        45,
+        52,
+    );
+    attention_backward_within(
+        b,
+        64,
+        AttentionMask::BlockDiff {
+            half_len: 37,
+            block_size: 5,
+        },
+        2,
+        74,
+        3,
+        37,
+        53,
+    );
+    attention_backward_within(
+        b,
+        64,
+        AttentionMask::BlockDiff {
+            half_len: 40,
+            block_size: 16,
+        },
+        2,
+        80,
+        3,
+        40,
+        54,
+    );
+}
+
+#[test]
+fn attention_backward_every_mask_browser_tiles() {
+    attention_backward_every_mask_at_head_dim_64(BROWSER_BUDGET);
+}
+
+#[test]
+fn attention_backward_every_mask_native_tiles() {
+    attention_backward_every_mask_at_head_dim_64(NATIVE_BUDGET);
+}
+
+#[test]
+fn attention_backward_large_and_odd_head_dims() {
+    // 128: the smallest tiles (8 × 8 in 16 KiB); 22: columns that do not fill the 8 lanes.
+    for budget in [BROWSER_BUDGET, NATIVE_BUDGET] {
+        attention_backward_within(
+            Some(budget),
+            128,
+            AttentionMask::BlockDiff {
+                half_len: 19,
+                block_size: 4,
+            },
+            2,
+            38,
+            2,
+            19,
+            55,
+        );
+        attention_backward_within(Some(budget), 22, AttentionMask::Causal, 2, 67, 2, 67, 56);
+    }
 }
 
 #[test]

@@ -298,8 +298,26 @@ fn attention_case(
     pos_period: usize,
     seed: u64,
 ) {
+    attention_case_within(None, head_dim, mask, batch, seq, n_heads, pos_period, seed);
+}
+
+/// `budget`: the attention kernel specialised for that much workgroup memory (None: the device's choice).
+#[allow(clippy::too_many_arguments)]
+fn attention_case_within(
+    budget: Option<usize>,
+    head_dim: usize,
+    mask: AttentionMask,
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    pos_period: usize,
+    seed: u64,
+) {
     let ctx = context();
-    let k = kernels(&ctx, head_dim);
+    let k = match budget {
+        Some(b) => attention_kernels(&ctx, head_dim, b).0,
+        None => kernels(&ctx, head_dim),
+    };
     let mut rng = Rng(seed);
     let d = n_heads * head_dim;
     let qkv = rng.vec(batch * seq * 3 * d, 1.5);
@@ -339,11 +357,87 @@ fn attention_case(
         &sin,
     );
     assert_close(
-        &format!("attention {mask:?} dh={head_dim}"),
+        &format!("attention {mask:?} dh={head_dim} budget {budget:?}"),
         &read(&ctx, &out, want.len()),
         &want,
         1e-4,
     );
+}
+
+/// Every mask at the small model's head dim, with batch 2, 3 heads and lengths that are no multiple
+/// of any tile (16, 32, 64): partial query and key tiles, skipped tiles, tiles fully inside the mask
+/// (block size 16 lines up with the key tiles) and boundary tiles masked element-wise.
+fn attention_every_mask_at_head_dim_64(budget: usize) {
+    let b = Some(budget);
+    attention_case_within(b, 64, AttentionMask::Full, 2, 45, 3, 45, 40);
+    attention_case_within(b, 64, AttentionMask::Causal, 2, 101, 3, 101, 41);
+    attention_case_within(
+        b,
+        64,
+        AttentionMask::BlockCausal { block_size: 4 },
+        2,
+        45,
+        3,
+        45,
+        42,
+    );
+    attention_case_within(
+        b,
+        64,
+        AttentionMask::BlockDiff {
+            half_len: 37,
+            block_size: 5,
+        },
+        2,
+        74,
+        3,
+        37,
+        43,
+    );
+    attention_case_within(
+        b,
+        64,
+        AttentionMask::BlockDiff {
+            half_len: 40,
+            block_size: 16,
+        },
+        2,
+        80,
+        3,
+        40,
+        44,
+    );
+}
+
+#[test]
+fn attention_every_mask_browser_tiles() {
+    attention_every_mask_at_head_dim_64(BROWSER_BUDGET);
+}
+
+#[test]
+fn attention_every_mask_native_tiles() {
+    attention_every_mask_at_head_dim_64(NATIVE_BUDGET);
+}
+
+#[test]
+fn attention_large_and_odd_head_dims() {
+    // 128: the smallest tiles (16 × 8 forward in 16 KiB); 22: columns that do not fill the 8 lanes.
+    for budget in [BROWSER_BUDGET, NATIVE_BUDGET] {
+        attention_case_within(
+            Some(budget),
+            128,
+            AttentionMask::BlockDiff {
+                half_len: 19,
+                block_size: 4,
+            },
+            2,
+            38,
+            2,
+            19,
+            45,
+        );
+        attention_case_within(Some(budget), 22, AttentionMask::Causal, 2, 67, 2, 67, 46);
+    }
 }
 
 #[test]
@@ -390,32 +484,41 @@ fn attention_block_causal_and_block_diffusion() {
     );
 }
 
-#[test]
-fn attention_queries_at_an_offset_see_every_key() {
-    // KV-cache style: 5 queries (rows 16..21) against all 21 keys, no mask.
+/// KV-cache style: `n_q` queries (rows `row0..row0 + n_q`) against all `seq` keys, no mask.
+fn attention_offset_case(
+    budget: Option<usize>,
+    hd: usize,
+    heads: usize,
+    seq: usize,
+    row0: usize,
+    n_q: usize,
+    seed: u64,
+) {
     let ctx = context();
-    let (hd, heads, seq) = (8, 2, 21);
-    let k = kernels(&ctx, hd);
-    let mut rng = Rng(10);
+    let k = match budget {
+        Some(b) => attention_kernels(&ctx, hd, b).0,
+        None => kernels(&ctx, hd),
+    };
+    let mut rng = Rng(seed);
     let d = heads * hd;
     let qkv = rng.vec(seq * 3 * d, 1.0);
     let inv: Vec<f32> = (0..hd / 2).map(|j| 0.3f32.powi(j as i32)).collect();
     let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
     let a = Attention {
-        n_q: 5,
+        n_q: n_q as u32,
         n_kv: seq as u32,
         n_heads: heads as u32,
         head_dim: hd as u32,
         q_seq_stride: seq as u32,
-        q_row_offset: 16,
+        q_row_offset: row0 as u32,
         kv_seq_stride: seq as u32,
-        q_index_offset: 16,
+        q_index_offset: row0 as u32,
         mask: AttentionMask::Full,
         pos_period: seq as u32,
         pos_offset: 0,
         batch: 1,
     };
-    let out = upload(&ctx, &vec![0.0; 5 * d]);
+    let out = upload(&ctx, &vec![0.0; n_q * d]);
     let (buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
     let b = ops::attention::Bindings {
         qrows: &buf,
@@ -439,11 +542,20 @@ fn attention_queries_at_an_offset_see_every_key() {
         &sin,
     );
     assert_close(
-        "attention offset queries",
-        &read(&ctx, &out, 5 * d),
-        &all[16 * d..],
+        &format!("attention offset queries dh={hd} budget {budget:?}"),
+        &read(&ctx, &out, n_q * d),
+        &all[row0 * d..(row0 + n_q) * d],
         1e-4,
     );
+}
+
+#[test]
+fn attention_queries_at_an_offset_see_every_key() {
+    attention_offset_case(None, 8, 2, 21, 16, 5, 10);
+    // Several query tiles starting mid-sequence, a partial last key tile.
+    for budget in [BROWSER_BUDGET, NATIVE_BUDGET] {
+        attention_offset_case(Some(budget), 64, 2, 77, 30, 37, 11);
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Every file in `shaders/` parses and validates with naga, and keeps its workgroup memory within
 //! the 16 KiB that browsers allow (wgpu itself does not check this against the adapter).
 
-use bd3_gpu::shaders::{all_files, attention_file, matmul_source, WORKGROUP_MEMORY_BUDGET};
+use bd3_gpu::shaders::{
+    all_files, attention_file, attention_file_within, matmul_source, WORKGROUP_MEMORY_BUDGET,
+};
 
 fn validate(name: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source)
@@ -76,31 +78,49 @@ fn narrow_matmul_validates() {
 
 #[test]
 fn attention_specialisations_validate_for_every_head_dim() {
-    for head_dim in (2..=128).step_by(2) {
-        for name in ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"] {
-            let src = attention_file(name, head_dim).unwrap();
-            assert!(
-                src.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")),
-                "head_dim {head_dim} was not substituted"
-            );
-            let m = validate(&format!("{name} dh={head_dim}"), &src);
-            let bytes = workgroup_bytes(&m);
-            assert!(
-                bytes <= WORKGROUP_MEMORY_BUDGET,
-                "{name} dh={head_dim} uses {bytes} bytes"
-            );
-            let tile: usize = src
-                .split("const TILE: u32 = ")
-                .nth(1)
-                .and_then(|r| r.split('u').next())
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert_eq!(
-                bytes,
-                bd3_gpu::shaders::attention_workgroup_bytes(name, head_dim, tile),
-                "{name} dh={head_dim}: the host's count of its workgroup memory"
-            );
+    // The browser budget and a native 32 KiB one: every head dim, every kernel.
+    for budget in [WORKGROUP_MEMORY_BUDGET, 32 * 1024] {
+        for head_dim in (2..=128).step_by(2) {
+            for name in ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"] {
+                let (src, tiles) = attention_file_within(name, head_dim, budget).unwrap();
+                assert!(
+                    src.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")),
+                    "head_dim {head_dim} was not substituted"
+                );
+                let m = validate(&format!("{name} dh={head_dim}"), &src);
+                let bytes = workgroup_bytes(&m);
+                assert!(
+                    bytes <= budget,
+                    "{name} dh={head_dim} uses {bytes} bytes of {budget}"
+                );
+                let constant = |c: &str| -> usize {
+                    src.split(&format!("const {c}: u32 = "))
+                        .nth(1)
+                        .and_then(|r| r.split('u').next())
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                assert_eq!(
+                    (constant("BQ"), constant("BK")),
+                    (tiles.q, tiles.k),
+                    "{name} dh={head_dim}: the compiled tiles"
+                );
+                assert_eq!(
+                    bytes,
+                    bd3_gpu::shaders::attention_workgroup_bytes(name, head_dim, tiles),
+                    "{name} dh={head_dim}: the host's count of its workgroup memory"
+                );
+            }
         }
     }
+    // The small model's head dim gets 32-query forward tiles in the browser budget, larger natively.
+    assert_eq!(
+        bd3_gpu::shaders::attention_tiles("attention.wgsl", 64, WORKGROUP_MEMORY_BUDGET).unwrap(),
+        bd3_gpu::shaders::AttentionTiles { q: 32, k: 16 }
+    );
+    assert_eq!(
+        bd3_gpu::shaders::attention_tiles("attention.wgsl", 64, 32 * 1024).unwrap(),
+        bd3_gpu::shaders::AttentionTiles { q: 64, k: 16 }
+    );
 }

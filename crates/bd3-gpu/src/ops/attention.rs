@@ -2,18 +2,26 @@
 //! (backward, recomputing the scores from the forward's log-sum-exp), all behind
 //! `attention_common.wgsl`: parameters, masks as key/query intervals, rotary helpers.
 //!
-//! Specialised per head dimension: private arrays need constant sizes, so HEAD_DIM and a key tile
-//! that keeps workgroup memory within 16 KiB are compiled in.
+//! Flash-attention-2 shape: a workgroup owns a tile of queries (forward, dq) or keys (dkv) and walks
+//! tiles of the other side staged in workgroup memory. Specialised per head dimension: private
+//! arrays need constant sizes, so HEAD_DIM and the tile sizes that keep workgroup memory within the
+//! budget are compiled in ([`shaders::attention_tiles`]).
 
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
 use crate::program::{Cost, Kernel, ProgramBuilder};
-use crate::shaders;
+use crate::shaders::{self, AttentionTiles};
 use crate::uniform_params;
 use bd3_model::{AttentionMask, Error, Result};
 
-/// Queries (forward, dq) or keys (dkv) per workgroup, one per thread.
+/// Threads per workgroup: an 8 × 8 grid over the tile pair (attention_common.wgsl).
 pub const THREADS: u32 = 64;
+
+/// An attention kernel and the tiles it was compiled with (the dispatch size depends on them).
+pub struct TiledKernel {
+    pub kernel: Kernel,
+    pub tiles: AttentionTiles,
+}
 
 uniform_params! {
     pub struct Params {
@@ -99,13 +107,42 @@ impl Pass {
     }
 }
 
-pub async fn kernel(ctx: &GpuContext, pass: Pass, head_dim: usize) -> Result<Kernel> {
-    ctx.pipeline(
-        pass.label(),
-        &shaders::attention_file(pass.file(), head_dim).map_err(Error::Gpu)?,
-        THREADS,
-    )
-    .await
+/// Most workgroup memory a native attention kernel is specialised for: 32 KiB doubles the forward's
+/// query tile at head dim 64 (64 rows instead of 32) while leaving room for two workgroups per SM on
+/// current GPUs (48–228 KiB of shared memory each).
+pub const NATIVE_WORKGROUP_MEMORY_CAP: usize = 32 * 1024;
+
+/// Workgroup memory the attention kernels are specialised for on this device: the browser default
+/// (16 KiB) in the page, where adapters are not asked for more; natively what the device allows, up
+/// to [`NATIVE_WORKGROUP_MEMORY_CAP`].
+pub fn workgroup_budget(ctx: &GpuContext) -> usize {
+    if cfg!(target_arch = "wasm32") {
+        shaders::WORKGROUP_MEMORY_BUDGET
+    } else {
+        (ctx.limits.max_compute_workgroup_storage_size as usize).clamp(
+            shaders::WORKGROUP_MEMORY_BUDGET,
+            NATIVE_WORKGROUP_MEMORY_CAP,
+        )
+    }
+}
+
+/// The kernel of `pass` for this device ([`workgroup_budget`]).
+pub async fn kernel(ctx: &GpuContext, pass: Pass, head_dim: usize) -> Result<TiledKernel> {
+    kernel_within(ctx, pass, head_dim, workgroup_budget(ctx)).await
+}
+
+/// The kernel of `pass` with tiles chosen for `budget` bytes of workgroup memory (at most what the
+/// device allows).
+pub async fn kernel_within(
+    ctx: &GpuContext,
+    pass: Pass,
+    head_dim: usize,
+    budget: usize,
+) -> Result<TiledKernel> {
+    let (source, tiles) =
+        shaders::attention_file_within(pass.file(), head_dim, budget).map_err(Error::Gpu)?;
+    let kernel = ctx.pipeline(pass.label(), &source, THREADS).await?;
+    Ok(TiledKernel { kernel, tiles })
 }
 
 /// Where queries and keys live and which may see which.
@@ -185,8 +222,9 @@ impl Attention {
             .sum()
     }
 
-    fn groups(&self, per_thread: u32) -> [u32; 3] {
-        [per_thread.div_ceil(THREADS), self.n_heads, self.batch]
+    /// One workgroup per tile of `rows` (queries or keys) `per_group` at a time, head and sequence.
+    fn groups(&self, rows: u32, per_group: usize) -> [u32; 3] {
+        [rows.div_ceil(per_group as u32), self.n_heads, self.batch]
     }
 
     /// Work of one pass: `products` head-dim dot products / axpys per visible pair; q, k, v, the
@@ -209,10 +247,10 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, a: &Attention, b: Bindings) 
     let cost = a.cost(2, 1);
     pb.dispatch(
         "attention",
-        &k.attention,
+        &k.attention.kernel,
         &p,
         b.slices(&k.placeholders),
-        a.groups(a.n_q),
+        a.groups(a.n_q, k.attention.tiles.q),
         cost,
     );
 }
@@ -228,10 +266,10 @@ pub fn record_query_grad(
     let cost = a.cost(3, 3);
     pb.dispatch(
         "attention_dq",
-        &tk.attention_dq,
+        &tk.attention_dq.kernel,
         &a.params(true),
         b.slices(&k.placeholders),
-        a.groups(a.n_q),
+        a.groups(a.n_q, tk.attention_dq.tiles.q),
         cost,
     );
 }
@@ -247,10 +285,10 @@ pub fn record_key_value_grad(
     let cost = a.cost(4, 3);
     pb.dispatch(
         "attention_dkv",
-        &tk.attention_dkv,
+        &tk.attention_dkv.kernel,
         &a.params(true),
         b.slices(&k.placeholders),
-        a.groups(a.n_kv),
+        a.groups(a.n_kv, tk.attention_dkv.tiles.k),
         cost,
     );
 }

@@ -107,7 +107,7 @@ pub struct Kernels {
     pub embedding: Kernel,
     pub layernorm: Kernel,
     pub matmul: matmul::Variants,
-    pub attention: Kernel,
+    pub attention: attention::TiledKernel,
     pub token_loss: Kernel,
     pub sedd_loss: Kernel,
     pub reduce_sum: Kernel,
@@ -145,8 +145,8 @@ impl Kernels {
 
 /// The kernels only training needs, built when a trainer is made (sampling never pays for them).
 pub struct TrainKernels {
-    pub attention_dq: Kernel,
-    pub attention_dkv: Kernel,
+    pub attention_dq: attention::TiledKernel,
+    pub attention_dkv: attention::TiledKernel,
     pub col_sum: Kernel,
     pub elementwise: Kernel,
     pub gate_backward: Kernel,

@@ -22,6 +22,26 @@ pub fn train_kernels(ctx: &GpuContext, head_dim: usize) -> TrainKernels {
     pollster::block_on(TrainKernels::new(ctx, head_dim)).unwrap()
 }
 
+/// Workgroup memory budgets the attention kernels are specialised for: the browser's and the native cap.
+pub const BROWSER_BUDGET: usize = bd3_gpu::shaders::WORKGROUP_MEMORY_BUDGET;
+pub const NATIVE_BUDGET: usize = bd3_gpu::ops::attention::NATIVE_WORKGROUP_MEMORY_CAP;
+
+/// The kernels with the three attention kernels specialised for `budget` bytes of workgroup memory
+/// (whatever the device's own choice would be), so each variant is tested on any adapter.
+pub fn attention_kernels(
+    ctx: &GpuContext,
+    head_dim: usize,
+    budget: usize,
+) -> (Kernels, TrainKernels) {
+    use bd3_gpu::ops::attention::{kernel_within, Pass};
+    let (mut k, mut tk) = (kernels(ctx, head_dim), train_kernels(ctx, head_dim));
+    let make = |pass| pollster::block_on(kernel_within(ctx, pass, head_dim, budget)).unwrap();
+    k.attention = make(Pass::Forward);
+    tk.attention_dq = make(Pass::QueryGrad);
+    tk.attention_dkv = make(Pass::KeyValueGrad);
+    (k, tk)
+}
+
 /// Deterministic test data on top of the project's SplitMix64.
 pub struct Rng(pub u64);
 impl Rng {
