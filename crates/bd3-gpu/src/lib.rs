@@ -6,6 +6,7 @@
 pub mod context;
 pub mod layers;
 pub mod model;
+pub mod nelbo;
 pub mod ops;
 pub mod plan;
 pub mod program;
@@ -13,6 +14,7 @@ pub mod sampler;
 pub mod shaders;
 pub mod step;
 pub mod train;
+pub mod train_loop;
 pub mod weights;
 
 pub use context::{ContextOptions, CounterSnapshot, GpuContext};

@@ -11,6 +11,7 @@
 //!   engine.generate(options, onEvent)                 sample; onEvent receives every step
 //!   requestStop()                                     stop the running generation
 //!   engine.verify(files)                              run `bd3-wgpu verify`'s checks on a fixture folder
+//!   engine.finetune*(…)                             fine-tune the loaded model on text (finetune.rs)
 //!   engine.debugPanic()                               test hook: panics (the page's ?selftest=panic)
 //! A panic is reported through the panic hook (console.error, and `globalThis.bd3Panic(message)`
 //! when the worker defines it); the instance is unusable afterwards, so the worker is replaced.
@@ -25,6 +26,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use wasm_bindgen::prelude::*;
+
+mod finetune;
 
 fn js_err(e: Error) -> JsError {
     JsError::new(&e.report())
@@ -84,13 +87,16 @@ pub struct Engine {
     model: Option<GpuModel>,
     tokenizer: Option<TextTokenizer>,
     loading: Option<Loading>,
+    /// Fine-tuning (finetune.rs): the run in progress, and the last finished one.
+    finetune: Option<finetune::FineTune>,
+    finished: Option<finetune::Finished>,
 }
 
 #[wasm_bindgen]
 impl Engine {
     pub async fn create() -> Result<Engine, JsError> {
         let ctx = GpuContext::new(ContextOptions::default()).await.map_err(js_err)?;
-        Ok(Engine { ctx: Arc::new(ctx), model: None, tokenizer: None, loading: None })
+        Ok(Engine { ctx: Arc::new(ctx), model: None, tokenizer: None, loading: None, finetune: None, finished: None })
     }
 
     pub fn adapter(&self) -> String {
@@ -109,6 +115,8 @@ impl Engine {
     pub async fn begin_load(&mut self, config_json: String, header: Vec<u8>, tokenizer_json: Option<String>, file_length: Option<f64>) -> Result<Array, JsError> {
         self.model = None;
         self.loading = None;
+        self.finetune = None;
+        self.finished = None;
         let cfg = ModelConfig::from_json_bytes(config_json.as_bytes(), "config.json", None).map_err(js_err)?;
         let header_len = header.len() as u64;
         // Without the file's length, the file is taken to end where the last tensor does (the caller
