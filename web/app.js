@@ -317,6 +317,7 @@ function handleFinetune(m) {
       break;
     case 'ft-done':
       ft.running = false; ft.done = true;
+      drawCurve();
       // Stopped early: the native run of the steps finished.
       ft.command = finetuneCommand(ft.settings, m.steps);
       $('ft-command').textContent = ft.command;
@@ -360,10 +361,11 @@ function drawCurve() {
   g.font = '11px system-ui, sans-serif'; g.fillStyle = '#4a5266'; g.strokeStyle = '#c3c9da';
   g.strokeRect(L, T, W - L - R, H - T - B);
   const ys = [...ft.losses, ...ft.valid.map((v) => v[1])].filter(Number.isFinite);
-  if (!ys.length) { g.fillText('loss per step', L + 6, T + 14); return; }
+  if (!ys.length) { g.fillText('loss per step', L + 6, H - 8); return; }
   let lo = Math.min(...ys), hi = Math.max(...ys);
   if (hi - lo < 1e-6) { lo -= 0.5; hi += 0.5; }
-  const n = Math.max(ft.steps, ft.losses.length, 1);
+  // While training the axis spans the steps asked for; once done, the steps taken.
+  const n = Math.max(ft.done ? ft.losses.length : ft.steps, ft.losses.length, 1);
   const x = (step) => L + ((W - L - R) * step) / n;
   const y = (v) => T + ((H - T - B) * (hi - v)) / (hi - lo);
   g.fillText(hi.toFixed(2), 4, T + 8); g.fillText(lo.toFixed(2), 4, H - B);
@@ -374,8 +376,9 @@ function drawCurve() {
   g.stroke();
   g.fillStyle = '#e07b00';
   for (const [s, v] of ft.valid) { g.beginPath(); g.arc(x(s), y(v), 3.5, 0, 7); g.fill(); }
-  g.fillStyle = '#3355cc'; g.fillText('train loss', L + 8, T + 14);
-  g.fillStyle = '#e07b00'; g.fillText('validation NELBO', L + 70, T + 14);
+  // The legend sits under the plot, clear of the curve.
+  g.fillStyle = '#3355cc'; g.fillText('— train loss', L + 40, H - 8);
+  g.fillStyle = '#e07b00'; g.fillText('● validation NELBO (EMA weights)', L + 130, H - 8);
 }
 drawCurve();
 

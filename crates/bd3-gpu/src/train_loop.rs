@@ -7,6 +7,7 @@
 use crate::context::{ContextOptions, GpuContext};
 use crate::model::{ForwardShape, GpuModel};
 use crate::nelbo::{evaluate, input_of, loss_shape};
+use crate::plan::AdapterDesc;
 use crate::train::{copy_weights, read_tensors, OptimConfig, TrainBatch, TrainShape, Trainer};
 use crate::weights::Weights;
 use bd3_model::init::{to_safetensors, NamedTensor, SplitMix};
@@ -158,22 +159,19 @@ pub async fn ema_nelbo(
     Ok(sum / count as f64)
 }
 
-/// GPU memory of a training run, in bytes, recorded on a planning context for the adapter of `ctx`
+/// GPU memory of a training run, in bytes, recorded on a planning context for `adapter`
 /// (nothing is allocated): the model's weights, the gradients, the Adam moments, the EMA, the
 /// training step's activations at `batch`, the weights' backup and, when `validate`, the
 /// evaluation forward. Fails, naming the buffer, where a buffer exceeds the adapter's limits.
 pub async fn plan_memory(
-    ctx: &GpuContext,
+    adapter: &AdapterDesc,
     cfg: &ModelConfig,
     batch: usize,
     dropout: f64,
     optim: OptimConfig,
     validate: bool,
 ) -> Result<RunMemory> {
-    let planning = Arc::new(GpuContext::planning(
-        &ctx.adapter_desc(),
-        ContextOptions::default(),
-    ));
+    let planning = Arc::new(GpuContext::planning(adapter, ContextOptions::default()));
     let mut model = GpuModel::allocate(planning.clone(), cfg.clone()).await?;
     let weights = planning.snapshot().bytes_allocated;
     let mut trainer = Trainer::new(&model, optim).await?;

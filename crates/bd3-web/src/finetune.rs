@@ -148,7 +148,7 @@ impl Engine {
         };
         // The memory of the run, planned before anything is allocated: a run the adapter's limits
         // cannot hold is refused here, with the buffer that does not fit.
-        let memory = plan_memory(&model.ctx, &cfg, batch, dropout, optim, n_valid > 0)
+        let memory = plan_memory(&model.ctx.adapter_desc(), &cfg, batch, dropout, optim, n_valid > 0)
             .await
             .map_err(|e| JsError::new(&format!("this GPU cannot hold the fine-tuning run at batch {batch}: {}; try a smaller batch", e.report())))?;
         let trainer = Trainer::new(model, optim).await.map_err(js_err)?;
