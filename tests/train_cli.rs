@@ -421,3 +421,61 @@ fn a_time_limit_ends_the_run_with_validation_and_a_checkpoint() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// One plain document (the page's pasted text): no document is held out, so a validating run is
+/// refused in words, and `--val-every 0` trains on it without any validation (as the page runs it).
+#[test]
+fn a_corpus_without_a_validation_chunk_trains_only_without_validation() {
+    let dir = scratch("one-doc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain: String = std::fs::read_to_string(CORPUS_FILES[2])
+        .unwrap()
+        .lines()
+        .filter(|l| *l != "%")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let data = dir.join("text.txt");
+    std::fs::write(&data, plain).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut c = bin();
+        c.args(["train", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.join(out));
+        c.args([
+            "--vocab-size",
+            "300",
+            "--size",
+            "32,2,2",
+            "--length",
+            "32",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--log-every",
+            "1",
+        ])
+        .args(extra);
+        c.output().unwrap()
+    };
+    let o = run("validating", &[]);
+    assert!(
+        !o.status.success()
+            && text(&o).contains("too small to hold out a validation chunk of 32 tokens"),
+        "{}",
+        text(&o)
+    );
+    let metrics = dir.join("metrics.jsonl");
+    let o = run(
+        "plain",
+        &["--val-every", "0", "--metrics", metrics.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    let steps: Vec<&str> = lines.lines().filter(|l| l.contains("\"loss\"")).collect();
+    assert_eq!(steps.len(), 2, "{lines}");
+    assert!(!lines.contains("val_nelbo"), "{lines}");
+    assert!(dir.join("plain/model.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,7 @@ import init, { Engine, requestStop } from './pkg/bd3_web.js';
 const CACHE = 'bd3-wgpu-models-v1';
 let engine = null;
 let testHooks = false;
-const post = (m) => self.postMessage(m);
+const post = (m, transfer) => self.postMessage(m, transfer || []);
 
 // The wasm panic hook calls this (crates/bd3-web: start()). After a panic the module instance is
 // unusable (its borrows and allocator state are wherever the panic left them): the page is told,
@@ -26,6 +26,7 @@ self.onmessage = async (e) => {
   if (panicked) { post({ type: 'error', message: 'the engine has crashed; it is being restarted' }); return; }
   try {
     if (m.type === 'stop') { requestStop(); return; }
+    if (m.type === 'finetuneStop') { finetuneStop = true; return; }
     if (m.type === 'debugPanic') {
       if (!testHooks) throw new Error('debugPanic is a test hook (open the page with ?selftest=panic)');
       engine.debugPanic();
@@ -44,6 +45,11 @@ self.onmessage = async (e) => {
       const started = performance.now();
       const result = await engine.generate(m.options, (ev) => post({ type: 'event', ev, ms: performance.now() - started }));
       post({ type: 'done', result });
+    } else if (m.type === 'finetune') {
+      await finetune(m.run);
+    } else if (m.type === 'finetuneExport') {
+      const files = await engine.finetuneExport();
+      post({ type: 'ft-export', files }, [files.model.buffer]);
     } else if (m.type === 'verify') {
       const files = {};
       for (const name of m.files) {
@@ -230,4 +236,37 @@ async function streamWeights(s, config, tokenizer, length) {
   } finally {
     r.cancel();
   }
+}
+
+// ---- fine-tuning (engine.finetune*, crates/bd3-web/src/finetune.rs) ----
+// The steps of `bd3-wgpu train --init`: validation (EMA weights) at step 0, every `valEvery` steps
+// and after the last step, as the native loop does. Stop takes effect after the current step; the
+// run then ends as if --steps had been the steps finished, and the EMA weights become the model's.
+let finetuneStop = false;
+async function finetune(run) {
+  finetuneStop = false;
+  let texts = run.texts;
+  if (run.dataUrl) {
+    const r = await fetch(run.dataUrl);
+    if (!r.ok) throw new Error(`${run.dataUrl}: HTTP ${r.status} ${r.statusText}`);
+    texts = [await r.text()];
+  }
+  const s = run.settings;
+  const prep = await engine.finetunePrepare(texts, s);
+  post({ type: 'ft-prepared', prep });
+  const validating = prep.validChunks > 0;
+  const validate = async (step) => post({ type: 'ft-valid', step, nelbo: await engine.finetuneValidate() });
+  if (validating) await validate(0);
+  const started = performance.now();
+  let done = 0;
+  while (done < s.steps && !finetuneStop) {
+    const r = await engine.finetuneStep();
+    done = r.step;
+    post({ type: 'ft-step', step: r.step, loss: r.loss, lr: r.lr, elapsed: performance.now() - started });
+    if (validating && s.valEvery > 0 && (done % s.valEvery === 0 || done === s.steps)) await validate(done);
+  }
+  // Stopped early: the run is the one of --steps `done`, whose last step is validated too.
+  if (validating && s.valEvery > 0 && done < s.steps && done > 0 && done % s.valEvery !== 0) await validate(done);
+  engine.finetuneFinish();
+  post({ type: 'ft-done', steps: done, stopped: done < s.steps });
 }

@@ -7,6 +7,7 @@ pub mod context;
 pub mod layers;
 pub mod model;
 pub mod model_call;
+pub mod nelbo;
 pub mod ops;
 pub mod plan;
 pub mod program;
@@ -14,6 +15,7 @@ pub mod sampler;
 pub mod score;
 pub mod shaders;
 pub mod train;
+pub mod train_loop;
 pub mod weights;
 
 pub use context::{ContextOptions, CounterSnapshot, GpuContext};

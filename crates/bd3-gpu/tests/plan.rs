@@ -260,3 +260,57 @@ fn split_weight_gradients_are_planned_as_recorded() {
         &plan,
     );
 }
+
+/// The GPU memory a training run plans (what the page reports before fine-tuning) is what the run
+/// allocates on the adapter; an adapter whose buffers cannot hold the run is refused, naming the buffer.
+#[test]
+fn a_training_run_allocates_the_memory_planned_for_it() {
+    use bd3_gpu::train_loop::{plan_memory, train_shape};
+    let cfg = config("bd3lm", 4);
+    let ctx = common::context();
+    let optim = OptimConfig {
+        ema_decay: 0.999,
+        ..Default::default()
+    };
+    let (batch, dropout) = (3, 0.1);
+    let plan = pollster::block_on(plan_memory(
+        &AdapterDesc::of(&ctx),
+        &cfg,
+        batch,
+        dropout,
+        optim,
+        true,
+    ))
+    .unwrap();
+    let before = ctx.snapshot().bytes_allocated;
+    let mut model = pollster::block_on(GpuModel::allocate(ctx.clone(), cfg.clone())).unwrap();
+    let weights = ctx.snapshot().bytes_allocated - before;
+    let mut trainer = pollster::block_on(Trainer::new(&model, optim)).unwrap();
+    trainer
+        .plan_step(&model, &train_shape(&cfg, batch, dropout))
+        .unwrap();
+    let _backup = bd3_gpu::Weights::zeros_like(&ctx, "backup", &model.weights).unwrap();
+    model
+        .record_forward(&ForwardShape {
+            per_token: true,
+            ..bd3_gpu::nelbo::loss_shape(&cfg, batch)
+        })
+        .unwrap();
+    let total = ctx.snapshot().bytes_allocated - before;
+    assert_eq!((plan.weights, plan.total), (weights, total));
+    // The weights, their gradients, two Adam moments, the EMA and the backup: at least six copies.
+    assert!(plan.total >= 6 * plan.weights, "{plan:?}");
+    let small = AdapterDesc {
+        max_buffer: 4096,
+        max_storage_binding: 4096,
+        ..AdapterDesc::of(&ctx)
+    };
+    let e = pollster::block_on(plan_memory(&small, &cfg, 64, dropout, optim, true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("for the qkv activations, over this adapter's binding limit")
+            && e.contains("lower the batch"),
+        "{e}"
+    );
+}

@@ -52,13 +52,8 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
                     })?;
                 docs.push(doc.text);
             }
-        } else if text.lines().any(|l| l == "%") {
-            docs.extend(
-                text.split("\n%\n")
-                    .map(|d| d.trim_matches(|c| c == '\n' || c == '%').to_string()),
-            );
         } else {
-            docs.push(text);
+            docs.extend(split_documents(text));
         }
     }
     docs.retain(|d| !d.trim().is_empty());
@@ -69,6 +64,27 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
         });
     }
     Ok(docs)
+}
+
+/// The documents of one plain text file (any corpus file but `*.jsonl`): the pieces between lines
+/// that are exactly `%` (fortune format), or else the whole text as one document. Blank documents
+/// are kept here; [`read_corpus`] and [`text_documents`] drop them.
+pub fn split_documents(text: String) -> Vec<String> {
+    if text.lines().any(|l| l == "%") {
+        text.split("\n%\n")
+            .map(|d| d.trim_matches(|c| c == '\n' || c == '%').to_string())
+            .collect()
+    } else {
+        vec![text]
+    }
+}
+
+/// The documents of a text given in memory (the page's pasted or dropped text), exactly as
+/// [`read_corpus`] reads the same text from a `.txt` file: possibly none.
+pub fn text_documents(text: &str) -> Vec<String> {
+    let mut docs = split_documents(text.to_string());
+    docs.retain(|d| !d.trim().is_empty());
+    docs
 }
 
 /// The path given by the user is followed if it is a symlink; it must be a regular file or a folder.
@@ -119,9 +135,32 @@ pub struct Chunks {
     pub valid: Vec<Vec<u32>>,
 }
 
+/// Every 20th document is held out for validation (`train`, `eval` and the page's fine-tuning share
+/// the split).
+pub const VALID_EVERY: usize = 20;
+
 /// Tokenize (EOS after every document), hold out every `valid_every`-th document for validation,
-/// and wrap each split into chunks of `length` tokens (the remainder is dropped).
+/// and wrap each split into chunks of `length` tokens (the remainder is dropped). There must be a
+/// validation chunk when `valid_every` > 0 ([`split_chunks`] allows none).
 pub fn chunk_corpus(
+    docs: &[String],
+    tok: &TextTokenizer,
+    eos: u32,
+    length: usize,
+    valid_every: usize,
+) -> Result<Chunks> {
+    let chunks = split_chunks(docs, tok, eos, length, valid_every)?;
+    if valid_every > 0 && chunks.valid.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the corpus is too small to hold out a validation chunk of {length} tokens"
+        )));
+    }
+    Ok(chunks)
+}
+
+/// [`chunk_corpus`] without the demand for a validation chunk: for a run that does not validate
+/// (a short text the held-out documents of which make no whole chunk). There must be a training chunk.
+pub fn split_chunks(
     docs: &[String],
     tok: &TextTokenizer,
     eos: u32,
@@ -148,11 +187,6 @@ pub fn chunk_corpus(
     if chunks.train.is_empty() {
         return Err(Error::Invalid(format!(
             "the corpus has {n_train} training tokens, fewer than one chunk of {length}"
-        )));
-    }
-    if valid_every > 0 && chunks.valid.is_empty() {
-        return Err(Error::Invalid(format!(
-            "the corpus is too small to hold out a validation chunk of {length} tokens"
         )));
     }
     Ok(chunks)
@@ -208,6 +242,23 @@ mod tests {
                 "{line}"
             );
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn text_in_memory_splits_as_the_same_text_file_reads() {
+        let d = scratch("text");
+        let f = d.join("c.txt");
+        for text in [
+            "one document\n\nwith two paragraphs\n",
+            "first\n%\nsecond\n%\n\n%\nthird\n%\n",
+            "% not a separator\n",
+        ] {
+            std::fs::write(&f, text).unwrap();
+            assert_eq!(text_documents(text), read_corpus(&f).unwrap(), "{text:?}");
+        }
+        assert_eq!(text_documents("a\n%\nb"), ["a", "b"]);
+        assert!(text_documents(" \n%\n\n").is_empty());
         let _ = std::fs::remove_dir_all(&d);
     }
 

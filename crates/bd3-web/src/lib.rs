@@ -11,6 +11,7 @@
 //!   engine.generate(options, onEvent)                 sample; onEvent receives every step
 //!   requestStop()                                     stop the running generation
 //!   engine.verify(files)                              run `bd3-wgpu verify`'s checks on a fixture folder
+//!   engine.finetune*(…)                             fine-tune the loaded model on text (finetune.rs)
 //!   engine.debugPanic()                               test hook: panics (the page's ?selftest=panic)
 //! A panic is reported through the panic hook (console.error, and `globalThis.bd3Panic(message)`
 //! when the worker defines it); the instance is unusable afterwards, so the worker is replaced.
@@ -27,6 +28,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use wasm_bindgen::prelude::*;
+
+mod finetune;
 
 fn js_err(e: Error) -> JsError {
     JsError::new(&e.report())
@@ -95,6 +98,9 @@ pub struct Engine {
     model: Option<GpuModel>,
     tokenizer: Option<TextTokenizer>,
     loading: Option<Loading>,
+    /// Fine-tuning (finetune.rs): the run in progress, and the last finished one.
+    finetune: Option<finetune::FineTune>,
+    finished: Option<finetune::Finished>,
 }
 
 #[wasm_bindgen]
@@ -108,6 +114,8 @@ impl Engine {
             model: None,
             tokenizer: None,
             loading: None,
+            finetune: None,
+            finished: None,
         })
     }
 
@@ -133,6 +141,8 @@ impl Engine {
     ) -> Result<Array, JsError> {
         self.model = None;
         self.loading = None;
+        self.finetune = None;
+        self.finished = None;
         let cfg = ModelConfig::from_json_bytes(config_json.as_bytes(), "config.json", None)
             .map_err(js_err)?;
         let header_len = header.len() as u64;

@@ -5,39 +5,12 @@
 
 use bd3_gpu::train::read_tensors;
 use bd3_gpu::{GpuContext, Weights};
-use bd3_model::init::{to_safetensors, NamedTensor};
 use bd3_model::{write_atomically, Error, ModelConfig, Result};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Read `w` back and serialise it as the model's `model.safetensors` (with the rotary buffer and,
-/// for BD3LM, the clip window as `sampling_eps_min/max`).
-pub async fn model_bytes(
-    ctx: &GpuContext,
-    cfg: &ModelConfig,
-    w: &Weights,
-    clip: (f64, f64),
-) -> Result<Vec<u8>> {
-    let mut tensors: Vec<NamedTensor> = read_tensors(ctx, w)
-        .await?
-        .into_iter()
-        .map(|(name, shape, data)| NamedTensor {
-            name: format!("backbone.{name}"),
-            shape,
-            data,
-        })
-        .collect();
-    tensors.push(NamedTensor {
-        name: "backbone.rotary_emb.inv_freq".into(),
-        shape: vec![w.inv_freq.len()],
-        data: w.inv_freq.clone(),
-    });
-    Ok(to_safetensors(
-        cfg,
-        &tensors,
-        Some((clip.0 as f32, clip.1 as f32)),
-    ))
-}
+/// `model.safetensors` of weights on the GPU: shared with the page's checkpoint download.
+pub use bd3_gpu::train_loop::model_bytes;
 
 /// The folder a user (or the official classes) loads: config.json, model.safetensors, tokenizer.json.
 pub fn write_model_dir(

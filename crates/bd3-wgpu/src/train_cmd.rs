@@ -3,16 +3,15 @@
 
 use crate::checkpoint_io::{model_bytes, read_state, state_bytes, write_model_dir};
 use crate::model_source::ModelSource;
-use crate::nelbo::{evaluate, input_of, loss_shape};
+use crate::nelbo::{evaluate, loss_shape};
 use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
 use bd3_gpu::train::{copy_weights, write_tensors};
-use bd3_gpu::{
-    ContextOptions, GpuContext, GpuModel, OptimConfig, TrainBatch, TrainShape, Trainer, Weights,
-};
-use bd3_model::data::{chunk_corpus, read_corpus};
-use bd3_model::init::{official_init, to_safetensors, SplitMix};
-use bd3_model::objective::{build_batch, Clip};
+use bd3_gpu::train_loop::{train_shape, train_step, validation_seed, StepSettings};
+use bd3_gpu::{ContextOptions, GpuContext, GpuModel, OptimConfig, Trainer, Weights};
+use bd3_model::data::{chunk_corpus, read_corpus, split_chunks};
+use bd3_model::init::{official_init, to_safetensors};
+use bd3_model::objective::Clip;
 use bd3_model::tokenizer::TextTokenizer;
 use bd3_model::{Checkpoint, ModelConfig, ModelKind};
 use serde::{Deserialize, Serialize};
@@ -26,8 +25,8 @@ use std::time::Instant;
 const STATE_FILE: &str = "train_state.safetensors";
 /// Micro-batches per step: beyond this the step count, not the accumulation, should grow.
 const MAX_GRAD_ACCUM: usize = 1 << 16;
-/// Every 20th document is held out for validation (`train` and `eval` share the split).
-pub const VALID_EVERY: usize = 20;
+/// Every 20th document is held out for validation (`train`, `eval` and the page share the split).
+pub use bd3_model::data::VALID_EVERY;
 
 /// Model sizes by name or as D,H,N (hidden, heads, blocks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,7 +469,13 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     if cfg.kind != ModelKind::Bd3lm && run.clip_search {
         bail!("--clip-search applies to BD3LM (block diffusion) models");
     }
-    let chunks = chunk_corpus(&docs, &tok, eos, cfg.model_length, VALID_EVERY)?;
+    // A run that never validates may train on a corpus too small to hold out a validation chunk
+    // (the page's fine-tuning on a short text); it then skips the validation at step 0 as well.
+    let chunks = if run.val_every == 0 && !run.clip_search {
+        split_chunks(&docs, &tok, eos, cfg.model_length, VALID_EVERY)?
+    } else {
+        chunk_corpus(&docs, &tok, eos, cfg.model_length, VALID_EVERY)?
+    };
     eprintln!(
         "{} training chunks and {} validation chunks of {} tokens",
         chunks.train.len(),
@@ -517,9 +522,13 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
 
-    let shape = TrainShape {
-        forward: loss_shape(&cfg, run.batch),
-        dropout_milli: (run.dropout * 1000.0).round() as u32,
+    let shape = train_shape(&cfg, run.batch, run.dropout);
+    let settings = StepSettings {
+        seed: run.seed,
+        batch: run.batch,
+        grad_accum: run.grad_accum,
+        lr: run.lr,
+        warmup: run.warmup,
     };
     // Validation covers the whole held-out split unless --val-batches caps it.
     let n_valid = if run.val_batches == 0 {
@@ -546,7 +555,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
                     &valid,
                     run.batch,
                     Clip::NELBO,
-                    run.seed ^ 0x5eed,
+                    validation_seed(run.seed),
                     false,
                     |_, _| {},
                 ))?;
@@ -562,7 +571,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             })
         };
     let mut clip = run.clip;
-    if start_step == 0 {
+    if start_step == 0 && !valid.is_empty() {
         let nelbo = validate(&mut model, &trainer, 0, &mut clip)?;
         if let Some(m) = metrics.as_mut() {
             m.write(&serde_json::json!({"step": 0, "val_nelbo": nelbo}))?;
@@ -596,45 +605,23 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         anyhow::anyhow!("step {step}: the {what} is {value} (not finite); training stopped, {kept} (try a lower --lr)")
     };
     for step in start_step..run.steps {
-        // Learning rate: linear warm-up from 0, then constant (get_constant_schedule_with_warmup).
-        let lr = run.lr
-            * if run.warmup == 0 {
-                1.0
-            } else {
-                (step as f64 / run.warmup as f64).min(1.0)
-            };
-        let mut loss = 0.0;
-        for micro in 0..run.grad_accum {
-            let mut rng = SplitMix(
-                run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    ^ step.wrapping_mul(1024).wrapping_add(micro as u64),
-            );
-            let x0: Vec<Vec<u32>> = (0..run.batch)
-                .map(|_| {
-                    chunks.train[(rng.next_u64() % chunks.train.len() as u64) as usize].clone()
-                })
-                .collect();
-            let lb = build_batch(&cfg, &x0, clip, &mut rng, false);
-            let grad_scale = 1.0 / (lb.denominator * run.grad_accum) as f32;
-            let seed = (rng.next_u64() >> 32) as u32;
-            let out = pollster::block_on(trainer.forward_backward(
-                &model,
-                &shape,
-                &TrainBatch {
-                    input: input_of(&lb),
-                    seed,
-                    grad_scale,
-                },
-            ))?;
-            loss += out.loss_sum / lb.denominator as f64 / run.grad_accum as f64;
-        }
+        // The step itself is shared with the page's fine-tuning (bd3_gpu::train_loop).
+        let report = pollster::block_on(train_step(
+            &model,
+            &mut trainer,
+            &shape,
+            &chunks.train,
+            &settings,
+            clip,
+            step,
+        ))?;
+        let (loss, lr) = (report.loss, report.lr);
         let done = step + 1;
         if !loss.is_finite() {
             return Err(non_finite("training loss", loss, done, last_saved));
         }
-        trainer.optimizer_step(&model, lr)?;
         // A non-finite gradient has just turned the weights into NaN: stop before anything is saved.
-        if let Some(norm) = pollster::block_on(trainer.last_grad_norm(&ctx))? {
+        if let Some(norm) = report.grad_norm {
             if !norm.is_finite() {
                 return Err(non_finite("gradient norm", norm, done, last_saved));
             }
