@@ -362,6 +362,46 @@ impl Run<'_, '_> {
         self.model.call(&shape, &call).await.map(|_| ())
     }
 
+    /// Draw at every row of the block (DDPM, confidence decoding) and put each draw that replaced
+    /// a mask in place, noting it in `revealed`. `at` is (rows per sequence, first position, cache
+    /// index) of the block.
+    async fn draw_every_row(
+        &mut self,
+        block: &mut [u32],
+        at: (usize, usize, usize),
+        mode: SampleMode,
+        mask_prob: f64,
+        revealed: &mut Vec<(usize, usize, u32)>,
+    ) -> Result<()> {
+        let (rows, start, cache_idx) = at;
+        let mask = self.mask();
+        // Rows in position order: the GPU's confidence tie rule relies on it.
+        let picked: Vec<u32> = (0..block.len() / rows)
+            .flat_map(|_| 0..rows as u32)
+            .collect();
+        let tokens = self
+            .sample(
+                block,
+                rows,
+                start,
+                cache_idx,
+                &picked,
+                rows,
+                mode,
+                mask_prob,
+                &[],
+                &[],
+            )
+            .await?;
+        for (j, &tok) in tokens.iter().enumerate() {
+            if block[j] == mask && tok != mask {
+                block[j] = tok;
+                revealed.push((j / rows, start + j % rows, tok));
+            }
+        }
+        Ok(())
+    }
+
     /// One sampling call over `block` ([batch, rows]) whose first token is at logical position `start`
     /// and sits at cache position `cache_idx` (equal for the cached samplers, 0 for a window).
     #[allow(clippy::too_many_arguments)]
@@ -497,53 +537,17 @@ impl Run<'_, '_> {
                     } else {
                         (t - dt) / t
                     };
-                    let picked: Vec<u32> = (0..batch).flat_map(|_| 0..rows as u32).collect();
-                    let tokens = self
-                        .sample(
-                            block,
-                            rows,
-                            start,
-                            cache_idx,
-                            &picked,
-                            rows,
-                            SampleMode::Ddpm,
-                            mask_prob,
-                            &[],
-                            &[],
-                        )
+                    let at = (rows, start, cache_idx);
+                    self.draw_every_row(block, at, SampleMode::Ddpm, mask_prob, &mut revealed)
                         .await?;
-                    for (j, &tok) in tokens.iter().enumerate() {
-                        if block[j] == mask && tok != mask {
-                            block[j] = tok;
-                            revealed.push((j / rows, start + j % rows, tok));
-                        }
-                    }
                 }
                 Sampler::Confidence { .. } | Sampler::ConfidenceThreshold { .. } => {
                     // Every row is drawn and the choice is made on the GPU: what comes back is the
                     // block with the kept draws in place and the mask at the other masked rows. The
                     // rows are passed in position order, which the GPU's tie rule relies on.
-                    let picked: Vec<u32> = (0..batch).flat_map(|_| 0..rows as u32).collect();
-                    let tokens = self
-                        .sample(
-                            block,
-                            rows,
-                            start,
-                            cache_idx,
-                            &picked,
-                            rows,
-                            SampleMode::Confidence,
-                            0.0,
-                            &[],
-                            &[],
-                        )
+                    let at = (rows, start, cache_idx);
+                    self.draw_every_row(block, at, SampleMode::Confidence, 0.0, &mut revealed)
                         .await?;
-                    for (j, &tok) in tokens.iter().enumerate() {
-                        if block[j] == mask && tok != mask {
-                            block[j] = tok;
-                            revealed.push((j / rows, start + j % rows, tok));
-                        }
-                    }
                     // Each call reveals at least one position of every sequence with masked ones.
                     for (s, m) in masked.iter().enumerate() {
                         if !m.is_empty() && !revealed.iter().any(|r| r.0 == s) {
