@@ -6,6 +6,7 @@
 //
 // Bindings: 0 params (uniform), 1 ids: array<u32> [n_rows], 2 table: this part [part_rows, dim],
 //           3 out: [n_rows, dim].
+// A table stored in f16 uses a twin of this file reading `table` as array<f16> (shaders::with_f16_weights).
 // Tiling: one thread per output element, 256 threads per workgroup, grid folded into x/y.
 
 struct Params {
@@ -30,6 +31,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let j = i % p.dim;
     let id = ids[r];
     if (id >= p.row_start && id < p.row_start + p.part_rows) {
-        out[i] = table[(id - p.row_start) * p.dim + j];
+        out[i] = f32(table[(id - p.row_start) * p.dim + j]);
     }
 }

@@ -29,6 +29,8 @@
 // coalesced for transposed operands too. Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
 // pay for a 64-row tile. The z dimension of the grid indexes the K slices.
+// Weights in f16: the host also compiles a twin reading `b` as array<f16> (shaders::with_f16_weights;
+// f32(b[…]) converts while staging, the identity here), for models whose weights are stored in f16.
 // Includes: matmul_epilogue.wgsl (the parameters, bindings and the epilogue of one value, shared with
 // matvec.wgsl; dropout.wgsl, hash.wgsl and gelu.wgsl through it).
 
@@ -105,7 +107,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
             let gk = k0 + kk;
             var bv = 0.0;
             if (n0 + col < p.n && gk < k_end) {
-                bv = b[p.b_offset + gk * p.b_k_stride + (n0 + col) * p.b_col_stride];
+                bv = f32(b[p.b_offset + gk * p.b_k_stride + (n0 + col) * p.b_col_stride]);
             }
             b_tile[(kk * BN + col) / 4u][col % 4u] = bv;
         }

@@ -39,7 +39,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     var acc3 = vec4<f32>(0.0);
     let b_row = p.b_offset + n * p.b_col_stride;
     for (var k = lid; k < p.k; k += WG) {
-        let w = b[b_row + k];
+        let w = f32(b[b_row + k]);
         acc0 = fma(vec4<f32>(a_at(0u, k), a_at(1u, k), a_at(2u, k), a_at(3u, k)), vec4<f32>(w), acc0);
         if (p.m > 4u) {
             acc1 = fma(vec4<f32>(a_at(4u, k), a_at(5u, k), a_at(6u, k), a_at(7u, k)), vec4<f32>(w), acc1);

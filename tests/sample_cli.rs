@@ -286,3 +286,31 @@ fn the_word_check_can_fail_on_random_tokens() {
         "random tokens already score {share:.2}"
     );
 }
+
+#[test]
+fn weights_f32_by_default_and_f16_on_request_with_the_format_reported() {
+    // lavapipe (CI) has shader-f16, so f16 and auto both store the matrices in f16 here; the
+    // browser fallback (no shader-f16) is checked by the page test.
+    let model = fixture("");
+    let m = model.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--model", m, "--seed", "3", "--length", "32"];
+        args.extend(extra);
+        let (code, out, err) = sample(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        (out, err)
+    };
+    let (out32, err32) = run(&[]);
+    assert!(err32.contains("weights: f32"), "{err32}");
+    let (out16, err16) = run(&["--weights", "f16"]);
+    assert!(err16.contains("weights: f16"), "{err16}");
+    let (_, auto) = run(&["--weights", "auto"]);
+    assert!(auto.contains("weights: f16"), "{auto}");
+    // Same shape of output; the tokens themselves may differ where a draw was nearly tied (the
+    // margin test in bd3-gpu's f16_weights.rs bounds that).
+    let (a, b) = (out32.lines().next().unwrap(), out16.lines().next().unwrap());
+    assert_eq!((ids(a).len(), ids(b).len()), (32, 32));
+    let (code, _, err) = sample(&["--model", m, "--weights", "f8"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -121,7 +121,7 @@ function handle(m) {
       $('block-size').value = m.info.blockSize;
       applyDefaults(m.info.defaults);
       $('length').value = Math.min(+$('length').value, Math.max(m.info.length * 4, 2));
-      $('load-status').textContent = `Loaded: ${m.info.kind}, ${m.info.blocks} blocks × ${m.info.hidden} wide, vocabulary ${m.info.vocab}, context ${m.info.length}${m.info.tokenizer ? '' : ' (no tokenizer: prompts and output are token ids)'}.`;
+      $('load-status').textContent = `Loaded: ${m.info.kind}, ${m.info.blocks} blocks × ${m.info.hidden} wide, vocabulary ${m.info.vocab}, context ${m.info.length}, weights ${m.info.weights}${m.info.weightsNote ? ` (${m.info.weightsNote})` : ''}${m.info.tokenizer ? '' : ' (no tokenizer: prompts and output are token ids)'}.`;
       $('load-progress').hidden = true;
       $('gen-btn').disabled = false; $('load-btn').disabled = false;
       finetuneModelLoaded(m.info);
@@ -183,7 +183,7 @@ function load(source) {
   $('gen-btn').disabled = true; $('load-btn').disabled = true;
   $('load-status').textContent = 'Starting…';
   ft.source = source;
-  worker.postMessage({ type: 'load', source });
+  worker.postMessage({ type: 'load', source, weights: $('weights').value });
 }
 $('load-btn').onclick = () => {
   const v = $('model-choice').value;
@@ -249,9 +249,11 @@ const ftWarmup = (steps) => Math.min(10, Math.floor(steps / 10));
 const ftValEvery = (steps) => Math.max(1, Math.round(steps / 10));
 
 function finetuneModelLoaded(info) {
-  $('ft-train').disabled = !info.tokenizer;
+  const f32 = info.weights === 'f32';
+  $('ft-train').disabled = !info.tokenizer || !f32;
   $('ft-download').disabled = true;
-  $('ft-status').textContent = info.tokenizer ? '' : 'This model has no tokenizer.json: it cannot be fine-tuned on text.';
+  $('ft-status').textContent = !info.tokenizer ? 'This model has no tokenizer.json: it cannot be fine-tuned on text.'
+    : !f32 ? `Fine-tuning needs f32 weights; this model was loaded with ${info.weights}: choose Weights f32 and load it again.` : '';
 }
 
 // The --init folder: the Hub name, or the name of the folder the model came from.

@@ -39,7 +39,7 @@ self.onmessage = async (e) => {
       engine = await Engine.create();
       post({ type: 'ready', adapter: engine.adapter() });
     } else if (m.type === 'load') {
-      const info = await loadModel(m.source);
+      const info = await loadModel(m.source, m.weights);
       post({ type: 'loaded', info });
     } else if (m.type === 'generate') {
       const started = performance.now();
@@ -182,7 +182,8 @@ function byteReader(body, onBytes) {
   };
 }
 
-async function loadModel(source) {
+// `weights`: 'auto', 'f32' or 'f16' (how the engine stores the matrices).
+async function loadModel(source, weights) {
   const dir = folder(source);
   post({ type: 'status', text: `Reading config.json from ${dir.describe}…` });
   const config = await dir.text('config.json');
@@ -197,7 +198,7 @@ async function loadModel(source) {
   for (let attempt = 1; ; attempt++) {
     const s = await dir.stream('model.safetensors');
     try {
-      const info = await streamWeights(s, config, tokenizer, s.length ?? (size || null));
+      const info = await streamWeights(s, config, tokenizer, s.length ?? (size || null), weights);
       await s.done(true);
       return info;
     } catch (err) {
@@ -209,7 +210,7 @@ async function loadModel(source) {
 }
 
 // `length`: the file's length in bytes, or null when unknown.
-async function streamWeights(s, config, tokenizer, length) {
+async function streamWeights(s, config, tokenizer, length, weights) {
   const r = byteReader(s.body, (n) => post({ type: 'progress', bytes: n, total: length || 0 }));
   try {
     const lenBytes = await r.read(8);
@@ -222,7 +223,7 @@ async function streamWeights(s, config, tokenizer, length) {
     post({ type: 'status', text: 'Compiling shaders…' });
     // Checks the tensors against the config and their data_offsets against the file's length, as
     // the native loader does: from here on, the tensors tile the data section exactly.
-    const order = await engine.beginLoad(config, header, tokenizer, length ?? undefined);
+    const order = await engine.beginLoad(config, header, tokenizer, length ?? undefined, weights ?? 'auto');
     post({ type: 'status', text: `Streaming ${order.length} tensors to the GPU${s.cached ? ' (from the browser cache)' : ''}…` });
     let at = 0;
     for (const t of order) {

@@ -110,6 +110,10 @@ test('a user loads the model, generates, watches blocks fill, and stops', async 
   const page = await openPage();
   await loadDefault(page);
   assert.match(await page.textContent('#load-status'), /Loaded: bd3lm/);
+  // Weights default to auto: headless Chromium's adapter lacks shader-f16, so the page keeps f32
+  // and says why.
+  assert.equal(await page.inputValue('#weights'), 'auto');
+  assert.match(await page.textContent('#load-status'), /weights f32 \(this adapter lacks shader-f16\)/);
   // A long generation: screenshot mid-way (masked, fresh and committed tokens visible), then Stop.
   await page.fill('#length', '4000');
   await page.click('#gen-btn');

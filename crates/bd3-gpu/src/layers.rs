@@ -176,7 +176,7 @@ pub fn embedding(
             pb,
             k,
             p,
-            table.rows,
+            (table.rows, table.format),
             ops::embedding::Bindings {
                 ids: tokens,
                 table: &part.buffer,
@@ -404,6 +404,7 @@ pub fn linear(
             bias_offset: part.row_start as u32,
             epilogue,
             dropout: io.dropout,
+            b_format: lin.weight.format,
             ..Matmul::plain(m as u32, part.rows as u32, kk as u32)
         };
         if let Some(o) = io.out_rows {
@@ -453,6 +454,7 @@ pub fn head_chunks(
                 ldc: v as u32,
                 out_col_offset: part.row_start as u32,
                 bias_offset: part.row_start as u32,
+                b_format: w.head.weight.format,
                 ..Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
             let b = ops::matmul::Bindings {

@@ -19,7 +19,7 @@ use crate::ops::attention::Attention;
 use crate::ops::layernorm::LayerNorm;
 use crate::ops::{self, Kernels};
 use crate::program::{Buf, PlannedDispatch, Program, ProgramBuilder};
-use crate::weights::Weights;
+use crate::weights::{WeightFormat, Weights};
 use bd3_model::{AttentionMask, Checkpoint, Error, ModelConfig, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -195,14 +195,34 @@ impl GpuModel {
         cfg: ModelConfig,
         ckpt: &Checkpoint,
     ) -> Result<GpuModel> {
-        let weights = Weights::upload(&ctx, &cfg, ckpt)?;
+        Self::load_as(ctx, cfg, ckpt, WeightFormat::F32).await
+    }
+
+    /// [`GpuModel::load`] with the large matrices stored as `format` (f16: sampling only; training
+    /// and `verify` use f32).
+    pub async fn load_as(
+        ctx: Arc<GpuContext>,
+        cfg: ModelConfig,
+        ckpt: &Checkpoint,
+        format: WeightFormat,
+    ) -> Result<GpuModel> {
+        let weights = Weights::upload_as(&ctx, &cfg, ckpt, format)?;
         Self::with_weights(ctx, cfg, weights).await
     }
 
     /// A model whose weights arrive one tensor at a time ([`GpuModel::write_tensor`]): the browser
     /// streams a checkpoint this way so it never holds the whole file in memory.
     pub async fn allocate(ctx: Arc<GpuContext>, cfg: ModelConfig) -> Result<GpuModel> {
-        let weights = Weights::allocate(&ctx, &cfg)?;
+        Self::allocate_as(ctx, cfg, WeightFormat::F32).await
+    }
+
+    /// [`GpuModel::allocate`] with the large matrices stored as `format`.
+    pub async fn allocate_as(
+        ctx: Arc<GpuContext>,
+        cfg: ModelConfig,
+        format: WeightFormat,
+    ) -> Result<GpuModel> {
+        let weights = Weights::allocate_as(&ctx, &cfg, format)?;
         Self::with_weights(ctx, cfg, weights).await
     }
 
@@ -231,7 +251,7 @@ impl GpuModel {
         cfg: ModelConfig,
         weights: Weights,
     ) -> Result<GpuModel> {
-        let kernels = Kernels::new(&ctx, cfg.head_dim()).await?;
+        let kernels = Kernels::for_weights(&ctx, cfg.head_dim(), weights.format()).await?;
         let rope_positions = cfg.model_length;
         let (cos, sin) = bd3_model::tables::rotary_tables(&weights.inv_freq, rope_positions);
         let rope_cos = ctx.storage_init("rope_cos", bytemuck::cast_slice(&cos))?;

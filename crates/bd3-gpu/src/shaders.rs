@@ -164,6 +164,25 @@ pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
     specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
 }
 
+/// `source` reading the weight binding `var_name` as f16 (`enable f16;`, the binding's
+/// `array<f32>` becomes `array<f16>`): the kernel's own reads of it must convert, `f32(name[i])`,
+/// which is the identity in the f32 source. Fails if the declaration is not there exactly once.
+pub fn with_f16_weights(source: &str, var_name: &str) -> Result<String, String> {
+    let decl = format!("var<storage, read> {var_name}: array<f32>;");
+    match source.matches(&decl).count() {
+        1 => Ok(format!(
+            "enable f16;\n{}",
+            source.replace(
+                &decl,
+                &format!("var<storage, read> {var_name}: array<f16>;")
+            )
+        )),
+        n => Err(format!(
+            "with_f16_weights: expected one `{decl}`, found {n}"
+        )),
+    }
+}
+
 #[cfg(test)]
 #[path = "../shader_include.rs"]
 mod shader_include;

@@ -2,10 +2,110 @@
 //!
 //! A matrix larger than one storage binding (the 50258 × 768 embedding and head are 154 MB in f32,
 //! over the 128 MiB default) is split by rows into parts; kernels run once per part.
+//!
+//! For sampling, the large matrices (the embedding, every block's Linear weights and the head) can be
+//! stored as f16 ([`WeightFormat::F16`]): half the bytes each model call reads and half the memory.
+//! Kernels convert while loading and accumulate in f32; biases, LayerNorm weights and the
+//! conditioning path stay f32. Training always uses f32 weights.
 
 use crate::context::GpuContext;
 use crate::program::Buf;
-use bd3_model::{Checkpoint, ModelConfig, Result};
+use bd3_model::{Checkpoint, Error, ModelConfig, Result};
+
+/// How the large weight matrices are stored on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    /// The reference: what `verify` and training use.
+    #[default]
+    F32,
+    /// IEEE half precision (rounded to nearest even on upload), read as f32 by the kernels.
+    F16,
+}
+
+impl WeightFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::F16 => "f16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a user asks for: a format, or `auto` (f16 where the adapter has `shader-f16`, else f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightChoice {
+    #[default]
+    F32,
+    F16,
+    Auto,
+}
+
+impl WeightChoice {
+    pub const NAMES: [&'static str; 3] = ["f32", "f16", "auto"];
+
+    pub fn from_name(name: &str) -> Option<WeightChoice> {
+        match name {
+            "f32" => Some(WeightChoice::F32),
+            "f16" => Some(WeightChoice::F16),
+            "auto" => Some(WeightChoice::Auto),
+            _ => None,
+        }
+    }
+
+    /// The format on `ctx`, and why when it differs from the request; f16 needs `shader-f16`.
+    pub fn resolve(self, ctx: &GpuContext) -> Result<(WeightFormat, Option<&'static str>)> {
+        let f16 = ctx.features.contains(wgpu::Features::SHADER_F16);
+        match (self, f16) {
+            (WeightChoice::F32, _) => Ok((WeightFormat::F32, None)),
+            (WeightChoice::F16 | WeightChoice::Auto, true) => Ok((WeightFormat::F16, None)),
+            (WeightChoice::Auto, false) => Ok((
+                WeightFormat::F32,
+                Some("this adapter lacks shader-f16"),
+            )),
+            (WeightChoice::F16, false) => Err(Error::Invalid(format!(
+                "f16 weights need the shader-f16 feature, which {} lacks (use --weights f32 or auto)",
+                ctx.info.name
+            ))),
+        }
+    }
+}
+
+/// Rows per part of a [rows, cols] matrix whose elements take `format.bytes()` each.
+fn rows_per_part(ctx: &GpuContext, rows: usize, cols: usize, format: WeightFormat) -> usize {
+    ((ctx.split_threshold() / (cols as u64 * format.bytes())) as usize).clamp(1, rows.max(1))
+}
+
+/// Bytes of a buffer holding `n` elements (padded to whole words: bindings are word-sized).
+fn padded_bytes(n: usize, format: WeightFormat) -> u64 {
+    (n as u64 * format.bytes()).div_ceil(4) * 4
+}
+
+/// `data` rounded to f16 (nearest even), packed two per word, low half first (as `array<f16>` reads it).
+pub fn f16_words(data: &[f32]) -> Vec<u32> {
+    data.chunks(2)
+        .map(|pair| {
+            let lo = half::f16::from_f32(pair[0]).to_bits() as u32;
+            let hi = pair
+                .get(1)
+                .map_or(0, |&x| half::f16::from_f32(x).to_bits() as u32);
+            lo | (hi << 16)
+        })
+        .collect()
+}
 
 /// One row range of a matrix in its own buffer.
 pub struct Part {
@@ -19,6 +119,7 @@ pub struct SplitMatrix {
     pub parts: Vec<Part>,
     pub rows: usize,
     pub cols: usize,
+    pub format: WeightFormat,
 }
 
 impl SplitMatrix {
@@ -30,8 +131,7 @@ impl SplitMatrix {
         cols: usize,
     ) -> Result<SplitMatrix> {
         assert_eq!(data.len(), rows * cols);
-        let rows_per_part =
-            ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
+        let rows_per_part = rows_per_part(ctx, rows, cols, WeightFormat::F32);
         let mut parts = Vec::new();
         let mut row_start = 0;
         while row_start < rows {
@@ -44,7 +144,12 @@ impl SplitMatrix {
             });
             row_start += n;
         }
-        Ok(SplitMatrix { parts, rows, cols })
+        Ok(SplitMatrix {
+            parts,
+            rows,
+            cols,
+            format: WeightFormat::F32,
+        })
     }
 }
 
@@ -88,25 +193,55 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Zero-filled weights shaped for `cfg`, with the default rotary frequencies; tensors are then
-    /// written one at a time ([`Weights::write`]), so a loader never holds more than one on the host.
+    /// Zero-filled f32 weights shaped for `cfg`, with the default rotary frequencies; tensors are
+    /// then written one at a time ([`Weights::write`]), so a loader never holds more than one on the host.
     pub fn allocate(ctx: &GpuContext, cfg: &ModelConfig) -> Result<Weights> {
+        Weights::allocate_as(ctx, cfg, WeightFormat::F32)
+    }
+
+    /// As [`Weights::allocate`], with the embedding, the blocks' Linear weights and the head stored
+    /// as `format` (the small conditioning matrices, biases and norms stay f32).
+    pub fn allocate_as(
+        ctx: &GpuContext,
+        cfg: &ModelConfig,
+        format: WeightFormat,
+    ) -> Result<Weights> {
         let vector = |name: &str, n: usize| ctx.storage(name, (n * 4) as u64);
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<SplitMatrix> {
-            let rows_per_part =
-                ((ctx.split_threshold() / (cols as u64 * 4)) as usize).clamp(1, rows.max(1));
-            let mut parts = Vec::new();
-            let mut row_start = 0;
-            while row_start < rows {
-                let n = rows_per_part.min(rows - row_start);
-                parts.push(Part {
-                    buffer: ctx.storage(name, (n * cols * 4) as u64)?,
-                    row_start,
-                    rows: n,
-                });
-                row_start += n;
-            }
-            Ok(SplitMatrix { parts, rows, cols })
+        let matrix_as =
+            |name: &str, rows: usize, cols: usize, format: WeightFormat| -> Result<SplitMatrix> {
+                let rows_per_part = rows_per_part(ctx, rows, cols, format);
+                let mut parts = Vec::new();
+                let mut row_start = 0;
+                while row_start < rows {
+                    let n = rows_per_part.min(rows - row_start);
+                    parts.push(Part {
+                        buffer: ctx.storage(name, padded_bytes(n * cols, format))?,
+                        row_start,
+                        rows: n,
+                    });
+                    row_start += n;
+                }
+                Ok(SplitMatrix {
+                    parts,
+                    rows,
+                    cols,
+                    format,
+                })
+            };
+        let matrix = |name: &str, rows: usize, cols: usize| matrix_as(name, rows, cols, format);
+        let linear_as = |name: &str, rows: usize, cols: usize, bias: bool, f: WeightFormat| {
+            Ok::<_, Error>(Linear {
+                weight: matrix_as(name, rows, cols, f)?,
+                bias: if bias {
+                    Some(vector(name, rows)?)
+                } else {
+                    None
+                },
+            })
+        };
+        // The conditioning path runs once per generation (or per call on a few rows): f32 throughout.
+        let small = |name: &str, rows: usize, cols: usize, bias: bool| {
+            linear_as(name, rows, cols, bias, WeightFormat::F32)
         };
         let linear = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
@@ -124,13 +259,13 @@ impl Weights {
             vocab_embed: matrix("vocab_embed", cfg.vocab_size, d)?,
             sigma_map: if adaln {
                 Some((
-                    linear(
+                    small(
                         "sigma_map.mlp.0",
                         c,
                         bd3_model::config::TIMESTEP_FEATURES,
                         true,
                     )?,
-                    linear("sigma_map.mlp.2", c, c, true)?,
+                    small("sigma_map.mlp.2", c, c, true)?,
                 ))
             } else {
                 None
@@ -145,7 +280,7 @@ impl Weights {
                         mlp_up: linear("mlp.0", 4 * d, d, true)?,
                         mlp_down: linear("mlp.2", d, 4 * d, true)?,
                         adaln: if adaln {
-                            Some(linear("adaLN_modulation", 6 * d, c, true)?)
+                            Some(small("adaLN_modulation", 6 * d, c, true)?)
                         } else {
                             None
                         },
@@ -154,7 +289,7 @@ impl Weights {
                 .collect::<Result<_>>()?,
             norm_final: vector("norm_final", d)?,
             final_adaln: if adaln {
-                Some(linear("output_layer.adaLN_modulation", 2 * d, c, true)?)
+                Some(small("output_layer.adaLN_modulation", 2 * d, c, true)?)
             } else {
                 None
             },
@@ -188,8 +323,14 @@ impl Weights {
         }
         let mut off = 0;
         for (b, n) in &t.parts {
-            ctx.queue()
-                .write_buffer(b, 0, bytemuck::cast_slice(&data[off..off + n]));
+            let part = &data[off..off + n];
+            match t.format {
+                WeightFormat::F32 => ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(part)),
+                WeightFormat::F16 => {
+                    ctx.queue()
+                        .write_buffer(b, 0, bytemuck::cast_slice(&f16_words(part)))
+                }
+            }
             off += n;
         }
         Ok(true)
@@ -197,7 +338,17 @@ impl Weights {
 
     /// Upload every tensor of a strictly checked checkpoint, one at a time.
     pub fn upload(ctx: &GpuContext, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Weights> {
-        let mut w = Weights::allocate(ctx, cfg)?;
+        Weights::upload_as(ctx, cfg, ckpt, WeightFormat::F32)
+    }
+
+    /// [`Weights::upload`] into weights allocated as [`Weights::allocate_as`].
+    pub fn upload_as(
+        ctx: &GpuContext,
+        cfg: &ModelConfig,
+        ckpt: &Checkpoint,
+        format: WeightFormat,
+    ) -> Result<Weights> {
+        let mut w = Weights::allocate_as(ctx, cfg, format)?;
         for (name, _) in bd3_model::checkpoint::expected_tensors(cfg) {
             let data = ckpt.tensor_f32(&name)?;
             w.write(ctx, &name, &data)?;
@@ -209,6 +360,12 @@ impl Weights {
 impl SplitMatrix {
     /// A zero matrix with the same row ranges (gradients and optimizer state of a split weight).
     pub fn zeros_like(ctx: &GpuContext, label: &str, like: &SplitMatrix) -> Result<SplitMatrix> {
+        if like.format != WeightFormat::F32 {
+            return Err(Error::Invalid(format!(
+                "training needs f32 weights; this model holds {} weights",
+                like.format
+            )));
+        }
         let parts = like
             .parts
             .iter()
@@ -224,6 +381,7 @@ impl SplitMatrix {
             parts,
             rows: like.rows,
             cols: like.cols,
+            format: WeightFormat::F32,
         })
     }
 }
@@ -233,8 +391,10 @@ pub struct TensorRef {
     /// Canonical checkpoint name, without the `backbone.` prefix.
     pub name: String,
     pub shape: Vec<usize>,
-    /// (buffer, number of floats) per part, in row order.
+    /// (buffer, number of values) per part, in row order.
     pub parts: Vec<(Buf, usize)>,
+    /// How the values are stored (f32 for every vector).
+    pub format: WeightFormat,
 }
 
 impl Weights {
@@ -284,6 +444,7 @@ impl Weights {
             name,
             shape: vec![b.size() as usize / 4],
             parts: vec![(b.clone(), b.size() as usize / 4)],
+            format: WeightFormat::F32,
         };
         let mat_ref = |name: String, m: &SplitMatrix| TensorRef {
             name,
@@ -293,6 +454,7 @@ impl Weights {
                 .iter()
                 .map(|p| (p.buffer.clone(), p.rows * m.cols))
                 .collect(),
+            format: m.format,
         };
         let linear = |out: &mut Vec<TensorRef>, name: &str, l: &Linear| {
             out.push(mat_ref(format!("{name}.weight"), &l.weight));
@@ -325,5 +487,12 @@ impl Weights {
             linear(&mut out, "output_layer.adaLN_modulation", a);
         }
         out
+    }
+}
+
+impl Weights {
+    /// How the large matrices are stored (the head's format: they all share it).
+    pub fn format(&self) -> WeightFormat {
+        self.head.weight.format
     }
 }

@@ -271,7 +271,7 @@ fn embedding_gathers_across_table_parts() {
                 pb,
                 &k,
                 p,
-                v,
+                (v, bd3_gpu::weights::WeightFormat::F32),
                 ops::embedding::Bindings {
                     ids: &ids_buf,
                     table: &part,

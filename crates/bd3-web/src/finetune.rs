@@ -16,6 +16,7 @@ use crate::{js_err, set, Engine};
 use bd3_gpu::train_loop::{
     ema_nelbo, model_bytes, plan_memory, train_shape, train_step, StepSettings,
 };
+use bd3_gpu::weights::WeightFormat;
 use bd3_gpu::{OptimConfig, TrainShape, Trainer, Weights};
 use bd3_model::data::{split_chunks, text_documents, VALID_EVERY};
 use bd3_model::objective::Clip;
@@ -87,6 +88,12 @@ impl Engine {
             .model
             .as_ref()
             .ok_or_else(|| JsError::new("load a model first"))?;
+        if model.weights.format() != WeightFormat::F32 {
+            return Err(JsError::new(&format!(
+                "fine-tuning needs f32 weights, and this model was loaded with {} weights: choose Weights f32 and load it again",
+                model.weights.format()
+            )));
+        }
         let tok = self.tokenizer.as_ref().ok_or_else(|| {
             JsError::new("this model has no tokenizer.json: it cannot be fine-tuned on text")
         })?;

@@ -17,6 +17,7 @@
 //! when the worker defines it); the instance is unusable afterwards, so the worker is replaced.
 //! Weights stream to the GPU tensor by tensor: the whole checkpoint is never held in wasm memory.
 
+use bd3_gpu::weights::WeightChoice;
 use bd3_gpu::{
     generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler,
 };
@@ -101,6 +102,8 @@ pub struct Engine {
     /// Fine-tuning (finetune.rs): the run in progress, and the last finished one.
     finetune: Option<finetune::FineTune>,
     finished: Option<finetune::Finished>,
+    /// Why the loaded model's weights are not in the format asked for (`auto` without shader-f16).
+    weights_note: Option<&'static str>,
 }
 
 #[wasm_bindgen]
@@ -116,6 +119,7 @@ impl Engine {
             loading: None,
             finetune: None,
             finished: None,
+            weights_note: None,
         })
     }
 
@@ -131,6 +135,9 @@ impl Engine {
     /// must tile the data section to the file's last byte; without it (a server that sends no
     /// Content-Length), they must tile it from its first byte and the caller checks the stream ends
     /// after the last tensor.
+    ///
+    /// `weights`: "f32", "f16" or "auto" (the default: f16 where the adapter has shader-f16), how the
+    /// matrices are stored on the GPU; `info()` says which is in use and why.
     #[wasm_bindgen(js_name = beginLoad)]
     pub async fn begin_load(
         &mut self,
@@ -138,6 +145,7 @@ impl Engine {
         header: Vec<u8>,
         tokenizer_json: Option<String>,
         file_length: Option<f64>,
+        weights: Option<String>,
     ) -> Result<Array, JsError> {
         self.model = None;
         self.loading = None;
@@ -173,7 +181,18 @@ impl Engine {
             }
             None => None,
         };
-        let model = GpuModel::allocate(self.ctx.clone(), cfg)
+        let choice = match weights.as_deref() {
+            None => WeightChoice::Auto,
+            Some(name) => WeightChoice::from_name(name).ok_or_else(|| {
+                JsError::new(&format!(
+                    "weights must be one of {}, not `{name}`",
+                    WeightChoice::NAMES.join(", ")
+                ))
+            })?,
+        };
+        let (format, note) = choice.resolve(&self.ctx).map_err(js_err)?;
+        self.weights_note = note;
+        let model = GpuModel::allocate_as(self.ctx.clone(), cfg, format)
             .await
             .map_err(js_err)?;
         let pending: BTreeMap<String, String> = names
@@ -263,6 +282,10 @@ impl Engine {
             set(&o, "length", c.model_length as f64);
             set(&o, "blockSize", c.block_size as f64);
             set(&o, "tokenizer", self.tokenizer.is_some());
+            set(&o, "weights", m.weights.format().name());
+            if let Some(note) = self.weights_note {
+                set(&o, "weightsNote", note);
+            }
             // The sampling defaults for this model (bd3_gpu's, as the CLI uses): the page fills its
             // inputs with them.
             let d = SampleOptions::defaults_for(c);

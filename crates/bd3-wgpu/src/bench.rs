@@ -85,6 +85,9 @@ pub struct SampleBenchArgs {
     /// Nucleus mass
     #[arg(long, default_value_t = bd3_gpu::defaults::TOP_P)]
     top_p: f64,
+    /// How the weight matrices are stored on the GPU (f16 plans an adapter with shader-f16)
+    #[arg(long, value_enum, default_value_t = crate::sample::WeightsArg::default_choice())]
+    weights: crate::sample::WeightsArg,
     #[command(flatten)]
     plan: PlanArgs,
 }
@@ -146,6 +149,16 @@ fn random_model(
     size: &BenchSize,
     block_size: usize,
 ) -> Result<(GpuModel, usize, f64)> {
+    random_model_as(ctx, size, block_size, bd3_gpu::weights::WeightFormat::F32)
+}
+
+/// [`random_model`] with the matrices stored as `format`.
+fn random_model_as(
+    ctx: &Arc<GpuContext>,
+    size: &BenchSize,
+    block_size: usize,
+    format: bd3_gpu::weights::WeightFormat,
+) -> Result<(GpuModel, usize, f64)> {
     let cfg = bench_config(size, block_size)?;
     let t0 = Instant::now();
     let tensors = random_weights(&cfg, 7, 0.02);
@@ -153,7 +166,7 @@ fn random_model(
     let bytes = to_safetensors(&cfg, &tensors, None);
     drop(tensors);
     let ckpt = Checkpoint::from_bytes(bytes, "random weights", &cfg)?;
-    let model = pollster::block_on(GpuModel::load(ctx.clone(), cfg, &ckpt))?;
+    let model = pollster::block_on(GpuModel::load_as(ctx.clone(), cfg, &ckpt, format))?;
     Ok((model, params, t0.elapsed().as_secs_f64()))
 }
 
@@ -173,7 +186,8 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
         block_size,
         length,
         top_p,
-        plan,
+        weights,
+        mut plan,
     } = a;
     let block_size = block_size.min(size.length);
     // Sizes are checked before anything is allocated.
@@ -187,13 +201,29 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
     }
     cfg.check_batch(batch, length_wanted.max(cfg.model_length))?;
     if plan.plan {
-        return plan_sample(&plan, &size, block_size, batch, length_wanted, top_p);
+        if weights != crate::sample::WeightsArg::F32 && !plan.f16() {
+            plan.features.push(PlanFeature::F16);
+        }
+        return plan_sample(
+            &plan,
+            &size,
+            block_size,
+            batch,
+            length_wanted,
+            top_p,
+            weights,
+        );
     }
     let ctx = Arc::new(pollster::block_on(GpuContext::new(
         ContextOptions::default(),
     ))?);
     println!("adapter: {}", ctx.adapter_summary());
-    let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
+    let (format, why) = bd3_gpu::weights::WeightChoice::from(weights).resolve(&ctx)?;
+    println!(
+        "weights: {format}{}",
+        why.map(|w| format!(" ({w})")).unwrap_or_default()
+    );
+    let (mut model, params, secs) = random_model_as(&ctx, &size, block_size, format)?;
     print_model(&model, params, secs);
     let length = length.unwrap_or(model.cfg.model_length);
     let opts = sample_options(batch, length, top_p, block_size);
@@ -265,6 +295,16 @@ impl PlanArgs {
 
     /// A planning model of `size` (no GPU, no weights in memory).
     fn model(&self, size: &BenchSize, block_size: usize) -> Result<GpuModel> {
+        self.model_as(size, block_size, crate::sample::WeightsArg::F32)
+    }
+
+    /// [`PlanArgs::model`] with its matrices stored as `weights` resolves on the planned adapter.
+    fn model_as(
+        &self,
+        size: &BenchSize,
+        block_size: usize,
+        weights: crate::sample::WeightsArg,
+    ) -> Result<GpuModel> {
         let adapter = AdapterDesc::native(
             self.units.unwrap_or(DEFAULT_COMPUTE_UNITS),
             self.f16(),
@@ -272,9 +312,10 @@ impl PlanArgs {
         );
         let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
         let cfg = bench_config(size, block_size)?;
-        let model = pollster::block_on(GpuModel::allocate(ctx, cfg))?;
+        let (format, _) = bd3_gpu::weights::WeightChoice::from(weights).resolve(&ctx)?;
+        let model = pollster::block_on(GpuModel::allocate_as(ctx, cfg, format))?;
         println!(
-            "plan for {} (max storage binding {} MiB), model: hidden {}, {} heads, {} blocks, vocab {}, L = {}, block size {}",
+            "plan for {} (max storage binding {} MiB), model: hidden {}, {} heads, {} blocks, vocab {}, L = {}, block size {}, {format} weights",
             adapter.name, adapter.max_storage_binding >> 20, size.hidden, size.heads, size.blocks, size.vocab, size.length, block_size
         );
         Ok(model)
@@ -304,8 +345,9 @@ fn plan_sample(
     batch: usize,
     length: usize,
     top_p: f64,
+    weights: crate::sample::WeightsArg,
 ) -> Result<()> {
-    let mut model = plan.model(size, block_size)?;
+    let mut model = plan.model_as(size, block_size, weights)?;
     let opts = sample_options(batch, length, top_p, block_size);
     let result = pollster::block_on(bd3_gpu::generate(&mut model, &opts, &mut |_| {}))?;
     let calls = &model.call_plans;

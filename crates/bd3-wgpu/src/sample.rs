@@ -3,6 +3,7 @@
 use crate::model_source::ModelSource;
 use crate::sample_out::write_sample_line;
 use anyhow::{bail, Context, Result};
+use bd3_gpu::weights::WeightChoice;
 use bd3_gpu::{
     defaults, generate, ContextOptions, GpuContext, GpuModel, SampleEvent, SampleOptions, Sampler,
 };
@@ -11,6 +12,61 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// How the weights are stored on the GPU, as a command-line value (`bd3_gpu::weights::WeightChoice`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightsArg {
+    /// f32, the reference (what `verify` checks)
+    F32,
+    /// f16 matrices, f32 arithmetic: half the bytes per model call (needs shader-f16)
+    F16,
+    /// f16 where the adapter has shader-f16, else f32
+    Auto,
+}
+
+impl From<WeightsArg> for WeightChoice {
+    fn from(w: WeightsArg) -> WeightChoice {
+        match w {
+            WeightsArg::F32 => WeightChoice::F32,
+            WeightsArg::F16 => WeightChoice::F16,
+            WeightsArg::Auto => WeightChoice::Auto,
+        }
+    }
+}
+
+impl WeightsArg {
+    /// The command-line value of the library's default.
+    pub fn default_choice() -> WeightsArg {
+        match WeightChoice::default() {
+            WeightChoice::F32 => WeightsArg::F32,
+            WeightChoice::F16 => WeightsArg::F16,
+            WeightChoice::Auto => WeightsArg::Auto,
+        }
+    }
+}
+
+/// Load `ckpt` for sampling with its matrices stored as `weights` asks, saying on stderr which
+/// format is in use (and why, when `auto` fell back to f32).
+pub fn load_for_sampling(
+    ctx: &Arc<GpuContext>,
+    cfg: &bd3_model::ModelConfig,
+    ckpt: &bd3_model::Checkpoint,
+    weights: WeightsArg,
+) -> Result<GpuModel> {
+    let (format, why) = WeightChoice::from(weights)
+        .resolve(ctx)
+        .context("--weights")?;
+    eprintln!(
+        "weights: {format}{}",
+        why.map(|w| format!(" ({w})")).unwrap_or_default()
+    );
+    Ok(pollster::block_on(GpuModel::load_as(
+        ctx.clone(),
+        cfg.clone(),
+        ckpt,
+        format,
+    ))?)
+}
 
 /// The samplers as command-line values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -93,6 +149,9 @@ pub struct SampleArgs {
     /// Refuse to run unless the model was trained with this block size
     #[arg(long)]
     block_size: Option<usize>,
+    /// How the weight matrices are stored on the GPU
+    #[arg(long, value_enum, default_value_t = WeightsArg::default_choice())]
+    weights: WeightsArg,
 }
 
 /// Put the sampling defaults, defined once in `bd3_gpu::defaults` (and per model in
@@ -185,7 +244,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let ctx = Arc::new(pollster::block_on(GpuContext::new(
         ContextOptions::default(),
     ))?);
-    let mut model = pollster::block_on(GpuModel::load(ctx.clone(), cfg.clone(), &ckpt))?;
+    let mut model = load_for_sampling(&ctx, &cfg, &ckpt, a.weights)?;
     drop(ckpt);
     let mut trace = match &a.trace {
         Some(p) => Some(std::io::BufWriter::new(
@@ -303,8 +362,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
         .map(|s| s.len().saturating_sub(1 + opts.prompt.len()))
         .sum();
     eprintln!(
-        "{} sequence(s), {} tokens generated, {} NFEs ({} model calls), {:.1} tokens/s, seed {}, on {}",
-        result.sequences.len(), generated, result.nfe, result.calls, generated as f64 / secs, opts.seed, ctx.adapter_summary()
+        "{} sequence(s), {} tokens generated, {} NFEs ({} model calls), {:.1} tokens/s, seed {}, {} weights, on {}",
+        result.sequences.len(), generated, result.nfe, result.calls, generated as f64 / secs, opts.seed, model.weights.format(), ctx.adapter_summary()
     );
     Ok(())
 }

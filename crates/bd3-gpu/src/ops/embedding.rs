@@ -4,6 +4,7 @@
 use super::{bindings, words, Kernels};
 use crate::program::{Cost, ProgramBuilder};
 use crate::uniform_params;
+use crate::weights::WeightFormat;
 use bd3_model::Result;
 
 pub const THREADS: u32 = 256;
@@ -25,12 +26,13 @@ bindings! {
     }
 }
 
-/// Gather `p.n_rows` rows from a part of `p.part_rows` rows of a table of `table_rows` rows.
+/// Gather `p.n_rows` rows from a part of `p.part_rows` rows of a table of `table_rows` rows stored
+/// as `format`.
 pub fn record(
     pb: &mut ProgramBuilder,
     k: &Kernels,
     p: Params,
-    table_rows: usize,
+    (table_rows, format): (usize, WeightFormat),
     b: Bindings,
 ) -> Result<()> {
     let groups = pb.fold((p.n_rows as u64 * p.dim as u64).div_ceil(THREADS as u64))?;
@@ -38,11 +40,15 @@ pub fn record(
     let moved = p.n_rows as u64 * p.dim as u64 * p.part_rows as u64 / table_rows.max(1) as u64;
     let cost = Cost {
         flops: 0,
-        bytes: words(p.n_rows as u64 + 2 * moved),
+        bytes: words(p.n_rows as u64 + moved) + moved * format.bytes(),
+    };
+    let kernel = match format {
+        WeightFormat::F32 => &k.embedding,
+        WeightFormat::F16 => &k.f16("embedding").embedding,
     };
     pb.dispatch(
         "embedding",
-        &k.embedding,
+        kernel,
         &p,
         b.slices(&k.placeholders),
         groups,

@@ -15,6 +15,7 @@ use crate::context::GpuContext;
 use crate::program::{Buf, Cost, Kernel, ProgramBuilder};
 use crate::shaders;
 use crate::uniform_params;
+use crate::weights::WeightFormat;
 use bd3_model::{Error, Result};
 
 /// 16 × 16 threads.
@@ -108,6 +109,8 @@ pub struct Matmul {
     /// Output row of input row i: (i / out_rows_per_seq)·out_seq_stride + out_row_offset + i % out_rows_per_seq.
     pub out_rows: OutRows,
     pub dropout: Option<Dropout>,
+    /// How B is stored: f16 weights take the f16 twins of the kernels.
+    pub b_format: WeightFormat,
 }
 
 /// Where each sequence's output rows go (a KV cache holds `seq_stride` rows per sequence).
@@ -152,6 +155,7 @@ impl Matmul {
                 row_offset: 0,
             },
             dropout: None,
+            b_format: WeightFormat::F32,
         }
     }
 
@@ -288,6 +292,30 @@ impl Variants {
         })
     }
 
+    /// The twins reading B as f16 (weights stored in f16; `shaders::with_f16_weights`).
+    pub async fn new_f16(ctx: &GpuContext) -> Result<Variants> {
+        let twin = |source: &str| shaders::with_f16_weights(source, "b").map_err(Error::Gpu);
+        Ok(Variants {
+            wide: ctx
+                .pipeline(
+                    "matmul_f16",
+                    &twin(&shaders::matmul_source(4).map_err(Error::Gpu)?)?,
+                    THREADS,
+                )
+                .await?,
+            narrow: ctx
+                .pipeline(
+                    "matmul_narrow_f16",
+                    &twin(&shaders::matmul_source(1).map_err(Error::Gpu)?)?,
+                    THREADS,
+                )
+                .await?,
+            matvec: ctx
+                .pipeline("matvec_f16", &twin(shaders::MATVEC_WGSL)?, MATVEC_THREADS)
+                .await?,
+        })
+    }
+
     /// The variant for an input of `m` rows, and the rows of its output tile.
     pub fn for_rows(&self, m: u32) -> (&Kernel, u32) {
         if m <= 16 {
@@ -371,10 +399,14 @@ pub fn record_accumulating(
 
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Matmul, b: Bindings) {
     let p = mm.params(b.bias.is_some(), b.aux.is_some());
+    let variants = match mm.b_format {
+        WeightFormat::F32 => &k.matmul,
+        WeightFormat::F16 => &k.f16("matmul").matmul,
+    };
     if mm.m <= MATVEC_MAX_ROWS && mm.a_k_stride == 1 && mm.b_k_stride == 1 {
-        return record_matvec(pb, k, label, &p, b);
+        return record_matvec_of(pb, k, variants, label, &p, b);
     }
-    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
+    let (kernel, tile_rows) = variants.for_rows(mm.m);
     record_variant(pb, k, label, kernel, tile_rows, &p, b);
 }
 
@@ -386,13 +418,25 @@ pub fn record_matvec(
     p: &Params,
     b: Bindings,
 ) {
+    record_matvec_of(pb, k, &k.matmul, label, p, b)
+}
+
+/// [`record_matvec`] with the kernels of `variants` (f32 or f16 weights).
+fn record_matvec_of(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    variants: &Variants,
+    label: &'static str,
+    p: &Params,
+    b: Bindings,
+) {
     debug_assert!(p.m <= MATVEC_MAX_ROWS && p.a_k_stride == 1 && p.b_k_stride == 1);
     let groups = match pb.fold(p.n as u64) {
         Ok(g) => g,
         // More columns than a grid can hold (never at these widths): the tiled kernel covers any N.
-        Err(_) => return record_variant(pb, k, label, &k.matmul.narrow, 16, p, b),
+        Err(_) => return record_variant(pb, k, label, &variants.narrow, 16, p, b),
     };
-    record_sized(pb, k, label, &k.matmul.matvec, groups, p, 1, b);
+    record_sized(pb, k, label, &variants.matvec, groups, p, 1, b);
 }
 
 /// One dispatch of a given variant (the kernel tests run both on the same problem).

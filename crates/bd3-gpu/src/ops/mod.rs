@@ -114,6 +114,43 @@ pub struct Kernels {
     pub sample: Kernel,
     pub confidence: Kernel,
     pub placeholders: Placeholders,
+    /// The twins that read f16 weights (built for a model whose weights are stored in f16).
+    pub f16: Option<F16Kernels>,
+}
+
+/// Kernels reading weights stored as f16 ([`crate::weights::WeightFormat::F16`]): the embedding
+/// gather and the products, each the f32 kernel's twin (`shaders::with_f16_weights`).
+pub struct F16Kernels {
+    pub embedding: Kernel,
+    pub matmul: matmul::Variants,
+}
+
+impl F16Kernels {
+    pub async fn new(ctx: &GpuContext) -> Result<F16Kernels> {
+        if !ctx.features.contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Invalid(format!(
+                "f16 weights need the shader-f16 feature, which {} lacks",
+                ctx.info.name
+            )));
+        }
+        let twin = |name: &str, var: &str| {
+            shaders::with_f16_weights(
+                shaders::kernel_source(&format!("{name}.wgsl")).map_err(Error::Gpu)?,
+                var,
+            )
+            .map_err(Error::Gpu)
+        };
+        Ok(F16Kernels {
+            embedding: ctx
+                .pipeline(
+                    "embedding_f16",
+                    &twin("embedding", "table")?,
+                    embedding::THREADS,
+                )
+                .await?,
+            matmul: matmul::Variants::new_f16(ctx).await?,
+        })
+    }
 }
 
 /// The kernel `name` (`shaders/{name}.wgsl`) with `threads` invocations per workgroup.
@@ -127,7 +164,24 @@ async fn kernel(ctx: &GpuContext, name: &'static str, threads: u32) -> Result<Ke
 }
 
 impl Kernels {
+    /// The f16 twins, or an error naming the kernel when the model was built without them.
+    pub fn f16(&self, what: &str) -> &F16Kernels {
+        self.f16.as_ref().unwrap_or_else(|| {
+            panic!("{what}: f16 weights but no f16 kernels (Kernels::for_weights)")
+        })
+    }
+
+    /// The kernels of a model with f32 weights.
     pub async fn new(ctx: &GpuContext, head_dim: usize) -> Result<Kernels> {
+        Kernels::for_weights(ctx, head_dim, crate::weights::WeightFormat::F32).await
+    }
+
+    /// The kernels of a model whose large matrices are stored as `format`.
+    pub async fn for_weights(
+        ctx: &GpuContext,
+        head_dim: usize,
+        format: crate::weights::WeightFormat,
+    ) -> Result<Kernels> {
         Ok(Kernels {
             embedding: kernel(ctx, "embedding", embedding::THREADS).await?,
             layernorm: kernel(ctx, "layernorm", layernorm::THREADS).await?,
@@ -139,6 +193,10 @@ impl Kernels {
             sample: kernel(ctx, "sample", sample::THREADS).await?,
             confidence: kernel(ctx, "confidence", confidence::THREADS).await?,
             placeholders: Placeholders::new(ctx)?,
+            f16: match format {
+                crate::weights::WeightFormat::F32 => None,
+                crate::weights::WeightFormat::F16 => Some(F16Kernels::new(ctx).await?),
+            },
         })
     }
 }
