@@ -124,3 +124,39 @@ fn attention_specialisations_validate_for_every_head_dim() {
         bd3_gpu::shaders::AttentionTiles { q: 64, k: 16 }
     );
 }
+
+#[test]
+fn f16_weight_twins_validate_and_the_rewrite_fails_loudly() {
+    use bd3_gpu::shaders::{kernel_source, with_f16_weights};
+    let f16 = |name: &str, source: &str| {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::SHADER_FLOAT16,
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    };
+    for (name, source, var) in [
+        (
+            "embedding",
+            kernel_source("embedding.wgsl").unwrap().to_string(),
+            "table",
+        ),
+        ("matmul", matmul_source(4).unwrap(), "b"),
+        ("matmul_narrow", matmul_source(1).unwrap(), "b"),
+        (
+            "matvec",
+            kernel_source("matvec.wgsl").unwrap().to_string(),
+            "b",
+        ),
+    ] {
+        let twin = with_f16_weights(&source, var).unwrap();
+        assert!(twin.starts_with("enable f16;"), "{name}");
+        assert!(twin.contains(&format!("{var}: array<f16>")), "{name}");
+        f16(&format!("{name} (f16 weights)"), &twin);
+    }
+    // A file without the declaration (or a renamed binding) is an error, not an f32 kernel.
+    assert!(with_f16_weights(kernel_source("layernorm.wgsl").unwrap(), "b").is_err());
+}
