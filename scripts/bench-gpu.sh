@@ -35,6 +35,7 @@ run verify-split "$BIN" verify --split-threshold 4096 tests/fixtures/tiny-a
 run train "$BIN" bench train --size "$SIZE" --batch "$BATCH" --iters 3
 run forward "$BIN" bench forward --size "$SIZE" --batch "$BATCH" --iters 3
 run sample "$BIN" bench sample --size "$SIZE"
+run sample-f16 "$BIN" bench sample --size "$SIZE" --weights auto
 run plan-train "$BIN" bench train --size "$SIZE" --batch "$BATCH" --plan
 run plan-sample "$BIN" bench sample --size "$SIZE" --plan
 
@@ -43,6 +44,8 @@ verify_line=$(tail -n 1 "$LOG_DIR/verify.txt")
 train_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/train.txt")
 forward_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/forward.txt")
 sample_row=$(awk '/^ *ms\/model call/ { getline; print; exit }' "$LOG_DIR/sample.txt")
+sample_f16_row=$(awk '/^ *ms\/model call/ { getline; print; exit }' "$LOG_DIR/sample-f16.txt")
+f16_weights=$(grep -m1 '^weights:' "$LOG_DIR/sample-f16.txt" | cut -d' ' -f2-)
 field() { echo "$1" | awk -v i="$2" '{ print $i }'; }
 adapter=$(grep -m1 '^adapter:' "$LOG_DIR/train.txt" | cut -d' ' -f2-)
 
@@ -55,6 +58,7 @@ echo "| verify tests/fixtures/tiny-a | $verify_line | — |"
 echo "| training step, tokens/s | $(field "$train_row" 6) ($(field "$train_row" 2) ms/step) | 17,454 f32; 65,082 bf16 autocast |"
 echo "| forward (x_t ⊕ x_0), ms | $(field "$forward_row" 2) | — |"
 echo "| sampling, ms per model call (L tokens, block 16, batch 1) | $(field "$sample_row" 1) | 17.09 |"
+echo "| the same with --weights auto ($f16_weights) | $(field "$sample_f16_row" 1) | 17.09 |"
 echo "| plan: training step | $(tail -n 1 "$LOG_DIR/plan-train.txt") | |"
 echo "| plan: per sampling call | $(tail -n 1 "$LOG_DIR/plan-sample.txt") | |"
 case "$verify_line" in
