@@ -87,10 +87,11 @@ struct Params {
 const WG: u32 = 256u;
 const NEG: f32 = -1e6;
 const CONFIDENCE: u32 = 5u;
-// Passes of the 16-ary search: the bracket (0, 0x3f800001] narrows to ⌈w/16⌉ a pass, 2^30 → 1 in 8.
+// Passes of the 16-ary search: the bracket (0, ABOVE_ONE] narrows to ⌈w/16⌉ a pass, 2^30 → 1 in 8
+// (the host specialises both constants: ops/sample.rs).
 const SEARCH_PASSES: u32 = 8u;
-// One past the f32 bit pattern of 1.0: nothing has p ≥ that, so the mass there is 0 ≤ top_p.
-const ABOVE_ONE: u32 = 0x3f800001u;
+// One past the f32 bit pattern of 1.0 (0x3f800001): nothing has p ≥ that, so the mass there is 0.
+const ABOVE_ONE: u32 = 1065353217u;
 
 fn random2(stream: u32, v: u32) -> vec2<u32> {
     let k = mix32(p.seed_lo ^ mix32(p.seed_hi ^ mix32(p.call ^ 0x9e3779b9u)));

@@ -9,8 +9,12 @@ use crate::{shaders, uniform_params};
 use bd3_model::{Error, Result};
 
 pub const THREADS: u32 = 256;
-/// Passes of the 16-ary search for the nucleus threshold (SEARCH_PASSES in sample_row.wgsl).
+/// Passes of the 16-ary search for the nucleus threshold: each narrows the bracket of f32 bit
+/// patterns (0, 0x3f800001] from w to ⌈w/16⌉, and 8 take it to 1 (the kernel is specialised with
+/// this value; a test checks it suffices).
 const SEARCH_PASSES: u64 = 8;
+/// The search's initial upper end (ABOVE_ONE in sample_row.wgsl): one past the bits of 1.0.
+const ABOVE_ONE: u32 = 0x3f80_0001;
 /// Candidate thresholds each search pass sums the kept mass at, plus the top token's.
 const SEARCH_SLOTS: u64 = 16;
 
@@ -50,12 +54,16 @@ pub async fn kernel(ctx: &GpuContext, reductions: Reductions) -> Result<Kernel> 
             ctx.info.name
         )));
     }
-    ctx.pipeline(
-        name,
-        shaders::kernel_source(file).map_err(Error::Gpu)?,
-        THREADS,
+    let source = shaders::kernel_source(file).map_err(Error::Gpu)?;
+    let source = shaders::specialize(
+        source,
+        &[
+            ("SEARCH_PASSES", SEARCH_PASSES as u32),
+            ("ABOVE_ONE", ABOVE_ONE),
+        ],
     )
-    .await
+    .map_err(Error::Gpu)?;
+    ctx.pipeline(name, &source, THREADS).await
 }
 
 uniform_params! {
@@ -149,8 +157,8 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, s: &Sample, b: Bindings) -> 
     };
     // Max and sum (one online pass), the nucleus search (which also yields the kept mass) and the
     // race, each a pass over the row: 10 with a nucleus, 2 without (bisection took 36 and 3). A
-    // pass costs about 4 FLOPs an element (exp, scale); a search pass adds a compare and an add at
-    // each of its 16 slots.
+    // pass costs about 4 FLOPs an element (exp, scale); a search pass adds at most a compare and
+    // an add at each of its 16 slots (only tokens inside the current bracket pay them).
     let search = if s.top_p < 1.0 { SEARCH_PASSES } else { 0 };
     let passes = 2 + search;
     let (n, v) = (s.n_rows as u64, s.vocab as u64);
@@ -168,4 +176,25 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, s: &Sample, b: Bindings) -> 
         cost,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bracket widths after each pass: 8 passes reach 1 from the full range, 7 do not.
+    #[test]
+    fn the_search_passes_narrow_the_bracket_to_one_pattern() {
+        let widths: Vec<u64> = (0..SEARCH_PASSES)
+            .scan(ABOVE_ONE as u64, |w, _| {
+                *w = w.div_ceil(16);
+                Some(*w)
+            })
+            .collect();
+        assert_eq!(widths.last(), Some(&1), "{widths:?}");
+        assert!(
+            widths[widths.len() - 2] > 1,
+            "{widths:?}: one pass too many"
+        );
+    }
 }
