@@ -203,6 +203,20 @@ fn every_mode_matches_the_f64_sampler(ctx: &bd3_gpu::GpuContext, k: &Kernels) {
 fn draws_follow_a_known_distribution_including_small_probabilities() {
     let ctx = context();
     let k = kernels(&ctx, 16);
+    draws_follow_a_known_distribution(&ctx, &k);
+}
+
+/// The same check with each reduction variant of the kernel forced.
+#[test]
+fn draws_follow_a_known_distribution_with_each_reduction_variant() {
+    let ctx = context();
+    for (r, k) in reduction_variants(&ctx) {
+        eprintln!("{r:?} reductions");
+        draws_follow_a_known_distribution(&ctx, &k);
+    }
+}
+
+fn draws_follow_a_known_distribution(ctx: &bd3_gpu::GpuContext, k: &Kernels) {
     let probs = [0.5, 0.25, 0.15, 0.07, 0.02, 0.0099, 0.0001];
     let vocab = probs.len() + 1; // + the mask token, which SUBS never draws
     let n = 200_000usize;
@@ -230,7 +244,7 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
         rows_per_seq: n as u32,
         row_offset: 0,
     };
-    let got = run_sample(&ctx, &k, p, &data);
+    let got = run_sample(ctx, k, p, &data);
     let mut counts = vec![0usize; vocab];
     for t in got {
         counts[t as usize] += 1;
@@ -263,13 +277,9 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
         n_rows: m as u32,
         ..p
     };
-    let first = run_sample(&ctx, &k, p, &small);
-    assert_eq!(
-        first,
-        run_sample(&ctx, &k, p, &small),
-        "same key, same draws"
-    );
-    assert_ne!(first, run_sample(&ctx, &k, Sample { call: 4, ..p }, &small));
+    let first = run_sample(ctx, k, p, &small);
+    assert_eq!(first, run_sample(ctx, k, p, &small), "same key, same draws");
+    assert_ne!(first, run_sample(ctx, k, Sample { call: 4, ..p }, &small));
 }
 
 /// Confidence decoding's step on the GPU, in two programs so the draws can be read before the choice:
