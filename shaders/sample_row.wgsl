@@ -130,15 +130,15 @@ fn prob(base: u32, v: u32, x: u32, shift: f32, row_max: f32, inv_total: f32) -> 
     return exp(adjusted(base, v, x, shift) - row_max) * inv_total;
 }
 
-// The candidate thresholds j·step above lo (j = first..first+3), capped at hi.
-fn candidates(lo: u32, step: u32, hi: u32, first: u32) -> vec4<f32> {
-    let j = vec4<u32>(first, first + 1u, first + 2u, first + 3u);
-    return bitcast<vec4<f32>>(min(vec4<u32>(lo) + j * step, vec4<u32>(hi)));
+// The candidate thresholds j·stride above lo (j = j0..j0+3), capped at hi.
+fn candidates(lo: u32, stride: u32, hi: u32, j0: u32) -> vec4<f32> {
+    let j = vec4<u32>(j0, j0 + 1u, j0 + 2u, j0 + 3u);
+    return bitcast<vec4<f32>>(min(vec4<u32>(lo) + j * stride, vec4<u32>(hi)));
 }
 
-// The smallest j among slots `first`.. of `mass` whose mass is ≤ top_p, or 16 if none is.
-fn first_within(mass: vec4<f32>, first: u32) -> u32 {
-    let j = vec4<u32>(first, first + 1u, first + 2u, first + 3u);
+// The smallest j among slots j0..j0+3 of `mass` whose mass is ≤ top_p, or 16 if none is.
+fn first_within(mass: vec4<f32>, j0: u32) -> u32 {
+    let j = vec4<u32>(j0, j0 + 1u, j0 + 2u, j0 + 3u);
     let hit = select(vec4<u32>(16u), j, mass <= vec4<f32>(p.top_p));
     return min(min(hit.x, hit.y), min(hit.z, hit.w));
 }
@@ -203,12 +203,12 @@ fn sample_row(r: u32, lid: u32) {
         var hi_mass = 0.0;
         var top_mass = 0.0;
         for (var it = 0u; it < SEARCH_PASSES; it++) {
-            let step = (hi - lo + 15u) / 16u;
-            let t0 = candidates(lo, step, hi, 1u);
-            let t1 = candidates(lo, step, hi, 5u);
-            let t2 = candidates(lo, step, hi, 9u);
-            let t3 = candidates(lo, step, hi, 13u);
-            let first = min(lo + step, hi);
+            let stride = (hi - lo + 15u) / 16u;
+            let t0 = candidates(lo, stride, hi, 1u);
+            let t1 = candidates(lo, stride, hi, 5u);
+            let t2 = candidates(lo, stride, hi, 9u);
+            let t3 = candidates(lo, stride, hi, 13u);
+            let lowest = min(lo + stride, hi);
             // Only p inside [first candidate, hi) needs the 15 comparisons: p ≥ hi counts at every
             // candidate (all are ≤ hi), so it goes to `above`, added to every slot before the
             // reduction; p below the first candidate counts nowhere. After two passes the bracket
@@ -225,7 +225,7 @@ fn sample_row(r: u32, lid: u32) {
                 at_top += select(0.0, pv, pv >= top);
                 if (bits >= hi) {
                     above += pv;
-                } else if (bits >= first) {
+                } else if (bits >= lowest) {
                     let p4 = vec4<f32>(pv);
                     s0 += select(vec4<f32>(0.0), p4, p4 >= t0);
                     s1 += select(vec4<f32>(0.0), p4, p4 >= t1);
@@ -242,9 +242,9 @@ fn sample_row(r: u32, lid: u32) {
                 min(first_within(mass[0], 1u), first_within(mass[1], 5u)),
                 min(first_within(mass[2], 9u), first_within(vec4<f32>(mass[3].xyz, 2.0), 13u)),
             );
-            let new_lo = min(lo + (j - 1u) * step, hi);
+            let new_lo = min(lo + (j - 1u) * stride, hi);
             if (j < 16u) {
-                hi = min(lo + j * step, hi);
+                hi = min(lo + j * stride, hi);
                 hi_mass = select(slot(mass, j), hi_mass, hi == ABOVE_ONE);
             }
             lo = new_lo;
