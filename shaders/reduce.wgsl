@@ -1,6 +1,7 @@
 // Workgroup tree reductions, included by the kernels that reduce a row in one workgroup
-// (layernorm_stats.wgsl, token_loss.wgsl, sedd_loss.wgsl, sample.wgsl, reduce_sum.wgsl,
-// grad_norm.wgsl):
+// (layernorm_stats.wgsl, token_loss.wgsl, sedd_loss.wgsl, reduce_sum.wgsl, grad_norm.wgsl, and
+// sample.wgsl through reduce_wide.wgsl; reduce_subgroup.wgsl has the same functions on subgroup
+// operations, for the kernels' subgroup variants):
 //   workgroup_sum(v, lid) = Σ_t v_t,  workgroup_max(v, lid) = max_t v_t  over the WG threads t,
 // as a pairwise tree (red[t] ⊕= red[t + s] for s = WG/2, WG/4, …, 1), returned to every thread.
 // The includer defines `const WG: u32` (its workgroup size, a power of two; lid < WG) and calls these

@@ -117,6 +117,12 @@ fn all_ops() -> Vec<OpSide> {
             sample::Bindings::NAMES,
             sample::THREADS,
         ),
+        side::<sample::Params>(
+            "sample_subgroup.wgsl",
+            src("sample_subgroup.wgsl"),
+            sample::Bindings::NAMES,
+            sample::THREADS,
+        ),
         side::<confidence::Params>(
             "confidence.wgsl",
             src("confidence.wgsl"),

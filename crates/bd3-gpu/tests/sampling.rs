@@ -5,7 +5,7 @@
 
 mod common;
 use bd3_gpu::ops::confidence::Reveal;
-use bd3_gpu::ops::sample::{Sample, SampleMode};
+use bd3_gpu::ops::sample::{Reductions, Sample, SampleMode};
 use bd3_gpu::ops::{self, Kernels};
 use bd3_gpu::{generate, GpuModel, SampleEvent, SampleOptions, Sampler};
 use bd3_model::sampler::{
@@ -62,6 +62,21 @@ fn softmax(row: &[f32], adjust: impl Fn(usize, f64) -> f64) -> Vec<f64> {
 fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
     let ctx = context();
     let k = kernels(&ctx, 16);
+    every_mode_matches_the_f64_sampler(&ctx, &k);
+}
+
+/// The same check with each reduction variant of the kernel forced.
+#[test]
+fn every_mode_matches_the_f64_sampler_with_each_reduction_variant() {
+    let ctx = context();
+    for (r, k) in reduction_variants(&ctx) {
+        eprintln!("{r:?} reductions");
+        every_mode_matches_the_f64_sampler(&ctx, &k);
+    }
+}
+
+fn every_mode_matches_the_f64_sampler(ctx: &bd3_gpu::GpuContext, k: &Kernels) {
+    let (ctx, k) = (ctx, k);
     let mut rng = Rng(21);
     let (rows, vocab) = (12usize, 300usize);
     let mask = (vocab - 1) as u32;
@@ -119,7 +134,7 @@ fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
             rows_per_seq: 6,
             row_offset: 0,
         };
-        let got = run_sample(&ctx, &k, p, &data);
+        let got = run_sample(ctx, k, p, &data);
         for r in 0..rows {
             let row = &logits[r * vocab..(r + 1) * vocab];
             let er = &e[r * vocab..(r + 1) * vocab];
@@ -188,6 +203,20 @@ fn every_mode_matches_the_f64_sampler_given_the_same_draws() {
 fn draws_follow_a_known_distribution_including_small_probabilities() {
     let ctx = context();
     let k = kernels(&ctx, 16);
+    draws_follow_a_known_distribution(&ctx, &k);
+}
+
+/// The same check with each reduction variant of the kernel forced.
+#[test]
+fn draws_follow_a_known_distribution_with_each_reduction_variant() {
+    let ctx = context();
+    for (r, k) in reduction_variants(&ctx) {
+        eprintln!("{r:?} reductions");
+        draws_follow_a_known_distribution(&ctx, &k);
+    }
+}
+
+fn draws_follow_a_known_distribution(ctx: &bd3_gpu::GpuContext, k: &Kernels) {
     let probs = [0.5, 0.25, 0.15, 0.07, 0.02, 0.0099, 0.0001];
     let vocab = probs.len() + 1; // + the mask token, which SUBS never draws
     let n = 200_000usize;
@@ -215,7 +244,7 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
         rows_per_seq: n as u32,
         row_offset: 0,
     };
-    let got = run_sample(&ctx, &k, p, &data);
+    let got = run_sample(ctx, k, p, &data);
     let mut counts = vec![0usize; vocab];
     for t in got {
         counts[t as usize] += 1;
@@ -248,13 +277,9 @@ fn draws_follow_a_known_distribution_including_small_probabilities() {
         n_rows: m as u32,
         ..p
     };
-    let first = run_sample(&ctx, &k, p, &small);
-    assert_eq!(
-        first,
-        run_sample(&ctx, &k, p, &small),
-        "same key, same draws"
-    );
-    assert_ne!(first, run_sample(&ctx, &k, Sample { call: 4, ..p }, &small));
+    let first = run_sample(ctx, k, p, &small);
+    assert_eq!(first, run_sample(ctx, k, p, &small), "same key, same draws");
+    assert_ne!(first, run_sample(ctx, k, Sample { call: 4, ..p }, &small));
 }
 
 /// Confidence decoding's step on the GPU, in two programs so the draws can be read before the choice:
@@ -668,4 +693,246 @@ fn confidence_decoding_end_to_end_reveals_k_masked_positions_per_call() {
         ..base
     };
     assert!(pollster::block_on(generate(&mut model, &bad, &mut |_| {})).is_err());
+}
+
+/// The kernels with the sample kernel built with each reduction variant the adapter can run: the
+/// workgroup-memory one always, the subgroup one where the adapter has subgroups (lavapipe does).
+fn reduction_variants(ctx: &bd3_gpu::GpuContext) -> Vec<(Reductions, Kernels)> {
+    let mut variants = vec![Reductions::Workgroup];
+    if ctx.features.contains(wgpu::Features::SUBGROUP) {
+        variants.push(Reductions::Subgroup);
+    } else {
+        eprintln!(
+            "{} has no subgroups: only the workgroup-memory variant runs",
+            ctx.info.name
+        );
+    }
+    variants
+        .into_iter()
+        .map(|r| {
+            let mut k = kernels(ctx, 16);
+            k.sample = pollster::block_on(ops::sample::kernel(ctx, r)).unwrap();
+            (r, k)
+        })
+        .collect()
+}
+
+/// The nucleus as the kernel applies it, by a plain loop: tokens in decreasing p, a group of equal p
+/// at a time, kept while the kept mass stays within top_p; the top group when even it exceeds top_p;
+/// everything at top_p ≥ 1. Also the distance from top_p to the nearest cumulative mass at a group
+/// boundary, which must exceed f32 rounding for the case to be decided.
+fn kept_by_loop(p: &[f64], top_p: f64) -> (Vec<bool>, f64) {
+    if top_p >= 1.0 {
+        return (vec![true; p.len()], f64::INFINITY);
+    }
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap());
+    let (mut keep, mut cum, mut margin, mut open) =
+        (vec![false; p.len()], 0.0, f64::INFINITY, true);
+    let mut i = 0;
+    while i < order.len() {
+        let j = i + order[i..]
+            .iter()
+            .take_while(|&&v| p[v] == p[order[i]])
+            .count();
+        cum += order[i..j].iter().map(|&v| p[v]).sum::<f64>();
+        margin = margin.min((cum - top_p).abs());
+        if open && (cum <= top_p || i == 0) {
+            for &v in &order[i..j] {
+                keep[v] = true;
+            }
+        }
+        open &= cum <= top_p;
+        i = j;
+    }
+    (keep, margin)
+}
+
+/// The top_p halfway between the kept mass at the group boundary nearest `target` and the next one,
+/// so the case is decided with the widest margin there.
+fn top_p_near(p: &[f64], target: f64) -> f64 {
+    let mut sorted = p.to_vec();
+    sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let mut cums = Vec::new();
+    let mut cum = 0.0;
+    for (i, &x) in sorted.iter().enumerate() {
+        cum += x;
+        if sorted.get(i + 1) != Some(&x) {
+            cums.push(cum);
+        }
+    }
+    let g = (0..cums.len() - 1)
+        .min_by(|&a, &b| {
+            (cums[a] - target)
+                .abs()
+                .partial_cmp(&(cums[b] - target).abs())
+                .unwrap()
+        })
+        .unwrap();
+    (cums[g] + cums[g + 1]) / 2.0
+}
+
+/// Which tokens the kernel keeps, probed one token a row: the row's draws are 1 except 1e-30 at the
+/// probed token w, so the race picks w exactly when w is kept (q_w / 1e-30 beats every q_v ≤ 1) and
+/// the top token otherwise. Checked against [`kept_by_loop`] for `probes` (every token of a small
+/// vocabulary; around the cut, the ends and a few random ones of a large one).
+fn check_kept_set(
+    ctx: &bd3_gpu::GpuContext,
+    k: &Kernels,
+    what: &str,
+    logits: &[f32],
+    top_p: f64,
+    rng: &mut Rng,
+) {
+    let vocab = logits.len();
+    let p = softmax(logits, |_, x| x);
+    let (keep, margin) = kept_by_loop(&p, top_p);
+    // The kernel's kept masses are f32 sums of f32 p_v: a few 1e-7 off at most (per-thread runs of
+    // ~200 terms, then a tree), so 2e-6 decides every comparison.
+    assert!(
+        margin > 2e-6,
+        "{what}: top_p {top_p} is {margin:e} from a cumulative mass, too close to decide in f32"
+    );
+    assert!(
+        p.iter().all(|&x| x > 1e-30),
+        "{what}: every probed probability must survive the 1e-30 draw"
+    );
+    let mut order: Vec<usize> = (0..vocab).collect();
+    order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap().then(a.cmp(&b)));
+    let top = order[0];
+    let n_kept = keep.iter().filter(|&&x| x).count();
+    let mut probes: Vec<usize> = if vocab <= 16 {
+        (0..vocab).collect()
+    } else {
+        let around = n_kept.saturating_sub(6)..(n_kept + 6).min(vocab);
+        let ends = [0, 1, vocab - 2, vocab - 1];
+        let mut v: Vec<usize> = around.chain(ends).map(|rank| order[rank]).collect();
+        v.extend((0..6).map(|_| rng.below(vocab as u32) as usize));
+        v
+    };
+    probes.sort();
+    probes.dedup();
+    let rows = probes.len();
+    // A mask id outside the vocabulary: every row is drawn and no token is adjusted.
+    let mask = vocab as u32;
+    let mut draws = vec![1.0f32; rows * vocab];
+    for (r, &w) in probes.iter().enumerate() {
+        draws[r * vocab + w] = 1e-30;
+    }
+    let data = Rows {
+        logits: logits.repeat(rows),
+        inputs: vec![mask; rows],
+        streams: vec![0; rows],
+        consts: vec![0.0; 8],
+        draws,
+    };
+    let s = Sample {
+        n_rows: rows as u32,
+        vocab: vocab as u32,
+        mask_id: mask,
+        mode: SampleMode::FirstHitting,
+        top_p: top_p as f32,
+        mask_prob: 0.0,
+        seed: 0,
+        call: 0,
+        rows_per_seq: rows as u32,
+        row_offset: 0,
+    };
+    let got = run_sample(ctx, k, s, &data);
+    for (r, &w) in probes.iter().enumerate() {
+        let want = if keep[w] { w } else { top };
+        assert_eq!(
+            got[r] as usize,
+            want,
+            "{what}: token {w} (p = {:e}) should be {} ({n_kept} of {vocab} kept at top_p {top_p})",
+            p[w],
+            if keep[w] { "kept" } else { "dropped" }
+        );
+    }
+}
+
+/// Logits whose softmax is `probs` (given up to a common factor).
+fn logits_of(probs: &[f64]) -> Vec<f32> {
+    probs.iter().map(|p| p.ln() as f32).collect()
+}
+
+/// A permutation of 0..n, so the order of p is not the order of the tokens.
+fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        v.swap(i, rng.below(i as u32 + 1) as usize);
+    }
+    v
+}
+
+#[test]
+fn the_nucleus_keeps_what_a_plain_loop_keeps_at_awkward_sizes() {
+    let ctx = context();
+    let mut rng = Rng(77);
+    let mut cases: Vec<(String, Vec<f32>, f64)> = Vec::new();
+    // One token: kept whatever top_p says.
+    for top_p in [0.5, 1.0] {
+        cases.push((format!("vocab 1, top_p {top_p}"), vec![0.3], top_p));
+    }
+    // Seven tokens with a tie of three at 0.15 after a top of 0.4: at 0.6 the tie would cross, so
+    // all three go and the top stays alone; at 0.9 all three stay; at 0.3 the top alone exceeds
+    // top_p and is kept anyway; at 1 everything is kept.
+    let seven = [0.15, 0.04, 0.4, 0.15, 0.01, 0.1, 0.15];
+    for top_p in [0.6, 0.9, 0.3, 1.0] {
+        cases.push((
+            format!("vocab 7 with ties, top_p {top_p}"),
+            logits_of(&seven),
+            top_p,
+        ));
+    }
+    // A thousand spread logits, cut near 0.5 and 0.95.
+    let spread = rng.vec(1000, 4.0);
+    let p = softmax(&spread, |_, x| x);
+    for target in [0.5, 0.95] {
+        cases.push((
+            "vocab 1000, spread".into(),
+            spread.clone(),
+            top_p_near(&p, target),
+        ));
+    }
+    let big = 50_258;
+    // Flat: p within 10 % of each other (distinct logits 2e-6 apart), so the nucleus spans ~90 %
+    // of the tokens and the cut falls between two nearly equal neighbours.
+    let perm = shuffled(big, &mut rng);
+    let flat: Vec<f32> = perm.iter().map(|&rank| -(rank as f32) * 2e-6).collect();
+    let p = softmax(&flat, |_, x| x);
+    cases.push((
+        "vocab 50258, flat".into(),
+        flat.clone(),
+        top_p_near(&p, 0.9),
+    ));
+    cases.push(("vocab 50258, flat, top_p 1".into(), flat, 1.0));
+    // Peaked: one token holds ~99.9 %, so only it survives top_p 0.9.
+    let mut peaked = rng.vec(big, 2.0);
+    peaked[big / 3] = 20.0;
+    cases.push(("vocab 50258, peaked".into(), peaked, 0.9));
+    // A tie of four at 0.1 after a top of 0.3, the rest spread thinly: top_p 0.5 drops the whole
+    // tie (0.7 > 0.5); near 0.8 the tie is kept and the cut falls among the thin tail.
+    let mut tail: Vec<f64> = rng
+        .vec(big - 5, 1.0)
+        .iter()
+        .map(|&x| (x as f64).exp())
+        .collect();
+    let tail_sum: f64 = tail.iter().sum();
+    tail.iter_mut().for_each(|x| *x *= 0.3 / tail_sum);
+    let mut tied = tail;
+    for (i, q) in [0.1, 0.3, 0.1, 0.1, 0.1].into_iter().enumerate() {
+        tied.insert(perm[i] % tied.len(), q);
+    }
+    let tied = logits_of(&tied);
+    let p = softmax(&tied, |_, x| x);
+    cases.push(("vocab 50258, tie at the cut".into(), tied.clone(), 0.5));
+    cases.push(("vocab 50258, tie kept".into(), tied, top_p_near(&p, 0.8)));
+
+    for (r, k) in reduction_variants(&ctx) {
+        for (what, logits, top_p) in &cases {
+            let what = format!("{what} ({r:?} reductions)");
+            check_kept_set(&ctx, &k, &what, logits, *top_p, &mut rng);
+        }
+    }
 }

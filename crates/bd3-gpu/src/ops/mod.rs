@@ -12,7 +12,7 @@
 //! | [`sedd_loss`] | sedd_loss.wgsl | SEDD log-score, score entropy and logits gradient |
 //! | [`reduce_sum`] | reduce_sum.wgsl | Σx or Σx² into one value |
 //! | [`grad_norm`] | grad_norm.wgsl | Σx² over many tensors (with reduce_sum) |
-//! | [`sample`] | sample.wgsl | one token per row: nucleus and exponential race |
+//! | [`sample`] | sample.wgsl, sample_subgroup.wgsl | one token per row: nucleus and exponential race |
 //! | [`confidence`] | confidence.wgsl | confidence decoding: keep the most confident draws |
 //! | [`col_sum`] | col_sum.wgsl | column sums (bias gradients) |
 //! | [`elementwise`] | elementwise.wgsl | gelu and the activation derivatives |
@@ -190,7 +190,7 @@ impl Kernels {
             token_loss: kernel(ctx, "token_loss", token_loss::THREADS).await?,
             sedd_loss: kernel(ctx, "sedd_loss", sedd_loss::THREADS).await?,
             reduce_sum: kernel(ctx, "reduce_sum", reduce_sum::THREADS).await?,
-            sample: kernel(ctx, "sample", sample::THREADS).await?,
+            sample: sample::kernel(ctx, sample::Reductions::for_adapter(ctx)).await?,
             confidence: kernel(ctx, "confidence", confidence::THREADS).await?,
             placeholders: Placeholders::new(ctx)?,
             f16: match format {

@@ -1,14 +1,70 @@
-//! `shaders/sample.wgsl`: one token per row of logits, drawn on the GPU (softmax, the official
-//! nucleus rule by bisection on the threshold, exponential race with counter-based exponentials).
+//! `shaders/sample.wgsl` and `shaders/sample_subgroup.wgsl` (the body is `sample_row.wgsl`): one
+//! token per row of logits, drawn on the GPU (softmax, the official nucleus rule through a 16-ary
+//! search for the threshold, exponential race with counter-based exponentials).
 
 use super::{bindings, words, Kernels};
-use crate::program::{Cost, ProgramBuilder};
-use crate::uniform_params;
+use crate::context::GpuContext;
+use crate::program::{Cost, Kernel, ProgramBuilder};
+use crate::{shaders, uniform_params};
 use bd3_model::{Error, Result};
 
 pub const THREADS: u32 = 256;
-/// Bisection passes over the vocabulary to find the nucleus threshold.
-const BISECTION_PASSES: u64 = 31;
+/// Passes of the 16-ary search for the nucleus threshold: each narrows the bracket of f32 bit
+/// patterns (0, 0x3f800001] from w to ⌈w/16⌉, and 8 take it to 1 (the kernel is specialised with
+/// this value; a test checks it suffices).
+const SEARCH_PASSES: u64 = 8;
+/// The search's initial upper end (ABOVE_ONE in sample_row.wgsl): one past the bits of 1.0.
+const ABOVE_ONE: u32 = 0x3f80_0001;
+/// Candidate thresholds each search pass sums the kept mass at, plus the top token's.
+const SEARCH_SLOTS: u64 = 16;
+
+/// How the sample kernel reduces across its workgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reductions {
+    /// Trees in workgroup memory (`sample.wgsl`): every adapter, the browser included.
+    Workgroup,
+    /// Subgroup operations combined through workgroup memory (`sample_subgroup.wgsl`): fewer
+    /// barriers, for adapters with wgpu's SUBGROUP feature.
+    Subgroup,
+}
+
+impl Reductions {
+    /// Subgroups where the adapter has them with at least 4 lanes (the subgroup kernel keeps
+    /// WG / 4 partial slots); a planning context follows its adapter description's feature.
+    pub fn for_adapter(ctx: &GpuContext) -> Reductions {
+        let sizes_fit = ctx.is_planning() || ctx.info.subgroup_min_size >= 4;
+        if ctx.features.contains(wgpu::Features::SUBGROUP) && sizes_fit {
+            Reductions::Subgroup
+        } else {
+            Reductions::Workgroup
+        }
+    }
+}
+
+/// The sample kernel built with `reductions` (an error if the adapter lacks subgroups and they
+/// are asked for).
+pub async fn kernel(ctx: &GpuContext, reductions: Reductions) -> Result<Kernel> {
+    let (name, file) = match reductions {
+        Reductions::Workgroup => ("sample", "sample.wgsl"),
+        Reductions::Subgroup => ("sample_subgroup", "sample_subgroup.wgsl"),
+    };
+    if reductions == Reductions::Subgroup && !ctx.features.contains(wgpu::Features::SUBGROUP) {
+        return Err(Error::Gpu(format!(
+            "{file} needs subgroup operations, which {} does not offer",
+            ctx.info.name
+        )));
+    }
+    let source = shaders::kernel_source(file).map_err(Error::Gpu)?;
+    let source = shaders::specialize(
+        source,
+        &[
+            ("SEARCH_PASSES", SEARCH_PASSES as u32),
+            ("ABOVE_ONE", ABOVE_ONE),
+        ],
+    )
+    .map_err(Error::Gpu)?;
+    ctx.pipeline(name, &source, THREADS).await
+}
 
 uniform_params! {
     pub struct Params {
@@ -99,15 +155,15 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, s: &Sample, b: Bindings) -> 
         rows_per_seq: s.rows_per_seq,
         row_offset: s.row_offset,
     };
-    // Max, sum, (nucleus: bisection, then the kept mass) and the race, each a pass over the row.
-    let passes = 3 + if s.top_p < 1.0 {
-        BISECTION_PASSES + 1
-    } else {
-        0
-    };
+    // Max and sum (one online pass), the nucleus search (which also yields the kept mass) and the
+    // race, each a pass over the row: 10 with a nucleus, 2 without (bisection took 36 and 3). A
+    // pass costs about 4 FLOPs an element (exp, scale); a search pass adds at most a compare and
+    // an add at each of its 16 slots (only tokens inside the current bracket pay them).
+    let search = if s.top_p < 1.0 { SEARCH_PASSES } else { 0 };
+    let passes = 2 + search;
     let (n, v) = (s.n_rows as u64, s.vocab as u64);
     let cost = Cost {
-        flops: passes * 4 * n * v,
+        flops: (passes * 4 + search * 2 * SEARCH_SLOTS) * n * v,
         bytes: words(passes * n * v + 4 * n),
     };
     let groups = pb.fold(n)?;
@@ -120,4 +176,25 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, s: &Sample, b: Bindings) -> 
         cost,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bracket widths after each pass: 8 passes reach 1 from the full range, 7 do not.
+    #[test]
+    fn the_search_passes_narrow_the_bracket_to_one_pattern() {
+        let widths: Vec<u64> = (0..SEARCH_PASSES)
+            .scan(ABOVE_ONE as u64, |w, _| {
+                *w = w.div_ceil(16);
+                Some(*w)
+            })
+            .collect();
+        assert_eq!(widths.last(), Some(&1), "{widths:?}");
+        assert!(
+            widths[widths.len() - 2] > 1,
+            "{widths:?}: one pass too many"
+        );
+    }
 }
