@@ -1,6 +1,6 @@
-// Shared by attention.wgsl, attention_dq.wgsl and attention_dkv.wgsl, which include this file: the
-// parameter block, the attention masks as intervals, rotary embedding, the tile constants the host
-// substitutes, and the per-tile mask bounds.
+// Shared by attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl and attention_decode.wgsl, which
+// include this file: the parameter block, the attention masks as intervals, rotary embedding, the
+// tile constants the host substitutes, and the per-tile mask bounds.
 //
 // Masks (mask_mode): 0 full, 1 causal, 2 block-causal, 3 block-diffusion over x_t ⊕ x_0 with half
 // length half_len (official models/dit.py: block_diff_mask). Each query's allowed keys are at most
@@ -55,6 +55,10 @@ struct Params {
     scale: f32,
     pos_offset: u32,
     write_lse: u32,
+    // Split-KV decoding (attention_decode.wgsl): keys are cut into n_splits chunks of chunk_len.
+    // The other kernels ignore both.
+    n_splits: u32,
+    chunk_len: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -204,6 +204,9 @@ pub struct BlockIo<'a> {
     /// This block's adaLN modulation rows (None for AR).
     pub modulation: Option<&'a Buf>,
     pub rope: (&'a Buf, &'a Buf),
+    /// Scratch of the split-KV attention of a few queries (`ops::attention::partials_floats`);
+    /// None runs it unsplit.
+    pub attention_partials: Option<&'a Buf>,
 }
 
 /// What training keeps of a block's forward for the backward pass, and the block's dropout.
@@ -316,6 +319,7 @@ pub fn block(
         rope_sin: io.rope.1,
         out: io.att,
         lse_delta: keep.map(|kp| kp.lse),
+        partials: io.attention_partials,
     };
     ops::attention::record(pb, k, attention, b);
     let attn_out = LinearIo {

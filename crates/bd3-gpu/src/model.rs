@@ -486,6 +486,7 @@ impl GpuModel {
                 qkv_rows: None,
                 modulation,
                 rope: (&self.rope_cos, &self.rope_sin),
+                attention_partials: None,
             };
             layers::block(&mut pb, k, blk, &io, &attention, None, BlockEnd::Full)?;
             capture_hidden(&mut pb, &mut layout);

@@ -20,13 +20,14 @@
 
 use crate::layers::{self, BlockEnd, BlockIo, Conditioning};
 use crate::model::{check_activation_size, GpuModel};
+use crate::ops;
 use crate::ops::attention::Attention;
 use crate::ops::confidence::Reveal;
 use crate::ops::layernorm::LayerNorm;
 use crate::ops::matmul::OutRows;
 use crate::ops::sample::{Sample, SampleMode};
 use crate::program::{Buf, Program, ProgramBuilder};
-use bd3_model::{AttentionMask, Error, Result};
+use bd3_model::{AttentionMask, Error, ModelConfig, Result};
 
 /// Everything static about a model call; one program per distinct shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +132,9 @@ struct StepBuffers {
     /// The drawn token's probability per picked row (confidence steps).
     token_prob: Buf,
     chunk_rows: usize,
+    /// Split-KV attention scratch (per key chunk: running max, sum, unnormalised output), sized for
+    /// the shape's cache; None when the attention runs unsplit.
+    attention_partials: Option<Buf>,
 }
 
 /// Where the block sits in the ring this call.
@@ -446,6 +450,13 @@ impl GpuModel {
             out_tokens: f32s("call tokens out", picked_rows.max(1))?,
             token_prob: f32s("call token probabilities", picked_rows.max(1))?,
             chunk_rows,
+            attention_partials: match ops::attention::partials_floats(
+                ctx,
+                &call_attention(cfg, s, place),
+            ) {
+                0 => None,
+                n => Some(f32s("call attention partials", n)?),
+            },
         };
         let out_floats = if head_rows == 0 {
             0
@@ -518,20 +529,7 @@ impl GpuModel {
             c.record(pb, k, w, b)?;
         }
         layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
-        let attention = Attention {
-            n_q: s.rows as u32,
-            n_kv: place.n_kv as u32,
-            n_heads: cfg.n_heads as u32,
-            head_dim: cfg.head_dim() as u32,
-            q_seq_stride: s.cache_len as u32,
-            q_row_offset: place.row0 as u32,
-            kv_seq_stride: s.cache_len as u32,
-            q_index_offset: place.row0 as u32,
-            mask: AttentionMask::Full,
-            pos_period: s.cache_len as u32,
-            pos_offset: place.pos_offset as u32,
-            batch: b as u32,
-        };
+        let attention = call_attention(cfg, s, place);
         let into_cache = OutRows {
             rows_per_seq: s.rows as u32,
             seq_stride: s.cache_len as u32,
@@ -548,6 +546,7 @@ impl GpuModel {
                 qkv_rows: Some(into_cache),
                 modulation: buf.cond.as_ref().map(|c| &c.mods[i]),
                 rope: (&self.rope_cos, &self.rope_sin),
+                attention_partials: buf.attention_partials.as_ref(),
             };
             let end = if commit && i + 1 == w.blocks.len() {
                 BlockEnd::AfterQkv
@@ -640,6 +639,25 @@ impl GpuModel {
         }
         pb.copy_to_output(&buf.out_tokens, 0, picked_rows);
         Ok(())
+    }
+}
+
+/// The attention of a call: the block's queries, in the cache at the block's rows, against every
+/// valid cached row.
+fn call_attention(cfg: &ModelConfig, s: &CallShape, place: Placement) -> Attention {
+    Attention {
+        n_q: s.rows as u32,
+        n_kv: place.n_kv as u32,
+        n_heads: cfg.n_heads as u32,
+        head_dim: cfg.head_dim() as u32,
+        q_seq_stride: s.cache_len as u32,
+        q_row_offset: place.row0 as u32,
+        kv_seq_stride: s.cache_len as u32,
+        q_index_offset: place.row0 as u32,
+        mask: AttentionMask::Full,
+        pos_period: s.cache_len as u32,
+        pos_offset: place.pos_offset as u32,
+        batch: s.batch as u32,
     }
 }
 

@@ -93,6 +93,10 @@ const ATTENTION_TILE_CANDIDATES: [(usize, usize); 7] = [
     (8, 8),
 ];
 
+/// Tiles of the decode kernel (attention_decode.wgsl), best first: all of a sampling call's 16
+/// queries, and the longest key tile that fits (fewer barriers per chunk).
+const DECODE_TILE_CANDIDATES: [(usize, usize); 3] = [(16, 32), (16, 16), (16, 8)];
+
 /// The largest tiles of attention kernel `name` whose workgroup memory fits `budget` bytes, or an
 /// error if even 8 × 8 does not (head dims above about 150 at 16 KiB).
 pub fn attention_tiles(
@@ -100,7 +104,12 @@ pub fn attention_tiles(
     head_dim: usize,
     budget: usize,
 ) -> Result<AttentionTiles, String> {
-    ATTENTION_TILE_CANDIDATES
+    let candidates: &[(usize, usize)] = if name == "attention_decode.wgsl" {
+        &DECODE_TILE_CANDIDATES
+    } else {
+        &ATTENTION_TILE_CANDIDATES
+    };
+    candidates
         .iter()
         .map(|&(own, other)| {
             if name == "attention_dkv.wgsl" {
@@ -151,7 +160,7 @@ pub fn attention_workgroup_bytes(name: &str, head_dim: usize, tiles: AttentionTi
     bounds
         + match name {
             // q_s, kv_s, p_s.
-            "attention.wgsl" => var(q * row) + var(k * row) + var(q * k),
+            "attention.wgsl" | "attention_decode.wgsl" => var(q * row) + var(k * row) + var(q * k),
             // q_s, do_s, kv_s, ds_s, st_s.
             "attention_dq.wgsl" => 2 * var(q * row) + var(k * row) + var(q * k) + var(2 * q),
             // k_s, v_s, x_s, p_s, ds_s, st_s.

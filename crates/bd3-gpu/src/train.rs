@@ -672,6 +672,7 @@ impl Recorder<'_> {
                 qkv_rows: None,
                 modulation: self.modulation(l),
                 rope,
+                attention_partials: None,
             };
             let keep = BlockKeep {
                 lse: &tb.lse[l],

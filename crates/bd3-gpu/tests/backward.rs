@@ -79,6 +79,7 @@ fn attention_backward_within(
                 rope_sin,
                 out: &o,
                 lse_delta: Some(&lse),
+                partials: None,
             },
         );
         ops::attention::record_query_grad(

@@ -2,7 +2,7 @@
 //! inputs at sizes that are not multiples of the tiles.
 
 mod common;
-use bd3_gpu::ops::attention::Attention;
+use bd3_gpu::ops::attention::{Attention, Variant};
 use bd3_gpu::ops::layernorm::{LayerNorm, Modulation};
 use bd3_gpu::ops::matmul::{Epilogue, Matmul};
 use bd3_gpu::ops::{self, reduce_sum::Reduction, token_loss::Head};
@@ -342,6 +342,7 @@ fn attention_case_within(
         rope_sin: &sin_buf,
         out: &out,
         lse_delta: None,
+        partials: None,
     };
     run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
     let want = cpu_ref::attention(
@@ -527,8 +528,12 @@ fn attention_offset_case(
         rope_sin: &sin_buf,
         out: &out,
         lse_delta: None,
+        partials: None,
     };
-    run_recorded(&ctx, |pb| ops::attention::record(pb, &k, &a, b));
+    // attention.wgsl itself (a few queries would get the decode path: decode_* tests below).
+    run_recorded(&ctx, |pb| {
+        ops::attention::record_variant(pb, &k, &a, b, Variant::Tiled).unwrap()
+    });
     let all = cpu_ref::attention(
         &qkv,
         cpu_ref::AttentionShape {
@@ -556,6 +561,292 @@ fn attention_queries_at_an_offset_see_every_key() {
     for budget in [BROWSER_BUDGET, NATIVE_BUDGET] {
         attention_offset_case(Some(budget), 64, 2, 77, 30, 37, 11);
     }
+}
+
+/// One decode-attention case: `n_q` queries at cache rows `row0..` (logical indices the same) of
+/// `batch` sequences against their first `n_kv` of `stride` cached rows, rotary at
+/// (index + pos_offset) mod pos_period.
+#[derive(Clone, Copy, Debug)]
+struct DecodeCase {
+    mask: AttentionMask,
+    n_kv: usize,
+    row0: usize,
+    n_q: usize,
+}
+
+/// The plain loop: every (sequence, head, query), the scores of the keys the mask allows, softmax,
+/// Σ p·v, and the log-sum-exp of the scaled scores; in f64.
+fn cpu_decode_attention(
+    qkv: &[f32],
+    a: &Attention,
+    cos: &[f32],
+    sin: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (h_n, dh) = (a.n_heads as usize, a.head_dim as usize);
+    let d = h_n * dh;
+    let stride = a.kv_seq_stride as usize;
+    let (n_q, n_kv, row0) = (a.n_q as usize, a.n_kv as usize, a.q_row_offset as usize);
+    let pos = |i: usize| (i + a.pos_offset as usize) % a.pos_period as usize;
+    let scale = 1.0 / (dh as f64).sqrt();
+    let mut out = vec![0f32; a.batch as usize * n_q * d];
+    let mut lse = vec![0f32; a.batch as usize * h_n * n_q];
+    for b in 0..a.batch as usize {
+        for h in 0..h_n {
+            let row = |r: usize, which: usize| {
+                &qkv[(b * stride + r) * 3 * d + which * d + h * dh..][..dh]
+            };
+            for i in 0..n_q {
+                let qi = row0 + i;
+                let q = cpu_ref::rotate(row(qi, 0), cos, sin, pos(qi));
+                let keys: Vec<usize> = (0..n_kv).filter(|&k| a.mask.allows(qi, k)).collect();
+                assert!(!keys.is_empty(), "test case with a query that sees no key");
+                let s: Vec<f64> = keys
+                    .iter()
+                    .map(|&k| {
+                        let kr = cpu_ref::rotate(row(k, 1), cos, sin, pos(k));
+                        q.iter().zip(&kr).map(|(x, y)| x * y).sum::<f64>() * scale
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for (&k, sk) in keys.iter().zip(&s) {
+                    let p = (sk - m).exp() / z;
+                    for (j, v) in row(k, 2).iter().enumerate() {
+                        out[(b * n_q + i) * d + h * dh + j] += (p * *v as f64) as f32;
+                    }
+                }
+                lse[(b * h_n + h) * n_q + i] = (m + z.ln()) as f32;
+            }
+        }
+    }
+    (out, lse)
+}
+
+/// Every case at head dim `hd` with kernels for `budget`, unsplit, in 3 chunks and in the count
+/// the device would choose, with and without the log-sum-exp; checked against the plain loop.
+fn decode_cases(budget: Option<usize>, hd: usize, cases: &[DecodeCase], seed: u64) {
+    let ctx = context();
+    let k = match budget {
+        Some(b) => attention_kernels(&ctx, hd, b).0,
+        None => kernels(&ctx, hd),
+    };
+    let (batch, heads) = (2usize, 3usize);
+    let d = heads * hd;
+    let mut rng = Rng(seed);
+    for (n, c) in cases.iter().enumerate() {
+        // Rows past n_kv exist and must not be read; positions wrap (a ring cache re-based).
+        let stride = c.n_kv + 3;
+        let (period, pos_offset) = (c.n_kv + 5, 7 + n);
+        let qkv = rng.vec(batch * stride * 3 * d, 1.5);
+        let inv: Vec<f32> = bd3_model::tables::default_inv_freq(hd);
+        let (cos, sin) = bd3_model::tables::rotary_tables(&inv, period);
+        let a = Attention {
+            n_q: c.n_q as u32,
+            n_kv: c.n_kv as u32,
+            n_heads: heads as u32,
+            head_dim: hd as u32,
+            q_seq_stride: stride as u32,
+            q_row_offset: c.row0 as u32,
+            kv_seq_stride: stride as u32,
+            q_index_offset: c.row0 as u32,
+            mask: c.mask,
+            pos_period: period as u32,
+            pos_offset: pos_offset as u32,
+            batch: batch as u32,
+        };
+        let (want, want_lse) = cpu_decode_attention(&qkv, &a, &cos, &sin);
+        let auto = ops::attention::decode_splits(ctx.compute_units, &a);
+        for (m, splits) in [1, 3, auto].into_iter().enumerate() {
+            let with_lse = (n + m) % 2 == 0;
+            let out = upload(&ctx, &vec![f32::NAN; batch * c.n_q * d]);
+            let lse = upload(&ctx, &vec![f32::NAN; 2 * batch * heads * c.n_q]);
+            let partials = upload(
+                &ctx,
+                &vec![f32::NAN; ops::attention::partials_floats_for(&a, splits).max(1)],
+            );
+            let (buf, cos_buf, sin_buf) =
+                (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
+            let b = ops::attention::Bindings {
+                qrows: &buf,
+                kvrows: &buf,
+                rope_cos: &cos_buf,
+                rope_sin: &sin_buf,
+                out: &out,
+                lse_delta: with_lse.then_some(&lse),
+                partials: (splits > 1).then_some(&partials),
+            };
+            let mut dispatches = Vec::new();
+            run_recorded(&ctx, |pb| {
+                ops::attention::record_variant(pb, &k, &a, b, Variant::Decode { splits }).unwrap();
+                dispatches = pb.planned().iter().map(|d| d.kernel).collect();
+            });
+            let expected: &[&str] = if splits == 1 {
+                &["attention_decode"]
+            } else {
+                &["attention_decode", "attention_combine"]
+            };
+            assert_eq!(dispatches, expected, "{c:?}: {splits} chunks");
+            let what = format!("decode attention dh={hd} budget {budget:?} {c:?}, {splits} chunks");
+            assert_close(&what, &read(&ctx, &out, want.len()), &want, 1e-4);
+            if with_lse {
+                let got: Vec<f32> = read(&ctx, &lse, 2 * want_lse.len())
+                    .into_iter()
+                    .step_by(2)
+                    .collect();
+                assert_close(&format!("{what}: lse"), &got, &want_lse, 1e-5);
+            }
+        }
+    }
+}
+
+fn decode_case(mask: AttentionMask, n_kv: usize, row0: usize, n_q: usize) -> DecodeCase {
+    DecodeCase {
+        mask,
+        n_kv,
+        row0,
+        n_q,
+    }
+}
+
+/// Every mask, 1, 5 and 16 queries, 37 to 1043 keys (no multiple of the 32-key tile or of the
+/// chunks), queries inside the cache: chunks wholly outside a query's intervals, chunks that cut
+/// an interval, queries whose intervals straddle a block boundary.
+fn decode_every_mask() -> Vec<DecodeCase> {
+    use AttentionMask::*;
+    let block_causal = BlockCausal { block_size: 16 };
+    let diff = |half_len, block_size| BlockDiff {
+        half_len,
+        block_size,
+    };
+    vec![
+        decode_case(Full, 37, 20, 16),
+        decode_case(Full, 200, 183, 5),
+        decode_case(Full, 1043, 1027, 16),
+        decode_case(Full, 1043, 0, 1),
+        decode_case(Causal, 37, 21, 16),
+        decode_case(Causal, 200, 100, 5),
+        decode_case(Causal, 1043, 1042, 1),
+        decode_case(block_causal, 37, 3, 1),
+        decode_case(block_causal, 200, 180, 16),
+        decode_case(block_causal, 1043, 1030, 5),
+        // Noisy queries (own block + earlier clean blocks), clean ones, and a block of both.
+        decode_case(diff(19, 4), 38, 10, 16),
+        decode_case(diff(100, 16), 200, 40, 16),
+        decode_case(diff(100, 16), 200, 150, 5),
+        decode_case(diff(521, 5), 1042, 300, 1),
+    ]
+}
+
+#[test]
+fn decode_attention_every_mask_split_and_unsplit() {
+    decode_cases(Some(BROWSER_BUDGET), 64, &decode_every_mask(), 60);
+}
+
+#[test]
+fn decode_attention_other_head_dims() {
+    // 22: head columns that do not fill the 8 lanes; 128 in the browser budget: 8-key tiles.
+    let cases = [
+        decode_case(AttentionMask::Causal, 200, 190, 5),
+        decode_case(
+            AttentionMask::BlockDiff {
+                half_len: 100,
+                block_size: 16,
+            },
+            200,
+            40,
+            16,
+        ),
+    ];
+    decode_cases(Some(NATIVE_BUDGET), 22, &cases, 61);
+    decode_cases(Some(BROWSER_BUDGET), 128, &cases, 62);
+}
+
+#[test]
+fn decode_attention_is_chosen_for_a_few_queries_only() {
+    let ctx = context();
+    let k = kernels(&ctx, 64);
+    let a = |n_q: u32, n_kv: u32| Attention {
+        n_q,
+        n_kv,
+        q_seq_stride: 1040,
+        q_row_offset: 0,
+        kv_seq_stride: 1040,
+        q_index_offset: 0,
+        pos_offset: 0,
+        ..Attention::self_attention(1, 1040, 12, 64, AttentionMask::Full, 1040)
+    };
+    let buf = upload(&ctx, &[0.0; 4]);
+    let need = ops::attention::partials_floats(&ctx, &a(16, 16));
+    let big = upload(&ctx, &vec![0.0; need]);
+    let b = |partials, lse| ops::attention::Bindings {
+        qrows: &buf,
+        kvrows: &buf,
+        rope_cos: &buf,
+        rope_sin: &buf,
+        out: &buf,
+        lse_delta: lse,
+        partials,
+    };
+    // 132 units, 12 heads: 22 chunks for two workgroups per unit, whatever the keys filled so far.
+    let splits = ops::attention::decode_splits(ctx.compute_units, &a(16, 16));
+    assert_eq!(
+        splits,
+        (2 * ctx.compute_units)
+            .div_ceil(12)
+            .min(1040u32.div_ceil(32)),
+        "splits"
+    );
+    assert!(splits > 1);
+    assert_eq!(need, 12 * 16 * splits as usize * 66);
+    for n_kv in [16, 1040] {
+        assert_eq!(
+            ops::attention::choose(&ctx, &a(16, n_kv), &b(Some(&big), None)),
+            Variant::Decode { splits }
+        );
+    }
+    // No scratch, or too little: unsplit. Training (log-sum-exp) or more queries: tiled.
+    assert_eq!(
+        ops::attention::choose(&ctx, &a(16, 1040), &b(None, None)),
+        Variant::Decode { splits: 1 }
+    );
+    assert_eq!(
+        ops::attention::choose(&ctx, &a(16, 1040), &b(Some(&buf), None)),
+        Variant::Decode { splits: 1 }
+    );
+    assert_eq!(
+        ops::attention::choose(&ctx, &a(16, 1040), &b(Some(&big), Some(&buf))),
+        Variant::Tiled
+    );
+    assert_eq!(
+        ops::attention::choose(&ctx, &a(17, 1040), &b(Some(&big), None)),
+        Variant::Tiled
+    );
+    assert_eq!(ops::attention::partials_floats(&ctx, &a(17, 1040)), 0);
+    // A short cache: chunks of at least 32 keys.
+    let short = Attention {
+        kv_seq_stride: 70,
+        ..a(16, 70)
+    };
+    assert_eq!(ops::attention::decode_splits(ctx.compute_units, &short), 3);
+    // Forcing a split count the scratch cannot hold, or too many queries, is an error.
+    let mut pb = bd3_gpu::program::ProgramBuilder::new(&ctx);
+    assert!(ops::attention::record_variant(
+        &mut pb,
+        &k,
+        &a(16, 1040),
+        b(Some(&buf), None),
+        Variant::Decode { splits: 4 }
+    )
+    .is_err());
+    assert!(ops::attention::record_variant(
+        &mut pb,
+        &k,
+        &a(17, 1040),
+        b(None, None),
+        Variant::Decode { splits: 1 }
+    )
+    .is_err());
+    assert!(pb.planned().is_empty());
 }
 
 #[test]

@@ -72,7 +72,19 @@ fn all_ops() -> Vec<OpSide> {
         side::<attention::Params>(
             "attention.wgsl",
             att(Pass::Forward),
+            attention::Bindings::TILED_NAMES,
+            attention::THREADS,
+        ),
+        side::<attention::Params>(
+            "attention_decode.wgsl",
+            att(Pass::Decode),
             attention::Bindings::NAMES,
+            attention::THREADS,
+        ),
+        side::<attention::CombineParams>(
+            "attention_combine.wgsl",
+            src("attention_combine.wgsl"),
+            attention::CombineBindings::NAMES,
             attention::THREADS,
         ),
         side::<attention::Params>(

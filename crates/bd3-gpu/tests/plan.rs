@@ -314,3 +314,52 @@ fn a_training_run_allocates_the_memory_planned_for_it() {
         "{e}"
     );
 }
+
+/// A sampling call over a cache long enough to split: the decode attention runs over key chunks
+/// and a combine pass merges them, in the recorded program and in the plan alike, one for one.
+#[test]
+fn split_kv_attention_of_sampling_calls_is_planned_as_recorded() {
+    // 100 cached rows and chunks of at least 32 keys: 4 chunks per head (2 heads, batch 1).
+    let json = r#"{"model_type":"bd3lm","block_size":4,"cond_dim":24,"hidden_dim":40,"model_length":100,"n_blocks":2,"n_heads":2,"vocab_size":70}"#;
+    let cfg = ModelConfig::from_json_bytes(json.as_bytes(), "plan test", None).unwrap();
+    let (mut real, mut planned) = pair(&cfg, ContextOptions::default());
+    let opts = SampleOptions {
+        batch: 1,
+        length: 100,
+        prompt: vec![],
+        top_p: 0.9,
+        sampler: Sampler::FirstHitting,
+        steps: 4,
+        seed: 5,
+        var_length: false,
+        entropy_check: false,
+        stop: None,
+    };
+    let real_run = pollster::block_on(bd3_gpu::generate(&mut real, &opts, &mut |_| {})).unwrap();
+    let planned_run =
+        pollster::block_on(bd3_gpu::generate(&mut planned, &opts, &mut |_| {})).unwrap();
+    assert_eq!(planned_run.calls, real_run.calls);
+    for (shape, program) in real.call_programs() {
+        let p = planned
+            .call_programs()
+            .find(|(s, _)| *s == shape)
+            .unwrap_or_else(|| panic!("no planned step {shape:?}"))
+            .1;
+        same(&format!("step {shape:?}"), program.recorded(), &p.plan);
+    }
+    // Every sampling call: per block a 4-chunk decode and its combine, no tiled attention.
+    let sampling = planned
+        .call_plans
+        .iter()
+        .filter(|plan| plan.iter().any(|d| d.kernel == "sample"))
+        .collect::<Vec<_>>();
+    assert!(!sampling.is_empty());
+    for plan in sampling {
+        let kernels = |k: &str| plan.iter().filter(|d| d.kernel == k).collect::<Vec<_>>();
+        assert!(kernels("attention").is_empty());
+        let decode = kernels("attention_decode");
+        assert_eq!(decode.len(), cfg.n_blocks);
+        assert!(decode.iter().all(|d| d.groups == [4, 2, 1]), "{decode:?}");
+        assert_eq!(kernels("attention_combine").len(), cfg.n_blocks);
+    }
+}

@@ -53,7 +53,13 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
     for (name, source) in &shaders {
         // The attention kernels are compiled specialised (HEAD_DIM, TILE): check them as compiled;
         // attention_specialisations_validate_for_every_head_dim covers the other head dims.
-        let source = if ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"].contains(name)
+        let source = if [
+            "attention.wgsl",
+            "attention_dq.wgsl",
+            "attention_dkv.wgsl",
+            "attention_decode.wgsl",
+        ]
+        .contains(name)
         {
             attention_file(name, 64).unwrap()
         } else {
@@ -85,7 +91,12 @@ fn attention_specialisations_validate_for_every_head_dim() {
     // The browser budget and a native 32 KiB one: every head dim, every kernel.
     for budget in [WORKGROUP_MEMORY_BUDGET, 32 * 1024] {
         for head_dim in (2..=128).step_by(2) {
-            for name in ["attention.wgsl", "attention_dq.wgsl", "attention_dkv.wgsl"] {
+            for name in [
+                "attention.wgsl",
+                "attention_dq.wgsl",
+                "attention_dkv.wgsl",
+                "attention_decode.wgsl",
+            ] {
                 let (src, tiles) = attention_file_within(name, head_dim, budget).unwrap();
                 assert!(
                     src.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")),
@@ -118,6 +129,12 @@ fn attention_specialisations_validate_for_every_head_dim() {
             }
         }
     }
+    // The decode kernel holds a sampling call's 16 queries and 32-key tiles in the browser budget.
+    assert_eq!(
+        bd3_gpu::shaders::attention_tiles("attention_decode.wgsl", 64, WORKGROUP_MEMORY_BUDGET)
+            .unwrap(),
+        bd3_gpu::shaders::AttentionTiles { q: 16, k: 32 }
+    );
     // The small model's head dim gets 32-query forward tiles in the browser budget, larger natively.
     assert_eq!(
         bd3_gpu::shaders::attention_tiles("attention.wgsl", 64, WORKGROUP_MEMORY_BUDGET).unwrap(),

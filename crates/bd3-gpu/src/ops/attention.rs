@@ -1,11 +1,17 @@
 //! `shaders/attention.wgsl` (forward, online softmax), `attention_dq.wgsl` and `attention_dkv.wgsl`
-//! (backward, recomputing the scores from the forward's log-sum-exp), all behind
-//! `attention_common.wgsl`: parameters, masks as key/query intervals, rotary helpers.
+//! (backward, recomputing the scores from the forward's log-sum-exp), `attention_decode.wgsl` and
+//! `attention_combine.wgsl` (the forward for a few queries, split over the keys), all but the last
+//! behind `attention_common.wgsl`: parameters, masks as key/query intervals, rotary helpers.
 //!
 //! Flash-attention-2 shape: a workgroup owns a tile of queries (forward, dq) or keys (dkv) and walks
 //! tiles of the other side staged in workgroup memory. Specialised per head dimension: private
 //! arrays need constant sizes, so HEAD_DIM and the tile sizes that keep workgroup memory within the
 //! budget are compiled in ([`shaders::attention_tiles`]).
+//!
+//! A sampling call has a block's few queries (16) against a cache of up to the model length: one
+//! query tile per head is 12 workgroups for the small model. There [`record`] picks the decode
+//! path (flash-decoding): a workgroup per (key chunk, head, sequence) with all the queries, then a
+//! combine pass over the chunks ([`Variant`], [`choose`]).
 
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
@@ -39,6 +45,21 @@ uniform_params! {
         pub scale: f32,
         pub pos_offset: u32,
         pub write_lse: u32,
+        /// Key chunks of the decode kernel (1 for every other kernel).
+        pub n_splits: u32,
+        /// Keys per chunk of the decode kernel (n_kv for every other kernel).
+        pub chunk_len: u32,
+    }
+}
+
+uniform_params! {
+    /// attention_combine.wgsl.
+    pub struct CombineParams {
+        pub n_q: u32,
+        pub n_heads: u32,
+        pub head_dim: u32,
+        pub n_splits: u32,
+        pub write_lse: u32,
     }
 }
 
@@ -53,6 +74,25 @@ bindings! {
         rope_sin: Req,
         out: Req,
         /// Per query: log-sum-exp (slot 0) for the backward pass.
+        lse_delta: OptOut,
+        /// Scratch of the split decode path, [`partials_floats`] floats (the caller allocates it once,
+        /// outside its loops); without it the decode path runs unsplit. Bound only by
+        /// attention_decode.wgsl: attention.wgsl's bindings are all but this one
+        /// ([`Bindings::TILED_NAMES`]).
+        partials: OptOut2,
+    }
+}
+
+impl Bindings<'_> {
+    /// The bindings of attention.wgsl: every one but `partials`.
+    pub const TILED_NAMES: &'static [&'static str] = Self::NAMES.split_at(Self::NAMES.len() - 1).0;
+}
+
+bindings! {
+    /// The merge of the decode path's key chunks.
+    pub struct CombineBindings {
+        partials: Req,
+        out: Req,
         lse_delta: OptOut,
     }
 }
@@ -88,6 +128,8 @@ pub enum Pass {
     Forward,
     QueryGrad,
     KeyValueGrad,
+    /// The forward for at most [`DECODE_QUERIES`] queries, one workgroup per key chunk.
+    Decode,
 }
 
 impl Pass {
@@ -96,6 +138,7 @@ impl Pass {
             Pass::Forward => "attention.wgsl",
             Pass::QueryGrad => "attention_dq.wgsl",
             Pass::KeyValueGrad => "attention_dkv.wgsl",
+            Pass::Decode => "attention_decode.wgsl",
         }
     }
     fn label(self) -> &'static str {
@@ -103,6 +146,7 @@ impl Pass {
             Pass::Forward => "attention",
             Pass::QueryGrad => "attention_dq",
             Pass::KeyValueGrad => "attention_dkv",
+            Pass::Decode => "attention_decode",
         }
     }
 }
@@ -206,6 +250,8 @@ impl Attention {
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             pos_offset: self.pos_offset,
             write_lse: write_lse as u32,
+            n_splits: 1,
+            chunk_len: self.n_kv,
         }
     }
 
@@ -241,18 +287,186 @@ impl Attention {
     }
 }
 
+/// Queries the decode kernel holds (attention_decode.wgsl's BQ): a sampling call's block of 16.
+pub const DECODE_QUERIES: u32 = 16;
+
+/// Fewest keys per chunk the decode path splits into on its own: a chunk shorter than one 32-key
+/// tile costs a workgroup (its queries staged, its partial written and merged) for less work than
+/// that overhead.
+pub const DECODE_MIN_CHUNK: u32 = 32;
+
+/// How a forward attention is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// attention.wgsl: a workgroup per query tile, head and sequence.
+    Tiled,
+    /// attention_decode.wgsl over `splits` key chunks (a workgroup per chunk, head and sequence,
+    /// with all queries), then attention_combine.wgsl when `splits` > 1. At most
+    /// [`DECODE_QUERIES`] queries.
+    Decode { splits: u32 },
+}
+
+/// Key chunks the decode path of `a` splits into on its own: enough (chunk, head, sequence)
+/// workgroups for two per compute unit, but chunks of at least [`DECODE_MIN_CHUNK`] keys of the
+/// key capacity `kv_seq_stride` (not of `n_kv`: a call program is recorded once per shape while its
+/// cache fills, so the dispatch must not depend on the keys filled so far).
+pub fn decode_splits(compute_units: u32, a: &Attention) -> u32 {
+    let groups = (a.n_heads * a.batch).max(1);
+    let wanted = (2 * compute_units).div_ceil(groups);
+    let most = a.kv_seq_stride.div_ceil(DECODE_MIN_CHUNK).max(1);
+    wanted.clamp(1, most)
+}
+
+/// Floats of the `partials` scratch that `splits` key chunks of `a` need.
+pub fn partials_floats_for(a: &Attention, splits: u32) -> usize {
+    a.batch as usize
+        * a.n_heads as usize
+        * a.n_q as usize
+        * splits as usize
+        * (a.head_dim as usize + 2)
+}
+
+/// Floats of the `partials` scratch [`record`] uses for `a` on this device (0: it needs none).
+pub fn partials_floats(ctx: &GpuContext, a: &Attention) -> usize {
+    if a.n_q > DECODE_QUERIES {
+        return 0;
+    }
+    match decode_splits(ctx.compute_units, a) {
+        1 => 0,
+        s => partials_floats_for(a, s),
+    }
+}
+
+/// The variant [`record`] runs: the decode path for at most [`DECODE_QUERIES`] queries when no
+/// log-sum-exp is asked for (training keeps attention.wgsl, which its backward kernels mirror),
+/// split as [`decode_splits`] says if `partials` holds that many chunks, unsplit otherwise.
+pub fn choose(ctx: &GpuContext, a: &Attention, b: &Bindings) -> Variant {
+    if a.n_q > DECODE_QUERIES || b.lse_delta.is_some() {
+        return Variant::Tiled;
+    }
+    let splits = decode_splits(ctx.compute_units, a);
+    let room = b.partials.map_or(0, |p| p.size() / 4) as usize;
+    Variant::Decode {
+        splits: if room >= partials_floats_for(a, splits) {
+            splits
+        } else {
+            1
+        },
+    }
+}
+
+/// Record the forward attention `a` in the variant [`choose`] picks.
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, a: &Attention, b: Bindings) {
-    let p = a.params(b.lse_delta.is_some());
-    // QKᵀ and PV; the output is written once.
-    let cost = a.cost(2, 1);
+    let variant = choose(pb.context(), a, &b);
+    record_variant(pb, k, a, b, variant).expect("choose picks a variant the bindings allow");
+}
+
+/// Record the forward attention `a` as `variant` (tests force one); an error if `a` has too many
+/// queries for the decode path or `partials` is missing or too small for its chunks.
+pub fn record_variant(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    a: &Attention,
+    b: Bindings,
+    variant: Variant,
+) -> Result<()> {
+    let write_lse = b.lse_delta.is_some();
+    let mut slices = b.slices(&k.placeholders);
+    let splits = match variant {
+        Variant::Tiled => {
+            slices.truncate(Bindings::TILED_NAMES.len());
+            // QKᵀ and PV; the output is written once.
+            let cost = a.cost(2, 1);
+            pb.dispatch(
+                "attention",
+                &k.attention.kernel,
+                &a.params(write_lse),
+                slices,
+                a.groups(a.n_q, k.attention.tiles.q),
+                cost,
+            );
+            return Ok(());
+        }
+        Variant::Decode { splits } => splits,
+    };
+    if a.n_q > DECODE_QUERIES || splits == 0 {
+        return Err(Error::Invalid(format!(
+            "the decode attention takes 1 to {DECODE_QUERIES} queries and at least one key chunk, \
+             not {} queries in {splits} chunks",
+            a.n_q
+        )));
+    }
+    let need = partials_floats_for(a, splits);
+    if splits > 1 && b.partials.is_none_or(|p| (p.size() / 4) < need as u64) {
+        return Err(Error::Invalid(format!(
+            "{splits} key chunks need {need} floats of attention partials"
+        )));
+    }
+    let chunk_len = if splits == 1 {
+        a.n_kv
+    } else {
+        // While a cache fills, chunks stay at least DECODE_MIN_CHUNK long (the trailing workgroups
+        // find no keys and leave empty partials), unless the split count asks for shorter ones even
+        // at full capacity (a count forced by a test).
+        let floor = DECODE_MIN_CHUNK.min(a.kv_seq_stride.div_ceil(splits));
+        a.n_kv.div_ceil(splits).max(floor)
+    };
+    let p = Params {
+        n_splits: splits,
+        chunk_len: chunk_len.max(1),
+        ..a.params(write_lse)
+    };
+    let hb = (a.n_heads * a.batch) as u64;
+    let (d, n_q, s) = (a.head_dim as u64, a.n_q as u64, splits as u64);
+    // Each workgroup stages the queries; keys and values are read once; per (query, chunk) either
+    // the output or a partial record (o, m, l) is written.
+    let written = if splits == 1 {
+        n_q * d
+    } else {
+        n_q * s * (d + 2)
+    };
+    let cost = Cost {
+        flops: 2 * 2 * a.visible_pairs() * hb * d,
+        bytes: words(hb * (s * n_q * d + 2 * a.n_kv as u64 * d + written)),
+    };
     pb.dispatch(
-        "attention",
-        &k.attention.kernel,
+        "attention decode",
+        &k.attention_decode.kernel,
         &p,
-        b.slices(&k.placeholders),
-        a.groups(a.n_q, k.attention.tiles.q),
+        slices,
+        [splits, a.n_heads, a.batch],
         cost,
     );
+    if splits == 1 {
+        return Ok(());
+    }
+    let cp = CombineParams {
+        n_q: a.n_q,
+        n_heads: a.n_heads,
+        head_dim: a.head_dim,
+        n_splits: splits,
+        write_lse: write_lse as u32,
+    };
+    let cb = CombineBindings {
+        partials: b.partials.expect("checked above"),
+        out: b.out,
+        lse_delta: b.lse_delta,
+    };
+    // Per (query, column): a weight and a multiply-add per chunk; the partials are read once and
+    // the output (and log-sum-exp) written once.
+    let cost = Cost {
+        flops: 3 * hb * n_q * s * d,
+        bytes: words(hb * n_q * (s * (d + 2) + d + write_lse as u64)),
+    };
+    pb.dispatch(
+        "attention combine",
+        &k.attention_combine,
+        &cp,
+        cb.slices(&k.placeholders),
+        [a.n_q, a.n_heads, a.batch],
+        cost,
+    );
+    Ok(())
 }
 
 pub fn record_query_grad(

@@ -7,7 +7,7 @@
 //! | [`embedding`] | embedding.wgsl | x = E[tokens] |
 //! | [`layernorm`] | layernorm.wgsl | LayerNorm with adaLN modulation, rows re-mapped |
 //! | [`matmul`] | matmul.wgsl | every Linear, forward and backward, with fused epilogues |
-//! | [`attention`] | attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl | masked rotary attention and its gradients |
+//! | [`attention`] | attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl, attention_decode.wgsl, attention_combine.wgsl | masked rotary attention and its gradients; split-KV for few queries |
 //! | [`token_loss`] | token_loss.wgsl | SUBS / AR log-probs, loss and logits gradient |
 //! | [`sedd_loss`] | sedd_loss.wgsl | SEDD log-score, score entropy and logits gradient |
 //! | [`reduce_sum`] | reduce_sum.wgsl | Σx or Σx² into one value |
@@ -108,6 +108,9 @@ pub struct Kernels {
     pub layernorm: Kernel,
     pub matmul: matmul::Variants,
     pub attention: attention::TiledKernel,
+    /// The forward for a few queries split over the keys, and the merge of its chunks.
+    pub attention_decode: attention::TiledKernel,
+    pub attention_combine: Kernel,
     pub token_loss: Kernel,
     pub sedd_loss: Kernel,
     pub reduce_sum: Kernel,
@@ -187,6 +190,8 @@ impl Kernels {
             layernorm: kernel(ctx, "layernorm", layernorm::THREADS).await?,
             matmul: matmul::Variants::new(ctx).await?,
             attention: attention::kernel(ctx, attention::Pass::Forward, head_dim).await?,
+            attention_decode: attention::kernel(ctx, attention::Pass::Decode, head_dim).await?,
+            attention_combine: kernel(ctx, "attention_combine", attention::THREADS).await?,
             token_loss: kernel(ctx, "token_loss", token_loss::THREADS).await?,
             sedd_loss: kernel(ctx, "sedd_loss", sedd_loss::THREADS).await?,
             reduce_sum: kernel(ctx, "reduce_sum", reduce_sum::THREADS).await?,

@@ -26,7 +26,7 @@ pub fn train_kernels(ctx: &GpuContext, head_dim: usize) -> TrainKernels {
 pub const BROWSER_BUDGET: usize = bd3_gpu::shaders::WORKGROUP_MEMORY_BUDGET;
 pub const NATIVE_BUDGET: usize = bd3_gpu::ops::attention::NATIVE_WORKGROUP_MEMORY_CAP;
 
-/// The kernels with the three attention kernels specialised for `budget` bytes of workgroup memory
+/// The kernels with the four tiled attention kernels specialised for `budget` bytes of workgroup memory
 /// (whatever the device's own choice would be), so each variant is tested on any adapter.
 pub fn attention_kernels(
     ctx: &GpuContext,
@@ -37,6 +37,7 @@ pub fn attention_kernels(
     let (mut k, mut tk) = (kernels(ctx, head_dim), train_kernels(ctx, head_dim));
     let make = |pass| pollster::block_on(kernel_within(ctx, pass, head_dim, budget)).unwrap();
     k.attention = make(Pass::Forward);
+    k.attention_decode = make(Pass::Decode);
     tk.attention_dq = make(Pass::QueryGrad);
     tk.attention_dkv = make(Pass::KeyValueGrad);
     (k, tk)
