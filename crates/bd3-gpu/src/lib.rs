@@ -18,7 +18,7 @@ pub mod train;
 pub mod train_loop;
 pub mod weights;
 
-pub use context::{ContextOptions, CounterSnapshot, GpuContext};
+pub use context::{ContextOptions, CooperativeMatrix, CounterSnapshot, GpuContext};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
 pub use model_call::{CallAction, CallInputs, CallOutput, CallShape};
 pub use plan::{AdapterDesc, PlanSummary};

@@ -164,6 +164,24 @@ pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
     specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
 }
 
+/// The tensor-core product (`matmul_coop.wgsl`) for an adapter whose subgroups have `subgroup_size`
+/// invocations (the workgroup is four subgroups). Its tile product needs a multiple of 8 (each lane
+/// of the emulated twin holds 256 / size elements of a tile; NVIDIA's 32 is the case in practice).
+pub fn matmul_coop_source(subgroup_size: u32) -> Result<String, String> {
+    if subgroup_size == 0 || 256 % subgroup_size != 0 {
+        return Err(format!(
+            "matmul_coop: subgroups of {subgroup_size} invocations do not divide a 16 × 16 tile"
+        ));
+    }
+    specialize(MATMUL_COOP_WGSL, &[("SUBGROUP_SIZE", subgroup_size)])
+}
+
+/// The emulated twin of [`matmul_coop_source`] (`matmul_coop_emulated.wgsl`): the same staging, tiles
+/// and epilogue with plain loops, needing only shader-f16 (lavapipe runs it in the tests).
+pub fn matmul_coop_emulated_source() -> &'static str {
+    MATMUL_COOP_EMULATED_WGSL
+}
+
 /// `source` reading the weight binding `var_name` as f16 (`enable f16;`, the binding's
 /// `array<f32>` becomes `array<f16>`): the kernel's own reads of it must convert, `f32(name[i])`,
 /// which is the identity in the f32 source. Fails if the declaration is not there exactly once.

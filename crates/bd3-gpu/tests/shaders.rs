@@ -8,12 +8,10 @@ use bd3_gpu::shaders::{
 fn validate(name: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    // Only the files that declare an extension get its capability (the mixed-precision products).
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities_of(source))
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
     module
 }
 
@@ -159,4 +157,91 @@ fn f16_weight_twins_validate_and_the_rewrite_fails_loudly() {
     }
     // A file without the declaration (or a renamed binding) is an error, not an f32 kernel.
     assert!(with_f16_weights(kernel_source("layernorm.wgsl").unwrap(), "b").is_err());
+}
+
+/// The naga capabilities a shader file declares it needs (`enable …;`).
+fn capabilities_of(source: &str) -> naga::valid::Capabilities {
+    use naga::valid::Capabilities;
+    let mut caps = Capabilities::empty();
+    if source.contains("enable f16;") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if source.contains("enable wgpu_cooperative_matrix;") {
+        caps |= Capabilities::COOPERATIVE_MATRIX | Capabilities::SUBGROUP;
+    }
+    caps
+}
+
+#[test]
+fn cooperative_matrix_product_validates_and_emits_spirv() {
+    use bd3_gpu::shaders::{matmul_coop_emulated_source, matmul_coop_source};
+    let coop = matmul_coop_source(32).unwrap();
+    assert!(coop.starts_with("//"));
+    for needle in [
+        "enable wgpu_cooperative_matrix;",
+        "coopMultiplyAdd",
+        "coopLoadT<coop_mat16x16<f16, A>>",
+        "coopStoreT",
+    ] {
+        assert!(coop.contains(needle), "matmul_coop lacks {needle}");
+    }
+    // Without the capability naga refuses it: the check below is not vacuous.
+    let module = naga::front::wgsl::parse_str(&coop)
+        .unwrap_or_else(|e| panic!("matmul_coop: {}", e.emit_to_string(&coop)));
+    assert!(naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::SUBGROUP,
+    )
+    .validate(&module)
+    .is_err());
+    for (name, source) in [
+        ("matmul_coop (subgroups of 32)", coop.clone()),
+        (
+            "matmul_coop (subgroups of 64)",
+            matmul_coop_source(64).unwrap(),
+        ),
+        (
+            "matmul_coop_emulated",
+            matmul_coop_emulated_source().to_string(),
+        ),
+    ] {
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            capabilities_of(&source),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let bytes = workgroup_bytes(&module);
+        assert!(
+            bytes <= WORKGROUP_MEMORY_BUDGET,
+            "{name} uses {bytes} bytes of workgroup memory"
+        );
+        // SPIR-V as wgpu's Vulkan backend writes it (naga's writer panics on some forms the
+        // validator accepts, e.g. a cooperative store whose stride is computed inline).
+        let options = naga::back::spv::Options {
+            lang_version: (1, 3),
+            ..Default::default()
+        };
+        let words = naga::back::spv::write_vec(&module, &info, &options, None)
+            .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e:?}"));
+        assert_eq!(words[0], 0x0723_0203, "{name}: SPIR-V magic");
+        // OpCooperativeMatrixMulAddKHR (opcode 4459) is in the tensor-core kernel only: walk the
+        // instructions (word count in the high half of each first word) after the 5-word header.
+        let mut opcodes = Vec::new();
+        let mut at = 5;
+        while at < words.len() {
+            opcodes.push(words[at] & 0xffff);
+            at += (words[at] >> 16).max(1) as usize;
+        }
+        let has_muladd = opcodes.contains(&4459);
+        assert_eq!(
+            has_muladd,
+            name.starts_with("matmul_coop ("),
+            "{name}: cooperative multiply-add in the SPIR-V"
+        );
+    }
+    // A subgroup size that does not divide the tile is refused.
+    assert!(matmul_coop_source(48).is_err());
 }

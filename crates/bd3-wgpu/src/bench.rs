@@ -47,6 +47,8 @@ pub enum PlanFeature {
     F16,
     /// Subgroup operations
     Subgroups,
+    /// Tensor cores (cooperative matrices, 16×16×16 f16→f32, as on an H200; implies f16 and subgroups)
+    Coop,
 }
 
 /// The options shared by `bench forward` and `bench train`.
@@ -305,11 +307,14 @@ impl PlanArgs {
         block_size: usize,
         weights: crate::sample::WeightsArg,
     ) -> Result<GpuModel> {
-        let adapter = AdapterDesc::native(
+        let mut adapter = AdapterDesc::native(
             self.units.unwrap_or(DEFAULT_COMPUTE_UNITS),
             self.f16(),
             self.subgroups(),
         );
+        if self.features.contains(&PlanFeature::Coop) {
+            adapter = adapter.with_cooperative_matrix();
+        }
         let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
         let cfg = bench_config(size, block_size)?;
         let (format, _) = bd3_gpu::weights::WeightChoice::from(weights).resolve(&ctx)?;

@@ -177,6 +177,10 @@ fn info() -> anyhow::Result<()> {
         ctx.limits.max_buffer_size >> 20
     );
     println!("optional features in use: {:?}", ctx.features);
+    println!(
+        "cooperative matrices: {}",
+        bd3_gpu::CooperativeMatrix::describe(ctx.cooperative_matrix)
+    );
     let checks = if ctx.shader_checks() {
         "on (BD3_SHADER_CHECKS is set)"
     } else {
