@@ -8,6 +8,12 @@
 //! split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit two
 //! workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices into a
 //! scratch buffer, summed by a column-sum pass.
+//!
+//! Mixed precision ([`Precision::Mixed`], [`crate::ops::Kernels::set_precision`]): every product
+//! recorded through [`record`] and [`record_accumulating`] takes the tensor-core kernel
+//! (`shaders/matmul_coop.wgsl`: f16 operands staged from the f32 buffers, f32 sums, the same epilogue)
+//! instead; f32 stays the default and the reference. The tests run its emulated twin
+//! (`matmul_coop_emulated.wgsl`) in that role on adapters without cooperative matrices.
 
 use super::col_sum::{self, Columns};
 use super::{bindings, words, Kernels, TrainKernels};
@@ -326,6 +332,72 @@ impl Variants {
     }
 }
 
+/// The precision of the products of a model: f32 throughout (the default and the reference), or
+/// mixed: f16 operands on tensor cores with f32 sums, f32 buffers, master weights and optimizer state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Mixed,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Mixed => "mixed",
+        })
+    }
+}
+
+/// Rows and columns of the output block of a cooperative product's workgroup (matmul_coop_common.wgsl).
+pub const COOP_BLOCK: u32 = 64;
+
+/// Threads of the emulated twin's workgroup (4 emulated subgroups of 32).
+pub const COOP_EMULATED_THREADS: u32 = 128;
+
+/// The tensor-core product for `ctx`'s cooperative matrices, or an error naming the adapter when it
+/// has none (mixed precision cannot run there).
+pub async fn coop_kernel(ctx: &GpuContext) -> Result<Kernel> {
+    let Some(coop) = ctx.cooperative_matrix else {
+        return Err(Error::Invalid(format!(
+            "mixed precision needs cooperative matrices (tensor cores, 16×16×16 f16→f32), which {} lacks; use --precision f32",
+            ctx.adapter_summary()
+        )));
+    };
+    ctx.pipeline(
+        "matmul_coop",
+        &shaders::matmul_coop_source(coop.subgroup_size).map_err(Error::Gpu)?,
+        4 * coop.subgroup_size,
+    )
+    .await
+}
+
+/// The emulated twin of [`coop_kernel`] (needs only shader-f16): what the tests run as the mixed
+/// product on adapters without tensor cores.
+pub async fn coop_emulated_kernel(ctx: &GpuContext) -> Result<Kernel> {
+    if !ctx.features.contains(wgpu::Features::SHADER_F16) {
+        return Err(Error::Invalid(format!(
+            "the emulated mixed-precision product needs shader-f16, which {} lacks",
+            ctx.adapter_summary()
+        )));
+    }
+    ctx.pipeline(
+        "matmul_coop_emulated",
+        shaders::matmul_coop_emulated_source(),
+        COOP_EMULATED_THREADS,
+    )
+    .await
+}
+
+/// The mixed-precision kernel for `mm` when the model runs in mixed precision (f32 weights only: f16
+/// weight storage is for sampling).
+fn mixed_for<'k>(k: &'k Kernels, mm: &Matmul) -> Option<&'k Kernel> {
+    k.mixed
+        .as_ref()
+        .filter(|_| mm.b_format == WeightFormat::F32)
+}
+
 /// The buffers of a product without bias, gate or aux, and the scratch of its K slices (at least
 /// [`Matmul::split_scratch_floats`] floats).
 pub struct AccumulateIo<'a> {
@@ -363,7 +435,10 @@ pub fn record_accumulating(
             },
         );
     }
-    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
+    let (kernel, tile_rows) = match mixed_for(k, mm) {
+        Some(kernel) => (kernel, COOP_BLOCK),
+        None => k.matmul.for_rows(mm.m),
+    };
     let k_split = mm.k.div_ceil(slices).div_ceil(BK) * BK;
     let slices = mm.k.div_ceil(k_split);
     let floats = mm.m as usize * mm.n as usize;
@@ -399,6 +474,9 @@ pub fn record_accumulating(
 
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Matmul, b: Bindings) {
     let p = mm.params(b.bias.is_some(), b.aux.is_some());
+    if let Some(kernel) = mixed_for(k, mm) {
+        return record_variant(pb, k, label, kernel, COOP_BLOCK, &p, b);
+    }
     let variants = match mm.b_format {
         WeightFormat::F32 => &k.matmul,
         WeightFormat::F16 => &k.f16("matmul").matmul,

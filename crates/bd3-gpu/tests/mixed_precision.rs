@@ -1,0 +1,432 @@
+//! Mixed precision on lavapipe: the emulated twin of the tensor-core product (matmul_coop_emulated.wgsl:
+//! the same staging, tiles, f16 rounding and epilogue as matmul_coop.wgsl, with plain loops) against
+//! a plain CPU loop, for the three strided layouts of the forward and backward passes, every epilogue,
+//! the row mapping with dropout and aux, and split K, at sizes that are multiples of neither 16 nor
+//! the 64 × 64 block; and the choice of kernel by precision.
+//!
+//! Tolerance tiers (max |got − want| ≤ rel · max |want|): against the loop on the same f16-rounded
+//! inputs summed in f64, 2e-5 (only the f32 sums differ); against the loop on the original f32 inputs,
+//! 6e-4 (f16 has an 11-bit significand: each input is off by up to 2⁻¹¹ relative; measured here
+//! 2.4e-4 to 3.1e-4 across the layouts, the ≈ 3e-4 tier of f16 inputs with f32 sums). The f32 kernels keep their own 1e-4 (tests/kernels.rs); nothing is loosened.
+
+mod common;
+use bd3_gpu::ops::matmul::{self, Epilogue, Matmul, Precision};
+use bd3_gpu::ops::Kernels;
+use bd3_gpu::{ContextOptions, GpuContext};
+use common::*;
+
+/// Against the loop on the f16-rounded inputs.
+const ROUNDED_TOL: f64 = 2e-5;
+/// Against the loop on the original f32 inputs (the mixed-precision tier).
+const MIXED_TOL: f64 = 6e-4;
+
+fn f16_round(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}
+
+/// The kernels with mixed precision through the emulated twin.
+fn mixed_kernels(ctx: &GpuContext) -> Kernels {
+    let mut k = kernels(ctx, 16);
+    pollster::block_on(k.set_emulated_mixed_precision(ctx)).expect("lavapipe has shader-f16");
+    k
+}
+
+/// Σ_k A(i, k)·B(k, j) in f64 with `mm`'s strides and offsets, as a dense [m, n].
+fn product(mm: &Matmul, a: &[f32], b: &[f32]) -> Vec<f64> {
+    let (m, n, k) = (mm.m as usize, mm.n as usize, mm.k as usize);
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|t| {
+                    let av = a[mm.a_offset as usize
+                        + i * mm.a_row_stride as usize
+                        + t * mm.a_k_stride as usize];
+                    let bv = b[mm.b_offset as usize
+                        + t * mm.b_k_stride as usize
+                        + j * mm.b_col_stride as usize];
+                    av as f64 * bv as f64
+                })
+                .sum();
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Run `mm` through `ops::matmul::record` (which picks the mixed product) onto `base`, with bias,
+/// gate as given; returns the output and the kernel the recording chose.
+fn run(
+    ctx: &GpuContext,
+    k: &Kernels,
+    mm: &Matmul,
+    a: &[f32],
+    b: &[f32],
+    bias: Option<&[f32]>,
+    gate: Option<&[f32]>,
+    base: &[f32],
+) -> (Vec<f32>, &'static str) {
+    let (a_b, b_b, out) = (upload(ctx, a), upload(ctx, b), upload(ctx, base));
+    let bias_b = bias.map(|x| upload(ctx, x));
+    let gate_b = gate.map(|x| upload(ctx, x));
+    let mut kernel = "";
+    run_recorded(ctx, |pb| {
+        matmul::record(
+            pb,
+            k,
+            "mixed",
+            mm,
+            matmul::Bindings {
+                a: &a_b,
+                b: &b_b,
+                bias: bias_b.as_ref(),
+                gate: gate_b.as_ref(),
+                out: &out,
+                aux: None,
+            },
+        );
+        kernel = pb.planned()[0].kernel;
+    });
+    (read(ctx, &out, base.len()), kernel)
+}
+
+#[test]
+fn emulated_mixed_product_matches_the_cpu_loop_in_every_layout() {
+    let ctx = context();
+    let k = mixed_kernels(&ctx);
+    let mut rng = Rng(14);
+    // (rows, in, out): one block and a ragged edge; several blocks, several K slabs and a K that is
+    // not a multiple of the 16-wide tile step.
+    for (m, d_in, d_out) in [(70usize, 37usize, 45usize), (131, 83, 77)] {
+        let ld = d_in + 3; // activations wider than the product, as inside a fused buffer
+        let x = rng.vec(m * ld + 5, 1.0);
+        let w = rng.vec(d_out * d_in, 1.0);
+        let dy = rng.vec(m * (d_out + 2), 1.0);
+        let forward = Matmul {
+            a_offset: 5,
+            a_row_stride: ld as u32,
+            ..Matmul::plain(m as u32, d_out as u32, d_in as u32)
+        };
+        let input_grad =
+            Matmul::input_grad(m as u32, d_out as u32, d_in as u32, (d_out + 2) as u32);
+        let weight_grad = Matmul {
+            b_offset: 5,
+            ..Matmul::weight_grad(
+                m as u32,
+                d_out as u32,
+                d_in as u32,
+                (d_out + 2) as u32,
+                ld as u32,
+            )
+        };
+        for (what, mm, a, b) in [
+            ("forward y = x·Wᵀ", forward, &x, &w),
+            ("input gradient dy·W", input_grad, &dy, &w),
+            ("weight gradient dW += dyᵀ·x", weight_grad, &dy, &x),
+        ] {
+            let (rows, cols) = (mm.m as usize, mm.n as usize);
+            let base = rng.vec(rows * cols, 1.0);
+            let (got, kernel) = run(&ctx, &k, &mm, a, b, None, None, &base);
+            assert_eq!(
+                kernel, "matmul_coop_emulated",
+                "{what}: the mixed product is chosen"
+            );
+            let accumulate = mm.epilogue == Epilogue::Residual;
+            let expect = |p: Vec<f64>| -> Vec<f32> {
+                p.iter()
+                    .zip(&base)
+                    .map(|(&v, &b0)| {
+                        if accumulate {
+                            (b0 as f64 + v) as f32
+                        } else {
+                            v as f32
+                        }
+                    })
+                    .collect()
+            };
+            let rounded = expect(product(&mm, &f16_round(a), &f16_round(b)));
+            let exact = expect(product(&mm, a, b));
+            let what = format!("{what} {m}×{d_in}→{d_out}");
+            assert_close(
+                &format!("{what} vs f16-rounded inputs"),
+                &got,
+                &rounded,
+                ROUNDED_TOL,
+            );
+            assert_close(&format!("{what} vs f32 inputs"), &got, &exact, MIXED_TOL);
+            // The inputs really were rounded: the f32 reference is measurably off (else this
+            // would be an f32 kernel passing a loose test).
+            let err = got
+                .iter()
+                .zip(&exact)
+                .map(|(&g, &e)| (g as f64 - e as f64).abs())
+                .fold(0.0, f64::max);
+            let max_ref = exact.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+            eprintln!(
+                "{what}: max error vs f32 inputs {:.2e} of max |want|",
+                err / max_ref
+            );
+            assert!(err > 1e-6, "{what}: no f16 rounding visible ({err:.2e})");
+        }
+    }
+}
+
+#[test]
+fn emulated_mixed_product_applies_every_epilogue() {
+    use bd3_model::cpu_ref;
+    let ctx = context();
+    let k = mixed_kernels(&ctx);
+    let mut rng = Rng(15);
+    let (m, n, kk) = (70, 45, 37);
+    let a = rng.vec(m * kk, 1.0);
+    let w = rng.vec(n * kk, 1.0);
+    let bias = rng.vec(n, 0.5);
+    let rows_per_seq = 35;
+    let gate = rng.vec(2 * n, 1.0);
+    let base = rng.vec(m * n, 1.0);
+    let ones = vec![1.0; 2 * n];
+    let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
+        (Epilogue::Store, cpu_ref::Epilogue::Store),
+        (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
+        (Epilogue::Silu, cpu_ref::Epilogue::Silu),
+        (
+            Epilogue::GatedResidual,
+            cpu_ref::Epilogue::GatedResidual {
+                gate: &gate,
+                rows_per_seq,
+            },
+        ),
+        (
+            Epilogue::Residual,
+            cpu_ref::Epilogue::GatedResidual {
+                gate: &ones,
+                rows_per_seq,
+            },
+        ),
+    ];
+    let (a16, w16) = (f16_round(&a), f16_round(&w));
+    for (epi, cpu_epi) in cases {
+        let mm = Matmul {
+            epilogue: epi,
+            rows_per_seq: rows_per_seq as u32,
+            gate_stride: n as u32,
+            ..Matmul::plain(m as u32, n as u32, kk as u32)
+        };
+        let (got, _) = run(&ctx, &k, &mm, &a, &w, Some(&bias), Some(&gate), &base);
+        let dims = cpu_ref::Dims { m, n, k: kk };
+        let mut rounded = base.clone();
+        cpu_ref::matmul_bt(&a16, &w16, Some(&bias), dims, cpu_epi, &mut rounded);
+        let mut exact = base.clone();
+        cpu_ref::matmul_bt(&a, &w, Some(&bias), dims, cpu_epi, &mut exact);
+        assert_close(
+            &format!("{epi:?} vs f16-rounded inputs"),
+            &got,
+            &rounded,
+            ROUNDED_TOL,
+        );
+        assert_close(&format!("{epi:?} vs f32 inputs"), &got, &exact, MIXED_TOL);
+    }
+}
+
+#[test]
+fn emulated_mixed_product_maps_rows_with_dropout_and_aux_like_the_f32_kernel() {
+    // The epilogue is matmul.wgsl's (the same keep() and row mapping): on inputs already rounded to
+    // f16 the f32 kernel computes the same products, so the two agree to f32 sums.
+    let ctx = context();
+    let k = mixed_kernels(&ctx);
+    let f32k = kernels(&ctx, 16);
+    let mut rng = Rng(16);
+    let (n_seq, rows_per_seq, n, kk) = (3usize, 23usize, 50usize, 41usize);
+    let m = n_seq * rows_per_seq;
+    let a = f16_round(&rng.vec(m * kk, 1.0));
+    let w = f16_round(&rng.vec(n * kk, 1.0));
+    let cache_rows = rows_per_seq + 3;
+    let mm = Matmul {
+        epilogue: Epilogue::Residual,
+        out_rows: matmul::OutRows {
+            rows_per_seq: rows_per_seq as u32,
+            seq_stride: cache_rows as u32,
+            row_offset: 2,
+        },
+        dropout: Some(matmul::Dropout {
+            p: 0.25,
+            seed: 77,
+            salt: 3,
+        }),
+        ..Matmul::plain(m as u32, n as u32, kk as u32)
+    };
+    let cache0 = rng.vec(n_seq * cache_rows * n, 1.0);
+    let (a_b, w_b) = (upload(&ctx, &a), upload(&ctx, &w));
+    let go = |kernels: &Kernels| {
+        let (out, aux) = (
+            upload(&ctx, &cache0),
+            upload(&ctx, &vec![0.0; cache0.len()]),
+        );
+        run_recorded(&ctx, |pb| {
+            matmul::record(
+                pb,
+                kernels,
+                "mapped",
+                &mm,
+                matmul::Bindings {
+                    a: &a_b,
+                    b: &w_b,
+                    bias: None,
+                    gate: None,
+                    out: &out,
+                    aux: Some(&aux),
+                },
+            )
+        });
+        (
+            read(&ctx, &out, cache0.len()),
+            read(&ctx, &aux, cache0.len()),
+        )
+    };
+    let ((out_m, aux_m), (out_f, aux_f)) = (go(&k), go(&f32k));
+    assert_close("mapped rows, dropout", &out_m, &out_f, ROUNDED_TOL);
+    assert_close("aux", &aux_m, &aux_f, ROUNDED_TOL);
+    let dropped = aux_m.iter().filter(|&&x| x == 0.0).count();
+    assert!(dropped > 0, "dropout dropped nothing");
+}
+
+#[test]
+fn emulated_mixed_product_splits_k_like_the_f32_path() {
+    // As tests/split_k.rs: 64 units want 128 workgroups and a 45 × 70 weight gradient has 2 blocks,
+    // so K = 2600 is cut into slices summed by col_sum.wgsl; the slices run the mixed product.
+    let ctx = context_with(ContextOptions {
+        compute_units: Some(64),
+        ..Default::default()
+    });
+    let k = mixed_kernels(&ctx);
+    let tk = train_kernels(&ctx, 16);
+    let mut rng = Rng(17);
+    let (rows, cols, m) = (45usize, 70usize, 2600usize);
+    let (ld_dy, ld_x) = (rows + 3, cols + 5);
+    let dy = rng.vec(m * ld_dy, 1.0);
+    let x = rng.vec(m * ld_x, 1.0);
+    let dw0 = rng.vec(rows * cols, 1.0);
+    let mm = Matmul::weight_grad(
+        m as u32,
+        rows as u32,
+        cols as u32,
+        ld_dy as u32,
+        ld_x as u32,
+    );
+    assert!(mm.k_slices(64) > 1, "the test must exercise the split path");
+    let scratch = upload(&ctx, &vec![0.0; mm.split_scratch_floats(64)]);
+    let (dy_b, x_b, out) = (upload(&ctx, &dy), upload(&ctx, &x), upload(&ctx, &dw0));
+    let mut kernels_used = Vec::new();
+    run_recorded(&ctx, |pb| {
+        matmul::record_accumulating(
+            pb,
+            &k,
+            &tk,
+            "weight grad",
+            &mm,
+            matmul::AccumulateIo {
+                a: &dy_b,
+                b: &x_b,
+                out: &out,
+                scratch: &scratch,
+            },
+        );
+        kernels_used = pb.planned().iter().map(|d| d.kernel).collect();
+    });
+    assert_eq!(kernels_used, ["matmul_coop_emulated", "col_sum"]);
+    let got = read(&ctx, &out, rows * cols);
+    let with_base = |p: Vec<f64>| -> Vec<f32> {
+        p.iter()
+            .zip(&dw0)
+            .map(|(&v, &b)| (b as f64 + v) as f32)
+            .collect()
+    };
+    let rounded = with_base(product(&mm, &f16_round(&dy), &f16_round(&x)));
+    let exact = with_base(product(&mm, &dy, &x));
+    assert_close(
+        "split-K weight gradient vs f16-rounded",
+        &got,
+        &rounded,
+        ROUNDED_TOL,
+    );
+    assert_close("split-K weight gradient vs f32", &got, &exact, MIXED_TOL);
+}
+
+#[test]
+fn mixed_precision_needs_cooperative_matrices_and_f32_is_untouched() {
+    let ctx = context();
+    let mut k = kernels(&ctx, 16);
+    // lavapipe has no cooperative matrices: asking for mixed precision is an error naming them.
+    assert_eq!(
+        ctx.cooperative_matrix, None,
+        "this test expects an adapter without tensor cores"
+    );
+    let err = pollster::block_on(k.set_precision(&ctx, Precision::Mixed))
+        .err()
+        .expect("mixed precision without cooperative matrices must fail")
+        .to_string();
+    assert!(err.contains("cooperative matrices"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(k.mixed.is_none());
+    // f32 leaves every product on the f32 kernels.
+    pollster::block_on(k.set_precision(&ctx, Precision::F32)).unwrap();
+    let (a, w) = (vec![1.0; 20 * 8], vec![1.0; 9 * 8]);
+    let (_, kernel) = run(
+        &ctx,
+        &k,
+        &Matmul::plain(20, 9, 8),
+        &a,
+        &w,
+        None,
+        None,
+        &[0.0; 180],
+    );
+    assert_eq!(kernel, "matmul");
+}
+
+#[test]
+fn planned_mixed_training_step_runs_every_gemm_on_tensor_cores() {
+    use bd3_gpu::plan::AdapterDesc;
+    use bd3_gpu::{GpuModel, OptimConfig, Trainer};
+    use std::sync::Arc;
+    let json = r#"{"model_type":"bd3lm","block_size":4,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":2,"n_heads":2,"vocab_size":70}"#;
+    let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "mixed plan", None).unwrap();
+    let adapter = AdapterDesc::native(132, false, false).with_cooperative_matrix();
+    let shape = bd3_gpu::train_loop::train_shape(&cfg, 3, 0.1);
+    let plan = |precision: Precision| {
+        let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
+        let mut model = pollster::block_on(GpuModel::allocate(ctx, cfg.clone())).unwrap();
+        pollster::block_on(model.set_precision(precision)).unwrap();
+        let mut trainer = pollster::block_on(Trainer::new(&model, OptimConfig::default())).unwrap();
+        trainer.plan_step(&model, &shape).unwrap()
+    };
+    let (f32_plan, mixed_plan) = (plan(Precision::F32), plan(Precision::Mixed));
+    let gemm = ["matmul", "matmul_narrow", "matvec"];
+    let flops = |p: &[bd3_gpu::PlannedDispatch], kernels: &[&str]| -> u64 {
+        p.iter()
+            .filter(|d| kernels.contains(&d.kernel))
+            .map(|d| d.flops)
+            .sum()
+    };
+    assert!(f32_plan.iter().all(|d| d.kernel != "matmul_coop"));
+    assert!(
+        mixed_plan.iter().all(|d| !gemm.contains(&d.kernel)),
+        "an f32 GEMM left in mixed precision"
+    );
+    // The same products, each now on the cooperative kernel (128 threads: 4 subgroups of 32).
+    assert_eq!(
+        flops(&mixed_plan, &["matmul_coop"]),
+        flops(&f32_plan, &gemm)
+    );
+    assert!(mixed_plan
+        .iter()
+        .filter(|d| d.kernel == "matmul_coop")
+        .all(|d| d.threads == 128));
+    assert_eq!(
+        mixed_plan
+            .iter()
+            .filter(|d| d.kernel == "matmul_coop")
+            .count(),
+        f32_plan.iter().filter(|d| gemm.contains(&d.kernel)).count()
+    );
+}
