@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod layers;
+pub mod loss_scale;
 pub mod model;
 pub mod model_call;
 pub mod nelbo;
