@@ -362,8 +362,7 @@ fn mixed_precision_needs_cooperative_matrices_and_f32_is_untouched() {
         "this test expects an adapter without tensor cores"
     );
     let err = pollster::block_on(k.set_precision(&ctx, Precision::Mixed))
-        .err()
-        .expect("mixed precision without cooperative matrices must fail")
+        .expect_err("mixed precision without cooperative matrices must fail")
         .to_string();
     assert!(err.contains("cooperative matrices"), "{err}");
     assert!(!err.contains('\n'), "one line: {err}");
@@ -617,4 +616,37 @@ fn mixed_training_on_the_emulated_twin_follows_f32_training() {
             .any(|((a, _), (b, _))| a != b),
         "the mixed run must not be the f32 run"
     );
+}
+
+#[test]
+fn an_operand_beyond_the_f16_range_overflows_to_a_non_finite_product() {
+    // Loss scaling relies on this: a scaled gradient too large for f16 becomes inf while staged, the
+    // product and then the global norm are not finite, and the step is skipped. A kernel that
+    // saturated instead would train on silently wrong gradients.
+    let ctx = context();
+    let k = mixed_kernels(&ctx);
+    let (m, n, kk) = (20usize, 9usize, 8usize);
+    let mut a = vec![0.5f32; m * kk];
+    a[3 * kk + 2] = 1e6; // row 3; f16's largest finite value is 65504
+    let w = vec![0.25f32; n * kk];
+    let (got, _) = run(
+        &ctx,
+        &k,
+        &Matmul::plain(m as u32, n as u32, kk as u32),
+        &a,
+        &w,
+        None,
+        None,
+        &vec![0.0; m * n],
+    );
+    for i in 0..m {
+        for j in 0..n {
+            let v = got[i * n + j];
+            if i == 3 {
+                assert!(!v.is_finite(), "row 3 must overflow, got {v}");
+            } else {
+                assert_eq!(v, 0.5 * 0.25 * kk as f32, "row {i}");
+            }
+        }
+    }
 }
