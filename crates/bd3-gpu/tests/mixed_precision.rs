@@ -1,19 +1,38 @@
-//! Mixed precision on lavapipe: the emulated twin of the tensor-core product (matmul_coop_emulated.wgsl:
-//! the same staging, tiles, f16 rounding and epilogue as matmul_coop.wgsl, with plain loops) against
-//! a plain CPU loop, for the three strided layouts of the forward and backward passes, every epilogue,
-//! the row mapping with dropout and aux, and split K, at sizes that are multiples of neither 16 nor
-//! the 64 × 64 block; and the choice of kernel by precision.
+//! Mixed precision: the emulated twin of the tensor-core product (matmul_coop_emulated.wgsl: the same
+//! staging, tiles, f16 rounding and epilogue as matmul_coop.wgsl, with plain loops; it runs on
+//! lavapipe) and, on an adapter with cooperative matrices, matmul_coop.wgsl itself, against a plain
+//! CPU loop, for the three strided layouts of the forward and backward passes, every epilogue, the row
+//! mapping with dropout and aux, and split K, at sizes that are multiples of neither 16 nor the
+//! 64 × 64 block; the choice of kernel by precision; dynamic loss scaling on the GPU.
 //!
 //! Tolerance tiers (max |got − want| ≤ rel · max |want|): against the loop on the same f16-rounded
 //! inputs summed in f64, 2e-5 (only the f32 sums differ); against the loop on the original f32 inputs,
 //! 6e-4 (f16 has an 11-bit significand: each input is off by up to 2⁻¹¹ relative; measured here
-//! 2.4e-4 to 3.1e-4 across the layouts, the ≈ 3e-4 tier of f16 inputs with f32 sums). The f32 kernels keep their own 1e-4 (tests/kernels.rs); nothing is loosened.
+//! 2.4e-4 to 3.1e-4 across the layouts, the ≈ 3e-4 tier of f16 inputs with f32 sums). The f32
+//! kernels keep their own 1e-4 (tests/kernels.rs); nothing is loosened.
 
 mod common;
 use bd3_gpu::ops::matmul::{self, Epilogue, Matmul, Precision};
 use bd3_gpu::ops::Kernels;
 use bd3_gpu::{ContextOptions, GpuContext};
 use common::*;
+
+/// The mixed products to test: the emulated twin everywhere, and the tensor-core kernel itself where
+/// the adapter has cooperative matrices (scripts/bench-gpu.sh runs these tests on such a GPU).
+fn mixed_variants(ctx: &GpuContext) -> Vec<Kernels> {
+    let mut v = vec![mixed_kernels(ctx)];
+    if ctx.cooperative_matrix.is_some() {
+        let mut k = kernels(ctx, 16);
+        pollster::block_on(k.set_precision(ctx, Precision::Mixed)).unwrap();
+        v.push(k);
+    } else {
+        eprintln!(
+            "{}: no cooperative matrices, only the emulated twin runs",
+            ctx.adapter_summary()
+        );
+    }
+    v
+}
 
 /// Against the loop on the f16-rounded inputs.
 const ROUNDED_TOL: f64 = 2e-5;
@@ -91,140 +110,143 @@ fn run(
 }
 
 #[test]
-fn emulated_mixed_product_matches_the_cpu_loop_in_every_layout() {
+fn mixed_product_matches_the_cpu_loop_in_every_layout() {
     let ctx = context();
-    let k = mixed_kernels(&ctx);
-    let mut rng = Rng(14);
-    // (rows, in, out): one block and a ragged edge; several blocks, several K slabs and a K that is
-    // not a multiple of the 16-wide tile step.
-    for (m, d_in, d_out) in [(70usize, 37usize, 45usize), (131, 83, 77)] {
-        let ld = d_in + 3; // activations wider than the product, as inside a fused buffer
-        let x = rng.vec(m * ld + 5, 1.0);
-        let w = rng.vec(d_out * d_in, 1.0);
-        let dy = rng.vec(m * (d_out + 2), 1.0);
-        let forward = Matmul {
-            a_offset: 5,
-            a_row_stride: ld as u32,
-            ..Matmul::plain(m as u32, d_out as u32, d_in as u32)
-        };
-        let input_grad =
-            Matmul::input_grad(m as u32, d_out as u32, d_in as u32, (d_out + 2) as u32);
-        let weight_grad = Matmul {
-            b_offset: 5,
-            ..Matmul::weight_grad(
-                m as u32,
-                d_out as u32,
-                d_in as u32,
-                (d_out + 2) as u32,
-                ld as u32,
-            )
-        };
-        for (what, mm, a, b) in [
-            ("forward y = x·Wᵀ", forward, &x, &w),
-            ("input gradient dy·W", input_grad, &dy, &w),
-            ("weight gradient dW += dyᵀ·x", weight_grad, &dy, &x),
-        ] {
-            let (rows, cols) = (mm.m as usize, mm.n as usize);
-            let base = rng.vec(rows * cols, 1.0);
-            let (got, kernel) = run(&ctx, &k, &mm, a, b, None, None, &base);
-            assert_eq!(
-                kernel, "matmul_coop_emulated",
-                "{what}: the mixed product is chosen"
-            );
-            let accumulate = mm.epilogue == Epilogue::Residual;
-            let expect = |p: Vec<f64>| -> Vec<f32> {
-                p.iter()
-                    .zip(&base)
-                    .map(|(&v, &b0)| {
-                        if accumulate {
-                            (b0 as f64 + v) as f32
-                        } else {
-                            v as f32
-                        }
-                    })
-                    .collect()
+    for k in mixed_variants(&ctx) {
+        let mut rng = Rng(14);
+        // (rows, in, out): one block and a ragged edge; several blocks, several K slabs and a K that is
+        // not a multiple of the 16-wide tile step.
+        for (m, d_in, d_out) in [(70usize, 37usize, 45usize), (131, 83, 77)] {
+            let ld = d_in + 3; // activations wider than the product, as inside a fused buffer
+            let x = rng.vec(m * ld + 5, 1.0);
+            let w = rng.vec(d_out * d_in, 1.0);
+            let dy = rng.vec(m * (d_out + 2), 1.0);
+            let forward = Matmul {
+                a_offset: 5,
+                a_row_stride: ld as u32,
+                ..Matmul::plain(m as u32, d_out as u32, d_in as u32)
             };
-            let rounded = expect(product(&mm, &f16_round(a), &f16_round(b)));
-            let exact = expect(product(&mm, a, b));
-            let what = format!("{what} {m}×{d_in}→{d_out}");
-            assert_close(
-                &format!("{what} vs f16-rounded inputs"),
-                &got,
-                &rounded,
-                ROUNDED_TOL,
-            );
-            assert_close(&format!("{what} vs f32 inputs"), &got, &exact, MIXED_TOL);
-            // The inputs really were rounded: the f32 reference is measurably off (else this
-            // would be an f32 kernel passing a loose test).
-            let err = got
-                .iter()
-                .zip(&exact)
-                .map(|(&g, &e)| (g as f64 - e as f64).abs())
-                .fold(0.0, f64::max);
-            let max_ref = exact.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-            eprintln!(
-                "{what}: max error vs f32 inputs {:.2e} of max |want|",
-                err / max_ref
-            );
-            assert!(err > 1e-6, "{what}: no f16 rounding visible ({err:.2e})");
+            let input_grad =
+                Matmul::input_grad(m as u32, d_out as u32, d_in as u32, (d_out + 2) as u32);
+            let weight_grad = Matmul {
+                b_offset: 5,
+                ..Matmul::weight_grad(
+                    m as u32,
+                    d_out as u32,
+                    d_in as u32,
+                    (d_out + 2) as u32,
+                    ld as u32,
+                )
+            };
+            for (what, mm, a, b) in [
+                ("forward y = x·Wᵀ", forward, &x, &w),
+                ("input gradient dy·W", input_grad, &dy, &w),
+                ("weight gradient dW += dyᵀ·x", weight_grad, &dy, &x),
+            ] {
+                let (rows, cols) = (mm.m as usize, mm.n as usize);
+                let base = rng.vec(rows * cols, 1.0);
+                let (got, kernel) = run(&ctx, &k, &mm, a, b, None, None, &base);
+                assert_eq!(
+                    kernel,
+                    k.mixed.as_ref().unwrap().name,
+                    "{what}: the mixed product is chosen"
+                );
+                let accumulate = mm.epilogue == Epilogue::Residual;
+                let expect = |p: Vec<f64>| -> Vec<f32> {
+                    p.iter()
+                        .zip(&base)
+                        .map(|(&v, &b0)| {
+                            if accumulate {
+                                (b0 as f64 + v) as f32
+                            } else {
+                                v as f32
+                            }
+                        })
+                        .collect()
+                };
+                let rounded = expect(product(&mm, &f16_round(a), &f16_round(b)));
+                let exact = expect(product(&mm, a, b));
+                let what = format!("{what} {m}×{d_in}→{d_out}");
+                assert_close(
+                    &format!("{what} vs f16-rounded inputs"),
+                    &got,
+                    &rounded,
+                    ROUNDED_TOL,
+                );
+                assert_close(&format!("{what} vs f32 inputs"), &got, &exact, MIXED_TOL);
+                // The inputs really were rounded: the f32 reference is measurably off (else this
+                // would be an f32 kernel passing a loose test).
+                let err = got
+                    .iter()
+                    .zip(&exact)
+                    .map(|(&g, &e)| (g as f64 - e as f64).abs())
+                    .fold(0.0, f64::max);
+                let max_ref = exact.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+                eprintln!(
+                    "{what}: max error vs f32 inputs {:.2e} of max |want|",
+                    err / max_ref
+                );
+                assert!(err > 1e-6, "{what}: no f16 rounding visible ({err:.2e})");
+            }
         }
     }
 }
 
 #[test]
-fn emulated_mixed_product_applies_every_epilogue() {
+fn mixed_product_applies_every_epilogue() {
     use bd3_model::cpu_ref;
     let ctx = context();
-    let k = mixed_kernels(&ctx);
-    let mut rng = Rng(15);
-    let (m, n, kk) = (70, 45, 37);
-    let a = rng.vec(m * kk, 1.0);
-    let w = rng.vec(n * kk, 1.0);
-    let bias = rng.vec(n, 0.5);
-    let rows_per_seq = 35;
-    let gate = rng.vec(2 * n, 1.0);
-    let base = rng.vec(m * n, 1.0);
-    let ones = vec![1.0; 2 * n];
-    let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
-        (Epilogue::Store, cpu_ref::Epilogue::Store),
-        (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
-        (Epilogue::Silu, cpu_ref::Epilogue::Silu),
-        (
-            Epilogue::GatedResidual,
-            cpu_ref::Epilogue::GatedResidual {
-                gate: &gate,
-                rows_per_seq,
-            },
-        ),
-        (
-            Epilogue::Residual,
-            cpu_ref::Epilogue::GatedResidual {
-                gate: &ones,
-                rows_per_seq,
-            },
-        ),
-    ];
-    let (a16, w16) = (f16_round(&a), f16_round(&w));
-    for (epi, cpu_epi) in cases {
-        let mm = Matmul {
-            epilogue: epi,
-            rows_per_seq: rows_per_seq as u32,
-            gate_stride: n as u32,
-            ..Matmul::plain(m as u32, n as u32, kk as u32)
-        };
-        let (got, _) = run(&ctx, &k, &mm, &a, &w, Some(&bias), Some(&gate), &base);
-        let dims = cpu_ref::Dims { m, n, k: kk };
-        let mut rounded = base.clone();
-        cpu_ref::matmul_bt(&a16, &w16, Some(&bias), dims, cpu_epi, &mut rounded);
-        let mut exact = base.clone();
-        cpu_ref::matmul_bt(&a, &w, Some(&bias), dims, cpu_epi, &mut exact);
-        assert_close(
-            &format!("{epi:?} vs f16-rounded inputs"),
-            &got,
-            &rounded,
-            ROUNDED_TOL,
-        );
-        assert_close(&format!("{epi:?} vs f32 inputs"), &got, &exact, MIXED_TOL);
+    for k in mixed_variants(&ctx) {
+        let mut rng = Rng(15);
+        let (m, n, kk) = (70, 45, 37);
+        let a = rng.vec(m * kk, 1.0);
+        let w = rng.vec(n * kk, 1.0);
+        let bias = rng.vec(n, 0.5);
+        let rows_per_seq = 35;
+        let gate = rng.vec(2 * n, 1.0);
+        let base = rng.vec(m * n, 1.0);
+        let ones = vec![1.0; 2 * n];
+        let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
+            (Epilogue::Store, cpu_ref::Epilogue::Store),
+            (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
+            (Epilogue::Silu, cpu_ref::Epilogue::Silu),
+            (
+                Epilogue::GatedResidual,
+                cpu_ref::Epilogue::GatedResidual {
+                    gate: &gate,
+                    rows_per_seq,
+                },
+            ),
+            (
+                Epilogue::Residual,
+                cpu_ref::Epilogue::GatedResidual {
+                    gate: &ones,
+                    rows_per_seq,
+                },
+            ),
+        ];
+        let (a16, w16) = (f16_round(&a), f16_round(&w));
+        for (epi, cpu_epi) in cases {
+            let mm = Matmul {
+                epilogue: epi,
+                rows_per_seq: rows_per_seq as u32,
+                gate_stride: n as u32,
+                ..Matmul::plain(m as u32, n as u32, kk as u32)
+            };
+            let (got, _) = run(&ctx, &k, &mm, &a, &w, Some(&bias), Some(&gate), &base);
+            let dims = cpu_ref::Dims { m, n, k: kk };
+            let mut rounded = base.clone();
+            cpu_ref::matmul_bt(&a16, &w16, Some(&bias), dims, cpu_epi, &mut rounded);
+            let mut exact = base.clone();
+            cpu_ref::matmul_bt(&a, &w, Some(&bias), dims, cpu_epi, &mut exact);
+            assert_close(
+                &format!("{epi:?} vs f16-rounded inputs"),
+                &got,
+                &rounded,
+                ROUNDED_TOL,
+            );
+            assert_close(&format!("{epi:?} vs f32 inputs"), &got, &exact, MIXED_TOL);
+        }
     }
 }
 
@@ -291,82 +313,86 @@ fn emulated_mixed_product_maps_rows_with_dropout_and_aux_like_the_f32_kernel() {
 }
 
 #[test]
-fn emulated_mixed_product_splits_k_like_the_f32_path() {
+fn mixed_product_splits_k_like_the_f32_path() {
     // As tests/split_k.rs: 64 units want 128 workgroups and a 45 × 70 weight gradient has 2 blocks,
     // so K = 2600 is cut into slices summed by col_sum.wgsl; the slices run the mixed product.
     let ctx = context_with(ContextOptions {
         compute_units: Some(64),
         ..Default::default()
     });
-    let k = mixed_kernels(&ctx);
-    let tk = train_kernels(&ctx, 16);
-    let mut rng = Rng(17);
-    let (rows, cols, m) = (45usize, 70usize, 2600usize);
-    let (ld_dy, ld_x) = (rows + 3, cols + 5);
-    let dy = rng.vec(m * ld_dy, 1.0);
-    let x = rng.vec(m * ld_x, 1.0);
-    let dw0 = rng.vec(rows * cols, 1.0);
-    let mm = Matmul::weight_grad(
-        m as u32,
-        rows as u32,
-        cols as u32,
-        ld_dy as u32,
-        ld_x as u32,
-    );
-    assert!(mm.k_slices(64) > 1, "the test must exercise the split path");
-    let scratch = upload(&ctx, &vec![0.0; mm.split_scratch_floats(64)]);
-    let (dy_b, x_b, out) = (upload(&ctx, &dy), upload(&ctx, &x), upload(&ctx, &dw0));
-    let mut kernels_used = Vec::new();
-    run_recorded(&ctx, |pb| {
-        matmul::record_accumulating(
-            pb,
-            &k,
-            &tk,
-            "weight grad",
-            &mm,
-            matmul::AccumulateIo {
-                a: &dy_b,
-                b: &x_b,
-                out: &out,
-                scratch: &scratch,
-            },
+    for k in mixed_variants(&ctx) {
+        let tk = train_kernels(&ctx, 16);
+        let mut rng = Rng(17);
+        let (rows, cols, m) = (45usize, 70usize, 2600usize);
+        let (ld_dy, ld_x) = (rows + 3, cols + 5);
+        let dy = rng.vec(m * ld_dy, 1.0);
+        let x = rng.vec(m * ld_x, 1.0);
+        let dw0 = rng.vec(rows * cols, 1.0);
+        let mm = Matmul::weight_grad(
+            m as u32,
+            rows as u32,
+            cols as u32,
+            ld_dy as u32,
+            ld_x as u32,
         );
-        kernels_used = pb.planned().iter().map(|d| d.kernel).collect();
-    });
-    assert_eq!(kernels_used, ["matmul_coop_emulated", "col_sum"]);
-    let got = read(&ctx, &out, rows * cols);
-    let with_base = |p: Vec<f64>| -> Vec<f32> {
-        p.iter()
-            .zip(&dw0)
-            .map(|(&v, &b)| (b as f64 + v) as f32)
-            .collect()
-    };
-    let rounded = with_base(product(&mm, &f16_round(&dy), &f16_round(&x)));
-    let exact = with_base(product(&mm, &dy, &x));
-    assert_close(
-        "split-K weight gradient vs f16-rounded",
-        &got,
-        &rounded,
-        ROUNDED_TOL,
-    );
-    assert_close("split-K weight gradient vs f32", &got, &exact, MIXED_TOL);
+        assert!(mm.k_slices(64) > 1, "the test must exercise the split path");
+        let scratch = upload(&ctx, &vec![0.0; mm.split_scratch_floats(64)]);
+        let (dy_b, x_b, out) = (upload(&ctx, &dy), upload(&ctx, &x), upload(&ctx, &dw0));
+        let mut kernels_used = Vec::new();
+        run_recorded(&ctx, |pb| {
+            matmul::record_accumulating(
+                pb,
+                &k,
+                &tk,
+                "weight grad",
+                &mm,
+                matmul::AccumulateIo {
+                    a: &dy_b,
+                    b: &x_b,
+                    out: &out,
+                    scratch: &scratch,
+                },
+            );
+            kernels_used = pb.planned().iter().map(|d| d.kernel).collect();
+        });
+        assert_eq!(kernels_used, [k.mixed.as_ref().unwrap().name, "col_sum"]);
+        let got = read(&ctx, &out, rows * cols);
+        let with_base = |p: Vec<f64>| -> Vec<f32> {
+            p.iter()
+                .zip(&dw0)
+                .map(|(&v, &b)| (b as f64 + v) as f32)
+                .collect()
+        };
+        let rounded = with_base(product(&mm, &f16_round(&dy), &f16_round(&x)));
+        let exact = with_base(product(&mm, &dy, &x));
+        assert_close(
+            "split-K weight gradient vs f16-rounded",
+            &got,
+            &rounded,
+            ROUNDED_TOL,
+        );
+        assert_close("split-K weight gradient vs f32", &got, &exact, MIXED_TOL);
+    }
 }
 
 #[test]
 fn mixed_precision_needs_cooperative_matrices_and_f32_is_untouched() {
     let ctx = context();
     let mut k = kernels(&ctx, 16);
-    // lavapipe has no cooperative matrices: asking for mixed precision is an error naming them.
-    assert_eq!(
-        ctx.cooperative_matrix, None,
-        "this test expects an adapter without tensor cores"
-    );
-    let err = pollster::block_on(k.set_precision(&ctx, Precision::Mixed))
-        .expect_err("mixed precision without cooperative matrices must fail")
-        .to_string();
-    assert!(err.contains("cooperative matrices"), "{err}");
-    assert!(!err.contains('\n'), "one line: {err}");
-    assert!(k.mixed.is_none());
+    let mixed = pollster::block_on(k.set_precision(&ctx, Precision::Mixed));
+    if ctx.cooperative_matrix.is_some() {
+        // With tensor cores mixed precision takes the cooperative kernel.
+        mixed.unwrap();
+        assert_eq!(k.mixed.as_ref().unwrap().name, "matmul_coop");
+    } else {
+        // Without them (lavapipe) asking for mixed precision is an error naming them.
+        let err = mixed
+            .expect_err("mixed precision without cooperative matrices must fail")
+            .to_string();
+        assert!(err.contains("cooperative matrices"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(k.mixed.is_none());
+    }
     // f32 leaves every product on the f32 kernels.
     pollster::block_on(k.set_precision(&ctx, Precision::F32)).unwrap();
     let (a, w) = (vec![1.0; 20 * 8], vec![1.0; 9 * 8]);
