@@ -5,8 +5,11 @@
 //! with them (`--features coop`) runs its products on the cooperative kernel, while the f32 plan is
 //! unchanged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// bd3_gpu::ops::matmul::EMULATION_ENV: mixed precision through the emulated twin (tests only).
+const EMULATION_ENV: &str = "BD3_EMULATE_TENSOR_CORES";
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
@@ -17,6 +20,25 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A small fortune-style corpus in `dir` (documents separated by `%` lines).
+fn corpus(dir: &Path) -> PathBuf {
+    let words = [
+        "the", "sky", "is", "green", "today", "and", "every", "cat", "knows", "why", "a", "fool",
+        "writes", "poems", "at", "night", "when", "nobody", "reads", "them",
+    ];
+    let text: String = (0..400)
+        .map(|i: usize| {
+            let doc: Vec<&str> = (0..12)
+                .map(|j| words[(i * 7 + j * j * 3 + j) % words.len()])
+                .collect();
+            format!("{}.\n%\n", doc.join(" "))
+        })
+        .collect();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 fn assert_one_line_error(what: &str, o: &Output, needles: &[&str]) {
@@ -56,7 +78,7 @@ fn info_reports_the_cooperative_matrix_capability() {
 
 #[test]
 fn mixed_precision_without_cooperative_matrices_is_a_one_line_error() {
-    if cooperative_matrices() != "none" {
+    if cooperative_matrices() != "none" || std::env::var_os(EMULATION_ENV).is_some() {
         // A GPU with tensor cores: mixed precision runs instead.
         let o = bin()
             .args(["bench", "train", "--size", "64,4,2,128,32", "--batch", "2"])
@@ -67,11 +89,7 @@ fn mixed_precision_without_cooperative_matrices_is_a_one_line_error() {
         return;
     }
     let dir = scratch("train");
-    let data = dir.join("corpus.txt");
-    let text: String = (0..200)
-        .map(|i| format!("fortune number {i} says the sky is {} today\n%\n", i % 7))
-        .collect();
-    std::fs::write(&data, text).unwrap();
+    let data = corpus(&dir);
     let o = bin()
         .args(["train", "--data"])
         .arg(&data)
@@ -96,11 +114,7 @@ fn mixed_precision_without_cooperative_matrices_is_a_one_line_error() {
     assert_one_line_error(
         "train --precision mixed",
         &o,
-        &[
-            "--precision mixed",
-            "cooperative matrices",
-            "--precision f32",
-        ],
+        &["mixed precision", "cooperative matrices", "--precision f32"],
     );
     assert!(
         !dir.join("run").join("model.safetensors").exists(),
@@ -176,4 +190,94 @@ fn planned_mixed_training_runs_the_products_on_the_cooperative_kernel() {
             .unwrap()
     };
     assert_eq!(total(&f32_plan), total(&mixed_plan));
+}
+
+#[test]
+fn mixed_training_through_the_emulated_twin_validates_like_f32() {
+    // `train --precision mixed` end to end (tensor-core products, loss scaling, checkpoints) with the
+    // emulated twin standing in for the tensor cores, against f32 from the same seed: the final
+    // validation NELBO within 1 %, and the checkpoint in the same format.
+    let dir = scratch("emulated");
+    let data = corpus(&dir);
+    let run = |precision: &str| -> (f64, Output) {
+        let out = dir.join(precision);
+        let o = bin()
+            .env(EMULATION_ENV, "1")
+            .args(["train", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(["--vocab-size", "300", "--size", "32,2,2", "--length", "32"])
+            .args(["--block-size", "4", "--batch", "4", "--steps", "30"])
+            .args([
+                "--warmup",
+                "3",
+                "--lr",
+                "3e-3",
+                "--ema",
+                "0.9",
+                "--val-every",
+                "30",
+            ])
+            .args(["--log-every", "10", "--precision", precision])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{precision}: {stderr}");
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let nelbo = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("val step 30 nelbo "))
+            .map(|r| r.split_whitespace().next().unwrap().parse::<f64>().unwrap())
+            .next_back()
+            .unwrap_or_else(|| panic!("{precision}: no validation at step 30: {stdout}{stderr}"));
+        (nelbo, o)
+    };
+    let ((f32_nelbo, _), (mixed_nelbo, mixed)) = (run("f32"), run("mixed"));
+    eprintln!("validation NELBO after 30 steps: f32 {f32_nelbo}, mixed (emulated) {mixed_nelbo}");
+    assert!(
+        (mixed_nelbo / f32_nelbo - 1.0).abs() < 0.01,
+        "validation NELBO: f32 {f32_nelbo}, mixed {mixed_nelbo}"
+    );
+    assert_ne!(
+        f32_nelbo, mixed_nelbo,
+        "the mixed run must not be the f32 run"
+    );
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        !stderr.contains("skipped"),
+        "no overflow expected: {stderr}"
+    );
+    // The same files, and the same tensors in them.
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_state.safetensors",
+    ] {
+        let (a, b) = (dir.join("f32").join(f), dir.join("mixed").join(f));
+        assert!(a.is_file() && b.is_file(), "{f}");
+        if f == "config.json" {
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        }
+    }
+    let header = |p: PathBuf| -> Vec<(String, Vec<usize>)> {
+        let bytes = std::fs::read(p).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut v: Vec<(String, Vec<usize>)> = meta
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    for f in ["model.safetensors", "train_state.safetensors"] {
+        assert_eq!(
+            header(dir.join("f32").join(f)),
+            header(dir.join("mixed").join(f)),
+            "{f}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

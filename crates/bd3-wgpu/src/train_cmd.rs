@@ -400,11 +400,8 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
     let ctx = Arc::new(pollster::block_on(GpuContext::new(
         ContextOptions::default(),
     ))?);
-    if precision == crate::PrecisionArg::Mixed && ctx.cooperative_matrix.is_none() {
-        bail!(
-            "--precision mixed needs cooperative matrices (tensor cores, 16×16×16 f16→f32), which {} lacks (see `bd3-wgpu info`); use --precision f32",
-            ctx.adapter_summary()
-        );
+    if precision == crate::PrecisionArg::Mixed {
+        bd3_gpu::ops::matmul::check_mixed_precision(&ctx)?;
     }
 
     // Corpus and tokenizer.

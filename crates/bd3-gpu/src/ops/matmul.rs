@@ -356,12 +356,43 @@ pub const COOP_BLOCK: u32 = 64;
 /// Threads of the emulated twin's workgroup (4 emulated subgroups of 32).
 pub const COOP_EMULATED_THREADS: u32 = 128;
 
+/// For tests only: set to 1, mixed precision runs the emulated twin ([`coop_emulated_kernel`]) on an
+/// adapter without cooperative matrices, so the whole mixed training path (loss scaling included)
+/// can be exercised end to end on a software adapter. `info` still reports no cooperative matrices.
+pub const EMULATION_ENV: &str = "BD3_EMULATE_TENSOR_CORES";
+
+fn emulated_by_request(ctx: &GpuContext) -> bool {
+    ctx.cooperative_matrix.is_none() && std::env::var_os(EMULATION_ENV).is_some_and(|v| v == "1")
+}
+
+/// Whether mixed precision can run on `ctx`: an error naming the adapter when it has no cooperative
+/// matrices (and the tests' emulation is not requested).
+pub fn check_mixed_precision(ctx: &GpuContext) -> Result<()> {
+    if ctx.cooperative_matrix.is_some() || emulated_by_request(ctx) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "mixed precision needs cooperative matrices (tensor cores, 16×16×16 f16→f32), which {} lacks (see `bd3-wgpu info`); use --precision f32",
+        ctx.adapter_summary()
+    )))
+}
+
+/// The product mixed precision runs on `ctx`: the tensor-core kernel, the emulated twin when the
+/// tests ask for it ([`EMULATION_ENV`]), or the error of [`check_mixed_precision`].
+pub async fn mixed_kernel(ctx: &GpuContext) -> Result<Kernel> {
+    check_mixed_precision(ctx)?;
+    if emulated_by_request(ctx) {
+        return coop_emulated_kernel(ctx).await;
+    }
+    coop_kernel(ctx).await
+}
+
 /// The tensor-core product for `ctx`'s cooperative matrices, or an error naming the adapter when it
-/// has none (mixed precision cannot run there).
+/// has none.
 pub async fn coop_kernel(ctx: &GpuContext) -> Result<Kernel> {
     let Some(coop) = ctx.cooperative_matrix else {
         return Err(Error::Invalid(format!(
-            "mixed precision needs cooperative matrices (tensor cores, 16×16×16 f16→f32), which {} lacks; use --precision f32",
+            "the tensor-core product needs cooperative matrices, which {} lacks",
             ctx.adapter_summary()
         )));
     };

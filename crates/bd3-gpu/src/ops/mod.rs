@@ -212,7 +212,7 @@ impl Kernels {
     ) -> Result<()> {
         self.mixed = match precision {
             matmul::Precision::F32 => None,
-            matmul::Precision::Mixed => Some(matmul::coop_kernel(ctx).await?),
+            matmul::Precision::Mixed => Some(matmul::mixed_kernel(ctx).await?),
         };
         Ok(())
     }
