@@ -167,38 +167,50 @@ impl GpuContext {
             } else {
                 wgpu::Features::empty()
             };
-        let mut features = adapter.features() & wanted;
+        let features = adapter.features() & wanted;
         // Cooperative matrices are experimental in wgpu: asked for only when the adapter lists the
         // configuration the kernels use, so every other adapter opens exactly as before.
-        let cooperative_matrix = CooperativeMatrix::select(
+        let mut cooperative_matrix = CooperativeMatrix::select(
             &adapter.cooperative_matrix_properties(),
             adapter.features(),
             info.subgroup_min_size,
             info.subgroup_max_size,
         );
-        let experimental_features = match cooperative_matrix {
-            Some(_) => {
-                features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
-                    | wgpu::Features::SHADER_F16
-                    | wgpu::Features::SUBGROUP;
-                // SAFETY: the experimental feature is used only by the cooperative-matrix kernels,
-                // which the tests validate with naga and compare (through their emulated twin)
-                // against CPU loops; wgpu requires this opt-in to grant the feature at all.
-                unsafe { wgpu::ExperimentalFeatures::enabled() }
-            }
-            None => wgpu::ExperimentalFeatures::disabled(),
-        };
         let limits = adapter.limits();
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        let open = |coop: bool| {
+            let (features, experimental_features) = if coop {
+                (
+                    features
+                        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                        | wgpu::Features::SHADER_F16
+                        | wgpu::Features::SUBGROUP,
+                    // SAFETY: the experimental feature is used only by the cooperative-matrix
+                    // kernels, which the tests validate with naga and compare (through their
+                    // emulated twin) against CPU loops; wgpu grants the feature only with this opt-in.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() },
+                )
+            } else {
+                (features, wgpu::ExperimentalFeatures::disabled())
+            };
+            let request = adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("bd3-wgpu"),
                 required_features: features,
                 required_limits: limits.clone(),
                 experimental_features,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
-            })
-            .await
+            });
+            async move { request.await.map(|dq| (dq, features)) }
+        };
+        let opened = match open(cooperative_matrix.is_some()).await {
+            // An experimental feature must not cost the f32 path its device: without it, once more.
+            Err(_) if cooperative_matrix.is_some() => {
+                cooperative_matrix = None;
+                open(false).await
+            }
+            r => r,
+        };
+        let ((device, queue), features) = opened
             .map_err(|e| Error::Gpu(format!("could not open the device on {}: {e}", info.name)))?;
         let uncaptured = Arc::new(Mutex::new(None::<String>));
         let slot = uncaptured.clone();
