@@ -14,6 +14,8 @@
 mod common;
 use bd3_gpu::ops::matmul::{self, Epilogue, Matmul, Precision};
 use bd3_gpu::ops::Kernels;
+use bd3_gpu::program::Kernel;
+use bd3_gpu::shaders::CoopTiles;
 use bd3_gpu::{ContextOptions, GpuContext};
 use common::*;
 
@@ -72,12 +74,34 @@ fn product(mm: &Matmul, a: &[f32], b: &[f32]) -> Vec<f64> {
     out
 }
 
+/// The tile configurations `k` has mixed products for (128 × 128 where the adapter's workgroup
+/// memory holds them).
+fn tile_options(k: &Kernels) -> Vec<CoopTiles> {
+    let mixed = k.mixed.as_ref().unwrap();
+    let mut v = vec![CoopTiles::SMALL];
+    if mixed.large.is_some() {
+        v.push(CoopTiles::LARGE);
+    }
+    v
+}
+
+/// The kernel of `k`'s mixed products with `tiles`.
+fn kernel_of(k: &Kernels, tiles: CoopTiles) -> &Kernel {
+    let mixed = k.mixed.as_ref().unwrap();
+    match tiles {
+        CoopTiles::SMALL => &mixed.small,
+        _ => mixed.large.as_ref().unwrap(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-/// Run `mm` through `ops::matmul::record` (which picks the mixed product) onto `base`, with bias,
-/// gate as given; returns the output and the kernel the recording chose.
+/// Run `mm` onto `base`, with bias and gate as given: with `tiles`, that kernel of the mixed products
+/// (`matmul::record_block`); without, through `matmul::record`, which picks the product. Returns the
+/// output and the kernel that ran.
 fn run(
     ctx: &GpuContext,
     k: &Kernels,
+    tiles: Option<CoopTiles>,
     mm: &Matmul,
     a: &[f32],
     b: &[f32],
@@ -90,20 +114,21 @@ fn run(
     let gate_b = gate.map(|x| upload(ctx, x));
     let mut kernel = "";
     run_recorded(ctx, |pb| {
-        matmul::record(
-            pb,
-            k,
-            "mixed",
-            mm,
-            matmul::Bindings {
-                a: &a_b,
-                b: &b_b,
-                bias: bias_b.as_ref(),
-                gate: gate_b.as_ref(),
-                out: &out,
-                aux: None,
-            },
-        );
+        let bind = matmul::Bindings {
+            a: &a_b,
+            b: &b_b,
+            bias: bias_b.as_ref(),
+            gate: gate_b.as_ref(),
+            out: &out,
+            aux: None,
+        };
+        match tiles {
+            Some(t) => {
+                let p = mm.params(bias.is_some(), false);
+                matmul::record_block(pb, k, "mixed", kernel_of(k, t), t, &p, 1, bind)
+            }
+            None => matmul::record(pb, k, "mixed", mm, bind),
+        }
         kernel = pb.planned()[0].kernel;
     });
     (read(ctx, &out, base.len()), kernel)
@@ -145,48 +170,46 @@ fn mixed_product_matches_the_cpu_loop_in_every_layout() {
             ] {
                 let (rows, cols) = (mm.m as usize, mm.n as usize);
                 let base = rng.vec(rows * cols, 1.0);
-                let (got, kernel) = run(&ctx, &k, &mm, a, b, None, None, &base);
-                assert_eq!(
-                    kernel,
-                    k.mixed.as_ref().unwrap().name,
-                    "{what}: the mixed product is chosen"
-                );
-                let accumulate = mm.epilogue == Epilogue::Residual;
-                let expect = |p: Vec<f64>| -> Vec<f32> {
-                    p.iter()
-                        .zip(&base)
-                        .map(|(&v, &b0)| {
-                            if accumulate {
-                                (b0 as f64 + v) as f32
-                            } else {
-                                v as f32
-                            }
-                        })
-                        .collect()
-                };
-                let rounded = expect(product(&mm, &f16_round(a), &f16_round(b)));
-                let exact = expect(product(&mm, a, b));
-                let what = format!("{what} {m}×{d_in}→{d_out}");
-                assert_close(
-                    &format!("{what} vs f16-rounded inputs"),
-                    &got,
-                    &rounded,
-                    ROUNDED_TOL,
-                );
-                assert_close(&format!("{what} vs f32 inputs"), &got, &exact, MIXED_TOL);
-                // The inputs really were rounded: the f32 reference is measurably off (else this
-                // would be an f32 kernel passing a loose test).
-                let err = got
-                    .iter()
-                    .zip(&exact)
-                    .map(|(&g, &e)| (g as f64 - e as f64).abs())
-                    .fold(0.0, f64::max);
-                let max_ref = exact.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
-                eprintln!(
-                    "{what}: max error vs f32 inputs {:.2e} of max |want|",
-                    err / max_ref
-                );
-                assert!(err > 1e-6, "{what}: no f16 rounding visible ({err:.2e})");
+                for tiles in tile_options(&k) {
+                    let (got, kernel) = run(&ctx, &k, Some(tiles), &mm, a, b, None, None, &base);
+                    assert_eq!(kernel, kernel_of(&k, tiles).name);
+                    let accumulate = mm.epilogue == Epilogue::Residual;
+                    let expect = |p: Vec<f64>| -> Vec<f32> {
+                        p.iter()
+                            .zip(&base)
+                            .map(|(&v, &b0)| {
+                                if accumulate {
+                                    (b0 as f64 + v) as f32
+                                } else {
+                                    v as f32
+                                }
+                            })
+                            .collect()
+                    };
+                    let rounded = expect(product(&mm, &f16_round(a), &f16_round(b)));
+                    let exact = expect(product(&mm, a, b));
+                    let what = format!("{what} {m}×{d_in}→{d_out} {tiles:?}");
+                    assert_close(
+                        &format!("{what} vs f16-rounded inputs"),
+                        &got,
+                        &rounded,
+                        ROUNDED_TOL,
+                    );
+                    assert_close(&format!("{what} vs f32 inputs"), &got, &exact, MIXED_TOL);
+                    // The inputs really were rounded: the f32 reference is measurably off (else this
+                    // would be an f32 kernel passing a loose test).
+                    let err = got
+                        .iter()
+                        .zip(&exact)
+                        .map(|(&g, &e)| (g as f64 - e as f64).abs())
+                        .fold(0.0, f64::max);
+                    let max_ref = exact.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+                    eprintln!(
+                        "{what}: max error vs f32 inputs {:.2e} of max |want|",
+                        err / max_ref
+                    );
+                    assert!(err > 1e-6, "{what}: no f16 rounding visible ({err:.2e})");
+                }
             }
         }
     }
@@ -233,19 +256,36 @@ fn mixed_product_applies_every_epilogue() {
                 gate_stride: n as u32,
                 ..Matmul::plain(m as u32, n as u32, kk as u32)
             };
-            let (got, _) = run(&ctx, &k, &mm, &a, &w, Some(&bias), Some(&gate), &base);
-            let dims = cpu_ref::Dims { m, n, k: kk };
-            let mut rounded = base.clone();
-            cpu_ref::matmul_bt(&a16, &w16, Some(&bias), dims, cpu_epi, &mut rounded);
-            let mut exact = base.clone();
-            cpu_ref::matmul_bt(&a, &w, Some(&bias), dims, cpu_epi, &mut exact);
-            assert_close(
-                &format!("{epi:?} vs f16-rounded inputs"),
-                &got,
-                &rounded,
-                ROUNDED_TOL,
-            );
-            assert_close(&format!("{epi:?} vs f32 inputs"), &got, &exact, MIXED_TOL);
+            for tiles in tile_options(&k) {
+                let (got, _) = run(
+                    &ctx,
+                    &k,
+                    Some(tiles),
+                    &mm,
+                    &a,
+                    &w,
+                    Some(&bias),
+                    Some(&gate),
+                    &base,
+                );
+                let dims = cpu_ref::Dims { m, n, k: kk };
+                let mut rounded = base.clone();
+                cpu_ref::matmul_bt(&a16, &w16, Some(&bias), dims, cpu_epi, &mut rounded);
+                let mut exact = base.clone();
+                cpu_ref::matmul_bt(&a, &w, Some(&bias), dims, cpu_epi, &mut exact);
+                assert_close(
+                    &format!("{epi:?} {tiles:?} vs f16-rounded inputs"),
+                    &got,
+                    &rounded,
+                    ROUNDED_TOL,
+                );
+                assert_close(
+                    &format!("{epi:?} {tiles:?} vs f32 inputs"),
+                    &got,
+                    &exact,
+                    MIXED_TOL,
+                );
+            }
         }
     }
 }
@@ -355,7 +395,10 @@ fn mixed_product_splits_k_like_the_f32_path() {
             );
             kernels_used = pb.planned().iter().map(|d| d.kernel).collect();
         });
-        assert_eq!(kernels_used, [k.mixed.as_ref().unwrap().name, "col_sum"]);
+        assert_eq!(
+            kernels_used,
+            [k.mixed.as_ref().unwrap().small.name, "col_sum"]
+        );
         let got = read(&ctx, &out, rows * cols);
         let with_base = |p: Vec<f64>| -> Vec<f32> {
             p.iter()
@@ -383,7 +426,7 @@ fn mixed_precision_needs_cooperative_matrices_and_f32_is_untouched() {
     if ctx.cooperative_matrix.is_some() {
         // With tensor cores mixed precision takes the cooperative kernel.
         mixed.unwrap();
-        assert_eq!(k.mixed.as_ref().unwrap().name, "matmul_coop");
+        assert_eq!(k.mixed.as_ref().unwrap().small.name, "matmul_coop");
     } else {
         // Without them (lavapipe) asking for mixed precision is an error naming them.
         let err = mixed
@@ -399,6 +442,7 @@ fn mixed_precision_needs_cooperative_matrices_and_f32_is_untouched() {
     let (_, kernel) = run(
         &ctx,
         &k,
+        None,
         &Matmul::plain(20, 9, 8),
         &a,
         &w,
@@ -416,44 +460,49 @@ fn planned_mixed_training_step_runs_every_gemm_on_tensor_cores() {
     use std::sync::Arc;
     let json = r#"{"model_type":"bd3lm","block_size":4,"cond_dim":24,"hidden_dim":40,"model_length":20,"n_blocks":2,"n_heads":2,"vocab_size":70}"#;
     let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "mixed plan", None).unwrap();
-    let adapter = AdapterDesc::native(132, false, false).with_cooperative_matrix();
-    let shape = bd3_gpu::train_loop::train_shape(&cfg, 3, 0.1);
-    let plan = |precision: Precision| {
-        let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
-        let mut model = pollster::block_on(GpuModel::allocate(ctx, cfg.clone())).unwrap();
-        pollster::block_on(model.set_precision(precision)).unwrap();
-        let mut trainer = pollster::block_on(Trainer::new(&model, OptimConfig::default())).unwrap();
-        trainer.plan_step(&model, &shape).unwrap()
-    };
-    let (f32_plan, mixed_plan) = (plan(Precision::F32), plan(Precision::Mixed));
-    let gemm = ["matmul", "matmul_narrow", "matvec"];
-    let flops = |p: &[bd3_gpu::PlannedDispatch], kernels: &[&str]| -> u64 {
-        p.iter()
-            .filter(|d| kernels.contains(&d.kernel))
-            .map(|d| d.flops)
-            .sum()
-    };
-    assert!(f32_plan.iter().all(|d| d.kernel != "matmul_coop"));
-    assert!(
-        mixed_plan.iter().all(|d| !gemm.contains(&d.kernel)),
-        "an f32 GEMM left in mixed precision"
-    );
-    // The same products, each now on the cooperative kernel (128 threads: 4 subgroups of 32).
-    assert_eq!(
-        flops(&mixed_plan, &["matmul_coop"]),
-        flops(&f32_plan, &gemm)
-    );
-    assert!(mixed_plan
-        .iter()
-        .filter(|d| d.kernel == "matmul_coop")
-        .all(|d| d.threads == 128));
-    assert_eq!(
-        mixed_plan
+    // Batch 8: 320 rows of x_t ⊕ x_0, so on one unit the block products take 128 × 128 tiles.
+    let shape = bd3_gpu::train_loop::train_shape(&cfg, 8, 0.1);
+    let coop = ["matmul_coop", "matmul_coop_large"];
+    for units in [1, 132] {
+        let adapter = AdapterDesc::native(units, false, false).with_cooperative_matrix();
+        let plan = |precision: Precision| {
+            let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
+            let mut model = pollster::block_on(GpuModel::allocate(ctx, cfg.clone())).unwrap();
+            pollster::block_on(model.set_precision(precision)).unwrap();
+            let mut trainer =
+                pollster::block_on(Trainer::new(&model, OptimConfig::default())).unwrap();
+            trainer.plan_step(&model, &shape).unwrap()
+        };
+        let (f32_plan, mixed_plan) = (plan(Precision::F32), plan(Precision::Mixed));
+        let gemm = ["matmul", "matmul_narrow", "matvec"];
+        let count = |p: &[bd3_gpu::PlannedDispatch], kernels: &[&str]| -> (usize, u64) {
+            let d: Vec<_> = p.iter().filter(|d| kernels.contains(&d.kernel)).collect();
+            (d.len(), d.iter().map(|d| d.flops).sum())
+        };
+        assert_eq!(count(&f32_plan, &coop).0, 0);
+        assert_eq!(
+            count(&mixed_plan, &gemm).0,
+            0,
+            "an f32 GEMM left in mixed precision"
+        );
+        // The same products with the same arithmetic, each now on a cooperative kernel (128
+        // threads: 4 subgroups of 32).
+        assert_eq!(
+            count(&mixed_plan, &coop),
+            count(&f32_plan, &gemm),
+            "{units} units"
+        );
+        assert!(mixed_plan
             .iter()
-            .filter(|d| d.kernel == "matmul_coop")
-            .count(),
-        f32_plan.iter().filter(|d| gemm.contains(&d.kernel)).count()
-    );
+            .filter(|d| coop.contains(&d.kernel))
+            .all(|d| d.threads == 128));
+        let large = count(&mixed_plan, &["matmul_coop_large"]).0;
+        assert_eq!(
+            large > 0,
+            units == 1,
+            "{units} units: {large} products on 128 × 128 tiles"
+        );
+    }
 }
 
 /// A small BD3LM with the official initialisation (seed 3) on `ctx`.
@@ -658,6 +707,7 @@ fn an_operand_beyond_the_f16_range_overflows_to_a_non_finite_product() {
     let (got, _) = run(
         &ctx,
         &k,
+        None,
         &Matmul::plain(m as u32, n as u32, kk as u32),
         &a,
         &w,
@@ -673,6 +723,52 @@ fn an_operand_beyond_the_f16_range_overflows_to_a_non_finite_product() {
             } else {
                 assert_eq!(v, 0.5 * 0.25 * kk as f32, "row {i}");
             }
+        }
+    }
+}
+
+#[test]
+fn the_plan_picks_128_blocks_only_where_they_fill_the_gpu() {
+    // One compute unit wants 2 workgroups: a 131 × 200 product has 2 × 2 blocks of 128 (large
+    // tiles), a 70 × 45 one only 1 (64 × 64 tiles); 132 units take the small tiles for both.
+    for units in [1, 132] {
+        let ctx = context_with(ContextOptions {
+            compute_units: Some(units),
+            ..Default::default()
+        });
+        let k = mixed_kernels(&ctx);
+        if k.mixed.as_ref().unwrap().large.is_none() {
+            eprintln!(
+                "{}: workgroup memory too small for 128 × 128 blocks",
+                ctx.adapter_summary()
+            );
+        }
+        let mut rng = Rng(20);
+        for (m, n, kk) in [(131usize, 200usize, 45usize), (70, 45, 37)] {
+            let (a, w) = (rng.vec(m * kk, 1.0), rng.vec(n * kk, 1.0));
+            let mm = Matmul::plain(m as u32, n as u32, kk as u32);
+            let (got, kernel) = run(&ctx, &k, None, &mm, &a, &w, None, None, &vec![0.0; m * n]);
+            let large = units == 1 && m == 131 && k.mixed.as_ref().unwrap().large.is_some();
+            let want_tiles = if large {
+                CoopTiles::LARGE
+            } else {
+                CoopTiles::SMALL
+            };
+            assert_eq!(
+                kernel,
+                kernel_of(&k, want_tiles).name,
+                "{m}×{n} on {units} units"
+            );
+            let want: Vec<f32> = product(&mm, &f16_round(&a), &f16_round(&w))
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            assert_close(
+                &format!("{m}×{n} on {units} units"),
+                &got,
+                &want,
+                ROUNDED_TOL,
+            );
         }
     }
 }

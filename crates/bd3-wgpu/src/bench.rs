@@ -696,7 +696,15 @@ fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<K
         let e = by_kind.entry(d.label).or_insert((0.0, 0));
         e.0 += secs;
         e.1 += 1;
-        if ["matmul", "matmul_narrow", "matvec", "matmul_coop"].contains(&d.kernel) {
+        if [
+            "matmul",
+            "matmul_narrow",
+            "matvec",
+            "matmul_coop",
+            "matmul_coop_large",
+        ]
+        .contains(&d.kernel)
+        {
             gemm_flops += d.flops;
             gemm_seconds += secs;
         }

@@ -116,8 +116,8 @@ pub struct Kernels {
     pub placeholders: Placeholders,
     /// The twins that read f16 weights (built for a model whose weights are stored in f16).
     pub f16: Option<F16Kernels>,
-    /// In mixed precision, the product every GEMM takes (`matmul::record`); None: f32.
-    pub mixed: Option<Kernel>,
+    /// In mixed precision, the products every GEMM takes (`matmul::record`); None: f32.
+    pub mixed: Option<matmul::MixedKernels>,
 }
 
 /// Kernels reading weights stored as f16 ([`crate::weights::WeightFormat::F16`]): the embedding
@@ -212,7 +212,7 @@ impl Kernels {
     ) -> Result<()> {
         self.mixed = match precision {
             matmul::Precision::F32 => None,
-            matmul::Precision::Mixed => Some(matmul::mixed_kernel(ctx).await?),
+            matmul::Precision::Mixed => Some(matmul::mixed_kernels(ctx).await?),
         };
         Ok(())
     }
@@ -221,7 +221,7 @@ impl Kernels {
     /// cooperative product (same staging, tiles and f16 rounding; plain loops).
     #[doc(hidden)]
     pub async fn set_emulated_mixed_precision(&mut self, ctx: &GpuContext) -> Result<()> {
-        self.mixed = Some(matmul::coop_emulated_kernel(ctx).await?);
+        self.mixed = Some(matmul::coop_emulated_kernels(ctx).await?);
         Ok(())
     }
 }
