@@ -38,6 +38,12 @@ run sample "$BIN" bench sample --size "$SIZE"
 run sample-f16 "$BIN" bench sample --size "$SIZE" --weights auto
 run plan-train "$BIN" bench train --size "$SIZE" --batch "$BATCH" --plan
 run plan-sample "$BIN" bench sample --size "$SIZE" --plan
+# Mixed precision (tensor cores through cooperative matrices) only where `info` reports them.
+coop=$(grep -m1 '^cooperative matrices:' "$LOG_DIR/info.txt" | cut -d' ' -f3- || true)
+if [ -n "$coop" ] && [ "$coop" != none ]; then
+  run train-mixed "$BIN" bench train --size "$SIZE" --batch "$BATCH" --iters 3 --precision mixed
+  run forward-mixed "$BIN" bench forward --size "$SIZE" --batch "$BATCH" --iters 3 --precision mixed
+fi
 
 # The figures, from the benches' tables (see crates/bd3-wgpu/src/bench.rs for the columns).
 verify_line=$(tail -n 1 "$LOG_DIR/verify.txt")
@@ -59,6 +65,14 @@ echo "| training step, tokens/s | $(field "$train_row" 6) ($(field "$train_row" 
 echo "| forward (x_t ⊕ x_0), ms | $(field "$forward_row" 2) | — |"
 echo "| sampling, ms per model call (L tokens, block 16, batch 1) | $(field "$sample_row" 1) | 17.09 |"
 echo "| the same with --weights auto ($f16_weights) | $(field "$sample_f16_row" 1) | 17.09 |"
+if [ -f "$LOG_DIR/train-mixed.txt" ] && [ -n "$coop" ] && [ "$coop" != none ]; then
+  mixed_train_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/train-mixed.txt")
+  mixed_forward_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/forward-mixed.txt")
+  echo "| training step, tokens/s, --precision mixed ($coop) | $(field "$mixed_train_row" 6) ($(field "$mixed_train_row" 2) ms/step) | 65,082 bf16 autocast |"
+  echo "| forward, ms (GEMM GFLOP/s), --precision mixed | $(field "$mixed_forward_row" 2) ($(field "$mixed_forward_row" 9)) | — |"
+else
+  echo "| --precision mixed | not run: no cooperative matrices on this adapter | |"
+fi
 echo "| plan: training step | $(tail -n 1 "$LOG_DIR/plan-train.txt") | |"
 echo "| plan: per sampling call | $(tail -n 1 "$LOG_DIR/plan-sample.txt") | |"
 case "$verify_line" in

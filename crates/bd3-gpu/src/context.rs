@@ -25,6 +25,59 @@ pub struct ContextOptions {
     pub compute_units: Option<u32>,
 }
 
+/// Tensor cores as wgpu exposes them to WGSL (cooperative matrices, `enable wgpu_cooperative_matrix;`):
+/// the one configuration the kernels use, 16×16×16 tiles with f16 inputs and an f32 accumulator
+/// (`shaders/matmul_coop.wgsl`). Present only when the adapter lists that configuration and also has
+/// shader-f16 and subgroups with one fixed subgroup size (the kernel's workgroup is four subgroups and
+/// each subgroup owns its output tiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CooperativeMatrix {
+    /// Invocations per subgroup (32 on NVIDIA).
+    pub subgroup_size: u32,
+}
+
+impl CooperativeMatrix {
+    /// The tile edge of the configuration used (M = N = K).
+    pub const TILE: u32 = 16;
+
+    /// The capability of an adapter listing `configs`, with `features` and subgroup sizes
+    /// `subgroup_min..=subgroup_max`: `None` unless a 16×16×16 f16→f32 configuration is listed and the
+    /// kernel's other needs are met.
+    pub fn select(
+        configs: &[wgpu::CooperativeMatrixProperties],
+        features: wgpu::Features,
+        subgroup_min: u32,
+        subgroup_max: u32,
+    ) -> Option<CooperativeMatrix> {
+        let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP;
+        let listed = configs.iter().any(|c| {
+            c.m_size == Self::TILE
+                && c.n_size == Self::TILE
+                && c.k_size == Self::TILE
+                && c.ab_type == wgpu::CooperativeScalarType::F16
+                && c.cr_type == wgpu::CooperativeScalarType::F32
+        });
+        (listed && features.contains(needed) && subgroup_min == subgroup_max && subgroup_min > 0)
+            .then_some(CooperativeMatrix {
+                subgroup_size: subgroup_min,
+            })
+    }
+
+    /// How `info` names it.
+    pub fn describe(capability: Option<CooperativeMatrix>) -> String {
+        match capability {
+            Some(c) => format!(
+                "{t}×{t}×{t} f16→f32 (subgroups of {})",
+                c.subgroup_size,
+                t = Self::TILE
+            ),
+            None => "none".into(),
+        }
+    }
+}
+
 /// Counts that benchmarks and tests assert on: they reveal per-step allocations and extra submits.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -74,6 +127,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Tensor cores, when granted (`features` then holds EXPERIMENTAL_COOPERATIVE_MATRIX).
+    pub cooperative_matrix: Option<CooperativeMatrix>,
     pub counters: Counters,
     /// Compute units (SMs, CUs) the plans' fill figures divide the work over; wgpu does not report it.
     pub compute_units: u32,
@@ -113,17 +168,49 @@ impl GpuContext {
                 wgpu::Features::empty()
             };
         let features = adapter.features() & wanted;
+        // Cooperative matrices are experimental in wgpu: asked for only when the adapter lists the
+        // configuration the kernels use, so every other adapter opens exactly as before.
+        let mut cooperative_matrix = CooperativeMatrix::select(
+            &adapter.cooperative_matrix_properties(),
+            adapter.features(),
+            info.subgroup_min_size,
+            info.subgroup_max_size,
+        );
         let limits = adapter.limits();
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
+        let open = |coop: bool| {
+            let (features, experimental_features) = if coop {
+                (
+                    features
+                        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                        | wgpu::Features::SHADER_F16
+                        | wgpu::Features::SUBGROUP,
+                    // SAFETY: the experimental feature is used only by the cooperative-matrix
+                    // kernels, which the tests validate with naga and compare (through their
+                    // emulated twin) against CPU loops; wgpu grants the feature only with this opt-in.
+                    unsafe { wgpu::ExperimentalFeatures::enabled() },
+                )
+            } else {
+                (features, wgpu::ExperimentalFeatures::disabled())
+            };
+            let request = adapter.request_device(&wgpu::DeviceDescriptor {
                 label: Some("bd3-wgpu"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
-            })
-            .await
+            });
+            async move { request.await.map(|dq| (dq, features)) }
+        };
+        let opened = match open(cooperative_matrix.is_some()).await {
+            // An experimental feature must not cost the f32 path its device: without it, once more.
+            Err(_) if cooperative_matrix.is_some() => {
+                cooperative_matrix = None;
+                open(false).await
+            }
+            r => r,
+        };
+        let ((device, queue), features) = opened
             .map_err(|e| Error::Gpu(format!("could not open the device on {}: {e}", info.name)))?;
         let uncaptured = Arc::new(Mutex::new(None::<String>));
         let slot = uncaptured.clone();
@@ -153,6 +240,7 @@ impl GpuContext {
             info,
             limits,
             features,
+            cooperative_matrix,
             counters: Counters::default(),
             compute_units: opts
                 .compute_units
@@ -182,6 +270,7 @@ impl GpuContext {
                 ..wgpu::AdapterInfo::new(wgpu::DeviceType::Other, wgpu::Backend::Noop)
             },
             features: adapter.features(),
+            cooperative_matrix: adapter.cooperative_matrix,
             limits,
             counters: Counters::default(),
             compute_units: opts.compute_units.unwrap_or(adapter.compute_units),
@@ -529,5 +618,60 @@ impl<T> Future for OneShot<T> {
                 Poll::Pending
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        m: u32,
+        ab: wgpu::CooperativeScalarType,
+        cr: wgpu::CooperativeScalarType,
+    ) -> wgpu::CooperativeMatrixProperties {
+        wgpu::CooperativeMatrixProperties {
+            m_size: m,
+            n_size: m,
+            k_size: m,
+            ab_type: ab,
+            cr_type: cr,
+            saturating_accumulation: false,
+        }
+    }
+
+    #[test]
+    fn cooperative_matrix_needs_the_16_f16_f32_configuration_and_fixed_subgroups() {
+        use wgpu::CooperativeScalarType::{F16, F32};
+        let all = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP;
+        // The H200's list (wgpu keeps the square shapes): f16→f16 and f16→f32 at 16.
+        let h200 = [config(16, F16, F16), config(16, F16, F32)];
+        assert_eq!(
+            CooperativeMatrix::select(&h200, all, 32, 32),
+            Some(CooperativeMatrix { subgroup_size: 32 })
+        );
+        assert_eq!(
+            CooperativeMatrix::describe(CooperativeMatrix::select(&h200, all, 32, 32)),
+            "16×16×16 f16→f32 (subgroups of 32)"
+        );
+        // No list (lavapipe, browsers), only f16 accumulation, only 8×8, a missing feature, or a
+        // variable subgroup size: none.
+        assert_eq!(CooperativeMatrix::select(&[], all, 32, 32), None);
+        assert_eq!(
+            CooperativeMatrix::select(&[config(16, F16, F16)], all, 32, 32),
+            None
+        );
+        assert_eq!(
+            CooperativeMatrix::select(&[config(8, F16, F32)], all, 32, 32),
+            None
+        );
+        assert_eq!(
+            CooperativeMatrix::select(&h200, all - wgpu::Features::SUBGROUP, 32, 32),
+            None
+        );
+        assert_eq!(CooperativeMatrix::select(&h200, all, 32, 64), None);
+        assert_eq!(CooperativeMatrix::describe(None), "none");
     }
 }

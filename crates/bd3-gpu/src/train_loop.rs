@@ -70,8 +70,13 @@ pub struct StepReport {
     /// The learning rate the step used.
     pub lr: f64,
     /// The global gradient norm (None: the loss was not finite, and no optimizer step was taken,
-    /// or the trainer does not clip). A non-finite norm has made the weights non-finite.
+    /// or the trainer does not clip). A non-finite norm has made the weights non-finite, except with
+    /// loss scaling, where it means the step was skipped.
     pub grad_norm: Option<f64>,
+    /// The loss scale the step used (mixed precision), None in f32.
+    pub loss_scale: Option<f64>,
+    /// Loss scaling skipped the step (the scaled gradients overflowed; the scale was halved).
+    pub skipped: bool,
 }
 
 /// Optimizer step number `step` (0-based) on the training chunks `train`: each micro-batch draws
@@ -88,6 +93,7 @@ pub async fn train_step(
     step: u64,
 ) -> Result<StepReport> {
     let lr = learning_rate(s.lr, s.warmup, step);
+    let loss_scale = trainer.loss_scaler().map(|l| l.scale());
     let mut loss = 0.0;
     for micro in 0..s.grad_accum {
         let mut rng = batch_rng(s.seed, step, micro);
@@ -115,14 +121,20 @@ pub async fn train_step(
             loss,
             lr,
             grad_norm: None,
+            loss_scale,
+            skipped: false,
         });
     }
     trainer.optimizer_step(model, lr)?;
     let grad_norm = trainer.last_grad_norm(&model.ctx).await?;
+    let skipped = grad_norm.and_then(|n| trainer.update_loss_scale(n))
+        == Some(crate::loss_scale::StepOutcome::Skipped);
     Ok(StepReport {
         loss,
         lr,
         grad_norm,
+        loss_scale,
+        skipped,
     })
 }
 

@@ -851,6 +851,8 @@ fn column_sums_activations_embedding_scatter_and_adamw() {
             step,
             max_norm,
             ema_decay,
+            grad_unscale: 1.0,
+            skip_nonfinite: false,
         };
         run_recorded(&ctx, |pb| {
             ops::adamw::record(

@@ -64,6 +64,18 @@ fn all_ops() -> Vec<OpSide> {
             matmul::THREADS,
         ),
         side::<matmul::Params>(
+            "matmul_coop.wgsl",
+            shaders::matmul_coop_source(32, shaders::CoopTiles::SMALL).unwrap(),
+            matmul::Bindings::NAMES,
+            4 * 32,
+        ),
+        side::<matmul::Params>(
+            "matmul_coop_emulated.wgsl",
+            shaders::matmul_coop_emulated_source(shaders::CoopTiles::SMALL).unwrap(),
+            matmul::Bindings::NAMES,
+            matmul::COOP_EMULATED_THREADS,
+        ),
+        side::<matmul::Params>(
             "matvec.wgsl",
             src("matvec.wgsl"),
             matmul::Bindings::NAMES,

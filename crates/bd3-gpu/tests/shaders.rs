@@ -8,14 +8,10 @@ use bd3_gpu::shaders::{
 fn validate(name: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-    // Only the subgroup variants may use subgroup operations (the host builds them only where the
-    // adapter has them); every other kernel must validate without.
-    let caps = if source.contains("@builtin(subgroup_size)") {
-        naga::valid::Capabilities::SUBGROUP
-    } else {
-        naga::valid::Capabilities::empty()
-    };
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+    // Only the files that declare an extension get its capability (the mixed-precision products),
+    // and only the subgroup variants may use subgroup operations (the host builds them only where
+    // the adapter has them); every other kernel must validate without.
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities_of(source))
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {e:?}"));
     module
@@ -180,4 +176,111 @@ fn f16_weight_twins_validate_and_the_rewrite_fails_loudly() {
     }
     // A file without the declaration (or a renamed binding) is an error, not an f32 kernel.
     assert!(with_f16_weights(kernel_source("layernorm.wgsl").unwrap(), "b").is_err());
+}
+
+/// The naga capabilities a shader file declares it needs (`enable …;`).
+fn capabilities_of(source: &str) -> naga::valid::Capabilities {
+    use naga::valid::Capabilities;
+    let mut caps = Capabilities::empty();
+    if source.contains("enable f16;") {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if source.contains("enable wgpu_cooperative_matrix;") {
+        caps |= Capabilities::COOPERATIVE_MATRIX | Capabilities::SUBGROUP;
+    }
+    if source.contains("@builtin(subgroup_size)") {
+        caps |= Capabilities::SUBGROUP;
+    }
+    caps
+}
+
+#[test]
+fn cooperative_matrix_product_validates_and_emits_spirv() {
+    use bd3_gpu::shaders::{matmul_coop_emulated_source, matmul_coop_source, CoopTiles};
+    let coop = matmul_coop_source(32, CoopTiles::SMALL).unwrap();
+    assert!(coop.starts_with("//"));
+    for needle in [
+        "enable wgpu_cooperative_matrix;",
+        "coopMultiplyAdd",
+        "coopLoadT<coop_mat16x16<f16, A>>",
+        "coopStoreT",
+    ] {
+        assert!(coop.contains(needle), "matmul_coop lacks {needle}");
+    }
+    // Without the capability naga refuses it: the check below is not vacuous.
+    let module = naga::front::wgsl::parse_str(&coop)
+        .unwrap_or_else(|e| panic!("matmul_coop: {}", e.emit_to_string(&coop)));
+    assert!(naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::SUBGROUP,
+    )
+    .validate(&module)
+    .is_err());
+    let native_budget = bd3_gpu::ops::attention::NATIVE_WORKGROUP_MEMORY_CAP;
+    for (tiles, budget) in [
+        (CoopTiles::SMALL, WORKGROUP_MEMORY_BUDGET),
+        (CoopTiles::LARGE, native_budget),
+    ] {
+        for (name, source) in [
+            (
+                format!("matmul_coop {tiles:?} (subgroups of 32)"),
+                matmul_coop_source(32, tiles).unwrap(),
+            ),
+            (
+                format!("matmul_coop {tiles:?} (subgroups of 64)"),
+                matmul_coop_source(64, tiles).unwrap(),
+            ),
+            (
+                format!("matmul_coop_emulated {tiles:?}"),
+                matmul_coop_emulated_source(tiles).unwrap(),
+            ),
+        ] {
+            assert!(
+                source.contains(&format!("const TM: u32 = {}u;", tiles.m))
+                    && source.contains(&format!("const TN: u32 = {}u;", tiles.n)),
+                "{name}: tiles not substituted"
+            );
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+            let info = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                capabilities_of(&source),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            let bytes = workgroup_bytes(&module);
+            assert!(bytes <= budget, "{name} uses {bytes} bytes of {budget}");
+            assert_eq!(
+                bytes,
+                tiles.workgroup_bytes(),
+                "{name}: the host's count of its workgroup memory"
+            );
+            // SPIR-V as wgpu's Vulkan backend writes it (naga's writer panics on some forms the
+            // validator accepts, e.g. a cooperative store whose stride is computed inline).
+            let options = naga::back::spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            let words = naga::back::spv::write_vec(&module, &info, &options, None)
+                .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e:?}"));
+            assert_eq!(words[0], 0x0723_0203, "{name}: SPIR-V magic");
+            // OpCooperativeMatrixMulAddKHR (opcode 4459) is in the tensor-core kernel only: walk
+            // the instructions (word count in the high half of each first word) after the header.
+            let mut opcodes = Vec::new();
+            let mut at = 5;
+            while at < words.len() {
+                opcodes.push(words[at] & 0xffff);
+                at += (words[at] >> 16).max(1) as usize;
+            }
+            assert_eq!(
+                opcodes.contains(&4459),
+                name.starts_with("matmul_coop "),
+                "{name}: cooperative multiply-add in the SPIR-V"
+            );
+        }
+    }
+    // The large tiles exceed the browsers' 16 KiB: native adapters only (the host checks the limit).
+    assert!(CoopTiles::LARGE.workgroup_bytes() > WORKGROUP_MEMORY_BUDGET);
+    // A subgroup size that does not divide the tile is refused.
+    assert!(matmul_coop_source(48, CoopTiles::SMALL).is_err());
 }

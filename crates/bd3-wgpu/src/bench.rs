@@ -47,6 +47,8 @@ pub enum PlanFeature {
     F16,
     /// Subgroup operations
     Subgroups,
+    /// Tensor cores (cooperative matrices, 16×16×16 f16→f32, as on an H200; implies f16 and subgroups)
+    Coop,
 }
 
 /// The options shared by `bench forward` and `bench train`.
@@ -64,6 +66,9 @@ pub struct BatchArgs {
     /// Timed repetitions per batch size
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     iters: u64,
+    /// Arithmetic of the products: f32, or mixed (tensor cores; with --plan, needs --features coop)
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
     #[command(flatten)]
     plan: PlanArgs,
 }
@@ -305,11 +310,14 @@ impl PlanArgs {
         block_size: usize,
         weights: crate::sample::WeightsArg,
     ) -> Result<GpuModel> {
-        let adapter = AdapterDesc::native(
+        let mut adapter = AdapterDesc::native(
             self.units.unwrap_or(DEFAULT_COMPUTE_UNITS),
             self.f16(),
             self.subgroups(),
         );
+        if self.features.contains(&PlanFeature::Coop) {
+            adapter = adapter.with_cooperative_matrix();
+        }
         let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
         let cfg = bench_config(size, block_size)?;
         let (format, _) = bd3_gpu::weights::WeightChoice::from(weights).resolve(&ctx)?;
@@ -405,16 +413,18 @@ fn train(a: BatchArgs) -> Result<()> {
         batch: batches,
         block_size,
         iters,
+        precision,
         plan,
     } = a;
     let block_size = block_size.min(size.length);
     check_batches(&size, &batches, block_size)?;
     if plan.plan {
-        let model = plan.model(&size, block_size)?;
+        let mut model = plan.model(&size, block_size)?;
         let mut trainer = pollster::block_on(bd3_gpu::Trainer::new(
             &model,
             bd3_gpu::OptimConfig::default(),
         ))?;
+        crate::apply_precision(&mut model, Some(&mut trainer), precision)?;
         for &b in &batches {
             let shape = bd3_gpu::TrainShape {
                 forward: crate::nelbo::loss_shape(&model.cfg, b),
@@ -444,6 +454,8 @@ fn train(a: BatchArgs) -> Result<()> {
         &model,
         bd3_gpu::OptimConfig::default(),
     ))?;
+    crate::apply_precision(&mut model, Some(&mut trainer), precision)?;
+    println!("products: {precision:?} precision");
     println!("training step: x_t ⊕ x_0 forward keeping activations, backward, global-norm clip, AdamW, EMA (dropout 0.1)");
     println!(
         "{:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}  {:>12}",
@@ -524,12 +536,14 @@ fn forward(a: BatchArgs) -> Result<()> {
         batch: batches,
         block_size,
         iters,
+        precision,
         plan,
     } = a;
     let block_size = block_size.min(size.length);
     check_batches(&size, &batches, block_size)?;
     if plan.plan {
         let mut model = plan.model(&size, block_size)?;
+        crate::apply_precision(&mut model, None, precision)?;
         for &b in &batches {
             let shape = ForwardShape::bd3lm_train(b, model.cfg.model_length, block_size);
             let dispatches = model.plan_forward(&shape)?;
@@ -550,6 +564,7 @@ fn forward(a: BatchArgs) -> Result<()> {
     }))?);
     println!("adapter: {}", ctx.adapter_summary());
     let (mut model, params, secs) = random_model(&ctx, &size, block_size)?;
+    crate::apply_precision(&mut model, None, precision)?;
     print_model(&model, params, secs);
     let cfg = model.cfg.clone();
     println!("input: x_t ⊕ x_0 ({} tokens per sequence), block-diffusion mask, SUBS loss reduced on the GPU", 2 * cfg.model_length);
@@ -681,7 +696,15 @@ fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<K
         let e = by_kind.entry(d.label).or_insert((0.0, 0));
         e.0 += secs;
         e.1 += 1;
-        if ["matmul", "matmul_narrow", "matvec"].contains(&d.kernel) {
+        if [
+            "matmul",
+            "matmul_narrow",
+            "matvec",
+            "matmul_coop",
+            "matmul_coop_large",
+        ]
+        .contains(&d.kernel)
+        {
             gemm_flops += d.flops;
             gemm_seconds += secs;
         }

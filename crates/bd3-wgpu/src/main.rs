@@ -177,12 +177,51 @@ fn info() -> anyhow::Result<()> {
         ctx.limits.max_buffer_size >> 20
     );
     println!("optional features in use: {:?}", ctx.features);
+    println!(
+        "cooperative matrices: {}",
+        bd3_gpu::CooperativeMatrix::describe(ctx.cooperative_matrix)
+    );
     let checks = if ctx.shader_checks() {
         "on (BD3_SHADER_CHECKS is set)"
     } else {
         "off (kernels check their own bounds; BD3_SHADER_CHECKS=1 turns them on)"
     };
     println!("wgpu shader bounds checks: {checks}");
+    Ok(())
+}
+
+/// The arithmetic of the products (`train`, `bench forward|train`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 throughout: the reference
+    F32,
+    /// f16 operands on tensor cores with f32 sums, f32 master weights and AdamW state, dynamic
+    /// loss scaling; needs cooperative matrices (`bd3-wgpu info`)
+    Mixed,
+}
+
+impl From<PrecisionArg> for bd3_gpu::ops::matmul::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => bd3_gpu::ops::matmul::Precision::F32,
+            PrecisionArg::Mixed => bd3_gpu::ops::matmul::Precision::Mixed,
+        }
+    }
+}
+
+/// Put `model` (and its `trainer`, if any) in `precision`: mixed sets the tensor-core products and
+/// dynamic loss scaling, or fails in one line on an adapter without cooperative matrices.
+pub fn apply_precision(
+    model: &mut bd3_gpu::GpuModel,
+    trainer: Option<&mut bd3_gpu::Trainer>,
+    precision: PrecisionArg,
+) -> bd3_model::Result<()> {
+    pollster::block_on(model.set_precision(precision.into()))?;
+    if let Some(t) = trainer {
+        t.set_loss_scaling(
+            (precision == PrecisionArg::Mixed).then(bd3_gpu::loss_scale::LossScaler::default),
+        );
+    }
     Ok(())
 }
 

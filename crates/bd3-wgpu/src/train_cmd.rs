@@ -137,6 +137,11 @@ pub struct TrainArgs {
     /// Also write every step's loss as a JSON line {"step": N, "loss": X} to FILE
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
+    /// Arithmetic of the products: f32 (the reference) or mixed (f16 operands on tensor cores, f32
+    /// sums, master weights and AdamW state, dynamic loss scaling; needs cooperative matrices).
+    /// Not part of the saved run: a resumed run may change it
+    #[arg(long, value_enum, default_value_t = crate::PrecisionArg::F32)]
+    precision: crate::PrecisionArg,
 }
 
 /// Settings of a run; stored in the training state so `--resume` continues the same run.
@@ -251,6 +256,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         overwrite,
         time_limit,
         metrics,
+        precision,
         ..
     } = a;
     let mut run = Run {
@@ -390,6 +396,14 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
             .context("--batch")?;
     }
 
+    // The GPU first: a run it cannot do fails before the corpus is read and tokenized.
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(
+        ContextOptions::default(),
+    ))?);
+    if precision == crate::PrecisionArg::Mixed {
+        bd3_gpu::ops::matmul::check_mixed_precision(&ctx)?;
+    }
+
     // Corpus and tokenizer.
     let docs = read_corpus(&run.data)?;
     let init_tokenizer = init.as_ref().and_then(|src| src.tokenizer.clone());
@@ -483,9 +497,6 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         cfg.model_length
     );
 
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(
-        ContextOptions::default(),
-    ))?);
     let ckpt = match init_tensors {
         Some(c) => c,
         None => {
@@ -501,6 +512,7 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         ..Default::default()
     };
     let mut trainer = pollster::block_on(Trainer::new(&model, optim))?;
+    crate::apply_precision(&mut model, Some(&mut trainer), precision)?;
     let mut start_step = 0;
     if let Some((step, st)) = &state {
         write_tensors(&ctx, &model.weights, st.group("weights", &model.weights)?)?;
@@ -620,9 +632,16 @@ pub fn run(a: TrainArgs, matches: &clap::ArgMatches) -> Result<()> {
         if !loss.is_finite() {
             return Err(non_finite("training loss", loss, done, last_saved));
         }
-        // A non-finite gradient has just turned the weights into NaN: stop before anything is saved.
+        if report.skipped {
+            progress.println(&format!(
+                "step {done}: the gradients overflowed at loss scale {}; step skipped, scale halved",
+                report.loss_scale.unwrap_or(1.0)
+            ));
+        }
+        // A non-finite gradient has just turned the weights into NaN: stop before anything is saved
+        // (with loss scaling it only skipped the step).
         if let Some(norm) = report.grad_norm {
-            if !norm.is_finite() {
+            if !norm.is_finite() && !report.skipped {
                 return Err(non_finite("gradient norm", norm, done, last_saved));
             }
         }

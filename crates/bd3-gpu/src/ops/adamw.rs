@@ -20,6 +20,8 @@ uniform_params! {
         pub bc2_sqrt: f32,
         pub max_norm: f32,
         pub ema_decay: f32,
+        pub grad_unscale: f32,
+        pub skip_nonfinite: u32,
     }
 }
 
@@ -49,6 +51,10 @@ pub struct AdamW {
     pub max_norm: f64,
     /// This step's EMA decay; 0 disables the EMA.
     pub ema_decay: f64,
+    /// 1 / the loss scale (mixed precision; 1 in f32).
+    pub grad_unscale: f64,
+    /// Skip the step when the global norm is inf or NaN (loss scaling).
+    pub skip_nonfinite: bool,
 }
 
 impl AdamW {
@@ -67,6 +73,8 @@ impl AdamW {
             bc2_sqrt: f(bc2_sqrt),
             max_norm: f(self.max_norm),
             ema_decay: f(self.ema_decay),
+            grad_unscale: f(self.grad_unscale),
+            skip_nonfinite: self.skip_nonfinite as u32,
         }
     }
 }

@@ -8,6 +8,12 @@
 //! split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit two
 //! workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices into a
 //! scratch buffer, summed by a column-sum pass.
+//!
+//! Mixed precision ([`Precision::Mixed`], [`crate::ops::Kernels::set_precision`]): every product
+//! recorded through [`record`] and [`record_accumulating`] takes the tensor-core kernel
+//! (`shaders/matmul_coop.wgsl`: f16 operands staged from the f32 buffers, f32 sums, the same epilogue)
+//! instead; f32 stays the default and the reference. The tests run its emulated twin
+//! (`matmul_coop_emulated.wgsl`) in that role on adapters without cooperative matrices.
 
 use super::col_sum::{self, Columns};
 use super::{bindings, words, Kernels, TrainKernels};
@@ -326,6 +332,171 @@ impl Variants {
     }
 }
 
+/// The precision of the products of a model: f32 throughout (the default and the reference), or
+/// mixed: f16 operands on tensor cores with f32 sums, f32 buffers, master weights and optimizer state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Mixed,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Mixed => "mixed",
+        })
+    }
+}
+
+/// Threads of the emulated twin's workgroup (4 emulated subgroups of 32).
+pub const COOP_EMULATED_THREADS: u32 = 128;
+
+/// The mixed-precision products of a model: the cooperative kernel (or, in tests, its emulated twin)
+/// with 64 × 64 blocks, and with 128 × 128 blocks where the adapter's workgroup memory holds them.
+pub struct MixedKernels {
+    pub small: Kernel,
+    pub large: Option<Kernel>,
+}
+
+impl MixedKernels {
+    /// The kernel for `mm` on an adapter of `units` compute units, and its tiles: 128 × 128 blocks
+    /// when they still give every unit two workgroups (each staged slab then feeds 4× the
+    /// multiply-adds), else 64 × 64 (small products, the conditioning, weight gradients split in K).
+    pub fn for_product(&self, mm: &Matmul, units: u32) -> (&Kernel, shaders::CoopTiles) {
+        let big = shaders::CoopTiles::LARGE;
+        let blocks =
+            mm.m.div_ceil(big.block_rows()) as u64 * mm.n.div_ceil(big.block_cols()) as u64;
+        match &self.large {
+            Some(k) if blocks >= 2 * units as u64 => (k, big),
+            _ => (&self.small, shaders::CoopTiles::SMALL),
+        }
+    }
+}
+
+/// For tests only: set to 1, mixed precision runs the emulated twin ([`coop_emulated_kernels`]) on an
+/// adapter without cooperative matrices, so the whole mixed training path (loss scaling included)
+/// can be exercised end to end on a software adapter. `info` still reports no cooperative matrices.
+pub const EMULATION_ENV: &str = "BD3_EMULATE_TENSOR_CORES";
+
+fn emulated_by_request(ctx: &GpuContext) -> bool {
+    ctx.cooperative_matrix.is_none() && std::env::var_os(EMULATION_ENV).is_some_and(|v| v == "1")
+}
+
+/// Whether mixed precision can run on `ctx`: an error naming the adapter when it has no cooperative
+/// matrices (and the tests' emulation is not requested).
+pub fn check_mixed_precision(ctx: &GpuContext) -> Result<()> {
+    if ctx.cooperative_matrix.is_some() || emulated_by_request(ctx) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "mixed precision needs cooperative matrices (tensor cores, 16×16×16 f16→f32), which {} lacks (see `bd3-wgpu info`); use --precision f32",
+        ctx.adapter_summary()
+    )))
+}
+
+/// The products mixed precision runs on `ctx`: the tensor-core kernels, the emulated twins when the
+/// tests ask for them ([`EMULATION_ENV`]), or the error of [`check_mixed_precision`].
+pub async fn mixed_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
+    check_mixed_precision(ctx)?;
+    if emulated_by_request(ctx) {
+        return coop_emulated_kernels(ctx).await;
+    }
+    coop_kernels(ctx).await
+}
+
+/// Whether `ctx`'s workgroup memory holds the kernel with `tiles`.
+fn fits(ctx: &GpuContext, tiles: shaders::CoopTiles) -> bool {
+    tiles.workgroup_bytes() <= ctx.limits.max_compute_workgroup_storage_size as usize
+}
+
+/// The tensor-core products for `ctx`'s cooperative matrices, or an error naming the adapter when it
+/// has none.
+pub async fn coop_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
+    let Some(coop) = ctx.cooperative_matrix else {
+        return Err(Error::Invalid(format!(
+            "the tensor-core product needs cooperative matrices, which {} lacks",
+            ctx.adapter_summary()
+        )));
+    };
+    let build = |label: &'static str, tiles| async move {
+        ctx.pipeline(
+            label,
+            &shaders::matmul_coop_source(coop.subgroup_size, tiles).map_err(Error::Gpu)?,
+            4 * coop.subgroup_size,
+        )
+        .await
+    };
+    Ok(MixedKernels {
+        small: build("matmul_coop", shaders::CoopTiles::SMALL).await?,
+        large: match fits(ctx, shaders::CoopTiles::LARGE) {
+            true => Some(build("matmul_coop_large", shaders::CoopTiles::LARGE).await?),
+            false => None,
+        },
+    })
+}
+
+/// The emulated twins of [`coop_kernels`] (need only shader-f16): what the tests run as the mixed
+/// products on adapters without tensor cores.
+pub async fn coop_emulated_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
+    if !ctx.features.contains(wgpu::Features::SHADER_F16) {
+        return Err(Error::Invalid(format!(
+            "the emulated mixed-precision product needs shader-f16, which {} lacks",
+            ctx.adapter_summary()
+        )));
+    }
+    let build = |label: &'static str, tiles| async move {
+        ctx.pipeline(
+            label,
+            &shaders::matmul_coop_emulated_source(tiles).map_err(Error::Gpu)?,
+            COOP_EMULATED_THREADS,
+        )
+        .await
+    };
+    Ok(MixedKernels {
+        small: build("matmul_coop_emulated", shaders::CoopTiles::SMALL).await?,
+        large: match fits(ctx, shaders::CoopTiles::LARGE) {
+            true => Some(build("matmul_coop_emulated_large", shaders::CoopTiles::LARGE).await?),
+            false => None,
+        },
+    })
+}
+
+/// The mixed-precision kernel for `mm` and its tiles when the model runs in mixed precision (f32
+/// weights only: f16 weight storage is for sampling).
+fn mixed_for<'k>(
+    pb: &ProgramBuilder,
+    k: &'k Kernels,
+    mm: &Matmul,
+) -> Option<(&'k Kernel, shaders::CoopTiles)> {
+    k.mixed
+        .as_ref()
+        .filter(|_| mm.b_format == WeightFormat::F32)
+        .map(|m| m.for_product(mm, pb.context().compute_units))
+}
+
+/// One dispatch of a cooperative product (or its twin) with `tiles`, `slices` K slices of
+/// `p.k_split` each (one per workgroup layer z).
+#[allow(clippy::too_many_arguments)]
+pub fn record_block(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    label: &'static str,
+    kernel: &Kernel,
+    tiles: shaders::CoopTiles,
+    p: &Params,
+    slices: u32,
+    b: Bindings,
+) {
+    let groups = [
+        p.n.div_ceil(tiles.block_cols()),
+        p.m.div_ceil(tiles.block_rows()),
+        slices,
+    ];
+    record_sized(pb, k, label, kernel, groups, p, slices, b);
+}
+
 /// The buffers of a product without bias, gate or aux, and the scratch of its K slices (at least
 /// [`Matmul::split_scratch_floats`] floats).
 pub struct AccumulateIo<'a> {
@@ -363,6 +534,7 @@ pub fn record_accumulating(
             },
         );
     }
+    let mixed = mixed_for(pb, k, mm);
     let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
     let k_split = mm.k.div_ceil(slices).div_ceil(BK) * BK;
     let slices = mm.k.div_ceil(k_split);
@@ -385,7 +557,10 @@ pub fn record_accumulating(
         out: scratch,
         aux: None,
     };
-    record_sliced(pb, k, label, kernel, tile_rows, &p, slices, bind);
+    match mixed {
+        Some((kernel, tiles)) => record_block(pb, k, label, kernel, tiles, &p, slices, bind),
+        None => record_sliced(pb, k, label, kernel, tile_rows, &p, slices, bind),
+    }
     let partials = Columns {
         buffer: scratch,
         offset: 0,
@@ -399,6 +574,9 @@ pub fn record_accumulating(
 
 pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Matmul, b: Bindings) {
     let p = mm.params(b.bias.is_some(), b.aux.is_some());
+    if let Some((kernel, tiles)) = mixed_for(pb, k, mm) {
+        return record_block(pb, k, label, kernel, tiles, &p, 1, b);
+    }
     let variants = match mm.b_format {
         WeightFormat::F32 => &k.matmul,
         WeightFormat::F16 => &k.f16("matmul").matmul,

@@ -119,6 +119,8 @@ pub struct Kernels {
     pub placeholders: Placeholders,
     /// The twins that read f16 weights (built for a model whose weights are stored in f16).
     pub f16: Option<F16Kernels>,
+    /// In mixed precision, the products every GEMM takes (`matmul::record`); None: f32.
+    pub mixed: Option<matmul::MixedKernels>,
 }
 
 /// Kernels reading weights stored as f16 ([`crate::weights::WeightFormat::F16`]): the embedding
@@ -202,7 +204,30 @@ impl Kernels {
                 crate::weights::WeightFormat::F32 => None,
                 crate::weights::WeightFormat::F16 => Some(F16Kernels::new(ctx).await?),
             },
+            mixed: None,
         })
+    }
+
+    /// Run the products in `precision`: mixed takes the tensor-core kernel and fails (one line naming
+    /// the adapter) without cooperative matrices. Programs recorded before keep their kernels.
+    pub async fn set_precision(
+        &mut self,
+        ctx: &GpuContext,
+        precision: matmul::Precision,
+    ) -> Result<()> {
+        self.mixed = match precision {
+            matmul::Precision::F32 => None,
+            matmul::Precision::Mixed => Some(matmul::mixed_kernels(ctx).await?),
+        };
+        Ok(())
+    }
+
+    /// For tests on adapters without tensor cores: mixed precision through the emulated twin of the
+    /// cooperative product (same staging, tiles and f16 rounding; plain loops).
+    #[doc(hidden)]
+    pub async fn set_emulated_mixed_precision(&mut self, ctx: &GpuContext) -> Result<()> {
+        self.mixed = Some(matmul::coop_emulated_kernels(ctx).await?);
+        Ok(())
     }
 }
 
