@@ -351,7 +351,7 @@ fn split_kv_attention_of_sampling_calls_is_planned_as_recorded() {
     let sampling = planned
         .call_plans
         .iter()
-        .filter(|plan| plan.iter().any(|d| d.kernel == "sample"))
+        .filter(|plan| plan.iter().any(|d| d.label == "sample"))
         .collect::<Vec<_>>();
     assert!(!sampling.is_empty());
     for plan in sampling {
