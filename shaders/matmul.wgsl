@@ -31,9 +31,10 @@
 // pay for a 64-row tile. The z dimension of the grid indexes the K slices.
 // Weights in f16: the host also compiles a twin reading `b` as array<f16> (shaders::with_f16_weights;
 // f32(b[…]) converts while staging, the identity here), for models whose weights are stored in f16.
-// Includes: matmul_epilogue.wgsl (the parameters, bindings and the epilogue of one value, shared with
-// matvec.wgsl; dropout.wgsl, hash.wgsl and gelu.wgsl through it).
+// Includes: matmul_params.wgsl (the parameters and bindings), matmul_epilogue.wgsl (the epilogue of one
+// value, shared with gemv.wgsl; dropout.wgsl, hash.wgsl and gelu.wgsl through it).
 
+// #include "matmul_params.wgsl"
 // #include "matmul_epilogue.wgsl"
 
 const ROWS_PER_THREAD: u32 = 4u;

@@ -14,8 +14,9 @@
 // for the epilogue: 12 KiB at 2 × 2 (within the browsers' 16 KiB), 20 KiB at 4 × 4 (native only).
 // The includer defines SUBGROUP_SIZE (u32) and `main`; it must stage, multiply and store tiles to c_s
 // in uniform control flow (every subgroup runs the same loop trip counts).
-// Includes: matmul_epilogue.wgsl (Params, bindings, store_value, row_base).
+// Includes: matmul_params.wgsl (Params, bindings), matmul_epilogue.wgsl (store_value, row_base).
 
+// #include "matmul_params.wgsl"
 // #include "matmul_epilogue.wgsl"
 
 // Tiles per subgroup along M and N.

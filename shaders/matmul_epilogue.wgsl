@@ -1,48 +1,13 @@
-// The parameters, bindings and per-value epilogue shared by matmul.wgsl and matvec.wgsl (the two
+// The per-value epilogue of the matrix products (matmul.wgsl, gemv.wgsl and gemv_subgroup.wgsl, the
 // variants of one product; see matmul.wgsl's header for the math). store_value(m, n, v, row_base(m, …))
 // takes the product v = Σ_k A(m, k)·B(k, n) of output (m, n), m < p.m and n < p.n, and applies bias,
 // dropout, aux, the activation or the (gated) residual, placing the result at row(m) and column n.
-// Includes: dropout.wgsl (keep), gelu.wgsl (gelu_tanh). The includer defines nothing.
+// The includer declares the uniform `p` with the fields named here (matmul_params.wgsl's Params has
+// them all) and the bindings `bias`, `gate` (array<f32>), `out` and `aux` (read_write array<f32>).
+// Includes: dropout.wgsl (keep), gelu.wgsl (gelu_tanh).
 
 // #include "dropout.wgsl"
 // #include "gelu.wgsl"
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_offset: u32,
-    a_row_stride: u32,
-    a_k_stride: u32,
-    b_offset: u32,
-    b_k_stride: u32,
-    b_col_stride: u32,
-    ldc: u32,
-    out_col_offset: u32,
-    has_bias: u32,
-    bias_offset: u32,
-    epilogue: u32,
-    rows_per_seq: u32,
-    gate_stride: u32,
-    gate_offset: u32,
-    out_rows_per_seq: u32,
-    out_seq_stride: u32,
-    out_row_offset: u32,
-    store_aux: u32,
-    dropout: f32,
-    seed: u32,
-    salt: u32,
-    k_split: u32,
-    split_stride: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read> gate: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> aux: array<f32>;
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));

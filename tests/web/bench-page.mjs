@@ -7,7 +7,20 @@
 // models/default; the default is this repository. Several roots are measured in one run, alternately
 // (ROUNDS rounds, default 2), so a before/after comparison sees the same machine load. LENGTH
 // (default 128) tokens per sample; WEIGHTS (default auto) is the page's Weights choice.
-import { launchBrowser, openPage, root as here, startServe } from './harness.mjs';
+import { spawn } from 'node:child_process';
+import { bin, launchBrowser, openPage, root as here } from './harness.mjs';
+
+/** `bd3-wgpu serve` of `rootDir` on a free port (the harness's startServe serves this checkout). */
+function serve(rootDir) {
+  const server = spawn(bin, ['serve', '--port', '0', '--root', rootDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    server.stdout.on('data', (d) => {
+      const m = /serving (http:\/\/127\.0\.0\.1:\d+\/)/.exec(String(d));
+      if (m) resolve({ server, base: m[1] });
+    });
+    server.on('exit', (c) => reject(new Error(`bd3-wgpu serve exited with ${c}`)));
+  });
+}
 
 const roots = process.argv.slice(2).length ? process.argv.slice(2) : [here];
 const rounds = Number(process.env.ROUNDS || 2);
@@ -15,7 +28,7 @@ const length = String(process.env.LENGTH || 128);
 const weights = process.env.WEIGHTS || 'auto';
 
 async function measure(rootDir) {
-  const { server, base } = await startServe(['--root', rootDir]);
+  const { server, base } = await serve(rootDir);
   const context = await launchBrowser('bench');
   try {
     const page = await openPage(context, base);

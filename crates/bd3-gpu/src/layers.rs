@@ -4,6 +4,7 @@
 //! appends dispatches; none allocates.
 
 use crate::context::GpuContext;
+use crate::ops::gemv::{self, Gemv, Norm};
 use crate::ops::layernorm::{LayerNorm, Modulation};
 use crate::ops::matmul::{Dropout, Epilogue, Matmul, OutRows};
 use crate::ops::{self, attention::Attention, Kernels};
@@ -282,21 +283,18 @@ pub fn block(
     };
     let salt = keep.map_or(0, |kp| 2 * kp.layer as u32);
 
-    let ln = |pb: &mut ProgramBuilder, weight: &Buf, ln: LayerNorm| {
-        ops::layernorm::record(
-            pb,
-            k,
-            &ln,
-            ops::layernorm::Bindings {
-                x: io.x,
-                w: weight,
-                modv: io.modulation,
-                out: io.h,
-                row_index: None,
-            },
-        )
-    };
-    ln(pb, &blk.norm1, modulated(AdaLn::ShiftMsa, AdaLn::ScaleMsa))?;
+    // Sampling (a few rows, nothing kept for a backward pass): each LayerNorm runs as the prologue
+    // of the Linear that reads it, so it costs no dispatch and h is not written. Training and the
+    // full forward keep the separate pass (the backward pass reads its statistics' input).
+    let fold = keep.is_none() && rows <= gemv::MAX_ROWS as usize;
+    let normed =
+        |pb: &mut ProgramBuilder, weight, ln, label| norm_input(pb, k, io, fold, weight, ln, label);
+    let qkv_in = normed(
+        pb,
+        &blk.norm1,
+        modulated(AdaLn::ShiftMsa, AdaLn::ScaleMsa),
+        "attn_qkv",
+    )?;
     linear(
         pb,
         k,
@@ -304,8 +302,9 @@ pub fn block(
         rows,
         Epilogue::Store,
         LinearIo {
+            out: io.qkv,
             out_rows: io.qkv_rows,
-            ..LinearIo::new("attn_qkv", io.h, io.qkv)
+            ..qkv_in
         },
     )?;
     if end == BlockEnd::AfterQkv {
@@ -332,7 +331,12 @@ pub fn block(
     if let Some(kp) = keep {
         pb.copy(io.x, 0, kp.mid_residual, 0, (rows * d * 4) as u64);
     }
-    ln(pb, &blk.norm2, modulated(AdaLn::ShiftMlp, AdaLn::ScaleMlp))?;
+    let mlp_in = normed(
+        pb,
+        &blk.norm2,
+        modulated(AdaLn::ShiftMlp, AdaLn::ScaleMlp),
+        "mlp.0",
+    )?;
     linear(
         pb,
         k,
@@ -340,8 +344,9 @@ pub fn block(
         rows,
         Epilogue::Gelu,
         LinearIo {
+            out: io.mlp,
             aux: keep.map(|kp| kp.mlp_pre),
-            ..LinearIo::new("mlp.0", io.h, io.mlp)
+            ..mlp_in
         },
     )?;
     let mlp_down = LinearIo {
@@ -351,6 +356,43 @@ pub fn block(
         ..LinearIo::new("mlp.2", io.mlp, io.x)
     };
     linear(pb, k, &blk.mlp_down, rows, residual, mlp_down)
+}
+
+/// The input of the Linear after a LayerNorm of the block's residual: with `fold`, the residual itself
+/// and the LayerNorm as the Linear's prologue; otherwise h, written by a LayerNorm pass recorded here.
+fn norm_input<'b>(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    io: &BlockIo<'b>,
+    fold: bool,
+    weight: &'b Buf,
+    ln: LayerNorm,
+    label: &'static str,
+) -> Result<LinearIo<'b>> {
+    if fold {
+        return Ok(LinearIo {
+            norm: Some(NormIn {
+                weight,
+                norm: Norm { ln, first_row: 0 },
+                modulation: io.modulation,
+                row_index: None,
+            }),
+            ..LinearIo::new(label, io.x, io.h)
+        });
+    }
+    ops::layernorm::record(
+        pb,
+        k,
+        &ln,
+        ops::layernorm::Bindings {
+            x: io.x,
+            w: weight,
+            modv: io.modulation,
+            out: io.h,
+            row_index: None,
+        },
+    )?;
+    Ok(LinearIo::new(label, io.h, io.h))
 }
 
 /// The gate of a gated residual: a chunk of the modulation rows, one row per `rows_per_seq` rows.
@@ -375,6 +417,20 @@ pub struct LinearIo<'a> {
     pub aux: Option<&'a Buf>,
     /// Dropout of a residual epilogue.
     pub dropout: Option<Dropout>,
+    /// A LayerNorm of `a` folded into the product (at most [`gemv::MAX_ROWS`] rows).
+    pub norm: Option<NormIn<'a>>,
+}
+
+/// A LayerNorm (with adaLN modulation) computed in a Linear's prologue instead of its own pass: see
+/// `shaders/gemv.wgsl`. The modulation rows are bound where a gated residual's gate goes, so a Linear
+/// with both must read them from the same buffer.
+#[derive(Clone, Copy)]
+pub struct NormIn<'a> {
+    pub weight: &'a Buf,
+    pub norm: Norm,
+    pub modulation: Option<&'a Buf>,
+    /// The input row of each mapped row (a sampler's picked positions).
+    pub row_index: Option<&'a Buf>,
 }
 
 impl<'a> LinearIo<'a> {
@@ -387,6 +443,7 @@ impl<'a> LinearIo<'a> {
             out_rows: None,
             aux: None,
             dropout: None,
+            norm: None,
         }
     }
 }
@@ -422,11 +479,30 @@ pub fn linear(
                 g.rows_per_seq as u32,
             );
         }
+        let gate = io.gate.map(|g| g.modulation);
+        if let Some(nm) = io.norm {
+            let b = gemv::Bindings {
+                a: io.a,
+                b: &part.buffer,
+                bias: lin.bias.as_ref(),
+                gate: gate.or(nm.modulation),
+                out: io.out,
+                aux: io.aux,
+                ln_w: Some(nm.weight),
+                row_index: nm.row_index,
+            };
+            let g = Gemv {
+                mm,
+                norm: Some(nm.norm),
+            };
+            gemv::record(pb, k, io.label, &g, b)?;
+            continue;
+        }
         let b = ops::matmul::Bindings {
             a: io.a,
             b: &part.buffer,
             bias: lin.bias.as_ref(),
-            gate: io.gate.map(|g| g.modulation),
+            gate,
             out: io.out,
             aux: io.aux,
         };
@@ -444,6 +520,23 @@ pub fn head_chunks(
     w: &Weights,
     normed: &Buf,
     logits: &Buf,
+    chunking: (usize, usize),
+    consume: impl FnMut(&mut ProgramBuilder, usize, usize) -> Result<()>,
+) -> Result<()> {
+    head_chunks_from(pb, k, w, normed, None, logits, chunking, consume)
+}
+
+/// [`head_chunks`] over `input`: the normalised rows, or with `norm` the residual rows whose final
+/// LayerNorm the head's products compute in their prologue (at most [`gemv::MAX_ROWS`] rows per
+/// chunk; every weight part's dispatch normalises its rows itself).
+#[allow(clippy::too_many_arguments)]
+pub fn head_chunks_from(
+    pb: &mut ProgramBuilder,
+    k: &Kernels,
+    w: &Weights,
+    input: &Buf,
+    norm: Option<NormIn>,
+    logits: &Buf,
     (rows, chunk_rows): (usize, usize),
     mut consume: impl FnMut(&mut ProgramBuilder, usize, usize) -> Result<()>,
 ) -> Result<()> {
@@ -454,15 +547,40 @@ pub fn head_chunks(
         let n = chunk_rows.min(rows - start);
         for part in &w.head.weight.parts {
             let mm = Matmul {
-                a_offset: (start * d) as u32,
+                a_offset: if norm.is_some() {
+                    0
+                } else {
+                    (start * d) as u32
+                },
                 ldc: v as u32,
                 out_col_offset: part.row_start as u32,
                 bias_offset: part.row_start as u32,
                 b_format: w.head.weight.format,
                 ..Matmul::plain(n as u32, part.rows as u32, d as u32)
             };
+            if let Some(nm) = norm {
+                let g = Gemv {
+                    mm,
+                    norm: Some(Norm {
+                        first_row: start as u32,
+                        ..nm.norm
+                    }),
+                };
+                let b = gemv::Bindings {
+                    a: input,
+                    b: &part.buffer,
+                    bias: Some(bias),
+                    gate: nm.modulation,
+                    out: logits,
+                    aux: None,
+                    ln_w: Some(nm.weight),
+                    row_index: nm.row_index,
+                };
+                gemv::record(pb, k, "head", &g, b)?;
+                continue;
+            }
             let b = ops::matmul::Bindings {
-                a: normed,
+                a: input,
                 b: &part.buffer,
                 bias: Some(bias),
                 gate: None,

@@ -574,19 +574,36 @@ impl GpuModel {
             in_row_offset: 0,
             modulation: final_mod.map(|_| layers::final_modulation(d)),
         };
-        let lnb = crate::ops::layernorm::Bindings {
-            x: &buf.x,
-            w: &w.norm_final,
-            modv: final_mod,
-            out: &buf.final_normed,
-            row_index: Some(&ws.picked),
+        // A few picked rows (every first-hitting or DDPM call of a batch-1 block): the head's products
+        // normalise them in their prologue, so the final LayerNorm costs no dispatch of its own.
+        let norm = if picked_rows <= crate::ops::gemv::MAX_ROWS as usize {
+            Some(layers::NormIn {
+                weight: &w.norm_final,
+                norm: crate::ops::gemv::Norm { ln, first_row: 0 },
+                modulation: final_mod,
+                row_index: Some(&ws.picked),
+            })
+        } else {
+            let lnb = crate::ops::layernorm::Bindings {
+                x: &buf.x,
+                w: &w.norm_final,
+                modv: final_mod,
+                out: &buf.final_normed,
+                row_index: Some(&ws.picked),
+            };
+            crate::ops::layernorm::record(pb, k, &ln, lnb)?;
+            None
         };
-        crate::ops::layernorm::record(pb, k, &ln, lnb)?;
-        layers::head_chunks(
+        layers::head_chunks_from(
             pb,
             k,
             w,
-            &buf.final_normed,
+            if norm.is_some() {
+                &buf.x
+            } else {
+                &buf.final_normed
+            },
+            norm,
             &buf.logits,
             (picked_rows, buf.chunk_rows),
             |pb, start, n| {

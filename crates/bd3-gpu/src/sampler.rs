@@ -252,6 +252,53 @@ pub fn tail_entropy(seq: &[u32]) -> f64 {
         .sum()
 }
 
+impl SampleOptions {
+    /// Refuse a request the model cannot serve (prompt too long or outside the vocabulary, no
+    /// room to generate, a sampler the model kind does not support) before any GPU work: the
+    /// CLI calls this before it loads the weights, and [`generate`] calls it again.
+    pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        let opts = self;
+        let prefix = 1 + opts.prompt.len();
+        if opts.batch == 0 {
+            return Err(Error::Invalid(
+                "batch size 0: at least one sequence is needed".into(),
+            ));
+        }
+        if prefix >= cfg.model_length {
+            return Err(Error::Invalid(format!(
+                "the prompt ({} tokens with BOS) does not fit the model's context of {} tokens",
+                prefix, cfg.model_length
+            )));
+        }
+        if opts.length <= prefix {
+            return Err(Error::Invalid(format!(
+                "length {} leaves no room to generate after {} prompt tokens (BOS included)",
+                opts.length, prefix
+            )));
+        }
+        if let Some(t) = opts
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= cfg.vocab_size - 1)
+        {
+            return Err(Error::Invalid(format!(
+                "prompt token {t} is outside the model's vocabulary"
+            )));
+        }
+        opts.sampler.check()?;
+        if opts.sampler != Sampler::FirstHitting
+            && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd)
+        {
+            return Err(Error::Invalid(format!(
+                "the {} sampler is for BD3LM and MDLM models, not {}",
+                opts.sampler.name(),
+                cfg.kind.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Generate `opts.batch` sequences.
 pub async fn generate(
     model: &mut GpuModel,
@@ -259,42 +306,7 @@ pub async fn generate(
     on_event: &mut dyn FnMut(SampleEvent),
 ) -> Result<SampleResult> {
     let cfg = model.cfg.clone();
-    let prefix = 1 + opts.prompt.len();
-    if opts.batch == 0 {
-        return Err(Error::Invalid(
-            "batch size 0: at least one sequence is needed".into(),
-        ));
-    }
-    if prefix >= cfg.model_length {
-        return Err(Error::Invalid(format!(
-            "the prompt ({} tokens with BOS) does not fit the model's context of {} tokens",
-            prefix, cfg.model_length
-        )));
-    }
-    if opts.length <= prefix {
-        return Err(Error::Invalid(format!(
-            "length {} leaves no room to generate after {} prompt tokens (BOS included)",
-            opts.length, prefix
-        )));
-    }
-    if let Some(t) = opts
-        .prompt
-        .iter()
-        .find(|&&t| t as usize >= cfg.vocab_size - 1)
-    {
-        return Err(Error::Invalid(format!(
-            "prompt token {t} is outside the model's vocabulary"
-        )));
-    }
-    opts.sampler.check()?;
-    if opts.sampler != Sampler::FirstHitting && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd)
-    {
-        return Err(Error::Invalid(format!(
-            "the {} sampler is for BD3LM and MDLM models, not {}",
-            opts.sampler.name(),
-            cfg.kind.name()
-        )));
-    }
+    opts.check(&cfg)?;
     model.begin_generation();
     let mut run = Run {
         model,

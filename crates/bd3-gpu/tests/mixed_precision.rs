@@ -474,7 +474,14 @@ fn planned_mixed_training_step_runs_every_gemm_on_tensor_cores() {
             trainer.plan_step(&model, &shape).unwrap()
         };
         let (f32_plan, mixed_plan) = (plan(Precision::F32), plan(Precision::Mixed));
-        let gemm = ["matmul", "matmul_narrow", "matvec"];
+        let gemm = [
+            "matmul",
+            "matmul_narrow",
+            "gemv",
+            "gemv_scalar",
+            "gemv_subgroup",
+            "gemv_subgroup_scalar",
+        ];
         let count = |p: &[bd3_gpu::PlannedDispatch], kernels: &[&str]| -> (usize, u64) {
             let d: Vec<_> = p.iter().filter(|d| kernels.contains(&d.kernel)).collect();
             (d.len(), d.iter().map(|d| d.flops).sum())

@@ -75,11 +75,35 @@ fn all_ops() -> Vec<OpSide> {
             matmul::Bindings::NAMES,
             matmul::COOP_EMULATED_THREADS,
         ),
-        side::<matmul::Params>(
-            "matvec.wgsl",
-            src("matvec.wgsl"),
-            matmul::Bindings::NAMES,
-            matmul::MATVEC_THREADS,
+        side::<gemv::Params>(
+            "gemv.wgsl",
+            src("gemv.wgsl"),
+            gemv::Bindings::NAMES,
+            gemv::THREADS,
+        ),
+        side::<gemv::Params>(
+            "gemv_subgroup.wgsl",
+            src("gemv_subgroup.wgsl"),
+            gemv::Bindings::NAMES,
+            gemv::THREADS,
+        ),
+        side::<gemv::Params>(
+            "gemv.wgsl (f16 weights, scalar views)",
+            gemv::source(
+                gemv::Reduction::Workgroup,
+                gemv::WeightFormat::F16,
+                false,
+                1,
+            )
+            .unwrap(),
+            gemv::Bindings::NAMES,
+            gemv::THREADS,
+        ),
+        side::<gemv::Params>(
+            "gemv_subgroup.wgsl (f16 weights)",
+            gemv::source(gemv::Reduction::Subgroup, gemv::WeightFormat::F16, true, 8).unwrap(),
+            gemv::Bindings::NAMES,
+            gemv::THREADS,
         ),
         side::<attention::Params>(
             "attention.wgsl",

@@ -241,6 +241,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
         entropy_check: a.entropy_check,
         ..model_defaults
     };
+    // Refuse a bad request before the adapter opens and the weights upload (and before the
+    // weight-format line), so it is one line on stderr.
+    opts.check(&cfg)?;
     let ctx = Arc::new(pollster::block_on(GpuContext::new(
         ContextOptions::default(),
     ))?);

@@ -2,9 +2,10 @@
 //! out = epilogue(A·B + bias) with strided operands, a row mapping (KV caches) and dropout.
 //!
 //! Variants: 64-row output tiles (4 rows per thread) for wide inputs; for M ≤ 16 (sampling steps, the
-//! conditioning of a small batch) matrix-vector products (`shaders/matvec.wgsl`, one workgroup per
-//! output column) when A and B are contiguous in k as in every forward Linear, else 16-row tiles (1 row
-//! per thread), so a step of a few rows neither pays for a 64-row tile nor runs on a dozen workgroups; and
+//! conditioning of a small batch) matrix-vector products ([`super::gemv`]: a few output columns per
+//! workgroup, every weight read shared by the rows) when A and B are contiguous in k as in every
+//! forward Linear, else 16-row tiles (1 row per thread), so a step of a few rows neither pays for a
+//! 64-row tile nor runs on a dozen workgroups; and
 //! split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit two
 //! workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices into a
 //! scratch buffer, summed by a column-sum pass.
@@ -16,6 +17,7 @@
 //! (`matmul_coop_emulated.wgsl`) in that role on adapters without cooperative matrices.
 
 use super::col_sum::{self, Columns};
+use super::gemv::{self, Gemv, GemvKernels};
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
 use crate::program::{Buf, Cost, Kernel, ProgramBuilder};
@@ -26,10 +28,6 @@ use bd3_model::{Error, Result};
 
 /// 16 × 16 threads.
 pub const THREADS: u32 = 256;
-/// Threads of the matrix-vector variant (one output column per workgroup).
-pub const MATVEC_THREADS: u32 = 64;
-/// The most rows the matrix-vector variant takes.
-pub const MATVEC_MAX_ROWS: u32 = 16;
 /// Output columns per workgroup.
 pub const TILE_N: u32 = 64;
 
@@ -271,8 +269,9 @@ pub struct Variants {
     pub wide: Kernel,
     /// 16 × 64 output tiles, for M ≤ 16.
     pub narrow: Kernel,
-    /// One workgroup per output column, for M ≤ 16 with A and B contiguous in k.
-    pub matvec: Kernel,
+    /// Matrix-vector products for M ≤ 16 with A and B contiguous in k (the weight format of the
+    /// set, the device's reduction).
+    pub gemv: GemvKernels,
 }
 
 impl Variants {
@@ -292,9 +291,7 @@ impl Variants {
                     THREADS,
                 )
                 .await?,
-            matvec: ctx
-                .pipeline("matvec", shaders::MATVEC_WGSL, MATVEC_THREADS)
-                .await?,
+            gemv: GemvKernels::for_device(ctx).await?,
         })
     }
 
@@ -316,9 +313,12 @@ impl Variants {
                     THREADS,
                 )
                 .await?,
-            matvec: ctx
-                .pipeline("matvec_f16", &twin(shaders::MATVEC_WGSL)?, MATVEC_THREADS)
-                .await?,
+            gemv: GemvKernels::new(
+                ctx,
+                gemv::Reduction::for_features(ctx.features),
+                WeightFormat::F16,
+            )
+            .await?,
         })
     }
 
@@ -577,44 +577,29 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Ma
     if let Some((kernel, tiles)) = mixed_for(pb, k, mm) {
         return record_block(pb, k, label, kernel, tiles, &p, 1, b);
     }
+    if Gemv::fits(mm) {
+        let gb = gemv::Bindings {
+            a: b.a,
+            b: b.b,
+            bias: b.bias,
+            gate: b.gate,
+            out: b.out,
+            aux: b.aux,
+            ln_w: None,
+            row_index: None,
+        };
+        // Only a grid too large for the adapter fails (never at these widths): the tiled kernel
+        // covers any N.
+        if gemv::record(pb, k, label, &Gemv::plain(*mm), gb).is_ok() {
+            return;
+        }
+    }
     let variants = match mm.b_format {
         WeightFormat::F32 => &k.matmul,
-        WeightFormat::F16 => &k.f16("matmul").matmul,
+        WeightFormat::F16 => &k.f16(label).matmul,
     };
-    if mm.m <= MATVEC_MAX_ROWS && mm.a_k_stride == 1 && mm.b_k_stride == 1 {
-        return record_matvec_of(pb, k, variants, label, &p, b);
-    }
     let (kernel, tile_rows) = variants.for_rows(mm.m);
     record_variant(pb, k, label, kernel, tile_rows, &p, b);
-}
-
-/// The matrix-vector variant (`p.m` ≤ 16, A and B contiguous in k).
-pub fn record_matvec(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    label: &'static str,
-    p: &Params,
-    b: Bindings,
-) {
-    record_matvec_of(pb, k, &k.matmul, label, p, b)
-}
-
-/// [`record_matvec`] with the kernels of `variants` (f32 or f16 weights).
-fn record_matvec_of(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    variants: &Variants,
-    label: &'static str,
-    p: &Params,
-    b: Bindings,
-) {
-    debug_assert!(p.m <= MATVEC_MAX_ROWS && p.a_k_stride == 1 && p.b_k_stride == 1);
-    let groups = match pb.fold(p.n as u64) {
-        Ok(g) => g,
-        // More columns than a grid can hold (never at these widths): the tiled kernel covers any N.
-        Err(_) => return record_variant(pb, k, label, &variants.narrow, 16, p, b),
-    };
-    record_sized(pb, k, label, &variants.matvec, groups, p, 1, b);
 }
 
 /// One dispatch of a given variant (the kernel tests run both on the same problem).

@@ -7,6 +7,7 @@
 //! | [`embedding`] | embedding.wgsl | x = E[tokens] |
 //! | [`layernorm`] | layernorm.wgsl | LayerNorm with adaLN modulation, rows re-mapped |
 //! | [`matmul`] | matmul.wgsl | every Linear, forward and backward, with fused epilogues |
+//! | [`gemv`] | gemv.wgsl, gemv_subgroup.wgsl | the Linears of ≤ 16 rows, with a LayerNorm prologue |
 //! | [`attention`] | attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl, attention_decode.wgsl, attention_combine.wgsl | masked rotary attention and its gradients; split-KV for few queries |
 //! | [`token_loss`] | token_loss.wgsl | SUBS / AR log-probs, loss and logits gradient |
 //! | [`sedd_loss`] | sedd_loss.wgsl | SEDD log-score, score entropy and logits gradient |
@@ -35,6 +36,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod embedding_backward;
 pub mod gate_backward;
+pub mod gemv;
 pub mod grad_norm;
 pub mod layernorm;
 pub mod layernorm_backward;
