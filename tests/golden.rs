@@ -53,3 +53,10 @@ fn verify_passes_with_weights_split_across_bindings() {
     let (ok, text) = verify(&["--split-threshold", "4096"]);
     assert_all_pass(ok, &text);
 }
+
+#[test]
+fn verify_passes_with_work_sized_for_a_gpu() {
+    // lavapipe sizes work for its threads; 132 units take the splits and column counts of an H200.
+    let (ok, text) = verify(&["--units", "132"]);
+    assert_all_pass(ok, &text);
+}

@@ -21,8 +21,22 @@ pub struct ContextOptions {
     pub split_threshold: Option<u64>,
     /// Ask for timestamp queries (per-kernel timing in benchmarks) when the adapter has them.
     pub timestamps: bool,
-    /// Compute units of the adapter for plans (default: [`crate::plan::DEFAULT_COMPUTE_UNITS`]).
+    /// Compute units the work is sized for (default: [`default_compute_units`]).
     pub compute_units: Option<u32>,
+}
+
+/// The compute units work is sized for when the caller does not say: wgpu does not report them, so
+/// a GPU is assumed to have an H200's ([`crate::plan::DEFAULT_COMPUTE_UNITS`]); a software adapter
+/// (lavapipe natively) runs one workgroup per worker thread, so its units are the machine's
+/// threads. Sizing a CPU's work for 132 units splits it into many small workgroups, each paying its
+/// own setup (and, for the matrix-vector products, its own LayerNorm statistics) for nothing.
+pub fn default_compute_units(info: &wgpu::AdapterInfo) -> u32 {
+    // In the page the browser's adapter may be software too, but the page cannot count its threads.
+    if info.device_type == wgpu::DeviceType::Cpu && !cfg!(target_arch = "wasm32") {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(1024) as u32)
+    } else {
+        crate::plan::DEFAULT_COMPUTE_UNITS
+    }
 }
 
 /// Tensor cores as wgpu exposes them to WGSL (cooperative matrices, `enable wgpu_cooperative_matrix;`):
@@ -235,6 +249,9 @@ impl GpuContext {
         let split_threshold = max_binding
             .min(opts.split_threshold.unwrap_or(u64::MAX))
             .max(4);
+        let compute_units = opts
+            .compute_units
+            .unwrap_or_else(|| default_compute_units(&info));
         Ok(GpuContext {
             gpu: Some(Gpu { device, queue }),
             info,
@@ -242,9 +259,7 @@ impl GpuContext {
             features,
             cooperative_matrix,
             counters: Counters::default(),
-            compute_units: opts
-                .compute_units
-                .unwrap_or(crate::plan::DEFAULT_COMPUTE_UNITS),
+            compute_units,
             max_binding,
             split_threshold,
             shader_checks: cfg!(target_arch = "wasm32")

@@ -363,3 +363,27 @@ fn split_kv_attention_of_sampling_calls_is_planned_as_recorded() {
         assert_eq!(kernels("attention_combine").len(), cfg.n_blocks);
     }
 }
+
+#[test]
+fn work_is_sized_for_a_cpu_adapters_threads_and_a_gpus_132_units() {
+    let threads = std::thread::available_parallelism().unwrap().get() as u32;
+    let info = |t| wgpu::AdapterInfo::new(t, wgpu::Backend::Vulkan);
+    let units = bd3_gpu::context::default_compute_units;
+    assert_eq!(units(&info(wgpu::DeviceType::Cpu)), threads);
+    for t in [
+        wgpu::DeviceType::DiscreteGpu,
+        wgpu::DeviceType::IntegratedGpu,
+        wgpu::DeviceType::Other,
+    ] {
+        assert_eq!(units(&info(t)), bd3_gpu::plan::DEFAULT_COMPUTE_UNITS);
+    }
+    // The test adapter (lavapipe in CI) without an explicit count, and with one.
+    let ctx = pollster::block_on(GpuContext::new(ContextOptions::default())).unwrap();
+    assert_eq!(ctx.compute_units, units(&ctx.info));
+    assert_eq!(context_with(ContextOptions::default()).compute_units, 132);
+    let seven = ContextOptions {
+        compute_units: Some(7),
+        ..ContextOptions::default()
+    };
+    assert_eq!(context_with(seven).compute_units, 7);
+}

@@ -17,12 +17,18 @@ pub struct VerifyArgs {
     /// large-tensor path on small fixtures)
     #[arg(long, value_name = "BYTES")]
     split_threshold: Option<u64>,
+    /// Size work (split K, row chunks, columns per workgroup) for an adapter with this many compute
+    /// units [default: 132 (an H200) for a GPU, the machine's threads for a CPU adapter]; on a
+    /// software adapter `--units 132` checks the paths a GPU takes
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    units: Option<u32>,
 }
 
 /// Exit 0 when every check passed, 1 when one failed (errors before any check: 2, from `main`).
 pub fn run(a: VerifyArgs) -> Result<ExitCode> {
     let opts = ContextOptions {
         split_threshold: a.split_threshold,
+        compute_units: a.units,
         ..ContextOptions::default()
     };
     let ctx = Arc::new(pollster::block_on(GpuContext::new(opts))?);

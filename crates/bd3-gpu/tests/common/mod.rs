@@ -10,7 +10,12 @@ pub fn context() -> Arc<GpuContext> {
     context_with(ContextOptions::default())
 }
 
-pub fn context_with(opts: ContextOptions) -> Arc<GpuContext> {
+/// A device whose work is sized for `opts.compute_units`, or for an H200's 132 units where the test
+/// does not say: lavapipe would be sized for the machine's threads, and the splits a GPU takes (split
+/// K, split-KV attention, columns per workgroup) are the ones worth checking.
+pub fn context_with(mut opts: ContextOptions) -> Arc<GpuContext> {
+    opts.compute_units
+        .get_or_insert(bd3_gpu::plan::DEFAULT_COMPUTE_UNITS);
     Arc::new(pollster::block_on(GpuContext::new(opts)).expect("a GPU adapter (lavapipe in CI)"))
 }
 
