@@ -43,7 +43,7 @@ async function measure(rootDir) {
       await page.click('#gen-btn');
       await page.waitForFunction(() => window.bd3.result || window.bd3.error, null, { timeout: 600_000 });
       const r = await page.evaluate(() => window.bd3.result);
-      if (phase === 'timed') return { status, ms: r.ms, calls: r.calls };
+      if (phase === 'timed') return { status, ms: r.ms, calls: r.calls, adapter: await page.textContent('#adapter') };
       await page.evaluate(() => { window.bd3.result = null; });
     }
   } finally {
@@ -55,6 +55,6 @@ async function measure(rootDir) {
 for (let round = 1; round <= rounds; round++) {
   for (const dir of roots) {
     const r = await measure(dir);
-    console.log(`${dir}: ${(r.ms / r.calls).toFixed(2)} ms per model call (${r.calls} calls, ${(r.ms / 1000).toFixed(2)} s; round ${round}; ${r.status})`);
+    console.log(`${dir}: ${(r.ms / r.calls).toFixed(2)} ms per model call (${r.calls} calls, ${(r.ms / 1000).toFixed(2)} s; round ${round}; ${r.status}; ${r.adapter})`);
   }
 }

@@ -23,20 +23,30 @@ pub struct ContextOptions {
     pub timestamps: bool,
     /// Compute units the work is sized for (default: [`default_compute_units`]).
     pub compute_units: Option<u32>,
+    /// Worker threads of a software adapter, where the platform cannot count them (see
+    /// [`default_compute_units`]).
+    pub cpu_threads: Option<u32>,
 }
 
 /// The compute units work is sized for when the caller does not say: wgpu does not report them, so
 /// a GPU is assumed to have an H200's ([`crate::plan::DEFAULT_COMPUTE_UNITS`]); a software adapter
-/// (lavapipe natively) runs one workgroup per worker thread, so its units are the machine's
-/// threads. Sizing a CPU's work for 132 units splits it into many small workgroups, each paying its
-/// own setup (and, for the matrix-vector products, its own LayerNorm statistics) for nothing.
-pub fn default_compute_units(info: &wgpu::AdapterInfo) -> u32 {
-    // In the page the browser's adapter may be software too, but the page cannot count its threads.
-    if info.device_type == wgpu::DeviceType::Cpu && !cfg!(target_arch = "wasm32") {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(1024) as u32)
-    } else {
-        crate::plan::DEFAULT_COMPUTE_UNITS
+/// (lavapipe natively, a browser's fallback adapter such as SwiftShader) runs one workgroup per
+/// worker thread, so its units are the machine's threads: `cpu_threads` where the caller knows them
+/// (the page passes `navigator.hardwareConcurrency`), else what the platform reports (nothing in
+/// wasm, which keeps the GPU default). Sizing a CPU's work for 132 units splits it into many small
+/// workgroups, each paying its own setup (and, for the matrix-vector products, its own LayerNorm
+/// statistics) for nothing.
+pub fn default_compute_units(info: &wgpu::AdapterInfo, cpu_threads: Option<u32>) -> u32 {
+    if info.device_type != wgpu::DeviceType::Cpu {
+        return crate::plan::DEFAULT_COMPUTE_UNITS;
     }
+    cpu_threads
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get().min(1024) as u32)
+        })
+        .map_or(crate::plan::DEFAULT_COMPUTE_UNITS, |n| n.clamp(1, 1024))
 }
 
 /// Tensor cores as wgpu exposes them to WGSL (cooperative matrices, `enable wgpu_cooperative_matrix;`):
@@ -251,7 +261,7 @@ impl GpuContext {
             .max(4);
         let compute_units = opts
             .compute_units
-            .unwrap_or_else(|| default_compute_units(&info));
+            .unwrap_or_else(|| default_compute_units(&info, opts.cpu_threads));
         Ok(GpuContext {
             gpu: Some(Gpu { device, queue }),
             info,

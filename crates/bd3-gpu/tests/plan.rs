@@ -368,8 +368,13 @@ fn split_kv_attention_of_sampling_calls_is_planned_as_recorded() {
 fn work_is_sized_for_a_cpu_adapters_threads_and_a_gpus_132_units() {
     let threads = std::thread::available_parallelism().unwrap().get() as u32;
     let info = |t| wgpu::AdapterInfo::new(t, wgpu::Backend::Vulkan);
-    let units = bd3_gpu::context::default_compute_units;
+    let units = |info: &wgpu::AdapterInfo| bd3_gpu::context::default_compute_units(info, None);
     assert_eq!(units(&info(wgpu::DeviceType::Cpu)), threads);
+    // The page's count (navigator.hardwareConcurrency) wins over the platform's; only for a CPU.
+    let told = bd3_gpu::context::default_compute_units(&info(wgpu::DeviceType::Cpu), Some(6));
+    assert_eq!(told, 6);
+    let gpu = bd3_gpu::context::default_compute_units(&info(wgpu::DeviceType::Other), Some(6));
+    assert_eq!(gpu, bd3_gpu::plan::DEFAULT_COMPUTE_UNITS);
     for t in [
         wgpu::DeviceType::DiscreteGpu,
         wgpu::DeviceType::IntegratedGpu,

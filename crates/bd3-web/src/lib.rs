@@ -106,12 +106,25 @@ pub struct Engine {
     weights_note: Option<&'static str>,
 }
 
+/// `navigator.hardwareConcurrency` of the page or worker, when the browser reports it.
+fn hardware_concurrency() -> Option<u32> {
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    let n = Reflect::get(&navigator, &"hardwareConcurrency".into())
+        .ok()?
+        .as_f64()?;
+    (n >= 1.0 && n.is_finite()).then(|| n.min(1024.0) as u32)
+}
+
 #[wasm_bindgen]
 impl Engine {
     pub async fn create() -> Result<Engine, JsError> {
-        let ctx = GpuContext::new(ContextOptions::default())
-            .await
-            .map_err(js_err)?;
+        // A fallback adapter (SwiftShader) runs workgroups on the CPU's threads, which wasm cannot
+        // count itself: the page's hardwareConcurrency sizes its work (GpuContext ignores it for a GPU).
+        let opts = ContextOptions {
+            cpu_threads: hardware_concurrency(),
+            ..ContextOptions::default()
+        };
+        let ctx = GpuContext::new(opts).await.map_err(js_err)?;
         Ok(Engine {
             ctx: Arc::new(ctx),
             model: None,
