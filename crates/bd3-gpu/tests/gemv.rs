@@ -91,25 +91,7 @@ fn gemv_every_epilogue_reduction_view_and_column_count() {
                     let gate = rng.vec(n_seq * n, 1.0);
                     let ones = vec![1.0; n_seq * n];
                     let base = rng.vec(m * n, 1.0);
-                    let cases = [
-                        (Epilogue::Store, cpu_ref::Epilogue::Store),
-                        (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
-                        (Epilogue::Silu, cpu_ref::Epilogue::Silu),
-                        (
-                            Epilogue::GatedResidual,
-                            cpu_ref::Epilogue::GatedResidual {
-                                gate: &gate,
-                                rows_per_seq,
-                            },
-                        ),
-                        (
-                            Epilogue::Residual,
-                            cpu_ref::Epilogue::GatedResidual {
-                                gate: &ones,
-                                rows_per_seq,
-                            },
-                        ),
-                    ];
+                    let cases = epilogue_cases(&gate, &ones, rows_per_seq);
                     let (a_b, w_b, bias_b, gate_b) = (
                         upload(&ctx, &a),
                         upload(&ctx, &w),

@@ -4,7 +4,7 @@
 mod common;
 use bd3_gpu::ops::attention::{Attention, Variant};
 use bd3_gpu::ops::layernorm::{LayerNorm, Modulation};
-use bd3_gpu::ops::matmul::{Epilogue, Matmul};
+use bd3_gpu::ops::matmul::Matmul;
 use bd3_gpu::ops::{self, reduce_sum::Reduction, token_loss::Head};
 use bd3_model::cpu_ref;
 use bd3_model::AttentionMask;
@@ -22,25 +22,8 @@ fn matmul_every_epilogue_at_awkward_sizes() {
     let rows_per_seq = 35;
     let gate = rng.vec(2 * n, 1.0);
     let base = rng.vec(m * n, 1.0);
-    let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
-        (Epilogue::Store, cpu_ref::Epilogue::Store),
-        (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
-        (Epilogue::Silu, cpu_ref::Epilogue::Silu),
-        (
-            Epilogue::GatedResidual,
-            cpu_ref::Epilogue::GatedResidual {
-                gate: &gate,
-                rows_per_seq,
-            },
-        ),
-        (
-            Epilogue::Residual,
-            cpu_ref::Epilogue::GatedResidual {
-                gate: &vec![1.0; 2 * n],
-                rows_per_seq,
-            },
-        ),
-    ];
+    let ones = vec![1.0; 2 * n];
+    let cases = epilogue_cases(&gate, &ones, rows_per_seq);
     for (epi, cpu_epi) in cases {
         let mut want = base.clone();
         cpu_ref::matmul_bt(

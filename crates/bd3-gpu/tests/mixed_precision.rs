@@ -229,25 +229,7 @@ fn mixed_product_applies_every_epilogue() {
         let gate = rng.vec(2 * n, 1.0);
         let base = rng.vec(m * n, 1.0);
         let ones = vec![1.0; 2 * n];
-        let cases: [(Epilogue, cpu_ref::Epilogue); 5] = [
-            (Epilogue::Store, cpu_ref::Epilogue::Store),
-            (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
-            (Epilogue::Silu, cpu_ref::Epilogue::Silu),
-            (
-                Epilogue::GatedResidual,
-                cpu_ref::Epilogue::GatedResidual {
-                    gate: &gate,
-                    rows_per_seq,
-                },
-            ),
-            (
-                Epilogue::Residual,
-                cpu_ref::Epilogue::GatedResidual {
-                    gate: &ones,
-                    rows_per_seq,
-                },
-            ),
-        ];
+        let cases = epilogue_cases(&gate, &ones, rows_per_seq);
         let (a16, w16) = (f16_round(&a), f16_round(&w));
         for (epi, cpu_epi) in cases {
             let mm = Matmul {

@@ -177,6 +177,15 @@ fn info() -> anyhow::Result<()> {
         ctx.limits.max_buffer_size >> 20
     );
     println!("optional features in use: {:?}", ctx.features);
+    let why = if ctx.info.device_type == wgpu::DeviceType::Cpu {
+        "a software adapter: one per thread of this machine"
+    } else {
+        "wgpu does not report them; an H200's assumed"
+    };
+    println!(
+        "compute units work is sized for: {} ({why})",
+        ctx.compute_units
+    );
     println!(
         "cooperative matrices: {}",
         bd3_gpu::CooperativeMatrix::describe(ctx.cooperative_matrix)

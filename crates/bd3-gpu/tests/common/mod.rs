@@ -1,9 +1,11 @@
 //! Shared helpers of the kernel tests: a device, a deterministic RNG, uploads and comparisons.
 #![allow(dead_code)]
 
+use bd3_gpu::ops::matmul::Epilogue;
 use bd3_gpu::ops::{Kernels, TrainKernels};
 use bd3_gpu::program::{Buf, ProgramBuilder};
 use bd3_gpu::{ContextOptions, GpuContext};
+use bd3_model::cpu_ref;
 use std::sync::Arc;
 
 pub fn context() -> Arc<GpuContext> {
@@ -25,6 +27,32 @@ pub fn kernels(ctx: &GpuContext, head_dim: usize) -> Kernels {
 
 pub fn train_kernels(ctx: &GpuContext, head_dim: usize) -> TrainKernels {
     pollster::block_on(TrainKernels::new(ctx, head_dim)).unwrap()
+}
+
+/// Every epilogue of the matrix products with its CPU reference: the gated residual adds `gate`
+/// (a row of n per sequence of `rows_per_seq` rows) times the product, the plain residual is the
+/// same with a gate of `ones`.
+pub fn epilogue_cases<'a>(
+    gate: &'a [f32],
+    ones: &'a [f32],
+    rows_per_seq: usize,
+) -> [(Epilogue, cpu_ref::Epilogue<'a>); 5] {
+    [
+        (Epilogue::Store, cpu_ref::Epilogue::Store),
+        (Epilogue::Gelu, cpu_ref::Epilogue::Gelu),
+        (Epilogue::Silu, cpu_ref::Epilogue::Silu),
+        (
+            Epilogue::GatedResidual,
+            cpu_ref::Epilogue::GatedResidual { gate, rows_per_seq },
+        ),
+        (
+            Epilogue::Residual,
+            cpu_ref::Epilogue::GatedResidual {
+                gate: ones,
+                rows_per_seq,
+            },
+        ),
+    ]
 }
 
 /// Workgroup memory budgets the attention kernels are specialised for: the browser's and the native cap.
