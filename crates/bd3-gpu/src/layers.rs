@@ -11,7 +11,7 @@ use crate::ops::{self, attention::Attention, Kernels};
 use crate::program::{Buf, ProgramBuilder};
 use crate::weights::{BlockWeights, Linear, Weights};
 use bd3_model::config::TIMESTEP_FEATURES;
-use bd3_model::{ModelConfig, Result};
+use bd3_model::{Error, ModelConfig, Result};
 
 /// The six chunks of a block's adaLN modulation row ([6·D] per sequence), in the official order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -481,6 +481,16 @@ pub fn linear(
         }
         let gate = io.gate.map(|g| g.modulation);
         if let Some(nm) = io.norm {
+            // One binding serves the gate and the prologue's modulation rows.
+            if let (Some(g), Some(m)) = (gate, nm.modulation) {
+                if !std::ptr::eq(g, m) {
+                    return Err(Error::Invalid(format!(
+                        "{}: a gated residual and a modulated LayerNorm prologue must read the \
+                         same modulation buffer",
+                        io.label
+                    )));
+                }
+            }
             let b = gemv::Bindings {
                 a: io.a,
                 b: &part.buffer,
@@ -514,23 +524,11 @@ pub fn linear(
 /// The head over `rows` normalised rows, `chunk_rows` at a time into `logits` (`chunking` =
 /// (rows, chunk_rows)); `consume(pb, start, n)`
 /// records what reads each chunk (the loss or the sampler) before the next chunk overwrites it.
-pub fn head_chunks(
-    pb: &mut ProgramBuilder,
-    k: &Kernels,
-    w: &Weights,
-    normed: &Buf,
-    logits: &Buf,
-    chunking: (usize, usize),
-    consume: impl FnMut(&mut ProgramBuilder, usize, usize) -> Result<()>,
-) -> Result<()> {
-    head_chunks_from(pb, k, w, normed, None, logits, chunking, consume)
-}
-
-/// [`head_chunks`] over `input`: the normalised rows, or with `norm` the residual rows whose final
-/// LayerNorm the head's products compute in their prologue (at most [`gemv::MAX_ROWS`] rows per
-/// chunk; every weight part's dispatch normalises its rows itself).
+/// `input` holds the normalised rows, or with `norm` the residual rows whose final LayerNorm the
+/// head's products compute in their prologue (at most [`gemv::MAX_ROWS`] rows per chunk; every weight
+/// part's dispatch normalises its rows itself).
 #[allow(clippy::too_many_arguments)]
-pub fn head_chunks_from(
+pub fn head_chunks(
     pb: &mut ProgramBuilder,
     k: &Kernels,
     w: &Weights,

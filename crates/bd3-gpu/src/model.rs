@@ -533,6 +533,7 @@ impl GpuModel {
             k,
             w,
             &final_normed,
+            None,
             &logits,
             (scored, chunk_rows),
             |pb, start, n| {

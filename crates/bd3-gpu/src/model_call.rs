@@ -594,7 +594,7 @@ impl GpuModel {
             crate::ops::layernorm::record(pb, k, &ln, lnb)?;
             None
         };
-        layers::head_chunks_from(
+        layers::head_chunks(
             pb,
             k,
             w,

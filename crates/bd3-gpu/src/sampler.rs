@@ -257,9 +257,8 @@ impl SampleOptions {
     /// room to generate, a sampler the model kind does not support) before any GPU work: the
     /// CLI calls this before it loads the weights, and [`generate`] calls it again.
     pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
-        let opts = self;
-        let prefix = 1 + opts.prompt.len();
-        if opts.batch == 0 {
+        let prefix = 1 + self.prompt.len();
+        if self.batch == 0 {
             return Err(Error::Invalid(
                 "batch size 0: at least one sequence is needed".into(),
             ));
@@ -270,13 +269,13 @@ impl SampleOptions {
                 prefix, cfg.model_length
             )));
         }
-        if opts.length <= prefix {
+        if self.length <= prefix {
             return Err(Error::Invalid(format!(
                 "length {} leaves no room to generate after {} prompt tokens (BOS included)",
-                opts.length, prefix
+                self.length, prefix
             )));
         }
-        if let Some(t) = opts
+        if let Some(t) = self
             .prompt
             .iter()
             .find(|&&t| t as usize >= cfg.vocab_size - 1)
@@ -285,13 +284,13 @@ impl SampleOptions {
                 "prompt token {t} is outside the model's vocabulary"
             )));
         }
-        opts.sampler.check()?;
-        if opts.sampler != Sampler::FirstHitting
+        self.sampler.check()?;
+        if self.sampler != Sampler::FirstHitting
             && matches!(cfg.kind, ModelKind::Ar | ModelKind::Sedd)
         {
             return Err(Error::Invalid(format!(
                 "the {} sampler is for BD3LM and MDLM models, not {}",
-                opts.sampler.name(),
+                self.sampler.name(),
                 cfg.kind.name()
             )));
         }

@@ -757,6 +757,7 @@ impl Recorder<'_> {
             k,
             w,
             &tb.hf,
+            None,
             &tb.logits,
             (scored, tb.chunk_rows),
             |pb, start, n| {
