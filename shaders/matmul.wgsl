@@ -28,14 +28,18 @@
 // floats = 8 KiB); which thread stages which element follows the operands' strides, so global reads are
 // coalesced for transposed operands too. Edges are bounds-checked, so any M, N, K works. The host substitutes
 // ROWS_PER_THREAD: 4 for wide inputs, 1 when M ≤ 16 (sampling steps), so a step of a few rows does not
-// pay for a 64-row tile. The z dimension of the grid indexes the K slices.
+// pay for a 64-row tile. The z dimension of the grid indexes the K slices. Products large enough to
+// give every compute unit two 128 × 128 tiles take matmul_large.wgsl instead (same parameters).
 // Weights in f16: the host also compiles a twin reading `b` as array<f16> (shaders::with_f16_weights;
 // f32(b[…]) converts while staging, the identity here), for models whose weights are stored in f16.
-// Includes: matmul_params.wgsl (the parameters and bindings), matmul_epilogue.wgsl (the epilogue of one
-// value, shared with gemv.wgsl; dropout.wgsl, hash.wgsl and gelu.wgsl through it).
+// Includes: matmul_params.wgsl (the parameters and bindings but a and b, declared here),
+// matmul_epilogue.wgsl (the epilogue of one value, shared with gemv.wgsl; dropout.wgsl, hash.wgsl and gelu.wgsl through it).
 
 // #include "matmul_params.wgsl"
 // #include "matmul_epilogue.wgsl"
+
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
 
 const ROWS_PER_THREAD: u32 = 4u;
 const BM: u32 = 16u * ROWS_PER_THREAD;
@@ -43,22 +47,6 @@ const BN: u32 = 64u;
 const BK: u32 = 16u;
 var<workgroup> a_tile: array<f32, BK * BM>; // [BK][BM]
 var<workgroup> b_tile: array<vec4<f32>, BK * BN / 4u>; // [BK][BN], four columns per element
-
-// The epilogue of one output row for its 4 columns (matmul_epilogue.wgsl); `slice_offset` places a
-// K slice's partial product.
-fn store_row(m: u32, n_first: u32, acc: vec4<f32>, slice_offset: u32) {
-    if (m >= p.m) {
-        return;
-    }
-    let base = row_base(m, slice_offset);
-    for (var j = 0u; j < 4u; j++) {
-        let n = n_first + j;
-        if (n >= p.n) {
-            return;
-        }
-        store_value(m, n, acc[j], base);
-    }
-}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -129,10 +117,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3
     let m_first = m0 + ty * ROWS_PER_THREAD;
     let n_first = n0 + tx * 4u;
     let slice_offset = wg.z * p.split_stride;
-    store_row(m_first, n_first, acc0, slice_offset);
+    store_quad(m_first, n_first, acc0, slice_offset);
     if (ROWS_PER_THREAD == 4u) {
-        store_row(m_first + 1u, n_first, acc1, slice_offset);
-        store_row(m_first + 2u, n_first, acc2, slice_offset);
-        store_row(m_first + 3u, n_first, acc3, slice_offset);
+        store_quad(m_first + 1u, n_first, acc1, slice_offset);
+        store_quad(m_first + 2u, n_first, acc2, slice_offset);
+        store_quad(m_first + 3u, n_first, acc3, slice_offset);
     }
 }

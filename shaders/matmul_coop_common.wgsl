@@ -19,6 +19,9 @@
 // #include "matmul_params.wgsl"
 // #include "matmul_epilogue.wgsl"
 
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+
 // Tiles per subgroup along M and N.
 const TM: u32 = 2u;
 const TN: u32 = 2u;

@@ -1,7 +1,8 @@
-// The per-value epilogue of the matrix products (matmul.wgsl, gemv.wgsl and gemv_subgroup.wgsl, the
-// variants of one product; see matmul.wgsl's header for the math). store_value(m, n, v, row_base(m, …))
-// takes the product v = Σ_k A(m, k)·B(k, n) of output (m, n), m < p.m and n < p.n, and applies bias,
-// dropout, aux, the activation or the (gated) residual, placing the result at row(m) and column n.
+// The per-value epilogue of the matrix products (matmul.wgsl, matmul_large.wgsl, the cooperative
+// kernels, gemv.wgsl and gemv_subgroup.wgsl: the variants of one product; see matmul.wgsl's header
+// for the math). store_value(m, n, v, row_base(m, …)) takes the product v = Σ_k A(m, k)·B(k, n) of output (m, n), m < p.m and n < p.n, and applies bias,
+// dropout, aux, the activation or the (gated) residual, placing the result at row(m) and column n;
+// store_quad does so for four columns of a row (a thread's register quad in the tiled kernels).
 // The includer declares the uniform `p` with the fields named here (matmul_params.wgsl's Params has
 // them all) and the bindings `bias`, `gate` (array<f32>), `out` and `aux` (read_write array<f32>).
 // Includes: dropout.wgsl (keep), gelu.wgsl (gelu_tanh).
@@ -38,5 +39,21 @@ fn store_value(m: u32, n: u32, product: f32, base: u32) {
         case 3u: { out[o] = out[o] + gate[(m / p.rows_per_seq) * p.gate_stride + p.gate_offset + n] * v; }
         case 4u: { out[o] = out[o] + v; }
         default: { out[o] = v; }
+    }
+}
+
+// The epilogue of output row m for its 4 columns n_first … n_first + 3 (those < p.n): the store of
+// a thread's register quad in the tiled kernels. `slice_offset` places a K slice's partial product.
+fn store_quad(m: u32, n_first: u32, acc: vec4<f32>, slice_offset: u32) {
+    if (m >= p.m) {
+        return;
+    }
+    let base = row_base(m, slice_offset);
+    for (var j = 0u; j < 4u; j++) {
+        let n = n_first + j;
+        if (n >= p.n) {
+            return;
+        }
+        store_value(m, n, acc[j], base);
     }
 }

@@ -1,5 +1,7 @@
 // The parameter block and bindings of matmul.wgsl (see its header for the meaning of each field);
-// matmul_epilogue.wgsl reads the epilogue's fields from it. The includer defines nothing.
+// matmul_epilogue.wgsl reads the epilogue's fields from it. The includer declares the operands a
+// (binding 1) and b (binding 2) in the element type it loads them as: f32 (matmul.wgsl, the
+// cooperative kernels) or vec4<f32> (matmul_large.wgsl).
 
 struct Params {
     m: u32,
@@ -31,8 +33,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> gate: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;

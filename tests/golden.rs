@@ -60,3 +60,11 @@ fn verify_passes_with_work_sized_for_a_gpu() {
     let (ok, text) = verify(&["--units", "132"]);
     assert_all_pass(ok, &text);
 }
+
+#[test]
+fn verify_passes_with_large_tiles() {
+    // One unit wants two workgroups, which the fixture model's weight gradients (192 and 256
+    // output rows, 64 columns) reach with 128 × 128 tiles: the training checks run matmul_large.wgsl.
+    let (ok, text) = verify(&["--units", "1"]);
+    assert_all_pass(ok, &text);
+}

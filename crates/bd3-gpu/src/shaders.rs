@@ -173,6 +173,38 @@ pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
     specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
 }
 
+/// The K slab of the large-tile f32 product (`matmul_large.wgsl`): 8 keeps its double-buffered
+/// slabs in the 16 KiB browsers give; 16 (32 KiB) halves the barriers where the adapter allows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LargeSlab {
+    K8 = 8,
+    K16 = 16,
+}
+
+impl LargeSlab {
+    /// Workgroup memory of the kernel: two buffers of a BK × 128 slab of A and of B.
+    pub fn workgroup_bytes(self) -> usize {
+        2 * 2 * self as usize * 128 * 4
+    }
+
+    /// The deepest slab whose workgroup memory fits `limit` bytes.
+    pub fn within(limit: usize) -> LargeSlab {
+        match LargeSlab::K16.workgroup_bytes() <= limit {
+            true => LargeSlab::K16,
+            false => LargeSlab::K8,
+        }
+    }
+}
+
+/// `matmul_large.wgsl` with K slabs of `slab`, its quads loaded as 16-byte vectors (`aligned`) or
+/// element by element.
+pub fn matmul_large_source(slab: LargeSlab, aligned: bool) -> Result<String, String> {
+    specialize(
+        MATMUL_LARGE_WGSL,
+        &[("BK", slab as u32), ("ALIGNED", aligned as u32)],
+    )
+}
+
 /// Tiles per subgroup of a cooperative product: `m` × `n` tiles of 16 × 16, so a workgroup of four
 /// subgroups (2 × 2) owns a 32·m × 32·n output block (matmul_coop_common.wgsl's TM and TN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

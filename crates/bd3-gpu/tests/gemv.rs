@@ -433,7 +433,15 @@ fn gemv_rows_into_a_cache_with_dropout_and_aux_match_the_tiled_kernel() {
                             aux: Some(&aux),
                         };
                         let p = mapped.params(false, true);
-                        ops::matmul::record_variant(pb, &k, "matmul", &k.matmul.narrow, 16, &p, b)
+                        ops::matmul::record_variant(
+                            pb,
+                            &k,
+                            "matmul",
+                            &k.matmul.narrow,
+                            ops::matmul::Tile::Rows16,
+                            &p,
+                            b,
+                        )
                     }
                 });
                 (

@@ -4,7 +4,7 @@
 mod common;
 use bd3_gpu::ops::attention::{Attention, Variant};
 use bd3_gpu::ops::layernorm::{LayerNorm, Modulation};
-use bd3_gpu::ops::matmul::Matmul;
+use bd3_gpu::ops::matmul::{Matmul, Tile};
 use bd3_gpu::ops::{self, reduce_sum::Reduction, token_loss::Head};
 use bd3_model::cpu_ref;
 use bd3_model::AttentionMask;
@@ -42,7 +42,10 @@ fn matmul_every_epilogue_at_awkward_sizes() {
         };
         let p = mm.params(true, false);
         // Both variants (64-row and 16-row output tiles) on the same problem.
-        for (kernel, tile_rows) in [(&k.matmul.wide, 64), (&k.matmul.narrow, 16)] {
+        for (kernel, tile) in [
+            (&k.matmul.wide, Tile::Rows64),
+            (&k.matmul.narrow, Tile::Rows16),
+        ] {
             let out = upload(&ctx, &base);
             let (a_buf, w_buf, bias_buf, gate_buf) = (
                 upload(&ctx, &a),
@@ -59,7 +62,7 @@ fn matmul_every_epilogue_at_awkward_sizes() {
                 aux: None,
             };
             run_recorded(&ctx, |pb| {
-                ops::matmul::record_variant(pb, &k, "matmul", kernel, tile_rows, &p, b)
+                ops::matmul::record_variant(pb, &k, "matmul", kernel, tile, &p, b)
             });
             assert_close(
                 &format!("{} {epi:?}", kernel.name),

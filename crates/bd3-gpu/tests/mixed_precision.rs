@@ -459,6 +459,10 @@ fn planned_mixed_training_step_runs_every_gemm_on_tensor_cores() {
         let gemm = [
             "matmul",
             "matmul_narrow",
+            "matmul_large",
+            "matmul_large_unaligned",
+            "matmul_large_k16",
+            "matmul_large_k16_unaligned",
             "gemv",
             "gemv_scalar",
             "gemv_subgroup",

@@ -64,6 +64,12 @@ fn all_ops() -> Vec<OpSide> {
             matmul::THREADS,
         ),
         side::<matmul::Params>(
+            "matmul_large.wgsl",
+            shaders::matmul_large_source(shaders::LargeSlab::K8, true).unwrap(),
+            matmul::Bindings::NAMES,
+            matmul::THREADS,
+        ),
+        side::<matmul::Params>(
             "matmul_coop.wgsl",
             shaders::matmul_coop_source(32, shaders::CoopTiles::SMALL).unwrap(),
             matmul::Bindings::NAMES,

@@ -151,6 +151,29 @@ fn every_gemv_variant_validates() {
 }
 
 #[test]
+fn every_large_matmul_variant_validates_within_its_budget() {
+    // The 8-deep slab within the browser's 16 KiB, the 16-deep one within 32 KiB (native only; the
+    // host picks it from the adapter's limit), each with vector and element loads; the host's count
+    // of the workgroup memory is the compiled one.
+    use bd3_gpu::shaders::{matmul_large_source, LargeSlab};
+    for (slab, budget) in [
+        (LargeSlab::K8, WORKGROUP_MEMORY_BUDGET),
+        (LargeSlab::K16, 32 * 1024),
+    ] {
+        for aligned in [true, false] {
+            let src = matmul_large_source(slab, aligned).unwrap();
+            assert!(src.contains(&format!("const BK: u32 = {}u;", slab as u32)));
+            assert!(src.contains(&format!("const ALIGNED: u32 = {}u;", aligned as u32)));
+            let name = format!("matmul_large {slab:?} aligned={aligned}");
+            let bytes = workgroup_bytes(&validate(&name, &src));
+            assert_eq!(bytes, slab.workgroup_bytes(), "{name}");
+            assert!(bytes <= budget, "{name} uses {bytes} bytes of {budget}");
+            assert_eq!(LargeSlab::within(budget), slab);
+        }
+    }
+}
+
+#[test]
 fn narrow_matmul_validates() {
     let src = matmul_source(1).unwrap();
     assert!(src.contains("const ROWS_PER_THREAD: u32 = 1u;"));

@@ -44,10 +44,11 @@ fn split_k_weight_gradient_and_store_match_the_cpu_loop() {
         5,
         "the test must exercise the split path"
     );
+    let wide = Matmul::weight_grad(m as u32, 300, 300, 300, 300);
     assert_eq!(
-        grad.k_slices(1),
+        wide.k_slices(1),
         1,
-        "one unit is filled by the plain product"
+        "one unit is filled by the plain product's 9 tiles"
     );
     let scratch = upload(&ctx, &vec![0.0; grad.split_scratch_floats(64)]);
     let (dy_b, x_b) = (upload(&ctx, &dy), upload(&ctx, &x));

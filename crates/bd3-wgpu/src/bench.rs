@@ -696,17 +696,9 @@ fn kernel_times(ctx: &GpuContext, program: &bd3_gpu::Program) -> Result<Option<K
         let e = by_kind.entry(d.label).or_insert((0.0, 0));
         e.0 += secs;
         e.1 += 1;
-        // Every product kernel: the tiled ones, the cooperative ones and the matrix-vector
-        // variants (gemv, gemv_subgroup, gemv_f16…).
-        if [
-            "matmul",
-            "matmul_narrow",
-            "matmul_coop",
-            "matmul_coop_large",
-        ]
-        .contains(&d.kernel)
-            || d.kernel.starts_with("gemv")
-        {
+        // Every product kernel: the tiled ones (matmul, matmul_narrow, matmul_large…), the
+        // cooperative ones and the matrix-vector variants (gemv, gemv_subgroup, gemv_f16…).
+        if d.kernel.starts_with("matmul") || d.kernel.starts_with("gemv") {
             gemm_flops += d.flops;
             gemm_seconds += secs;
         }

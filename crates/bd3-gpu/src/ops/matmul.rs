@@ -1,14 +1,19 @@
-//! `shaders/matmul.wgsl`: every Linear of the forward and backward passes,
-//! out = epilogue(A·B + bias) with strided operands, a row mapping (KV caches) and dropout.
+//! `shaders/matmul.wgsl` and `shaders/matmul_large.wgsl`: every Linear of the forward and backward
+//! passes, out = epilogue(A·B + bias) with strided operands, a row mapping (KV caches) and dropout.
 //!
-//! Variants: 64-row output tiles (4 rows per thread) for wide inputs; for M ≤ 16 (sampling steps, the
-//! conditioning of a small batch) matrix-vector products ([`super::gemv`]: a few output columns per
-//! workgroup, every weight read shared by the rows) when A and B are contiguous in k as in every
-//! forward Linear, else 16-row tiles (1 row per thread), so a step of a few rows neither pays for a
-//! 64-row tile nor runs on a dozen workgroups; and
-//! split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit two
-//! workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices into a
-//! scratch buffer, summed by a column-sum pass.
+//! Variants, chosen per product from its size and the adapter ([`Matmul::tiling`]):
+//! - 128 × 128 output tiles (`matmul_large.wgsl`: 8 × 8 per thread, 16-byte loads, double-buffered
+//!   staging; K slabs of 8 in the browser's 16 KiB or 16 where the adapter allows 32 KiB) for
+//!   products that give every compute unit two such tiles, alone or in K slices: the Linears of
+//!   training and their gradients;
+//! - 64-row output tiles (4 rows per thread) for the other wide inputs;
+//! - for M ≤ 16 (sampling steps, the conditioning of a small batch) matrix-vector products
+//!   ([`super::gemv`]: a few output columns per workgroup, every weight read shared by the rows) when
+//!   A and B are contiguous in k as in every forward Linear, else 16-row tiles (1 row per thread), so
+//!   a step of a few rows neither pays for a 64-row tile nor runs on a dozen workgroups;
+//! - split K ([`record_accumulating`]): a product whose output tiles cannot give every compute unit
+//!   two workgroups but whose K is long (a weight gradient over thousands of rows) runs as K slices
+//!   into a scratch buffer, summed by a column-sum pass.
 //!
 //! Mixed precision ([`Precision::Mixed`], [`crate::ops::Kernels::set_precision`]): every product
 //! recorded through [`record`] and [`record_accumulating`] takes the tensor-core kernel
@@ -221,30 +226,82 @@ impl Matmul {
         }
     }
 
-    /// K slices for this product on an adapter of `units` compute units: more than one only for a
-    /// plain store or accumulation into a contiguous [m, n] output (no bias, gate, aux, dropout or row
-    /// mapping) whose output tiles give fewer than two workgroups per unit, and at most one slice per
-    /// [`MIN_K_PER_SLICE`] of K.
-    pub fn k_slices(&self, units: u32) -> u32 {
+    /// Whether the product may be split into K slices: a plain store or accumulation into a
+    /// contiguous [m, n] output (no bias, gate, aux, dropout or row mapping).
+    fn splittable(&self) -> bool {
         let contiguous = self.ldc == self.n
             && self.out_col_offset == 0
             && self.out_rows.seq_stride == 0
             && self.out_rows.row_offset == 0;
-        if !contiguous
-            || self.dropout.is_some()
-            || !matches!(self.epilogue, Epilogue::Store | Epilogue::Residual)
-        {
-            return 1;
+        contiguous
+            && self.dropout.is_none()
+            && matches!(self.epilogue, Epilogue::Store | Epilogue::Residual)
+    }
+
+    /// The tiles and K slices of this product on an adapter of `units` compute units (the f32
+    /// kernels; the matrix-vector and mixed-precision choices come first, see [`record`]). Every
+    /// unit should get two workgroups:
+    /// - 128 × 128 tiles ([`Tile::Large`]) when they alone give that;
+    /// - else, for a splittable product with a long K, 128 × 128 tiles in as many K slices as that
+    ///   takes, if no more than one slice per [`MIN_K_PER_SLICE`] of K and [`MAX_K_SLICES`];
+    /// - else 64 × 64 tiles (16 × 64 for M ≤ 16), in K slices if those still fall short, as many
+    ///   as the same bounds allow.
+    pub fn tiling(&self, units: u32) -> Tiling {
+        let wanted = 2 * units.max(1);
+        let small = self.small_tile();
+        let one = |tile| Tiling { tile, slices: 1 };
+        let large_tiles = Tile::Large.tiles(self);
+        if small == Tile::Rows64 && large_tiles >= wanted {
+            return one(Tile::Large);
         }
-        let tiles = self.n.div_ceil(TILE_N) * self.m.div_ceil(if self.m <= 16 { 16 } else { 64 });
-        let wanted = 2 * units;
-        if tiles >= wanted {
-            return 1;
+        let max_slices = (self.k / MIN_K_PER_SLICE).clamp(1, MAX_K_SLICES);
+        if !self.splittable() || max_slices == 1 {
+            return one(small);
         }
-        wanted
-            .div_ceil(tiles)
-            .min(self.k / MIN_K_PER_SLICE)
-            .clamp(1, MAX_K_SLICES)
+        let large_slices = wanted.div_ceil(large_tiles);
+        if small == Tile::Rows64 && large_slices <= max_slices {
+            return Tiling {
+                tile: Tile::Large,
+                slices: large_slices,
+            };
+        }
+        let small_tiles = small.tiles(self);
+        Tiling {
+            tile: small,
+            slices: wanted.div_ceil(small_tiles).clamp(1, max_slices),
+        }
+    }
+
+    /// The tile of the 64-row kernel: 16 × 64 for M ≤ 16, else 64 × 64.
+    pub fn small_tile(&self) -> Tile {
+        if self.m <= 16 {
+            Tile::Rows16
+        } else {
+            Tile::Rows64
+        }
+    }
+
+    /// K slices for this product on an adapter of `units` compute units ([`Matmul::tiling`]).
+    pub fn k_slices(&self, units: u32) -> u32 {
+        self.tiling(units).slices
+    }
+
+    /// Whether every quad of four consecutive elements that `matmul_large.wgsl` loads (along each
+    /// operand's unit-stride dimension) is one aligned 16-byte vector, with slices of `k_split`:
+    /// unit stride there, offsets and the other stride multiples of 4, and the quad's extent too.
+    pub fn quads_aligned(&self, k_split: u32) -> bool {
+        let k_ok = self.k.is_multiple_of(4) && k_split.is_multiple_of(4);
+        let a = if self.a_row_stride == 1 && self.a_k_stride != 1 {
+            self.a_k_stride.is_multiple_of(4) && self.m.is_multiple_of(4)
+        } else {
+            self.a_k_stride == 1 && self.a_row_stride.is_multiple_of(4) && k_ok
+        };
+        let b = if self.b_col_stride == 1 && self.b_k_stride != 1 {
+            self.b_k_stride.is_multiple_of(4) && self.n.is_multiple_of(4)
+        } else {
+            self.b_k_stride == 1 && self.b_col_stride.is_multiple_of(4) && k_ok
+        };
+        a && b && self.a_offset.is_multiple_of(4) && self.b_offset.is_multiple_of(4)
     }
 
     /// Floats of scratch a split of this product needs (0 when it is not split).
@@ -263,12 +320,106 @@ pub const MAX_K_SLICES: u32 = 16;
 /// K slices start at multiples of the staged slab.
 const BK: u32 = 16;
 
+/// The output tile of the f32 tiled kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 16 × 64, one row per thread (`matmul.wgsl`, ROWS_PER_THREAD = 1): M ≤ 16.
+    Rows16,
+    /// 64 × 64, 4 × 4 per thread (`matmul.wgsl`).
+    Rows64,
+    /// 128 × 128, 8 × 8 per thread, double-buffered vector staging (`matmul_large.wgsl`).
+    Large,
+}
+
+impl Tile {
+    pub fn rows(self) -> u32 {
+        match self {
+            Tile::Rows16 => 16,
+            Tile::Rows64 => 64,
+            Tile::Large => LARGE_TILE,
+        }
+    }
+
+    pub fn cols(self) -> u32 {
+        match self {
+            Tile::Rows16 | Tile::Rows64 => TILE_N,
+            Tile::Large => LARGE_TILE,
+        }
+    }
+
+    /// Output tiles of `mm`.
+    pub fn tiles(self, mm: &Matmul) -> u32 {
+        mm.m.div_ceil(self.rows()) * mm.n.div_ceil(self.cols())
+    }
+}
+
+/// Rows and columns of [`Tile::Large`].
+pub const LARGE_TILE: u32 = 128;
+
+/// How a product runs: its tile and K slices ([`Matmul::tiling`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    pub tile: Tile,
+    pub slices: u32,
+}
+
+/// The large-tile kernels of a device (`matmul_large.wgsl`): the deepest K slab its workgroup
+/// memory holds, with quads loaded as vectors or element by element.
+pub struct LargeKernels {
+    pub slab: shaders::LargeSlab,
+    pub aligned: Kernel,
+    pub unaligned: Kernel,
+}
+
+impl LargeKernels {
+    pub async fn new(ctx: &GpuContext, slab: shaders::LargeSlab) -> Result<LargeKernels> {
+        let build = |label: &'static str, aligned| async move {
+            ctx.pipeline(
+                label,
+                &shaders::matmul_large_source(slab, aligned).map_err(Error::Gpu)?,
+                THREADS,
+            )
+            .await
+        };
+        let (aligned, unaligned) = match slab {
+            shaders::LargeSlab::K8 => ("matmul_large", "matmul_large_unaligned"),
+            shaders::LargeSlab::K16 => ("matmul_large_k16", "matmul_large_k16_unaligned"),
+        };
+        Ok(LargeKernels {
+            slab,
+            aligned: build(aligned, true).await?,
+            unaligned: build(unaligned, false).await?,
+        })
+    }
+
+    /// With the deepest slab `ctx`'s workgroup memory holds.
+    pub async fn for_device(ctx: &GpuContext) -> Result<LargeKernels> {
+        let limit = ctx.limits.max_compute_workgroup_storage_size as usize;
+        LargeKernels::new(ctx, shaders::LargeSlab::within(limit)).await
+    }
+
+    /// The kernel for `mm` in slices of `k_split`, or None when an operand's buffer cannot be read
+    /// as vec4 (its size is not a multiple of 16 bytes; the 64-row kernel takes the product).
+    pub fn for_product(&self, mm: &Matmul, k_split: u32, b: &Bindings) -> Option<&Kernel> {
+        if !b.a.size().is_multiple_of(16) || !b.b.size().is_multiple_of(16) {
+            return None;
+        }
+        Some(match mm.quads_aligned(k_split) {
+            true => &self.aligned,
+            false => &self.unaligned,
+        })
+    }
+}
+
 /// The kernels of a product.
 pub struct Variants {
     /// 64 × 64 output tiles.
     pub wide: Kernel,
     /// 16 × 64 output tiles, for M ≤ 16.
     pub narrow: Kernel,
+    /// 128 × 128 output tiles (f32 weights only: f16 weights serve sampling, whose products are
+    /// matrix-vector or small).
+    pub large: Option<LargeKernels>,
     /// Matrix-vector products for M ≤ 16 with A and B contiguous in k (the weight format of the
     /// set, the device's reduction).
     pub gemv: GemvKernels,
@@ -291,6 +442,7 @@ impl Variants {
                     THREADS,
                 )
                 .await?,
+            large: Some(LargeKernels::for_device(ctx).await?),
             gemv: GemvKernels::for_device(ctx).await?,
         })
     }
@@ -313,6 +465,7 @@ impl Variants {
                     THREADS,
                 )
                 .await?,
+            large: None,
             gemv: GemvKernels::new(
                 ctx,
                 gemv::Reduction::for_features(ctx.features),
@@ -322,12 +475,20 @@ impl Variants {
         })
     }
 
-    /// The variant for an input of `m` rows, and the rows of its output tile.
-    pub fn for_rows(&self, m: u32) -> (&Kernel, u32) {
-        if m <= 16 {
-            (&self.narrow, 16)
-        } else {
-            (&self.wide, 64)
+    /// The f32 kernel for `tile` (the 64-row one for a large tile whose operands' buffers the large
+    /// kernel cannot read, see [`LargeKernels::for_product`]), and the tile it runs.
+    pub fn for_tile(&self, tile: Tile, mm: &Matmul, k_split: u32, b: &Bindings) -> (&Kernel, Tile) {
+        match tile {
+            Tile::Rows16 => (&self.narrow, Tile::Rows16),
+            Tile::Large => match self
+                .large
+                .as_ref()
+                .and_then(|l| l.for_product(mm, k_split, b))
+            {
+                Some(kernel) => (kernel, Tile::Large),
+                None => (&self.wide, Tile::Rows64),
+            },
+            Tile::Rows64 => (&self.wide, Tile::Rows64),
         }
     }
 }
@@ -535,7 +696,7 @@ pub fn record_accumulating(
         );
     }
     let mixed = mixed_for(pb, k, mm);
-    let (kernel, tile_rows) = k.matmul.for_rows(mm.m);
+    let tile = mm.tiling(pb.context().compute_units).tile;
     let k_split = mm.k.div_ceil(slices).div_ceil(BK) * BK;
     let slices = mm.k.div_ceil(k_split);
     let floats = mm.m as usize * mm.n as usize;
@@ -559,7 +720,10 @@ pub fn record_accumulating(
     };
     match mixed {
         Some((kernel, tiles)) => record_block(pb, k, label, kernel, tiles, &p, slices, bind),
-        None => record_sliced(pb, k, label, kernel, tile_rows, &p, slices, bind),
+        None => {
+            let (kernel, tile) = k.matmul.for_tile(tile, mm, k_split, &bind);
+            record_sliced(pb, k, label, kernel, tile, &p, slices, bind)
+        }
     }
     let partials = Columns {
         buffer: scratch,
@@ -598,21 +762,27 @@ pub fn record(pb: &mut ProgramBuilder, k: &Kernels, label: &'static str, mm: &Ma
         WeightFormat::F32 => &k.matmul,
         WeightFormat::F16 => &k.f16(label).matmul,
     };
-    let (kernel, tile_rows) = variants.for_rows(mm.m);
-    record_variant(pb, k, label, kernel, tile_rows, &p, b);
+    // Unsplit here: a product the tiling would split in K but that is not recorded through
+    // record_accumulating keeps the smaller tiles, which fill the GPU better.
+    let tile = match mm.tiling(pb.context().compute_units) {
+        Tiling { tile, slices: 1 } => tile,
+        _ => mm.small_tile(),
+    };
+    let (kernel, tile) = variants.for_tile(tile, mm, p.k_split, &b);
+    record_variant(pb, k, label, kernel, tile, &p, b);
 }
 
-/// One dispatch of a given variant (the kernel tests run both on the same problem).
+/// One dispatch of a given kernel with `tile` (the kernel tests run every variant on one problem).
 pub fn record_variant(
     pb: &mut ProgramBuilder,
     k: &Kernels,
     label: &'static str,
     kernel: &Kernel,
-    tile_rows: u32,
+    tile: Tile,
     p: &Params,
     b: Bindings,
 ) {
-    record_sliced(pb, k, label, kernel, tile_rows, p, 1, b);
+    record_sliced(pb, k, label, kernel, tile, p, 1, b);
 }
 
 /// `slices` K slices of `p.k_split` each, one per workgroup layer z.
@@ -622,12 +792,12 @@ fn record_sliced(
     k: &Kernels,
     label: &'static str,
     kernel: &Kernel,
-    tile_rows: u32,
+    tile: Tile,
     p: &Params,
     slices: u32,
     b: Bindings,
 ) {
-    let groups = [p.n.div_ceil(TILE_N), p.m.div_ceil(tile_rows), slices];
+    let groups = [p.n.div_ceil(tile.cols()), p.m.div_ceil(tile.rows()), slices];
     record_sized(pb, k, label, kernel, groups, p, slices, b);
 }
 
