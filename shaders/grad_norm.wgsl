@@ -7,8 +7,9 @@
 //
 // Seven tensors per dispatch: 7 read bindings + the partials are the 8 storage buffers that WebGPU
 // guarantees per shader stage (storage buffers cannot be indexed dynamically, so each one is a
-// binding). The host groups the tensor parts (crates/bd3-gpu/src/ops/grad_norm.rs); unused bindings
-// get n_k = 0 and a placeholder.
+// binding). The host groups the buffers (crates/bd3-gpu/src/ops/grad_norm.rs); unused bindings get
+// n_k = 0 and a placeholder. The trainer's gradients are views of a few packed buffers, so one
+// dispatch usually covers them all.
 //
 // Bindings: 0 params, 1–7 x0…x6, 8 partials.
 // Tiling: 256 threads per workgroup, strided over the workgroup's slice (coalesced), then a tree.

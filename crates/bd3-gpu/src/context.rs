@@ -581,17 +581,19 @@ impl GpuContext {
         Ok(data)
     }
 
-    /// Copy `len` floats from `buffer` at float offset `offset` back to the CPU (one submit).
-    pub async fn read_f32(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        len: usize,
-    ) -> Result<Vec<f32>> {
+    /// Copy `len` floats from `buffer` (or view) at float offset `offset` back to the CPU (one
+    /// submit).
+    pub async fn read_f32(&self, buffer: &Buf, offset: u64, len: usize) -> Result<Vec<f32>> {
         let size = (len as u64 * 4).max(4);
         let staging = self.take_staging(size)?;
         let mut enc = self.device().create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buffer, offset * 4, &staging, 0, size);
+        enc.copy_buffer_to_buffer(
+            buffer.whole(),
+            buffer.offset() + offset * 4,
+            &staging,
+            0,
+            size,
+        );
         self.submit(enc);
         let bytes = self.map_read(&staging, size).await;
         self.return_staging(staging);

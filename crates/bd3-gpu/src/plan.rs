@@ -27,6 +27,7 @@ pub struct AdapterDesc {
     pub max_workgroups_per_dimension: u32,
     pub max_workgroup_storage: u32,
     pub min_uniform_offset_alignment: u32,
+    pub min_storage_offset_alignment: u32,
     pub f16: bool,
     pub subgroups: bool,
     pub subgroup_size: Option<u32>,
@@ -47,6 +48,7 @@ impl AdapterDesc {
             max_workgroups_per_dimension: 65535,
             max_workgroup_storage: 48 << 10,
             min_uniform_offset_alignment: 64,
+            min_storage_offset_alignment: 16,
             f16,
             subgroups,
             subgroup_size: subgroups.then_some(32),
@@ -77,6 +79,7 @@ impl AdapterDesc {
             max_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
             max_workgroup_storage: l.max_compute_workgroup_storage_size,
             min_uniform_offset_alignment: l.min_uniform_buffer_offset_alignment,
+            min_storage_offset_alignment: l.min_storage_buffer_offset_alignment,
             f16: ctx.features.contains(wgpu::Features::SHADER_F16),
             subgroups: ctx.features.contains(wgpu::Features::SUBGROUP),
             subgroup_size: (ctx.info.subgroup_min_size == ctx.info.subgroup_max_size)
@@ -92,6 +95,7 @@ impl AdapterDesc {
             max_compute_workgroups_per_dimension: self.max_workgroups_per_dimension,
             max_compute_workgroup_storage_size: self.max_workgroup_storage,
             min_uniform_buffer_offset_alignment: self.min_uniform_offset_alignment,
+            min_storage_buffer_offset_alignment: self.min_storage_offset_alignment,
             ..wgpu::Limits::default()
         }
     }

@@ -13,11 +13,16 @@ use crate::context::GpuContext;
 use bd3_model::{Error, Result};
 use std::sync::Arc;
 
-/// A GPU buffer, or in a planning context only its size.
+/// A GPU buffer, or a byte range of one (a view: [`Buf::view`]), or in a planning context only its
+/// size.
 #[derive(Clone, Debug)]
 pub struct Buf {
     gpu: Option<wgpu::Buffer>,
+    /// Bytes of the buffer, or of the view.
     size: u64,
+    /// Where a view starts in its GPU buffer (0 for a whole buffer).
+    offset: u64,
+    view: bool,
 }
 
 impl Buf {
@@ -25,27 +30,66 @@ impl Buf {
         Buf {
             size: b.size(),
             gpu: Some(b),
+            offset: 0,
+            view: false,
         }
     }
 
     pub(crate) fn planned(size: u64) -> Buf {
-        Buf { gpu: None, size }
+        Buf {
+            gpu: None,
+            size,
+            offset: 0,
+            view: false,
+        }
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }
-}
 
-/// Code that touches GPU memory (uploads, copies, readback) runs only on a device context; planning
-/// stops at recording, so it never dereferences a planned buffer.
-impl std::ops::Deref for Buf {
-    type Target = wgpu::Buffer;
-    fn deref(&self) -> &wgpu::Buffer {
+    /// Where this buffer's bytes start in its GPU buffer: 0, or a view's offset.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// `size` bytes of this whole buffer from `offset` (a multiple of the adapter's storage offset
+    /// alignment), bound, cleared and copied as a buffer of its own: tensors packed into one
+    /// allocation (the gradients) can then also be read as one binding.
+    pub fn view(&self, offset: u64, size: u64) -> Buf {
+        assert!(
+            !self.view && offset + size <= self.size,
+            "a view lies within a whole buffer"
+        );
+        Buf {
+            gpu: self.gpu.clone(),
+            size,
+            offset,
+            view: true,
+        }
+    }
+
+    /// The GPU buffer this buffer or view lies in; the caller adds [`Buf::offset`].
+    pub(crate) fn whole(&self) -> &wgpu::Buffer {
         self.gpu
             .as_ref()
             .expect("a planned buffer has no GPU memory")
+    }
+}
+
+/// Code that touches GPU memory (uploads, copies, readback) runs only on a device context; planning
+/// stops at recording, so it never dereferences a planned buffer. A view is not a wgpu buffer of its
+/// own: code that takes one goes through [`Buf::whole`] and [`Buf::offset`] (bindings, clears and
+/// copies of programs, reads), so dereferencing a view is a bug.
+impl std::ops::Deref for Buf {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        assert!(
+            !self.view,
+            "a view is used through Buf::whole and its offset"
+        );
+        self.whole()
     }
 }
 
@@ -78,8 +122,8 @@ impl From<&Buf> for Slice {
     fn from(b: &Buf) -> Slice {
         Slice {
             buffer: b.clone(),
-            offset: 0,
-            size: None,
+            offset: b.offset,
+            size: b.view.then_some(b.size),
         }
     }
 }
@@ -380,7 +424,7 @@ impl<'a> ProgramBuilder<'a> {
                     })];
                     for b in &d.bindings {
                         res.push(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &b.buffer,
+                            buffer: b.buffer.whole(),
                             offset: b.offset,
                             size: b.size.and_then(std::num::NonZeroU64::new),
                         }));
@@ -424,11 +468,11 @@ impl Program {
                     dst_offset,
                     size,
                 } => {
-                    enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+                    copy(enc, src, *src_offset, dst, *dst_offset, *size);
                     i += 1;
                 }
                 Step::Clear(b) => {
-                    enc.clear_buffer(b, 0, None);
+                    clear(enc, b);
                     i += 1;
                 }
                 Step::Dispatch { .. } => {
@@ -469,8 +513,8 @@ impl Program {
                     dst,
                     dst_offset,
                     size,
-                } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
-                Step::Clear(b) => enc.clear_buffer(b, 0, None),
+                } => copy(enc, src, *src_offset, dst, *dst_offset, *size),
+                Step::Clear(b) => clear(enc, b),
                 Step::Dispatch {
                     pipeline,
                     bind_group,
@@ -516,4 +560,27 @@ impl Program {
             })
             .collect()
     }
+}
+
+/// Zero a buffer or view.
+fn clear(enc: &mut wgpu::CommandEncoder, b: &Buf) {
+    enc.clear_buffer(b.whole(), b.offset(), Some(b.size()));
+}
+
+/// Copy `size` bytes between buffers or views, at offsets within each.
+fn copy(
+    enc: &mut wgpu::CommandEncoder,
+    src: &Buf,
+    src_offset: u64,
+    dst: &Buf,
+    dst_offset: u64,
+    size: u64,
+) {
+    enc.copy_buffer_to_buffer(
+        src.whole(),
+        src.offset() + src_offset,
+        dst.whole(),
+        dst.offset() + dst_offset,
+        size,
+    );
 }

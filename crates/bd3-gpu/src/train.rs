@@ -81,6 +81,9 @@ pub struct TrainOutput {
 /// Gradients, Adam moments and the EMA, each shaped like the weights.
 pub struct Trainer {
     pub grads: Weights,
+    /// The buffers every gradient is a view of ([`Weights::zeros_like_packed`]): the gradient norm
+    /// reads them and the next step's clear zeroes them, a binding or a clear each.
+    grad_packs: Vec<Buf>,
     pub m: Weights,
     pub v: Weights,
     pub ema: Option<Weights>,
@@ -186,18 +189,15 @@ impl Trainer {
         } else {
             None
         };
-        let grads = Weights::zeros_like(ctx, "grad", &model.weights)?;
-        let sizes: Vec<usize> = grads
-            .tensors()
-            .iter()
-            .flat_map(|t| t.parts.iter().map(|p| p.1))
-            .collect();
+        let (grads, grad_packs) = Weights::zeros_like_packed(ctx, "grad", &model.weights)?;
+        let sizes: Vec<usize> = grad_packs.iter().map(|b| b.size() as usize / 4).collect();
         let norm_partials = ctx.storage(
             "grad norm partials",
             (ops::grad_norm::partials_len(&sizes, ctx.compute_units) * 4) as u64,
         )?;
         Ok(Trainer {
             grads,
+            grad_packs,
             m: Weights::zeros_like(ctx, "adam m", &model.weights)?,
             v: Weights::zeros_like(ctx, "adam v", &model.weights)?,
             ema,
@@ -225,6 +225,11 @@ impl Trainer {
         self.loss_scaler = scaler;
         self.step_scale = scaler.map_or(1.0, |s| s.scale());
         self.optimizer = None;
+    }
+
+    /// The buffers the gradients are packed into (each gradient part is a view of one).
+    pub fn gradient_packs(&self) -> &[Buf] {
+        &self.grad_packs
     }
 
     /// The loss scaler, when loss scaling is on.
@@ -391,9 +396,10 @@ impl Trainer {
         let (k, tk) = (&model.kernels, &self.kernels);
         let grads = self.grads.tensors();
         if self.computes_norm() {
-            let parts: Vec<(&Buf, usize)> = grads
+            let parts: Vec<(&Buf, usize)> = self
+                .grad_packs
                 .iter()
-                .flat_map(|t| t.parts.iter().map(|(b, n)| (b, *n)))
+                .map(|b| (b, b.size() as usize / 4))
                 .collect();
             ops::grad_norm::record(pb, k, tk, &parts, &self.norm_partials, &self.norm_sq, 0)?;
         }
@@ -432,10 +438,8 @@ impl Trainer {
             }
         }
         // The next step accumulates from zero.
-        for g in &grads {
-            for (b, _) in &g.parts {
-                pb.clear(b);
-            }
+        for b in &self.grad_packs {
+            pb.clear(b);
         }
         Ok(())
     }
@@ -1282,7 +1286,13 @@ pub fn copy_weights(ctx: &GpuContext, src: &Weights, dst: &Weights) {
     let mut enc = ctx.device().create_command_encoder(&Default::default());
     for (a, b) in src.tensors().iter().zip(dst.tensors()) {
         for ((sa, n), (sb, _)) in a.parts.iter().zip(&b.parts) {
-            enc.copy_buffer_to_buffer(sa, 0, sb, 0, (*n * 4) as u64);
+            enc.copy_buffer_to_buffer(
+                sa.whole(),
+                sa.offset(),
+                sb.whole(),
+                sb.offset(),
+                (*n * 4) as u64,
+            );
         }
     }
     ctx.submit(enc);
@@ -1322,8 +1332,11 @@ pub fn write_tensors(
             }
             let mut off = 0;
             for (b, n) in &t.parts {
-                ctx.queue()
-                    .write_buffer(b, 0, bytemuck::cast_slice(&vals[off..off + n]));
+                ctx.queue().write_buffer(
+                    b.whole(),
+                    b.offset(),
+                    bytemuck::cast_slice(&vals[off..off + n]),
+                );
                 off += n;
             }
         }

@@ -325,11 +325,15 @@ impl Weights {
         for (b, n) in &t.parts {
             let part = &data[off..off + n];
             match t.format {
-                WeightFormat::F32 => ctx.queue().write_buffer(b, 0, bytemuck::cast_slice(part)),
-                WeightFormat::F16 => {
+                WeightFormat::F32 => {
                     ctx.queue()
-                        .write_buffer(b, 0, bytemuck::cast_slice(&f16_words(part)))
+                        .write_buffer(b.whole(), b.offset(), bytemuck::cast_slice(part))
                 }
+                WeightFormat::F16 => ctx.queue().write_buffer(
+                    b.whole(),
+                    b.offset(),
+                    bytemuck::cast_slice(&f16_words(part)),
+                ),
             }
             off += n;
         }
@@ -360,6 +364,14 @@ impl Weights {
 impl SplitMatrix {
     /// A zero matrix with the same row ranges (gradients and optimizer state of a split weight).
     pub fn zeros_like(ctx: &GpuContext, label: &str, like: &SplitMatrix) -> Result<SplitMatrix> {
+        SplitMatrix::zeros_like_in(like, &|bytes| ctx.storage(label, bytes))
+    }
+
+    /// [`SplitMatrix::zeros_like`] with its buffers from `alloc` (bytes → zeroed buffer).
+    fn zeros_like_in(
+        like: &SplitMatrix,
+        alloc: &dyn Fn(u64) -> Result<Buf>,
+    ) -> Result<SplitMatrix> {
         if like.format != WeightFormat::F32 {
             return Err(Error::Invalid(format!(
                 "training needs f32 weights; this model holds {} weights",
@@ -371,7 +383,7 @@ impl SplitMatrix {
             .iter()
             .map(|p| {
                 Ok(Part {
-                    buffer: ctx.storage(label, (p.rows * like.cols * 4) as u64)?,
+                    buffer: alloc((p.rows * like.cols * 4) as u64)?,
                     row_start: p.row_start,
                     rows: p.rows,
                 })
@@ -383,6 +395,43 @@ impl SplitMatrix {
             cols: like.cols,
             format: WeightFormat::F32,
         })
+    }
+}
+
+/// Where packed buffers go ([`Weights::zeros_like_packed`]): in order, each at the next offset
+/// aligned for a storage binding, in a new pack when the current one would pass `cap` bytes (the
+/// context's split threshold: the largest binding, or less where a test asks for small bindings).
+/// A buffer larger than `cap` gets a pack of its own.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PackLayout {
+    /// (pack, byte offset) of each buffer.
+    pub places: Vec<(usize, u64)>,
+    /// Bytes of each pack.
+    pub pack_bytes: Vec<u64>,
+}
+
+impl PackLayout {
+    pub fn new(sizes: &[u64], align: u64, cap: u64) -> PackLayout {
+        let mut places = Vec::with_capacity(sizes.len());
+        let mut pack_bytes: Vec<u64> = Vec::new();
+        for &size in sizes {
+            let offset = match pack_bytes.last() {
+                Some(&used) if used.next_multiple_of(align) + size <= cap => {
+                    used.next_multiple_of(align)
+                }
+                _ => {
+                    pack_bytes.push(0);
+                    0
+                }
+            };
+            *pack_bytes.last_mut().expect("a pack is open") = offset + size;
+            places.push((pack_bytes.len() - 1, offset));
+        }
+        for b in &mut pack_bytes {
+            // Whole vec4s, so a pack also binds as array<vec4<f32>>.
+            *b = b.next_multiple_of(16);
+        }
+        PackLayout { places, pack_bytes }
     }
 }
 
@@ -400,15 +449,50 @@ pub struct TensorRef {
 impl Weights {
     /// A zero-filled copy of the structure (gradients, Adam moments): same tensors, same splits.
     pub fn zeros_like(ctx: &GpuContext, label: &str, w: &Weights) -> Result<Weights> {
-        let vector = |b: &Buf| ctx.storage(label, b.size());
+        Weights::zeros_like_in(w, &|bytes| ctx.storage(label, bytes))
+    }
+
+    /// [`Weights::zeros_like`] packed into a few large buffers (as few as the adapter's binding
+    /// limit allows; each tensor part is a view at an aligned offset, see [`Buf::view`]), returned
+    /// beside it: a pass over every value (the gradient norm, a clear) then binds the packs, not
+    /// the hundred-odd parts. The gaps between parts stay zero.
+    pub fn zeros_like_packed(
+        ctx: &GpuContext,
+        label: &str,
+        w: &Weights,
+    ) -> Result<(Weights, Vec<Buf>)> {
+        // The sizes in allocation order, from a dry run, then the packs they fill.
+        let sizes = std::cell::RefCell::new(Vec::new());
+        Weights::zeros_like_in(w, &|bytes| {
+            sizes.borrow_mut().push(bytes);
+            Ok(Buf::planned(bytes))
+        })?;
+        let align = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(16);
+        let layout = PackLayout::new(&sizes.into_inner(), align, ctx.split_threshold());
+        let packs = layout
+            .pack_bytes
+            .iter()
+            .map(|&bytes| ctx.storage(label, bytes))
+            .collect::<Result<Vec<_>>>()?;
+        let next = std::cell::Cell::new(0);
+        let weights = Weights::zeros_like_in(w, &|bytes| {
+            let (pack, offset) = layout.places[next.get()];
+            next.set(next.get() + 1);
+            Ok(packs[pack].view(offset, bytes))
+        })?;
+        Ok((weights, packs))
+    }
+
+    fn zeros_like_in(w: &Weights, alloc: &dyn Fn(u64) -> Result<Buf>) -> Result<Weights> {
+        let vector = |b: &Buf| alloc(b.size());
         let linear = |l: &Linear| -> Result<Linear> {
             Ok(Linear {
-                weight: SplitMatrix::zeros_like(ctx, label, &l.weight)?,
+                weight: SplitMatrix::zeros_like_in(&l.weight, alloc)?,
                 bias: l.bias.as_ref().map(vector).transpose()?,
             })
         };
         Ok(Weights {
-            vocab_embed: SplitMatrix::zeros_like(ctx, label, &w.vocab_embed)?,
+            vocab_embed: SplitMatrix::zeros_like_in(&w.vocab_embed, alloc)?,
             sigma_map: w
                 .sigma_map
                 .as_ref()
@@ -494,5 +578,25 @@ impl Weights {
     /// How the large matrices are stored (the head's format: they all share it).
     pub fn format(&self) -> WeightFormat {
         self.head.weight.format
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PackLayout;
+
+    #[test]
+    fn packs_fill_in_order_at_aligned_offsets_up_to_the_cap() {
+        let l = PackLayout::new(&[100, 300, 20, 600, 2000, 8], 256, 1024);
+        assert_eq!(
+            l.places,
+            [(0, 0), (0, 256), (0, 768), (1, 0), (2, 0), (3, 0)]
+        );
+        // 768 + 20 rounded to whole vec4s; a buffer over the cap alone in its pack.
+        assert_eq!(l.pack_bytes, [800, 608, 2000, 16]);
+        assert_eq!(
+            PackLayout::new(&[4, 4], 16, 1 << 20).places,
+            [(0, 0), (0, 16)]
+        );
     }
 }

@@ -261,6 +261,74 @@ fn split_weight_gradients_are_planned_as_recorded() {
     );
 }
 
+#[test]
+fn the_gradient_norm_reads_the_packed_gradients_in_two_dispatches() {
+    // The gradients are views into a few packs (Weights::zeros_like_packed), so the norm's first pass
+    // reads every pack in one dispatch and a second sums its partials, whatever the tensor count;
+    // with weights split at 2 KiB (and packs of at most that) the 40-wide model's gradients need
+    // many packs: ⌈packs / 7⌉ + 1 dispatches, still fewer than one per tensor.
+    let cfg = config("bd3lm", 4);
+    let shape = TrainShape {
+        forward: ForwardShape::bd3lm_train(3, 20, 4),
+        dropout_milli: 100,
+    };
+    let (params, tensors) = {
+        let ctx = Arc::new(GpuContext::planning(
+            &AdapterDesc::native(132, false, false),
+            ContextOptions::default(),
+        ));
+        let model = pollster::block_on(GpuModel::allocate(ctx, cfg.clone())).unwrap();
+        let tensors = model.weights.tensors();
+        assert!(tensors.len() > 20, "{} tensors", tensors.len());
+        let params: u64 = tensors
+            .iter()
+            .flat_map(|t| t.parts.iter().map(|p| p.1 as u64))
+            .sum();
+        (params, tensors.len())
+    };
+    for (split_threshold, one_pack) in [(None, true), (Some(2048u64), false)] {
+        let ctx = Arc::new(GpuContext::planning(
+            &AdapterDesc::native(132, false, false),
+            ContextOptions {
+                split_threshold,
+                ..Default::default()
+            },
+        ));
+        let model = pollster::block_on(GpuModel::allocate(ctx, cfg.clone())).unwrap();
+        let optim = OptimConfig {
+            max_grad_norm: 1.0,
+            ..Default::default()
+        };
+        let mut trainer = pollster::block_on(Trainer::new(&model, optim)).unwrap();
+        let plan = trainer.plan_step(&model, &shape).unwrap();
+        let norm: Vec<_> = plan
+            .iter()
+            .filter(|d| d.label.starts_with("grad_norm"))
+            .collect();
+        let packs = trainer.gradient_packs().len();
+        assert_eq!(packs == 1, one_pack, "{packs} packs");
+        assert_eq!(
+            norm.len(),
+            packs.div_ceil(7) + 1,
+            "split threshold {split_threshold:?}"
+        );
+        assert!(
+            packs.div_ceil(7) + 1 < tensors,
+            "no fewer dispatches than tensors"
+        );
+        // Every gradient value is read once (with the zero gaps that align the views).
+        let read: u64 = norm
+            .iter()
+            .filter(|d| d.label == "grad_norm")
+            .map(|d| d.flops / 2)
+            .sum();
+        assert!(
+            read >= params && read < params + 64 * 200,
+            "{read} values read for {params} parameters"
+        );
+    }
+}
+
 /// The GPU memory a training run plans (what the page reports before fine-tuning) is what the run
 /// allocates on the adapter; an adapter whose buffers cannot hold the run is refused, naming the buffer.
 #[test]

@@ -1,15 +1,15 @@
 //! `shaders/grad_norm.wgsl` then `shaders/reduce_sum.wgsl`: the squared global norm of many tensors,
 //! Σ_k Σ_i x_k[i]², into one value on the GPU (adamw reads it there).
 //!
-//! Pass 1 sums squares over slices of up to [`PER_DISPATCH`] tensor parts per dispatch into a partials
-//! vector (one float per workgroup); pass 2 is one `reduce_sum` over the partials. Each tensor part is
-//! its own buffer and WGSL cannot index bindings, so a dispatch reads at most 7 of them (with the
-//! partials, the 8 storage buffers WebGPU guarantees per stage): ⌈parts / 7⌉ + 1 dispatches in all
-//! (19 for the 170M model's 125 parts, instead of one single-workgroup reduction per part). One or
-//! two dispatches would need the gradients in one buffer (or adapters with more storage bindings per
-//! stage, which the WebGPU default does not give). Parts are grouped largest first, so the big ones share
-//! dispatches, and each dispatch's slice length is chosen from its size and the adapter's compute
-//! units so it launches about [`WORKGROUPS_PER_UNIT`] workgroups per unit.
+//! Pass 1 sums squares over slices of up to [`PER_DISPATCH`] buffers per dispatch into a partials
+//! vector (one float per workgroup); pass 2 is one `reduce_sum` over the partials. WGSL cannot index
+//! bindings, so a dispatch reads at most 7 buffers (with the partials, the 8 storage buffers WebGPU
+//! guarantees per stage): ⌈buffers / 7⌉ + 1 dispatches in all. The trainer passes the packs its
+//! gradients are views of ([`crate::Weights::zeros_like_packed`]: one pack up to the binding limit,
+//! six for the 170M model at the browser's 128 MiB), so a step's norm is two dispatches rather than
+//! one per tensor part. Buffers are grouped largest first, so the big ones share dispatches, and each
+//! dispatch's slice length is chosen from its size and the adapter's compute units so it launches
+//! about [`WORKGROUPS_PER_UNIT`] workgroups per unit.
 
 use super::{bindings, reduce_sum, words, Kernels, TrainKernels};
 use crate::program::{Buf, Cost, ProgramBuilder};
