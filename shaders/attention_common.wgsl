@@ -1,6 +1,7 @@
-// Shared by attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl and attention_decode.wgsl, which
-// include this file: the parameter block, the attention masks as intervals, rotary embedding, the
-// tile constants the host substitutes, and the per-tile mask bounds.
+// Shared by attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl, attention_decode.wgsl and the
+// tensor-core forward (attention_coop_common.wgsl), which include this file: the parameter block,
+// the attention masks as intervals, rotary embedding, the tile constants the host substitutes, and
+// the per-tile mask bounds.
 //
 // Masks (mask_mode): 0 full, 1 causal, 2 block-causal, 3 block-diffusion over x_t ⊕ x_0 with half
 // length half_len (official models/dit.py: block_diff_mask). Each query's allowed keys are at most

@@ -173,6 +173,53 @@ pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
     specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
 }
 
+/// Queries and keys per tile of the tensor-core attention forward (attention_coop_common.wgsl): 2
+/// subgroups of 16 query rows, keys in two 16-wide halves.
+pub const ATTENTION_COOP_TILES: AttentionTiles = AttentionTiles { q: 32, k: 32 };
+
+/// Workgroup memory of the tensor-core attention forward at `head_dim`, as browsers count it (each
+/// variable rounded up to 16 bytes): f16 queries and key/value tile, f32 scores, f16 probabilities,
+/// the f32 output rows, three f32 row statistics and the mask bounds.
+pub fn attention_coop_workgroup_bytes(head_dim: usize) -> usize {
+    let var = |bytes: usize| bytes.div_ceil(16) * 16;
+    let AttentionTiles { q, k } = ATTENTION_COOP_TILES;
+    var(2 * q * head_dim)
+        + var(2 * k * head_dim)
+        + var(4 * q * k)
+        + var(2 * q * k)
+        + var(4 * q * head_dim)
+        + 3 * var(4 * q)
+        + 2 * 16
+}
+
+/// The tensor-core attention forward (`attention_coop.wgsl`, subgroups of `subgroup_size`) or its
+/// emulated twin (`attention_coop_emulated.wgsl`, 32-wide emulated subgroups) at `head_dim`, which
+/// must be a multiple of 16 (the tile edge).
+pub fn attention_coop_source(
+    head_dim: usize,
+    subgroup_size: Option<u32>,
+) -> Result<String, String> {
+    if head_dim == 0 || !head_dim.is_multiple_of(16) {
+        return Err(format!(
+            "the tensor-core attention needs a head dimension that is a multiple of 16, not {head_dim}"
+        ));
+    }
+    let AttentionTiles { q, k } = ATTENTION_COOP_TILES;
+    let mut consts = vec![
+        ("HEAD_DIM", head_dim as u32),
+        ("BQ", q as u32),
+        ("BK", k as u32),
+    ];
+    let source = match subgroup_size {
+        Some(size) => {
+            consts.push(("SUBGROUP_SIZE", size));
+            ATTENTION_COOP_WGSL
+        }
+        None => ATTENTION_COOP_EMULATED_WGSL,
+    };
+    specialize(source, &consts)
+}
+
 /// The K slab of the large-tile f32 product (`matmul_large.wgsl`): 8 keeps its double-buffered
 /// slabs in the 16 KiB browsers give; 16 (32 KiB) halves the barriers where the adapter allows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

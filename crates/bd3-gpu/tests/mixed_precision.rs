@@ -765,3 +765,213 @@ fn the_plan_picks_128_blocks_only_where_they_fill_the_gpu() {
         }
     }
 }
+
+/// The tensor-core attention forward against the plain CPU loop (f64 softmax over the original f32
+/// inputs): queries, keys and values rounded to f16 as they are staged, probabilities rounded to f16
+/// for P·V, sums in f32. Tier: 1e-3 of max |want| (f16 has an 11-bit significand, on both products;
+/// measured below).
+const ATTENTION_MIXED_TOL: f64 = 1e-3;
+
+/// One self-attention case through `attention::record` with mixed precision on (the emulated twin
+/// here, the tensor-core kernel where the adapter has cooperative matrices), with the log-sum-exp,
+/// which must match the f32 kernel's (the backward kernels recompute the scores from it).
+#[allow(clippy::too_many_arguments)]
+fn coop_attention_case(
+    head_dim: usize,
+    mask: bd3_model::AttentionMask,
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    pos_period: usize,
+    q_rows: Option<(usize, usize)>,
+    seed: u64,
+) {
+    use bd3_gpu::ops::attention::{self, Attention};
+    use bd3_model::cpu_ref;
+    let ctx = context();
+    let f32k = kernels(&ctx, head_dim);
+    let mut variants = vec![{
+        let mut k = kernels(&ctx, head_dim);
+        pollster::block_on(k.set_emulated_mixed_precision(&ctx)).unwrap();
+        k
+    }];
+    if ctx.cooperative_matrix.is_some() {
+        let mut k = kernels(&ctx, head_dim);
+        pollster::block_on(k.set_precision(&ctx, Precision::Mixed)).unwrap();
+        variants.push(k);
+    }
+    let mut rng = Rng(seed);
+    let d = n_heads * head_dim;
+    let qkv = rng.vec(batch * seq * 3 * d, 1.5);
+    let inv_freq: Vec<f32> = (0..head_dim / 2)
+        .map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32)
+        .collect();
+    let (cos, sin) = bd3_model::tables::rotary_tables(&inv_freq, pos_period.min(seq));
+    let mut a = Attention::self_attention(
+        batch as u32,
+        seq as u32,
+        n_heads as u32,
+        head_dim as u32,
+        mask,
+        pos_period as u32,
+    );
+    // KV-cache style: n_q queries from row row0 of each sequence (logical indices the same).
+    let (row0, n_q) = q_rows.unwrap_or((0, seq));
+    a.n_q = n_q as u32;
+    a.q_row_offset = row0 as u32;
+    a.q_index_offset = row0 as u32;
+    let all = cpu_ref::attention(
+        &qkv,
+        cpu_ref::AttentionShape {
+            batch,
+            seq,
+            n_heads,
+            mask,
+            pos_period,
+        },
+        &cos,
+        &sin,
+    );
+    let want: Vec<f32> = (0..batch)
+        .flat_map(|b| all[(b * seq + row0) * d..(b * seq + row0 + n_q) * d].to_vec())
+        .collect();
+    let (qkv_buf, cos_buf, sin_buf) = (upload(&ctx, &qkv), upload(&ctx, &cos), upload(&ctx, &sin));
+    let lse_len = 2 * batch * n_heads * n_q;
+    let run = |k: &Kernels| {
+        let out = upload(&ctx, &vec![0.0; want.len()]);
+        let lse = upload(&ctx, &vec![0.0; lse_len]);
+        let mut kernel = "";
+        run_recorded(&ctx, |pb| {
+            let b = attention::Bindings {
+                qrows: &qkv_buf,
+                kvrows: &qkv_buf,
+                rope_cos: &cos_buf,
+                rope_sin: &sin_buf,
+                out: &out,
+                lse_delta: Some(&lse),
+                partials: None,
+            };
+            attention::record(pb, k, &a, b);
+            kernel = pb.planned()[0].kernel;
+        });
+        (
+            read(&ctx, &out, want.len()),
+            read(&ctx, &lse, lse_len),
+            kernel,
+        )
+    };
+    let (_, lse_f32, f32_kernel) = run(&f32k);
+    assert_eq!(f32_kernel, "attention");
+    for k in &variants {
+        let coop = k.mixed.as_ref().unwrap().attention.as_ref().expect(
+            "the adapter's workgroup memory holds the tensor-core attention at this head dim",
+        );
+        let (got, lse, kernel) = run(k);
+        let what = format!("{kernel} {mask:?} dh={head_dim} {n_q} of {seq} from {row0}");
+        assert_eq!(kernel, coop.name);
+        assert_close(&what, &got, &want, ATTENTION_MIXED_TOL);
+        let max_ref = want.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| (g as f64 - w as f64).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{what}: max error {:.2e} of max |want|", err / max_ref);
+        // The inputs really were rounded (else an f32 pass would be passing a loose test).
+        assert!(err > 1e-6 * max_ref, "{what}: no f16 rounding visible");
+        for (i, (g, w)) in lse.iter().zip(&lse_f32).enumerate().step_by(2) {
+            assert!(
+                (g - w).abs() <= 2e-3 * (1.0 + w.abs()),
+                "{what}: log-sum-exp {i}: {g} vs the f32 kernel's {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tensor_core_attention_matches_the_cpu_loop_for_every_mask() {
+    use bd3_model::AttentionMask;
+    // Lengths that are no multiple of the 64-query or 32-key tiles: partial tiles, skipped tiles,
+    // tiles inside the mask and boundary tiles masked element-wise; x_t ⊕ x_0 with a block size that
+    // does not divide the tiles.
+    coop_attention_case(64, AttentionMask::Full, 2, 45, 3, 45, None, 70);
+    coop_attention_case(64, AttentionMask::Causal, 1, 101, 2, 101, None, 71);
+    coop_attention_case(
+        64,
+        AttentionMask::BlockCausal { block_size: 4 },
+        2,
+        45,
+        2,
+        45,
+        None,
+        72,
+    );
+    coop_attention_case(
+        64,
+        AttentionMask::BlockDiff {
+            half_len: 37,
+            block_size: 5,
+        },
+        2,
+        74,
+        2,
+        37,
+        None,
+        73,
+    );
+    coop_attention_case(
+        32,
+        AttentionMask::BlockDiff {
+            half_len: 40,
+            block_size: 16,
+        },
+        1,
+        80,
+        3,
+        40,
+        None,
+        74,
+    );
+    // Queries at an offset of the rows (several query tiles, a partial last key tile), head dim 16.
+    coop_attention_case(16, AttentionMask::Full, 1, 133, 2, 133, Some((30, 70)), 75);
+}
+
+#[test]
+fn planned_mixed_training_runs_the_attention_forward_on_tensor_cores_where_the_head_dim_allows() {
+    // Head dim 32 (a multiple of the 16-wide tile): every forward attention of a mixed training step
+    // takes attention_coop.wgsl (2 subgroups of 32, 32 queries a workgroup); head dim 20 keeps the
+    // f32 kernel. The backward kernels stay f32 either way.
+    use bd3_gpu::plan::AdapterDesc;
+    use bd3_gpu::{GpuModel, OptimConfig, Trainer};
+    use std::sync::Arc;
+    for (hidden, coop) in [(64, true), (40, false)] {
+        let json = format!(
+            r#"{{"model_type":"bd3lm","block_size":4,"cond_dim":24,"hidden_dim":{hidden},"model_length":20,"n_blocks":2,"n_heads":2,"vocab_size":70}}"#
+        );
+        let cfg = bd3_model::ModelConfig::from_json_bytes(json.as_bytes(), "mixed attention", None)
+            .unwrap();
+        let shape = bd3_gpu::train_loop::train_shape(&cfg, 3, 0.1);
+        let adapter = AdapterDesc::native(132, true, true).with_cooperative_matrix();
+        let ctx = Arc::new(GpuContext::planning(&adapter, ContextOptions::default()));
+        let mut model = pollster::block_on(GpuModel::allocate(ctx, cfg.clone())).unwrap();
+        pollster::block_on(model.set_precision(Precision::Mixed)).unwrap();
+        let mut trainer = pollster::block_on(Trainer::new(&model, OptimConfig::default())).unwrap();
+        let plan = trainer.plan_step(&model, &shape).unwrap();
+        let forward: Vec<_> = plan.iter().filter(|d| d.label == "attention").collect();
+        assert_eq!(forward.len(), cfg.n_blocks, "hidden {hidden}");
+        for d in forward {
+            if coop {
+                assert_eq!(d.kernel, "attention_coop");
+                assert_eq!(d.threads, 64);
+                // 2L = 40 queries in tiles of 32, per head and sequence.
+                assert_eq!(d.groups, [2, 2, 3]);
+            } else {
+                assert_eq!(d.kernel, "attention");
+            }
+        }
+        assert!(plan
+            .iter()
+            .filter(|d| d.label.starts_with("attention_d"))
+            .all(|d| !d.kernel.contains("coop")));
+    }
+}

@@ -118,6 +118,18 @@ fn all_ops() -> Vec<OpSide> {
             attention::THREADS,
         ),
         side::<attention::Params>(
+            "attention_coop.wgsl",
+            shaders::attention_coop_source(64, Some(32)).unwrap(),
+            attention::Bindings::TILED_NAMES,
+            attention::coop_threads(Some(32)),
+        ),
+        side::<attention::Params>(
+            "attention_coop_emulated.wgsl",
+            shaders::attention_coop_source(64, None).unwrap(),
+            attention::Bindings::TILED_NAMES,
+            attention::coop_threads(None),
+        ),
+        side::<attention::Params>(
             "attention_decode.wgsl",
             att(Pass::Decode),
             attention::Bindings::NAMES,

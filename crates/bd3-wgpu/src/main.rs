@@ -172,9 +172,10 @@ fn info() -> anyhow::Result<()> {
     let ctx = pollster::block_on(GpuContext::new(ContextOptions::default()))?;
     println!("adapter: {}", ctx.adapter_summary());
     println!(
-        "max storage binding: {} MiB, max buffer: {} MiB",
+        "max storage binding: {} MiB, max buffer: {} MiB, workgroup memory: {} KiB",
         ctx.limits.max_storage_buffer_binding_size >> 20,
-        ctx.limits.max_buffer_size >> 20
+        ctx.limits.max_buffer_size >> 20,
+        ctx.limits.max_compute_workgroup_storage_size >> 10
     );
     println!("optional features in use: {:?}", ctx.features);
     let why = if ctx.info.device_type == wgpu::DeviceType::Cpu {

@@ -12,6 +12,12 @@
 //! query tile per head is 12 workgroups for the small model. There [`record`] picks the decode
 //! path (flash-decoding): a workgroup per (key chunk, head, sequence) with all the queries, then a
 //! combine pass over the chunks ([`Variant`], [`choose`]).
+//!
+//! Mixed precision: the forward of training and evaluation takes `attention_coop.wgsl` (QKᵀ and PV
+//! on tensor cores, f16 operands, f32 sums and softmax; [`coop_forward`]) where the head dimension
+//! is a multiple of 16 and the adapter's workgroup memory holds it. The backward kernels stay f32:
+//! they recompute the scores in f32 from its log-sum-exp, which matches the f32 forward's to the
+//! mixed-precision tier (tests/mixed_precision.rs).
 
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
@@ -187,6 +193,37 @@ pub async fn kernel_within(
         shaders::attention_file_within(pass.file(), head_dim, budget).map_err(Error::Gpu)?;
     let kernel = ctx.pipeline(pass.label(), &source, THREADS).await?;
     Ok(TiledKernel { kernel, tiles })
+}
+
+/// Threads of the tensor-core forward on an adapter whose subgroups have `subgroup_size`
+/// invocations (2 subgroups), or of its emulated twin (`None`: 2 emulated subgroups of 32).
+pub fn coop_threads(subgroup_size: Option<u32>) -> u32 {
+    2 * subgroup_size.unwrap_or(32)
+}
+
+/// The attention forward on tensor cores for mixed precision (`attention_coop.wgsl` with the
+/// adapter's `subgroup_size`), or its emulated twin (`None`: the tests' stand-in on adapters without
+/// cooperative matrices). None where it cannot run: a head dimension that is not a multiple of 16,
+/// or more workgroup memory than the adapter has (22.4 KiB at head dim 64, 38.4 at 128).
+pub async fn coop_forward(
+    ctx: &GpuContext,
+    head_dim: usize,
+    subgroup_size: Option<u32>,
+) -> Result<Option<Kernel>> {
+    let fits = shaders::attention_coop_workgroup_bytes(head_dim)
+        <= ctx.limits.max_compute_workgroup_storage_size as usize;
+    if !head_dim.is_multiple_of(16) || !fits {
+        return Ok(None);
+    }
+    let label = match subgroup_size {
+        Some(_) => "attention_coop",
+        None => "attention_coop_emulated",
+    };
+    let source = shaders::attention_coop_source(head_dim, subgroup_size).map_err(Error::Gpu)?;
+    Ok(Some(
+        ctx.pipeline(label, &source, coop_threads(subgroup_size))
+            .await?,
+    ))
 }
 
 /// Where queries and keys live and which may see which.
@@ -375,14 +412,19 @@ pub fn record_variant(
     let splits = match variant {
         Variant::Tiled => {
             slices.truncate(Bindings::TILED_NAMES.len());
-            // QKᵀ and PV; the output is written once.
+            // QKᵀ and PV; the output is written once. In mixed precision on tensor cores where the
+            // head dimension allows it.
             let cost = a.cost(2, 1);
+            let (kernel, rows) = match k.mixed.as_ref().and_then(|m| m.attention.as_ref()) {
+                Some(coop) => (coop, shaders::ATTENTION_COOP_TILES.q),
+                None => (&k.attention.kernel, k.attention.tiles.q),
+            };
             pb.dispatch(
                 "attention",
-                &k.attention.kernel,
+                kernel,
                 &a.params(write_lse),
                 slices,
-                a.groups(a.n_q, k.attention.tiles.q),
+                a.groups(a.n_q, rows),
                 cost,
             );
             return Ok(());

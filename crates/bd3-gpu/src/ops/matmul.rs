@@ -519,6 +519,10 @@ pub const COOP_EMULATED_THREADS: u32 = 128;
 pub struct MixedKernels {
     pub small: Kernel,
     pub large: Option<Kernel>,
+    /// The attention forward on tensor cores (or its twin), where the head dimension and the
+    /// adapter's workgroup memory allow it ([`super::attention::coop_forward`]); None: attention
+    /// stays f32.
+    pub attention: Option<Kernel>,
 }
 
 impl MixedKernels {
@@ -559,12 +563,12 @@ pub fn check_mixed_precision(ctx: &GpuContext) -> Result<()> {
 
 /// The products mixed precision runs on `ctx`: the tensor-core kernels, the emulated twins when the
 /// tests ask for them ([`EMULATION_ENV`]), or the error of [`check_mixed_precision`].
-pub async fn mixed_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
+pub async fn mixed_kernels(ctx: &GpuContext, head_dim: usize) -> Result<MixedKernels> {
     check_mixed_precision(ctx)?;
     if emulated_by_request(ctx) {
-        return coop_emulated_kernels(ctx).await;
+        return coop_emulated_kernels(ctx, head_dim).await;
     }
-    coop_kernels(ctx).await
+    coop_kernels(ctx, head_dim).await
 }
 
 /// Whether `ctx`'s workgroup memory holds the kernel with `tiles`.
@@ -572,9 +576,9 @@ fn fits(ctx: &GpuContext, tiles: shaders::CoopTiles) -> bool {
     tiles.workgroup_bytes() <= ctx.limits.max_compute_workgroup_storage_size as usize
 }
 
-/// The tensor-core products for `ctx`'s cooperative matrices, or an error naming the adapter when it
-/// has none.
-pub async fn coop_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
+/// The tensor-core products (and attention forward at `head_dim`) for `ctx`'s cooperative
+/// matrices, or an error naming the adapter when it has none.
+pub async fn coop_kernels(ctx: &GpuContext, head_dim: usize) -> Result<MixedKernels> {
     let Some(coop) = ctx.cooperative_matrix else {
         return Err(Error::Invalid(format!(
             "the tensor-core product needs cooperative matrices, which {} lacks",
@@ -595,12 +599,13 @@ pub async fn coop_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
             true => Some(build("matmul_coop_large", shaders::CoopTiles::LARGE).await?),
             false => None,
         },
+        attention: super::attention::coop_forward(ctx, head_dim, Some(coop.subgroup_size)).await?,
     })
 }
 
 /// The emulated twins of [`coop_kernels`] (need only shader-f16): what the tests run as the mixed
 /// products on adapters without tensor cores.
-pub async fn coop_emulated_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
+pub async fn coop_emulated_kernels(ctx: &GpuContext, head_dim: usize) -> Result<MixedKernels> {
     if !ctx.features.contains(wgpu::Features::SHADER_F16) {
         return Err(Error::Invalid(format!(
             "the emulated mixed-precision product needs shader-f16, which {} lacks",
@@ -621,6 +626,7 @@ pub async fn coop_emulated_kernels(ctx: &GpuContext) -> Result<MixedKernels> {
             true => Some(build("matmul_coop_emulated_large", shaders::CoopTiles::LARGE).await?),
             false => None,
         },
+        attention: super::attention::coop_forward(ctx, head_dim, None).await?,
     })
 }
 

@@ -121,8 +121,11 @@ pub struct Kernels {
     pub placeholders: Placeholders,
     /// The twins that read f16 weights (built for a model whose weights are stored in f16).
     pub f16: Option<F16Kernels>,
-    /// In mixed precision, the products every GEMM takes (`matmul::record`); None: f32.
+    /// In mixed precision, the products every GEMM takes (`matmul::record`) and the attention
+    /// forward (`attention::record`); None: f32.
     pub mixed: Option<matmul::MixedKernels>,
+    /// The head dimension the attention kernels are specialised for.
+    pub head_dim: usize,
 }
 
 /// Kernels reading weights stored as f16 ([`crate::weights::WeightFormat::F16`]): the embedding
@@ -207,6 +210,7 @@ impl Kernels {
                 crate::weights::WeightFormat::F16 => Some(F16Kernels::new(ctx).await?),
             },
             mixed: None,
+            head_dim,
         })
     }
 
@@ -219,7 +223,7 @@ impl Kernels {
     ) -> Result<()> {
         self.mixed = match precision {
             matmul::Precision::F32 => None,
-            matmul::Precision::Mixed => Some(matmul::mixed_kernels(ctx).await?),
+            matmul::Precision::Mixed => Some(matmul::mixed_kernels(ctx, self.head_dim).await?),
         };
         Ok(())
     }
@@ -228,7 +232,7 @@ impl Kernels {
     /// cooperative product (same staging, tiles and f16 rounding; plain loops).
     #[doc(hidden)]
     pub async fn set_emulated_mixed_precision(&mut self, ctx: &GpuContext) -> Result<()> {
-        self.mixed = Some(matmul::coop_emulated_kernels(ctx).await?);
+        self.mixed = Some(matmul::coop_emulated_kernels(ctx, self.head_dim).await?);
         Ok(())
     }
 }
