@@ -6,7 +6,7 @@
 //   S = Q'·K'ᵀ  (q', k' rotated, then rounded to f16 as they are staged),
 //   O ← O·e^{m_old − m} + P·V  (P = e^{S·scale − m} rounded to f16, V rounded to f16),
 // with the online softmax (flash-attention-2) in f32 between them: per query row the running
-// maximum m and the sum l of the f32 probabilities; o = O / l, lse = m + ln l.
+// maximum m and the sum l of the probabilities (as rounded for P·V); o = O / l, lse = m + ln l.
 // Mixed precision (train --precision mixed) runs this in place of attention.wgsl; the backward
 // kernels stay f32 and recompute the scores from this pass's log-sum-exp.
 //
@@ -43,6 +43,11 @@ const SUBGROUPS: u32 = 2u;
 const THREADS: u32 = SUBGROUPS * SUBGROUP_SIZE;
 // The cooperative-matrix tile edge (M = N = K).
 const T: u32 = 16u;
+// The tiles the indexing assumes: a 16-row band of queries per subgroup, whole 16-key tiles, and
+// room in s_s for each subgroup's 16 × 16 product tile.
+const_assert BQ == SUBGROUPS * T;
+const_assert BK % T == 0u;
+const_assert BQ * BK >= SUBGROUPS * T * T;
 
 var<workgroup> q_s: array<f16, BQ * HEAD_DIM>; // [query][d], rotated
 var<workgroup> kv_s: array<f16, BK * HEAD_DIM>; // [key][d]: K' for the scores, then V
@@ -99,12 +104,14 @@ fn softmax_row(r: u32, q: u32, k0: u32, k1: u32, full: bool) {
         s_s[r * BK + c] = sc;
         mx = max(mx, sc);
     }
+    // l sums the probabilities as P·V sees them (rounded to f16), so o = Σ P·V / l stays a
+    // weighted mean of the values.
     var sum = 0.0;
     for (var c = 0u; c < BK; c++) {
         let sc = s_s[r * BK + c];
-        let pr = select(0.0, exp(sc - mx), sc > MASKED_TEST);
-        p_s[r * BK + c] = f16(pr);
-        sum += pr;
+        let pr = f16(select(0.0, exp(sc - mx), sc > MASKED_TEST));
+        p_s[r * BK + c] = pr;
+        sum += f32(pr);
     }
     let corr = exp(m_old - mx);
     m_s[r] = mx;

@@ -36,8 +36,10 @@ const ALIGNED: u32 = 1u;
 const BM: u32 = 128u;
 const BN: u32 = 128u;
 const THREADS: u32 = 256u;
-// Quads of one operand's slab per thread: 1 (BK = 8) or 2 (BK = 16).
+// Quads of one operand's slab per thread: 1 (BK = 8) or 2 (BK = 16); the prefetch registers hold
+// at most 2.
 const QUADS: u32 = BK * BM / 4u / THREADS;
+const_assert QUADS >= 1u && QUADS <= 2u && BK % 4u == 0u;
 // vec4s of one operand's slab.
 const SLAB_A: u32 = BK * BM / 4u;
 const SLAB_B: u32 = BK * BN / 4u;

@@ -56,11 +56,13 @@ impl Buf {
 
     /// `size` bytes of this whole buffer from `offset` (a multiple of the adapter's storage offset
     /// alignment), bound, cleared and copied as a buffer of its own: tensors packed into one
-    /// allocation (the gradients) can then also be read as one binding.
+    /// allocation (the gradients) can then also be read as one binding. WebGPU tracks usage per
+    /// buffer, not per range: one dispatch must not bind two views of a buffer one read-only and the
+    /// other writable (no kernel binds two gradients so).
     pub fn view(&self, offset: u64, size: u64) -> Buf {
         assert!(
-            !self.view && offset + size <= self.size,
-            "a view lies within a whole buffer"
+            !self.view && size > 0 && offset + size <= self.size,
+            "a view is a non-empty range of a whole buffer"
         );
         Buf {
             gpu: self.gpu.clone(),

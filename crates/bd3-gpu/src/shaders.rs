@@ -173,51 +173,120 @@ pub fn matmul_source(rows_per_thread: u32) -> Result<String, String> {
     specialize(MATMUL_WGSL, &[("ROWS_PER_THREAD", rows_per_thread)])
 }
 
-/// Queries and keys per tile of the tensor-core attention forward (attention_coop_common.wgsl): 2
-/// subgroups of 16 query rows, keys in two 16-wide halves.
-pub const ATTENTION_COOP_TILES: AttentionTiles = AttentionTiles { q: 32, k: 32 };
-
-/// Workgroup memory of the tensor-core attention forward at `head_dim`, as browsers count it (each
-/// variable rounded up to 16 bytes): f16 queries and key/value tile, f32 scores, f16 probabilities,
-/// the f32 output rows, three f32 row statistics and the mask bounds.
-pub fn attention_coop_workgroup_bytes(head_dim: usize) -> usize {
-    let var = |bytes: usize| bytes.div_ceil(16) * 16;
-    let AttentionTiles { q, k } = ATTENTION_COOP_TILES;
-    var(2 * q * head_dim)
-        + var(2 * k * head_dim)
-        + var(4 * q * k)
-        + var(2 * q * k)
-        + var(4 * q * head_dim)
-        + 3 * var(4 * q)
-        + 2 * 16
+/// The tensor-core attention kernels of mixed precision (`attention_coop*.wgsl`,
+/// `attention_dq_coop*.wgsl`, `attention_dkv_coop*.wgsl`), each with its emulated twin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CoopAttention {
+    Forward,
+    QueryGrad,
+    KeyValueGrad,
 }
 
-/// The tensor-core attention forward (`attention_coop.wgsl`, subgroups of `subgroup_size`) or its
-/// emulated twin (`attention_coop_emulated.wgsl`, 32-wide emulated subgroups) at `head_dim`, which
-/// must be a multiple of 16 (the tile edge).
-pub fn attention_coop_source(
-    head_dim: usize,
-    subgroup_size: Option<u32>,
-) -> Result<String, String> {
-    if head_dim == 0 || !head_dim.is_multiple_of(16) {
-        return Err(format!(
-            "the tensor-core attention needs a head dimension that is a multiple of 16, not {head_dim}"
-        ));
-    }
-    let AttentionTiles { q, k } = ATTENTION_COOP_TILES;
-    let mut consts = vec![
-        ("HEAD_DIM", head_dim as u32),
-        ("BQ", q as u32),
-        ("BK", k as u32),
+impl CoopAttention {
+    pub const ALL: [CoopAttention; 3] = [
+        CoopAttention::Forward,
+        CoopAttention::QueryGrad,
+        CoopAttention::KeyValueGrad,
     ];
-    let source = match subgroup_size {
-        Some(size) => {
-            consts.push(("SUBGROUP_SIZE", size));
-            ATTENTION_COOP_WGSL
+
+    /// Queries and keys per tile: 2 subgroups of 16 rows own the workgroup's side (queries, or for
+    /// the key/value gradient 16 keys shared by the subgroups) and walk tiles of 32 of the other.
+    pub fn tiles(self) -> AttentionTiles {
+        match self {
+            CoopAttention::Forward | CoopAttention::QueryGrad => AttentionTiles { q: 32, k: 32 },
+            CoopAttention::KeyValueGrad => AttentionTiles { q: 32, k: 16 },
         }
-        None => ATTENTION_COOP_EMULATED_WGSL,
-    };
-    specialize(source, &consts)
+    }
+
+    /// Rows of its own side a workgroup owns (queries; keys for the key/value gradient).
+    pub fn rows_per_workgroup(self) -> usize {
+        match self {
+            CoopAttention::KeyValueGrad => self.tiles().k,
+            _ => self.tiles().q,
+        }
+    }
+
+    /// Workgroup memory at `head_dim`, as browsers count it (each variable rounded up to 16 bytes):
+    /// see each kernel's common file for the buffers.
+    pub fn workgroup_bytes(self, head_dim: usize) -> usize {
+        let var = |bytes: usize| bytes.div_ceil(16) * 16;
+        let AttentionTiles { q, k } = self.tiles();
+        let d = head_dim;
+        let bounds = 2 * 16;
+        bounds
+            + match self {
+                // q_s, kv_s (f16), s_s, p_s (f16), o_s, m_s, l_s, corr_s.
+                CoopAttention::Forward => {
+                    var(2 * q * d)
+                        + var(2 * k * d)
+                        + var(4 * q * k)
+                        + var(2 * q * k)
+                        + var(4 * q * d)
+                        + 3 * var(4 * q)
+                }
+                // q_s, do_s, kv_s (f16), s_s, dp_s, ds_s (f16), dq_s, st_s.
+                CoopAttention::QueryGrad => {
+                    2 * var(2 * q * d)
+                        + var(2 * k * d)
+                        + 2 * var(4 * q * k)
+                        + var(2 * q * k)
+                        + var(4 * q * d)
+                        + var(8 * q)
+                }
+                // k_s, v_s, q_s, do_s (f16), s_s, dp_s, p_s, ds_s (f16), dk_s, dv_s, st_s.
+                CoopAttention::KeyValueGrad => {
+                    2 * var(2 * k * d)
+                        + 2 * var(2 * q * d)
+                        + 2 * var(4 * k * q)
+                        + 2 * var(2 * k * q)
+                        + 2 * var(4 * k * d)
+                        + var(8 * q)
+                }
+            }
+    }
+
+    /// The kernel (subgroups of `subgroup_size`) or its emulated twin (`None`: 32-wide emulated
+    /// subgroups) at `head_dim`, which must be a multiple of 16 (the tile edge).
+    pub fn source(self, head_dim: usize, subgroup_size: Option<u32>) -> Result<String, String> {
+        if head_dim == 0 || !head_dim.is_multiple_of(16) {
+            return Err(format!(
+                "the tensor-core attention needs a head dimension that is a multiple of 16, not {head_dim}"
+            ));
+        }
+        let AttentionTiles { q, k } = self.tiles();
+        let mut consts = vec![
+            ("HEAD_DIM", head_dim as u32),
+            ("BQ", q as u32),
+            ("BK", k as u32),
+        ];
+        let (kernel, twin) = match self {
+            CoopAttention::Forward => (ATTENTION_COOP_WGSL, ATTENTION_COOP_EMULATED_WGSL),
+            CoopAttention::QueryGrad => (ATTENTION_DQ_COOP_WGSL, ATTENTION_DQ_COOP_EMULATED_WGSL),
+            CoopAttention::KeyValueGrad => {
+                (ATTENTION_DKV_COOP_WGSL, ATTENTION_DKV_COOP_EMULATED_WGSL)
+            }
+        };
+        let source = match subgroup_size {
+            Some(size) => {
+                consts.push(("SUBGROUP_SIZE", size));
+                kernel
+            }
+            None => twin,
+        };
+        specialize(source, &consts)
+    }
+
+    /// The kernel's name (the file's stem), or its twin's.
+    pub fn label(self, emulated: bool) -> &'static str {
+        match (self, emulated) {
+            (CoopAttention::Forward, false) => "attention_coop",
+            (CoopAttention::Forward, true) => "attention_coop_emulated",
+            (CoopAttention::QueryGrad, false) => "attention_dq_coop",
+            (CoopAttention::QueryGrad, true) => "attention_dq_coop_emulated",
+            (CoopAttention::KeyValueGrad, false) => "attention_dkv_coop",
+            (CoopAttention::KeyValueGrad, true) => "attention_dkv_coop_emulated",
+        }
+    }
 }
 
 /// The K slab of the large-tile f32 product (`matmul_large.wgsl`): 8 keeps its double-buffered

@@ -80,7 +80,7 @@ pub struct TrainOutput {
 
 /// Gradients, Adam moments and the EMA, each shaped like the weights.
 pub struct Trainer {
-    pub grads: Weights,
+    grads: Weights,
     /// The buffers every gradient is a view of ([`Weights::zeros_like_packed`]): the gradient norm
     /// reads them and the next step's clear zeroes them, a binding or a clear each.
     grad_packs: Vec<Buf>,
@@ -225,6 +225,11 @@ impl Trainer {
         self.loss_scaler = scaler;
         self.step_scale = scaler.map_or(1.0, |s| s.scale());
         self.optimizer = None;
+    }
+
+    /// The accumulated gradients, same structure as the weights (each part a view of a pack).
+    pub fn gradients(&self) -> &Weights {
+        &self.grads
     }
 
     /// The buffers the gradients are packed into (each gradient part is a view of one).

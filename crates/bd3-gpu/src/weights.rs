@@ -427,10 +427,6 @@ impl PackLayout {
             *pack_bytes.last_mut().expect("a pack is open") = offset + size;
             places.push((pack_bytes.len() - 1, offset));
         }
-        for b in &mut pack_bytes {
-            // Whole vec4s, so a pack also binds as array<vec4<f32>>.
-            *b = b.next_multiple_of(16);
-        }
         PackLayout { places, pack_bytes }
     }
 }
@@ -592,11 +588,18 @@ mod tests {
             l.places,
             [(0, 0), (0, 256), (0, 768), (1, 0), (2, 0), (3, 0)]
         );
-        // 768 + 20 rounded to whole vec4s; a buffer over the cap alone in its pack.
-        assert_eq!(l.pack_bytes, [800, 608, 2000, 16]);
+        // A buffer over the cap alone in its pack.
+        assert_eq!(l.pack_bytes, [788, 600, 2000, 8]);
         assert_eq!(
             PackLayout::new(&[4, 4], 16, 1 << 20).places,
             [(0, 0), (0, 16)]
         );
+        // A cap that is no multiple of the alignment (an H200's 2 GiB − 4 binding limit): the next
+        // aligned offset after a part ending 8 bytes short of it is past it, so the next part goes
+        // to a new pack, and no pack passes the cap.
+        let cap = (1u64 << 31) - 4;
+        let l = PackLayout::new(&[cap - 8, 8], 16, cap);
+        assert_eq!(l.places, [(0, 0), (1, 0)]);
+        assert!(l.pack_bytes.iter().all(|&b| b <= cap), "{:?}", l.pack_bytes);
     }
 }

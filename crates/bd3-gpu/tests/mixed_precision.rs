@@ -551,7 +551,7 @@ fn loss_scaling_skips_an_overflowed_step_on_the_gpu_and_unscales_a_good_one() {
     // An overflowed step: one gradient is inf (what f16 staging makes of a too-large scaled value).
     let mut overflowed = grads.clone();
     overflowed[1].2[3] = f32::INFINITY;
-    write_all(&ctx, &scaled.grads, &overflowed, 1024.0);
+    write_all(&ctx, scaled.gradients(), &overflowed, 1024.0);
     scaled.optimizer_step(&scaled_model, optim.lr).unwrap();
     let norm = pollster::block_on(scaled.last_grad_norm(&ctx))
         .unwrap()
@@ -572,13 +572,13 @@ fn loss_scaling_skips_an_overflowed_step_on_the_gpu_and_unscales_a_good_one() {
         flat(&read_all(&ctx, scaled.ema.as_ref().unwrap())),
         flat(&w0)
     );
-    assert!(flat(&read_all(&ctx, &scaled.grads))
+    assert!(flat(&read_all(&ctx, scaled.gradients()))
         .iter()
         .all(|&x| x == 0.0));
 
     // A good step at the halved scale equals the unscaled f32 step: unscaled before clipping.
-    write_all(&ctx, &plain.grads, &grads, 1.0);
-    write_all(&ctx, &scaled.grads, &grads, 512.0);
+    write_all(&ctx, plain.gradients(), &grads, 1.0);
+    write_all(&ctx, scaled.gradients(), &grads, 512.0);
     plain.optimizer_step(&plain_model, optim.lr).unwrap();
     scaled.optimizer_step(&scaled_model, optim.lr).unwrap();
     let plain_norm = pollster::block_on(plain.last_grad_norm(&ctx))
@@ -868,7 +868,7 @@ fn coop_attention_case(
         );
         let (got, lse, kernel) = run(k);
         let what = format!("{kernel} {mask:?} dh={head_dim} {n_q} of {seq} from {row0}");
-        assert_eq!(kernel, coop.name);
+        assert_eq!(kernel, coop.forward.name);
         assert_close(&what, &got, &want, ATTENTION_MIXED_TOL);
         let max_ref = want.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
         let err = got
@@ -937,10 +937,10 @@ fn tensor_core_attention_matches_the_cpu_loop_for_every_mask() {
 }
 
 #[test]
-fn planned_mixed_training_runs_the_attention_forward_on_tensor_cores_where_the_head_dim_allows() {
-    // Head dim 32 (a multiple of the 16-wide tile): every forward attention of a mixed training step
-    // takes attention_coop.wgsl (2 subgroups of 32, 32 queries a workgroup); head dim 20 keeps the
-    // f32 kernel. The backward kernels stay f32 either way.
+fn planned_mixed_training_runs_attention_on_tensor_cores_where_the_head_dim_allows() {
+    // Head dim 32 (a multiple of the 16-wide tile): every attention kernel of a mixed training step
+    // takes its tensor-core twin (2 subgroups of 32; 32 queries a workgroup for the forward and the
+    // query gradient, 16 keys for the key/value gradient); head dim 20 keeps the f32 kernels.
     use bd3_gpu::plan::AdapterDesc;
     use bd3_gpu::{GpuModel, OptimConfig, Trainer};
     use std::sync::Arc;
@@ -957,21 +957,209 @@ fn planned_mixed_training_runs_the_attention_forward_on_tensor_cores_where_the_h
         pollster::block_on(model.set_precision(Precision::Mixed)).unwrap();
         let mut trainer = pollster::block_on(Trainer::new(&model, OptimConfig::default())).unwrap();
         let plan = trainer.plan_step(&model, &shape).unwrap();
-        let forward: Vec<_> = plan.iter().filter(|d| d.label == "attention").collect();
-        assert_eq!(forward.len(), cfg.n_blocks, "hidden {hidden}");
-        for d in forward {
-            if coop {
-                assert_eq!(d.kernel, "attention_coop");
-                assert_eq!(d.threads, 64);
-                // 2L = 40 queries in tiles of 32, per head and sequence.
-                assert_eq!(d.groups, [2, 2, 3]);
-            } else {
-                assert_eq!(d.kernel, "attention");
+        // 2L = 40 rows per sequence, 2 heads, batch 3.
+        for (label, kernel, groups) in [
+            ("attention", "attention_coop", [2, 2, 3]),
+            ("attention_dq", "attention_dq_coop", [2, 2, 3]),
+            ("attention_dkv", "attention_dkv_coop", [3, 2, 3]),
+        ] {
+            let runs: Vec<_> = plan.iter().filter(|d| d.label == label).collect();
+            assert_eq!(runs.len(), cfg.n_blocks, "hidden {hidden}: {label}");
+            for d in runs {
+                if coop {
+                    assert_eq!((d.kernel, d.threads, d.groups), (kernel, 64, groups));
+                } else {
+                    assert_eq!(d.kernel, label);
+                }
             }
         }
-        assert!(plan
-            .iter()
-            .filter(|d| d.label.starts_with("attention_d"))
-            .all(|d| !d.kernel.contains("coop")));
     }
+}
+
+/// The attention backward of mixed precision (forward, query gradient and key/value gradient on
+/// tensor cores: the emulated twins here, the kernels themselves where the adapter has cooperative
+/// matrices) against the plain CPU loop's gradient of the f32 attention. Tier: 1.5e-3 of max |want|
+/// (f16 operands in every product, dS rounded to f16 before dS·K' and dSᵀ·Q'; measured below).
+const ATTENTION_BACKWARD_MIXED_TOL: f64 = 1.5e-3;
+
+fn coop_attention_backward_case(
+    head_dim: usize,
+    mask: bd3_model::AttentionMask,
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    seed: u64,
+) {
+    use bd3_gpu::ops::attention::{self, Attention};
+    use bd3_model::cpu_ref;
+    let ctx = context();
+    let tk = train_kernels(&ctx, head_dim);
+    let mut variants = vec![{
+        let mut k = kernels(&ctx, head_dim);
+        pollster::block_on(k.set_emulated_mixed_precision(&ctx)).unwrap();
+        k
+    }];
+    if ctx.cooperative_matrix.is_some() {
+        let mut k = kernels(&ctx, head_dim);
+        pollster::block_on(k.set_precision(&ctx, Precision::Mixed)).unwrap();
+        variants.push(k);
+    }
+    let mut rng = Rng(seed);
+    let d = n_heads * head_dim;
+    let qkv = rng.vec(batch * seq * 3 * d, 1.2);
+    let d_o = rng.vec(batch * seq * d, 1.0);
+    let inv: Vec<f32> = (0..head_dim / 2)
+        .map(|j| (1.0 / 10000f64.powf(2.0 * j as f64 / head_dim as f64)) as f32)
+        .collect();
+    let (cos, sin) = bd3_model::tables::rotary_tables(&inv, seq);
+    let a = Attention::self_attention(
+        batch as u32,
+        seq as u32,
+        n_heads as u32,
+        head_dim as u32,
+        mask,
+        seq as u32,
+    );
+    let want = cpu_ref::attention_backward(&qkv, &d_o, batch, seq, n_heads, mask, &cos, &sin, seq);
+    let (qkv_b, cos_b, sin_b, do_b) = (
+        upload(&ctx, &qkv),
+        upload(&ctx, &cos),
+        upload(&ctx, &sin),
+        upload(&ctx, &d_o),
+    );
+    for k in &variants {
+        let o = upload(&ctx, &vec![0.0; batch * seq * d]);
+        let lse = upload(&ctx, &vec![0.0; 2 * batch * n_heads * seq]);
+        let dqkv = upload(&ctx, &vec![0.0; batch * seq * 3 * d]);
+        let mut kernels_run = Vec::new();
+        run_recorded(&ctx, |pb| {
+            let (rope_cos, rope_sin) = (&cos_b, &sin_b);
+            attention::record(
+                pb,
+                k,
+                &a,
+                attention::Bindings {
+                    qrows: &qkv_b,
+                    kvrows: &qkv_b,
+                    rope_cos,
+                    rope_sin,
+                    out: &o,
+                    lse_delta: Some(&lse),
+                    partials: None,
+                },
+            );
+            attention::record_query_grad(
+                pb,
+                k,
+                &tk,
+                &a,
+                attention::QueryGradBindings {
+                    qkv: &qkv_b,
+                    rope_cos,
+                    rope_sin,
+                    o: &o,
+                    d_o: &do_b,
+                    lse_delta: &lse,
+                    dqkv: &dqkv,
+                },
+            );
+            attention::record_key_value_grad(
+                pb,
+                k,
+                &tk,
+                &a,
+                attention::KeyValueGradBindings {
+                    qkv: &qkv_b,
+                    rope_cos,
+                    rope_sin,
+                    d_o: &do_b,
+                    lse_delta: &lse,
+                    dqkv: &dqkv,
+                },
+            );
+            kernels_run = pb.planned().iter().map(|p| p.kernel).collect();
+        });
+        let coop = k.mixed.as_ref().unwrap().attention.as_ref().expect(
+            "the adapter's workgroup memory holds the tensor-core attention at this head dim",
+        );
+        assert_eq!(
+            kernels_run,
+            [
+                coop.forward.name,
+                coop.query_grad.name,
+                coop.key_value_grad.name
+            ]
+        );
+        let got = read(&ctx, &dqkv, want.len());
+        let what = format!("{} {mask:?} dh={head_dim} seq {seq}", coop.query_grad.name);
+        // dq, dk and dv (the thirds of each row) against their own scales.
+        for (part, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let pick = |x: &[f32]| -> Vec<f32> {
+                x.chunks(3 * d)
+                    .flat_map(|row| row[part * d..(part + 1) * d].to_vec())
+                    .collect()
+            };
+            let (g, w) = (pick(&got), pick(&want));
+            let max_ref = w.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+            let err = g
+                .iter()
+                .zip(&w)
+                .map(|(&x, &y)| (x as f64 - y as f64).abs())
+                .fold(0.0, f64::max);
+            eprintln!(
+                "{what} {name}: max error {:.2e} of max |want|",
+                err / max_ref
+            );
+            assert!(
+                err > 1e-6 * max_ref,
+                "{what} {name}: no f16 rounding visible"
+            );
+            assert_close(
+                &format!("{what} {name}"),
+                &g,
+                &w,
+                ATTENTION_BACKWARD_MIXED_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn tensor_core_attention_backward_matches_the_cpu_loop_for_every_mask() {
+    use bd3_model::AttentionMask;
+    // Lengths that are no multiple of the 32-query and 16/32-key tiles; block sizes that do (16) and
+    // do not (5) line up with them.
+    coop_attention_backward_case(64, AttentionMask::Full, 2, 45, 2, 80);
+    coop_attention_backward_case(64, AttentionMask::Causal, 1, 77, 2, 81);
+    coop_attention_backward_case(
+        64,
+        AttentionMask::BlockCausal { block_size: 4 },
+        1,
+        45,
+        3,
+        82,
+    );
+    coop_attention_backward_case(
+        64,
+        AttentionMask::BlockDiff {
+            half_len: 37,
+            block_size: 5,
+        },
+        2,
+        74,
+        2,
+        83,
+    );
+    coop_attention_backward_case(
+        32,
+        AttentionMask::BlockDiff {
+            half_len: 40,
+            block_size: 16,
+        },
+        1,
+        80,
+        2,
+        84,
+    );
+    coop_attention_backward_case(16, AttentionMask::Causal, 1, 50, 3, 85);
 }

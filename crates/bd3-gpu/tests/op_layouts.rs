@@ -119,14 +119,46 @@ fn all_ops() -> Vec<OpSide> {
         ),
         side::<attention::Params>(
             "attention_coop.wgsl",
-            shaders::attention_coop_source(64, Some(32)).unwrap(),
+            shaders::CoopAttention::Forward
+                .source(64, Some(32))
+                .unwrap(),
             attention::Bindings::TILED_NAMES,
             attention::coop_threads(Some(32)),
         ),
         side::<attention::Params>(
             "attention_coop_emulated.wgsl",
-            shaders::attention_coop_source(64, None).unwrap(),
+            shaders::CoopAttention::Forward.source(64, None).unwrap(),
             attention::Bindings::TILED_NAMES,
+            attention::coop_threads(None),
+        ),
+        side::<attention::Params>(
+            "attention_dq_coop.wgsl",
+            shaders::CoopAttention::QueryGrad
+                .source(64, Some(32))
+                .unwrap(),
+            attention::QueryGradBindings::NAMES,
+            attention::coop_threads(Some(32)),
+        ),
+        side::<attention::Params>(
+            "attention_dq_coop_emulated.wgsl",
+            shaders::CoopAttention::QueryGrad.source(64, None).unwrap(),
+            attention::QueryGradBindings::NAMES,
+            attention::coop_threads(None),
+        ),
+        side::<attention::Params>(
+            "attention_dkv_coop.wgsl",
+            shaders::CoopAttention::KeyValueGrad
+                .source(64, Some(32))
+                .unwrap(),
+            attention::KeyValueGradBindings::NAMES,
+            attention::coop_threads(Some(32)),
+        ),
+        side::<attention::Params>(
+            "attention_dkv_coop_emulated.wgsl",
+            shaders::CoopAttention::KeyValueGrad
+                .source(64, None)
+                .unwrap(),
+            attention::KeyValueGradBindings::NAMES,
             attention::coop_threads(None),
         ),
         side::<attention::Params>(

@@ -73,7 +73,7 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
         let bytes = workgroup_bytes(&m);
         // The tensor-core attention is native-only (cooperative matrices are): checked against the
         // adapter's limit by the host and in tensor_core_attention_validates_and_emits_spirv.
-        let budget = match name.starts_with("attention_coop") {
+        let budget = match name.starts_with("attention") && name.contains("_coop") {
             true => NATIVE_COOP_ATTENTION_BUDGET,
             false => WORKGROUP_MEMORY_BUDGET,
         };
@@ -325,39 +325,43 @@ fn spirv_has_coop_multiply_add(
 
 #[test]
 fn tensor_core_attention_validates_and_emits_spirv() {
-    // Every head dimension that is a multiple of 16 up to 128, the kernel (subgroups of 32 and 64)
-    // and its emulated twin; the host's count of the workgroup memory is the compiled one, and the
-    // small model's head dim 64 fits the 32 KiB of common adapters, 128 a tensor-core adapter's
-    // 48 KiB (the host keeps attention in f32 where an adapter gives less).
-    use bd3_gpu::shaders::{attention_coop_source, attention_coop_workgroup_bytes};
-    for head_dim in (16..=128).step_by(16) {
-        for subgroup in [Some(32), Some(64), None] {
-            let name = format!("attention_coop dh={head_dim} subgroups {subgroup:?}");
-            let source = attention_coop_source(head_dim, subgroup).unwrap();
-            assert!(source.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")));
-            let module = naga::front::wgsl::parse_str(&source)
-                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
-            let info = naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                capabilities_of(&source),
-            )
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-            assert_eq!(
-                workgroup_bytes(&module),
-                attention_coop_workgroup_bytes(head_dim),
-                "{name}: the host's count of its workgroup memory"
-            );
-            assert_eq!(
-                spirv_has_coop_multiply_add(&name, &module, &info),
-                subgroup.is_some(),
-                "{name}: cooperative multiply-add in the SPIR-V"
-            );
+    // The forward and both gradients at every head dimension that is a multiple of 16 up to 128,
+    // each kernel (subgroups of 32 and 64) and its emulated twin; the host's count of the workgroup
+    // memory is the compiled one, and at the small model's head dim 64 every kernel fits the 32 KiB
+    // of common adapters (lavapipe runs the twins), at 128 a tensor-core adapter's 48 KiB or not (the
+    // host keeps attention in f32 where any of them does not fit).
+    use bd3_gpu::shaders::CoopAttention;
+    for pass in CoopAttention::ALL {
+        for head_dim in (16..=128).step_by(16) {
+            for subgroup in [Some(32), Some(64), None] {
+                let name = format!("{pass:?} dh={head_dim} subgroups {subgroup:?}");
+                let source = pass.source(head_dim, subgroup).unwrap();
+                assert!(source.contains(&format!("const HEAD_DIM: u32 = {head_dim}u;")));
+                let module = naga::front::wgsl::parse_str(&source)
+                    .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+                let info = naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    capabilities_of(&source),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+                assert_eq!(
+                    workgroup_bytes(&module),
+                    pass.workgroup_bytes(head_dim),
+                    "{name}: the host's count of its workgroup memory"
+                );
+                assert_eq!(
+                    spirv_has_coop_multiply_add(&name, &module, &info),
+                    subgroup.is_some(),
+                    "{name}: cooperative multiply-add in the SPIR-V"
+                );
+            }
         }
+        assert!(pass.workgroup_bytes(64) <= 32 * 1024, "{pass:?}");
+        assert!(pass.source(40, None).is_err());
     }
-    assert!(attention_coop_workgroup_bytes(64) <= 32 * 1024);
-    assert!(attention_coop_workgroup_bytes(128) <= NATIVE_COOP_ATTENTION_BUDGET);
-    assert!(attention_coop_source(40, None).is_err());
+    assert!(CoopAttention::Forward.workgroup_bytes(128) <= NATIVE_COOP_ATTENTION_BUDGET);
+    assert!(CoopAttention::QueryGrad.workgroup_bytes(128) > NATIVE_COOP_ATTENTION_BUDGET);
 }
 
 #[test]

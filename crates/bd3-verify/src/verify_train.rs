@@ -62,7 +62,7 @@ pub async fn gradients(
         );
     }
     let mut sq = 0.0f64;
-    for (name, _, data) in read_tensors(&model.ctx, &trainer.grads).await? {
+    for (name, _, data) in read_tensors(&model.ctx, trainer.gradients()).await? {
         sq += data.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
         let key = format!("grad.backbone.{name}");
         let key = if tf.has(&key) {
@@ -161,7 +161,7 @@ pub async fn adamw(
             },
         )
         .await?;
-        write_tensors(&model.ctx, &trainer.grads, &grads1)?;
+        write_tensors(&model.ctx, trainer.gradients(), &grads1)?;
         trainer.optimizer_step(model, base.lr)?;
         let after1 = read_tensors(&model.ctx, &model.weights).await?;
         for (name, _, data) in &after1 {
@@ -195,7 +195,7 @@ pub async fn adamw(
                 ))
             })
             .collect::<Result<_>>()?;
-        write_tensors(&model.ctx, &trainer.grads, &g2)?;
+        write_tensors(&model.ctx, trainer.gradients(), &g2)?;
         trainer.optimizer_step(model, base.lr)?;
         let after2 = read_tensors(&model.ctx, &model.weights).await?;
         let prefix = if variant.is_empty() {

@@ -13,16 +13,15 @@
 //! path (flash-decoding): a workgroup per (key chunk, head, sequence) with all the queries, then a
 //! combine pass over the chunks ([`Variant`], [`choose`]).
 //!
-//! Mixed precision: the forward of training and evaluation takes `attention_coop.wgsl` (QKᵀ and PV
-//! on tensor cores, f16 operands, f32 sums and softmax; [`coop_forward`]) where the head dimension
-//! is a multiple of 16 and the adapter's workgroup memory holds it. The backward kernels stay f32:
-//! they recompute the scores in f32 from its log-sum-exp, which matches the f32 forward's to the
-//! mixed-precision tier (tests/mixed_precision.rs).
+//! Mixed precision: the three training kernels take their tensor-core twins ([`coop_kernels`]:
+//! `attention_coop.wgsl`, `attention_dq_coop.wgsl`, `attention_dkv_coop.wgsl`; every product on
+//! 16×16×16 f16 tiles with f32 sums, softmax and dS in f32) where the head dimension is a multiple
+//! of 16 and the adapter's workgroup memory holds them; the decode path stays f32.
 
 use super::{bindings, words, Kernels, TrainKernels};
 use crate::context::GpuContext;
 use crate::program::{Cost, Kernel, ProgramBuilder};
-use crate::shaders::{self, AttentionTiles};
+use crate::shaders::{self, AttentionTiles, CoopAttention};
 use crate::uniform_params;
 use bd3_model::{AttentionMask, Error, Result};
 
@@ -195,35 +194,68 @@ pub async fn kernel_within(
     Ok(TiledKernel { kernel, tiles })
 }
 
-/// Threads of the tensor-core forward on an adapter whose subgroups have `subgroup_size`
+/// Threads of a tensor-core attention kernel on an adapter whose subgroups have `subgroup_size`
 /// invocations (2 subgroups), or of its emulated twin (`None`: 2 emulated subgroups of 32).
 pub fn coop_threads(subgroup_size: Option<u32>) -> u32 {
     2 * subgroup_size.unwrap_or(32)
 }
 
-/// The attention forward on tensor cores for mixed precision (`attention_coop.wgsl` with the
-/// adapter's `subgroup_size`), or its emulated twin (`None`: the tests' stand-in on adapters without
-/// cooperative matrices). None where it cannot run: a head dimension that is not a multiple of 16,
-/// or more workgroup memory than the adapter has (22.4 KiB at head dim 64, 38.4 at 128).
-pub async fn coop_forward(
+/// The attention kernels of mixed precision: forward, query gradient and key/value gradient with
+/// their products on tensor cores ([`CoopAttention`]).
+pub struct CoopKernels {
+    pub forward: Kernel,
+    pub query_grad: Kernel,
+    pub key_value_grad: Kernel,
+}
+
+impl CoopKernels {
+    fn get(&self, pass: CoopAttention) -> &Kernel {
+        match pass {
+            CoopAttention::Forward => &self.forward,
+            CoopAttention::QueryGrad => &self.query_grad,
+            CoopAttention::KeyValueGrad => &self.key_value_grad,
+        }
+    }
+}
+
+/// The tensor-core attention kernels for mixed precision (with the adapter's `subgroup_size`), or
+/// their emulated twins (`None`: the tests' stand-in on adapters without cooperative matrices). None
+/// where they cannot run: a head dimension that is not a multiple of 16, or a kernel needing more
+/// workgroup memory than the adapter has (at head dim 64: 22.4, 30.3 and 26.3 KiB).
+pub async fn coop_kernels(
     ctx: &GpuContext,
     head_dim: usize,
     subgroup_size: Option<u32>,
-) -> Result<Option<Kernel>> {
-    let fits = shaders::attention_coop_workgroup_bytes(head_dim)
-        <= ctx.limits.max_compute_workgroup_storage_size as usize;
+) -> Result<Option<CoopKernels>> {
+    let limit = ctx.limits.max_compute_workgroup_storage_size as usize;
+    let fits = CoopAttention::ALL
+        .iter()
+        .all(|pass| pass.workgroup_bytes(head_dim) <= limit);
     if !head_dim.is_multiple_of(16) || !fits {
         return Ok(None);
     }
-    let label = match subgroup_size {
-        Some(_) => "attention_coop",
-        None => "attention_coop_emulated",
+    let build = |pass: CoopAttention| async move {
+        let source = pass.source(head_dim, subgroup_size).map_err(Error::Gpu)?;
+        ctx.pipeline(
+            pass.label(subgroup_size.is_none()),
+            &source,
+            coop_threads(subgroup_size),
+        )
+        .await
     };
-    let source = shaders::attention_coop_source(head_dim, subgroup_size).map_err(Error::Gpu)?;
-    Ok(Some(
-        ctx.pipeline(label, &source, coop_threads(subgroup_size))
-            .await?,
-    ))
+    Ok(Some(CoopKernels {
+        forward: build(CoopAttention::Forward).await?,
+        query_grad: build(CoopAttention::QueryGrad).await?,
+        key_value_grad: build(CoopAttention::KeyValueGrad).await?,
+    }))
+}
+
+/// The tensor-core kernel of `pass` when the model runs in mixed precision and has them.
+fn coop_kernel(k: &Kernels, pass: CoopAttention) -> Option<&Kernel> {
+    k.mixed
+        .as_ref()
+        .and_then(|m| m.attention.as_ref())
+        .map(|c| c.get(pass))
 }
 
 /// Where queries and keys live and which may see which.
@@ -415,8 +447,8 @@ pub fn record_variant(
             // QKᵀ and PV; the output is written once. In mixed precision on tensor cores where the
             // head dimension allows it.
             let cost = a.cost(2, 1);
-            let (kernel, rows) = match k.mixed.as_ref().and_then(|m| m.attention.as_ref()) {
-                Some(coop) => (coop, shaders::ATTENTION_COOP_TILES.q),
+            let (kernel, rows) = match coop_kernel(k, CoopAttention::Forward) {
+                Some(coop) => (coop, CoopAttention::Forward.rows_per_workgroup()),
                 None => (&k.attention.kernel, k.attention.tiles.q),
             };
             pb.dispatch(
@@ -518,14 +550,18 @@ pub fn record_query_grad(
     a: &Attention,
     b: QueryGradBindings,
 ) {
-    // QKᵀ, dO·Vᵀ, dS·K; reads O and dO, writes dq.
+    // QKᵀ, dO·Vᵀ, dS·K; reads O and dO, writes dq. In mixed precision on tensor cores.
     let cost = a.cost(3, 3);
+    let (kernel, rows) = match coop_kernel(k, CoopAttention::QueryGrad) {
+        Some(coop) => (coop, CoopAttention::QueryGrad.rows_per_workgroup()),
+        None => (&tk.attention_dq.kernel, tk.attention_dq.tiles.q),
+    };
     pb.dispatch(
         "attention_dq",
-        &tk.attention_dq.kernel,
+        kernel,
         &a.params(true),
         b.slices(&k.placeholders),
-        a.groups(a.n_q, tk.attention_dq.tiles.q),
+        a.groups(a.n_q, rows),
         cost,
     );
 }
@@ -537,14 +573,18 @@ pub fn record_key_value_grad(
     a: &Attention,
     b: KeyValueGradBindings,
 ) {
-    // QKᵀ, dO·Vᵀ, Pᵀ·dO, dSᵀ·Q; reads dO, writes dk and dv.
+    // QKᵀ, dO·Vᵀ, Pᵀ·dO, dSᵀ·Q; reads dO, writes dk and dv. In mixed precision on tensor cores.
     let cost = a.cost(4, 3);
+    let (kernel, rows) = match coop_kernel(k, CoopAttention::KeyValueGrad) {
+        Some(coop) => (coop, CoopAttention::KeyValueGrad.rows_per_workgroup()),
+        None => (&tk.attention_dkv.kernel, tk.attention_dkv.tiles.k),
+    };
     pb.dispatch(
         "attention_dkv",
-        &tk.attention_dkv.kernel,
+        kernel,
         &a.params(true),
         b.slices(&k.placeholders),
-        a.groups(a.n_kv, tk.attention_dkv.tiles.k),
+        a.groups(a.n_kv, rows),
         cost,
     );
 }

@@ -250,6 +250,9 @@ impl Matmul {
         let wanted = 2 * units.max(1);
         let small = self.small_tile();
         let one = |tile| Tiling { tile, slices: 1 };
+        if self.m == 0 || self.n == 0 {
+            return one(small);
+        }
         let large_tiles = Tile::Large.tiles(self);
         if small == Tile::Rows64 && large_tiles >= wanted {
             return one(Tile::Large);
@@ -265,11 +268,19 @@ impl Matmul {
                 slices: large_slices,
             };
         }
-        let small_tiles = small.tiles(self);
         Tiling {
             tile: small,
-            slices: wanted.div_ceil(small_tiles).clamp(1, max_slices),
+            slices: self.slices_for(small.tiles(self), units),
         }
+    }
+
+    /// K slices that give `tiles` output tiles two workgroups per unit, within the bounds of
+    /// [`Matmul::tiling`] (one per [`MIN_K_PER_SLICE`] of K, at most [`MAX_K_SLICES`]).
+    fn slices_for(&self, tiles: u32, units: u32) -> u32 {
+        let max_slices = (self.k / MIN_K_PER_SLICE).clamp(1, MAX_K_SLICES);
+        (2 * units.max(1))
+            .div_ceil(tiles.max(1))
+            .clamp(1, max_slices)
     }
 
     /// The tile of the 64-row kernel: 16 × 64 for M ≤ 16, else 64 × 64.
@@ -317,8 +328,10 @@ impl Matmul {
 pub const MIN_K_PER_SLICE: u32 = 512;
 /// At most this many K slices (the column sum then reads each output this many times).
 pub const MAX_K_SLICES: u32 = 16;
-/// K slices start at multiples of the staged slab.
+/// K slices start at multiples of the staged slab: the deepest of matmul.wgsl's (16) and
+/// matmul_large.wgsl's ([`shaders::LargeSlab`], at most 16).
 const BK: u32 = 16;
+const _: () = assert!(BK.is_multiple_of(shaders::LargeSlab::K16 as u32));
 
 /// The output tile of the f32 tiled kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,10 +532,10 @@ pub const COOP_EMULATED_THREADS: u32 = 128;
 pub struct MixedKernels {
     pub small: Kernel,
     pub large: Option<Kernel>,
-    /// The attention forward on tensor cores (or its twin), where the head dimension and the
-    /// adapter's workgroup memory allow it ([`super::attention::coop_forward`]); None: attention
+    /// The attention kernels on tensor cores (or their twins), where the head dimension and the
+    /// adapter's workgroup memory allow them ([`super::attention::coop_kernels`]); None: attention
     /// stays f32.
-    pub attention: Option<Kernel>,
+    pub attention: Option<super::attention::CoopKernels>,
 }
 
 impl MixedKernels {
@@ -599,7 +612,7 @@ pub async fn coop_kernels(ctx: &GpuContext, head_dim: usize) -> Result<MixedKern
             true => Some(build("matmul_coop_large", shaders::CoopTiles::LARGE).await?),
             false => None,
         },
-        attention: super::attention::coop_forward(ctx, head_dim, Some(coop.subgroup_size)).await?,
+        attention: super::attention::coop_kernels(ctx, head_dim, Some(coop.subgroup_size)).await?,
     })
 }
 
@@ -626,7 +639,7 @@ pub async fn coop_emulated_kernels(ctx: &GpuContext, head_dim: usize) -> Result<
             true => Some(build("matmul_coop_emulated_large", shaders::CoopTiles::LARGE).await?),
             false => None,
         },
-        attention: super::attention::coop_forward(ctx, head_dim, None).await?,
+        attention: super::attention::coop_kernels(ctx, head_dim, None).await?,
     })
 }
 
@@ -641,6 +654,11 @@ fn mixed_for<'k>(
         .as_ref()
         .filter(|_| mm.b_format == WeightFormat::F32)
         .map(|m| m.for_product(mm, pb.context().compute_units))
+}
+
+/// Output blocks of `mm` with cooperative `tiles`.
+fn tiles_of(mm: &Matmul, tiles: shaders::CoopTiles) -> u32 {
+    mm.m.div_ceil(tiles.block_rows()) * mm.n.div_ceil(tiles.block_cols())
 }
 
 /// One dispatch of a cooperative product (or its twin) with `tiles`, `slices` K slices of
@@ -684,7 +702,17 @@ pub fn record_accumulating(
     io: AccumulateIo,
 ) {
     let AccumulateIo { a, b, out, scratch } = io;
-    let slices = mm.k_slices(pb.context().compute_units);
+    let units = pb.context().compute_units;
+    let tiling = mm.tiling(units);
+    let mixed = mixed_for(pb, k, mm);
+    // The cooperative blocks (64 × 64 where 128 × 128 do not fill the GPU) need fewer slices than
+    // the f32 large tiles the scratch is sized for.
+    let slices = match mixed {
+        Some((_, tiles)) if tiling.slices > 1 => {
+            tiling.slices.min(mm.slices_for(tiles_of(mm, tiles), units))
+        }
+        _ => tiling.slices,
+    };
     if slices == 1 {
         return record(
             pb,
@@ -701,8 +729,7 @@ pub fn record_accumulating(
             },
         );
     }
-    let mixed = mixed_for(pb, k, mm);
-    let tile = mm.tiling(pb.context().compute_units).tile;
+    let tile = tiling.tile;
     let k_split = mm.k.div_ceil(slices).div_ceil(BK) * BK;
     let slices = mm.k.div_ceil(k_split);
     let floats = mm.m as usize * mm.n as usize;
