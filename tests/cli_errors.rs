@@ -341,3 +341,31 @@ fn every_command_answers_help_and_version() {
         .unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("bd3-wgpu "));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_without_a_panic() {
+    // `bd3-wgpu verify … | head -1`: the pipe closes after the first line while the command still
+    // prints; like any Unix tool it ends (SIGPIPE) instead of panicking on the failed write.
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bd3-wgpu"))
+        .arg("verify")
+        .arg(fixture_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("adapter"), "{first}");
+    // The reader (and the pipe) is gone now.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "verify cannot have finished its output"
+    );
+}

@@ -84,6 +84,18 @@ fn cli_command() -> clap::Command {
     negatives(command)
 }
 
+/// A reader that closes the pipe early (`bd3-wgpu info | head -1`) ends the command quietly, as it
+/// ends other Unix tools: Rust ignores SIGPIPE, so the next `println!` would panic on EPIPE instead.
+/// Not for `serve`, where a client that hangs up must not end the server.
+fn pipe_ends_output() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread exists, to restore the default action of
+    // one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let command = cli_command();
     let matches = match command.try_get_matches() {
@@ -94,6 +106,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        pipe_ends_output();
+    }
     let result = match cli.command {
         Command::Sample(a) => sample::run(a).map(|_| ExitCode::SUCCESS),
         Command::Train(a) => {
