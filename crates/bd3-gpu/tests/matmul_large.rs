@@ -30,28 +30,6 @@ fn upload_padded(ctx: &GpuContext, data: &[f32]) -> bd3_gpu::program::Buf {
     upload(ctx, &v)
 }
 
-/// Σ_k A(i, k)·B(k, j) in f64 with `mm`'s strides and offsets, as a dense [m, n].
-fn product(mm: &Matmul, a: &[f32], b: &[f32]) -> Vec<f64> {
-    let (m, n, k) = (mm.m as usize, mm.n as usize, mm.k as usize);
-    let mut out = vec![0f64; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            out[i * n + j] = (0..k)
-                .map(|t| {
-                    let av = a[mm.a_offset as usize
-                        + i * mm.a_row_stride as usize
-                        + t * mm.a_k_stride as usize];
-                    let bv = b[mm.b_offset as usize
-                        + t * mm.b_k_stride as usize
-                        + j * mm.b_col_stride as usize];
-                    av as f64 * bv as f64
-                })
-                .sum();
-        }
-    }
-    out
-}
-
 /// One dispatch of `kernel` (128 × 128 tiles) for `mm` onto `base`.
 #[allow(clippy::too_many_arguments)]
 fn run(

@@ -1,7 +1,7 @@
 //! Shared helpers of the kernel tests: a device, a deterministic RNG, uploads and comparisons.
 #![allow(dead_code)]
 
-use bd3_gpu::ops::matmul::Epilogue;
+use bd3_gpu::ops::matmul::{Epilogue, Matmul};
 use bd3_gpu::ops::{Kernels, TrainKernels};
 use bd3_gpu::program::{Buf, ProgramBuilder};
 use bd3_gpu::{ContextOptions, GpuContext};
@@ -159,4 +159,27 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f64) {
         want[i],
         rel * max_ref
     );
+}
+
+/// Σ_k A(i, k)·B(k, j) in f64 with `mm`'s strides and offsets, as a dense [m, n]: the reference of
+/// the strided products (every layout of matmul.wgsl and its variants).
+pub fn product(mm: &Matmul, a: &[f32], b: &[f32]) -> Vec<f64> {
+    let (m, n, k) = (mm.m as usize, mm.n as usize, mm.k as usize);
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|t| {
+                    let av = a[mm.a_offset as usize
+                        + i * mm.a_row_stride as usize
+                        + t * mm.a_k_stride as usize];
+                    let bv = b[mm.b_offset as usize
+                        + t * mm.b_k_stride as usize
+                        + j * mm.b_col_stride as usize];
+                    av as f64 * bv as f64
+                })
+                .sum();
+        }
+    }
+    out
 }
