@@ -1,6 +1,8 @@
 // Matrix-vector products for a few rows (M ≤ 16: a sampling call's block, the conditioning of a small
 // batch), with the epilogue of matmul.wgsl and an optional LayerNorm/adaLN prologue:
 //   x_r = a[row(r) …]                                   (row(r): see input_rows in gemv_body.wgsl)
+//         (an embedding prologue: a is the embedding table and row(r) the token id; the first
+//         workgroup also writes x_r to aux, the residual stream of the block it starts)
 //   x_r ← (x_r − μ_r)/σ_r · ln_w · (1 + scale[s_r]) + shift[s_r]   when p.norm = 1 (has_mod for the
 //         modulation; μ_r and the biased σ_r² + 1e-5 in two passes, as layernorm_stats.wgsl)
 //   v[r, n] = Σ_k x_r[k] · b[b_offset + n·b_col_stride + k],  r < M ≤ 16, n < N

@@ -6,7 +6,8 @@
 // workgroup's per-row totals for thread t, returned to every thread, called from uniform control
 // flow) and the entry point.
 // The lines between the VIEWS markers are the vec4 f32 views of a, b and ln_w; ops/gemv.rs rewrites them for the
-// scalar views (K or an offset not a multiple of 4) and for f16 weights (`enable f16;` prepended).
+// scalar views (K or an offset not a multiple of 4), for f16 weights (`enable f16;` prepended) and for
+// an f16 `a` (an embedding table stored in f16, gathered by the prologue).
 // Includes: matmul_epilogue.wgsl (store_value and row_base, the epilogue of matmul.wgsl).
 
 // #include "matmul_epilogue.wgsl"
@@ -44,6 +45,7 @@ struct Params {
     shift_offset: u32,
     scale_offset: u32,
     mod_stride: u32,
+    keep_input: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -126,6 +128,8 @@ fn load_mod(start: u32, k: vec4<u32>, live: vec4<bool>) -> vec4<f32> {
 
 // Row r of this dispatch is row first_row + r of the mapping: sequence s = that / map_rows_per_seq,
 // input row s·in_rows_per_seq + in_row_offset + (that % map_rows_per_seq, or row_index[that]).
+// (An embedding prologue has in_rows_per_seq = in_row_offset = 0 and the token ids as row_index:
+// the input row is the token's row of the table bound as `a`.)
 fn input_rows(t: u32) {
     if (t < p.m) {
         let g = p.first_row + t;
@@ -141,7 +145,10 @@ fn input_rows(t: u32) {
 }
 
 // Mean and 1/σ of every row, as layernorm_stats.wgsl: two passes, biased variance, eps 1e-5.
-fn norm_stats(t: u32) {
+// With `keep` (the first workgroup of a product with p.keep_input = 1) the first pass also writes each
+// mapped row g's input, unnormalised, to aux[g·K + k]: a block that gathers its rows from the
+// embedding table leaves them there as the residual stream it adds to.
+fn norm_stats(t: u32, keep: bool) {
     var sums: array<f32, ROWS>;
     for (var base = 0u; base < p.k; base += STEP) {
         let k = lanes(base, t);
@@ -151,6 +158,14 @@ fn norm_stats(t: u32) {
                 let x = load_a(row_start[r], k, live);
                 if (rows_cached()) {
                     xs[r] = x;
+                }
+                if (keep) {
+                    let at = (p.first_row + r) * p.k;
+                    for (var i = 0u; i < 4u; i++) {
+                        if (live[i]) {
+                            aux[at + k[i]] = x[i];
+                        }
+                    }
                 }
                 sums[r] += (x.x + x.y) + (x.z + x.w);
             }
@@ -189,7 +204,7 @@ fn norm_stats(t: u32) {
 fn accumulate(n0: u32, t: u32) {
     input_rows(t);
     if (p.norm != 0u) {
-        norm_stats(t);
+        norm_stats(t, p.keep_input != 0u && n0 == 0u);
     }
     var col_start: array<u32, COLS>;
     for (var c = 0u; c < COLS; c++) {

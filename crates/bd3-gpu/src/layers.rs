@@ -208,6 +208,34 @@ pub struct BlockIo<'a> {
     /// Scratch of the split-KV attention of a few queries (`ops::attention::partials_floats`);
     /// None runs it unsplit.
     pub attention_partials: Option<&'a Buf>,
+    /// The first block of a sampling call: its input is these tokens' rows of the embedding table,
+    /// gathered by the prologue of its first product, which also writes them to `x` (so the
+    /// embedding costs no dispatch). Only where the block's LayerNorms fold into its products.
+    pub embed: Option<TokenRows<'a>>,
+}
+
+/// The embedding of a block's tokens, read in its first product's prologue.
+#[derive(Clone, Copy)]
+pub struct TokenRows<'a> {
+    /// [rows] token ids.
+    pub tokens: &'a Buf,
+    /// The embedding table, in one binding, and its format.
+    pub table: &'a Buf,
+    pub format: crate::weights::WeightFormat,
+}
+
+impl<'a> TokenRows<'a> {
+    /// The table of `w` where it is one binding (tables split over several need the gather pass).
+    pub fn of(w: &'a Weights, tokens: &'a Buf) -> Option<TokenRows<'a>> {
+        match w.vocab_embed.parts.as_slice() {
+            [part] => Some(TokenRows {
+                tokens,
+                table: &part.buffer,
+                format: w.vocab_embed.format,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What training keeps of a block's forward for the backward pass, and the block's dropout.
@@ -287,14 +315,27 @@ pub fn block(
     // of the Linear that reads it, so it costs no dispatch and h is not written. Training and the
     // full forward keep the separate pass (the backward pass reads its statistics' input).
     let fold = keep.is_none() && rows <= gemv::MAX_ROWS as usize;
+    if io.embed.is_some() && !fold {
+        return Err(Error::Invalid(
+            "a block embeds its tokens in a prologue only where its LayerNorms fold (a sampling \
+             call of at most 16 rows)"
+                .into(),
+        ));
+    }
     let normed =
         |pb: &mut ProgramBuilder, weight, ln, label| norm_input(pb, k, io, fold, weight, ln, label);
-    let qkv_in = normed(
+    let mut qkv_in = normed(
         pb,
         &blk.norm1,
         modulated(AdaLn::ShiftMsa, AdaLn::ScaleMsa),
         "attn_qkv",
     )?;
+    if let (Some(e), Some(nm)) = (io.embed, qkv_in.norm.as_mut()) {
+        qkv_in.a = e.table;
+        qkv_in.aux = Some(io.x);
+        nm.row_index = Some(e.tokens);
+        nm.norm.source = gemv::RowSource::Embedding { table: e.format };
+    }
     linear(
         pb,
         k,
@@ -373,7 +414,11 @@ fn norm_input<'b>(
         return Ok(LinearIo {
             norm: Some(NormIn {
                 weight,
-                norm: Norm { ln, first_row: 0 },
+                norm: Norm {
+                    ln,
+                    first_row: 0,
+                    source: crate::ops::gemv::RowSource::Activations,
+                },
                 modulation: io.modulation,
                 row_index: None,
             }),

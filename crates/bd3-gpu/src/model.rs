@@ -496,6 +496,7 @@ impl GpuModel {
                 modulation,
                 rope: (&self.rope_cos, &self.rope_sin),
                 attention_partials: None,
+                embed: None,
             };
             layers::block(&mut pb, k, blk, &io, &attention, None, BlockEnd::Full)?;
             capture_hidden(&mut pb, &mut layout);

@@ -528,7 +528,16 @@ impl GpuModel {
         if let Some(c) = buf.cond.as_ref().filter(|_| buf.cond_per_call) {
             c.record(pb, k, w, b)?;
         }
-        layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
+        // A block of few rows embeds its tokens in the first product's prologue (one dispatch fewer);
+        // more rows, or a table split over bindings, take the gather pass.
+        let embed = if b * s.rows <= crate::ops::gemv::MAX_ROWS as usize {
+            layers::TokenRows::of(w, &ws.tokens)
+        } else {
+            None
+        };
+        if embed.is_none() {
+            layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
+        }
         let attention = call_attention(cfg, s, place);
         let into_cache = OutRows {
             rows_per_seq: s.rows as u32,
@@ -547,6 +556,7 @@ impl GpuModel {
                 modulation: buf.cond.as_ref().map(|c| &c.mods[i]),
                 rope: (&self.rope_cos, &self.rope_sin),
                 attention_partials: buf.attention_partials.as_ref(),
+                embed: embed.filter(|_| i == 0),
             };
             let end = if commit && i + 1 == w.blocks.len() {
                 BlockEnd::AfterQkv
@@ -579,7 +589,11 @@ impl GpuModel {
         let norm = if picked_rows <= crate::ops::gemv::MAX_ROWS as usize {
             Some(layers::NormIn {
                 weight: &w.norm_final,
-                norm: crate::ops::gemv::Norm { ln, first_row: 0 },
+                norm: crate::ops::gemv::Norm {
+                    ln,
+                    first_row: 0,
+                    source: crate::ops::gemv::RowSource::Activations,
+                },
                 modulation: final_mod,
                 row_index: Some(&ws.picked),
             })

@@ -725,6 +725,7 @@ impl Recorder<'_> {
                 modulation: self.modulation(l),
                 rope,
                 attention_partials: None,
+                embed: None,
             };
             let keep = BlockKeep {
                 lse: &tb.lse[l],

@@ -1,12 +1,13 @@
 //! The matrix-vector kernels (`shaders/gemv.wgsl`, `shaders/gemv_subgroup.wgsl`) against plain CPU
 //! loops (`bd3_model::cpu_ref`, f64) on random non-zero inputs at awkward sizes: every reduction
 //! (subgroups, workgroup memory), both views (vec4 where aligned, scalar), 1, 2, 4 and 8 columns per
-//! workgroup (each its own compiled kernel), the LayerNorm prologue with and without modulation, row index and chunk offset, and f16
+//! workgroup (each its own compiled kernel), the LayerNorm prologue with and without modulation, row index and chunk offset, the
+//! prologue that gathers embedding rows by token id (f32 and f16 tables) and keeps them, and f16
 //! weights.
 
 mod common;
 use bd3_gpu::ops::gemv::{
-    self, columns_per_group, Gemv, GemvKernels, Norm, Reduction, WeightFormat,
+    self, columns_per_group, Gemv, GemvKernels, Norm, Reduction, RowSource, WeightFormat,
 };
 use bd3_gpu::ops::layernorm::{LayerNorm, Modulation};
 use bd3_gpu::ops::matmul::{Dropout, Epilogue, Matmul, OutRows};
@@ -247,6 +248,7 @@ fn gemv_layernorm_prologue_with_modulation_row_index_and_chunks() {
                                 norm: Some(Norm {
                                     ln,
                                     first_row: first_row as u32,
+                                    source: RowSource::Activations,
                                 }),
                             };
                             for vec4 in views(&g) {
@@ -272,6 +274,139 @@ fn gemv_layernorm_prologue_with_modulation_row_index_and_chunks() {
                                     1e-5,
                                 );
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// f16 values as stored (whole 4-byte words: an odd count gets one padding half) and their f32 values.
+fn f16_buffer(ctx: &GpuContext, v: &[f32]) -> (Buf, Vec<f32>) {
+    let halves: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let rounded = halves.iter().map(|h| h.to_f32()).collect();
+    let mut bits: Vec<u16> = halves.iter().map(|h| h.to_bits()).collect();
+    bits.resize(bits.len().div_ceil(2) * 2, 0);
+    let b = ctx
+        .storage_init("f16 values", bytemuck::cast_slice(&bits))
+        .unwrap();
+    (b, rounded)
+}
+
+/// The embedding prologue (the first block of a sampling call): rows of the table picked by token
+/// id (repeats included), normalised with modulation per sequence, times the weight; the first
+/// workgroup keeps the picked rows, unnormalised and exact, in aux, and writes nothing past them.
+/// f32 tables with f32 weights, and f16 tables with f16 weights (the reference rounds both).
+#[test]
+fn gemv_embedding_prologue_gathers_normalises_and_keeps_the_rows() {
+    for units in [132, 2] {
+        let ctx = context_units(units);
+        let k = kernels(&ctx, 16);
+        let mut rng = Rng(90 + units as u64);
+        let (n, vocab) = (37usize, 23usize);
+        for reduction in reductions(&ctx) {
+            for format in [WeightFormat::F32, WeightFormat::F16] {
+                let gk =
+                    pollster::block_on(GemvKernels::with_input(&ctx, reduction, format, format))
+                        .unwrap();
+                // 300: two steps of K (vec4); 200 and 131: one step, rows kept in registers by the
+                // kernels of ≤ 2 columns.
+                for dim in [300usize, 200, 131] {
+                    let table: Vec<f32> =
+                        rng.vec(vocab * dim, 2.0).iter().map(|v| v + 0.3).collect();
+                    let w = rng.vec(n * dim, 1.0);
+                    let ((table_b, table_r), (w_b, w_r)) = match format {
+                        WeightFormat::F32 => (
+                            (upload(&ctx, &table), table.clone()),
+                            (upload(&ctx, &w), w.clone()),
+                        ),
+                        WeightFormat::F16 => (f16_buffer(&ctx, &table), f16_buffer(&ctx, &w)),
+                    };
+                    let ln_w = rng.vec(dim, 1.0);
+                    let bias = rng.vec(n, 0.5);
+                    let md = Modulation {
+                        shift: 0,
+                        scale: dim as u32,
+                        stride: (6 * dim) as u32,
+                    };
+                    let (lnw_b, bias_b) = (upload(&ctx, &ln_w), upload(&ctx, &bias));
+                    for m in [1usize, 5, 16] {
+                        // Two sequences where there are rows for two (modulation rows per sequence).
+                        let rows_per_seq = m.div_ceil(2);
+                        let n_seq = m.div_ceil(rows_per_seq);
+                        let modv = rng.vec(n_seq * 6 * dim, 0.5);
+                        let mut ids: Vec<u32> = (0..m).map(|_| rng.below(vocab as u32)).collect();
+                        if m > 2 {
+                            ids[2] = ids[0];
+                        }
+                        let normed = normalised_rows(
+                            &table_r,
+                            dim,
+                            &ln_w,
+                            Some((&modv[..], md)),
+                            0..m,
+                            (0, rows_per_seq, 0),
+                            Some(&ids),
+                        );
+                        let mut want = vec![0.0; m * n];
+                        cpu_ref::matmul_bt(
+                            &normed,
+                            &w_r,
+                            Some(&bias),
+                            cpu_ref::Dims { m, n, k: dim },
+                            cpu_ref::Epilogue::Gelu,
+                            &mut want,
+                        );
+                        let want_rows: Vec<f32> = ids
+                            .iter()
+                            .flat_map(|&i| table_r[i as usize * dim..][..dim].to_vec())
+                            .collect();
+                        // The LayerNorm maps rows as a block's would (in-row fields are ignored).
+                        let ln = LayerNorm {
+                            in_rows_per_seq: 99,
+                            in_row_offset: 5,
+                            ..LayerNorm::rows(n_seq, rows_per_seq, dim, Some(md))
+                        };
+                        let g = Gemv {
+                            mm: Matmul {
+                                epilogue: Epilogue::Gelu,
+                                a_row_stride: dim as u32,
+                                b_format: format,
+                                ..Matmul::plain(m as u32, n as u32, dim as u32)
+                            },
+                            norm: Some(Norm {
+                                ln,
+                                first_row: 0,
+                                source: RowSource::Embedding { table: format },
+                            }),
+                        };
+                        let (mod_b, ids_b) = (upload(&ctx, &modv), upload_u32(&ctx, &ids));
+                        for vec4 in views(&g) {
+                            let out = upload(&ctx, &vec![0.0; m * n]);
+                            let sentinel = -7.5f32;
+                            let kept = upload(&ctx, &vec![sentinel; (m + 1) * dim]);
+                            let b = gemv::Bindings {
+                                a: &table_b,
+                                b: &w_b,
+                                bias: Some(&bias_b),
+                                gate: Some(&mod_b),
+                                out: &out,
+                                aux: Some(&kept),
+                                ln_w: Some(&lnw_b),
+                                row_index: Some(&ids_b),
+                            };
+                            let kernel = run(&ctx, &k, &gk, vec4, &g, b);
+                            let what = format!(
+                                "{kernel} embedding prologue {format:?} dim={dim} m={m} units={units}"
+                            );
+                            assert_close(&what, &read(&ctx, &out, m * n), &want, 1e-5);
+                            let kept_v = read(&ctx, &kept, (m + 1) * dim);
+                            assert_eq!(&kept_v[..m * dim], &want_rows[..], "{what}: kept rows");
+                            assert!(
+                                kept_v[m * dim..].iter().all(|&v| v == sentinel),
+                                "{what}: wrote past the rows"
+                            );
                         }
                     }
                 }
@@ -522,6 +657,7 @@ fn few_rows_take_the_gemv_and_bad_products_are_refused() {
     let norm = Norm {
         ln: LayerNorm::rows(1, 2, 4, None),
         first_row: 0,
+        source: RowSource::Activations,
     };
     let e = refuse(
         &mut pb,
@@ -532,6 +668,61 @@ fn few_rows_take_the_gemv_and_bad_products_are_refused() {
         },
     );
     assert!(e.contains("needs K = 4 and its weight"), "{e}");
+    // An embedding prologue without the token ids or a place for the rows.
+    let embedded = Gemv {
+        mm: Matmul::plain(2, 4, 4),
+        norm: Some(Norm {
+            source: RowSource::Embedding {
+                table: WeightFormat::F32,
+            },
+            ..norm
+        }),
+    };
+    let with_ln_w = || gemv::Bindings {
+        ln_w: Some(leaked),
+        ..bindings(leaked)
+    };
+    let e = gemv::record_views(
+        &mut pb,
+        &k,
+        &k.matmul.gemv,
+        false,
+        "bad",
+        &embedded,
+        with_ln_w(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs the token ids"), "{e}");
+    // f16 table rows need the f16 model's kernels.
+    let f16_table = Gemv {
+        mm: Matmul {
+            b_format: WeightFormat::F16,
+            ..Matmul::plain(2, 4, 4)
+        },
+        norm: Some(Norm {
+            source: RowSource::Embedding {
+                table: WeightFormat::F16,
+            },
+            ..norm
+        }),
+    };
+    let f16_kernels = gemv_kernels(&ctx, Reduction::Workgroup, WeightFormat::F16);
+    let e = gemv::record_views(
+        &mut pb,
+        &k,
+        &f16_kernels,
+        false,
+        "bad",
+        &f16_table,
+        with_ln_w(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("f16 inputs, but kernels for f16 weights and f32 inputs"),
+        "{e}"
+    );
     assert_eq!(pb.planned().len(), 0, "nothing was recorded");
 }
 

@@ -98,6 +98,7 @@ fn all_ops() -> Vec<OpSide> {
             gemv::source(
                 gemv::Reduction::Workgroup,
                 gemv::WeightFormat::F16,
+                gemv::WeightFormat::F32,
                 false,
                 1,
             )
@@ -107,7 +108,27 @@ fn all_ops() -> Vec<OpSide> {
         ),
         side::<gemv::Params>(
             "gemv_subgroup.wgsl (f16 weights)",
-            gemv::source(gemv::Reduction::Subgroup, gemv::WeightFormat::F16, true, 8).unwrap(),
+            gemv::source(
+                gemv::Reduction::Subgroup,
+                gemv::WeightFormat::F16,
+                gemv::WeightFormat::F32,
+                true,
+                8,
+            )
+            .unwrap(),
+            gemv::Bindings::NAMES,
+            gemv::THREADS,
+        ),
+        side::<gemv::Params>(
+            "gemv.wgsl (f16 weights, f16 table rows)",
+            gemv::source(
+                gemv::Reduction::Workgroup,
+                gemv::WeightFormat::F16,
+                gemv::WeightFormat::F16,
+                true,
+                2,
+            )
+            .unwrap(),
             gemv::Bindings::NAMES,
             gemv::THREADS,
         ),

@@ -90,13 +90,22 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
 }
 
 /// Every variant of the matrix-vector kernels as the host builds it (the VIEWS region rewritten for
-/// scalar views and f16 weights), with only the capabilities it declares it needs, within the budget.
+/// scalar views, f16 weights and the f16 table rows of an embedding prologue), with only the
+/// capabilities it declares it needs, within the budget.
 #[test]
 fn every_gemv_variant_validates() {
     use bd3_gpu::ops::gemv::{source, Reduction, WeightFormat};
     use naga::valid::Capabilities;
+    let wgsl = |f: WeightFormat| match f {
+        WeightFormat::F32 => "f32",
+        WeightFormat::F16 => "f16",
+    };
     for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
-        for weights in [WeightFormat::F32, WeightFormat::F16] {
+        for (weights, input) in [
+            (WeightFormat::F32, WeightFormat::F32),
+            (WeightFormat::F16, WeightFormat::F32),
+            (WeightFormat::F16, WeightFormat::F16),
+        ] {
             for (vec4, cols) in [
                 (true, 1),
                 (true, 2),
@@ -105,9 +114,11 @@ fn every_gemv_variant_validates() {
                 (false, 1),
                 (false, 8),
             ] {
-                let src = source(reduction, weights, vec4, cols).unwrap();
+                let src = source(reduction, weights, input, vec4, cols).unwrap();
                 assert!(src.contains(&format!("const COLS: u32 = {cols}u;")));
-                let name = format!("gemv {reduction:?} {weights:?} vec4={vec4} cols={cols}");
+                let name = format!(
+                    "gemv {reduction:?} {weights:?} input {input:?} vec4={vec4} cols={cols}"
+                );
                 let mut caps = Capabilities::empty();
                 if reduction == Reduction::Subgroup {
                     caps |= Capabilities::SUBGROUP;
@@ -118,25 +129,18 @@ fn every_gemv_variant_validates() {
                 }
                 let m = validate_with(&name, &src, caps);
                 assert!(workgroup_bytes(&m) <= WORKGROUP_MEMORY_BUDGET, "{name}");
-                let b = if vec4 {
-                    format!(
-                        "array<vec4<{}>>",
-                        if weights == WeightFormat::F16 {
-                            "f16"
-                        } else {
-                            "f32"
-                        }
+                let (b, a) = if vec4 {
+                    (
+                        format!("b: array<vec4<{}>>", wgsl(weights)),
+                        format!("a: array<vec4<{}>>", wgsl(input)),
                     )
                 } else {
-                    format!(
-                        "b: array<{}>",
-                        if weights == WeightFormat::F16 {
-                            "f16"
-                        } else {
-                            "f32"
-                        }
+                    (
+                        format!("b: array<{}>", wgsl(weights)),
+                        format!("a: array<{}>", wgsl(input)),
                     )
                 };
+                assert!(src.contains(&a), "{name}: input bound as {a}");
                 assert!(src.contains(&b), "{name}: weights bound as {b}");
                 // Without the capability it names, a variant does not validate (the choice matters).
                 if caps != Capabilities::empty() {

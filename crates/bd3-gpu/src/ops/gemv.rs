@@ -10,7 +10,9 @@
 //! - the views of the input and the weight: vec4 (16-byte loads) when K and every offset and stride
 //!   are multiples of 4, scalar otherwise;
 //! - the weight format: f32, or f16 (`enable f16;`, only on adapters with `SHADER_F16`) with f32
-//!   inputs and accumulation.
+//!   inputs and accumulation;
+//! - the input format: f32 activations, or, for a prologue that gathers its rows from an embedding
+//!   table stored in f16 ([`RowSource::Embedding`]), f16 rows.
 //!
 //! A workgroup owns [`columns_per_group`] output columns (1, 2, 4 or 8, compiled in), as many as keep two workgroups per compute
 //! unit, so each weight row is read once and the input rows are shared by the columns.
@@ -66,6 +68,7 @@ uniform_params! {
         pub shift_offset: u32,
         pub scale_offset: u32,
         pub mod_stride: u32,
+        pub keep_input: u32,
     }
 }
 
@@ -80,11 +83,13 @@ bindings! {
         /// LayerNorm prologue (one buffer: in a block both are the block's modulation rows).
         gate: OptIn,
         out: Req,
-        /// Pre-activation or dropped branch output, as matmul's (the backward pass needs it).
+        /// Pre-activation or dropped branch output, as matmul's (the backward pass needs it); with a
+        /// [`RowSource::Embedding`] prologue, the gathered rows instead (the residual stream).
         aux: OptOut,
         /// The LayerNorm weight [K] (the prologue only).
         ln_w: OptIn,
-        /// The input row of each mapped row (u32; a sampler's picked positions).
+        /// The input row of each mapped row (u32; a sampler's picked positions, or the token ids of an
+        /// embedding prologue).
         row_index: OptIn,
     }
 }
@@ -110,10 +115,12 @@ impl Reduction {
 }
 
 /// The WGSL of one variant: the kernel file of `reduction` for `cols` columns per workgroup, with its
-/// VIEWS region rewritten for `vec4` or scalar views and the `weights` element type.
+/// VIEWS region rewritten for `vec4` or scalar views, the `weights` element type and the `input`
+/// element type of `a` (f16 only for an embedding table stored in f16).
 pub fn source(
     reduction: Reduction,
     weights: WeightFormat,
+    input: WeightFormat,
     vec4: bool,
     cols: u32,
 ) -> std::result::Result<String, String> {
@@ -138,25 +145,26 @@ pub fn source(
         return Err(format!("{file}: expected one VIEWS region"));
     }
     let mut out = String::with_capacity(text.len() + 1024);
-    if weights == WeightFormat::F16 {
+    if weights == WeightFormat::F16 || input == WeightFormat::F16 {
         out.push_str("enable f16;\n");
     }
     out.push_str(&text[..start + begin.len()]);
-    out.push_str(&views(weights, vec4));
+    out.push_str(&views(weights, input, vec4));
     out.push_str(&text[stop..]);
     shaders::specialize(&out, &[("COLS", cols)])
 }
 
-/// The VIEWS region: the bindings of a (f32), b (f32 or f16) and ln_w (f32) and their loads of a
-/// thread's four lanes (see `shaders/gemv_body.wgsl`).
-fn views(weights: WeightFormat, vec4: bool) -> String {
-    let w = match weights {
+/// The VIEWS region: the bindings of a (f32 or f16), b (f32 or f16) and ln_w (f32) and their loads
+/// of a thread's four lanes, widened to f32 (see `shaders/gemv_body.wgsl`).
+fn views(weights: WeightFormat, input: WeightFormat, vec4: bool) -> String {
+    let wgsl = |f: WeightFormat| match f {
         WeightFormat::F32 => "f32",
         WeightFormat::F16 => "f16",
     };
+    let (w, i) = (wgsl(weights), wgsl(input));
     if vec4 {
         format!(
-            "@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+            "@group(0) @binding(1) var<storage, read> a: array<vec4<{i}>>;
 @group(0) @binding(2) var<storage, read> b: array<vec4<{w}>>;
 
 // The k of thread t's four lanes in the step from `base`: four consecutive k, one 16-byte load.
@@ -167,7 +175,7 @@ fn lanes(base: u32, t: u32) -> vec4<u32> {{
 // a[start + k] for the four lanes (0 where a lane is past K; with K % 4 = 0 all four are or none).
 fn load_a(start: u32, k: vec4<u32>, live: vec4<bool>) -> vec4<f32> {{
     if (live.x) {{
-        return a[(start + k.x) >> 2u];
+        return vec4<f32>(a[(start + k.x) >> 2u]);
     }}
     return vec4<f32>(0.0);
 }}
@@ -191,7 +199,7 @@ fn load_ln_w(k: vec4<u32>, live: vec4<bool>) -> vec4<f32> {{
         )
     } else {
         format!(
-            "@group(0) @binding(1) var<storage, read> a: array<f32>;
+            "@group(0) @binding(1) var<storage, read> a: array<{i}>;
 @group(0) @binding(2) var<storage, read> b: array<{w}>;
 
 // The k of thread t's four lanes in the step from `base`: k = base + t + 64i, so each of the four
@@ -205,7 +213,7 @@ fn load_a(start: u32, k: vec4<u32>, live: vec4<bool>) -> vec4<f32> {{
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < 4u; i++) {{
         if (live[i]) {{
-            v[i] = a[start + k[i]];
+            v[i] = f32(a[start + k[i]]);
         }}
     }}
     return v;
@@ -237,51 +245,77 @@ fn load_ln_w(k: vec4<u32>, live: vec4<bool>) -> vec4<f32> {{
     }
 }
 
-/// The kernels of one reduction and weight format: vec4 and scalar views, each for every entry of
-/// [`COLUMN_CHOICES`].
+/// The kernels of one reduction, weight format and input format: vec4 and scalar views, each for
+/// every entry of [`COLUMN_CHOICES`].
 pub struct GemvKernels {
     pub vec4: Vec<Kernel>,
     pub scalar: Vec<Kernel>,
     pub reduction: Reduction,
     pub weights: WeightFormat,
+    /// The element type of the input rows: f32 activations, or f16 for the embedding prologue of a
+    /// model stored in f16.
+    pub input: WeightFormat,
 }
 
 impl GemvKernels {
-    /// The kernels of `reduction` for `weights`; an error where the device lacks what they need
-    /// (subgroups, shader-f16).
+    /// The kernels of `reduction` for `weights` and f32 inputs; an error where the device lacks what
+    /// they need (subgroups, shader-f16).
     pub async fn new(
         ctx: &GpuContext,
         reduction: Reduction,
         weights: WeightFormat,
+    ) -> Result<GemvKernels> {
+        GemvKernels::with_input(ctx, reduction, weights, WeightFormat::F32).await
+    }
+
+    /// The kernels of `reduction` for `weights` and inputs stored as `input`.
+    pub async fn with_input(
+        ctx: &GpuContext,
+        reduction: Reduction,
+        weights: WeightFormat,
+        input: WeightFormat,
     ) -> Result<GemvKernels> {
         if reduction == Reduction::Subgroup && !ctx.features.contains(wgpu::Features::SUBGROUP) {
             return Err(Error::Gpu(
                 "the subgroup matrix-vector kernel needs an adapter with subgroups".into(),
             ));
         }
-        if weights == WeightFormat::F16 && !ctx.features.contains(wgpu::Features::SHADER_F16) {
+        if (weights == WeightFormat::F16 || input == WeightFormat::F16)
+            && !ctx.features.contains(wgpu::Features::SHADER_F16)
+        {
             return Err(Error::Gpu(
                 "f16 weights need an adapter with shader-f16".into(),
             ));
         }
+        use WeightFormat::{F16, F32};
         // Plans and timings name the variant; the column count shows in the workgroup count.
-        let name = |vec4: bool| -> &'static str {
-            match (reduction, weights, vec4) {
-                (Reduction::Workgroup, WeightFormat::F32, true) => "gemv",
-                (Reduction::Workgroup, WeightFormat::F32, false) => "gemv_scalar",
-                (Reduction::Subgroup, WeightFormat::F32, true) => "gemv_subgroup",
-                (Reduction::Subgroup, WeightFormat::F32, false) => "gemv_subgroup_scalar",
-                (Reduction::Workgroup, WeightFormat::F16, true) => "gemv_f16",
-                (Reduction::Workgroup, WeightFormat::F16, false) => "gemv_scalar_f16",
-                (Reduction::Subgroup, WeightFormat::F16, true) => "gemv_subgroup_f16",
-                (Reduction::Subgroup, WeightFormat::F16, false) => "gemv_subgroup_scalar_f16",
-            }
-        };
+        let name =
+            |vec4: bool| -> Result<&'static str> {
+                Ok(match (reduction, weights, input, vec4) {
+                    (Reduction::Workgroup, F32, F32, true) => "gemv",
+                    (Reduction::Workgroup, F32, F32, false) => "gemv_scalar",
+                    (Reduction::Subgroup, F32, F32, true) => "gemv_subgroup",
+                    (Reduction::Subgroup, F32, F32, false) => "gemv_subgroup_scalar",
+                    (Reduction::Workgroup, F16, F32, true) => "gemv_f16",
+                    (Reduction::Workgroup, F16, F32, false) => "gemv_scalar_f16",
+                    (Reduction::Subgroup, F16, F32, true) => "gemv_subgroup_f16",
+                    (Reduction::Subgroup, F16, F32, false) => "gemv_subgroup_scalar_f16",
+                    (Reduction::Workgroup, F16, F16, true) => "gemv_f16_input_f16",
+                    (Reduction::Workgroup, F16, F16, false) => "gemv_scalar_f16_input_f16",
+                    (Reduction::Subgroup, F16, F16, true) => "gemv_subgroup_f16_input_f16",
+                    (Reduction::Subgroup, F16, F16, false) => "gemv_subgroup_scalar_f16_input_f16",
+                    (_, F32, F16, _) => return Err(Error::Gpu(
+                        "gemv: f16 input rows are an f16 model's embedding table; its weights are \
+                         f16 too"
+                            .into(),
+                    )),
+                })
+            };
         let (mut vec4s, mut scalars) = (Vec::new(), Vec::new());
         for cols in COLUMN_CHOICES {
             for (vec4, list) in [(true, &mut vec4s), (false, &mut scalars)] {
-                let src = source(reduction, weights, vec4, cols).map_err(Error::Gpu)?;
-                list.push(ctx.pipeline(name(vec4), &src, THREADS).await?);
+                let src = source(reduction, weights, input, vec4, cols).map_err(Error::Gpu)?;
+                list.push(ctx.pipeline(name(vec4)?, &src, THREADS).await?);
             }
         }
         Ok(GemvKernels {
@@ -289,6 +323,7 @@ impl GemvKernels {
             scalar: scalars,
             reduction,
             weights,
+            input,
         })
     }
 
@@ -318,11 +353,34 @@ impl GemvKernels {
 
 /// Which rows a prologue normalises: `ln` maps rows and says where the modulation is (its `dim` is
 /// K, its `n_rows` the rows of every chunk together); the product covers mapped rows
-/// `first_row .. first_row + M` (a chunk of the head).
+/// `first_row .. first_row + M` (a chunk of the head); `source` says what `a` holds.
 #[derive(Clone, Copy, Debug)]
 pub struct Norm {
     pub ln: LayerNorm,
     pub first_row: u32,
+    pub source: RowSource,
+}
+
+/// Where a LayerNorm prologue's input rows come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowSource {
+    /// f32 activations in `a`, at the rows `ln` (and the row index, where bound) maps to.
+    Activations,
+    /// Rows of the embedding table bound as `a` (stored as `table`), picked by the token ids bound as
+    /// the row index (`ln`'s input rows per sequence and row offset are ignored). The first workgroup
+    /// also writes the rows, unnormalised, to `aux`: the first block of a sampling call embeds its
+    /// tokens this way, so the embedding costs no dispatch of its own.
+    Embedding { table: WeightFormat },
+}
+
+impl RowSource {
+    /// The element type of the input rows.
+    pub fn format(self) -> WeightFormat {
+        match self {
+            RowSource::Activations => WeightFormat::F32,
+            RowSource::Embedding { table } => table,
+        }
+    }
 }
 
 /// A product of at most [`MAX_ROWS`] rows: `mm` as for matmul.wgsl (A and B contiguous in k;
@@ -352,10 +410,20 @@ impl Gemv {
             .all(|v| v % 4 == 0)
     }
 
-    pub fn params(&self, has_bias: bool, store_aux: bool, use_row_index: bool) -> Params {
-        let m = self.mm.params(has_bias, store_aux);
+    /// What `a` holds: activations, or an embedding table.
+    pub fn source(&self) -> RowSource {
+        self.norm.map_or(RowSource::Activations, |n| n.source)
+    }
+
+    /// The kernel parameters; `aux_bound`: the aux binding is given (it receives the epilogue's
+    /// value, or the gathered rows of an embedding prologue).
+    pub fn params(&self, has_bias: bool, aux_bound: bool, use_row_index: bool) -> Params {
+        let embedding = matches!(self.source(), RowSource::Embedding { .. });
+        let m = self.mm.params(has_bias, aux_bound && !embedding);
         let rows = self.mm.m.max(1);
         let (norm, first_row, in_rows, map_rows, in_offset) = match &self.norm {
+            // The token id is the table row.
+            Some(n) if embedding => (Some(n.ln), n.first_row, 0, n.ln.out_rows_per_seq.max(1), 0),
             Some(n) => (
                 Some(n.ln),
                 n.first_row,
@@ -404,6 +472,7 @@ impl Gemv {
             shift_offset: md.shift,
             scale_offset: md.scale,
             mod_stride: md.stride,
+            keep_input: (embedding && aux_bound) as u32,
         }
     }
 }
@@ -420,7 +489,7 @@ pub fn columns_per_group(n: u32, units: u32) -> u32 {
 }
 
 /// Record `g` with the device's kernels for its weight format (`g.mm.b_format`: the f32 kernels,
-/// or the f16 ones of a model stored in f16), vec4 views where aligned.
+/// or the f16 ones of a model stored in f16) and input format, vec4 views where aligned.
 pub fn record(
     pb: &mut ProgramBuilder,
     k: &Kernels,
@@ -428,9 +497,15 @@ pub fn record(
     g: &Gemv,
     b: Bindings,
 ) -> Result<()> {
-    let kernels = match g.mm.b_format {
-        WeightFormat::F32 => &k.matmul.gemv,
-        WeightFormat::F16 => &k.f16(label).matmul.gemv,
+    let kernels = match (g.mm.b_format, g.source().format()) {
+        (WeightFormat::F32, WeightFormat::F32) => &k.matmul.gemv,
+        (WeightFormat::F16, WeightFormat::F32) => &k.f16(label).matmul.gemv,
+        (WeightFormat::F16, WeightFormat::F16) => &k.f16(label).gemv_embedding,
+        (WeightFormat::F32, WeightFormat::F16) => {
+            return Err(Error::Invalid(format!(
+                "{label}: an f16 embedding table with f32 weights (a model is stored in one format)"
+            )))
+        }
     };
     record_with(pb, k, kernels, label, g, b)
 }
@@ -468,10 +543,13 @@ pub fn record_views(
             mm.m, mm.a_k_stride, mm.b_k_stride
         ));
     }
-    if kernels.weights != mm.b_format {
+    if kernels.weights != mm.b_format || kernels.input != g.source().format() {
         return bad(format!(
-            "{} weights, but kernels for {} weights",
-            mm.b_format, kernels.weights
+            "{} weights and {} inputs, but kernels for {} weights and {} inputs",
+            mm.b_format,
+            g.source().format(),
+            kernels.weights,
+            kernels.input
         ));
     }
     if vec4 && !g.vec4_aligned() {
@@ -491,6 +569,14 @@ pub fn record_views(
     if b.row_index.is_some() && g.norm.is_none() {
         return bad("a row index maps the rows of a LayerNorm prologue only".into());
     }
+    if matches!(g.source(), RowSource::Embedding { .. })
+        && (b.row_index.is_none() || b.aux.is_none())
+    {
+        return bad(
+            "an embedding prologue needs the token ids (row index) and the residual rows (aux)"
+                .into(),
+        );
+    }
     let cols = columns_per_group(mm.n, pb.context().compute_units);
     let p = g.params(b.bias.is_some(), b.aux.is_some(), b.row_index.is_some());
     let groups = pb.fold(mm.n.div_ceil(cols) as u64)?;
@@ -507,7 +593,8 @@ pub fn record_views(
 }
 
 /// FLOPs and bytes of one dispatch: the product (2·M·N·K), the prologue (8 per input element, its
-/// weight and modulation), the weights in their own format and the epilogue's reads and writes.
+/// weight and modulation), the inputs and weights in their own formats, the epilogue's reads and
+/// writes, and the rows an embedding prologue keeps.
 fn cost(g: &Gemv, weights: WeightFormat, b: &Bindings) -> Cost {
     let mm = &g.mm;
     let (m, n, kk) = (mm.m as u64, mm.n as u64, mm.k as u64);
@@ -536,15 +623,25 @@ fn cost(g: &Gemv, weights: WeightFormat, b: &Bindings) -> Cost {
         }
         None => (0, 0),
     };
-    let floats = m * kk
-        + m * n
+    let embedding = matches!(g.source(), RowSource::Embedding { .. });
+    let kept = if embedding && b.aux.is_some() {
+        m * kk
+    } else {
+        0
+    };
+    let floats = m * n
+        + kept
         + if residual { m * n } else { 0 }
         + if b.bias.is_some() { n } else { 0 }
         + gate
-        + if b.aux.is_some() { m * n } else { 0 }
+        + if b.aux.is_some() && !embedding {
+            m * n
+        } else {
+            0
+        }
         + norm_floats;
     Cost {
         flops: 2 * m * n * kk + norm_flops,
-        bytes: 4 * floats + weight_bytes * kk * n,
+        bytes: 4 * floats + g.source().format().bytes() * m * kk + weight_bytes * kk * n,
     }
 }

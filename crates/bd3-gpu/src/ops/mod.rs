@@ -129,10 +129,12 @@ pub struct Kernels {
 }
 
 /// Kernels reading weights stored as f16 ([`crate::weights::WeightFormat::F16`]): the embedding
-/// gather and the products, each the f32 kernel's twin (`shaders::with_f16_weights`).
+/// gather and the products, each the f32 kernel's twin (`shaders::with_f16_weights`), and the
+/// matrix-vector products whose prologue gathers f16 table rows (the first block of a sampling call).
 pub struct F16Kernels {
     pub embedding: Kernel,
     pub matmul: matmul::Variants,
+    pub gemv_embedding: gemv::GemvKernels,
 }
 
 impl F16Kernels {
@@ -159,6 +161,13 @@ impl F16Kernels {
                 )
                 .await?,
             matmul: matmul::Variants::new_f16(ctx).await?,
+            gemv_embedding: gemv::GemvKernels::with_input(
+                ctx,
+                gemv::Reduction::for_features(ctx.features),
+                crate::weights::WeightFormat::F16,
+                crate::weights::WeightFormat::F16,
+            )
+            .await?,
         })
     }
 }
