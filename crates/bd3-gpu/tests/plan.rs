@@ -167,6 +167,18 @@ fn forward_training_and_sampling_plans_equal_the_recorded_programs() {
                 calls,
                 "{what}: one plan per model call"
             );
+            // Calls of at most 16 rows (2 sequences × a BD3LM block of 4, or an AR model's newest
+            // token) embed their tokens in block 0's attn_qkv prologue when the table is one
+            // binding; MDLM's 20-token windows (40 rows) and a split table keep the gather pass.
+            let folded = kind != "mdlm" && opts.split_threshold.is_none();
+            for plan in &planned.call_plans {
+                let gathers = plan.iter().filter(|d| d.label == "embedding").count();
+                assert_eq!(
+                    gathers == 0,
+                    folded,
+                    "{what}: {gathers} embedding dispatches"
+                );
+            }
         }
     }
 }
@@ -429,6 +441,12 @@ fn split_kv_attention_of_sampling_calls_is_planned_as_recorded() {
         assert_eq!(decode.len(), cfg.n_blocks);
         assert!(decode.iter().all(|d| d.groups == [4, 2, 1]), "{decode:?}");
         assert_eq!(kernels("attention_combine").len(), cfg.n_blocks);
+        // Six dispatches per block (attn_qkv with the embedding and LayerNorm in its prologue, the
+        // decode, the combine, attn_out, mlp.0, mlp.2), then the head and the draw; the first call
+        // also computes the generation's conditioning.
+        let conditioning = ["sigma_map.0", "sigma_map.2", "adaLN", "final adaLN"];
+        let network = plan.iter().filter(|d| !conditioning.contains(&d.label));
+        assert_eq!(network.count(), 6 * cfg.n_blocks + 2, "{plan:?}");
     }
 }
 
