@@ -11,8 +11,9 @@
 // forward Linear's; the input rows are contiguous in k. The modulation rows (shift, scale of the
 // prologue) and the gate of a gated residual come from the same binding `gate` (a block's adaLN row).
 //
-// Bindings: 0 params, 1 a, 2 b, 3 bias, 4 gate, 5 out, 6 aux, 7 ln_w (LayerNorm weight [K]),
-//           8 row_index (u32: the input row of each mapped row, a sampler's picked positions).
+// Bindings: 0 params, 1 a (or the embedding table), 2 b, 3 bias, 4 gate, 5 out, 6 aux (or the kept
+//           rows of an embedding prologue), 7 ln_w (LayerNorm weight [K]), 8 row_index (u32: the
+//           input row of each mapped row: a sampler's picked positions, or the token ids).
 // Tiling: a workgroup of 64 threads owns COLS ∈ {1, 2, 4, 8} consecutive output columns (compiled in;
 // the host picks the most that still give every compute unit two workgroups) for all M rows; thread t takes the k of
 // lanes(base, t) for base = 0, 256, … (vec4 views: 4 consecutive k, one 16-byte load each; scalar

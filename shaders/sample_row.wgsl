@@ -42,9 +42,9 @@
 // per pass. Within a 2-dispatch budget only the first pass could be split (per-slice max and sum,
 // combined by the second dispatch), which takes 1 of 10 passes off the single workgroup for one more
 // dispatch and launch gap per call. In the plan of a first-hitting call of the 170M model (vocab
-// 50,258, `bench sample --size small --plan`) the draw is 2.0 MB of the 539 MB a call moves (0.4 %
+// 50,258, `bench sample --size small --plan`) the draw is 2.0 MB of the 576 MB a call moves (0.35 %
 // of the bytes, counted underfilled); the split would move 0.2 MB of that to a full dispatch and add
-// 1 to the 87.5 dispatches a call makes, against a bar of 72.
+// 1 to the 74 dispatches of a sampling call (six per block, the head, the draw).
 //
 // E_v comes from a counter-based generator keyed by (seed, call, stream, v), built so E keeps full
 // relative precision near 0: E = −log(1 − U') with U' drawn at float resolution down to 2^-33 (its

@@ -156,7 +156,9 @@ impl Conditioning {
     }
 }
 
-/// x = E[tokens], one dispatch per row range of the table.
+/// x = E[tokens], one dispatch per row range of the table: the full forward, training, and the model
+/// calls whose first block cannot gather its rows itself ([`TokenRows`]: more than 16 rows, or a table
+/// split over bindings).
 pub fn embedding(
     pb: &mut ProgramBuilder,
     k: &Kernels,
@@ -212,6 +214,12 @@ pub struct BlockIo<'a> {
     /// gathered by the prologue of its first product, which also writes them to `x` (so the
     /// embedding costs no dispatch). Only where the block's LayerNorms fold into its products.
     pub embed: Option<TokenRows<'a>>,
+}
+
+/// Whether a block of `rows` rows (all sequences together) that keeps nothing for a backward pass
+/// runs its LayerNorms as the prologues of its products (and so can embed its tokens there).
+pub fn layernorms_fold(rows: usize) -> bool {
+    rows <= gemv::MAX_ROWS as usize
 }
 
 /// The embedding of a block's tokens, read in its first product's prologue.
@@ -314,7 +322,7 @@ pub fn block(
     // Sampling (a few rows, nothing kept for a backward pass): each LayerNorm runs as the prologue
     // of the Linear that reads it, so it costs no dispatch and h is not written. Training and the
     // full forward keep the separate pass (the backward pass reads its statistics' input).
-    let fold = keep.is_none() && rows <= gemv::MAX_ROWS as usize;
+    let fold = keep.is_none() && layernorms_fold(rows);
     if io.embed.is_some() && !fold {
         return Err(Error::Invalid(
             "a block embeds its tokens in a prologue only where its LayerNorms fold (a sampling \
@@ -330,7 +338,12 @@ pub fn block(
         modulated(AdaLn::ShiftMsa, AdaLn::ScaleMsa),
         "attn_qkv",
     )?;
-    if let (Some(e), Some(nm)) = (io.embed, qkv_in.norm.as_mut()) {
+    if let Some(e) = io.embed {
+        let Some(nm) = qkv_in.norm.as_mut() else {
+            return Err(Error::Invalid(
+                "attn_qkv: the embedding needs the LayerNorm prologue".into(),
+            ));
+        };
         qkv_in.a = e.table;
         qkv_in.aux = Some(io.x);
         nm.row_index = Some(e.tokens);

@@ -530,7 +530,7 @@ impl GpuModel {
         }
         // A block of few rows embeds its tokens in the first product's prologue (one dispatch fewer);
         // more rows, or a table split over bindings, take the gather pass.
-        let embed = if b * s.rows <= crate::ops::gemv::MAX_ROWS as usize {
+        let embed = if layers::layernorms_fold(b * s.rows) {
             layers::TokenRows::of(w, &ws.tokens)
         } else {
             None

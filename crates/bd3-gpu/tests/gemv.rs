@@ -300,11 +300,19 @@ fn f16_buffer(ctx: &GpuContext, v: &[f32]) -> (Buf, Vec<f32>) {
 /// f32 tables with f32 weights, and f16 tables with f16 weights (the reference rounds both).
 #[test]
 fn gemv_embedding_prologue_gathers_normalises_and_keeps_the_rows() {
-    for units in [132, 2] {
+    // 132, 8, 5 and 2 units: 1, 2, 4 and 8 columns per workgroup for these 37 columns.
+    let cases: [(u32, u32, &[usize]); 4] = [
+        (132, 1, &[300, 200, 131]),
+        (8, 2, &[300]),
+        (5, 4, &[131]),
+        (2, 8, &[300, 200, 131]),
+    ];
+    for (units, cols, dims) in cases {
         let ctx = context_units(units);
         let k = kernels(&ctx, 16);
         let mut rng = Rng(90 + units as u64);
         let (n, vocab) = (37usize, 23usize);
+        assert_eq!(columns_per_group(n as u32, units), cols);
         for reduction in reductions(&ctx) {
             for format in [WeightFormat::F32, WeightFormat::F16] {
                 let gk =
@@ -312,7 +320,7 @@ fn gemv_embedding_prologue_gathers_normalises_and_keeps_the_rows() {
                         .unwrap();
                 // 300: two steps of K (vec4); 200 and 131: one step, rows kept in registers by the
                 // kernels of ≤ 2 columns.
-                for dim in [300usize, 200, 131] {
+                for &dim in dims {
                     let table: Vec<f32> =
                         rng.vec(vocab * dim, 2.0).iter().map(|v| v + 0.3).collect();
                     let w = rng.vec(n * dim, 1.0);
@@ -694,6 +702,23 @@ fn few_rows_take_the_gemv_and_bad_products_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("needs the token ids"), "{e}");
+    // The ids alone: nowhere to keep the rows.
+    let ids_only = gemv::Bindings {
+        row_index: Some(leaked),
+        ..with_ln_w()
+    };
+    let e = gemv::record_views(
+        &mut pb,
+        &k,
+        &k.matmul.gemv,
+        false,
+        "bad",
+        &embedded,
+        ids_only,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the residual rows (aux)"), "{e}");
     // f16 table rows need the f16 model's kernels.
     let f16_table = Gemv {
         mm: Matmul {

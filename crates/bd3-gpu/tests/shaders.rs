@@ -96,10 +96,6 @@ fn every_shader_file_is_listed_and_validates_within_the_memory_budget() {
 fn every_gemv_variant_validates() {
     use bd3_gpu::ops::gemv::{source, Reduction, WeightFormat};
     use naga::valid::Capabilities;
-    let wgsl = |f: WeightFormat| match f {
-        WeightFormat::F32 => "f32",
-        WeightFormat::F16 => "f16",
-    };
     for reduction in [Reduction::Workgroup, Reduction::Subgroup] {
         for (weights, input) in [
             (WeightFormat::F32, WeightFormat::F32),
@@ -131,13 +127,13 @@ fn every_gemv_variant_validates() {
                 assert!(workgroup_bytes(&m) <= WORKGROUP_MEMORY_BUDGET, "{name}");
                 let (b, a) = if vec4 {
                     (
-                        format!("b: array<vec4<{}>>", wgsl(weights)),
-                        format!("a: array<vec4<{}>>", wgsl(input)),
+                        format!("b: array<vec4<{}>>", weights.name()),
+                        format!("a: array<vec4<{}>>", input.name()),
                     )
                 } else {
                     (
-                        format!("b: array<{}>", wgsl(weights)),
-                        format!("a: array<{}>", wgsl(input)),
+                        format!("b: array<{}>", weights.name()),
+                        format!("a: array<{}>", input.name()),
                     )
                 };
                 assert!(src.contains(&a), "{name}: input bound as {a}");

@@ -74,7 +74,8 @@ uniform_params! {
 
 bindings! {
     pub struct Bindings {
-        /// The input rows (f32), contiguous in k.
+        /// The input rows (f32), contiguous in k; with a [`RowSource::Embedding`] prologue, the
+        /// embedding table (f32 or f16).
         a: Req,
         /// The weight [N, K] (f32, or f16 for the f16 kernels).
         b: Req,
@@ -157,11 +158,7 @@ pub fn source(
 /// The VIEWS region: the bindings of a (f32 or f16), b (f32 or f16) and ln_w (f32) and their loads
 /// of a thread's four lanes, widened to f32 (see `shaders/gemv_body.wgsl`).
 fn views(weights: WeightFormat, input: WeightFormat, vec4: bool) -> String {
-    let wgsl = |f: WeightFormat| match f {
-        WeightFormat::F32 => "f32",
-        WeightFormat::F16 => "f16",
-    };
-    let (w, i) = (wgsl(weights), wgsl(input));
+    let (w, i) = (weights.name(), input.name());
     if vec4 {
         format!(
             "@group(0) @binding(1) var<storage, read> a: array<vec4<{i}>>;
@@ -411,14 +408,14 @@ impl Gemv {
     }
 
     /// What `a` holds: activations, or an embedding table.
-    pub fn source(&self) -> RowSource {
+    pub fn row_source(&self) -> RowSource {
         self.norm.map_or(RowSource::Activations, |n| n.source)
     }
 
     /// The kernel parameters; `aux_bound`: the aux binding is given (it receives the epilogue's
     /// value, or the gathered rows of an embedding prologue).
     pub fn params(&self, has_bias: bool, aux_bound: bool, use_row_index: bool) -> Params {
-        let embedding = matches!(self.source(), RowSource::Embedding { .. });
+        let embedding = matches!(self.row_source(), RowSource::Embedding { .. });
         let m = self.mm.params(has_bias, aux_bound && !embedding);
         let rows = self.mm.m.max(1);
         let (norm, first_row, in_rows, map_rows, in_offset) = match &self.norm {
@@ -497,7 +494,7 @@ pub fn record(
     g: &Gemv,
     b: Bindings,
 ) -> Result<()> {
-    let kernels = match (g.mm.b_format, g.source().format()) {
+    let kernels = match (g.mm.b_format, g.row_source().format()) {
         (WeightFormat::F32, WeightFormat::F32) => &k.matmul.gemv,
         (WeightFormat::F16, WeightFormat::F32) => &k.f16(label).matmul.gemv,
         (WeightFormat::F16, WeightFormat::F16) => &k.f16(label).gemv_embedding,
@@ -543,11 +540,11 @@ pub fn record_views(
             mm.m, mm.a_k_stride, mm.b_k_stride
         ));
     }
-    if kernels.weights != mm.b_format || kernels.input != g.source().format() {
+    if kernels.weights != mm.b_format || kernels.input != g.row_source().format() {
         return bad(format!(
             "{} weights and {} inputs, but kernels for {} weights and {} inputs",
             mm.b_format,
-            g.source().format(),
+            g.row_source().format(),
             kernels.weights,
             kernels.input
         ));
@@ -569,7 +566,7 @@ pub fn record_views(
     if b.row_index.is_some() && g.norm.is_none() {
         return bad("a row index maps the rows of a LayerNorm prologue only".into());
     }
-    if matches!(g.source(), RowSource::Embedding { .. })
+    if matches!(g.row_source(), RowSource::Embedding { .. })
         && (b.row_index.is_none() || b.aux.is_none())
     {
         return bad(
@@ -623,7 +620,7 @@ fn cost(g: &Gemv, weights: WeightFormat, b: &Bindings) -> Cost {
         }
         None => (0, 0),
     };
-    let embedding = matches!(g.source(), RowSource::Embedding { .. });
+    let embedding = matches!(g.row_source(), RowSource::Embedding { .. });
     let kept = if embedding && b.aux.is_some() {
         m * kk
     } else {
@@ -642,6 +639,6 @@ fn cost(g: &Gemv, weights: WeightFormat, b: &Bindings) -> Cost {
         + norm_floats;
     Cost {
         flops: 2 * m * n * kk + norm_flops,
-        bytes: 4 * floats + g.source().format().bytes() * m * kk + weight_bytes * kk * n,
+        bytes: 4 * floats + g.row_source().format().bytes() * m * kk + weight_bytes * kk * n,
     }
 }

@@ -4,10 +4,10 @@
 //!
 //! | module | kernel | what it computes |
 //! |---|---|---|
-//! | [`embedding`] | embedding.wgsl | x = E[tokens] |
+//! | [`embedding`] | embedding.wgsl | x = E[tokens] (a sampling call of ≤ 16 rows gathers them in attn_qkv's prologue instead) |
 //! | [`layernorm`] | layernorm.wgsl | LayerNorm with adaLN modulation, rows re-mapped |
 //! | [`matmul`] | matmul.wgsl | every Linear, forward and backward, with fused epilogues |
-//! | [`gemv`] | gemv.wgsl, gemv_subgroup.wgsl | the Linears of ≤ 16 rows, with a LayerNorm prologue |
+//! | [`gemv`] | gemv.wgsl, gemv_subgroup.wgsl | the Linears of ≤ 16 rows, with a LayerNorm prologue (which can gather embedding rows) |
 //! | [`attention`] | attention.wgsl, attention_dq.wgsl, attention_dkv.wgsl, attention_decode.wgsl, attention_combine.wgsl | masked rotary attention and its gradients; split-KV for few queries |
 //! | [`token_loss`] | token_loss.wgsl | SUBS / AR log-probs, loss and logits gradient |
 //! | [`sedd_loss`] | sedd_loss.wgsl | SEDD log-score, score entropy and logits gradient |
