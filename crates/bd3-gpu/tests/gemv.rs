@@ -170,6 +170,21 @@ fn normalised_rows(
     out
 }
 
+/// gelu(x·wᵀ + bias) of `m` normalised rows and `n` columns: what the prologue tests expect.
+fn gelu_product(x: &[f32], w: &[f32], bias: &[f32], m: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    let k = x.len() / m;
+    cpu_ref::matmul_bt(
+        x,
+        w,
+        Some(bias),
+        cpu_ref::Dims { m, n, k },
+        cpu_ref::Epilogue::Gelu,
+        &mut out,
+    );
+    out
+}
+
 #[test]
 fn gemv_layernorm_prologue_with_modulation_row_index_and_chunks() {
     for units in [132, 2] {
@@ -230,15 +245,7 @@ fn gemv_layernorm_prologue_with_modulation_row_index_and_chunks() {
                                 (in_rows, map_rows, offset),
                                 indexed.then_some(&row_index[..]),
                             );
-                            let mut want = vec![0.0; m * n];
-                            cpu_ref::matmul_bt(
-                                &normed,
-                                &w,
-                                Some(&bias),
-                                cpu_ref::Dims { m, n, k: dim },
-                                cpu_ref::Epilogue::Gelu,
-                                &mut want,
-                            );
+                            let want = gelu_product(&normed, &w, &bias, m, n);
                             let g = Gemv {
                                 mm: Matmul {
                                     epilogue: Epilogue::Gelu,
@@ -357,15 +364,7 @@ fn gemv_embedding_prologue_gathers_normalises_and_keeps_the_rows() {
                             (0, rows_per_seq, 0),
                             Some(&ids),
                         );
-                        let mut want = vec![0.0; m * n];
-                        cpu_ref::matmul_bt(
-                            &normed,
-                            &w_r,
-                            Some(&bias),
-                            cpu_ref::Dims { m, n, k: dim },
-                            cpu_ref::Epilogue::Gelu,
-                            &mut want,
-                        );
+                        let want = gelu_product(&normed, &w_r, &bias, m, n);
                         let want_rows: Vec<f32> = ids
                             .iter()
                             .flat_map(|&i| table_r[i as usize * dim..][..dim].to_vec())
