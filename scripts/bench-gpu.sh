@@ -38,6 +38,7 @@ run train "$BIN" bench train --size "$SIZE" --batch "$BATCH" --iters 3
 run forward "$BIN" bench forward --size "$SIZE" --batch "$BATCH" --iters 3
 run sample "$BIN" bench sample --size "$SIZE"
 run sample-f16 "$BIN" bench sample --size "$SIZE" --weights auto
+run sample-per-call "$BIN" bench sample --size "$SIZE" --submit call
 run plan-train "$BIN" bench train --size "$SIZE" --batch "$BATCH" --plan
 run plan-sample "$BIN" bench sample --size "$SIZE" --plan
 # Mixed precision (tensor cores through cooperative matrices) only where `info` reports them.
@@ -53,6 +54,7 @@ train_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LO
 forward_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/forward.txt")
 sample_row=$(awk '/^ *ms\/model call/ { getline; print; exit }' "$LOG_DIR/sample.txt")
 sample_f16_row=$(awk '/^ *ms\/model call/ { getline; print; exit }' "$LOG_DIR/sample-f16.txt")
+sample_call_row=$(awk '/^ *ms\/model call/ { getline; print; exit }' "$LOG_DIR/sample-per-call.txt")
 f16_weights=$(grep -m1 '^weights:' "$LOG_DIR/sample-f16.txt" | cut -d' ' -f2-)
 field() { echo "$1" | awk -v i="$2" '{ print $i }'; }
 adapter=$(grep -m1 '^adapter:' "$LOG_DIR/train.txt" | cut -d' ' -f2-)
@@ -68,6 +70,7 @@ echo "| training step, tokens/s | $(field "$train_row" 6) ($(field "$train_row" 
 echo "| forward (x_t ⊕ x_0), ms | $(field "$forward_row" 2) | — |"
 echo "| sampling, ms per model call (L tokens, block 16, batch 1) | $(field "$sample_row" 1) | 17.09 |"
 echo "| the same with --weights auto ($f16_weights) | $(field "$sample_f16_row" 1) | 17.09 |"
+echo "| the same, f32, one submission per call (--submit call) | $(field "$sample_call_row" 1) | 17.09 |"
 if [ -f "$LOG_DIR/train-mixed.txt" ] && [ -n "$coop" ] && [ "$coop" != none ]; then
   mixed_train_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/train-mixed.txt")
   mixed_forward_row=$(awk -v b="$BATCH" '$1 == b && $2 ~ /^[0-9.]+$/ { print; exit }' "$LOG_DIR/forward-mixed.txt")

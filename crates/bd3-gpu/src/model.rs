@@ -187,6 +187,9 @@ pub struct GpuModel {
     pub(crate) fixed_conditioning: HashMap<usize, crate::model_call::FixedConditioning>,
     /// On a planning model: the dispatches of every sampling step taken, one list per model call.
     pub call_plans: Vec<Vec<PlannedDispatch>>,
+    /// Whether first-hitting sampling submits a whole block's calls at once (`call_block`); on by
+    /// default, off to compare with one submission per call.
+    pub block_recording: bool,
 }
 
 impl GpuModel {
@@ -270,6 +273,7 @@ impl GpuModel {
             caches: HashMap::new(),
             fixed_conditioning: HashMap::new(),
             call_plans: Vec::new(),
+            block_recording: true,
         })
     }
 

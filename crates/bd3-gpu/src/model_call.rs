@@ -17,6 +17,9 @@
 //! The program of a shape is recorded once; the rows it touches move with the block, so each call
 //! re-records only the kernel parameters (`ProgramBuilder::params_only`) and overwrites them: no buffer,
 //! bind group or pipeline is created after the first call, and each call is one submission.
+//! First-hitting blocks go further (`GpuModel::call_block`): one recorded instance of the call per row
+//! of the block, all submitted at once, each drawn token copied on the GPU into the block before the
+//! next instance reads it, and the ids read back once per block.
 
 use crate::layers::{self, BlockEnd, BlockIo, Conditioning};
 use crate::model::{check_activation_size, GpuModel};
@@ -115,6 +118,22 @@ pub struct CallWorkspace {
     staging: Buf,
     out_floats: usize,
     buffers: StepBuffers,
+    /// One recorded instance per call of a block submitted at once (built on the first such block;
+    /// as many as the block has rows, since each call reveals a row of every sequence).
+    block_calls: Vec<BlockCall>,
+    /// Where the instances' drawn tokens come back, [rows][out_floats].
+    block_staging: Option<Buf>,
+}
+
+/// One call of a block recorded ahead: its own kernel parameters and per-call inputs (picked rows,
+/// their inputs and random streams, the drawn tokens); the activations, the block's tokens and the
+/// cache are the workspace's.
+struct BlockCall {
+    program: Program,
+    picked: Buf,
+    row_input: Buf,
+    streams: Buf,
+    outputs: Buf,
 }
 
 /// Activation buffers of a model call (kept so parameters can be re-recorded against the same bindings).
@@ -135,6 +154,42 @@ struct StepBuffers {
     /// Split-KV attention scratch (per key chunk: running max, sum, unnormalised output), sized for
     /// the shape's cache; None when the attention runs unsplit.
     attention_partials: Option<Buf>,
+}
+
+/// The buffers one recording of a call binds: the workspace's own, or those of one call of a block
+/// recorded ahead ([`BlockCall`]), which has its own per-call inputs.
+struct CallIo<'a> {
+    buffers: &'a StepBuffers,
+    tokens: &'a Buf,
+    picked: &'a Buf,
+    row_input: &'a Buf,
+    streams: &'a Buf,
+    seq_consts: &'a Buf,
+    draws: Option<&'a Buf>,
+}
+
+impl CallWorkspace {
+    /// The buffers of one instance of a block recorded ahead.
+    fn io_of<'a>(&'a self, bc: &'a BlockCall) -> CallIo<'a> {
+        CallIo {
+            picked: &bc.picked,
+            row_input: &bc.row_input,
+            streams: &bc.streams,
+            ..self.io()
+        }
+    }
+
+    fn io(&self) -> CallIo<'_> {
+        CallIo {
+            buffers: &self.buffers,
+            tokens: &self.tokens,
+            picked: &self.picked,
+            row_input: &self.row_input,
+            streams: &self.streams,
+            seq_consts: &self.seq_consts,
+            draws: self.draws.as_ref(),
+        }
+    }
 }
 
 /// Where the block sits in the ring this call.
@@ -193,8 +248,8 @@ impl GpuModel {
         })
     }
 
-    /// Run one model call; the first with a new shape allocates its buffers and records its program.
-    pub async fn call(&mut self, shape: &CallShape, call: &CallInputs<'_>) -> Result<CallOutput> {
+    /// Check a call and make what it needs: the fixed conditioning, the cache, the shape's workspace.
+    fn prepare(&mut self, shape: &CallShape, call: &CallInputs<'_>) -> Result<Placement> {
         self.check_call(shape, call)?;
         if self.conditioning_is_fixed() && !self.fixed_conditioning.contains_key(&shape.batch) {
             let f = self.build_fixed_conditioning(shape.batch)?;
@@ -213,12 +268,18 @@ impl GpuModel {
             let ws = self.build_call(shape, place)?;
             self.steps.insert(*shape, ws);
         }
+        Ok(place)
+    }
+
+    /// Run one model call; the first with a new shape allocates its buffers and records its program.
+    pub async fn call(&mut self, shape: &CallShape, call: &CallInputs<'_>) -> Result<CallOutput> {
+        let place = self.prepare(shape, call)?;
         let ws = &self.steps[shape];
         let (ctx, cfg) = (&*self.ctx, &self.cfg);
 
         // New kernel parameters for where the block sits now.
         let mut pb = ProgramBuilder::params_only(ctx);
-        self.record_call(&mut pb, shape, ws, place, call)?;
+        self.record_call(&mut pb, shape, &ws.io(), place, call)?;
         // The first call of a generation also computes the fixed conditioning, in the same submission.
         let conditioning = self
             .fixed_conditioning
@@ -334,6 +395,177 @@ impl GpuModel {
         let tokens = words[..n].to_vec();
         let logits = verify.then(|| bytemuck::cast_slice::<u32, f32>(&words[n..]).to_vec());
         Ok(CallOutput { tokens, logits })
+    }
+
+    /// Run the first-hitting calls of one block in one submission, one recorded instance per call:
+    /// the drawn token of each call is copied on the GPU into the block's tokens before the next call
+    /// reads them, and the ids come back once, at the end ([`CallOutput::tokens`] of each call).
+    /// Every call takes the block's tokens as they were at its start (`calls[0].tokens`, the same
+    /// slice in every call) and the same cache index. A call's pick for a sequence is written back
+    /// only where that row was still masked (picked for the first time, masked at the start); other
+    /// picks draw a token that means nothing (a sequence with nothing left to reveal).
+    pub async fn call_block(
+        &mut self,
+        shape: &CallShape,
+        calls: &[CallInputs<'_>],
+    ) -> Result<Vec<CallOutput>> {
+        let bad = |m: &str| Err(Error::Invalid(format!("a block recorded ahead: {m}")));
+        let CallAction::Sample {
+            head_rows: 1,
+            mode: SampleMode::FirstHitting,
+            verify: false,
+        } = shape.action
+        else {
+            return bad("only first-hitting calls of one picked row per sequence");
+        };
+        let Some(first) = calls.first() else {
+            return Ok(Vec::new());
+        };
+        if calls.len() > shape.rows {
+            return bad("more calls than the block has rows");
+        }
+        if calls
+            .iter()
+            .any(|c| c.tokens != first.tokens || c.cache_idx != first.cache_idx)
+        {
+            return bad("every call starts from the same block at the same place");
+        }
+        if self.ctx.is_planning() {
+            let mut out = Vec::with_capacity(calls.len());
+            for c in calls {
+                out.push(self.call(shape, c).await?);
+            }
+            return Ok(out);
+        }
+        for c in calls {
+            self.check_call(shape, c)?;
+        }
+        let place = self.prepare(shape, first)?;
+        if self.steps[shape].block_calls.is_empty() {
+            let instances = (0..shape.rows)
+                .map(|_| self.build_block_call(shape, place))
+                .collect::<Result<Vec<_>>>()?;
+            let ws = self.steps.get_mut(shape).expect("prepared");
+            let bytes = (shape.rows * ws.out_floats * 4) as u64;
+            ws.block_staging = Some(self.ctx.buffer(
+                "block call staging",
+                bytes,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?);
+            ws.block_calls = instances;
+        }
+        let ws = &self.steps[shape];
+        let (ctx, cfg) = (&*self.ctx, &self.cfg);
+        let (batch, rows, mask) = (shape.batch, shape.rows, cfg.mask_id());
+        let q = ctx.queue();
+        q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(first.tokens));
+        if let Some(f) = &ws.features {
+            let feats: Vec<f32> = (0..batch)
+                .flat_map(|b| {
+                    bd3_model::tables::timestep_features(if cfg.time_conditioning {
+                        first.sigma[b]
+                    } else {
+                        0.0
+                    })
+                })
+                .collect();
+            q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
+        }
+        q.write_buffer(
+            &ws.seq_consts,
+            0,
+            bytemuck::cast_slice(&sedd_call_constants(first, batch, cfg.vocab_size)),
+        );
+        let mut enc = ctx.device().create_command_encoder(&Default::default());
+        let conditioning = self
+            .fixed_conditioning
+            .get(&batch)
+            .filter(|f| !f.fresh)
+            .map(|f| &f.program);
+        if let Some(program) = conditioning {
+            program.encode(&mut enc);
+        }
+        // Rows already revealed in this block, per sequence: a later pick of one is not written back.
+        let mut filled = vec![vec![false; rows]; batch];
+        for (j, (c, bc)) in calls.iter().zip(&ws.block_calls).enumerate() {
+            let mut pb = ProgramBuilder::params_only(ctx);
+            self.record_call(&mut pb, shape, &ws.io_of(bc), place, c)?;
+            bc.program.write_params(q, &pb.finish_params());
+            let inputs: Vec<u32> = (0..batch)
+                .map(|s| first.tokens[s * rows + c.picked[s] as usize])
+                .collect();
+            q.write_buffer(&bc.picked, 0, bytemuck::cast_slice(c.picked));
+            q.write_buffer(&bc.row_input, 0, bytemuck::cast_slice(&inputs));
+            q.write_buffer(&bc.streams, 0, bytemuck::cast_slice(c.streams));
+            bc.program.encode(&mut enc);
+            for s in 0..batch {
+                let r = c.picked[s] as usize;
+                if inputs[s] == mask && !filled[s][r] {
+                    filled[s][r] = true;
+                    let at = ((s * rows + r) * 4) as u64;
+                    enc.copy_buffer_to_buffer(
+                        &ws.buffers.out_tokens,
+                        (s * 4) as u64,
+                        &ws.tokens,
+                        at,
+                        4,
+                    );
+                }
+            }
+            let bytes = (ws.out_floats * 4) as u64;
+            let staging = ws.block_staging.as_ref().expect("built with the instances");
+            enc.copy_buffer_to_buffer(&bc.outputs, 0, staging, j as u64 * bytes, bytes);
+        }
+        if let Some(f) = self.fixed_conditioning.get_mut(&batch) {
+            f.fresh = true;
+        }
+        let ws = &self.steps[shape];
+        ctx.submit(enc);
+        let bytes = (calls.len() * ws.out_floats * 4) as u64;
+        let staging = ws.block_staging.as_ref().expect("built with the instances");
+        let data = ctx.map_read(staging, bytes).await?;
+        let words: &[u32] = bytemuck::cast_slice(&data);
+        Ok(words
+            .chunks(ws.out_floats)
+            .map(|w| CallOutput {
+                tokens: w[..batch].to_vec(),
+                logits: None,
+            })
+            .collect())
+    }
+
+    /// One instance of a shape's call for a block recorded ahead: the shape's buffers, its own
+    /// per-call inputs and parameters.
+    fn build_block_call(&self, s: &CallShape, place: Placement) -> Result<BlockCall> {
+        let ws = &self.steps[s];
+        let ctx = &*self.ctx;
+        let words = |label: &str, n: usize| ctx.storage(label, (n.max(1) * 4) as u64);
+        let picked_rows = s.batch;
+        let mut bc = BlockCall {
+            program: ProgramBuilder::new(ctx).finish()?, // replaced below
+            picked: words("block call picked rows", picked_rows)?,
+            row_input: words("block call picked inputs", picked_rows)?,
+            streams: words("block call random streams", picked_rows)?,
+            outputs: words("block call outputs", ws.out_floats)?,
+        };
+        let dummy = CallInputs {
+            tokens: &[],
+            cache_idx: 0,
+            sigma: &[],
+            picked: &[],
+            top_p: 1.0,
+            mask_prob: 0.0,
+            dsigma: &[],
+            seed: 0,
+            call: 0,
+            streams: &[],
+            draws: None,
+            reveal: None,
+        };
+        let mut pb = ProgramBuilder::new(ctx);
+        self.record_call(&mut pb, s, &ws.io_of(&bc), place, &dummy)?;
+        bc.program = pb.finish_with_outputs(&bc.outputs)?;
+        Ok(bc)
     }
 
     /// Every model-call program recorded so far, by shape.
@@ -490,6 +722,8 @@ impl GpuModel {
             )?,
             out_floats,
             buffers,
+            block_calls: Vec::new(),
+            block_staging: None,
         };
         let dummy_call = CallInputs {
             tokens: &[],
@@ -506,7 +740,7 @@ impl GpuModel {
             reveal: None,
         };
         let mut pb = ProgramBuilder::new(ctx);
-        self.record_call(&mut pb, s, &ws, place, &dummy_call)?;
+        self.record_call(&mut pb, s, &ws.io(), place, &dummy_call)?;
         ws.program = pb.finish_with_outputs(&ws.outputs)?;
         Ok(ws)
     }
@@ -517,13 +751,13 @@ impl GpuModel {
         &self,
         pb: &mut ProgramBuilder,
         s: &CallShape,
-        ws: &CallWorkspace,
+        io: &CallIo<'_>,
         place: Placement,
         call: &CallInputs<'_>,
     ) -> Result<()> {
         let (cfg, k, w) = (&self.cfg, &self.kernels, &self.weights);
         let (b, d, v) = (s.batch, cfg.hidden_dim, cfg.vocab_size);
-        let buf = &ws.buffers;
+        let buf = io.buffers;
         let cache = &self.caches[&(b, s.cache_len)];
         if let Some(c) = buf.cond.as_ref().filter(|_| buf.cond_per_call) {
             c.record(pb, k, w, b)?;
@@ -531,12 +765,12 @@ impl GpuModel {
         // A block of few rows embeds its tokens in the first product's prologue (one dispatch fewer);
         // more rows, or a table split over bindings, take the gather pass.
         let embed = if layers::layernorms_fold(b * s.rows) {
-            layers::TokenRows::of(w, &ws.tokens)
+            layers::TokenRows::of(w, io.tokens)
         } else {
             None
         };
         if embed.is_none() {
-            layers::embedding(pb, k, w, &ws.tokens, &buf.x, b * s.rows)?;
+            layers::embedding(pb, k, w, io.tokens, &buf.x, b * s.rows)?;
         }
         let attention = call_attention(cfg, s, place);
         let into_cache = OutRows {
@@ -595,7 +829,7 @@ impl GpuModel {
                     source: crate::ops::gemv::RowSource::Activations,
                 },
                 modulation: final_mod,
-                row_index: Some(&ws.picked),
+                row_index: Some(io.picked),
             })
         } else {
             let lnb = crate::ops::layernorm::Bindings {
@@ -603,7 +837,7 @@ impl GpuModel {
                 w: &w.norm_final,
                 modv: final_mod,
                 out: &buf.final_normed,
-                row_index: Some(&ws.picked),
+                row_index: Some(io.picked),
             };
             crate::ops::layernorm::record(pb, k, &ln, lnb)?;
             None
@@ -635,10 +869,10 @@ impl GpuModel {
                 };
                 let sb = crate::ops::sample::Bindings {
                     logits: &buf.logits,
-                    row_input: &ws.row_input,
-                    row_stream: &ws.streams,
-                    seq_consts: &ws.seq_consts,
-                    draws: if verify { ws.draws.as_ref() } else { None },
+                    row_input: io.row_input,
+                    row_stream: io.streams,
+                    seq_consts: io.seq_consts,
+                    draws: if verify { io.draws } else { None },
                     tokens: &buf.out_tokens,
                     token_prob: (mode == SampleMode::Confidence).then_some(&buf.token_prob),
                 };
@@ -654,7 +888,7 @@ impl GpuModel {
             // build time has no call yet; its parameters are overwritten by each call's.)
             let reveal = call.reveal.unwrap_or(Reveal::top(1));
             let cb = crate::ops::confidence::Bindings {
-                row_input: &ws.row_input,
+                row_input: io.row_input,
                 token_prob: &buf.token_prob,
                 tokens: &buf.out_tokens,
             };

@@ -234,6 +234,9 @@ fn stream(seq: usize, pos: usize) -> u32 {
     (seq as u32).wrapping_mul(0x9e37_79b1) ^ pos as u32
 }
 
+/// The longest block whose first-hitting calls are submitted at once: one recorded instance of the
+/// call per row (BD3-LM blocks are 4 to 16 rows; MDLM's windows of hundreds go call by call).
+const BLOCK_RECORDING_MAX_ROWS: usize = 16;
 const ENTROPY_WINDOW: usize = 256;
 const ENTROPY_MIN: f64 = 4.0;
 const MAX_TRIES: usize = 10;
@@ -487,6 +490,14 @@ impl Run<'_, '_> {
         cache_idx: usize,
         block_index: usize,
     ) -> Result<()> {
+        if self.opts.sampler == Sampler::FirstHitting
+            && self.model.block_recording
+            && rows <= BLOCK_RECORDING_MAX_ROWS
+        {
+            return self
+                .first_hitting_block(block, rows, start, cache_idx, block_index)
+                .await;
+        }
         let (batch, mask) = (self.opts.batch, self.mask());
         let steps = self.opts.steps.max(1);
         for i in 0.. {
@@ -577,6 +588,117 @@ impl Run<'_, '_> {
                     revealed: &revealed,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// First-hitting over a whole block in one submission (`GpuModel::call_block`): which row each
+    /// call reveals depends only on the random stream, never on the drawn tokens, so every call's
+    /// pick is drawn here first, in the order and from the same stream as one call at a time would
+    /// (`denoise_block`), and the GPU carries each drawn token into the next call. The tokens, the
+    /// calls, the NFEs and the events are those of the call-by-call loop; cancelling is checked once
+    /// per block.
+    async fn first_hitting_block(
+        &mut self,
+        block: &mut [u32],
+        rows: usize,
+        start: usize,
+        cache_idx: usize,
+        block_index: usize,
+    ) -> Result<()> {
+        let (batch, mask) = (self.opts.batch, self.mask());
+        let mut masked: Vec<Vec<u32>> = (0..batch)
+            .map(|s| {
+                (0..rows as u32)
+                    .filter(|&r| block[s * rows + r as usize] == mask)
+                    .collect()
+            })
+            .collect();
+        // Per call: each sequence's pick and whether it reveals (the sequence had a masked row).
+        let mut picks: Vec<Vec<(u32, bool)>> = Vec::new();
+        while masked.iter().any(|m| !m.is_empty()) {
+            picks.push(
+                masked
+                    .iter_mut()
+                    .map(|m| {
+                        if m.is_empty() {
+                            (0, false)
+                        } else {
+                            let i = (self.rng.next_u64() % m.len() as u64) as usize;
+                            (m.remove(i), true)
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        if picks.is_empty() {
+            return Ok(());
+        }
+        if self
+            .opts
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(Error::Cancelled);
+        }
+        let picked: Vec<Vec<u32>> = picks
+            .iter()
+            .map(|p| p.iter().map(|&(r, _)| r).collect())
+            .collect();
+        let streams: Vec<Vec<u32>> = picked
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .enumerate()
+                    .map(|(s, &r)| stream(s, start + r as usize))
+                    .collect()
+            })
+            .collect();
+        let shape = CallShape {
+            batch,
+            rows,
+            cache_len: self.model.cfg.model_length,
+            action: CallAction::Sample {
+                head_rows: 1,
+                mode: SampleMode::FirstHitting,
+                verify: false,
+            },
+        };
+        let initial = block.to_vec();
+        let calls: Vec<CallInputs> = (0..picks.len())
+            .map(|j| CallInputs {
+                tokens: &initial,
+                cache_idx,
+                sigma: &[],
+                picked: &picked[j],
+                top_p: self.opts.top_p,
+                mask_prob: 0.0,
+                dsigma: &[],
+                seed: self.opts.seed,
+                call: self.call.wrapping_add(j as u32),
+                streams: &streams[j],
+                draws: None,
+                reveal: None,
+            })
+            .collect();
+        let outputs = self.model.call_block(&shape, &calls).await?;
+        for (p, out) in picks.iter().zip(outputs) {
+            self.call = self.call.wrapping_add(1);
+            self.calls += 1;
+            let mut revealed = Vec::new();
+            for (s, &(r, reveals)) in p.iter().enumerate() {
+                if reveals {
+                    block[s * rows + r as usize] = out.tokens[s];
+                    revealed.push((s, start + r as usize, out.tokens[s]));
+                }
+            }
+            self.nfe += 1;
+            (self.on_event)(SampleEvent::Revealed {
+                block: block_index,
+                call: self.call,
+                revealed: &revealed,
+            });
         }
         Ok(())
     }

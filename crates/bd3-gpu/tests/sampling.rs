@@ -936,3 +936,59 @@ fn the_nucleus_keeps_what_a_plain_loop_keeps_at_awkward_sizes() {
         }
     }
 }
+
+/// First-hitting with a whole block's calls in one submission (`GpuModel::call_block`) gives what
+/// one submission per call gives: the same sequences, model calls, NFEs and events (which row each
+/// call revealed, and the token), so the GPU carries every drawn token into the next call as the CPU
+/// did. Two sequences, a prompt that leaves one masked row in the first block, a second generation
+/// on the same workspaces; then the submissions: one per block and one per commit, not one per call.
+#[test]
+fn first_hitting_blocks_in_one_submission_match_one_call_at_a_time() {
+    let ctx = context();
+    let mut model = fixture_model(ctx.clone());
+    let block = model.cfg.block_size;
+    let run = |model: &mut GpuModel, recording: bool, seed: u64| {
+        model.block_recording = recording;
+        let opts = SampleOptions {
+            batch: 2,
+            length: model.cfg.model_length,
+            prompt: vec![5, 6],
+            top_p: 0.9,
+            sampler: Sampler::FirstHitting,
+            steps: block,
+            seed,
+            var_length: false,
+            entropy_check: false,
+            stop: None,
+        };
+        let mut events = Vec::new();
+        let before = ctx.snapshot();
+        let result = pollster::block_on(generate(model, &opts, &mut |e| {
+            if let SampleEvent::Revealed {
+                block,
+                call,
+                revealed,
+            } = e
+            {
+                events.push((block, call, revealed.to_vec()));
+            }
+        }))
+        .unwrap();
+        let submits = (ctx.snapshot() - before).submits;
+        (result, events, submits)
+    };
+    for seed in [3, 11] {
+        let (one, one_events, one_submits) = run(&mut model, false, seed);
+        let (all, all_events, all_submits) = run(&mut model, true, seed);
+        assert_eq!(all.sequences, one.sequences, "seed {seed}");
+        assert_eq!((all.calls, all.nfe), (one.calls, one.nfe), "seed {seed}");
+        assert_eq!(all_events, one_events, "seed {seed}");
+        // Each sampling call revealed a row of both sequences, at a masked position.
+        assert!(all_events.iter().all(|(_, _, r)| r.len() == 2));
+        let blocks = model.cfg.model_length / block;
+        assert_eq!(one_submits as usize, one.calls, "seed {seed}");
+        // One per block and one per commit (the last block is not committed).
+        assert_eq!(all_submits as usize, 2 * blocks - 1, "seed {seed}");
+        assert!(all_submits < one_submits);
+    }
+}

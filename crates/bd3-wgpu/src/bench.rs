@@ -93,8 +93,20 @@ pub struct SampleBenchArgs {
     /// How the weight matrices are stored on the GPU (f16 plans an adapter with shader-f16)
     #[arg(long, value_enum, default_value_t = crate::sample::WeightsArg::default_choice())]
     weights: crate::sample::WeightsArg,
+    /// Submit a block's first-hitting calls at once, or one call at a time (to compare)
+    #[arg(long, value_enum, default_value_t = Submit::Block)]
+    submit: Submit,
     #[command(flatten)]
     plan: PlanArgs,
+}
+
+/// How `bench sample` submits first-hitting calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Submit {
+    /// A whole block's calls in one submission (what `sample` does)
+    Block,
+    /// One submission and one read-back per call
+    Call,
 }
 
 #[derive(Clone)]
@@ -192,6 +204,7 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
         length,
         top_p,
         weights,
+        submit,
         mut plan,
     } = a;
     let block_size = block_size.min(size.length);
@@ -230,6 +243,7 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
     );
     let (mut model, params, secs) = random_model_as(&ctx, &size, block_size, format)?;
     print_model(&model, params, secs);
+    model.block_recording = submit == Submit::Block;
     let length = length.unwrap_or(model.cfg.model_length);
     let opts = sample_options(batch, length, top_p, block_size);
     // Warm-up: two blocks record every program shape (sample and commit) and compile the pipelines.
@@ -246,7 +260,12 @@ fn sample(a: SampleBenchArgs) -> Result<()> {
     let calls = result.calls as f64;
     let generated = batch * (length - 1);
     println!(
-        "first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}"
+        "first-hitting, nucleus {top_p}, KV cache: {length} tokens per sequence, batch {batch}, \
+         submitted per {}",
+        match submit {
+            Submit::Block => "block",
+            Submit::Call => "call",
+        }
     );
     println!(
         "{:>14} {:>14} {:>12} {:>8} {:>10}",
