@@ -342,6 +342,11 @@ impl GpuContext {
         self.split_threshold
     }
 
+    /// Whether the adapter runs on the CPU (lavapipe, SwiftShader, WARP).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn adapter_summary(&self) -> String {
         format!(
             "{} ({:?}, {:?})",

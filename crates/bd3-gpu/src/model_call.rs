@@ -16,7 +16,7 @@
 //!
 //! The program of a shape is recorded once; the rows it touches move with the block, so each call
 //! re-records only the kernel parameters (`ProgramBuilder::params_only`) and overwrites them: no buffer,
-//! bind group or pipeline is created after the first call, and each call is one submission.
+//! bind group or pipeline is created after the first call, and a call is one submission.
 //! First-hitting blocks go further (`GpuModel::call_block`): one recorded instance of the call per row
 //! of the block, all submitted at once, each drawn token copied on the GPU into the block before the
 //! next instance reads it, and the ids read back once per block.
@@ -424,11 +424,10 @@ impl GpuModel {
         if calls.len() > shape.rows {
             return bad("more calls than the block has rows");
         }
-        if calls
-            .iter()
-            .any(|c| c.tokens != first.tokens || c.cache_idx != first.cache_idx)
-        {
-            return bad("every call starts from the same block at the same place");
+        if calls.iter().any(|c| {
+            c.tokens != first.tokens || c.cache_idx != first.cache_idx || c.sigma != first.sigma
+        }) {
+            return bad("every call starts from the same block, at the same place and σ");
         }
         if self.ctx.is_planning() {
             let mut out = Vec::with_capacity(calls.len());
@@ -566,6 +565,14 @@ impl GpuModel {
         self.record_call(&mut pb, s, &ws.io_of(&bc), place, &dummy)?;
         bc.program = pb.finish_with_outputs(&bc.outputs)?;
         Ok(bc)
+    }
+
+    /// The instances of every shape's call recorded for blocks submitted at once (`call_block`),
+    /// by shape.
+    pub fn block_call_programs(&self) -> impl Iterator<Item = (&CallShape, Vec<&Program>)> {
+        self.steps
+            .iter()
+            .map(|(s, ws)| (s, ws.block_calls.iter().map(|bc| &bc.program).collect()))
     }
 
     /// Every model-call program recorded so far, by shape.

@@ -161,7 +161,8 @@ pub struct SampleOptions {
     /// The official low-entropy check: entropy of the last 256 tokens < 4 nats rejects the sample
     /// (fixed length: regenerate, up to 10 tries) or ends it (variable length).
     pub entropy_check: bool,
-    /// Set from elsewhere (a Stop button) to end generation before the next model call.
+    /// Set from elsewhere (a Stop button) to end generation before the next model call, or, where
+    /// first-hitting submits a block's calls at once (`GpuModel::block_recording`), the next block.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 

@@ -974,21 +974,54 @@ fn first_hitting_blocks_in_one_submission_match_one_call_at_a_time() {
             }
         }))
         .unwrap();
-        let submits = (ctx.snapshot() - before).submits;
-        (result, events, submits)
+        let counts = ctx.snapshot() - before;
+        // The cache ends with the last block's q|k|v as its last call computed them (the last block
+        // is not committed): from the tokens the GPU copied in, when the block went at once.
+        let (length, layers) = (model.cfg.model_length, model.cfg.n_blocks);
+        let cache: Vec<Vec<u32>> = (0..layers)
+            .map(|l| {
+                pollster::block_on(model.read_kv_cache(2, length, l))
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        (result, events, counts, cache)
     };
     for seed in [3, 11] {
-        let (one, one_events, one_submits) = run(&mut model, false, seed);
-        let (all, all_events, all_submits) = run(&mut model, true, seed);
+        let (one, one_events, one_counts, one_cache) = run(&mut model, false, seed);
+        let (all, all_events, all_counts, all_cache) = run(&mut model, true, seed);
         assert_eq!(all.sequences, one.sequences, "seed {seed}");
         assert_eq!((all.calls, all.nfe), (one.calls, one.nfe), "seed {seed}");
         assert_eq!(all_events, one_events, "seed {seed}");
+        assert!(all_cache == one_cache, "seed {seed}: the KV caches differ");
         // Each sampling call revealed a row of both sequences, at a masked position.
         assert!(all_events.iter().all(|(_, _, r)| r.len() == 2));
         let blocks = model.cfg.model_length / block;
-        assert_eq!(one_submits as usize, one.calls, "seed {seed}");
+        assert_eq!(one_counts.submits as usize, one.calls, "seed {seed}");
         // One per block and one per commit (the last block is not committed).
-        assert_eq!(all_submits as usize, 2 * blocks - 1, "seed {seed}");
-        assert!(all_submits < one_submits);
+        assert_eq!(all_counts.submits as usize, 2 * blocks - 1, "seed {seed}");
+        if seed == 11 {
+            // The instances were built by the first generation; the second creates nothing.
+            assert_eq!(
+                (all_counts.buffers_created, all_counts.bind_groups_created),
+                (0, 0)
+            );
+        }
     }
+    // The instances run the dispatches of the shape's program, one for one.
+    let programs: Vec<_> = model.call_programs().collect();
+    let mut instances = 0;
+    for (shape, list) in model.block_call_programs() {
+        let program = programs.iter().find(|(s, _)| *s == shape).unwrap().1;
+        for p in list {
+            assert_eq!(p.recorded(), program.recorded(), "{shape:?}");
+            instances += 1;
+        }
+    }
+    assert_eq!(
+        instances, block,
+        "one instance per row of the sampling shape"
+    );
 }

@@ -80,7 +80,8 @@ thread_local! {
     static STOP: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
 }
 
-/// Ask the running `generate` to stop before its next model call.
+/// Ask the running `generate` to stop before its next model call (on a GPU, first-hitting BD3-LM
+/// submits a block's calls at once: before its next block).
 #[wasm_bindgen(js_name = requestStop)]
 pub fn request_stop() {
     STOP.with(|s| s.store(true, Ordering::SeqCst));
@@ -205,9 +206,13 @@ impl Engine {
         };
         let (format, note) = choice.resolve(&self.ctx).map_err(js_err)?;
         self.weights_note = note;
-        let model = GpuModel::allocate_as(self.ctx.clone(), cfg, format)
+        let mut model = GpuModel::allocate_as(self.ctx.clone(), cfg, format)
             .await
             .map_err(js_err)?;
+        // On a software adapter (SwiftShader) a call takes most of a second and the round trip is
+        // negligible, so a block's calls go one by one: Stop and the token-by-token display keep the
+        // latency of one call. A GPU gets one submission per block.
+        model.block_recording = !self.ctx.is_software();
         let pending: BTreeMap<String, String> = names
             .into_iter()
             .map(|(canonical, full)| (full, canonical))
