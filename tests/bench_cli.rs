@@ -34,34 +34,43 @@ fn field(line: &str, key: &str) -> f64 {
 }
 
 #[test]
-fn sampling_steps_are_one_submit_and_allocate_nothing() {
+fn sampling_calls_allocate_nothing_and_a_block_is_one_submit() {
+    // 32 tokens in blocks of 8: 31 sampling calls (BOS is given) and 3 commits.
     for batch in ["1", "2"] {
-        let text = bench(&[
-            "sample",
-            "--size",
-            "32,2,2,96,32",
-            "--block-size",
-            "8",
-            "--length",
-            "32",
-            "--batch",
-            batch,
-        ]);
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("per model call:"))
-            .unwrap_or_else(|| panic!("{text}"));
-        assert_eq!(field(line, "submits"), 1.0, "{line}");
-        assert_eq!(field(line, "buffers created"), 0.0, "{line}");
-        assert_eq!(field(line, "bind groups created"), 0.0, "{line}");
-        assert_eq!(field(line, "pipelines created"), 0.0, "{line}");
-        // 31 sampling calls read one u32 per sequence; 3 commits read nothing.
-        let b: f64 = batch.parse().unwrap();
-        let expected = 31.0 * 4.0 * b / 34.0;
-        assert!(
-            (field(line, "bytes read back") - expected).abs() < 0.06,
-            "{line}"
-        );
+        for (submit, submits) in [("call", 1.0), ("block", (4.0 + 3.0) / 34.0)] {
+            let text = bench(&[
+                "sample",
+                "--size",
+                "32,2,2,96,32",
+                "--block-size",
+                "8",
+                "--length",
+                "32",
+                "--batch",
+                batch,
+                "--submit",
+                submit,
+            ]);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("per model call:"))
+                .unwrap_or_else(|| panic!("{text}"));
+            // One submission per call, or one per block and one per commit.
+            assert!(
+                (field(line, "submits") - submits).abs() < 0.006,
+                "--submit {submit}: {line}"
+            );
+            assert_eq!(field(line, "buffers created"), 0.0, "{line}");
+            assert_eq!(field(line, "bind groups created"), 0.0, "{line}");
+            assert_eq!(field(line, "pipelines created"), 0.0, "{line}");
+            // 31 sampling calls read one u32 per sequence; 3 commits read nothing.
+            let b: f64 = batch.parse().unwrap();
+            let expected = 31.0 * 4.0 * b / 34.0;
+            assert!(
+                (field(line, "bytes read back") - expected).abs() < 0.06,
+                "{line}"
+            );
+        }
     }
 }
 
