@@ -83,6 +83,26 @@ pub struct CallInputs<'a> {
     pub reveal: Option<Reveal>,
 }
 
+impl CallInputs<'static> {
+    /// What a call's program is first recorded with: every call overwrites the parameters.
+    fn for_recording() -> CallInputs<'static> {
+        CallInputs {
+            tokens: &[],
+            cache_idx: 0,
+            sigma: &[],
+            picked: &[],
+            top_p: 1.0,
+            mask_prob: 0.0,
+            dsigma: &[],
+            seed: 0,
+            call: 0,
+            streams: &[],
+            draws: None,
+            reveal: None,
+        }
+    }
+}
+
 pub struct CallOutput {
     /// [batch, head_rows] drawn tokens (empty for a commit).
     pub tokens: Vec<u32>,
@@ -547,22 +567,14 @@ impl GpuModel {
             streams: words("block call random streams", picked_rows)?,
             outputs: words("block call outputs", ws.out_floats)?,
         };
-        let dummy = CallInputs {
-            tokens: &[],
-            cache_idx: 0,
-            sigma: &[],
-            picked: &[],
-            top_p: 1.0,
-            mask_prob: 0.0,
-            dsigma: &[],
-            seed: 0,
-            call: 0,
-            streams: &[],
-            draws: None,
-            reveal: None,
-        };
         let mut pb = ProgramBuilder::new(ctx);
-        self.record_call(&mut pb, s, &ws.io_of(&bc), place, &dummy)?;
+        self.record_call(
+            &mut pb,
+            s,
+            &ws.io_of(&bc),
+            place,
+            &CallInputs::for_recording(),
+        )?;
         bc.program = pb.finish_with_outputs(&bc.outputs)?;
         Ok(bc)
     }
@@ -732,22 +744,8 @@ impl GpuModel {
             block_calls: Vec::new(),
             block_staging: None,
         };
-        let dummy_call = CallInputs {
-            tokens: &[],
-            cache_idx: 0,
-            sigma: &[],
-            picked: &[],
-            top_p: 1.0,
-            mask_prob: 0.0,
-            dsigma: &[],
-            seed: 0,
-            call: 0,
-            streams: &[],
-            draws: None,
-            reveal: None,
-        };
         let mut pb = ProgramBuilder::new(ctx);
-        self.record_call(&mut pb, s, &ws.io(), place, &dummy_call)?;
+        self.record_call(&mut pb, s, &ws.io(), place, &CallInputs::for_recording())?;
         ws.program = pb.finish_with_outputs(&ws.outputs)?;
         Ok(ws)
     }
