@@ -189,6 +189,24 @@ struct CallIo<'a> {
 }
 
 impl CallWorkspace {
+    /// Upload what a call reads of its block: the tokens and, for a model conditioned per call,
+    /// the σ features (σ = 0 without time conditioning).
+    fn write_block(&self, q: &wgpu::Queue, cfg: &ModelConfig, batch: usize, call: &CallInputs<'_>) {
+        q.write_buffer(&self.tokens, 0, bytemuck::cast_slice(call.tokens));
+        if let Some(f) = &self.features {
+            let feats: Vec<f32> = (0..batch)
+                .flat_map(|b| {
+                    bd3_model::tables::timestep_features(if cfg.time_conditioning {
+                        call.sigma[b]
+                    } else {
+                        0.0
+                    })
+                })
+                .collect();
+            q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
+        }
+    }
+
     /// The buffers of one instance of a block recorded ahead.
     fn io_of<'a>(&'a self, bc: &'a BlockCall) -> CallIo<'a> {
         CallIo {
@@ -351,19 +369,7 @@ impl GpuModel {
         ws.program.write_params(ctx.queue(), &pb.finish_params());
 
         let q = ctx.queue();
-        q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(call.tokens));
-        if let Some(f) = &ws.features {
-            let feats: Vec<f32> = (0..shape.batch)
-                .flat_map(|b| {
-                    bd3_model::tables::timestep_features(if cfg.time_conditioning {
-                        call.sigma[b]
-                    } else {
-                        0.0
-                    })
-                })
-                .collect();
-            q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
-        }
+        ws.write_block(q, cfg, shape.batch, call);
         if let CallAction::Sample { head_rows, .. } = shape.action {
             q.write_buffer(&ws.picked, 0, bytemuck::cast_slice(call.picked));
             let inputs: Vec<u32> = call
@@ -477,19 +483,7 @@ impl GpuModel {
         let (ctx, cfg) = (&*self.ctx, &self.cfg);
         let (batch, rows, mask) = (shape.batch, shape.rows, cfg.mask_id());
         let q = ctx.queue();
-        q.write_buffer(&ws.tokens, 0, bytemuck::cast_slice(first.tokens));
-        if let Some(f) = &ws.features {
-            let feats: Vec<f32> = (0..batch)
-                .flat_map(|b| {
-                    bd3_model::tables::timestep_features(if cfg.time_conditioning {
-                        first.sigma[b]
-                    } else {
-                        0.0
-                    })
-                })
-                .collect();
-            q.write_buffer(f, 0, bytemuck::cast_slice(&feats));
-        }
+        ws.write_block(q, cfg, batch, first);
         q.write_buffer(
             &ws.seq_consts,
             0,

@@ -582,15 +582,20 @@ impl Run<'_, '_> {
                 }
             }
             if !revealed.is_empty() {
-                self.nfe += 1;
-                (self.on_event)(SampleEvent::Revealed {
-                    block: block_index,
-                    call: self.call,
-                    revealed: &revealed,
-                });
+                self.revealed(block_index, &revealed);
             }
         }
         Ok(())
+    }
+
+    /// A call that revealed tokens: one NFE, and the event.
+    fn revealed(&mut self, block: usize, revealed: &[(usize, usize, u32)]) {
+        self.nfe += 1;
+        (self.on_event)(SampleEvent::Revealed {
+            block,
+            call: self.call,
+            revealed,
+        });
     }
 
     /// First-hitting over a whole block in one submission (`GpuModel::call_block`): which row each
@@ -694,12 +699,7 @@ impl Run<'_, '_> {
                     revealed.push((s, start + r as usize, out.tokens[s]));
                 }
             }
-            self.nfe += 1;
-            (self.on_event)(SampleEvent::Revealed {
-                block: block_index,
-                call: self.call,
-                revealed: &revealed,
-            });
+            self.revealed(block_index, &revealed);
         }
         Ok(())
     }
